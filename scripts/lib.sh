@@ -1,0 +1,61 @@
+# Shared by the scripts: where things are cached, and how missing tools get installed.
+# Sourced, not run. Everything installed goes under $KAIROS_CACHE (outside the clone), so repeated
+# runs are fast; nothing here assumes the cache exists.
+
+set -euo pipefail
+
+KAIROS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KAIROS_CACHE="${KAIROS_CACHE:-$HOME/.cache/kairos}"
+KAIROS_TOOLS="$KAIROS_CACHE/tools"
+KAIROS_RUN="${KAIROS_RUN:-$KAIROS_ROOT/.kairos}"   # pids, logs, data of the local stack
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KAIROS_CACHE/target}"
+export PATH="$KAIROS_TOOLS/bin:$HOME/.cargo/bin:$PATH"
+
+NISSHI_VERSION="0.8.1"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the build needs: libclang for RocksDB's bindings, OpenSSL headers for
+# librdkafka's TLS support, a C/C++ toolchain, and curl for the health checks.
+ensure_packages() {
+  local missing=()
+  [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
+  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v make >/dev/null || missing+=(make)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "Installing Debian packages: ${missing[*]}"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || die "cargo is not installed; install Rust from https://rustup.rs"
+}
+
+# The Kafka-protocol broker for local runs and tests (about 18 minutes to build the first time).
+ensure_nisshi() {
+  if [ -x "$KAIROS_TOOLS/bin/nisshi" ] && "$KAIROS_TOOLS/bin/nisshi" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+    return
+  fi
+  log "Installing nisshi $NISSHI_VERSION into $KAIROS_TOOLS (first run only; takes a while)"
+  mkdir -p "$KAIROS_TOOLS"
+  cargo install "nisshi@$NISSHI_VERSION" --locked --ignore-rust-version \
+    --no-default-features --features libsql,dynostore --root "$KAIROS_TOOLS"
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until a TCP port accepts connections.
+wait_for_port() {
+  local port=$1 what=$2 deadline=$((SECONDS + ${3:-60}))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "$what did not open port $port in time (see $KAIROS_RUN/logs)"
+    sleep 0.2
+  done
+}

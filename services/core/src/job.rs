@@ -1,0 +1,328 @@
+//! What a job is: the user-facing job file format and the validated [`JobDefinition`].
+//!
+//! A job file (YAML or JSON) deserialises into [`JobSpec`]; [`JobSpec::validate`] turns it into a
+//! [`JobDefinition`] or a [`ValidationError`] that says exactly what is wrong. Nothing reaches
+//! Kafka without passing through here, and every service validates again what it consumes,
+//! because any Kafka producer can write to the jobs topic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Schedule, ScheduleError};
+use crate::Timestamp;
+
+/// The largest HTTP body or environment a job may carry; larger payloads belong in storage the
+/// task fetches, not in the definition that every run copies.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Job ids become Kafka keys, metric-free log fields and URL path segments.
+pub const MAX_ID_LEN: usize = 200;
+/// The pool a job runs in when it names none.
+pub const DEFAULT_POOL: &str = "default";
+
+/// A job's identity: the Kafka key of every record about it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Checks the characters and length of a job id.
+    pub fn parse(id: &str) -> Result<Self, ValidationError> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(ok_char) {
+            return Err(ValidationError::InvalidId(id.to_string()));
+        }
+        Ok(JobId(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A job file as written by a user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub schedule: ScheduleSpec,
+    pub task: TaskSpec,
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// The worker kills the task when it runs longer than this.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_pool() -> String {
+    DEFAULT_POOL.to_string()
+}
+
+/// Exactly one of `cron`, `every` or `at`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// IANA zone for `cron`; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+}
+
+/// What a run executes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskSpec {
+    Shell(ShellTask),
+    Http(HttpTask),
+}
+
+impl TaskSpec {
+    /// The task type name that workers advertise and metrics label by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskSpec::Shell(_) => "shell",
+            TaskSpec::Http(_) => "http",
+        }
+    }
+}
+
+/// A process: `command[0]` is the program, the rest its arguments (no shell unless you ask for one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellTask {
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// An HTTP request whose response status decides success.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTask {
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Statuses that count as success; any 2xx when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_status: Vec<u16>,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+/// A job that passed validation: its schedule is parsed and its task is runnable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobDefinition {
+    pub id: JobId,
+    pub description: Option<String>,
+    pub schedule: Schedule,
+    pub task: TaskSpec,
+    pub pool: String,
+    pub timeout: Option<Duration>,
+}
+
+/// Why a job was rejected. Each message names the field and the offending value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ValidationError {
+    #[error("invalid job id {0:?}: use 1-200 characters from A-Z a-z 0-9 . _ -")]
+    InvalidId(String),
+    #[error("schedule: give exactly one of `cron`, `every` or `at`")]
+    ScheduleKind,
+    #[error("schedule: `timezone` only applies to `cron`")]
+    TimezoneWithoutCron,
+    #[error("schedule: {0}")]
+    Schedule(#[from] ScheduleError),
+    #[error("task.shell.command must name a program")]
+    EmptyCommand,
+    #[error("task.http.url {url:?} is not an http(s) URL: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("task.http.method {0:?} is not an HTTP method")]
+    InvalidMethod(String),
+    #[error("task.http.expected_status {0} is not an HTTP status (100-599)")]
+    InvalidStatus(u16),
+    #[error("{field} is {size} bytes; the limit is {limit} bytes")]
+    PayloadTooLarge { field: &'static str, size: usize, limit: usize },
+    #[error("invalid pool {0:?}: use 1-100 characters from A-Z a-z 0-9 . _ -")]
+    InvalidPool(String),
+    #[error("timeout must be longer than zero")]
+    ZeroTimeout,
+}
+
+impl JobSpec {
+    /// Validates the spec and parses its schedule.
+    pub fn validate(&self) -> Result<JobDefinition, ValidationError> {
+        let id = JobId::parse(&self.id)?;
+        let schedule = self.schedule.validate()?;
+        validate_task(&self.task)?;
+        let pool_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.pool.is_empty() || self.pool.len() > 100 || !self.pool.chars().all(pool_ok) {
+            return Err(ValidationError::InvalidPool(self.pool.clone()));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(ValidationError::ZeroTimeout);
+        }
+        Ok(JobDefinition {
+            id,
+            description: self.description.clone(),
+            schedule,
+            task: self.task.clone(),
+            pool: self.pool.clone(),
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl ScheduleSpec {
+    fn validate(&self) -> Result<Schedule, ValidationError> {
+        match (&self.cron, self.every, self.at) {
+            (Some(expr), None, None) => {
+                Ok(Schedule::cron(expr, self.timezone.as_deref().unwrap_or("UTC"))?)
+            }
+            (None, Some(interval), None) if self.timezone.is_none() => Ok(Schedule::every(interval)?),
+            (None, None, Some(at)) if self.timezone.is_none() => Ok(Schedule::at(at)),
+            (None, Some(_), None) | (None, None, Some(_)) => Err(ValidationError::TimezoneWithoutCron),
+            _ => Err(ValidationError::ScheduleKind),
+        }
+    }
+}
+
+fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
+    match task {
+        TaskSpec::Shell(shell) => {
+            if shell.command.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(ValidationError::EmptyCommand);
+            }
+            let env_size: usize = shell.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+            check_size("task.shell.env", env_size)
+        }
+        TaskSpec::Http(http) => {
+            let invalid = |reason: &str| ValidationError::InvalidUrl {
+                url: http.url.clone(),
+                reason: reason.to_string(),
+            };
+            let url = url::Url::parse(&http.url).map_err(|e| invalid(&e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid("the scheme must be http or https"));
+            }
+            let method_ok = !http.method.is_empty() && http.method.chars().all(|c| c.is_ascii_uppercase());
+            if !method_ok {
+                return Err(ValidationError::InvalidMethod(http.method.clone()));
+            }
+            if let Some(bad) = http.expected_status.iter().find(|s| !(100..=599).contains(*s)) {
+                return Err(ValidationError::InvalidStatus(*bad));
+            }
+            let headers: usize = http.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+            check_size("task.http.headers", headers)?;
+            check_size("task.http.body", http.body.as_ref().map_or(0, String::len))
+        }
+    }
+}
+
+fn check_size(field: &'static str, size: usize) -> Result<(), ValidationError> {
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(ValidationError::PayloadTooLarge { field, size, limit: MAX_PAYLOAD_BYTES });
+    }
+    Ok(())
+}
+
+impl JobDefinition {
+    /// The job file that validates back to this definition.
+    pub fn to_spec(&self) -> JobSpec {
+        let schedule = match &self.schedule {
+            Schedule::Cron { expr, timezone, .. } => ScheduleSpec {
+                cron: Some(expr.clone()),
+                timezone: Some(timezone.name().to_string()),
+                ..ScheduleSpec::default()
+            },
+            Schedule::Every { interval } => ScheduleSpec { every: Some(*interval), ..ScheduleSpec::default() },
+            Schedule::At { at } => ScheduleSpec { at: Some(*at), ..ScheduleSpec::default() },
+        };
+        JobSpec {
+            id: self.id.to_string(),
+            description: self.description.clone(),
+            schedule,
+            task: self.task.clone(),
+            pool: self.pool.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> JobSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const SHELL: &str = r#""task": {"shell": {"command": ["echo", "hi"]}}"#;
+
+    #[test]
+    fn a_valid_job_round_trips_through_its_spec() {
+        let s = spec(&format!(
+            r#"{{"id": "nightly.report", "schedule": {{"cron": "0 0 3 * * *", "timezone": "Europe/Berlin"}}, {SHELL}, "timeout": "30s"}}"#
+        ));
+        let def = s.validate().unwrap();
+        assert_eq!(def.pool, DEFAULT_POOL);
+        assert_eq!(def.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(def.to_spec().validate().unwrap(), def);
+    }
+
+    #[test]
+    fn every_rejection_names_what_is_wrong() {
+        let cases = [
+            (format!(r#"{{"id": "a b", "schedule": {{"every": "1s"}}, {SHELL}}}"#), "invalid job id"),
+            (format!(r#"{{"id": "a", "schedule": {{}}, {SHELL}}}"#), "exactly one of"),
+            (format!(r#"{{"id": "a", "schedule": {{"cron": "* * *"}}, {SHELL}}}"#), "invalid cron"),
+            (format!(r#"{{"id": "a", "schedule": {{"cron": "0 * * * * *", "timezone": "Nowhere/X"}}, {SHELL}}}"#), "unknown time zone"),
+            (r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"shell": {"command": []}}}"#.to_string(), "must name a program"),
+            (r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"http": {"url": "ftp://x"}}}"#.to_string(), "http(s) URL"),
+            (format!(r#"{{"id": "a", "schedule": {{"every": "1s"}}, {SHELL}, "pool": "a/b"}}"#), "invalid pool"),
+        ];
+        for (json, expected) in cases {
+            let err = spec(&json).validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversized_payload_is_rejected_with_the_limit() {
+        let body = "x".repeat(MAX_PAYLOAD_BYTES + 1);
+        let s = spec(&format!(
+            r#"{{"id": "a", "schedule": {{"every": "1s"}}, "task": {{"http": {{"url": "http://127.0.0.1/", "body": "{body}"}}}}}}"#
+        ));
+        let err = s.validate().unwrap_err();
+        assert!(matches!(err, ValidationError::PayloadTooLarge { field: "task.http.body", .. }));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_the_file_format() {
+        let err = serde_json::from_str::<JobSpec>(
+            r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"shell": {"command": ["x"]}}, "retires": 3}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("retires"), "{err}");
+    }
+}

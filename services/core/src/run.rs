@@ -1,0 +1,517 @@
+//! A run's life: its deterministic id, the events on the run ledger, and the fold that turns a
+//! run's events into its state.
+//!
+//! [`apply`] is the only way run state changes, everywhere in Kairos: the dispatcher folds with it
+//! to decide, the aggregator folds with it to answer queries, and a rebuild folds with it to
+//! recover. It holds no business logic — only which transitions are legal — and never panics.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobId;
+use crate::Timestamp;
+
+/// Namespace of Kairos's UUIDv5 run ids; changing it would change every run id ever derived.
+const RUN_ID_NAMESPACE: uuid::Uuid = uuid::uuid!("5f1c7f4e-0a53-4b8e-9b0f-6b6169726f73");
+
+/// Deterministic run identity: the same (job, slot, trigger kind) always yields the same id, so a
+/// slot fired twice after a crash is recognised as one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(uuid::Uuid);
+
+impl RunId {
+    pub fn derive(job_id: &JobId, scheduled_for: Timestamp, trigger: TriggerKind) -> Self {
+        let name = format!("{}\u{0}{}\u{0}{}", job_id, scheduled_for.timestamp_millis(), trigger.as_str());
+        RunId(uuid::Uuid::new_v5(&RUN_ID_NAMESPACE, name.as_bytes()))
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(s).ok().map(RunId)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Why a run exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// A slot of the job's schedule.
+    Schedule,
+    /// An operator asked for a run now.
+    Manual,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Manual => "manual",
+        }
+    }
+}
+
+/// Why a run was not executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The slot was missed (nobody owned the job when it was due) and a later slot superseded it.
+    Misfire,
+    /// The job was deleted before the run could be dispatched.
+    JobDeleted,
+}
+
+/// What a task produced, capped by the worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    /// Process exit code (shell) or response status (http).
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One record of the run ledger.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunEvent {
+    pub job_id: JobId,
+    pub run_id: RunId,
+    /// The slot this run belongs to; on every event so that any reader can index by time.
+    pub scheduled_for: Timestamp,
+    /// When the event was decided.
+    pub at: Timestamp,
+    pub kind: RunEventKind,
+}
+
+/// What happened to a run. Every event after dispatch carries the attempt it is about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunEventKind {
+    RunScheduled { trigger: TriggerKind, definition_offset: i64 },
+    RunSkipped { reason: SkipReason },
+    RunDispatched { attempt: u32, pool: String },
+    RunStarted { attempt: u32, worker_id: String },
+    RunSucceeded { attempt: u32, worker_id: String, output: TaskOutput },
+    RunFailed { attempt: u32, worker_id: String, error: String, output: TaskOutput },
+    RunTimedOut { attempt: u32, worker_id: String, output: TaskOutput },
+    RunCancelled { attempt: u32 },
+    RunLost { attempt: u32 },
+    RetryScheduled { attempt: u32, due_at: Timestamp },
+}
+
+impl RunEventKind {
+    /// The attempt the event is about; `None` for events that precede dispatch.
+    pub fn attempt(&self) -> Option<u32> {
+        use RunEventKind::*;
+        match self {
+            RunScheduled { .. } | RunSkipped { .. } => None,
+            RunDispatched { attempt, .. }
+            | RunStarted { attempt, .. }
+            | RunSucceeded { attempt, .. }
+            | RunFailed { attempt, .. }
+            | RunTimedOut { attempt, .. }
+            | RunCancelled { attempt }
+            | RunLost { attempt }
+            | RetryScheduled { attempt, .. } => Some(*attempt),
+        }
+    }
+
+    /// The event's type name as it appears on the wire and in logs.
+    pub fn name(&self) -> &'static str {
+        use RunEventKind::*;
+        match self {
+            RunScheduled { .. } => "RunScheduled",
+            RunSkipped { .. } => "RunSkipped",
+            RunDispatched { .. } => "RunDispatched",
+            RunStarted { .. } => "RunStarted",
+            RunSucceeded { .. } => "RunSucceeded",
+            RunFailed { .. } => "RunFailed",
+            RunTimedOut { .. } => "RunTimedOut",
+            RunCancelled { .. } => "RunCancelled",
+            RunLost { .. } => "RunLost",
+            RetryScheduled { .. } => "RetryScheduled",
+        }
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Scheduled,
+    Skipped,
+    Dispatched,
+    Started,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Lost,
+    RetryScheduled,
+}
+
+impl RunStatus {
+    /// Whether the current attempt has a recorded outcome (or the run never ran).
+    pub fn is_outcome(self) -> bool {
+        use RunStatus::*;
+        matches!(self, Skipped | Succeeded | Failed | TimedOut | Cancelled | Lost)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use RunStatus::*;
+        match self {
+            Scheduled => "scheduled",
+            Skipped => "skipped",
+            Dispatched => "dispatched",
+            Started => "started",
+            Succeeded => "succeeded",
+            Failed => "failed",
+            TimedOut => "timed_out",
+            Cancelled => "cancelled",
+            Lost => "lost",
+            RetryScheduled => "retry_scheduled",
+        }
+    }
+}
+
+/// A run's state, folded from its ledger events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub job_id: JobId,
+    pub run_id: RunId,
+    pub scheduled_for: Timestamp,
+    pub trigger: TriggerKind,
+    /// Offset of the job definition on the jobs topic that this run was fired from.
+    pub definition_offset: Option<i64>,
+    pub status: RunStatus,
+    /// The current attempt; 0 until the first dispatch.
+    pub attempt: u32,
+    pub pool: Option<String>,
+    pub worker_id: Option<String>,
+    pub skip_reason: Option<SkipReason>,
+    pub error: Option<String>,
+    pub output: Option<TaskOutput>,
+    pub retry_due_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+/// Why an event did not change a run. Callers record these and act on none of them.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum TransitionError {
+    #[error("{event} for unknown run {run_id}")]
+    UnknownRun { run_id: RunId, event: &'static str },
+    #[error("{event} repeats what run {run_id} already recorded")]
+    Duplicate { run_id: RunId, event: &'static str },
+    #[error("{event} for attempt {got} of run {run_id}, whose current attempt is {current}")]
+    StaleAttempt { run_id: RunId, event: &'static str, got: u32, current: u32 },
+    #[error("{event} is not allowed for run {run_id} in state {from:?} (attempt {attempt})")]
+    Illegal { run_id: RunId, event: &'static str, from: RunStatus, attempt: u32 },
+}
+
+impl TransitionError {
+    /// Duplicates and stale attempts are normal under at-least-once delivery; an illegal transition
+    /// means a producer broke the protocol and deserves an operator's look.
+    pub fn is_expected(&self) -> bool {
+        matches!(self, TransitionError::Duplicate { .. } | TransitionError::StaleAttempt { .. })
+    }
+}
+
+/// Folds one event into a run's state. `state` is `None` before the run's first event.
+pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, TransitionError> {
+    use RunEventKind::*;
+    use RunStatus as S;
+
+    let name = event.kind.name();
+    let run_id = event.run_id;
+    let Some(state) = state else {
+        return match &event.kind {
+            RunScheduled { trigger, definition_offset } => Ok(new_run(event, *trigger, Some(*definition_offset), S::Scheduled)),
+            RunSkipped { reason } => {
+                let mut run = new_run(event, TriggerKind::Schedule, None, S::Skipped);
+                run.skip_reason = Some(*reason);
+                run.finished_at = Some(event.at);
+                Ok(run)
+            }
+            _ => Err(TransitionError::UnknownRun { run_id, event: name }),
+        };
+    };
+
+    let illegal = || TransitionError::Illegal { run_id, event: name, from: state.status, attempt: state.attempt };
+    let duplicate = || TransitionError::Duplicate { run_id, event: name };
+    if let Some(got) = event.kind.attempt() {
+        if got < state.attempt {
+            return Err(TransitionError::StaleAttempt { run_id, event: name, got, current: state.attempt });
+        }
+    }
+
+    let mut next = state.clone();
+    next.updated_at = event.at;
+    match &event.kind {
+        RunScheduled { .. } => return Err(duplicate()),
+        RunSkipped { reason } => match state.status {
+            S::Scheduled | S::RetryScheduled => {
+                next.status = S::Skipped;
+                next.skip_reason = Some(*reason);
+                next.finished_at = Some(event.at);
+            }
+            S::Skipped => return Err(duplicate()),
+            _ => return Err(illegal()),
+        },
+        RunDispatched { attempt, pool } => match state.status {
+            S::Scheduled if *attempt == 1 => {
+                next.status = S::Dispatched;
+                next.attempt = 1;
+                next.pool = Some(pool.clone());
+            }
+            S::RetryScheduled if *attempt == state.attempt => {
+                next.status = S::Dispatched;
+                next.pool = Some(pool.clone());
+                next.retry_due_at = None;
+            }
+            _ if *attempt == state.attempt => return Err(duplicate()),
+            _ => return Err(illegal()),
+        },
+        RunStarted { attempt, worker_id } => match state.status {
+            S::Dispatched if *attempt == state.attempt => {
+                next.status = S::Started;
+                next.worker_id = Some(worker_id.clone());
+                next.started_at = Some(event.at);
+            }
+            S::Started | S::Succeeded | S::Failed | S::TimedOut | S::Cancelled | S::Lost
+                if *attempt == state.attempt =>
+            {
+                return Err(duplicate())
+            }
+            _ => return Err(illegal()),
+        },
+        RunSucceeded { attempt, worker_id, output }
+        | RunFailed { attempt, worker_id, output, .. }
+        | RunTimedOut { attempt, worker_id, output } => {
+            if *attempt != state.attempt {
+                return Err(illegal());
+            }
+            match state.status {
+                S::Dispatched | S::Started => {
+                    next.status = match &event.kind {
+                        RunSucceeded { .. } => S::Succeeded,
+                        RunFailed { .. } => S::Failed,
+                        _ => S::TimedOut,
+                    };
+                    next.worker_id = Some(worker_id.clone());
+                    next.output = Some(output.clone());
+                    next.error = match &event.kind {
+                        RunFailed { error, .. } => Some(error.clone()),
+                        RunTimedOut { .. } => Some("timed out".to_string()),
+                        _ => None,
+                    };
+                    next.finished_at = Some(event.at);
+                }
+                status if status.is_outcome() => return Err(duplicate()),
+                _ => return Err(illegal()),
+            }
+        }
+        RunLost { attempt } => match state.status {
+            S::Dispatched | S::Started if *attempt == state.attempt => {
+                next.status = S::Lost;
+                next.error = Some("worker lost".to_string());
+                next.finished_at = Some(event.at);
+            }
+            status if status.is_outcome() && *attempt == state.attempt => return Err(duplicate()),
+            _ => return Err(illegal()),
+        },
+        RunCancelled { attempt } => match state.status {
+            S::Cancelled => return Err(duplicate()),
+            status if status.is_outcome() => return Err(illegal()),
+            _ if *attempt == state.attempt => {
+                next.status = S::Cancelled;
+                next.finished_at = Some(event.at);
+            }
+            _ => return Err(illegal()),
+        },
+        RetryScheduled { attempt, due_at } => match state.status {
+            S::Failed | S::TimedOut | S::Lost if *attempt == state.attempt + 1 => {
+                next.status = S::RetryScheduled;
+                next.attempt = *attempt;
+                next.retry_due_at = Some(*due_at);
+                next.finished_at = None;
+            }
+            S::RetryScheduled | S::Dispatched | S::Started if *attempt == state.attempt => {
+                return Err(duplicate())
+            }
+            _ => return Err(illegal()),
+        },
+    }
+    Ok(next)
+}
+
+fn new_run(event: &RunEvent, trigger: TriggerKind, definition_offset: Option<i64>, status: RunStatus) -> RunState {
+    RunState {
+        job_id: event.job_id.clone(),
+        run_id: event.run_id,
+        scheduled_for: event.scheduled_for,
+        trigger,
+        definition_offset,
+        status,
+        attempt: 0,
+        pool: None,
+        worker_id: None,
+        skip_reason: None,
+        error: None,
+        output: None,
+        retry_due_at: None,
+        created_at: event.at,
+        started_at: None,
+        finished_at: None,
+        updated_at: event.at,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn t(secs: i64) -> Timestamp {
+        crate::from_millis(1_800_000_000_000 + secs * 1000).unwrap()
+    }
+
+    fn job() -> JobId {
+        JobId::parse("job-1").unwrap()
+    }
+
+    fn event(kind: RunEventKind) -> RunEvent {
+        let run_id = RunId::derive(&job(), t(0), TriggerKind::Schedule);
+        RunEvent { job_id: job(), run_id, scheduled_for: t(0), at: t(1), kind }
+    }
+
+    fn fold(kinds: Vec<RunEventKind>) -> (Option<RunState>, Vec<TransitionError>) {
+        let mut state = None;
+        let mut errors = vec![];
+        for kind in kinds {
+            match apply(state.as_ref(), &event(kind)) {
+                Ok(next) => state = Some(next),
+                Err(e) => errors.push(e),
+            }
+        }
+        (state, errors)
+    }
+
+    fn scheduled() -> RunEventKind {
+        RunEventKind::RunScheduled { trigger: TriggerKind::Schedule, definition_offset: 7 }
+    }
+    fn dispatched(attempt: u32) -> RunEventKind {
+        RunEventKind::RunDispatched { attempt, pool: "default".into() }
+    }
+    fn started(attempt: u32, worker: &str) -> RunEventKind {
+        RunEventKind::RunStarted { attempt, worker_id: worker.into() }
+    }
+    fn succeeded(attempt: u32, worker: &str) -> RunEventKind {
+        RunEventKind::RunSucceeded { attempt, worker_id: worker.into(), output: TaskOutput::default() }
+    }
+    fn failed(attempt: u32) -> RunEventKind {
+        RunEventKind::RunFailed { attempt, worker_id: "w".into(), error: "exit 1".into(), output: TaskOutput::default() }
+    }
+
+    #[test]
+    fn run_id_is_stable_for_a_slot_and_differs_between_slots_and_kinds() {
+        let a = RunId::derive(&job(), t(0), TriggerKind::Schedule);
+        assert_eq!(a, RunId::derive(&job(), t(0), TriggerKind::Schedule));
+        assert_ne!(a, RunId::derive(&job(), t(1), TriggerKind::Schedule));
+        assert_ne!(a, RunId::derive(&job(), t(0), TriggerKind::Manual));
+        assert_ne!(a, RunId::derive(&JobId::parse("job-2").unwrap(), t(0), TriggerKind::Schedule));
+        assert_eq!(RunId::parse(&a.to_string()), Some(a));
+    }
+
+    #[test]
+    fn the_happy_path_ends_succeeded_with_the_worker_recorded() {
+        let (state, errors) = fold(vec![scheduled(), dispatched(1), started(1, "w1"), succeeded(1, "w1")]);
+        let state = state.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.status, RunStatus::Succeeded);
+        assert_eq!(state.attempt, 1);
+        assert_eq!(state.worker_id.as_deref(), Some("w1"));
+        assert_eq!(state.definition_offset, Some(7));
+    }
+
+    #[test]
+    fn first_outcome_wins_and_later_ones_are_duplicates() {
+        let (state, errors) =
+            fold(vec![scheduled(), dispatched(1), started(1, "w1"), succeeded(1, "w1"), failed(1)]);
+        assert_eq!(state.unwrap().status, RunStatus::Succeeded);
+        assert!(matches!(errors.as_slice(), [TransitionError::Duplicate { event: "RunFailed", .. }]));
+    }
+
+    #[test]
+    fn a_slow_worker_of_an_old_attempt_is_fenced() {
+        let retry = RunEventKind::RetryScheduled { attempt: 2, due_at: t(5) };
+        let (state, errors) = fold(vec![
+            scheduled(), dispatched(1), started(1, "slow"), failed(1), retry, dispatched(2),
+            started(2, "fast"), succeeded(1, "slow"),
+        ]);
+        let state = state.unwrap();
+        assert_eq!((state.status, state.attempt), (RunStatus::Started, 2));
+        assert_eq!(state.worker_id.as_deref(), Some("fast"));
+        assert!(matches!(errors.as_slice(), [TransitionError::StaleAttempt { got: 1, current: 2, .. }]));
+    }
+
+    #[test]
+    fn replaying_the_ledger_twice_changes_nothing() {
+        let events = vec![scheduled(), dispatched(1), started(1, "w"), succeeded(1, "w")];
+        let (once, _) = fold(events.clone());
+        let (twice, errors) = fold(events.iter().chain(events.iter()).cloned().collect());
+        assert_eq!(once, twice);
+        assert!(errors.iter().all(TransitionError::is_expected), "{errors:?}");
+    }
+
+    #[test]
+    fn events_before_scheduling_are_rejected_not_invented() {
+        let (state, errors) = fold(vec![started(1, "w")]);
+        assert!(state.is_none());
+        assert!(matches!(errors.as_slice(), [TransitionError::UnknownRun { .. }]));
+    }
+
+    fn any_event() -> impl Strategy<Value = RunEventKind> {
+        let attempt = 0u32..4;
+        prop_oneof![
+            Just(scheduled()),
+            Just(RunEventKind::RunSkipped { reason: SkipReason::Misfire }),
+            attempt.clone().prop_map(dispatched),
+            attempt.clone().prop_map(|a| started(a, "w")),
+            attempt.clone().prop_map(|a| succeeded(a, "w")),
+            attempt.clone().prop_map(failed),
+            attempt.clone().prop_map(|a| RunEventKind::RunTimedOut { attempt: a, worker_id: "w".into(), output: TaskOutput::default() }),
+            attempt.clone().prop_map(|attempt| RunEventKind::RunCancelled { attempt }),
+            attempt.clone().prop_map(|attempt| RunEventKind::RunLost { attempt }),
+            attempt.prop_map(|attempt| RunEventKind::RetryScheduled { attempt, due_at: t(9) }),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence folds without panicking, attempts never go backwards, and once an attempt
+        /// has an outcome no event of that attempt changes it.
+        #[test]
+        fn any_sequence_folds_and_keeps_the_invariants(kinds in proptest::collection::vec(any_event(), 0..40)) {
+            let mut state: Option<RunState> = None;
+            for kind in kinds {
+                let before = state.clone();
+                if let Ok(next) = apply(state.as_ref(), &event(kind.clone())) {
+                    if let Some(before) = &before {
+                        prop_assert!(next.attempt >= before.attempt);
+                        if before.status.is_outcome() {
+                            prop_assert!(matches!(kind, RunEventKind::RetryScheduled { .. }),
+                                "{:?} changed the outcome of {:?}", kind, before.status);
+                        }
+                    }
+                    state = Some(next);
+                }
+            }
+        }
+    }
+}

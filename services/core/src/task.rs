@@ -1,0 +1,22 @@
+//! The unit of work the dispatcher hands to a worker pool.
+
+use std::time::Duration;
+
+use crate::job::{JobId, TaskSpec};
+use crate::run::RunId;
+use crate::Timestamp;
+
+/// One attempt of one run, as a worker receives it on its pool's task topic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskAssigned {
+    pub job_id: JobId,
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub scheduled_for: Timestamp,
+    pub pool: String,
+    pub task: TaskSpec,
+    /// The worker kills the task after this long.
+    pub timeout: Option<Duration>,
+    pub definition_offset: i64,
+    pub assigned_at: Timestamp,
+}

@@ -1,0 +1,316 @@
+//! The dispatcher: folds the run ledger and hands each scheduled run to its worker pool.
+//!
+//! It consumes `jobs` and `runs` (co-partitioned, one consumer group). RocksDB holds the
+//! definitions it needs and the state of every run, folded with `kairos_core::apply`. While a
+//! partition is rebuilding (catching up to the high watermark seen at assignment) it only folds;
+//! once caught up it reconciles: every active run whose next step is missing gets it. A step is
+//! appended to the ledger and folded at once, so reading it back later is a recognised duplicate,
+//! and a crash before the fold re-emits the same (run_id, attempt), which downstream drops.
+
+mod metrics_names;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kairos_core::decide::{next_step, JobView, Step};
+use kairos_core::job::JobSpec;
+use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
+use kairos_core::{JobDefinition, TaskAssigned};
+use kairos_runtime::codec;
+use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::kafka::{check_co_partitioning, ensure_topic, Input, TopicSet};
+use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics_names as m;
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "kairos-dispatcher", version, about = "Dispatches scheduled runs to worker pools.")]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// RocksDB directory (a cache: delete it and the dispatcher rebuilds from the topics).
+    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/dispatcher")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9402")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
+        Config { kafka, data_dir, metrics_addr, log_format: LogFormat::Text }
+    }
+}
+
+/// What the dispatcher stores of a job: its latest definition or tombstone, and where it was read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct StoredJob {
+    spec: Option<JobSpec>,
+    offset: i64,
+}
+
+fn job_key(partition: i32, job: &str) -> String {
+    format!("job/{partition:05}/{job}")
+}
+fn run_key(partition: i32, job: &str, run: &str) -> String {
+    format!("run/{partition:05}/{job}/{run}")
+}
+/// Runs that may still need a step; scanned on catch-up and when a definition arrives.
+fn active_key(partition: i32, job: &str, run: &str) -> String {
+    format!("active/{partition:05}/{job}/{run}")
+}
+
+/// Runs the dispatcher until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let topics = config.kafka.topics();
+    let inputs = [topics.jobs(), topics.runs()];
+    let partitions = check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs(), topics.tasks("default")])?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)?;
+    let producer = config.kafka.producer()?;
+    let consumer = PartitionedConsumer::new(&config.kafka, &topics.group("dispatcher"), &inputs, Some(store.clone()))?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let health = Arc::new(Health::default());
+    let ops = telemetry::serve(
+        config.metrics_addr,
+        telemetry::ops_router(health.clone(), Some(store.clone())),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
+    tracing::info!(topics = ?inputs, data_dir = %config.data_dir.display(), "Dispatcher started.");
+
+    let mut dispatcher = Dispatcher {
+        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "dispatcher"),
+        kafka: config.kafka.clone(),
+        topics,
+        partitions,
+        store,
+        producer,
+        consumer,
+        known_pools: HashSet::new(),
+        health,
+    };
+    let result = dispatcher.run(shutdown.clone()).await;
+    dispatcher.consumer.commit();
+    dispatcher.producer.flush();
+    shutdown.cancel();
+    let _ = ops.await;
+    result
+}
+
+struct Dispatcher {
+    kafka: KafkaArgs,
+    topics: Topics,
+    partitions: i32,
+    store: Store,
+    producer: Producer,
+    consumer: PartitionedConsumer,
+    deadletters: DeadLetters,
+    /// Pools whose task topic is known to exist.
+    known_pools: HashSet<String>,
+    health: Arc<Health>,
+}
+
+impl Dispatcher {
+    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                input = self.consumer.next(Some(&self.store)) => self.handle(input?).await?,
+            }
+            self.health.set_caught_up(self.consumer.ready());
+        }
+    }
+
+    async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
+        match input {
+            Input::Assigned(partitions) => {
+                for partition in partitions {
+                    if self.consumer.is_caught_up(partition) {
+                        self.reconcile(partition, None).await?;
+                    }
+                }
+            }
+            Input::Revoked(_) => {}
+            Input::Record(message) => {
+                let partition = message.partition();
+                let mut batch = Batch::new();
+                let touched = if message.topic() == self.topics.jobs() {
+                    self.apply_definition(&message, &mut batch).await?
+                } else {
+                    self.apply_event(&message, &mut batch).await?
+                };
+                batch.consumed(message.topic(), partition, message.offset());
+                self.store.write(batch)?;
+                if let Some(caught_up) = self.consumer.applied(&message) {
+                    tracing::info!(partition = caught_up, "Partition caught up; reconciling its runs.");
+                    self.reconcile(caught_up, None).await?;
+                } else if self.consumer.is_caught_up(partition) {
+                    if let Some(job) = touched {
+                        self.reconcile(partition, Some(&job)).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a definition or tombstone; returns the job whose runs may now have a next step.
+    async fn apply_definition(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<Option<String>> {
+        let Some(key) = record_key(message) else {
+            self.deadletters.send(message, "invalid", "record has no UTF-8 job id key").await?;
+            return Ok(None);
+        };
+        let spec = match message.payload() {
+            None => None,
+            Some(payload) => match codec::decode_job(payload) {
+                Ok(definition) if definition.id.as_str() == key => Some(definition.to_spec()),
+                // The trigger dead-letters these with the reason; the dispatcher just ignores them.
+                _ => return Ok(None),
+            },
+        };
+        batch.put(&job_key(message.partition(), &key), &StoredJob { spec, offset: message.offset() });
+        Ok(Some(key))
+    }
+
+    /// Folds one ledger event into its run; returns the job whose run may now have a next step.
+    async fn apply_event(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<Option<String>> {
+        let Some(payload) = message.payload() else { return Ok(None) };
+        let event = match codec::decode_run_event(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                self.deadletters.send(message, reason_label(&error), &error.to_string()).await?;
+                return Ok(None);
+            }
+        };
+        let job = event.job_id.to_string();
+        if self.fold(message.partition(), &event, batch)? {
+            Ok(Some(job))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Applies `event` to its run in `batch`; false when the event changed nothing.
+    fn fold(&self, partition: i32, event: &RunEvent, batch: &mut Batch) -> anyhow::Result<bool> {
+        let (job, run) = (event.job_id.as_str(), event.run_id.to_string());
+        let key = run_key(partition, job, &run);
+        let current: Option<RunState> = self.store.get(&key)?;
+        match apply(current.as_ref(), event) {
+            Ok(next) => {
+                if next.status.is_outcome() {
+                    batch.delete(&active_key(partition, job, &run));
+                } else {
+                    batch.put(&active_key(partition, job, &run), &());
+                }
+                batch.put(&key, &next);
+                Ok(true)
+            }
+            Err(error) => {
+                if error.is_expected() {
+                    tracing::debug!(%error, "Event recorded without effect.");
+                } else {
+                    tracing::warn!(%error, "Event breaks the run protocol; ignored.");
+                }
+                metrics::counter!(m::IGNORED_EVENTS, "expected" => if error.is_expected() { "true" } else { "false" })
+                    .increment(1);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Gives every active run of the partition (or of one job) its missing next step.
+    async fn reconcile(&mut self, partition: i32, job: Option<&str>) -> anyhow::Result<()> {
+        let prefix = match job {
+            Some(job) => format!("active/{partition:05}/{job}/"),
+            None => format!("active/{partition:05}/"),
+        };
+        let active: Vec<(String, ())> = self.store.scan(&prefix)?;
+        for (key, ()) in active {
+            let Some(rest) = key.strip_prefix(&format!("active/{partition:05}/")) else { continue };
+            let Some((job, run)) = rest.rsplit_once('/') else { continue };
+            let Some(state) = self.store.get::<RunState>(&run_key(partition, job, run))? else { continue };
+            let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
+            let definition: Option<JobDefinition> = match &stored {
+                Some(StoredJob { spec: Some(spec), .. }) => spec.validate().ok(),
+                _ => None,
+            };
+            let view = match (&stored, &definition) {
+                (Some(s), Some(definition)) => JobView::Defined { definition, offset: s.offset },
+                (Some(s), None) => JobView::Deleted { offset: s.offset },
+                (None, _) => JobView::Unknown,
+            };
+            if let Some(step) = next_step(&state, view, chrono::Utc::now()) {
+                self.take(partition, &state, step).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the step to the ledger (and the task to its pool), then folds it.
+    async fn take(&mut self, partition: i32, run: &RunState, step: Step) -> anyhow::Result<()> {
+        let now = chrono::Utc::now();
+        let event = |kind| RunEvent {
+            job_id: run.job_id.clone(),
+            run_id: run.run_id,
+            scheduled_for: run.scheduled_for,
+            at: now,
+            kind,
+        };
+        let mut batch = Batch::new();
+        match step {
+            Step::Record(kind) => {
+                let event = event(kind);
+                self.append(&event).await?;
+                self.fold(partition, &event, &mut batch)?;
+            }
+            Step::Dispatch(task) => {
+                let dispatched = event(RunEventKind::RunDispatched { attempt: task.attempt, pool: task.pool.clone() });
+                // The ledger must show the dispatch before any worker can report on the attempt.
+                self.append(&dispatched).await?;
+                self.assign(&task).await?;
+                self.fold(partition, &dispatched, &mut batch)?;
+                metrics::counter!(m::DISPATCHES, "pool" => task.pool.clone()).increment(1);
+                tracing::debug!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, pool = task.pool, "Dispatched.");
+            }
+        }
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    async fn append(&self, event: &RunEvent) -> anyhow::Result<()> {
+        let bytes = codec::encode_run_event(event)?;
+        self.producer.send(&self.topics.runs(), event.job_id.as_str(), Some(&bytes)).await?;
+        Ok(())
+    }
+
+    async fn assign(&mut self, task: &TaskAssigned) -> anyhow::Result<()> {
+        let topic = self.topics.tasks(&task.pool);
+        if !self.known_pools.contains(&task.pool) {
+            // A pool's task topic is created the first time a job uses it, co-partitioned with the
+            // ledger, so that any producer of job definitions can name a new pool.
+            let config = TopicSet::shipped()
+                .topics
+                .into_iter()
+                .find(|t| t.name == "tasks.default")
+                .map(|t| t.config)
+                .unwrap_or_default();
+            if ensure_topic(&self.kafka, &topic, self.partitions, &config).await? {
+                tracing::info!(topic, "Created the task topic of a new pool.");
+            }
+            self.known_pools.insert(task.pool.clone());
+        }
+        let bytes = codec::encode_task(task)?;
+        self.producer.send(&topic, task.job_id.as_str(), Some(&bytes)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,786 @@
+//! The Avro edge: domain types to and from Avro single-object encoding.
+//!
+//! The `.avsc` files in `schemas/` are the contract; they are embedded here at build time. A value
+//! on the wire is `C3 01`, the 8-byte CRC-64-AVRO fingerprint of its writer schema, then the Avro
+//! binary datum. Readers look the writer schema up by fingerprint and resolve it to the schema they
+//! know, so schemas can evolve in backward-compatible steps. This is the only module that knows
+//! Avro; a decode error is a reason to dead-letter the record, never a panic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use kairos_core::job::{HttpTask, JobSpec, ScheduleSpec, ShellTask, TaskSpec};
+use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
+use kairos_core::{from_millis, to_millis, JobDefinition, JobId, TaskAssigned, Timestamp, ValidationError};
+
+/// The largest value Kairos writes or accepts; larger records are dead-lettered, not truncated.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+const MAGIC: [u8; 2] = [0xC3, 0x01];
+
+const TASK_AVSC: &str = include_str!("../../../schemas/task.avsc");
+const JOB_DEFINITION_AVSC: &str = include_str!("../../../schemas/job_definition.avsc");
+const RUN_EVENT_AVSC: &str = include_str!("../../../schemas/run_event.avsc");
+const TASK_ASSIGNED_AVSC: &str = include_str!("../../../schemas/task_assigned.avsc");
+const TRIGGER_STATE_AVSC: &str = include_str!("../../../schemas/trigger_state.avsc");
+const DEAD_LETTER_AVSC: &str = include_str!("../../../schemas/dead_letter.avsc");
+
+/// Why bytes could not become a domain value.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("not Avro single-object encoding (expected the C3 01 marker and a fingerprint)")]
+    NotSingleObject,
+    #[error("written with unknown schema fingerprint {0} (expected {1})")]
+    UnknownSchema(String, &'static str),
+    #[error("Avro: {0}")]
+    Avro(String),
+    #[error("field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("invalid job definition: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("record is {0} bytes; the limit is {MAX_RECORD_BYTES}")]
+    TooLarge(usize),
+}
+
+impl From<apache_avro::Error> for CodecError {
+    fn from(e: apache_avro::Error) -> Self {
+        CodecError::Avro(e.to_string())
+    }
+}
+
+/// One schema of the contract, with its wire fingerprint.
+struct Contract {
+    name: &'static str,
+    schema: Schema,
+    fingerprint: Vec<u8>,
+}
+
+struct Contracts {
+    job: Contract,
+    run_event: Contract,
+    task_assigned: Contract,
+    trigger_state: Contract,
+    dead_letter: Contract,
+}
+
+static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
+    let task: serde_json::Value = serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
+    let contract = |name: &'static str, avsc: &str| {
+        let mut json: serde_json::Value = serde_json::from_str(avsc).expect("embedded schema is JSON");
+        inline_named(&mut json, "io.kairos.Task", &task);
+        let schema = Schema::parse(&json).unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"));
+        let fingerprint = schema.fingerprint::<Rabin>().bytes;
+        Contract { name, schema, fingerprint }
+    };
+    Contracts {
+        job: contract("JobDefinition", JOB_DEFINITION_AVSC),
+        run_event: contract("RunEvent", RUN_EVENT_AVSC),
+        task_assigned: contract("TaskAssigned", TASK_ASSIGNED_AVSC),
+        trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
+        dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
+    }
+});
+
+/// Replaces a reference to a shared named type by its definition, so that each embedded schema is
+/// self-contained (and its fingerprint is that of the full schema, as the Avro spec asks).
+fn inline_named(json: &mut serde_json::Value, name: &str, definition: &serde_json::Value) {
+    match json {
+        serde_json::Value::Object(map) => {
+            if map.get("type").and_then(|t| t.as_str()) == Some(name) && map.contains_key("name") {
+                map.insert("type".into(), definition.clone());
+                return;
+            }
+            map.values_mut().for_each(|v| inline_named(v, name, definition));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| inline_named(v, name, definition)),
+        _ => {}
+    }
+}
+
+fn encode(contract: &Contract, value: Value) -> Result<Vec<u8>, CodecError> {
+    let value = value.resolve(&contract.schema)?;
+    let datum = apache_avro::to_avro_datum(&contract.schema, value)?;
+    let mut out = Vec::with_capacity(10 + datum.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&contract.fingerprint);
+    out.extend_from_slice(&datum);
+    if out.len() > MAX_RECORD_BYTES {
+        return Err(CodecError::TooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+fn decode(contract: &Contract, bytes: &[u8]) -> Result<Value, CodecError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    let (header, mut datum) = bytes.split_at_checked(10).ok_or(CodecError::NotSingleObject)?;
+    if header[..2] != MAGIC {
+        return Err(CodecError::NotSingleObject);
+    }
+    // Only the current version of each schema exists so far; an older writer schema would be
+    // looked up here by its fingerprint and resolved to the current one.
+    if header[2..] != contract.fingerprint[..] {
+        return Err(CodecError::UnknownSchema(hex(&header[2..]), contract.name));
+    }
+    let value = apache_avro::from_avro_datum(&contract.schema, &mut datum, None)?;
+    if !datum.is_empty() {
+        return Err(CodecError::Avro(format!("{} trailing bytes after the record", datum.len())));
+    }
+    Ok(value)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building and reading Avro values.
+
+fn record(fields: Vec<(&str, Value)>) -> Value {
+    Value::Record(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+fn string(s: impl Into<String>) -> Value {
+    Value::String(s.into())
+}
+
+fn opt<T>(value: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
+    value.map_or(Value::Null, f)
+}
+
+fn millis(t: Timestamp) -> Value {
+    Value::TimestampMillis(to_millis(t))
+}
+
+fn string_map(map: &BTreeMap<String, String>) -> Value {
+    Value::Map(map.iter().map(|(k, v)| (k.clone(), string(v))).collect())
+}
+
+fn duration_ms(d: Duration) -> Value {
+    Value::Long(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The fields of a decoded record, looked up by name.
+struct Fields<'a>(HashMap<&'a str, &'a Value>);
+
+impl<'a> Fields<'a> {
+    fn of(value: &'a Value, what: &'static str) -> Result<Self, CodecError> {
+        match value {
+            Value::Record(fields) => Ok(Fields(fields.iter().map(|(k, v)| (k.as_str(), v)).collect())),
+            other => Err(CodecError::Field { field: what, reason: format!("expected a record, got {other:?}") }),
+        }
+    }
+
+    /// The field's value with any union wrapper removed; `None` when absent or null.
+    fn get(&self, field: &'static str) -> Option<&'a Value> {
+        let mut value = *self.0.get(field)?;
+        while let Value::Union(_, inner) = value {
+            value = inner;
+        }
+        (!matches!(value, Value::Null)).then_some(value)
+    }
+
+    fn required(&self, field: &'static str) -> Result<&'a Value, CodecError> {
+        self.get(field).ok_or(CodecError::Field { field, reason: "missing".into() })
+    }
+
+    fn opt_string(&self, field: &'static str) -> Result<Option<String>, CodecError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Uuid(u)) => Ok(Some(u.to_string())),
+            Some(Value::Enum(_, s)) => Ok(Some(s.clone())),
+            Some(other) => Err(CodecError::Field { field, reason: format!("expected a string, got {other:?}") }),
+        }
+    }
+
+    fn string(&self, field: &'static str) -> Result<String, CodecError> {
+        self.opt_string(field)?.ok_or(CodecError::Field { field, reason: "missing".into() })
+    }
+
+    fn opt_long(&self, field: &'static str) -> Result<Option<i64>, CodecError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Long(n) | Value::TimestampMillis(n)) => Ok(Some(*n)),
+            Some(Value::Int(n)) => Ok(Some(i64::from(*n))),
+            Some(other) => Err(CodecError::Field { field, reason: format!("expected a number, got {other:?}") }),
+        }
+    }
+
+    fn long(&self, field: &'static str) -> Result<i64, CodecError> {
+        self.opt_long(field)?.ok_or(CodecError::Field { field, reason: "missing".into() })
+    }
+
+    fn opt_int(&self, field: &'static str) -> Result<Option<i32>, CodecError> {
+        self.opt_long(field)?
+            .map(|n| i32::try_from(n).map_err(|_| CodecError::Field { field, reason: format!("{n} is out of range") }))
+            .transpose()
+    }
+
+    fn attempt(&self) -> Result<u32, CodecError> {
+        let n = self.long("attempt")?;
+        u32::try_from(n).map_err(|_| CodecError::Field { field: "attempt", reason: format!("{n} is negative") })
+    }
+
+    fn timestamp(&self, field: &'static str) -> Result<Timestamp, CodecError> {
+        self.opt_timestamp(field)?.ok_or(CodecError::Field { field, reason: "missing".into() })
+    }
+
+    fn opt_timestamp(&self, field: &'static str) -> Result<Option<Timestamp>, CodecError> {
+        self.opt_long(field)?
+            .map(|ms| from_millis(ms).ok_or(CodecError::Field { field, reason: format!("{ms} is out of range") }))
+            .transpose()
+    }
+
+    fn strings(&self, field: &'static str) -> Result<Vec<String>, CodecError> {
+        match self.get(field) {
+            None => Ok(vec![]),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(CodecError::Field { field, reason: format!("expected strings, got {other:?}") }),
+                })
+                .collect(),
+            Some(other) => Err(CodecError::Field { field, reason: format!("expected an array, got {other:?}") }),
+        }
+    }
+
+    fn string_map(&self, field: &'static str) -> Result<BTreeMap<String, String>, CodecError> {
+        match self.get(field) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Map(map)) => map
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Err(CodecError::Field { field, reason: format!("expected strings, got {other:?}") }),
+                })
+                .collect(),
+            Some(other) => Err(CodecError::Field { field, reason: format!("expected a map, got {other:?}") }),
+        }
+    }
+
+    fn record(&self, field: &'static str) -> Result<Option<Fields<'a>>, CodecError> {
+        self.get(field).map(|v| Fields::of(v, field)).transpose()
+    }
+}
+
+fn job_id(value: String) -> Result<JobId, CodecError> {
+    Ok(JobId::parse(&value)?)
+}
+
+fn run_id(value: &str) -> Result<RunId, CodecError> {
+    RunId::parse(value).ok_or(CodecError::Field { field: "run_id", reason: format!("{value:?} is not a UUID") })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Task (shared by JobDefinition and TaskAssigned).
+
+fn task_value(task: &TaskSpec) -> Value {
+    let (shell, http) = match task {
+        TaskSpec::Shell(s) => (
+            record(vec![
+                ("command", Value::Array(s.command.iter().map(string).collect())),
+                ("env", string_map(&s.env)),
+                ("working_dir", opt(s.working_dir.clone(), string)),
+            ]),
+            Value::Null,
+        ),
+        TaskSpec::Http(h) => (
+            Value::Null,
+            record(vec![
+                ("method", string(&h.method)),
+                ("url", string(&h.url)),
+                ("headers", string_map(&h.headers)),
+                ("body", opt(h.body.clone(), string)),
+                ("expected_status", Value::Array(h.expected_status.iter().map(|s| Value::Int(i32::from(*s))).collect())),
+            ]),
+        ),
+    };
+    record(vec![("shell", shell), ("http", http)])
+}
+
+fn task_from(fields: &Fields<'_>) -> Result<TaskSpec, CodecError> {
+    let task = Fields::of(fields.required("task")?, "task")?;
+    match (task.record("shell")?, task.record("http")?) {
+        (Some(shell), None) => Ok(TaskSpec::Shell(ShellTask {
+            command: shell.strings("command")?,
+            env: shell.string_map("env")?,
+            working_dir: shell.opt_string("working_dir")?,
+        })),
+        (None, Some(http)) => Ok(TaskSpec::Http(HttpTask {
+            method: http.string("method")?,
+            url: http.string("url")?,
+            headers: http.string_map("headers")?,
+            body: http.opt_string("body")?,
+            expected_status: match http.get("expected_status") {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::Int(n) => u16::try_from(*n).map_err(|_| format!("{n} is not a status")),
+                        other => Err(format!("expected ints, got {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|reason| CodecError::Field { field: "task.http.expected_status", reason })?,
+                _ => vec![],
+            },
+        })),
+        _ => Err(CodecError::Field { field: "task", reason: "exactly one of shell or http must be set".into() }),
+    }
+}
+
+fn timeout_from(fields: &Fields<'_>) -> Result<Option<Duration>, CodecError> {
+    fields
+        .opt_long("timeout_ms")?
+        .map(|ms| u64::try_from(ms).map(Duration::from_millis))
+        .transpose()
+        .map_err(|_| CodecError::Field { field: "timeout_ms", reason: "negative".into() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// JobDefinition.
+
+/// Encodes a validated job definition.
+pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
+    let spec = job.to_spec();
+    let schedule = record(vec![
+        ("cron", opt(spec.schedule.cron, string)),
+        ("timezone", opt(spec.schedule.timezone, string)),
+        ("every_ms", opt(spec.schedule.every, duration_ms)),
+        ("at", opt(spec.schedule.at, millis)),
+    ]);
+    encode(
+        &CONTRACTS.job,
+        record(vec![
+            ("id", string(spec.id)),
+            ("description", opt(spec.description, string)),
+            ("schedule", schedule),
+            ("task", task_value(&spec.task)),
+            ("pool", string(spec.pool)),
+            ("timeout_ms", opt(spec.timeout, duration_ms)),
+        ]),
+    )
+}
+
+/// Decodes and validates a job definition: anything any producer wrote must pass the same checks
+/// as `kairosctl job apply`.
+pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
+    let value = decode(&CONTRACTS.job, bytes)?;
+    let f = Fields::of(&value, "JobDefinition")?;
+    let schedule = Fields::of(f.required("schedule")?, "schedule")?;
+    let every = schedule
+        .opt_long("every_ms")?
+        .map(|ms| u64::try_from(ms).map(Duration::from_millis))
+        .transpose()
+        .map_err(|_| CodecError::Field { field: "schedule.every_ms", reason: "negative".into() })?;
+    let spec = JobSpec {
+        id: f.string("id")?,
+        description: f.opt_string("description")?,
+        schedule: ScheduleSpec {
+            cron: schedule.opt_string("cron")?,
+            timezone: schedule.opt_string("timezone")?,
+            every,
+            at: schedule.opt_timestamp("at")?,
+        },
+        task: task_from(&f)?,
+        pool: f.string("pool")?,
+        timeout: timeout_from(&f)?,
+    };
+    Ok(spec.validate()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RunEvent.
+
+fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
+    let index = schema_symbols.iter().position(|s| *s == symbol).unwrap_or_default();
+    Value::Enum(u32::try_from(index).unwrap_or_default(), symbol.to_string())
+}
+
+const TRIGGER_SYMBOLS: [&str; 2] = ["schedule", "manual"];
+const SKIP_SYMBOLS: [&str; 2] = ["misfire", "job_deleted"];
+const RUN_EVENT_SYMBOLS: [&str; 10] = [
+    "RunScheduled", "RunSkipped", "RunDispatched", "RunStarted", "RunSucceeded", "RunFailed", "RunTimedOut",
+    "RunCancelled", "RunLost", "RetryScheduled",
+];
+
+/// Encodes one run ledger event.
+pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
+    use RunEventKind::*;
+    let mut trigger = Value::Null;
+    let mut definition_offset = Value::Null;
+    let mut skip_reason = Value::Null;
+    let mut pool = Value::Null;
+    let mut worker = Value::Null;
+    let mut error = Value::Null;
+    let mut output: Option<&TaskOutput> = None;
+    let mut due_at = Value::Null;
+    match &event.kind {
+        RunScheduled { trigger: t, definition_offset: o } => {
+            trigger = symbol(&TRIGGER_SYMBOLS, t.as_str());
+            definition_offset = Value::Long(*o);
+        }
+        RunSkipped { reason } => {
+            skip_reason = symbol(&SKIP_SYMBOLS, match reason {
+                SkipReason::Misfire => "misfire",
+                SkipReason::JobDeleted => "job_deleted",
+            });
+        }
+        RunDispatched { pool: p, .. } => pool = string(p),
+        RunStarted { worker_id, .. } => worker = string(worker_id),
+        RunSucceeded { worker_id, output: o, .. } | RunTimedOut { worker_id, output: o, .. } => {
+            worker = string(worker_id);
+            output = Some(o);
+        }
+        RunFailed { worker_id, error: e, output: o, .. } => {
+            worker = string(worker_id);
+            error = string(e);
+            output = Some(o);
+        }
+        RunCancelled { .. } | RunLost { .. } => {}
+        RetryScheduled { due_at: d, .. } => due_at = millis(*d),
+    }
+    let attempt = i32::try_from(event.kind.attempt().unwrap_or(0)).unwrap_or(i32::MAX);
+    encode(
+        &CONTRACTS.run_event,
+        record(vec![
+            ("type", symbol(&RUN_EVENT_SYMBOLS, event.kind.name())),
+            ("job_id", string(event.job_id.as_str())),
+            ("run_id", string(event.run_id.to_string())),
+            ("scheduled_for", millis(event.scheduled_for)),
+            ("at", millis(event.at)),
+            ("attempt", Value::Int(attempt)),
+            ("trigger", trigger),
+            ("definition_offset", definition_offset),
+            ("skip_reason", skip_reason),
+            ("pool", pool),
+            ("worker_id", worker),
+            ("error", error),
+            ("exit_code", opt(output.and_then(|o| o.exit_code), Value::Int)),
+            ("stdout", opt(output.map(|o| o.stdout.clone()), string)),
+            ("stderr", opt(output.map(|o| o.stderr.clone()), string)),
+            ("due_at", due_at),
+        ]),
+    )
+}
+
+/// Decodes one run ledger event.
+pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
+    let value = decode(&CONTRACTS.run_event, bytes)?;
+    let f = Fields::of(&value, "RunEvent")?;
+    let missing = |field: &'static str| CodecError::Field { field, reason: "missing for this event type".into() };
+    let worker = || f.opt_string("worker_id")?.ok_or_else(|| missing("worker_id"));
+    let output = || -> Result<TaskOutput, CodecError> {
+        Ok(TaskOutput {
+            exit_code: f.opt_int("exit_code")?,
+            stdout: f.opt_string("stdout")?.unwrap_or_default(),
+            stderr: f.opt_string("stderr")?.unwrap_or_default(),
+        })
+    };
+    let kind = match f.string("type")?.as_str() {
+        "RunScheduled" => RunEventKind::RunScheduled {
+            trigger: match f.opt_string("trigger")?.as_deref() {
+                Some("manual") => TriggerKind::Manual,
+                Some("schedule") => TriggerKind::Schedule,
+                _ => return Err(missing("trigger")),
+            },
+            definition_offset: f.opt_long("definition_offset")?.ok_or_else(|| missing("definition_offset"))?,
+        },
+        "RunSkipped" => RunEventKind::RunSkipped {
+            reason: match f.opt_string("skip_reason")?.as_deref() {
+                Some("misfire") => SkipReason::Misfire,
+                Some("job_deleted") => SkipReason::JobDeleted,
+                _ => return Err(missing("skip_reason")),
+            },
+        },
+        "RunDispatched" => RunEventKind::RunDispatched {
+            attempt: f.attempt()?,
+            pool: f.opt_string("pool")?.ok_or_else(|| missing("pool"))?,
+        },
+        "RunStarted" => RunEventKind::RunStarted { attempt: f.attempt()?, worker_id: worker()? },
+        "RunSucceeded" => RunEventKind::RunSucceeded { attempt: f.attempt()?, worker_id: worker()?, output: output()? },
+        "RunFailed" => RunEventKind::RunFailed {
+            attempt: f.attempt()?,
+            worker_id: worker()?,
+            error: f.opt_string("error")?.unwrap_or_default(),
+            output: output()?,
+        },
+        "RunTimedOut" => RunEventKind::RunTimedOut { attempt: f.attempt()?, worker_id: worker()?, output: output()? },
+        "RunCancelled" => RunEventKind::RunCancelled { attempt: f.attempt()? },
+        "RunLost" => RunEventKind::RunLost { attempt: f.attempt()? },
+        "RetryScheduled" => RunEventKind::RetryScheduled {
+            attempt: f.attempt()?,
+            due_at: f.opt_timestamp("due_at")?.ok_or_else(|| missing("due_at"))?,
+        },
+        other => return Err(CodecError::Field { field: "type", reason: format!("unknown event type {other:?}") }),
+    };
+    Ok(RunEvent {
+        job_id: job_id(f.string("job_id")?)?,
+        run_id: run_id(&f.string("run_id")?)?,
+        scheduled_for: f.timestamp("scheduled_for")?,
+        at: f.timestamp("at")?,
+        kind,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// TaskAssigned.
+
+/// Encodes a task for a worker pool.
+pub fn encode_task(task: &TaskAssigned) -> Result<Vec<u8>, CodecError> {
+    encode(
+        &CONTRACTS.task_assigned,
+        record(vec![
+            ("job_id", string(task.job_id.as_str())),
+            ("run_id", string(task.run_id.to_string())),
+            ("attempt", Value::Int(i32::try_from(task.attempt).unwrap_or(i32::MAX))),
+            ("scheduled_for", millis(task.scheduled_for)),
+            ("pool", string(&task.pool)),
+            ("task", task_value(&task.task)),
+            ("timeout_ms", opt(task.timeout, duration_ms)),
+            ("definition_offset", Value::Long(task.definition_offset)),
+            ("assigned_at", millis(task.assigned_at)),
+        ]),
+    )
+}
+
+/// Decodes a task.
+pub fn decode_task(bytes: &[u8]) -> Result<TaskAssigned, CodecError> {
+    let value = decode(&CONTRACTS.task_assigned, bytes)?;
+    let f = Fields::of(&value, "TaskAssigned")?;
+    Ok(TaskAssigned {
+        job_id: job_id(f.string("job_id")?)?,
+        run_id: run_id(&f.string("run_id")?)?,
+        attempt: f.attempt()?,
+        scheduled_for: f.timestamp("scheduled_for")?,
+        pool: f.string("pool")?,
+        task: task_from(&f)?,
+        timeout: timeout_from(&f)?,
+        definition_offset: f.long("definition_offset")?,
+        assigned_at: f.timestamp("assigned_at")?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// TriggerState and DeadLetter: records that only Kairos's own services write.
+
+/// The trigger's changelog entry: the last slot it handled for a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TriggerState {
+    pub job_id: JobId,
+    pub last_slot: Timestamp,
+    pub definition_offset: i64,
+}
+
+pub fn encode_trigger_state(state: &TriggerState) -> Result<Vec<u8>, CodecError> {
+    encode(
+        &CONTRACTS.trigger_state,
+        record(vec![
+            ("job_id", string(state.job_id.as_str())),
+            ("last_slot", millis(state.last_slot)),
+            ("definition_offset", Value::Long(state.definition_offset)),
+        ]),
+    )
+}
+
+pub fn decode_trigger_state(bytes: &[u8]) -> Result<TriggerState, CodecError> {
+    let value = decode(&CONTRACTS.trigger_state, bytes)?;
+    let f = Fields::of(&value, "TriggerState")?;
+    Ok(TriggerState {
+        job_id: job_id(f.string("job_id")?)?,
+        last_slot: f.timestamp("last_slot")?,
+        definition_offset: f.long("definition_offset")?,
+    })
+}
+
+/// A record a service could not use, with where it came from and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub service: String,
+    pub reason: String,
+    pub payload: Option<Vec<u8>>,
+    pub at: Timestamp,
+}
+
+pub fn encode_dead_letter(letter: &DeadLetter) -> Result<Vec<u8>, CodecError> {
+    // The original bytes are kept whole unless they are what made the record too large.
+    let keep = letter.payload.as_ref().filter(|p| p.len() < MAX_RECORD_BYTES - 64 * 1024);
+    encode(
+        &CONTRACTS.dead_letter,
+        record(vec![
+            ("source_topic", string(&letter.source_topic)),
+            ("source_partition", Value::Int(letter.source_partition)),
+            ("source_offset", Value::Long(letter.source_offset)),
+            ("service", string(&letter.service)),
+            ("reason", string(&letter.reason)),
+            ("payload", opt(keep.cloned(), Value::Bytes)),
+            ("at", millis(letter.at)),
+        ]),
+    )
+}
+
+pub fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, CodecError> {
+    let value = decode(&CONTRACTS.dead_letter, bytes)?;
+    let f = Fields::of(&value, "DeadLetter")?;
+    Ok(DeadLetter {
+        source_topic: f.string("source_topic")?,
+        source_partition: f.opt_int("source_partition")?.unwrap_or_default(),
+        source_offset: f.long("source_offset")?,
+        service: f.string("service")?,
+        reason: f.string("reason")?,
+        payload: match f.get("payload") {
+            Some(Value::Bytes(b)) => Some(b.clone()),
+            _ => None,
+        },
+        at: f.timestamp("at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_core::job::JobSpec;
+
+    fn t(ms: i64) -> Timestamp {
+        from_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    fn job(yaml_task: TaskSpec, schedule: ScheduleSpec) -> JobDefinition {
+        JobSpec {
+            id: "report.daily".into(),
+            description: Some("daily report".into()),
+            schedule,
+            task: yaml_task,
+            pool: "batch".into(),
+            timeout: Some(Duration::from_millis(1500)),
+        }
+        .validate()
+        .unwrap()
+    }
+
+    fn shell() -> TaskSpec {
+        TaskSpec::Shell(ShellTask {
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            working_dir: Some("/tmp".into()),
+        })
+    }
+
+    #[test]
+    fn job_definitions_round_trip_for_every_schedule_and_task_kind() {
+        let http = TaskSpec::Http(HttpTask {
+            method: "POST".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            headers: BTreeMap::from([("X-A".into(), "b".into())]),
+            body: Some("{}".into()),
+            expected_status: vec![200, 202],
+        });
+        let schedules = [
+            ScheduleSpec { cron: Some("0 0 3 * * *".into()), timezone: Some("Europe/Berlin".into()), ..Default::default() },
+            ScheduleSpec { every: Some(Duration::from_secs(2)), ..Default::default() },
+            ScheduleSpec { at: Some(t(0)), ..Default::default() },
+        ];
+        for schedule in schedules {
+            for task in [shell(), http.clone()] {
+                let def = job(task, schedule.clone());
+                let bytes = encode_job(&def).unwrap();
+                assert_eq!(&bytes[..2], &MAGIC);
+                assert_eq!(decode_job(&bytes).unwrap(), def);
+            }
+        }
+    }
+
+    #[test]
+    fn every_run_event_round_trips() {
+        let job_id = JobId::parse("j").unwrap();
+        let run_id = RunId::derive(&job_id, t(0), TriggerKind::Schedule);
+        let out = TaskOutput { exit_code: Some(3), stdout: "out".into(), stderr: "err".into() };
+        let kinds = vec![
+            RunEventKind::RunScheduled { trigger: TriggerKind::Manual, definition_offset: 42 },
+            RunEventKind::RunSkipped { reason: SkipReason::JobDeleted },
+            RunEventKind::RunDispatched { attempt: 1, pool: "p".into() },
+            RunEventKind::RunStarted { attempt: 1, worker_id: "w".into() },
+            RunEventKind::RunSucceeded { attempt: 1, worker_id: "w".into(), output: out.clone() },
+            RunEventKind::RunFailed { attempt: 2, worker_id: "w".into(), error: "boom".into(), output: out.clone() },
+            RunEventKind::RunTimedOut { attempt: 2, worker_id: "w".into(), output: TaskOutput::default() },
+            RunEventKind::RunCancelled { attempt: 3 },
+            RunEventKind::RunLost { attempt: 3 },
+            RunEventKind::RetryScheduled { attempt: 4, due_at: t(9) },
+        ];
+        for kind in kinds {
+            let event = RunEvent { job_id: job_id.clone(), run_id, scheduled_for: t(0), at: t(5), kind };
+            let decoded = decode_run_event(&encode_run_event(&event).unwrap()).unwrap();
+            // An empty output decodes as empty strings, which is the same output.
+            assert_eq!(decoded, event);
+        }
+    }
+
+    #[test]
+    fn tasks_trigger_state_and_dead_letters_round_trip() {
+        let job_id = JobId::parse("j").unwrap();
+        let task = TaskAssigned {
+            job_id: job_id.clone(),
+            run_id: RunId::derive(&job_id, t(0), TriggerKind::Schedule),
+            attempt: 2,
+            scheduled_for: t(0),
+            pool: "default".into(),
+            task: shell(),
+            timeout: None,
+            definition_offset: 7,
+            assigned_at: t(3),
+        };
+        assert_eq!(decode_task(&encode_task(&task).unwrap()).unwrap(), task);
+        let state = TriggerState { job_id, last_slot: t(1), definition_offset: 3 };
+        assert_eq!(decode_trigger_state(&encode_trigger_state(&state).unwrap()).unwrap(), state);
+        let letter = DeadLetter {
+            source_topic: "kairos.jobs".into(),
+            source_partition: 2,
+            source_offset: 9,
+            service: "trigger".into(),
+            reason: "garbage".into(),
+            payload: Some(vec![0, 1, 2]),
+            at: t(4),
+        };
+        assert_eq!(decode_dead_letter(&encode_dead_letter(&letter).unwrap()).unwrap(), letter);
+    }
+
+    #[test]
+    fn garbage_and_other_schemas_are_errors_not_panics() {
+        assert!(matches!(decode_job(b"hello"), Err(CodecError::NotSingleObject)));
+        assert!(matches!(decode_job(&[]), Err(CodecError::NotSingleObject)));
+        let task_bytes = encode_trigger_state(&TriggerState {
+            job_id: JobId::parse("j").unwrap(),
+            last_slot: t(0),
+            definition_offset: 0,
+        })
+        .unwrap();
+        let err = decode_job(&task_bytes).unwrap_err();
+        assert!(matches!(err, CodecError::UnknownSchema(_, "JobDefinition")), "{err}");
+        let mut truncated = encode_job(&job(shell(), ScheduleSpec { every: Some(Duration::from_secs(1)), ..Default::default() })).unwrap();
+        truncated.truncate(truncated.len() / 2);
+        assert!(decode_job(&truncated).is_err());
+        let mut padded = encode_job(&job(shell(), ScheduleSpec { every: Some(Duration::from_secs(1)), ..Default::default() })).unwrap();
+        padded.extend_from_slice(b"junk");
+        assert!(matches!(decode_job(&padded), Err(CodecError::Avro(reason)) if reason.contains("trailing")));
+    }
+
+    #[test]
+    fn a_decodable_but_invalid_job_is_rejected_with_the_validation_reason() {
+        let mut def = job(shell(), ScheduleSpec { every: Some(Duration::from_secs(1)), ..Default::default() });
+        def.schedule = kairos_core::Schedule::Every { interval: Duration::from_secs(1) };
+        let mut bytes = encode_job(&def).unwrap();
+        // Flip the id to one with a space: still valid Avro, no longer a valid job.
+        let pos = bytes.windows(12).position(|w| w == b"report.daily").unwrap();
+        bytes[pos + 6] = b' ';
+        let err = decode_job(&bytes).unwrap_err();
+        assert!(matches!(err, CodecError::Invalid(ValidationError::InvalidId(_))), "{err}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Records a service cannot use go to the dead-letter topic with the reason and their origin, and
+//! the service goes on: the content of a message never stops or crashes a service.
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::codec::{encode_dead_letter, CodecError, DeadLetter};
+use crate::kafka::Producer;
+
+/// Produces dead letters for one service.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: Producer,
+    topic: String,
+    service: &'static str,
+}
+
+/// A bounded label for the dead-letter counter.
+pub fn reason_label(error: &CodecError) -> &'static str {
+    match error {
+        CodecError::NotSingleObject => "not_avro",
+        CodecError::UnknownSchema(..) => "unknown_schema",
+        CodecError::Avro(_) | CodecError::Field { .. } => "malformed",
+        CodecError::Invalid(_) => "invalid",
+        CodecError::TooLarge(_) => "too_large",
+    }
+}
+
+impl DeadLetters {
+    pub fn new(producer: Producer, topic: String, service: &'static str) -> Self {
+        DeadLetters { producer, topic, service }
+    }
+
+    /// Dead-letters `message`; `label` is a bounded reason for metrics, `reason` the full text.
+    pub async fn send(&self, message: &OwnedMessage, label: &'static str, reason: &str) -> Result<(), KafkaError> {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            "Dead-lettering a record."
+        );
+        let letter = DeadLetter {
+            source_topic: message.topic().to_string(),
+            source_partition: message.partition(),
+            source_offset: message.offset(),
+            service: self.service.to_string(),
+            reason: reason.to_string(),
+            payload: message.payload().map(<[u8]>::to_vec),
+            at: chrono::Utc::now(),
+        };
+        // A dead letter is built from plain fields and capped payload, so encoding cannot fail
+        // unless the schema itself is broken, which the codec tests rule out.
+        let bytes = encode_dead_letter(&letter).unwrap_or_default();
+        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        self.producer.send(&self.topic, &key, Some(&bytes)).await?;
+        metrics::counter!(
+            "kairos_deadlettered_records_total",
+            "service" => self.service, "topic" => topic_kind(message.topic()), "reason" => label
+        )
+        .increment(1);
+        Ok(())
+    }
+}
+
+/// The topic without the installation prefix, so that the label set stays bounded.
+fn topic_kind(topic: &str) -> String {
+    topic.split_once('.').map_or(topic, |(_, rest)| rest).to_string()
+}

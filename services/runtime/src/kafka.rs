@@ -1,0 +1,587 @@
+//! Kafka client setup shared by every service: one config builder, a producer that waits for the
+//! broker's acknowledgement, and a consumer whose positions live in the service's RocksDB.
+//!
+//! Positions: a state service (trigger, dispatcher, aggregator) writes the offset of each record it
+//! applied in the same RocksDB batch as the state change, and on assignment starts each partition
+//! from that stored position (or from the beginning, when the store is new: that is the rebuild).
+//! The group's committed offsets are still stored and committed, for lag monitoring. A worker has no
+//! such state and uses the group's committed offsets.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::store::Store;
+
+/// Properties Kairos's correctness depends on; `-X` cannot override them.
+const CONSUMER_INVARIANTS: [(&str, &str); 2] = [("enable.auto.offset.store", "false"), ("enable.partition.eof", "false")];
+const PRODUCER_INVARIANTS: [(&str, &str); 3] =
+    [("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("acks", "all")];
+
+/// Broker connection settings every binary takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, host:port[,host:port...].
+    #[arg(long, env = "KAIROS_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Prefix of every Kairos topic name, so several installations can share a cluster.
+    #[arg(long, env = "KAIROS_TOPIC_PREFIX", default_value = "kairos")]
+    pub topic_prefix: String,
+    /// Any librdkafka property, e.g. `-X security.protocol=SASL_SSL` (repeatable; the environment
+    /// variable takes a comma-separated list).
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", env = "KAIROS_KAFKA_PROPERTIES",
+          value_delimiter = ',', value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// Settings for a broker at `brokers` with the default prefix and no extra properties.
+    pub fn new(brokers: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
+        KafkaArgs { brokers: brokers.into(), topic_prefix: topic_prefix.into(), properties: vec![] }
+    }
+
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.topic_prefix)
+    }
+
+    /// The base client config: brokers, then every `-X` property.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    pub fn producer(&self) -> Result<Producer, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000")
+            .set("max.in.flight.requests.per.connection", "5");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        for (key, value) in PRODUCER_INVARIANTS {
+            config.set(key, value);
+        }
+        Ok(Producer { inner: config.create()? })
+    }
+
+    fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "50");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        for (key, value) in CONSUMER_INVARIANTS {
+            config.set(key, value);
+        }
+        config
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+        self.client_config().create()
+    }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((key.trim().to_string(), value.to_string()))
+}
+
+/// The names of Kairos's topics under one prefix.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Topics { prefix: prefix.to_string() }
+    }
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{}", self.prefix, suffix)
+    }
+    pub fn jobs(&self) -> String {
+        self.name("jobs")
+    }
+    pub fn runs(&self) -> String {
+        self.name("runs")
+    }
+    pub fn trigger_state(&self) -> String {
+        self.name("trigger-state")
+    }
+    pub fn tasks(&self, pool: &str) -> String {
+        self.name(&format!("tasks.{pool}"))
+    }
+    pub fn deadletter(&self) -> String {
+        self.name("deadletter")
+    }
+    /// Consumer group of a service, e.g. `kairos-dispatcher`.
+    pub fn group(&self, service: &str) -> String {
+        format!("{}-{}", self.prefix, service)
+    }
+}
+
+/// A producer whose sends complete when the broker has acknowledged the record.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+/// Where an acknowledged record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Producer {
+    /// Sends one keyed record (a `None` payload is a tombstone) and waits for the acknowledgement.
+    /// Retries while the local queue is full; any other error is the caller's to classify.
+    pub async fn send(&self, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<Delivered, KafkaError> {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        match self.inner.send(record, Duration::from_secs(30)).await {
+            Ok(delivery) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
+            Err((error, _)) => Err(error),
+        }
+    }
+
+    /// Waits until every queued record is acknowledged (used on shutdown).
+    pub fn flush(&self) {
+        let _ = rdkafka::producer::Producer::flush(&self.inner, Duration::from_secs(10));
+    }
+}
+
+/// A change of the partitions this instance owns, as seen by the service loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalanced {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Sets each assigned partition's start position from the store, commits on revoke, and tells
+/// the service loop what changed.
+pub struct KairosContext {
+    store: Option<Store>,
+    events: mpsc::UnboundedSender<Rebalanced>,
+}
+
+impl ClientContext for KairosContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical | Error => tracing::error!(facility = fac, "{log_message}"),
+            Warning => tracing::warn!(facility = fac, "{log_message}"),
+            _ => tracing::debug!(facility = fac, "{log_message}"),
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ConsumerContext for KairosContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions = partitions_of(tpl);
+                if let Some(store) = &self.store {
+                    for (topic, partition) in &partitions {
+                        let offset = match store.next_offset(topic, *partition) {
+                            Ok(Some(next)) => Offset::Offset(next),
+                            Ok(None) => Offset::Beginning,
+                            Err(error) => {
+                                tracing::error!(%error, topic, partition, "Reading the stored position failed; rebuilding the partition.");
+                                Offset::Beginning
+                            }
+                        };
+                        let _ = tpl.set_partition_offset(topic, *partition, offset);
+                    }
+                }
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!(%error, "Assigning partitions failed.");
+                }
+                tracing::info!(?partitions, "Partitions assigned.");
+                let _ = self.events.send(Rebalanced::Assigned(partitions));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = partitions_of(tpl);
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(%error, "Nothing committed on revoke.");
+                }
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "Unassigning partitions failed.");
+                }
+                tracing::info!(?partitions, "Partitions revoked.");
+                let _ = self.events.send(Rebalanced::Revoked(partitions));
+            }
+            other => tracing::error!(error = ?other, "Rebalance failed."),
+        }
+    }
+}
+
+/// What the service loop receives next.
+#[derive(Debug)]
+pub enum Input {
+    Record(OwnedMessage),
+    /// These partition numbers are now owned; their state is being rebuilt from the topics.
+    Assigned(Vec<i32>),
+    /// These partition numbers are no longer owned.
+    Revoked(Vec<i32>),
+}
+
+/// A consumer-group member over a set of co-partitioned topics.
+pub struct PartitionedConsumer {
+    consumer: Arc<StreamConsumer<KairosContext>>,
+    rebalances: mpsc::UnboundedReceiver<Rebalanced>,
+    /// High watermarks to reach, per topic partition, before a partition counts as caught up.
+    targets: HashMap<(String, i32), i64>,
+    owned: HashSet<i32>,
+    assigned_once: bool,
+}
+
+impl PartitionedConsumer {
+    /// Joins `group` on `topics`. With a store, positions come from the store (see module docs).
+    pub fn new(args: &KafkaArgs, group: &str, topics: &[String], store: Option<Store>) -> Result<Self, KafkaError> {
+        let (events, rebalances) = mpsc::unbounded_channel();
+        let consumer: StreamConsumer<KairosContext> =
+            args.consumer_config(group).create_with_context(KairosContext { store, events })?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        Ok(PartitionedConsumer {
+            consumer: Arc::new(consumer),
+            rebalances,
+            targets: HashMap::new(),
+            owned: HashSet::new(),
+            assigned_once: false,
+        })
+    }
+
+    /// The next record or ownership change. Ownership changes are delivered first, so no record of
+    /// a newly assigned partition is seen before its `Assigned`.
+    pub async fn next(&mut self, store: Option<&Store>) -> Result<Input, KafkaError> {
+        loop {
+            tokio::select! {
+                biased;
+                Some(change) = self.rebalances.recv() => {
+                    if let Some(input) = self.on_rebalance(change, store).await {
+                        return Ok(input);
+                    }
+                }
+                message = self.consumer.recv() => {
+                    let message = message?.detach();
+                    if self.owned.contains(&message.partition()) {
+                        return Ok(Input::Record(message));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_rebalance(&mut self, change: Rebalanced, store: Option<&Store>) -> Option<Input> {
+        match change {
+            Rebalanced::Assigned(partitions) => {
+                self.assigned_once = true;
+                for (topic, partition) in &partitions {
+                    let high = self.high_watermark(topic, *partition).await;
+                    let position = store.and_then(|s| s.next_offset(topic, *partition).ok().flatten()).unwrap_or(0);
+                    if high > position {
+                        self.targets.insert((topic.clone(), *partition), high);
+                    }
+                }
+                let numbers = partition_numbers(&partitions);
+                self.owned.extend(numbers.iter().copied());
+                Some(Input::Assigned(numbers))
+            }
+            Rebalanced::Revoked(partitions) => {
+                let numbers = partition_numbers(&partitions);
+                for n in &numbers {
+                    self.owned.remove(n);
+                }
+                self.targets.retain(|(_, p), _| !numbers.contains(p));
+                Some(Input::Revoked(numbers))
+            }
+        }
+    }
+
+    async fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = topic.to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+        })
+        .await;
+        match result {
+            Ok(Ok((_, high))) => high,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, partition, "Fetching the high watermark failed; treating the partition as caught up.");
+                0
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Marks the record as applied (its state is durable and its effects acknowledged): the group
+    /// may commit past it. Returns the partition number if this record completed its catch-up.
+    pub fn applied(&mut self, message: &OwnedMessage) -> Option<i32> {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        self.store_position(topic, partition, offset + 1);
+        let key = (topic.to_string(), partition);
+        match self.targets.get(&key) {
+            Some(target) if offset + 1 >= *target => {
+                self.targets.remove(&key);
+                (!self.targets.keys().any(|(_, p)| *p == partition)).then_some(partition)
+            }
+            _ => None,
+        }
+    }
+
+    /// Lets the group commit up to (not including) `next_offset` of a partition.
+    pub fn store_position(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut tpl = TopicPartitionList::new();
+        if tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset)).is_ok() {
+            if let Err(error) = self.consumer.store_offsets(&tpl) {
+                tracing::debug!(%error, topic, partition, "Storing the group offset failed.");
+            }
+        }
+    }
+
+    /// Partition numbers owned and no longer rebuilding.
+    pub fn is_caught_up(&self, partition: i32) -> bool {
+        self.owned.contains(&partition) && !self.targets.keys().any(|(_, p)| *p == partition)
+    }
+
+    /// Whether this member has been assigned its share and has caught up on all of it.
+    pub fn ready(&self) -> bool {
+        self.assigned_once && self.targets.is_empty()
+    }
+
+    pub fn owned(&self) -> impl Iterator<Item = i32> + '_ {
+        self.owned.iter().copied()
+    }
+
+    /// Commits stored offsets; called on shutdown.
+    pub fn commit(&self) {
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "Nothing committed on shutdown.");
+        }
+    }
+}
+
+fn partition_numbers(partitions: &[(String, i32)]) -> Vec<i32> {
+    let mut numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topics as data, co-partitioning.
+
+/// `topics/topics.yaml`, as shipped with this build.
+pub const DEFAULT_TOPIC_SET: &str = include_str!("../../../topics/topics.yaml");
+
+/// The topic set of an installation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSet {
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub topics: Vec<TopicDef>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDef {
+    pub name: String,
+    #[serde(default)]
+    pub co_partitioned: bool,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl TopicSet {
+    pub fn parse(yaml: &str) -> Result<Self, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(yaml)
+    }
+
+    pub fn shipped() -> Self {
+        Self::parse(DEFAULT_TOPIC_SET).expect("topics/topics.yaml shipped with this build is valid")
+    }
+
+    /// The partition count of the topic `suffix`, e.g. a new pool's `tasks.<pool>`.
+    pub fn partitions_for(&self, def: &TopicDef) -> i32 {
+        if def.co_partitioned { self.partitions } else { self.partitions.min(3) }
+    }
+}
+
+/// What `topics apply` did.
+#[derive(Debug, Default, PartialEq)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Differences between the cluster and the topic set, which apply never fixes by itself.
+    pub drift: Vec<String>,
+}
+
+/// Creates the topics of `set` that are missing under `args`'s prefix; reports partition drift of
+/// existing ones. Never deletes or alters.
+pub async fn apply_topics(args: &KafkaArgs, set: &TopicSet) -> anyhow::Result<ApplyReport> {
+    let topics = args.topics();
+    let admin = args.admin()?;
+    let existing = partition_counts(args)?;
+    let mut report = ApplyReport::default();
+    let mut to_create = vec![];
+    for def in &set.topics {
+        let name = topics.name(&def.name);
+        let want = set.partitions_for(def);
+        match existing.get(&name) {
+            Some(have) if *have == want => report.unchanged.push(name),
+            Some(have) => {
+                report.drift.push(format!("{name}: has {have} partitions, the topic set says {want}"));
+                report.unchanged.push(name);
+            }
+            None => to_create.push((name, want, def)),
+        }
+    }
+    if !to_create.is_empty() {
+        let new_topics: Vec<NewTopic<'_>> = to_create
+            .iter()
+            .map(|(name, partitions, def)| {
+                def.config.iter().fold(
+                    NewTopic::new(name, *partitions, TopicReplication::Fixed(set.replication_factor)),
+                    |t, (k, v)| t.set(k, v),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(name) => report.created.push(name),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => report.unchanged.push(name),
+                Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
+            }
+        }
+        wait_for_topics(args, &report.created).await?;
+    }
+    Ok(report)
+}
+
+/// Creates one topic with `partitions` partitions unless it exists (used for new pools' task topics).
+pub async fn ensure_topic(args: &KafkaArgs, name: &str, partitions: i32, config: &BTreeMap<String, String>) -> anyhow::Result<bool> {
+    if partition_counts(args)?.contains_key(name) {
+        return Ok(false);
+    }
+    let admin = args.admin()?;
+    let topic = config.iter().fold(NewTopic::new(name, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics([&topic], &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
+        }
+    }
+    wait_for_topics(args, &[name.to_string()]).await?;
+    Ok(true)
+}
+
+/// Waits until metadata shows the topics, so that the caller can produce to them at once.
+async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = partition_counts(args)?;
+        if names.iter().all(|n| counts.get(n).is_some_and(|c| *c > 0)) {
+            return Ok(());
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "topics {names:?} did not appear in metadata within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Partition count of every topic in the cluster.
+pub fn partition_counts(args: &KafkaArgs) -> Result<HashMap<String, i32>, KafkaError> {
+    let consumer: BaseConsumer = args.client_config().create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+        .collect())
+}
+
+/// Why a service refuses to start on these topics.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CoPartitionError {
+    #[error("topic {0} does not exist; create the topic set with `kairosctl topics apply`")]
+    Missing(String),
+    #[error("topics are not co-partitioned: {0}; every topic keyed by job_id needs the same partition count, or one job's records would land in different partitions")]
+    Mismatch(String),
+}
+
+/// Checks that `topics` exist and have one partition count; returns it.
+pub fn check_co_partitioning(args: &KafkaArgs, topics: &[String]) -> anyhow::Result<i32> {
+    let counts = partition_counts(args)?;
+    let mut seen = Vec::new();
+    for topic in topics {
+        let count = *counts.get(topic).ok_or_else(|| CoPartitionError::Missing(topic.clone()))?;
+        seen.push((topic.as_str(), count));
+    }
+    let first = seen.first().map_or(0, |(_, c)| *c);
+    if seen.iter().any(|(_, c)| *c != first) {
+        let listing: Vec<String> = seen.iter().map(|(t, c)| format!("{t} has {c} partitions")).collect();
+        return Err(CoPartitionError::Mismatch(listing.join(", ")).into());
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_topic_set_is_valid_and_co_partitions_the_job_keyed_topics() {
+        let set = TopicSet::shipped();
+        let co: Vec<&str> = set.topics.iter().filter(|t| t.co_partitioned).map(|t| t.name.as_str()).collect();
+        for name in ["jobs", "runs", "trigger-state", "tasks.default"] {
+            assert!(co.contains(&name), "{name} must be co-partitioned");
+        }
+        assert_eq!(set.topics.iter().find(|t| t.name == "jobs").unwrap().config["cleanup.policy"], "compact");
+    }
+
+    #[test]
+    fn properties_parse_as_key_value() {
+        assert_eq!(parse_property("security.protocol=SSL"), Ok(("security.protocol".into(), "SSL".into())));
+        assert!(parse_property("nonsense").is_err());
+    }
+}

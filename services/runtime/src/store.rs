@@ -1,0 +1,226 @@
+//! Local state in RocksDB: a cache of what the topics say, never the source of truth.
+//!
+//! Every change a record causes is written in one [`Batch`] together with the position of that
+//! record (`offset/<topic>/<partition>`), so the state and the position it reflects never disagree,
+//! even after `kill -9`. Delete the directory and the service rebuilds from the topics. Values are
+//! JSON: readable with `ldb`, and internal to one service, so they need no schema contract.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+const OFFSET_PREFIX: &str = "offset/";
+
+/// Why the store failed. RocksDB errors mean the disk or the directory is broken: stop the service.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt value under key {key:?}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A RocksDB database shared by a service's tasks.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<rocksdb::DB>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        Ok(Store { db: Arc::new(rocksdb::DB::open(&options, path)?) })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.db.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// All `(key, value)` pairs whose key starts with `prefix`, in key order.
+    pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
+        self.scan_from(prefix, prefix, usize::MAX)
+    }
+
+    /// Up to `limit` pairs with keys starting with `prefix`, from `start` (inclusive) on.
+    pub fn scan_from<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        let mode = rocksdb::IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let value = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::Corrupt { key: key.clone(), reason: e.to_string() })?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` pairs with keys starting with `prefix`, last key first.
+    pub fn scan_rev<T: DeserializeOwned>(&self, prefix: &str, limit: usize) -> Result<Vec<(String, T)>, StoreError> {
+        let mut upper = prefix.as_bytes().to_vec();
+        upper.push(0xFF);
+        let mode = rocksdb::IteratorMode::From(&upper, rocksdb::Direction::Reverse);
+        let mut out = Vec::new();
+        for item in self.db.iterator(mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let value = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::Corrupt { key: key.clone(), reason: e.to_string() })?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// The offset of the next record to read from a topic partition, if this store has read any.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        self.get(&offset_key(topic, partition))
+    }
+
+    pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        self.db.write(batch.inner)?;
+        Ok(())
+    }
+
+    /// A SHA-256 over every state key and value (positions excluded): two stores that folded the
+    /// same records agree on it whatever order of restarts and rebuilds got them there.
+    pub fn digest(&self) -> Result<String, StoreError> {
+        let mut hasher = Sha256::new();
+        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            if key.starts_with(OFFSET_PREFIX.as_bytes()) {
+                continue;
+            }
+            hasher.update((key.len() as u64).to_le_bytes());
+            hasher.update(&key);
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(&value);
+        }
+        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Bytes RocksDB reports for live SST files.
+    pub fn size_bytes(&self) -> u64 {
+        self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0)
+    }
+}
+
+fn offset_key(topic: &str, partition: i32) -> String {
+    format!("{OFFSET_PREFIX}{topic}/{partition}")
+}
+
+/// Changes applied atomically by [`Store::write`].
+#[derive(Default)]
+pub struct Batch {
+    inner: rocksdb::WriteBatch,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put<T: Serialize>(&mut self, key: &str, value: &T) {
+        // Serialising plain data structs to JSON cannot fail.
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.inner.put(key.as_bytes(), bytes);
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.inner.delete(key.as_bytes());
+    }
+
+    /// Records that the record at `offset` has been applied: reading resumes after it.
+    pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.put(&offset_key(topic, partition), &(offset + 1));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn batches_are_atomic_and_scans_follow_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put("run/b", &2);
+        batch.put("run/a", &1);
+        batch.put("job/x", &"x");
+        batch.consumed("kairos.runs", 3, 41);
+        store.write(batch).unwrap();
+        let runs: Vec<(String, i32)> = store.scan("run/").unwrap();
+        assert_eq!(runs, vec![("run/a".into(), 1), ("run/b".into(), 2)]);
+        let rev: Vec<(String, i32)> = store.scan_rev("run/", 1).unwrap();
+        assert_eq!(rev, vec![("run/b".into(), 2)]);
+        assert_eq!(store.next_offset("kairos.runs", 3).unwrap(), Some(42));
+        assert_eq!(store.next_offset("kairos.runs", 4).unwrap(), None);
+    }
+
+    /// The store behaves like a sorted map (the model) under any sequence of puts and deletes, and
+    /// the digest depends on the state only, not on positions.
+    #[test]
+    fn store_matches_an_in_memory_model() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(32));
+        let ops = proptest::collection::vec((0u8..3, 0u8..8, any::<u16>()), 0..60);
+        runner
+            .run(&ops, |ops| {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(dir.path()).unwrap();
+                let mut model = BTreeMap::new();
+                for (op, key, value) in ops {
+                    let key = format!("k/{key}");
+                    let mut batch = Batch::new();
+                    match op {
+                        0 | 1 => {
+                            batch.put(&key, &value);
+                            model.insert(key, value);
+                        }
+                        _ => {
+                            batch.delete(&key);
+                            model.remove(&key);
+                        }
+                    }
+                    batch.consumed("t", 0, i64::from(value));
+                    store.write(batch).unwrap();
+                }
+                let stored: BTreeMap<String, u16> = store.scan("k/").unwrap().into_iter().collect();
+                prop_assert_eq!(&stored, &model);
+                let other_dir = tempfile::tempdir().unwrap();
+                let other = Store::open(other_dir.path()).unwrap();
+                let mut batch = Batch::new();
+                model.iter().for_each(|(k, v)| batch.put(k, v));
+                other.write(batch).unwrap();
+                prop_assert_eq!(store.digest().unwrap(), other.digest().unwrap());
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -1,0 +1,155 @@
+//! Logs, metrics and the small operations HTTP server every service runs.
+//!
+//! The ops server serves `/metrics` (Prometheus text), `/healthz` and `/debug/state` (whether the
+//! service has caught up with its partitions, and the digest of its state, which is how tests and
+//! operators check that a rebuild reproduced the live state).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::Store;
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`). Safe to call twice.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Buckets for every `_seconds` histogram: from a millisecond (firing lateness) to minutes (runs).
+const SECONDS_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0];
+
+/// The process-wide Prometheus recorder (installed once; services run in-process in tests).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+                .expect("the bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// What `/healthz` and `/debug/state` report.
+#[derive(Default)]
+pub struct Health {
+    caught_up: AtomicBool,
+}
+
+impl Health {
+    pub fn set_caught_up(&self, caught_up: bool) {
+        self.caught_up.store(caught_up, Ordering::Relaxed);
+    }
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    store: Option<Store>,
+}
+
+/// `/metrics`, `/healthz` and `/debug/state`.
+pub fn ops_router(health: Arc<Health>, store: Option<Store>) -> Router {
+    let state = OpsState { metrics: metrics_handle(), health, store };
+    Router::new()
+        .route("/metrics", get(|State(s): State<OpsState>| async move { s.metrics.render() }))
+        .route("/healthz", get(|State(s): State<OpsState>| async move {
+            Json(serde_json::json!({"status": "ok", "caught_up": s.health.caught_up()}))
+        }))
+        .route("/debug/state", get(debug_state))
+        .with_state(state)
+}
+
+async fn debug_state(State(s): State<OpsState>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    let digest = match &s.store {
+        Some(store) => Some(store.digest().map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?),
+        None => None,
+    };
+    let size = s.store.as_ref().map(Store::size_bytes);
+    Ok(Json(serde_json::json!({"caught_up": s.health.caught_up(), "digest": digest, "store_bytes": size})))
+}
+
+/// Binds `addr` and serves `router` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let upkeep = metrics_handle();
+    Ok(tokio::spawn(async move {
+        let upkeep_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            tracing::error!(%error, "HTTP server failed.");
+        }
+        upkeep_task.abort();
+    }))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("Shutdown requested.");
+}
+
+/// Turns the shutdown future a service is given into a token that its tasks can share.
+pub fn shutdown_token(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    token
+}

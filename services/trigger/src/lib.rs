@@ -1,0 +1,326 @@
+//! The trigger: turns job definitions into `RunScheduled` events when their slots come due.
+//!
+//! It consumes `jobs` and its own changelog `trigger-state` (co-partitioned, one consumer group).
+//! RocksDB holds each job's definition and the last slot handled for it; an in-memory index of next
+//! fire times is built from RocksDB when a partition has caught up. A slot is fired by appending
+//! `RunScheduled` (or `RunSkipped{misfire}`) to the ledger, then recording it in `trigger-state`;
+//! a crash between the two re-fires the same slot, which yields the same run_id and is dropped
+//! downstream. Nothing fires for a partition until it has caught up on both topics.
+
+mod index;
+mod metrics_names;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kairos_core::decide::{next_fire, Fire, DEFAULT_GRACE};
+use kairos_core::job::JobSpec;
+use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
+use kairos_core::{JobDefinition, JobId, Timestamp};
+use kairos_runtime::codec::{self, TriggerState};
+use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::kafka::{check_co_partitioning, Input};
+use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::{record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::index::DueIndex;
+use crate::metrics_names as m;
+
+/// Most slots handled for one job in one pass, so a long backlog cannot starve other jobs.
+const MAX_SLOTS_PER_PASS: usize = 1000;
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "kairos-trigger", version, about = "Fires due job slots onto the run ledger.")]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// RocksDB directory (a cache: delete it and the trigger rebuilds from the topics).
+    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/trigger")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9401")]
+    pub metrics_addr: SocketAddr,
+    /// How late a slot may fire and still count as on time; later ones are misfires.
+    #[arg(long, env = "KAIROS_MISFIRE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub misfire_grace: Duration,
+    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Defaults for a broker and prefix, as tests and embedders need.
+    pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
+        Config { kafka, data_dir, metrics_addr, misfire_grace: DEFAULT_GRACE, log_format: LogFormat::Text }
+    }
+}
+
+/// A job as the trigger stores it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct StoredJob {
+    spec: JobSpec,
+    /// Offset of the definition on the jobs topic.
+    offset: i64,
+    /// When the definition was written: slots at or before it are never fired for it.
+    written_at: Timestamp,
+}
+
+fn job_key(partition: i32, job: &str) -> String {
+    format!("job/{partition:05}/{job}")
+}
+
+fn cursor_key(partition: i32, job: &str) -> String {
+    format!("cursor/{partition:05}/{job}")
+}
+
+/// Runs the trigger until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let topics = config.kafka.topics();
+    let inputs = [topics.jobs(), topics.trigger_state()];
+    check_co_partitioning(&config.kafka, &[topics.jobs(), topics.trigger_state(), topics.runs()])?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)?;
+    let producer = config.kafka.producer()?;
+    let consumer = PartitionedConsumer::new(&config.kafka, &topics.group("trigger"), &inputs, Some(store.clone()))?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let health = Arc::new(Health::default());
+    let ops = telemetry::serve(
+        config.metrics_addr,
+        telemetry::ops_router(health.clone(), Some(store.clone())),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
+    tracing::info!(topics = ?inputs, data_dir = %config.data_dir.display(), "Trigger started.");
+
+    let mut trigger = Trigger {
+        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "trigger"),
+        topics,
+        store,
+        producer,
+        consumer,
+        index: DueIndex::default(),
+        grace: config.misfire_grace,
+        health,
+    };
+    let result = trigger.run(shutdown.clone()).await;
+    trigger.consumer.commit();
+    trigger.producer.flush();
+    shutdown.cancel();
+    let _ = ops.await;
+    result
+}
+
+struct Trigger {
+    topics: Topics,
+    store: Store,
+    producer: Producer,
+    consumer: PartitionedConsumer,
+    deadletters: DeadLetters,
+    index: DueIndex,
+    grace: Duration,
+    health: Arc<Health>,
+}
+
+impl Trigger {
+    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let wake = self.index.next_due().map_or(Duration::from_secs(1), |due| {
+                (due - chrono::Utc::now()).to_std().unwrap_or_default().min(Duration::from_secs(1))
+            });
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                input = self.consumer.next(Some(&self.store)) => self.handle(input?).await?,
+                _ = tokio::time::sleep(wake) => self.fire_due().await?,
+            }
+            self.health.set_caught_up(self.consumer.ready());
+        }
+    }
+
+    async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
+        match input {
+            Input::Assigned(partitions) => {
+                for partition in partitions {
+                    if self.consumer.is_caught_up(partition) {
+                        self.caught_up(partition)?;
+                    }
+                }
+            }
+            Input::Revoked(partitions) => partitions.into_iter().for_each(|p| self.index.drop_partition(p)),
+            Input::Record(message) => {
+                let mut batch = Batch::new();
+                if message.topic() == self.topics.jobs() {
+                    self.apply_definition(&message, &mut batch).await?;
+                } else {
+                    self.apply_cursor(&message, &mut batch).await?;
+                }
+                batch.consumed(message.topic(), message.partition(), message.offset());
+                self.store.write(batch)?;
+                if let Some(partition) = self.consumer.applied(&message) {
+                    self.caught_up(partition)?;
+                } else if self.consumer.is_caught_up(message.partition()) {
+                    if let Some(job) = record_key(&message) {
+                        self.reindex(message.partition(), &job)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A definition or tombstone from the jobs topic.
+    async fn apply_definition(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<()> {
+        let partition = message.partition();
+        let Some(key) = record_key(message) else {
+            return Ok(self.deadletters.send(message, "invalid", "record has no UTF-8 job id key").await?);
+        };
+        let Some(payload) = message.payload() else {
+            batch.delete(&job_key(partition, &key));
+            batch.delete(&cursor_key(partition, &key));
+            tracing::info!(job_id = key, "Job deleted.");
+            return Ok(());
+        };
+        let definition = match codec::decode_job(payload) {
+            Ok(definition) if definition.id.as_str() == key => definition,
+            Ok(definition) => {
+                let reason = format!("key {key:?} does not match the definition's id {:?}", definition.id.as_str());
+                return Ok(self.deadletters.send(message, "invalid", &reason).await?);
+            }
+            Err(error) => {
+                return Ok(self.deadletters.send(message, reason_label(&error), &error.to_string()).await?);
+            }
+        };
+        let written_at = record_time(message).unwrap_or_else(chrono::Utc::now);
+        let stored = StoredJob { spec: definition.to_spec(), offset: message.offset(), written_at };
+        batch.put(&job_key(partition, &key), &stored);
+        tracing::info!(job_id = key, offset = message.offset(), "Job defined.");
+        Ok(())
+    }
+
+    /// A changelog record: the last slot handled for a job (possibly by another instance).
+    async fn apply_cursor(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<()> {
+        let Some(payload) = message.payload() else { return Ok(()) };
+        let state = match codec::decode_trigger_state(payload) {
+            Ok(state) => state,
+            Err(error) => return Ok(self.deadletters.send(message, reason_label(&error), &error.to_string()).await?),
+        };
+        let key = cursor_key(message.partition(), state.job_id.as_str());
+        let current: Option<Timestamp> = self.store.get(&key)?;
+        if current.is_none_or(|c| c < state.last_slot) {
+            batch.put(&key, &state.last_slot);
+        }
+        Ok(())
+    }
+
+    /// A partition has caught up: index its jobs, then fire what came due while nobody owned it.
+    fn caught_up(&mut self, partition: i32) -> anyhow::Result<()> {
+        let jobs: Vec<(String, StoredJob)> = self.store.scan(&format!("job/{partition:05}/"))?;
+        tracing::info!(partition, jobs = jobs.len(), "Partition caught up; firing resumes.");
+        for (_, job) in jobs {
+            self.reindex(partition, &job.spec.id)?;
+        }
+        metrics::counter!(m::REBUILDS).increment(1);
+        Ok(())
+    }
+
+    /// Recomputes a job's next slot from the store.
+    fn reindex(&mut self, partition: i32, job: &str) -> anyhow::Result<()> {
+        match self.load(partition, job)? {
+            Some((definition, _, cursor)) => match definition.schedule.next_after(cursor) {
+                Some(next) => self.index.set(partition, job, next),
+                None => self.index.remove(job),
+            },
+            None => self.index.remove(job),
+        }
+        Ok(())
+    }
+
+    /// The job's validated definition, its offset, and the cursor slots are counted from.
+    fn load(&self, partition: i32, job: &str) -> anyhow::Result<Option<(JobDefinition, i64, Timestamp)>> {
+        let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else { return Ok(None) };
+        let last: Option<Timestamp> = self.store.get(&cursor_key(partition, job))?;
+        let cursor = last.map_or(stored.written_at, |l| l.max(stored.written_at));
+        match stored.spec.validate() {
+            Ok(definition) => Ok(Some((definition, stored.offset, cursor))),
+            Err(error) => {
+                // It passed validation when consumed; only a change of the rules can get here.
+                tracing::error!(job_id = job, %error, "Stored definition no longer validates; not firing it.");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn fire_due(&mut self) -> anyhow::Result<()> {
+        let now = chrono::Utc::now();
+        for (partition, job) in self.index.due(now) {
+            if self.consumer.is_caught_up(partition) {
+                self.fire_job(partition, &job, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles every due slot of one job, then records the last one in the changelog.
+    async fn fire_job(&mut self, partition: i32, job: &str, now: Timestamp) -> anyhow::Result<()> {
+        let Some((definition, offset, mut cursor)) = self.load(partition, job)? else {
+            self.index.remove(job);
+            return Ok(());
+        };
+        let mut handled = 0;
+        while let Some(fire) = next_fire(&definition.schedule, cursor, now, self.grace) {
+            self.emit(&definition.id, fire, offset, now).await?;
+            cursor = fire.slot();
+            handled += 1;
+            if handled == MAX_SLOTS_PER_PASS {
+                break;
+            }
+        }
+        if handled > 0 {
+            let state = TriggerState { job_id: definition.id.clone(), last_slot: cursor, definition_offset: offset };
+            let bytes = codec::encode_trigger_state(&state)?;
+            self.producer.send(&self.topics.trigger_state(), job, Some(&bytes)).await?;
+            let mut batch = Batch::new();
+            batch.put(&cursor_key(partition, job), &cursor);
+            self.store.write(batch)?;
+        }
+        match definition.schedule.next_after(cursor) {
+            Some(next) => self.index.set(partition, job, next),
+            None => self.index.remove(job),
+        }
+        Ok(())
+    }
+
+    async fn emit(&self, job_id: &JobId, fire: Fire, definition_offset: i64, now: Timestamp) -> anyhow::Result<()> {
+        let slot = fire.slot();
+        let kind = match fire {
+            Fire::Run(_) => RunEventKind::RunScheduled { trigger: TriggerKind::Schedule, definition_offset },
+            Fire::Misfired(_) => RunEventKind::RunSkipped { reason: SkipReason::Misfire },
+        };
+        let event = RunEvent {
+            job_id: job_id.clone(),
+            run_id: RunId::derive(job_id, slot, TriggerKind::Schedule),
+            scheduled_for: slot,
+            at: now,
+            kind,
+        };
+        let bytes = codec::encode_run_event(&event)?;
+        self.producer.send(&self.topics.runs(), job_id.as_str(), Some(&bytes)).await?;
+        let lateness = (chrono::Utc::now() - slot).to_std().unwrap_or_default();
+        match fire {
+            Fire::Run(_) => {
+                metrics::counter!(m::FIRES).increment(1);
+                metrics::histogram!(m::LATENESS).record(lateness.as_secs_f64());
+                tracing::debug!(job_id = %job_id, run_id = %event.run_id, %slot, "Fired.");
+            }
+            Fire::Misfired(_) => {
+                metrics::counter!(m::SKIPS, "reason" => "misfire").increment(1);
+                tracing::info!(job_id = %job_id, %slot, "Slot misfired; a later slot supersedes it.");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = kairos_trigger::Config::parse();
+    kairos_runtime::telemetry::init_tracing(config.log_format);
+    kairos_trigger::run(config, kairos_runtime::telemetry::shutdown_signal()).await
+}

@@ -1,0 +1,6 @@
+//! Every metric the trigger exports, in one place so dashboards can be checked against the code.
+
+pub(crate) const FIRES: &str = "kairos_trigger_fires_total";
+pub(crate) const SKIPS: &str = "kairos_trigger_skips_total";
+pub(crate) const LATENESS: &str = "kairos_trigger_fire_lateness_seconds";
+pub(crate) const REBUILDS: &str = "kairos_trigger_partition_rebuilds_total";

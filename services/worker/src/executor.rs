@@ -1,0 +1,259 @@
+//! Runs one task: a process (shell) or an HTTP request, with a timeout and capped output.
+//!
+//! A shell task runs in its own process group, so that on timeout the whole group is killed and no
+//! child it started survives. The run id and attempt reach the task as its idempotency key:
+//! `KAIROS_RUN_ID` / `KAIROS_ATTEMPT` in the environment, `X-Kairos-Run-Id` / `X-Kairos-Attempt`
+//! as HTTP headers.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use kairos_core::job::{HttpTask, ShellTask, TaskSpec};
+use kairos_core::run::TaskOutput;
+use kairos_core::TaskAssigned;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// How an attempt ended on this worker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    Failed(String),
+    TimedOut,
+}
+
+/// The outcome and what the task printed or answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Execution {
+    pub outcome: Outcome,
+    pub output: TaskOutput,
+}
+
+/// Executes `task`; never panics, whatever the task does.
+pub async fn execute(task: &TaskAssigned, output_limit: usize, http: &reqwest::Client) -> Execution {
+    match &task.task {
+        TaskSpec::Shell(shell) => run_shell(task, shell, output_limit).await,
+        TaskSpec::Http(request) => run_http(task, request, output_limit, http).await,
+    }
+}
+
+fn failed(reason: String) -> Execution {
+    Execution { outcome: Outcome::Failed(reason), output: TaskOutput::default() }
+}
+
+async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Execution {
+    let Some((program, args)) = shell.command.split_first() else {
+        return failed("empty command".into());
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(&shell.env)
+        .env("KAIROS_JOB_ID", task.job_id.as_str())
+        .env("KAIROS_RUN_ID", task.run_id.to_string())
+        .env("KAIROS_ATTEMPT", task.attempt.to_string())
+        .env("KAIROS_SCHEDULED_FOR", task.scheduled_for.to_rfc3339())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &shell.working_dir {
+        command.current_dir(dir);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => return failed(format!("cannot start {program:?}: {error}")),
+    };
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let finished = async {
+        let (status, stdout, stderr) = tokio::join!(child.wait(), read_capped(stdout, limit), read_capped(stderr, limit));
+        (status, stdout, stderr)
+    };
+    let result = match task.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, finished).await.ok(),
+        None => Some(finished.await),
+    };
+    match result {
+        Some((Ok(status), stdout, stderr)) => {
+            let output = TaskOutput { exit_code: status.code(), stdout, stderr };
+            let outcome = if status.success() {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed(match status.code() {
+                    Some(code) => format!("exited with status {code}"),
+                    None => "killed by a signal".to_string(),
+                })
+            };
+            Execution { outcome, output }
+        }
+        Some((Err(error), stdout, stderr)) => Execution {
+            outcome: Outcome::Failed(format!("waiting for the process failed: {error}")),
+            output: TaskOutput { exit_code: None, stdout, stderr },
+        },
+        None => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                kill_group(pid);
+            }
+            let _ = child.wait().await;
+            Execution { outcome: Outcome::TimedOut, output: TaskOutput::default() }
+        }
+    }
+}
+
+/// Kills the task's whole process group, children included.
+fn kill_group(pgid: i32) {
+    use nix::sys::signal::{killpg, Signal};
+    if let Err(error) = killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL) {
+        tracing::warn!(%error, pgid, "Killing the task's process group failed.");
+    }
+}
+
+/// Reads a stream to its end, keeping the first `limit` bytes (lossy UTF-8).
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> String {
+    let Some(mut stream) = stream else { return String::new() };
+    let mut kept = Vec::new();
+    let mut dropped = 0usize;
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+                dropped += n.saturating_sub(room);
+            }
+        }
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if dropped > 0 {
+        text.push_str(&format!("\n[... {dropped} more bytes not kept]"));
+    }
+    text
+}
+
+async fn run_http(task: &TaskAssigned, request: &HttpTask, limit: usize, client: &reqwest::Client) -> Execution {
+    let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
+        Ok(method) => method,
+        Err(_) => return failed(format!("invalid HTTP method {:?}", request.method)),
+    };
+    let mut builder = client
+        .request(method, &request.url)
+        .header("X-Kairos-Job-Id", task.job_id.as_str())
+        .header("X-Kairos-Run-Id", task.run_id.to_string())
+        .header("X-Kairos-Attempt", task.attempt.to_string());
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    if let Some(body) = &request.body {
+        builder = builder.body(body.clone());
+    }
+    let send = async {
+        let response = builder.send().await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    };
+    let result = match task.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, send).await.ok(),
+        None => Some(send.await),
+    };
+    match result {
+        None => Execution { outcome: Outcome::TimedOut, output: TaskOutput::default() },
+        Some(Err(error)) => failed(format!("request to {} failed: {error}", request.url)),
+        Some(Ok((status, body))) => {
+            let kept = &body[..body.len().min(limit)];
+            let output = TaskOutput {
+                exit_code: Some(i32::from(status)),
+                stdout: String::from_utf8_lossy(kept).into_owned(),
+                stderr: String::new(),
+            };
+            let expected = if request.expected_status.is_empty() {
+                (200..300).contains(&status)
+            } else {
+                request.expected_status.contains(&status)
+            };
+            let outcome = if expected { Outcome::Succeeded } else { Outcome::Failed(format!("unexpected HTTP status {status}")) };
+            Execution { outcome, output }
+        }
+    }
+}
+
+/// A timeout long enough for anything that gives none: a hung task still ends some day.
+pub const NO_TIMEOUT_CAP: Duration = Duration::from_secs(24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_core::run::{RunId, TriggerKind};
+    use kairos_core::JobId;
+
+    fn task(spec: TaskSpec, timeout: Option<Duration>) -> TaskAssigned {
+        let job_id = JobId::parse("exec-test").unwrap();
+        let now = chrono::Utc::now();
+        TaskAssigned {
+            run_id: RunId::derive(&job_id, now, TriggerKind::Manual),
+            job_id,
+            attempt: 3,
+            scheduled_for: now,
+            pool: "default".into(),
+            task: spec,
+            timeout,
+            definition_offset: 0,
+            assigned_at: now,
+        }
+    }
+
+    fn sh(script: &str) -> TaskSpec {
+        TaskSpec::Shell(ShellTask {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            working_dir: Some("/".into()),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_shell_task_sees_its_run_id_attempt_env_and_working_dir() {
+        let t = task(sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT; pwd; echo oops >&2"), None);
+        let run = execute(&t, 1024, &reqwest::Client::new()).await;
+        assert_eq!(run.outcome, Outcome::Succeeded);
+        assert_eq!(run.output.stdout, format!("hi {} 3\n/\n", t.run_id));
+        assert_eq!(run.output.stderr, "oops\n");
+        assert_eq!(run.output.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_status_and_a_missing_program_is_a_clear_failure() {
+        let run = execute(&task(sh("exit 7"), None), 1024, &reqwest::Client::new()).await;
+        assert_eq!(run.outcome, Outcome::Failed("exited with status 7".into()));
+        let missing = TaskSpec::Shell(ShellTask { command: vec!["/no/such/program".into()], env: Default::default(), working_dir: None });
+        let run = execute(&task(missing, None), 1024, &reqwest::Client::new()).await;
+        assert!(matches!(&run.outcome, Outcome::Failed(reason) if reason.contains("/no/such/program")), "{run:?}");
+    }
+
+    #[tokio::test]
+    async fn output_is_capped() {
+        let run = execute(&task(sh("head -c 5000 /dev/zero | tr '\\0' x"), None), 100, &reqwest::Client::new()).await;
+        assert!(run.output.stdout.starts_with(&"x".repeat(100)));
+        assert!(run.output.stdout.contains("4900 more bytes"), "{}", run.output.stdout);
+    }
+
+    /// The timeout kills the task's children too: the grandchild would write a file after 2 s.
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let started = std::time::Instant::now();
+        let run = execute(&task(sh(&script), Some(Duration::from_millis(300))), 1024, &reqwest::Client::new()).await;
+        assert_eq!(run.outcome, Outcome::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(10), "the task was not stopped at its timeout");
+        // Wait past the moment the grandchild would have written, then check it never did.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            assert!(!marker.exists(), "a child of the timed-out task survived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

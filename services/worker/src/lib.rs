@@ -1,0 +1,327 @@
+//! The worker: executes the tasks of one pool and reports every attempt on the run ledger.
+//!
+//! It consumes `tasks.<pool>` in the pool's consumer group. Tasks of different jobs run
+//! concurrently (up to `--max-concurrent`), tasks of one job run one after another in offset order.
+//! For each attempt it appends `RunStarted`, runs the task, and appends the outcome; a task's offset
+//! becomes committable only after its outcome is acknowledged by the broker, and a partition's
+//! committed offset never passes its lowest unfinished task. A crash therefore re-delivers
+//! unfinished tasks (at-least-once); the ledger keeps the first outcome of an attempt.
+
+pub mod executor;
+mod metrics_names;
+mod tracker;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_core::{JobId, TaskAssigned};
+use kairos_runtime::codec;
+use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::kafka::{check_co_partitioning, Input};
+use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::{KafkaArgs, PartitionedConsumer, Producer, Topics};
+use rdkafka::message::{Message, OwnedMessage};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{execute, Outcome};
+use crate::metrics_names as m;
+use crate::tracker::OffsetTracker;
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "kairos-worker", version, about = "Executes the tasks of a worker pool.")]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The pool this worker serves; it consumes `<prefix>.tasks.<pool>`.
+    #[arg(long, env = "KAIROS_POOL", default_value = "default")]
+    pub pool: String,
+    /// Tasks run at once.
+    #[arg(long, env = "KAIROS_MAX_CONCURRENT", default_value_t = 4)]
+    pub max_concurrent: usize,
+    /// This worker's name on the ledger; defaults to host name and process id.
+    #[arg(long, env = "KAIROS_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Bytes of stdout and of stderr kept per attempt.
+    #[arg(long, env = "KAIROS_OUTPUT_LIMIT", default_value_t = 64 * 1024)]
+    pub output_limit: usize,
+    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn new(kafka: KafkaArgs, metrics_addr: SocketAddr) -> Self {
+        Config {
+            kafka,
+            pool: "default".into(),
+            max_concurrent: 4,
+            worker_id: None,
+            output_limit: 64 * 1024,
+            metrics_addr,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// A task this worker has taken, waiting for or in execution.
+struct Pending {
+    partition: i32,
+    offset: i64,
+    task: TaskAssigned,
+}
+
+/// Sent by an execution when its outcome is acknowledged.
+struct Finished {
+    partition: i32,
+    offset: i64,
+    job_id: JobId,
+}
+
+/// Runs the worker until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let topics = config.kafka.topics();
+    let input = topics.tasks(&config.pool);
+    check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;
+    let producer = config.kafka.producer()?;
+    let group = topics.group(&format!("workers-{}", config.pool));
+    let consumer = PartitionedConsumer::new(&config.kafka, &group, std::slice::from_ref(&input), None)?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let health = Arc::new(Health::default());
+    let ops = telemetry::serve(config.metrics_addr, telemetry::ops_router(health.clone(), None), shutdown.clone().cancelled_owned()).await?;
+    let worker_id = config.worker_id();
+    tracing::info!(pool = config.pool, worker_id, max_concurrent = config.max_concurrent, "Worker started.");
+
+    let (finished_tx, finished) = mpsc::unbounded_channel();
+    let mut worker = Worker {
+        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "worker"),
+        reporter: Reporter { producer: producer.clone(), topics, worker_id, shutdown: shutdown.clone() },
+        input,
+        pool: config.pool.clone(),
+        consumer,
+        slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+        http: reqwest::Client::new(),
+        output_limit: config.output_limit,
+        queues: HashMap::new(),
+        tracker: OffsetTracker::default(),
+        finished_tx,
+        finished,
+        health,
+    };
+    let result = worker.run(shutdown.clone()).await;
+    worker.consumer.commit();
+    producer.flush();
+    shutdown.cancel();
+    let _ = ops.await;
+    result
+}
+
+struct Worker {
+    input: String,
+    pool: String,
+    consumer: PartitionedConsumer,
+    deadletters: DeadLetters,
+    reporter: Reporter,
+    slots: Arc<Semaphore>,
+    http: reqwest::Client,
+    output_limit: usize,
+    /// Per job: tasks taken but not finished, the first one running.
+    queues: HashMap<JobId, VecDeque<Pending>>,
+    tracker: OffsetTracker,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished: mpsc::UnboundedReceiver<Finished>,
+    health: Arc<Health>,
+}
+
+impl Worker {
+    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                Some(done) = self.finished.recv() => self.on_finished(done),
+                input = self.consumer.next(None) => self.handle(input?).await?,
+            }
+            self.health.set_caught_up(self.consumer.ready());
+        }
+    }
+
+    async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
+        match input {
+            Input::Assigned(_) => {}
+            Input::Revoked(partitions) => {
+                // Running attempts finish and report; their offsets belong to the new owner now.
+                for partition in partitions {
+                    self.tracker.forget(partition);
+                    for queue in self.queues.values_mut() {
+                        if let Some(running) = queue.pop_front() {
+                            queue.retain(|p| p.partition != partition);
+                            queue.push_front(running);
+                        }
+                    }
+                }
+            }
+            Input::Record(message) => self.take(message).await?,
+        }
+        Ok(())
+    }
+
+    async fn take(&mut self, message: OwnedMessage) -> anyhow::Result<()> {
+        let (partition, offset) = (message.partition(), message.offset());
+        let task = match message.payload().map(codec::decode_task) {
+            Some(Ok(task)) if task.pool == self.pool => task,
+            Some(Ok(task)) => {
+                let reason = format!("task for pool {:?} on the topic of pool {:?}", task.pool, self.pool);
+                self.deadletters.send(&message, "invalid", &reason).await?;
+                self.consumer.store_position(&self.input, partition, offset + 1);
+                return Ok(());
+            }
+            Some(Err(error)) => {
+                self.deadletters.send(&message, reason_label(&error), &error.to_string()).await?;
+                self.tracker.started(partition, offset);
+                self.commit_up_to(partition, offset);
+                return Ok(());
+            }
+            None => {
+                self.deadletters.send(&message, "invalid", "task record without a value").await?;
+                self.tracker.started(partition, offset);
+                self.commit_up_to(partition, offset);
+                return Ok(());
+            }
+        };
+        self.tracker.started(partition, offset);
+        let job_id = task.job_id.clone();
+        let queue = self.queues.entry(job_id.clone()).or_default();
+        queue.push_back(Pending { partition, offset, task });
+        if queue.len() == 1 {
+            self.start_head(&job_id);
+        }
+        metrics::gauge!(m::QUEUED, "pool" => self.pool.clone()).set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
+        Ok(())
+    }
+
+    fn commit_up_to(&mut self, partition: i32, offset: i64) {
+        if let Some(next) = self.tracker.finished(partition, offset) {
+            self.consumer.store_position(&self.input, partition, next);
+        }
+    }
+
+    fn on_finished(&mut self, done: Finished) {
+        self.commit_up_to(done.partition, done.offset);
+        if let Some(queue) = self.queues.get_mut(&done.job_id) {
+            queue.pop_front();
+            if queue.is_empty() {
+                self.queues.remove(&done.job_id);
+            } else {
+                self.start_head(&done.job_id);
+            }
+        }
+    }
+
+    /// Starts the first queued task of a job in the background.
+    fn start_head(&self, job_id: &JobId) {
+        let Some(pending) = self.queues.get(job_id).and_then(|q| q.front()) else { return };
+        let (partition, offset, task) = (pending.partition, pending.offset, pending.task.clone());
+        let slots = Arc::clone(&self.slots);
+        let reporter = self.reporter.clone();
+        let http = self.http.clone();
+        let finished = self.finished_tx.clone();
+        let (limit, pool) = (self.output_limit, self.pool.clone());
+        tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else { return };
+            let job_id = task.job_id.clone();
+            if reporter.attempt(&task, &http, limit, &pool).await {
+                let _ = finished.send(Finished { partition, offset, job_id });
+            }
+        });
+    }
+}
+
+/// Appends an attempt's lifecycle events, retrying until the broker takes them.
+#[derive(Clone)]
+struct Reporter {
+    producer: Producer,
+    topics: Topics,
+    worker_id: String,
+    shutdown: CancellationToken,
+}
+
+impl Reporter {
+    /// Runs one attempt and reports it; false if shutdown came before the outcome was recorded.
+    async fn attempt(&self, task: &TaskAssigned, http: &reqwest::Client, limit: usize, pool: &str) -> bool {
+        let started = RunEventKind::RunStarted { attempt: task.attempt, worker_id: self.worker_id.clone() };
+        if !self.report(task, started).await {
+            return false;
+        }
+        tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
+        metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
+        let clock = std::time::Instant::now();
+        let execution = execute(task, limit, http).await;
+        metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
+        metrics::histogram!(m::DURATION, "pool" => pool.to_string()).record(clock.elapsed().as_secs_f64());
+        let (label, kind) = match execution.outcome {
+            Outcome::Succeeded => (
+                "succeeded",
+                RunEventKind::RunSucceeded { attempt: task.attempt, worker_id: self.worker_id.clone(), output: execution.output },
+            ),
+            Outcome::Failed(error) => (
+                "failed",
+                RunEventKind::RunFailed { attempt: task.attempt, worker_id: self.worker_id.clone(), error, output: execution.output },
+            ),
+            Outcome::TimedOut => (
+                "timed_out",
+                RunEventKind::RunTimedOut { attempt: task.attempt, worker_id: self.worker_id.clone(), output: execution.output },
+            ),
+        };
+        metrics::counter!(m::TASKS, "pool" => pool.to_string(), "outcome" => label).increment(1);
+        tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, outcome = label, "Task finished.");
+        self.report(task, kind).await
+    }
+
+    async fn report(&self, task: &TaskAssigned, kind: RunEventKind) -> bool {
+        let event = RunEvent {
+            job_id: task.job_id.clone(),
+            run_id: task.run_id,
+            scheduled_for: task.scheduled_for,
+            at: chrono::Utc::now(),
+            kind,
+        };
+        let bytes = match codec::encode_run_event(&event) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, run_id = %task.run_id, "Encoding a run event failed.");
+                return false;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.producer.send(&self.topics.runs(), task.job_id.as_str(), Some(&bytes)).await {
+                Ok(_) => return true,
+                Err(error) => {
+                    tracing::warn!(%error, run_id = %task.run_id, "Appending to the ledger failed; retrying.");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
