@@ -1,1 +1,240 @@
+//! The result-aggregator: read models of the run ledger, served as a REST API.
+//!
+//! It consumes `jobs` and `runs` into RocksDB: jobs by id, each run's state (folded with
+//! `kairos_core::apply`) and its full event history including duplicates and stale events, and an
+//! index of runs by job in slot order. It never decides anything; it answers "what happened?".
 
+mod api;
+mod metrics_names;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kairos_core::job::JobSpec;
+use kairos_core::run::{apply, RunState};
+use kairos_core::Timestamp;
+use kairos_runtime::codec;
+use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::kafka::{check_co_partitioning, Input};
+use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::{record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics_names as m;
+
+/// History entries kept per run; a run that loops through more retries keeps its latest ones.
+const MAX_HISTORY: usize = 200;
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "kairos-aggregator", version, about = "Read models of the run ledger and the REST API.")]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// RocksDB directory (a cache: delete it and the aggregator rebuilds from the topics).
+    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/aggregator")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9404")]
+    pub metrics_addr: SocketAddr,
+    /// Where the REST API listens.
+    #[arg(long, env = "KAIROS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr, http_addr: SocketAddr) -> Self {
+        Config { kafka, data_dir, metrics_addr, http_addr, log_format: LogFormat::Text }
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub offset: i64,
+    pub updated_at: Option<Timestamp>,
+}
+
+/// One ledger event of a run, and what it did to the run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    pub event: String,
+    pub at: Timestamp,
+    pub attempt: Option<u32>,
+    pub offset: i64,
+    /// `applied`, or why it changed nothing (a duplicate, a stale attempt, ...).
+    pub effect: String,
+}
+
+/// A run's state and how it got there.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    #[serde(flatten)]
+    pub state: RunState,
+    pub history: Vec<HistoryEntry>,
+}
+
+fn job_key(job: &str) -> String {
+    format!("job/{job}")
+}
+fn run_key(run: &str) -> String {
+    format!("run/{run}")
+}
+/// Runs of a job in slot order: `jobrun/<job>/<slot millis, zero-padded>/<run>`.
+fn job_run_key(job: &str, slot: Timestamp, run: &str) -> String {
+    format!("jobrun/{job}/{:015}/{run}", slot.timestamp_millis().max(0))
+}
+
+/// Runs the aggregator until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let topics = config.kafka.topics();
+    let inputs = [topics.jobs(), topics.runs()];
+    check_co_partitioning(&config.kafka, &inputs)?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)?;
+    let producer = config.kafka.producer()?;
+    let consumer = PartitionedConsumer::new(&config.kafka, &topics.group("aggregator"), &inputs, Some(store.clone()))?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let health = Arc::new(Health::default());
+    let ops = telemetry::serve(
+        config.metrics_addr,
+        telemetry::ops_router(health.clone(), Some(store.clone())),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
+    let api = telemetry::serve(config.http_addr, api::router(store.clone(), health.clone()), shutdown.clone().cancelled_owned()).await?;
+    tracing::info!(topics = ?inputs, http_addr = %config.http_addr, "Aggregator started.");
+
+    let mut aggregator = Aggregator {
+        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "aggregator"),
+        topics,
+        store,
+        consumer,
+        health,
+    };
+    let result = aggregator.run(shutdown.clone()).await;
+    aggregator.consumer.commit();
+    producer.flush();
+    shutdown.cancel();
+    let _ = tokio::join!(ops, api);
+    result
+}
+
+struct Aggregator {
+    topics: Topics,
+    store: Store,
+    consumer: PartitionedConsumer,
+    deadletters: DeadLetters,
+    health: Arc<Health>,
+}
+
+impl Aggregator {
+    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                input = self.consumer.next(Some(&self.store)) => {
+                    if let Input::Record(message) = input? {
+                        let mut batch = Batch::new();
+                        if message.topic() == self.topics.jobs() {
+                            self.apply_definition(&message, &mut batch);
+                        } else {
+                            self.apply_event(&message, &mut batch).await?;
+                        }
+                        batch.consumed(message.topic(), message.partition(), message.offset());
+                        self.store.write(batch)?;
+                        self.consumer.applied(&message);
+                    }
+                }
+            }
+            self.health.set_caught_up(self.consumer.ready());
+        }
+    }
+
+    /// Definitions that do not decode are the trigger's to dead-letter; here they are skipped.
+    fn apply_definition(&self, message: &OwnedMessage, batch: &mut Batch) {
+        let Some(key) = record_key(message) else { return };
+        match message.payload().map(codec::decode_job) {
+            None => batch.delete(&job_key(&key)),
+            Some(Ok(definition)) if definition.id.as_str() == key => {
+                let record = JobRecord { spec: definition.to_spec(), offset: message.offset(), updated_at: record_time(message) };
+                batch.put(&job_key(&key), &record);
+            }
+            Some(_) => {}
+        }
+    }
+
+    async fn apply_event(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<()> {
+        let Some(payload) = message.payload() else { return Ok(()) };
+        let event = match codec::decode_run_event(payload) {
+            Ok(event) => event,
+            Err(error) => return Ok(self.deadletters.send(message, reason_label(&error), &error.to_string()).await?),
+        };
+        let run = event.run_id.to_string();
+        let current: Option<RunRecord> = self.store.get(&run_key(&run))?;
+        let folded = apply(current.as_ref().map(|r| &r.state), &event);
+        let entry = |effect: String| HistoryEntry {
+            event: event.kind.name().to_string(),
+            at: event.at,
+            attempt: event.kind.attempt(),
+            offset: message.offset(),
+            effect,
+        };
+        let record = match (folded, current) {
+            (Ok(state), current) => {
+                record_outcome(&state, current.as_ref().map(|r| &r.state));
+                let mut history = current.map(|r| r.history).unwrap_or_default();
+                history.push(entry("applied".into()));
+                RunRecord { state, history }
+            }
+            (Err(error), Some(mut record)) => {
+                metrics::counter!(m::UNAPPLIED_EVENTS, "expected" => if error.is_expected() { "true" } else { "false" }).increment(1);
+                record.history.push(entry(error.to_string()));
+                record
+            }
+            (Err(error), None) => {
+                tracing::warn!(%error, "Event for a run with no RunScheduled; ignored.");
+                metrics::counter!(m::UNAPPLIED_EVENTS, "expected" => "false").increment(1);
+                return Ok(());
+            }
+        };
+        let mut record = record;
+        let excess = record.history.len().saturating_sub(MAX_HISTORY);
+        record.history.drain(..excess);
+        batch.put(&job_run_key(event.job_id.as_str(), event.scheduled_for, &run), &());
+        batch.put(&run_key(&run), &record);
+        Ok(())
+    }
+}
+
+fn record_outcome(state: &RunState, before: Option<&RunState>) {
+    let became_outcome = state.status.is_outcome() && before.is_none_or(|b| !b.status.is_outcome());
+    if !became_outcome {
+        return;
+    }
+    metrics::counter!(m::RUNS, "outcome" => state.status.as_str()).increment(1);
+    if let (Some(started), Some(finished)) = (state.started_at, state.finished_at) {
+        let seconds = (finished - started).to_std().unwrap_or_default().as_secs_f64();
+        metrics::histogram!(m::RUN_DURATION, "outcome" => state.status.as_str()).record(seconds);
+    }
+}
+
+/// Reads for the API, shared with tests.
+pub(crate) fn runs_of_job(store: &Store, job: &str, limit: usize) -> anyhow::Result<Vec<RunState>> {
+    let keys: Vec<(String, ())> = store.scan_rev(&format!("jobrun/{job}/"), limit)?;
+    let mut runs = Vec::with_capacity(keys.len());
+    for (key, ()) in keys {
+        if let Some(run) = key.rsplit('/').next() {
+            if let Some(record) = store.get::<RunRecord>(&run_key(run))? {
+                runs.push(record.state);
+            }
+        }
+    }
+    Ok(runs)
+}
