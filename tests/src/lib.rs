@@ -1,0 +1,309 @@
+//! Integration test harness: a real broker (started by `scripts/test.sh`, address in
+//! `KAIROS_TEST_BROKERS`), real services run in-process, a unique topic prefix per test, and
+//! bounded waits that fail with a message saying what did not arrive.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kairos_core::job::JobSpec;
+use kairos_core::run::RunEvent;
+use kairos_runtime::codec;
+use kairos_runtime::kafka::{apply_topics, Delivered, TopicSet};
+use kairos_runtime::{KafkaArgs, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The broker the suite runs against.
+pub fn brokers() -> String {
+    std::env::var("KAIROS_TEST_BROKERS").expect(
+        "KAIROS_TEST_BROKERS is not set: run the suite with scripts/test.sh, which starts a broker",
+    )
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local address")
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout` saying `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One test's installation: its own topic prefix and data directories.
+pub struct Stack {
+    pub kafka: KafkaArgs,
+    pub partitions: i32,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Creates the topic set under a fresh prefix.
+    pub async fn new(partitions: i32) -> Stack {
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let kafka = KafkaArgs::new(brokers(), prefix);
+        let mut set = TopicSet::shipped();
+        set.partitions = partitions;
+        apply_topics(&kafka, &set)
+            .await
+            .expect("creating the test topics");
+        Stack {
+            kafka,
+            partitions,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn trigger(&self, data: &str) -> Service {
+        let config =
+            kairos_trigger::Config::new(self.kafka.clone(), self.data_dir(data), free_addr());
+        Service::spawn(
+            "trigger",
+            Some(self.data_dir(data)),
+            config.metrics_addr,
+            None,
+            |stop| kairos_trigger::run(config, stop),
+        )
+    }
+
+    pub fn dispatcher(&self, data: &str) -> Service {
+        let config =
+            kairos_dispatcher::Config::new(self.kafka.clone(), self.data_dir(data), free_addr());
+        Service::spawn(
+            "dispatcher",
+            Some(self.data_dir(data)),
+            config.metrics_addr,
+            None,
+            |stop| kairos_dispatcher::run(config, stop),
+        )
+    }
+
+    pub fn worker(&self, worker_id: &str) -> Service {
+        let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
+        config.worker_id = Some(worker_id.to_string());
+        Service::spawn("worker", None, config.metrics_addr, None, |stop| {
+            kairos_worker::run(config, stop)
+        })
+    }
+
+    pub fn aggregator(&self, data: &str) -> Service {
+        let config = kairos_aggregator::Config::new(
+            self.kafka.clone(),
+            self.data_dir(data),
+            free_addr(),
+            free_addr(),
+        );
+        let http = config.http_addr;
+        Service::spawn(
+            "aggregator",
+            Some(self.data_dir(data)),
+            config.metrics_addr,
+            Some(http),
+            |stop| kairos_aggregator::run(config, stop),
+        )
+    }
+
+    /// Puts a job definition on the jobs topic, as `kairosctl job apply` does.
+    pub async fn apply_job(&self, spec: JobSpec) -> Delivered {
+        let definition = spec.validate().expect("test job is valid");
+        let bytes = codec::encode_job(&definition).expect("encoding the job");
+        self.produce(
+            &self.kafka.topics().jobs(),
+            definition.id.as_str(),
+            Some(&bytes),
+        )
+        .await
+    }
+
+    /// Produces raw bytes (or a tombstone); returns where the record landed.
+    pub async fn produce(&self, topic: &str, key: &str, payload: Option<&[u8]>) -> Delivered {
+        let producer = self.kafka.producer().expect("producer");
+        producer
+            .send(topic, key, payload)
+            .await
+            .expect("producing a test record")
+    }
+
+    /// Every record of `topic`, from the beginning up to its current end, with partition and offset.
+    pub fn read_all(&self, topic: &str) -> Vec<(i32, i64, Option<Vec<u8>>)> {
+        let consumer: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let mut ends = BTreeMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..self.partitions_of(topic) {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            if high > 0 {
+                ends.insert(partition, high);
+                tpl.add_partition_offset(topic, partition, Offset::Beginning)
+                    .expect("tpl");
+            }
+        }
+        if ends.is_empty() {
+            return vec![];
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut records = vec![];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut done = BTreeMap::new();
+        while done.len() < ends.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading {topic} to its end took over 30 s"
+            );
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                records.push((
+                    message.partition(),
+                    message.offset(),
+                    message.payload().map(<[u8]>::to_vec),
+                ));
+                if message.offset() + 1 >= ends[&message.partition()] {
+                    done.insert(message.partition(), ());
+                }
+            }
+        }
+        records
+    }
+
+    fn partitions_of(&self, topic: &str) -> i32 {
+        *kairos_runtime::kafka::partition_counts(&self.kafka)
+            .expect("metadata")
+            .get(topic)
+            .unwrap_or(&0)
+    }
+
+    /// The run ledger as decoded events, in per-partition order.
+    pub fn ledger(&self) -> Vec<RunEvent> {
+        self.read_all(&self.kafka.topics().runs())
+            .into_iter()
+            .filter_map(|(_, _, payload)| payload.and_then(|p| codec::decode_run_event(&p).ok()))
+            .collect()
+    }
+}
+
+/// A service running in-process.
+pub struct Service {
+    pub name: &'static str,
+    pub data_dir: Option<PathBuf>,
+    pub metrics_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    fn spawn<Fut>(
+        name: &'static str,
+        data_dir: Option<PathBuf>,
+        metrics_addr: SocketAddr,
+        http_addr: Option<SocketAddr>,
+        run: impl FnOnce(tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
+    ) -> Service
+    where
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(stop.clone().cancelled_owned()));
+        Service {
+            name,
+            data_dir,
+            metrics_addr,
+            http_addr,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the service and returns how its `run` ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within 30 s", self.name))
+            .expect("service task panicked")
+    }
+
+    /// Waits for the service's `run` to return on its own (e.g. refusing to start).
+    pub async fn exit(self, within: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(within, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{} kept running for {within:?}", self.name))
+            .expect("service task panicked")
+    }
+
+    /// `/debug/state` of the running service.
+    pub async fn state(&self) -> Option<serde_json::Value> {
+        get_json(&format!("http://{}/debug/state", self.metrics_addr)).await
+    }
+
+    /// Waits until the service has caught up with all its partitions.
+    pub async fn caught_up(&self) {
+        wait_for(
+            &format!("{} to catch up", self.name),
+            Duration::from_secs(60),
+            || async {
+                self.state()
+                    .await
+                    .filter(|s| s["caught_up"] == true)
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Stops the service, then digests its store offline.
+    pub async fn stop_and_digest(self) -> String {
+        let dir = self.data_dir.clone().expect("a service with a store");
+        self.stop().await.expect("service stopped cleanly");
+        Store::open(&dir)
+            .expect("opening the stopped service's store")
+            .digest()
+            .expect("digest")
+    }
+}
+
+/// GET a JSON document; `None` when unreachable or not 2xx.
+pub async fn get_json(url: &str) -> Option<serde_json::Value> {
+    let response = reqwest::get(url).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// A shell job every `every`, parsed from YAML as a user would write it.
+pub fn shell_job(id: &str, every: &str, script: &str) -> JobSpec {
+    let yaml = format!("id: {id}\nschedule:\n  every: {every}\ntask:\n  shell:\n    command: [\"sh\", \"-c\", {script:?}]\ntimeout: 10s\n");
+    let value: serde_json::Value = serde_yaml_ng::from_str(&yaml).expect("test job YAML");
+    serde_json::from_value(value).expect("test job spec")
+}

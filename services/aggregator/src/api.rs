@@ -31,7 +31,9 @@ pub(crate) fn router(store: Store, health: Arc<Health>) -> Router {
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/runs", get(job_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .with_state(ApiState { store, health })
 }
 
@@ -43,20 +45,32 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
         tracing::error!(%error, "API request failed.");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
     }
 }
 
@@ -72,15 +86,24 @@ async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
 
 async fn list_jobs(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
     let jobs: Vec<(String, JobRecord)> = state.store.scan("job/")?;
-    let jobs: Vec<_> = jobs.into_iter().map(|(_, job)| job_json(&state.store, job)).collect::<Result<_, _>>()?;
+    let jobs: Vec<_> = jobs
+        .into_iter()
+        .map(|(_, job)| job_json(&state.store, job))
+        .collect::<Result<_, _>>()?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
-async fn get_job(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let job: JobRecord = state
-        .store
-        .get(&job_key(&id))?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "job_not_found", format!("no job {id:?}")))?;
+async fn get_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job: JobRecord = state.store.get(&job_key(&id))?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job {id:?}"),
+        )
+    })?;
     Ok(Json(job_json(&state.store, job)?))
 }
 
@@ -114,25 +137,47 @@ async fn job_runs(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = match query.limit.as_deref() {
         None => 50,
-        Some(raw) => raw.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", format!("limit must be 1-{MAX_LIMIT}, got {raw:?}"))
-        })?,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be 1-{MAX_LIMIT}, got {raw:?}"),
+                )
+            })?,
     };
     let runs = runs_of_job(&state.store, &id, limit)?;
     let known = !runs.is_empty() || state.store.get::<JobRecord>(&job_key(&id))?.is_some();
     if !known {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "job_not_found", format!("no job {id:?} and no runs of it")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job {id:?} and no runs of it"),
+        ));
     }
     Ok(Json(json!({ "job_id": id, "runs": runs })))
 }
 
-async fn get_run(State(state): State<ApiState>, Path(run_id): Path<String>) -> Result<Json<RunRecord>, ApiError> {
+async fn get_run(
+    State(state): State<ApiState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
     if kairos_core::RunId::parse(&run_id).is_none() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_run_id", format!("{run_id:?} is not a run id (a UUID)")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_run_id",
+            format!("{run_id:?} is not a run id (a UUID)"),
+        ));
     }
-    let record: RunRecord = state
-        .store
-        .get(&run_key(&run_id))?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "run_not_found", format!("no run {run_id}")))?;
+    let record: RunRecord = state.store.get(&run_key(&run_id))?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            format!("no run {run_id}"),
+        )
+    })?;
     Ok(Json(record))
 }

@@ -19,7 +19,9 @@ use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{check_co_partitioning, Input};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
-use kairos_runtime::{record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
+use kairos_runtime::{
+    record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
+};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -30,12 +32,20 @@ use crate::metrics_names as m;
 const MAX_HISTORY: usize = 200;
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "kairos-aggregator", version, about = "Read models of the run ledger and the REST API.")]
+#[command(
+    name = "kairos-aggregator",
+    version,
+    about = "Read models of the run ledger and the REST API."
+)]
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// RocksDB directory (a cache: delete it and the aggregator rebuilds from the topics).
-    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/aggregator")]
+    #[arg(
+        long,
+        env = "KAIROS_DATA_DIR",
+        default_value = ".kairos/data/aggregator"
+    )]
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9404")]
     pub metrics_addr: SocketAddr,
@@ -47,8 +57,19 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr, http_addr: SocketAddr) -> Self {
-        Config { kafka, data_dir, metrics_addr, http_addr, log_format: LogFormat::Text }
+    pub fn new(
+        kafka: KafkaArgs,
+        data_dir: PathBuf,
+        metrics_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> Self {
+        Config {
+            kafka,
+            data_dir,
+            metrics_addr,
+            http_addr,
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -91,14 +112,23 @@ fn job_run_key(job: &str, slot: Timestamp, run: &str) -> String {
 }
 
 /// Runs the aggregator until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
     let inputs = [topics.jobs(), topics.runs()];
     check_co_partitioning(&config.kafka, &inputs)?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?;
     let producer = config.kafka.producer()?;
-    let consumer = PartitionedConsumer::new(&config.kafka, &topics.group("aggregator"), &inputs, Some(store.clone()))?;
+    let consumer = PartitionedConsumer::new(
+        &config.kafka,
+        &topics.group("aggregator"),
+        &inputs,
+        Some(store.clone()),
+    )?;
     let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
@@ -107,7 +137,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         shutdown.clone().cancelled_owned(),
     )
     .await?;
-    let api = telemetry::serve(config.http_addr, api::router(store.clone(), health.clone()), shutdown.clone().cancelled_owned()).await?;
+    let api = telemetry::serve(
+        config.http_addr,
+        api::router(store.clone(), health.clone()),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
     tracing::info!(topics = ?inputs, http_addr = %config.http_addr, "Aggregator started.");
 
     let mut aggregator = Aggregator {
@@ -159,22 +194,39 @@ impl Aggregator {
 
     /// Definitions that do not decode are the trigger's to dead-letter; here they are skipped.
     fn apply_definition(&self, message: &OwnedMessage, batch: &mut Batch) {
-        let Some(key) = record_key(message) else { return };
+        let Some(key) = record_key(message) else {
+            return;
+        };
         match message.payload().map(codec::decode_job) {
             None => batch.delete(&job_key(&key)),
             Some(Ok(definition)) if definition.id.as_str() == key => {
-                let record = JobRecord { spec: definition.to_spec(), offset: message.offset(), updated_at: record_time(message) };
+                let record = JobRecord {
+                    spec: definition.to_spec(),
+                    offset: message.offset(),
+                    updated_at: record_time(message),
+                };
                 batch.put(&job_key(&key), &record);
             }
             Some(_) => {}
         }
     }
 
-    async fn apply_event(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<()> {
-        let Some(payload) = message.payload() else { return Ok(()) };
+    async fn apply_event(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Batch,
+    ) -> anyhow::Result<()> {
+        let Some(payload) = message.payload() else {
+            return Ok(());
+        };
         let event = match codec::decode_run_event(payload) {
             Ok(event) => event,
-            Err(error) => return Ok(self.deadletters.send(message, reason_label(&error), &error.to_string()).await?),
+            Err(error) => {
+                return Ok(self
+                    .deadletters
+                    .send(message, reason_label(&error), &error.to_string())
+                    .await?)
+            }
         };
         let run = event.run_id.to_string();
         let current: Option<RunRecord> = self.store.get(&run_key(&run))?;
@@ -207,7 +259,10 @@ impl Aggregator {
         let mut record = record;
         let excess = record.history.len().saturating_sub(MAX_HISTORY);
         record.history.drain(..excess);
-        batch.put(&job_run_key(event.job_id.as_str(), event.scheduled_for, &run), &());
+        batch.put(
+            &job_run_key(event.job_id.as_str(), event.scheduled_for, &run),
+            &(),
+        );
         batch.put(&run_key(&run), &record);
         Ok(())
     }
@@ -220,7 +275,10 @@ fn record_outcome(state: &RunState, before: Option<&RunState>) {
     }
     metrics::counter!(m::RUNS, "outcome" => state.status.as_str()).increment(1);
     if let (Some(started), Some(finished)) = (state.started_at, state.finished_at) {
-        let seconds = (finished - started).to_std().unwrap_or_default().as_secs_f64();
+        let seconds = (finished - started)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64();
         metrics::histogram!(m::RUN_DURATION, "outcome" => state.status.as_str()).record(seconds);
     }
 }

@@ -40,7 +40,12 @@ impl Fire {
 ///
 /// A slot late by no more than `grace` always runs. A later one runs only if it is the latest slot
 /// due by `now`; otherwise it is recorded as misfired.
-pub fn next_fire(schedule: &Schedule, cursor: Timestamp, now: Timestamp, grace: Duration) -> Option<Fire> {
+pub fn next_fire(
+    schedule: &Schedule,
+    cursor: Timestamp,
+    now: Timestamp,
+    grace: Duration,
+) -> Option<Fire> {
     let slot = schedule.next_after(cursor)?;
     if slot > now {
         return None;
@@ -59,7 +64,10 @@ pub fn next_fire(schedule: &Schedule, cursor: Timestamp, now: Timestamp, grace: 
 #[derive(Clone, Copy, Debug)]
 pub enum JobView<'a> {
     /// The definition at `offset` on the jobs topic.
-    Defined { definition: &'a JobDefinition, offset: i64 },
+    Defined {
+        definition: &'a JobDefinition,
+        offset: i64,
+    },
     /// A tombstone at `offset`.
     Deleted { offset: i64 },
     /// Nothing read yet for this job.
@@ -94,7 +102,9 @@ pub fn next_step(run: &RunState, job: JobView<'_>, now: Timestamp) -> Option<Ste
             }))
         }
         (RunStatus::Scheduled, JobView::Deleted { offset }) if offset >= fired_from => {
-            Some(Step::Record(RunEventKind::RunSkipped { reason: SkipReason::JobDeleted }))
+            Some(Step::Record(RunEventKind::RunSkipped {
+                reason: SkipReason::JobDeleted,
+            }))
         }
         _ => None,
     }
@@ -130,12 +140,22 @@ mod tests {
 
     #[test]
     fn given_a_slot_due_now_when_asked_then_it_runs() {
-        assert_eq!(fires(&every_10s(), slot(0), slot(1)), vec![Fire::Run(slot(1))]);
+        assert_eq!(
+            fires(&every_10s(), slot(0), slot(1)),
+            vec![Fire::Run(slot(1))]
+        );
     }
 
     #[test]
     fn given_a_slot_not_yet_due_when_asked_then_nothing_fires() {
-        assert_eq!(fires(&every_10s(), slot(0), slot(1) - chrono::Duration::milliseconds(1)), vec![]);
+        assert_eq!(
+            fires(
+                &every_10s(),
+                slot(0),
+                slot(1) - chrono::Duration::milliseconds(1)
+            ),
+            vec![]
+        );
     }
 
     #[test]
@@ -149,7 +169,11 @@ mod tests {
         let now = slot(3) + chrono::Duration::seconds(7);
         assert_eq!(
             fires(&every_10s(), slot(0), now),
-            vec![Fire::Misfired(slot(1)), Fire::Misfired(slot(2)), Fire::Run(slot(3))]
+            vec![
+                Fire::Misfired(slot(1)),
+                Fire::Misfired(slot(2)),
+                Fire::Run(slot(3))
+            ]
         );
     }
 
@@ -158,7 +182,11 @@ mod tests {
         let now = slot(3) + chrono::Duration::seconds(1);
         assert_eq!(
             fires(&every_10s(), slot(0), now),
-            vec![Fire::Misfired(slot(1)), Fire::Misfired(slot(2)), Fire::Run(slot(3))]
+            vec![
+                Fire::Misfired(slot(1)),
+                Fire::Misfired(slot(2)),
+                Fire::Run(slot(3))
+            ]
         );
     }
 
@@ -172,7 +200,10 @@ mod tests {
     #[test]
     fn given_a_one_shot_long_past_then_it_still_runs_once() {
         let schedule = Schedule::at(slot(1));
-        assert_eq!(fires(&schedule, slot(0), slot(100)), vec![Fire::Run(slot(1))]);
+        assert_eq!(
+            fires(&schedule, slot(0), slot(100)),
+            vec![Fire::Run(slot(1))]
+        );
         assert_eq!(fires(&schedule, slot(1), slot(100)), vec![]);
     }
 
@@ -180,8 +211,15 @@ mod tests {
         JobSpec {
             id: "job-1".into(),
             description: None,
-            schedule: ScheduleSpec { every: Some(Duration::from_secs(10)), ..Default::default() },
-            task: TaskSpec::Shell(ShellTask { command: vec!["true".into()], env: Default::default(), working_dir: None }),
+            schedule: ScheduleSpec {
+                every: Some(Duration::from_secs(10)),
+                ..Default::default()
+            },
+            task: TaskSpec::Shell(ShellTask {
+                command: vec!["true".into()],
+                env: Default::default(),
+                working_dir: None,
+            }),
             pool: "batch".into(),
             timeout: Some(Duration::from_secs(3)),
         }
@@ -192,29 +230,69 @@ mod tests {
     fn scheduled_run(definition_offset: i64) -> RunState {
         let job_id = definition().id;
         let run_id = RunId::derive(&job_id, slot(1), TriggerKind::Schedule);
-        let kind = RunEventKind::RunScheduled { trigger: TriggerKind::Schedule, definition_offset };
-        apply(None, &RunEvent { job_id, run_id, scheduled_for: slot(1), at: slot(1), kind }).unwrap()
+        let kind = RunEventKind::RunScheduled {
+            trigger: TriggerKind::Schedule,
+            definition_offset,
+        };
+        apply(
+            None,
+            &RunEvent {
+                job_id,
+                run_id,
+                scheduled_for: slot(1),
+                at: slot(1),
+                kind,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
     fn given_a_scheduled_run_and_its_definition_then_attempt_one_goes_to_the_jobs_pool() {
         let def = definition();
-        let step = next_step(&scheduled_run(4), JobView::Defined { definition: &def, offset: 4 }, slot(1));
-        let Some(Step::Dispatch(task)) = step else { panic!("expected a dispatch, got {step:?}") };
-        assert_eq!((task.attempt, task.pool.as_str(), task.timeout), (1, "batch", Some(Duration::from_secs(3))));
+        let step = next_step(
+            &scheduled_run(4),
+            JobView::Defined {
+                definition: &def,
+                offset: 4,
+            },
+            slot(1),
+        );
+        let Some(Step::Dispatch(task)) = step else {
+            panic!("expected a dispatch, got {step:?}")
+        };
+        assert_eq!(
+            (task.attempt, task.pool.as_str(), task.timeout),
+            (1, "batch", Some(Duration::from_secs(3)))
+        );
     }
 
     #[test]
     fn given_the_definition_is_older_than_the_run_then_the_dispatcher_waits() {
         let def = definition();
-        let step = next_step(&scheduled_run(9), JobView::Defined { definition: &def, offset: 4 }, slot(1));
+        let step = next_step(
+            &scheduled_run(9),
+            JobView::Defined {
+                definition: &def,
+                offset: 4,
+            },
+            slot(1),
+        );
         assert_eq!(step, None);
-        assert_eq!(next_step(&scheduled_run(9), JobView::Unknown, slot(1)), None);
+        assert_eq!(
+            next_step(&scheduled_run(9), JobView::Unknown, slot(1)),
+            None
+        );
     }
 
     #[test]
     fn given_the_job_was_deleted_then_the_run_is_skipped() {
         let step = next_step(&scheduled_run(4), JobView::Deleted { offset: 5 }, slot(1));
-        assert_eq!(step, Some(Step::Record(RunEventKind::RunSkipped { reason: SkipReason::JobDeleted })));
+        assert_eq!(
+            step,
+            Some(Step::Record(RunEventKind::RunSkipped {
+                reason: SkipReason::JobDeleted
+            }))
+        );
     }
 }

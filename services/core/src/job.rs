@@ -59,7 +59,11 @@ pub struct JobSpec {
     #[serde(default = "default_pool")]
     pub pool: String,
     /// The worker kills the task when it runs longer than this.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
 }
 
@@ -76,7 +80,11 @@ pub struct ScheduleSpec {
     /// IANA zone for `cron`; UTC when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub every: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Timestamp>,
@@ -162,7 +170,11 @@ pub enum ValidationError {
     #[error("task.http.expected_status {0} is not an HTTP status (100-599)")]
     InvalidStatus(u16),
     #[error("{field} is {size} bytes; the limit is {limit} bytes")]
-    PayloadTooLarge { field: &'static str, size: usize, limit: usize },
+    PayloadTooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("invalid pool {0:?}: use 1-100 characters from A-Z a-z 0-9 . _ -")]
     InvalidPool(String),
     #[error("timeout must be longer than zero")]
@@ -196,12 +208,17 @@ impl JobSpec {
 impl ScheduleSpec {
     fn validate(&self) -> Result<Schedule, ValidationError> {
         match (&self.cron, self.every, self.at) {
-            (Some(expr), None, None) => {
-                Ok(Schedule::cron(expr, self.timezone.as_deref().unwrap_or("UTC"))?)
+            (Some(expr), None, None) => Ok(Schedule::cron(
+                expr,
+                self.timezone.as_deref().unwrap_or("UTC"),
+            )?),
+            (None, Some(interval), None) if self.timezone.is_none() => {
+                Ok(Schedule::every(interval)?)
             }
-            (None, Some(interval), None) if self.timezone.is_none() => Ok(Schedule::every(interval)?),
             (None, None, Some(at)) if self.timezone.is_none() => Ok(Schedule::at(at)),
-            (None, Some(_), None) | (None, None, Some(_)) => Err(ValidationError::TimezoneWithoutCron),
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                Err(ValidationError::TimezoneWithoutCron)
+            }
             _ => Err(ValidationError::ScheduleKind),
         }
     }
@@ -225,11 +242,16 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(invalid("the scheme must be http or https"));
             }
-            let method_ok = !http.method.is_empty() && http.method.chars().all(|c| c.is_ascii_uppercase());
+            let method_ok =
+                !http.method.is_empty() && http.method.chars().all(|c| c.is_ascii_uppercase());
             if !method_ok {
                 return Err(ValidationError::InvalidMethod(http.method.clone()));
             }
-            if let Some(bad) = http.expected_status.iter().find(|s| !(100..=599).contains(*s)) {
+            if let Some(bad) = http
+                .expected_status
+                .iter()
+                .find(|s| !(100..=599).contains(*s))
+            {
                 return Err(ValidationError::InvalidStatus(*bad));
             }
             let headers: usize = http.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -241,7 +263,11 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
 
 fn check_size(field: &'static str, size: usize) -> Result<(), ValidationError> {
     if size > MAX_PAYLOAD_BYTES {
-        return Err(ValidationError::PayloadTooLarge { field, size, limit: MAX_PAYLOAD_BYTES });
+        return Err(ValidationError::PayloadTooLarge {
+            field,
+            size,
+            limit: MAX_PAYLOAD_BYTES,
+        });
     }
     Ok(())
 }
@@ -255,8 +281,14 @@ impl JobDefinition {
                 timezone: Some(timezone.name().to_string()),
                 ..ScheduleSpec::default()
             },
-            Schedule::Every { interval } => ScheduleSpec { every: Some(*interval), ..ScheduleSpec::default() },
-            Schedule::At { at } => ScheduleSpec { at: Some(*at), ..ScheduleSpec::default() },
+            Schedule::Every { interval } => ScheduleSpec {
+                every: Some(*interval),
+                ..ScheduleSpec::default()
+            },
+            Schedule::At { at } => ScheduleSpec {
+                at: Some(*at),
+                ..ScheduleSpec::default()
+            },
         };
         JobSpec {
             id: self.id.to_string(),
@@ -293,13 +325,38 @@ mod tests {
     #[test]
     fn every_rejection_names_what_is_wrong() {
         let cases = [
-            (format!(r#"{{"id": "a b", "schedule": {{"every": "1s"}}, {SHELL}}}"#), "invalid job id"),
-            (format!(r#"{{"id": "a", "schedule": {{}}, {SHELL}}}"#), "exactly one of"),
-            (format!(r#"{{"id": "a", "schedule": {{"cron": "* * *"}}, {SHELL}}}"#), "invalid cron"),
-            (format!(r#"{{"id": "a", "schedule": {{"cron": "0 * * * * *", "timezone": "Nowhere/X"}}, {SHELL}}}"#), "unknown time zone"),
-            (r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"shell": {"command": []}}}"#.to_string(), "must name a program"),
-            (r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"http": {"url": "ftp://x"}}}"#.to_string(), "http(s) URL"),
-            (format!(r#"{{"id": "a", "schedule": {{"every": "1s"}}, {SHELL}, "pool": "a/b"}}"#), "invalid pool"),
+            (
+                format!(r#"{{"id": "a b", "schedule": {{"every": "1s"}}, {SHELL}}}"#),
+                "invalid job id",
+            ),
+            (
+                format!(r#"{{"id": "a", "schedule": {{}}, {SHELL}}}"#),
+                "exactly one of",
+            ),
+            (
+                format!(r#"{{"id": "a", "schedule": {{"cron": "* * *"}}, {SHELL}}}"#),
+                "invalid cron",
+            ),
+            (
+                format!(
+                    r#"{{"id": "a", "schedule": {{"cron": "0 * * * * *", "timezone": "Nowhere/X"}}, {SHELL}}}"#
+                ),
+                "unknown time zone",
+            ),
+            (
+                r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"shell": {"command": []}}}"#
+                    .to_string(),
+                "must name a program",
+            ),
+            (
+                r#"{"id": "a", "schedule": {"every": "1s"}, "task": {"http": {"url": "ftp://x"}}}"#
+                    .to_string(),
+                "http(s) URL",
+            ),
+            (
+                format!(r#"{{"id": "a", "schedule": {{"every": "1s"}}, {SHELL}, "pool": "a/b"}}"#),
+                "invalid pool",
+            ),
         ];
         for (json, expected) in cases {
             let err = spec(&json).validate().unwrap_err().to_string();
@@ -314,7 +371,13 @@ mod tests {
             r#"{{"id": "a", "schedule": {{"every": "1s"}}, "task": {{"http": {{"url": "http://127.0.0.1/", "body": "{body}"}}}}}}"#
         ));
         let err = s.validate().unwrap_err();
-        assert!(matches!(err, ValidationError::PayloadTooLarge { field: "task.http.body", .. }));
+        assert!(matches!(
+            err,
+            ValidationError::PayloadTooLarge {
+                field: "task.http.body",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -23,7 +23,12 @@ pub struct RunId(uuid::Uuid);
 
 impl RunId {
     pub fn derive(job_id: &JobId, scheduled_for: Timestamp, trigger: TriggerKind) -> Self {
-        let name = format!("{}\u{0}{}\u{0}{}", job_id, scheduled_for.timestamp_millis(), trigger.as_str());
+        let name = format!(
+            "{}\u{0}{}\u{0}{}",
+            job_id,
+            scheduled_for.timestamp_millis(),
+            trigger.as_str()
+        );
         RunId(uuid::Uuid::new_v5(&RUN_ID_NAMESPACE, name.as_bytes()))
     }
 
@@ -91,16 +96,47 @@ pub struct RunEvent {
 /// What happened to a run. Every event after dispatch carries the attempt it is about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunEventKind {
-    RunScheduled { trigger: TriggerKind, definition_offset: i64 },
-    RunSkipped { reason: SkipReason },
-    RunDispatched { attempt: u32, pool: String },
-    RunStarted { attempt: u32, worker_id: String },
-    RunSucceeded { attempt: u32, worker_id: String, output: TaskOutput },
-    RunFailed { attempt: u32, worker_id: String, error: String, output: TaskOutput },
-    RunTimedOut { attempt: u32, worker_id: String, output: TaskOutput },
-    RunCancelled { attempt: u32 },
-    RunLost { attempt: u32 },
-    RetryScheduled { attempt: u32, due_at: Timestamp },
+    RunScheduled {
+        trigger: TriggerKind,
+        definition_offset: i64,
+    },
+    RunSkipped {
+        reason: SkipReason,
+    },
+    RunDispatched {
+        attempt: u32,
+        pool: String,
+    },
+    RunStarted {
+        attempt: u32,
+        worker_id: String,
+    },
+    RunSucceeded {
+        attempt: u32,
+        worker_id: String,
+        output: TaskOutput,
+    },
+    RunFailed {
+        attempt: u32,
+        worker_id: String,
+        error: String,
+        output: TaskOutput,
+    },
+    RunTimedOut {
+        attempt: u32,
+        worker_id: String,
+        output: TaskOutput,
+    },
+    RunCancelled {
+        attempt: u32,
+    },
+    RunLost {
+        attempt: u32,
+    },
+    RetryScheduled {
+        attempt: u32,
+        due_at: Timestamp,
+    },
 }
 
 impl RunEventKind {
@@ -158,7 +194,10 @@ impl RunStatus {
     /// Whether the current attempt has a recorded outcome (or the run never ran).
     pub fn is_outcome(self) -> bool {
         use RunStatus::*;
-        matches!(self, Skipped | Succeeded | Failed | TimedOut | Cancelled | Lost)
+        matches!(
+            self,
+            Skipped | Succeeded | Failed | TimedOut | Cancelled | Lost
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -210,16 +249,29 @@ pub enum TransitionError {
     #[error("{event} repeats what run {run_id} already recorded")]
     Duplicate { run_id: RunId, event: &'static str },
     #[error("{event} for attempt {got} of run {run_id}, whose current attempt is {current}")]
-    StaleAttempt { run_id: RunId, event: &'static str, got: u32, current: u32 },
+    StaleAttempt {
+        run_id: RunId,
+        event: &'static str,
+        got: u32,
+        current: u32,
+    },
     #[error("{event} is not allowed for run {run_id} in state {from:?} (attempt {attempt})")]
-    Illegal { run_id: RunId, event: &'static str, from: RunStatus, attempt: u32 },
+    Illegal {
+        run_id: RunId,
+        event: &'static str,
+        from: RunStatus,
+        attempt: u32,
+    },
 }
 
 impl TransitionError {
     /// Duplicates and stale attempts are normal under at-least-once delivery; an illegal transition
     /// means a producer broke the protocol and deserves an operator's look.
     pub fn is_expected(&self) -> bool {
-        matches!(self, TransitionError::Duplicate { .. } | TransitionError::StaleAttempt { .. })
+        matches!(
+            self,
+            TransitionError::Duplicate { .. } | TransitionError::StaleAttempt { .. }
+        )
     }
 }
 
@@ -232,22 +284,46 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
     let run_id = event.run_id;
     let Some(state) = state else {
         return match &event.kind {
-            RunScheduled { trigger, definition_offset } => Ok(new_run(event, *trigger, Some(*definition_offset), S::Scheduled)),
+            RunScheduled {
+                trigger,
+                definition_offset,
+            } => Ok(new_run(
+                event,
+                *trigger,
+                Some(*definition_offset),
+                S::Scheduled,
+            )),
             RunSkipped { reason } => {
                 let mut run = new_run(event, TriggerKind::Schedule, None, S::Skipped);
                 run.skip_reason = Some(*reason);
                 run.finished_at = Some(event.at);
                 Ok(run)
             }
-            _ => Err(TransitionError::UnknownRun { run_id, event: name }),
+            _ => Err(TransitionError::UnknownRun {
+                run_id,
+                event: name,
+            }),
         };
     };
 
-    let illegal = || TransitionError::Illegal { run_id, event: name, from: state.status, attempt: state.attempt };
-    let duplicate = || TransitionError::Duplicate { run_id, event: name };
+    let illegal = || TransitionError::Illegal {
+        run_id,
+        event: name,
+        from: state.status,
+        attempt: state.attempt,
+    };
+    let duplicate = || TransitionError::Duplicate {
+        run_id,
+        event: name,
+    };
     if let Some(got) = event.kind.attempt() {
         if got < state.attempt {
-            return Err(TransitionError::StaleAttempt { run_id, event: name, got, current: state.attempt });
+            return Err(TransitionError::StaleAttempt {
+                run_id,
+                event: name,
+                got,
+                current: state.attempt,
+            });
         }
     }
 
@@ -291,9 +367,22 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
             }
             _ => return Err(illegal()),
         },
-        RunSucceeded { attempt, worker_id, output }
-        | RunFailed { attempt, worker_id, output, .. }
-        | RunTimedOut { attempt, worker_id, output } => {
+        RunSucceeded {
+            attempt,
+            worker_id,
+            output,
+        }
+        | RunFailed {
+            attempt,
+            worker_id,
+            output,
+            ..
+        }
+        | RunTimedOut {
+            attempt,
+            worker_id,
+            output,
+        } => {
             if *attempt != state.attempt {
                 return Err(illegal());
             }
@@ -351,7 +440,12 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
     Ok(next)
 }
 
-fn new_run(event: &RunEvent, trigger: TriggerKind, definition_offset: Option<i64>, status: RunStatus) -> RunState {
+fn new_run(
+    event: &RunEvent,
+    trigger: TriggerKind,
+    definition_offset: Option<i64>,
+    status: RunStatus,
+) -> RunState {
     RunState {
         job_id: event.job_id.clone(),
         run_id: event.run_id,
@@ -388,7 +482,13 @@ pub(crate) mod tests {
 
     fn event(kind: RunEventKind) -> RunEvent {
         let run_id = RunId::derive(&job(), t(0), TriggerKind::Schedule);
-        RunEvent { job_id: job(), run_id, scheduled_for: t(0), at: t(1), kind }
+        RunEvent {
+            job_id: job(),
+            run_id,
+            scheduled_for: t(0),
+            at: t(1),
+            kind,
+        }
     }
 
     fn fold(kinds: Vec<RunEventKind>) -> (Option<RunState>, Vec<TransitionError>) {
@@ -404,19 +504,37 @@ pub(crate) mod tests {
     }
 
     fn scheduled() -> RunEventKind {
-        RunEventKind::RunScheduled { trigger: TriggerKind::Schedule, definition_offset: 7 }
+        RunEventKind::RunScheduled {
+            trigger: TriggerKind::Schedule,
+            definition_offset: 7,
+        }
     }
     fn dispatched(attempt: u32) -> RunEventKind {
-        RunEventKind::RunDispatched { attempt, pool: "default".into() }
+        RunEventKind::RunDispatched {
+            attempt,
+            pool: "default".into(),
+        }
     }
     fn started(attempt: u32, worker: &str) -> RunEventKind {
-        RunEventKind::RunStarted { attempt, worker_id: worker.into() }
+        RunEventKind::RunStarted {
+            attempt,
+            worker_id: worker.into(),
+        }
     }
     fn succeeded(attempt: u32, worker: &str) -> RunEventKind {
-        RunEventKind::RunSucceeded { attempt, worker_id: worker.into(), output: TaskOutput::default() }
+        RunEventKind::RunSucceeded {
+            attempt,
+            worker_id: worker.into(),
+            output: TaskOutput::default(),
+        }
     }
     fn failed(attempt: u32) -> RunEventKind {
-        RunEventKind::RunFailed { attempt, worker_id: "w".into(), error: "exit 1".into(), output: TaskOutput::default() }
+        RunEventKind::RunFailed {
+            attempt,
+            worker_id: "w".into(),
+            error: "exit 1".into(),
+            output: TaskOutput::default(),
+        }
     }
 
     #[test]
@@ -425,13 +543,21 @@ pub(crate) mod tests {
         assert_eq!(a, RunId::derive(&job(), t(0), TriggerKind::Schedule));
         assert_ne!(a, RunId::derive(&job(), t(1), TriggerKind::Schedule));
         assert_ne!(a, RunId::derive(&job(), t(0), TriggerKind::Manual));
-        assert_ne!(a, RunId::derive(&JobId::parse("job-2").unwrap(), t(0), TriggerKind::Schedule));
+        assert_ne!(
+            a,
+            RunId::derive(&JobId::parse("job-2").unwrap(), t(0), TriggerKind::Schedule)
+        );
         assert_eq!(RunId::parse(&a.to_string()), Some(a));
     }
 
     #[test]
     fn the_happy_path_ends_succeeded_with_the_worker_recorded() {
-        let (state, errors) = fold(vec![scheduled(), dispatched(1), started(1, "w1"), succeeded(1, "w1")]);
+        let (state, errors) = fold(vec![
+            scheduled(),
+            dispatched(1),
+            started(1, "w1"),
+            succeeded(1, "w1"),
+        ]);
         let state = state.unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(state.status, RunStatus::Succeeded);
@@ -442,54 +568,105 @@ pub(crate) mod tests {
 
     #[test]
     fn first_outcome_wins_and_later_ones_are_duplicates() {
-        let (state, errors) =
-            fold(vec![scheduled(), dispatched(1), started(1, "w1"), succeeded(1, "w1"), failed(1)]);
+        let (state, errors) = fold(vec![
+            scheduled(),
+            dispatched(1),
+            started(1, "w1"),
+            succeeded(1, "w1"),
+            failed(1),
+        ]);
         assert_eq!(state.unwrap().status, RunStatus::Succeeded);
-        assert!(matches!(errors.as_slice(), [TransitionError::Duplicate { event: "RunFailed", .. }]));
+        assert!(matches!(
+            errors.as_slice(),
+            [TransitionError::Duplicate {
+                event: "RunFailed",
+                ..
+            }]
+        ));
     }
 
     #[test]
     fn a_slow_worker_of_an_old_attempt_is_fenced() {
-        let retry = RunEventKind::RetryScheduled { attempt: 2, due_at: t(5) };
+        let retry = RunEventKind::RetryScheduled {
+            attempt: 2,
+            due_at: t(5),
+        };
         let (state, errors) = fold(vec![
-            scheduled(), dispatched(1), started(1, "slow"), failed(1), retry, dispatched(2),
-            started(2, "fast"), succeeded(1, "slow"),
+            scheduled(),
+            dispatched(1),
+            started(1, "slow"),
+            failed(1),
+            retry,
+            dispatched(2),
+            started(2, "fast"),
+            succeeded(1, "slow"),
         ]);
         let state = state.unwrap();
         assert_eq!((state.status, state.attempt), (RunStatus::Started, 2));
         assert_eq!(state.worker_id.as_deref(), Some("fast"));
-        assert!(matches!(errors.as_slice(), [TransitionError::StaleAttempt { got: 1, current: 2, .. }]));
+        assert!(matches!(
+            errors.as_slice(),
+            [TransitionError::StaleAttempt {
+                got: 1,
+                current: 2,
+                ..
+            }]
+        ));
     }
 
     #[test]
     fn replaying_the_ledger_twice_changes_nothing() {
-        let events = vec![scheduled(), dispatched(1), started(1, "w"), succeeded(1, "w")];
+        let events = vec![
+            scheduled(),
+            dispatched(1),
+            started(1, "w"),
+            succeeded(1, "w"),
+        ];
         let (once, _) = fold(events.clone());
         let (twice, errors) = fold(events.iter().chain(events.iter()).cloned().collect());
         assert_eq!(once, twice);
-        assert!(errors.iter().all(TransitionError::is_expected), "{errors:?}");
+        assert!(
+            errors.iter().all(TransitionError::is_expected),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn events_before_scheduling_are_rejected_not_invented() {
         let (state, errors) = fold(vec![started(1, "w")]);
         assert!(state.is_none());
-        assert!(matches!(errors.as_slice(), [TransitionError::UnknownRun { .. }]));
+        assert!(matches!(
+            errors.as_slice(),
+            [TransitionError::UnknownRun { .. }]
+        ));
     }
 
     fn any_event() -> impl Strategy<Value = RunEventKind> {
         let attempt = 0u32..4;
         prop_oneof![
             Just(scheduled()),
-            Just(RunEventKind::RunSkipped { reason: SkipReason::Misfire }),
+            Just(RunEventKind::RunSkipped {
+                reason: SkipReason::Misfire
+            }),
             attempt.clone().prop_map(dispatched),
             attempt.clone().prop_map(|a| started(a, "w")),
             attempt.clone().prop_map(|a| succeeded(a, "w")),
             attempt.clone().prop_map(failed),
-            attempt.clone().prop_map(|a| RunEventKind::RunTimedOut { attempt: a, worker_id: "w".into(), output: TaskOutput::default() }),
-            attempt.clone().prop_map(|attempt| RunEventKind::RunCancelled { attempt }),
-            attempt.clone().prop_map(|attempt| RunEventKind::RunLost { attempt }),
-            attempt.prop_map(|attempt| RunEventKind::RetryScheduled { attempt, due_at: t(9) }),
+            attempt.clone().prop_map(|a| RunEventKind::RunTimedOut {
+                attempt: a,
+                worker_id: "w".into(),
+                output: TaskOutput::default()
+            }),
+            attempt
+                .clone()
+                .prop_map(|attempt| RunEventKind::RunCancelled { attempt }),
+            attempt
+                .clone()
+                .prop_map(|attempt| RunEventKind::RunLost { attempt }),
+            attempt.prop_map(|attempt| RunEventKind::RetryScheduled {
+                attempt,
+                due_at: t(9)
+            }),
         ]
     }
 

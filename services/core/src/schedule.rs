@@ -17,7 +17,11 @@ use crate::Timestamp;
 pub enum Schedule {
     /// A cron expression (6 or 7 fields with seconds; a classic 5-field expression gets `0`
     /// seconds) evaluated in `timezone`, so `0 0 9 * * *` means 09:00 local across DST changes.
-    Cron { expr: String, timezone: Tz, parsed: Box<cron::Schedule> },
+    Cron {
+        expr: String,
+        timezone: Tz,
+        parsed: Box<cron::Schedule>,
+    },
     /// Every `interval`, on slots aligned to the Unix epoch so that every replica and every
     /// rebuild computes the same slots.
     Every { interval: Duration },
@@ -31,8 +35,16 @@ impl PartialEq for Schedule {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (
-                Schedule::Cron { expr: a, timezone: za, .. },
-                Schedule::Cron { expr: b, timezone: zb, .. },
+                Schedule::Cron {
+                    expr: a,
+                    timezone: za,
+                    ..
+                },
+                Schedule::Cron {
+                    expr: b,
+                    timezone: zb,
+                    ..
+                },
             ) => a == b && za == zb,
             (Schedule::Every { interval: a }, Schedule::Every { interval: b }) => a == b,
             (Schedule::At { at: a }, Schedule::At { at: b }) => a == b,
@@ -46,7 +58,9 @@ impl PartialEq for Schedule {
 pub enum ScheduleError {
     #[error("invalid cron expression {expr:?}: {reason}")]
     InvalidCron { expr: String, reason: String },
-    #[error("unknown time zone {0:?} (expected an IANA name such as \"Europe/Berlin\" or \"UTC\")")]
+    #[error(
+        "unknown time zone {0:?} (expected an IANA name such as \"Europe/Berlin\" or \"UTC\")"
+    )]
     UnknownTimeZone(String),
     #[error("interval must be at least 1ms and a whole number of milliseconds, got {0:?}")]
     InvalidInterval(Duration),
@@ -57,11 +71,16 @@ impl Schedule {
     pub fn cron(expr: &str, timezone: &str) -> Result<Self, ScheduleError> {
         let timezone = parse_timezone(timezone)?;
         let normalised = normalise_cron(expr);
-        let parsed = cron::Schedule::from_str(&normalised).map_err(|e| ScheduleError::InvalidCron {
-            expr: expr.to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok(Schedule::Cron { expr: expr.trim().to_string(), timezone, parsed: Box::new(parsed) })
+        let parsed =
+            cron::Schedule::from_str(&normalised).map_err(|e| ScheduleError::InvalidCron {
+                expr: expr.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Schedule::Cron {
+            expr: expr.trim().to_string(),
+            timezone,
+            parsed: Box::new(parsed),
+        })
     }
 
     /// A fixed interval; sub-millisecond parts are rejected because slots are millisecond times.
@@ -74,14 +93,18 @@ impl Schedule {
 
     /// A one-shot time, truncated to the millisecond the wire formats carry.
     pub fn at(at: Timestamp) -> Self {
-        let at = at.duration_trunc(chrono::Duration::milliseconds(1)).unwrap_or(at);
+        let at = at
+            .duration_trunc(chrono::Duration::milliseconds(1))
+            .unwrap_or(at);
         Schedule::At { at }
     }
 
     /// The first slot strictly after `after`, or `None` when the schedule has no more slots.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         match self {
-            Schedule::Cron { timezone, parsed, .. } => {
+            Schedule::Cron {
+                timezone, parsed, ..
+            } => {
                 let local = timezone.from_utc_datetime(&after.naive_utc());
                 parsed.after(&local).next().map(|t| t.with_timezone(&Utc))
             }
@@ -97,7 +120,9 @@ impl Schedule {
 
     /// The next `count` slots after `after`.
     pub fn upcoming(&self, after: Timestamp, count: usize) -> Vec<Timestamp> {
-        std::iter::successors(self.next_after(after), |t| self.next_after(*t)).take(count).collect()
+        std::iter::successors(self.next_after(after), |t| self.next_after(*t))
+            .take(count)
+            .collect()
     }
 }
 
@@ -129,14 +154,23 @@ mod tests {
     #[test]
     fn every_slots_align_to_the_epoch() {
         let s = Schedule::every(Duration::from_secs(2)).unwrap();
-        assert_eq!(s.next_after(utc("2026-01-01T00:00:01.500Z")), Some(utc("2026-01-01T00:00:02Z")));
-        assert_eq!(s.next_after(utc("2026-01-01T00:00:02Z")), Some(utc("2026-01-01T00:00:04Z")));
+        assert_eq!(
+            s.next_after(utc("2026-01-01T00:00:01.500Z")),
+            Some(utc("2026-01-01T00:00:02Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-01-01T00:00:02Z")),
+            Some(utc("2026-01-01T00:00:04Z"))
+        );
     }
 
     #[test]
     fn five_field_cron_gets_zero_seconds() {
         let s = Schedule::cron("*/15 * * * *", "UTC").unwrap();
-        assert_eq!(s.next_after(utc("2026-01-01T00:00:00Z")), Some(utc("2026-01-01T00:15:00Z")));
+        assert_eq!(
+            s.next_after(utc("2026-01-01T00:00:00Z")),
+            Some(utc("2026-01-01T00:15:00Z"))
+        );
     }
 
     #[test]
@@ -151,7 +185,10 @@ mod tests {
     #[test]
     fn one_shot_fires_once() {
         let s = Schedule::at(utc("2026-03-01T12:00:00Z"));
-        assert_eq!(s.next_after(utc("2026-03-01T11:00:00Z")), Some(utc("2026-03-01T12:00:00Z")));
+        assert_eq!(
+            s.next_after(utc("2026-03-01T11:00:00Z")),
+            Some(utc("2026-03-01T12:00:00Z"))
+        );
         assert_eq!(s.next_after(utc("2026-03-01T12:00:00Z")), None);
     }
 
@@ -163,11 +200,18 @@ mod tests {
         let slots = s.upcoming(utc("2026-03-27T12:00:00Z"), 3);
         assert_eq!(
             slots,
-            vec![utc("2026-03-28T08:00:00Z"), utc("2026-03-29T07:00:00Z"), utc("2026-03-30T07:00:00Z")]
+            vec![
+                utc("2026-03-28T08:00:00Z"),
+                utc("2026-03-29T07:00:00Z"),
+                utc("2026-03-30T07:00:00Z")
+            ]
         );
         let s = Schedule::cron("0 30 2 * * *", "Europe/Berlin").unwrap();
         let slots = s.upcoming(utc("2026-03-28T12:00:00Z"), 2);
-        assert_eq!(slots, vec![utc("2026-03-30T00:30:00Z"), utc("2026-03-31T00:30:00Z")]);
+        assert_eq!(
+            slots,
+            vec![utc("2026-03-30T00:30:00Z"), utc("2026-03-31T00:30:00Z")]
+        );
     }
 
     /// On 2026-10-25 Berlin falls back (03:00 → 02:00): 02:30 local happens twice; a daily job at
@@ -178,8 +222,10 @@ mod tests {
         let slots = s.upcoming(utc("2026-10-24T12:00:00Z"), 3);
         let on_the_day: Vec<_> = slots
             .iter()
-            .filter(|t| t.with_timezone(&chrono_tz::Europe::Berlin).date_naive()
-                == NaiveDate::from_ymd_opt(2026, 10, 25).unwrap())
+            .filter(|t| {
+                t.with_timezone(&chrono_tz::Europe::Berlin).date_naive()
+                    == NaiveDate::from_ymd_opt(2026, 10, 25).unwrap()
+            })
             .collect();
         assert_eq!(on_the_day.len(), 1, "slots: {slots:?}");
         assert!(slots.windows(2).all(|w| w[0] < w[1]));

@@ -21,7 +21,7 @@ use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
 use kairos_core::{JobDefinition, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, ensure_topic, Input, TopicSet};
+use kairos_runtime::kafka::{check_co_partitioning, ensure_topic, task_topic_config, Input};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics};
 use rdkafka::message::{Message, OwnedMessage};
@@ -31,12 +31,20 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics_names as m;
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "kairos-dispatcher", version, about = "Dispatches scheduled runs to worker pools.")]
+#[command(
+    name = "kairos-dispatcher",
+    version,
+    about = "Dispatches scheduled runs to worker pools."
+)]
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// RocksDB directory (a cache: delete it and the dispatcher rebuilds from the topics).
-    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/dispatcher")]
+    #[arg(
+        long,
+        env = "KAIROS_DATA_DIR",
+        default_value = ".kairos/data/dispatcher"
+    )]
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9402")]
     pub metrics_addr: SocketAddr,
@@ -46,7 +54,12 @@ pub struct Config {
 
 impl Config {
     pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
-        Config { kafka, data_dir, metrics_addr, log_format: LogFormat::Text }
+        Config {
+            kafka,
+            data_dir,
+            metrics_addr,
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -69,14 +82,26 @@ fn active_key(partition: i32, job: &str, run: &str) -> String {
 }
 
 /// Runs the dispatcher until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
     let inputs = [topics.jobs(), topics.runs()];
-    let partitions = check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs(), topics.tasks("default")])?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let partitions = check_co_partitioning(
+        &config.kafka,
+        &[topics.jobs(), topics.runs(), topics.tasks("default")],
+    )?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?;
     let producer = config.kafka.producer()?;
-    let consumer = PartitionedConsumer::new(&config.kafka, &topics.group("dispatcher"), &inputs, Some(store.clone()))?;
+    let consumer = PartitionedConsumer::new(
+        &config.kafka,
+        &topics.group("dispatcher"),
+        &inputs,
+        Some(store.clone()),
+    )?;
     let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
@@ -152,7 +177,10 @@ impl Dispatcher {
                 batch.consumed(message.topic(), partition, message.offset());
                 self.store.write(batch)?;
                 if let Some(caught_up) = self.consumer.applied(&message) {
-                    tracing::info!(partition = caught_up, "Partition caught up; reconciling its runs.");
+                    tracing::info!(
+                        partition = caught_up,
+                        "Partition caught up; reconciling its runs."
+                    );
                     self.reconcile(caught_up, None).await?;
                 } else if self.consumer.is_caught_up(partition) {
                     if let Some(job) = touched {
@@ -165,9 +193,15 @@ impl Dispatcher {
     }
 
     /// Stores a definition or tombstone; returns the job whose runs may now have a next step.
-    async fn apply_definition(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<Option<String>> {
+    async fn apply_definition(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Batch,
+    ) -> anyhow::Result<Option<String>> {
         let Some(key) = record_key(message) else {
-            self.deadletters.send(message, "invalid", "record has no UTF-8 job id key").await?;
+            self.deadletters
+                .send(message, "invalid", "record has no UTF-8 job id key")
+                .await?;
             return Ok(None);
         };
         let spec = match message.payload() {
@@ -178,17 +212,31 @@ impl Dispatcher {
                 _ => return Ok(None),
             },
         };
-        batch.put(&job_key(message.partition(), &key), &StoredJob { spec, offset: message.offset() });
+        batch.put(
+            &job_key(message.partition(), &key),
+            &StoredJob {
+                spec,
+                offset: message.offset(),
+            },
+        );
         Ok(Some(key))
     }
 
     /// Folds one ledger event into its run; returns the job whose run may now have a next step.
-    async fn apply_event(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<Option<String>> {
-        let Some(payload) = message.payload() else { return Ok(None) };
+    async fn apply_event(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Batch,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(payload) = message.payload() else {
+            return Ok(None);
+        };
         let event = match codec::decode_run_event(payload) {
             Ok(event) => event,
             Err(error) => {
-                self.deadletters.send(message, reason_label(&error), &error.to_string()).await?;
+                self.deadletters
+                    .send(message, reason_label(&error), &error.to_string())
+                    .await?;
                 return Ok(None);
             }
         };
@@ -236,16 +284,27 @@ impl Dispatcher {
         };
         let active: Vec<(String, ())> = self.store.scan(&prefix)?;
         for (key, ()) in active {
-            let Some(rest) = key.strip_prefix(&format!("active/{partition:05}/")) else { continue };
-            let Some((job, run)) = rest.rsplit_once('/') else { continue };
-            let Some(state) = self.store.get::<RunState>(&run_key(partition, job, run))? else { continue };
+            let Some(rest) = key.strip_prefix(&format!("active/{partition:05}/")) else {
+                continue;
+            };
+            let Some((job, run)) = rest.rsplit_once('/') else {
+                continue;
+            };
+            let Some(state) = self.store.get::<RunState>(&run_key(partition, job, run))? else {
+                continue;
+            };
             let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
             let definition: Option<JobDefinition> = match &stored {
-                Some(StoredJob { spec: Some(spec), .. }) => spec.validate().ok(),
+                Some(StoredJob {
+                    spec: Some(spec), ..
+                }) => spec.validate().ok(),
                 _ => None,
             };
             let view = match (&stored, &definition) {
-                (Some(s), Some(definition)) => JobView::Defined { definition, offset: s.offset },
+                (Some(s), Some(definition)) => JobView::Defined {
+                    definition,
+                    offset: s.offset,
+                },
                 (Some(s), None) => JobView::Deleted { offset: s.offset },
                 (None, _) => JobView::Unknown,
             };
@@ -274,7 +333,10 @@ impl Dispatcher {
                 self.fold(partition, &event, &mut batch)?;
             }
             Step::Dispatch(task) => {
-                let dispatched = event(RunEventKind::RunDispatched { attempt: task.attempt, pool: task.pool.clone() });
+                let dispatched = event(RunEventKind::RunDispatched {
+                    attempt: task.attempt,
+                    pool: task.pool.clone(),
+                });
                 // The ledger must show the dispatch before any worker can report on the attempt.
                 self.append(&dispatched).await?;
                 self.assign(&task).await?;
@@ -289,7 +351,9 @@ impl Dispatcher {
 
     async fn append(&self, event: &RunEvent) -> anyhow::Result<()> {
         let bytes = codec::encode_run_event(event)?;
-        self.producer.send(&self.topics.runs(), event.job_id.as_str(), Some(&bytes)).await?;
+        self.producer
+            .send(&self.topics.runs(), event.job_id.as_str(), Some(&bytes))
+            .await?;
         Ok(())
     }
 
@@ -298,19 +362,15 @@ impl Dispatcher {
         if !self.known_pools.contains(&task.pool) {
             // A pool's task topic is created the first time a job uses it, co-partitioned with the
             // ledger, so that any producer of job definitions can name a new pool.
-            let config = TopicSet::shipped()
-                .topics
-                .into_iter()
-                .find(|t| t.name == "tasks.default")
-                .map(|t| t.config)
-                .unwrap_or_default();
-            if ensure_topic(&self.kafka, &topic, self.partitions, &config).await? {
+            if ensure_topic(&self.kafka, &topic, self.partitions, &task_topic_config()).await? {
                 tracing::info!(topic, "Created the task topic of a new pool.");
             }
             self.known_pools.insert(task.pool.clone());
         }
         let bytes = codec::encode_task(task)?;
-        self.producer.send(&topic, task.job_id.as_str(), Some(&bytes)).await?;
+        self.producer
+            .send(&topic, task.job_id.as_str(), Some(&bytes))
+            .await?;
         Ok(())
     }
 }

@@ -9,17 +9,28 @@ use kairos_core::job::JobSpec;
 use kairos_core::schedule::{parse_timezone, Schedule};
 use kairos_core::JobDefinition;
 use kairos_runtime::codec;
-use kairos_runtime::kafka::{apply_topics, ensure_topic, partition_counts, TopicSet};
+use kairos_runtime::kafka::{
+    apply_topics, ensure_topic, partition_counts, task_topic_config, TopicSet,
+};
 use kairos_runtime::KafkaArgs;
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "kairosctl", version, about = "Operate Kairos: topics, jobs, runs, schedules.")]
+#[command(
+    name = "kairosctl",
+    version,
+    about = "Operate Kairos: topics, jobs, runs, schedules."
+)]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
     /// The aggregator's REST API.
-    #[arg(long, env = "KAIROS_API", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KAIROS_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     api: String,
     #[command(subcommand)]
     command: Command,
@@ -65,9 +76,16 @@ enum JobCommand {
         file: Vec<PathBuf>,
     },
     /// Show one job.
-    Get { id: String, #[arg(long)] json: bool },
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List jobs.
-    List { #[arg(long)] json: bool },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a job (a tombstone on the jobs topic).
     Delete { id: String },
 }
@@ -87,7 +105,11 @@ enum RunsCommand {
 #[derive(Subcommand)]
 enum RunCommand {
     /// One run with its event history.
-    Get { run_id: String, #[arg(long)] json: bool },
+    Get {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,12 +135,18 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Topics(TopicsCommand::Apply { file, partitions }) => topics_apply(&cli.kafka, file.as_deref(), partitions).await,
+        Command::Topics(TopicsCommand::Apply { file, partitions }) => {
+            topics_apply(&cli.kafka, file.as_deref(), partitions).await
+        }
         Command::Job(JobCommand::Apply { file }) => job_apply(&cli.kafka, &file).await,
         Command::Job(JobCommand::Delete { id }) => job_delete(&cli.kafka, &id).await,
         Command::Job(JobCommand::Get { id, json }) => {
             let job = api_get(&cli.api, &format!("/api/v1/jobs/{id}")).await?;
-            if json { print_json(&job) } else { print_job(&job) }
+            if json {
+                print_json(&job)
+            } else {
+                print_job(&job)
+            }
             Ok(())
         }
         Command::Job(JobCommand::List { json }) => {
@@ -129,8 +157,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let rows = jobs["jobs"].as_array().cloned().unwrap_or_default();
                 let rows: Vec<Vec<String>> = rows
                     .iter()
-                    .map(|j| vec![text(&j["id"]), schedule_text(&j["definition"]["schedule"]), text(&j["definition"]["pool"]),
-                        text(&j["last_run"]["status"]), text(&j["next_fire_times"][0])])
+                    .map(|j| {
+                        vec![
+                            text(&j["id"]),
+                            schedule_text(&j["definition"]["schedule"]),
+                            text(&j["definition"]["pool"]),
+                            text(&j["last_run"]["status"]),
+                            text(&j["next_fire_times"][0]),
+                        ]
+                    })
                     .collect();
                 print_table(&["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"], &rows);
             }
@@ -146,33 +181,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .cloned()
                     .unwrap_or_default()
                     .iter()
-                    .map(|r| vec![text(&r["run_id"]), text(&r["scheduled_for"]), text(&r["status"]), text(&r["attempt"]),
-                        text(&r["worker_id"]), text(&r["output"]["exit_code"])])
+                    .map(|r| {
+                        vec![
+                            text(&r["run_id"]),
+                            text(&r["scheduled_for"]),
+                            text(&r["status"]),
+                            text(&r["attempt"]),
+                            text(&r["worker_id"]),
+                            text(&r["output"]["exit_code"]),
+                        ]
+                    })
                     .collect();
-                print_table(&["RUN", "SCHEDULED FOR", "STATUS", "ATTEMPT", "WORKER", "EXIT"], &rows);
+                print_table(
+                    &[
+                        "RUN",
+                        "SCHEDULED FOR",
+                        "STATUS",
+                        "ATTEMPT",
+                        "WORKER",
+                        "EXIT",
+                    ],
+                    &rows,
+                );
             }
             Ok(())
         }
         Command::Run(RunCommand::Get { run_id, json }) => {
             let run = api_get(&cli.api, &format!("/api/v1/runs/{run_id}")).await?;
-            if json { print_json(&run) } else { print_run(&run) }
+            if json {
+                print_json(&run)
+            } else {
+                print_run(&run)
+            }
             Ok(())
         }
         Command::Schedule(ScheduleCommand::Next { expr, tz, count }) => {
             let schedule = Schedule::cron(&expr, &tz)?;
             let zone = parse_timezone(&tz)?;
             for t in schedule.upcoming(chrono::Utc::now(), count) {
-                println!("{}  ({})", t.with_timezone(&zone).to_rfc3339(), t.to_rfc3339());
+                println!(
+                    "{}  ({})",
+                    t.with_timezone(&zone).to_rfc3339(),
+                    t.to_rfc3339()
+                );
             }
             Ok(())
         }
     }
 }
 
-async fn topics_apply(kafka: &KafkaArgs, file: Option<&Path>, partitions: Option<i32>) -> anyhow::Result<()> {
+async fn topics_apply(
+    kafka: &KafkaArgs,
+    file: Option<&Path>,
+    partitions: Option<i32>,
+) -> anyhow::Result<()> {
     let mut set = match file {
-        Some(path) => TopicSet::parse(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("parsing {}", path.display()))?,
+        Some(path) => TopicSet::parse(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
         None => TopicSet::shipped(),
     };
     if let Some(partitions) = partitions {
@@ -194,9 +262,11 @@ async fn topics_apply(kafka: &KafkaArgs, file: Option<&Path>, partitions: Option
 
 /// Reads a job file: YAML (JSON is YAML too), one job or a list of jobs.
 fn read_jobs(path: &Path) -> anyhow::Result<Vec<JobSpec>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // Through a JSON value, so that YAML and JSON files mean exactly the same thing.
-    let value: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not YAML or JSON", path.display()))?;
+    let value: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not YAML or JSON", path.display()))?;
     let specs = if value.is_array() {
         serde_json::from_value::<Vec<JobSpec>>(value)
     } else {
@@ -211,24 +281,34 @@ async fn job_apply(kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
     for file in files {
         for spec in read_jobs(file)? {
             let id = spec.id.clone();
-            jobs.push(spec.validate().with_context(|| format!("{}: job {id:?}", file.display()))?);
+            jobs.push(
+                spec.validate()
+                    .with_context(|| format!("{}: job {id:?}", file.display()))?,
+            );
         }
     }
     let topics = kafka.topics();
     let counts = partition_counts(kafka)?;
     let Some(partitions) = counts.get(&topics.jobs()).copied() else {
-        bail!("topic {} does not exist; run `kairosctl topics apply` first", topics.jobs());
+        bail!(
+            "topic {} does not exist; run `kairosctl topics apply` first",
+            topics.jobs()
+        );
     };
     let producer = kafka.producer()?;
     for job in &jobs {
         let pool_topic = topics.tasks(&job.pool);
-        let config = TopicSet::shipped().topics.into_iter().find(|t| t.name == "tasks.default").map(|t| t.config).unwrap_or_default();
-        if ensure_topic(kafka, &pool_topic, partitions, &config).await? {
+        if ensure_topic(kafka, &pool_topic, partitions, &task_topic_config()).await? {
             println!("created    {pool_topic} (new pool {:?})", job.pool);
         }
         let bytes = codec::encode_job(job)?;
-        let delivered = producer.send(&topics.jobs(), job.id.as_str(), Some(&bytes)).await?;
-        println!("applied    {} (partition {}, offset {})", job.id, delivered.partition, delivered.offset);
+        let delivered = producer
+            .send(&topics.jobs(), job.id.as_str(), Some(&bytes))
+            .await?;
+        println!(
+            "applied    {} (partition {}, offset {})",
+            job.id, delivered.partition, delivered.offset
+        );
     }
     Ok(())
 }
@@ -236,20 +316,33 @@ async fn job_apply(kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
 async fn job_delete(kafka: &KafkaArgs, id: &str) -> anyhow::Result<()> {
     let id = kairos_core::JobId::parse(id)?;
     let producer = kafka.producer()?;
-    let delivered = producer.send(&kafka.topics().jobs(), id.as_str(), None).await?;
-    println!("deleted    {id} (partition {}, offset {})", delivered.partition, delivered.offset);
+    let delivered = producer
+        .send(&kafka.topics().jobs(), id.as_str(), None)
+        .await?;
+    println!(
+        "deleted    {id} (partition {}, offset {})",
+        delivered.partition, delivered.offset
+    );
     Ok(())
 }
 
 async fn api_get(api: &str, path: &str) -> anyhow::Result<Value> {
     let url = format!("{}{path}", api.trim_end_matches('/'));
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("cannot reach the aggregator at {api} (is it running? set --api or KAIROS_API)"))?;
+    let response = reqwest::get(&url).await.with_context(|| {
+        format!("cannot reach the aggregator at {api} (is it running? set --api or KAIROS_API)")
+    })?;
     let status = response.status();
-    let body: Value = response.json().await.with_context(|| format!("{url}: the answer is not JSON"))?;
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url}: the answer is not JSON"))?;
     if !status.is_success() {
-        bail!("{} ({status})", body["error"]["message"].as_str().unwrap_or("request failed"));
+        bail!(
+            "{} ({status})",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        );
     }
     Ok(body)
 }
@@ -264,7 +357,10 @@ fn text(value: &Value) -> String {
 
 fn schedule_text(schedule: &Value) -> String {
     if let Some(cron) = schedule["cron"].as_str() {
-        format!("cron {cron} {}", schedule["timezone"].as_str().unwrap_or("UTC"))
+        format!(
+            "cron {cron} {}",
+            schedule["timezone"].as_str().unwrap_or("UTC")
+        )
     } else if let Some(every) = schedule["every"].as_str() {
         format!("every {every}")
     } else {
@@ -273,7 +369,10 @@ fn schedule_text(schedule: &Value) -> String {
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -284,7 +383,11 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -293,16 +396,38 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 fn print_job(job: &Value) {
     println!("job:          {}", text(&job["id"]));
-    println!("schedule:     {}", schedule_text(&job["definition"]["schedule"]));
+    println!(
+        "schedule:     {}",
+        schedule_text(&job["definition"]["schedule"])
+    );
     println!("pool:         {}", text(&job["definition"]["pool"]));
     println!("definition:   offset {}", text(&job["definition_offset"]));
-    println!("last run:     {} {}", text(&job["last_run"]["status"]), text(&job["last_run"]["scheduled_for"]));
-    let next: Vec<String> = job["next_fire_times"].as_array().cloned().unwrap_or_default().iter().map(text).collect();
+    println!(
+        "last run:     {} {}",
+        text(&job["last_run"]["status"]),
+        text(&job["last_run"]["scheduled_for"])
+    );
+    let next: Vec<String> = job["next_fire_times"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(text)
+        .collect();
     println!("next fires:   {}", next.join(", "));
 }
 
 fn print_run(run: &Value) {
-    for field in ["run_id", "job_id", "scheduled_for", "trigger", "status", "attempt", "worker_id", "error"] {
+    for field in [
+        "run_id",
+        "job_id",
+        "scheduled_for",
+        "trigger",
+        "status",
+        "attempt",
+        "worker_id",
+        "error",
+    ] {
         println!("{:<14}{}", format!("{field}:"), text(&run[field]));
     }
     println!("{:<14}{}", "exit code:", text(&run["output"]["exit_code"]));
@@ -314,6 +439,12 @@ fn print_run(run: &Value) {
     }
     println!("history:");
     for entry in run["history"].as_array().cloned().unwrap_or_default() {
-        println!("  {}  {:<15} attempt {}  {}", text(&entry["at"]), text(&entry["event"]), text(&entry["attempt"]), text(&entry["effect"]));
+        println!(
+            "  {}  {:<15} attempt {}  {}",
+            text(&entry["at"]),
+            text(&entry["event"]),
+            text(&entry["attempt"]),
+            text(&entry["effect"])
+        );
     }
 }

@@ -15,7 +15,9 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use kairos_core::job::{HttpTask, JobSpec, ScheduleSpec, ShellTask, TaskSpec};
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
-use kairos_core::{from_millis, to_millis, JobDefinition, JobId, TaskAssigned, Timestamp, ValidationError};
+use kairos_core::{
+    from_millis, to_millis, JobDefinition, JobId, TaskAssigned, Timestamp, ValidationError,
+};
 
 /// The largest value Kairos writes or accepts; larger records are dead-lettered, not truncated.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -68,13 +70,20 @@ struct Contracts {
 }
 
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
-    let task: serde_json::Value = serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
+    let task: serde_json::Value =
+        serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
     let contract = |name: &'static str, avsc: &str| {
-        let mut json: serde_json::Value = serde_json::from_str(avsc).expect("embedded schema is JSON");
+        let mut json: serde_json::Value =
+            serde_json::from_str(avsc).expect("embedded schema is JSON");
         inline_named(&mut json, "io.kairos.Task", &task);
-        let schema = Schema::parse(&json).unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"));
+        let schema = Schema::parse(&json)
+            .unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"));
         let fingerprint = schema.fingerprint::<Rabin>().bytes;
-        Contract { name, schema, fingerprint }
+        Contract {
+            name,
+            schema,
+            fingerprint,
+        }
     };
     Contracts {
         job: contract("JobDefinition", JOB_DEFINITION_AVSC),
@@ -94,9 +103,12 @@ fn inline_named(json: &mut serde_json::Value, name: &str, definition: &serde_jso
                 map.insert("type".into(), definition.clone());
                 return;
             }
-            map.values_mut().for_each(|v| inline_named(v, name, definition));
+            map.values_mut()
+                .for_each(|v| inline_named(v, name, definition));
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| inline_named(v, name, definition)),
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| inline_named(v, name, definition)),
         _ => {}
     }
 }
@@ -118,7 +130,9 @@ fn decode(contract: &Contract, bytes: &[u8]) -> Result<Value, CodecError> {
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(CodecError::TooLarge(bytes.len()));
     }
-    let (header, mut datum) = bytes.split_at_checked(10).ok_or(CodecError::NotSingleObject)?;
+    let (header, mut datum) = bytes
+        .split_at_checked(10)
+        .ok_or(CodecError::NotSingleObject)?;
     if header[..2] != MAGIC {
         return Err(CodecError::NotSingleObject);
     }
@@ -129,7 +143,10 @@ fn decode(contract: &Contract, bytes: &[u8]) -> Result<Value, CodecError> {
     }
     let value = apache_avro::from_avro_datum(&contract.schema, &mut datum, None)?;
     if !datum.is_empty() {
-        return Err(CodecError::Avro(format!("{} trailing bytes after the record", datum.len())));
+        return Err(CodecError::Avro(format!(
+            "{} trailing bytes after the record",
+            datum.len()
+        )));
     }
     Ok(value)
 }
@@ -142,7 +159,12 @@ fn hex(bytes: &[u8]) -> String {
 // Building and reading Avro values.
 
 fn record(fields: Vec<(&str, Value)>) -> Value {
-    Value::Record(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Record(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 fn string(s: impl Into<String>) -> Value {
@@ -171,8 +193,13 @@ struct Fields<'a>(HashMap<&'a str, &'a Value>);
 impl<'a> Fields<'a> {
     fn of(value: &'a Value, what: &'static str) -> Result<Self, CodecError> {
         match value {
-            Value::Record(fields) => Ok(Fields(fields.iter().map(|(k, v)| (k.as_str(), v)).collect())),
-            other => Err(CodecError::Field { field: what, reason: format!("expected a record, got {other:?}") }),
+            Value::Record(fields) => Ok(Fields(
+                fields.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            )),
+            other => Err(CodecError::Field {
+                field: what,
+                reason: format!("expected a record, got {other:?}"),
+            }),
         }
     }
 
@@ -186,7 +213,10 @@ impl<'a> Fields<'a> {
     }
 
     fn required(&self, field: &'static str) -> Result<&'a Value, CodecError> {
-        self.get(field).ok_or(CodecError::Field { field, reason: "missing".into() })
+        self.get(field).ok_or(CodecError::Field {
+            field,
+            reason: "missing".into(),
+        })
     }
 
     fn opt_string(&self, field: &'static str) -> Result<Option<String>, CodecError> {
@@ -195,12 +225,18 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Uuid(u)) => Ok(Some(u.to_string())),
             Some(Value::Enum(_, s)) => Ok(Some(s.clone())),
-            Some(other) => Err(CodecError::Field { field, reason: format!("expected a string, got {other:?}") }),
+            Some(other) => Err(CodecError::Field {
+                field,
+                reason: format!("expected a string, got {other:?}"),
+            }),
         }
     }
 
     fn string(&self, field: &'static str) -> Result<String, CodecError> {
-        self.opt_string(field)?.ok_or(CodecError::Field { field, reason: "missing".into() })
+        self.opt_string(field)?.ok_or(CodecError::Field {
+            field,
+            reason: "missing".into(),
+        })
     }
 
     fn opt_long(&self, field: &'static str) -> Result<Option<i64>, CodecError> {
@@ -208,32 +244,54 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::Long(n) | Value::TimestampMillis(n)) => Ok(Some(*n)),
             Some(Value::Int(n)) => Ok(Some(i64::from(*n))),
-            Some(other) => Err(CodecError::Field { field, reason: format!("expected a number, got {other:?}") }),
+            Some(other) => Err(CodecError::Field {
+                field,
+                reason: format!("expected a number, got {other:?}"),
+            }),
         }
     }
 
     fn long(&self, field: &'static str) -> Result<i64, CodecError> {
-        self.opt_long(field)?.ok_or(CodecError::Field { field, reason: "missing".into() })
+        self.opt_long(field)?.ok_or(CodecError::Field {
+            field,
+            reason: "missing".into(),
+        })
     }
 
     fn opt_int(&self, field: &'static str) -> Result<Option<i32>, CodecError> {
         self.opt_long(field)?
-            .map(|n| i32::try_from(n).map_err(|_| CodecError::Field { field, reason: format!("{n} is out of range") }))
+            .map(|n| {
+                i32::try_from(n).map_err(|_| CodecError::Field {
+                    field,
+                    reason: format!("{n} is out of range"),
+                })
+            })
             .transpose()
     }
 
     fn attempt(&self) -> Result<u32, CodecError> {
         let n = self.long("attempt")?;
-        u32::try_from(n).map_err(|_| CodecError::Field { field: "attempt", reason: format!("{n} is negative") })
+        u32::try_from(n).map_err(|_| CodecError::Field {
+            field: "attempt",
+            reason: format!("{n} is negative"),
+        })
     }
 
     fn timestamp(&self, field: &'static str) -> Result<Timestamp, CodecError> {
-        self.opt_timestamp(field)?.ok_or(CodecError::Field { field, reason: "missing".into() })
+        self.opt_timestamp(field)?.ok_or(CodecError::Field {
+            field,
+            reason: "missing".into(),
+        })
     }
 
     fn opt_timestamp(&self, field: &'static str) -> Result<Option<Timestamp>, CodecError> {
         self.opt_long(field)?
-            .map(|ms| from_millis(ms).ok_or(CodecError::Field { field, reason: format!("{ms} is out of range") }))
+            .map(|ms| {
+                from_millis(ms).ok_or(CodecError::Field {
+                    field,
+                    reason: format!("{ms} is out of range"),
+                })
+            })
             .transpose()
     }
 
@@ -244,10 +302,16 @@ impl<'a> Fields<'a> {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(CodecError::Field { field, reason: format!("expected strings, got {other:?}") }),
+                    other => Err(CodecError::Field {
+                        field,
+                        reason: format!("expected strings, got {other:?}"),
+                    }),
                 })
                 .collect(),
-            Some(other) => Err(CodecError::Field { field, reason: format!("expected an array, got {other:?}") }),
+            Some(other) => Err(CodecError::Field {
+                field,
+                reason: format!("expected an array, got {other:?}"),
+            }),
         }
     }
 
@@ -258,10 +322,16 @@ impl<'a> Fields<'a> {
                 .iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => Ok((k.clone(), s.clone())),
-                    other => Err(CodecError::Field { field, reason: format!("expected strings, got {other:?}") }),
+                    other => Err(CodecError::Field {
+                        field,
+                        reason: format!("expected strings, got {other:?}"),
+                    }),
                 })
                 .collect(),
-            Some(other) => Err(CodecError::Field { field, reason: format!("expected a map, got {other:?}") }),
+            Some(other) => Err(CodecError::Field {
+                field,
+                reason: format!("expected a map, got {other:?}"),
+            }),
         }
     }
 
@@ -275,7 +345,10 @@ fn job_id(value: String) -> Result<JobId, CodecError> {
 }
 
 fn run_id(value: &str) -> Result<RunId, CodecError> {
-    RunId::parse(value).ok_or(CodecError::Field { field: "run_id", reason: format!("{value:?} is not a UUID") })
+    RunId::parse(value).ok_or(CodecError::Field {
+        field: "run_id",
+        reason: format!("{value:?} is not a UUID"),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,7 +358,10 @@ fn task_value(task: &TaskSpec) -> Value {
     let (shell, http) = match task {
         TaskSpec::Shell(s) => (
             record(vec![
-                ("command", Value::Array(s.command.iter().map(string).collect())),
+                (
+                    "command",
+                    Value::Array(s.command.iter().map(string).collect()),
+                ),
                 ("env", string_map(&s.env)),
                 ("working_dir", opt(s.working_dir.clone(), string)),
             ]),
@@ -298,7 +374,15 @@ fn task_value(task: &TaskSpec) -> Value {
                 ("url", string(&h.url)),
                 ("headers", string_map(&h.headers)),
                 ("body", opt(h.body.clone(), string)),
-                ("expected_status", Value::Array(h.expected_status.iter().map(|s| Value::Int(i32::from(*s))).collect())),
+                (
+                    "expected_status",
+                    Value::Array(
+                        h.expected_status
+                            .iter()
+                            .map(|s| Value::Int(i32::from(*s)))
+                            .collect(),
+                    ),
+                ),
             ]),
         ),
     };
@@ -322,15 +406,23 @@ fn task_from(fields: &Fields<'_>) -> Result<TaskSpec, CodecError> {
                 Some(Value::Array(items)) => items
                     .iter()
                     .map(|v| match v {
-                        Value::Int(n) => u16::try_from(*n).map_err(|_| format!("{n} is not a status")),
+                        Value::Int(n) => {
+                            u16::try_from(*n).map_err(|_| format!("{n} is not a status"))
+                        }
                         other => Err(format!("expected ints, got {other:?}")),
                     })
                     .collect::<Result<_, _>>()
-                    .map_err(|reason| CodecError::Field { field: "task.http.expected_status", reason })?,
+                    .map_err(|reason| CodecError::Field {
+                        field: "task.http.expected_status",
+                        reason,
+                    })?,
                 _ => vec![],
             },
         })),
-        _ => Err(CodecError::Field { field: "task", reason: "exactly one of shell or http must be set".into() }),
+        _ => Err(CodecError::Field {
+            field: "task",
+            reason: "exactly one of shell or http must be set".into(),
+        }),
     }
 }
 
@@ -339,7 +431,10 @@ fn timeout_from(fields: &Fields<'_>) -> Result<Option<Duration>, CodecError> {
         .opt_long("timeout_ms")?
         .map(|ms| u64::try_from(ms).map(Duration::from_millis))
         .transpose()
-        .map_err(|_| CodecError::Field { field: "timeout_ms", reason: "negative".into() })
+        .map_err(|_| CodecError::Field {
+            field: "timeout_ms",
+            reason: "negative".into(),
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,7 +472,10 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
         .opt_long("every_ms")?
         .map(|ms| u64::try_from(ms).map(Duration::from_millis))
         .transpose()
-        .map_err(|_| CodecError::Field { field: "schedule.every_ms", reason: "negative".into() })?;
+        .map_err(|_| CodecError::Field {
+            field: "schedule.every_ms",
+            reason: "negative".into(),
+        })?;
     let spec = JobSpec {
         id: f.string("id")?,
         description: f.opt_string("description")?,
@@ -398,15 +496,26 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
 // RunEvent.
 
 fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
-    let index = schema_symbols.iter().position(|s| *s == symbol).unwrap_or_default();
+    let index = schema_symbols
+        .iter()
+        .position(|s| *s == symbol)
+        .unwrap_or_default();
     Value::Enum(u32::try_from(index).unwrap_or_default(), symbol.to_string())
 }
 
 const TRIGGER_SYMBOLS: [&str; 2] = ["schedule", "manual"];
 const SKIP_SYMBOLS: [&str; 2] = ["misfire", "job_deleted"];
 const RUN_EVENT_SYMBOLS: [&str; 10] = [
-    "RunScheduled", "RunSkipped", "RunDispatched", "RunStarted", "RunSucceeded", "RunFailed", "RunTimedOut",
-    "RunCancelled", "RunLost", "RetryScheduled",
+    "RunScheduled",
+    "RunSkipped",
+    "RunDispatched",
+    "RunStarted",
+    "RunSucceeded",
+    "RunFailed",
+    "RunTimedOut",
+    "RunCancelled",
+    "RunLost",
+    "RetryScheduled",
 ];
 
 /// Encodes one run ledger event.
@@ -421,23 +530,43 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
     let mut output: Option<&TaskOutput> = None;
     let mut due_at = Value::Null;
     match &event.kind {
-        RunScheduled { trigger: t, definition_offset: o } => {
+        RunScheduled {
+            trigger: t,
+            definition_offset: o,
+        } => {
             trigger = symbol(&TRIGGER_SYMBOLS, t.as_str());
             definition_offset = Value::Long(*o);
         }
         RunSkipped { reason } => {
-            skip_reason = symbol(&SKIP_SYMBOLS, match reason {
-                SkipReason::Misfire => "misfire",
-                SkipReason::JobDeleted => "job_deleted",
-            });
+            skip_reason = symbol(
+                &SKIP_SYMBOLS,
+                match reason {
+                    SkipReason::Misfire => "misfire",
+                    SkipReason::JobDeleted => "job_deleted",
+                },
+            );
         }
         RunDispatched { pool: p, .. } => pool = string(p),
         RunStarted { worker_id, .. } => worker = string(worker_id),
-        RunSucceeded { worker_id, output: o, .. } | RunTimedOut { worker_id, output: o, .. } => {
+        RunSucceeded {
+            worker_id,
+            output: o,
+            ..
+        }
+        | RunTimedOut {
+            worker_id,
+            output: o,
+            ..
+        } => {
             worker = string(worker_id);
             output = Some(o);
         }
-        RunFailed { worker_id, error: e, output: o, .. } => {
+        RunFailed {
+            worker_id,
+            error: e,
+            output: o,
+            ..
+        } => {
             worker = string(worker_id);
             error = string(e);
             output = Some(o);
@@ -461,7 +590,10 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             ("pool", pool),
             ("worker_id", worker),
             ("error", error),
-            ("exit_code", opt(output.and_then(|o| o.exit_code), Value::Int)),
+            (
+                "exit_code",
+                opt(output.and_then(|o| o.exit_code), Value::Int),
+            ),
             ("stdout", opt(output.map(|o| o.stdout.clone()), string)),
             ("stderr", opt(output.map(|o| o.stderr.clone()), string)),
             ("due_at", due_at),
@@ -473,8 +605,14 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
 pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
     let value = decode(&CONTRACTS.run_event, bytes)?;
     let f = Fields::of(&value, "RunEvent")?;
-    let missing = |field: &'static str| CodecError::Field { field, reason: "missing for this event type".into() };
-    let worker = || f.opt_string("worker_id")?.ok_or_else(|| missing("worker_id"));
+    let missing = |field: &'static str| CodecError::Field {
+        field,
+        reason: "missing for this event type".into(),
+    };
+    let worker = || {
+        f.opt_string("worker_id")?
+            .ok_or_else(|| missing("worker_id"))
+    };
     let output = || -> Result<TaskOutput, CodecError> {
         Ok(TaskOutput {
             exit_code: f.opt_int("exit_code")?,
@@ -489,7 +627,9 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
                 Some("schedule") => TriggerKind::Schedule,
                 _ => return Err(missing("trigger")),
             },
-            definition_offset: f.opt_long("definition_offset")?.ok_or_else(|| missing("definition_offset"))?,
+            definition_offset: f
+                .opt_long("definition_offset")?
+                .ok_or_else(|| missing("definition_offset"))?,
         },
         "RunSkipped" => RunEventKind::RunSkipped {
             reason: match f.opt_string("skip_reason")?.as_deref() {
@@ -502,22 +642,44 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
             attempt: f.attempt()?,
             pool: f.opt_string("pool")?.ok_or_else(|| missing("pool"))?,
         },
-        "RunStarted" => RunEventKind::RunStarted { attempt: f.attempt()?, worker_id: worker()? },
-        "RunSucceeded" => RunEventKind::RunSucceeded { attempt: f.attempt()?, worker_id: worker()?, output: output()? },
+        "RunStarted" => RunEventKind::RunStarted {
+            attempt: f.attempt()?,
+            worker_id: worker()?,
+        },
+        "RunSucceeded" => RunEventKind::RunSucceeded {
+            attempt: f.attempt()?,
+            worker_id: worker()?,
+            output: output()?,
+        },
         "RunFailed" => RunEventKind::RunFailed {
             attempt: f.attempt()?,
             worker_id: worker()?,
             error: f.opt_string("error")?.unwrap_or_default(),
             output: output()?,
         },
-        "RunTimedOut" => RunEventKind::RunTimedOut { attempt: f.attempt()?, worker_id: worker()?, output: output()? },
-        "RunCancelled" => RunEventKind::RunCancelled { attempt: f.attempt()? },
-        "RunLost" => RunEventKind::RunLost { attempt: f.attempt()? },
+        "RunTimedOut" => RunEventKind::RunTimedOut {
+            attempt: f.attempt()?,
+            worker_id: worker()?,
+            output: output()?,
+        },
+        "RunCancelled" => RunEventKind::RunCancelled {
+            attempt: f.attempt()?,
+        },
+        "RunLost" => RunEventKind::RunLost {
+            attempt: f.attempt()?,
+        },
         "RetryScheduled" => RunEventKind::RetryScheduled {
             attempt: f.attempt()?,
-            due_at: f.opt_timestamp("due_at")?.ok_or_else(|| missing("due_at"))?,
+            due_at: f
+                .opt_timestamp("due_at")?
+                .ok_or_else(|| missing("due_at"))?,
         },
-        other => return Err(CodecError::Field { field: "type", reason: format!("unknown event type {other:?}") }),
+        other => {
+            return Err(CodecError::Field {
+                field: "type",
+                reason: format!("unknown event type {other:?}"),
+            })
+        }
     };
     Ok(RunEvent {
         job_id: job_id(f.string("job_id")?)?,
@@ -538,7 +700,10 @@ pub fn encode_task(task: &TaskAssigned) -> Result<Vec<u8>, CodecError> {
         record(vec![
             ("job_id", string(task.job_id.as_str())),
             ("run_id", string(task.run_id.to_string())),
-            ("attempt", Value::Int(i32::try_from(task.attempt).unwrap_or(i32::MAX))),
+            (
+                "attempt",
+                Value::Int(i32::try_from(task.attempt).unwrap_or(i32::MAX)),
+            ),
             ("scheduled_for", millis(task.scheduled_for)),
             ("pool", string(&task.pool)),
             ("task", task_value(&task.task)),
@@ -612,7 +777,10 @@ pub struct DeadLetter {
 
 pub fn encode_dead_letter(letter: &DeadLetter) -> Result<Vec<u8>, CodecError> {
     // The original bytes are kept whole unless they are what made the record too large.
-    let keep = letter.payload.as_ref().filter(|p| p.len() < MAX_RECORD_BYTES - 64 * 1024);
+    let keep = letter
+        .payload
+        .as_ref()
+        .filter(|p| p.len() < MAX_RECORD_BYTES - 64 * 1024);
     encode(
         &CONTRACTS.dead_letter,
         record(vec![
@@ -684,9 +852,19 @@ mod tests {
             expected_status: vec![200, 202],
         });
         let schedules = [
-            ScheduleSpec { cron: Some("0 0 3 * * *".into()), timezone: Some("Europe/Berlin".into()), ..Default::default() },
-            ScheduleSpec { every: Some(Duration::from_secs(2)), ..Default::default() },
-            ScheduleSpec { at: Some(t(0)), ..Default::default() },
+            ScheduleSpec {
+                cron: Some("0 0 3 * * *".into()),
+                timezone: Some("Europe/Berlin".into()),
+                ..Default::default()
+            },
+            ScheduleSpec {
+                every: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+            ScheduleSpec {
+                at: Some(t(0)),
+                ..Default::default()
+            },
         ];
         for schedule in schedules {
             for task in [shell(), http.clone()] {
@@ -702,21 +880,58 @@ mod tests {
     fn every_run_event_round_trips() {
         let job_id = JobId::parse("j").unwrap();
         let run_id = RunId::derive(&job_id, t(0), TriggerKind::Schedule);
-        let out = TaskOutput { exit_code: Some(3), stdout: "out".into(), stderr: "err".into() };
+        let out = TaskOutput {
+            exit_code: Some(3),
+            stdout: "out".into(),
+            stderr: "err".into(),
+        };
         let kinds = vec![
-            RunEventKind::RunScheduled { trigger: TriggerKind::Manual, definition_offset: 42 },
-            RunEventKind::RunSkipped { reason: SkipReason::JobDeleted },
-            RunEventKind::RunDispatched { attempt: 1, pool: "p".into() },
-            RunEventKind::RunStarted { attempt: 1, worker_id: "w".into() },
-            RunEventKind::RunSucceeded { attempt: 1, worker_id: "w".into(), output: out.clone() },
-            RunEventKind::RunFailed { attempt: 2, worker_id: "w".into(), error: "boom".into(), output: out.clone() },
-            RunEventKind::RunTimedOut { attempt: 2, worker_id: "w".into(), output: TaskOutput::default() },
+            RunEventKind::RunScheduled {
+                trigger: TriggerKind::Manual,
+                definition_offset: 42,
+            },
+            RunEventKind::RunSkipped {
+                reason: SkipReason::JobDeleted,
+            },
+            RunEventKind::RunDispatched {
+                attempt: 1,
+                pool: "p".into(),
+            },
+            RunEventKind::RunStarted {
+                attempt: 1,
+                worker_id: "w".into(),
+            },
+            RunEventKind::RunSucceeded {
+                attempt: 1,
+                worker_id: "w".into(),
+                output: out.clone(),
+            },
+            RunEventKind::RunFailed {
+                attempt: 2,
+                worker_id: "w".into(),
+                error: "boom".into(),
+                output: out.clone(),
+            },
+            RunEventKind::RunTimedOut {
+                attempt: 2,
+                worker_id: "w".into(),
+                output: TaskOutput::default(),
+            },
             RunEventKind::RunCancelled { attempt: 3 },
             RunEventKind::RunLost { attempt: 3 },
-            RunEventKind::RetryScheduled { attempt: 4, due_at: t(9) },
+            RunEventKind::RetryScheduled {
+                attempt: 4,
+                due_at: t(9),
+            },
         ];
         for kind in kinds {
-            let event = RunEvent { job_id: job_id.clone(), run_id, scheduled_for: t(0), at: t(5), kind };
+            let event = RunEvent {
+                job_id: job_id.clone(),
+                run_id,
+                scheduled_for: t(0),
+                at: t(5),
+                kind,
+            };
             let decoded = decode_run_event(&encode_run_event(&event).unwrap()).unwrap();
             // An empty output decodes as empty strings, which is the same output.
             assert_eq!(decoded, event);
@@ -738,8 +953,15 @@ mod tests {
             assigned_at: t(3),
         };
         assert_eq!(decode_task(&encode_task(&task).unwrap()).unwrap(), task);
-        let state = TriggerState { job_id, last_slot: t(1), definition_offset: 3 };
-        assert_eq!(decode_trigger_state(&encode_trigger_state(&state).unwrap()).unwrap(), state);
+        let state = TriggerState {
+            job_id,
+            last_slot: t(1),
+            definition_offset: 3,
+        };
+        assert_eq!(
+            decode_trigger_state(&encode_trigger_state(&state).unwrap()).unwrap(),
+            state
+        );
         let letter = DeadLetter {
             source_topic: "kairos.jobs".into(),
             source_partition: 2,
@@ -749,12 +971,18 @@ mod tests {
             payload: Some(vec![0, 1, 2]),
             at: t(4),
         };
-        assert_eq!(decode_dead_letter(&encode_dead_letter(&letter).unwrap()).unwrap(), letter);
+        assert_eq!(
+            decode_dead_letter(&encode_dead_letter(&letter).unwrap()).unwrap(),
+            letter
+        );
     }
 
     #[test]
     fn garbage_and_other_schemas_are_errors_not_panics() {
-        assert!(matches!(decode_job(b"hello"), Err(CodecError::NotSingleObject)));
+        assert!(matches!(
+            decode_job(b"hello"),
+            Err(CodecError::NotSingleObject)
+        ));
         assert!(matches!(decode_job(&[]), Err(CodecError::NotSingleObject)));
         let task_bytes = encode_trigger_state(&TriggerState {
             job_id: JobId::parse("j").unwrap(),
@@ -763,24 +991,57 @@ mod tests {
         })
         .unwrap();
         let err = decode_job(&task_bytes).unwrap_err();
-        assert!(matches!(err, CodecError::UnknownSchema(_, "JobDefinition")), "{err}");
-        let mut truncated = encode_job(&job(shell(), ScheduleSpec { every: Some(Duration::from_secs(1)), ..Default::default() })).unwrap();
+        assert!(
+            matches!(err, CodecError::UnknownSchema(_, "JobDefinition")),
+            "{err}"
+        );
+        let mut truncated = encode_job(&job(
+            shell(),
+            ScheduleSpec {
+                every: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
         truncated.truncate(truncated.len() / 2);
         assert!(decode_job(&truncated).is_err());
-        let mut padded = encode_job(&job(shell(), ScheduleSpec { every: Some(Duration::from_secs(1)), ..Default::default() })).unwrap();
+        let mut padded = encode_job(&job(
+            shell(),
+            ScheduleSpec {
+                every: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
         padded.extend_from_slice(b"junk");
-        assert!(matches!(decode_job(&padded), Err(CodecError::Avro(reason)) if reason.contains("trailing")));
+        assert!(
+            matches!(decode_job(&padded), Err(CodecError::Avro(reason)) if reason.contains("trailing"))
+        );
     }
 
     #[test]
     fn a_decodable_but_invalid_job_is_rejected_with_the_validation_reason() {
-        let mut def = job(shell(), ScheduleSpec { every: Some(Duration::from_secs(1)), ..Default::default() });
-        def.schedule = kairos_core::Schedule::Every { interval: Duration::from_secs(1) };
+        let mut def = job(
+            shell(),
+            ScheduleSpec {
+                every: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        );
+        def.schedule = kairos_core::Schedule::Every {
+            interval: Duration::from_secs(1),
+        };
         let mut bytes = encode_job(&def).unwrap();
         // Flip the id to one with a space: still valid Avro, no longer a valid job.
-        let pos = bytes.windows(12).position(|w| w == b"report.daily").unwrap();
+        let pos = bytes
+            .windows(12)
+            .position(|w| w == b"report.daily")
+            .unwrap();
         bytes[pos + 6] = b' ';
         let err = decode_job(&bytes).unwrap_err();
-        assert!(matches!(err, CodecError::Invalid(ValidationError::InvalidId(_))), "{err}");
+        assert!(
+            matches!(err, CodecError::Invalid(ValidationError::InvalidId(_))),
+            "{err}"
+        );
     }
 }

@@ -28,11 +28,20 @@ pub fn reason_label(error: &CodecError) -> &'static str {
 
 impl DeadLetters {
     pub fn new(producer: Producer, topic: String, service: &'static str) -> Self {
-        DeadLetters { producer, topic, service }
+        DeadLetters {
+            producer,
+            topic,
+            service,
+        }
     }
 
     /// Dead-letters `message`; `label` is a bounded reason for metrics, `reason` the full text.
-    pub async fn send(&self, message: &OwnedMessage, label: &'static str, reason: &str) -> Result<(), KafkaError> {
+    pub async fn send(
+        &self,
+        message: &OwnedMessage,
+        label: &'static str,
+        reason: &str,
+    ) -> Result<(), KafkaError> {
         tracing::warn!(
             topic = message.topic(),
             partition = message.partition(),
@@ -52,7 +61,10 @@ impl DeadLetters {
         // A dead letter is built from plain fields and capped payload, so encoding cannot fail
         // unless the schema itself is broken, which the codec tests rule out.
         let bytes = encode_dead_letter(&letter).unwrap_or_default();
-        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
         self.producer.send(&self.topic, &key, Some(&bytes)).await?;
         metrics::counter!(
             "kairos_deadlettered_records_total",
@@ -65,5 +77,8 @@ impl DeadLetters {
 
 /// The topic without the installation prefix, so that the label set stays bounded.
 fn topic_kind(topic: &str) -> String {
-    topic.split_once('.').map_or(topic, |(_, rest)| rest).to_string()
+    topic
+        .split_once('.')
+        .map_or(topic, |(_, rest)| rest)
+        .to_string()
 }

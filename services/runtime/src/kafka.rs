@@ -27,9 +27,15 @@ use tokio::sync::mpsc;
 use crate::store::Store;
 
 /// Properties Kairos's correctness depends on; `-X` cannot override them.
-const CONSUMER_INVARIANTS: [(&str, &str); 2] = [("enable.auto.offset.store", "false"), ("enable.partition.eof", "false")];
-const PRODUCER_INVARIANTS: [(&str, &str); 3] =
-    [("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("acks", "all")];
+const CONSUMER_INVARIANTS: [(&str, &str); 2] = [
+    ("enable.auto.offset.store", "false"),
+    ("enable.partition.eof", "false"),
+];
+const PRODUCER_INVARIANTS: [(&str, &str); 3] = [
+    ("enable.idempotence", "true"),
+    ("partitioner", "murmur2_random"),
+    ("acks", "all"),
+];
 
 /// Broker connection settings every binary takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -50,7 +56,11 @@ pub struct KafkaArgs {
 impl KafkaArgs {
     /// Settings for a broker at `brokers` with the default prefix and no extra properties.
     pub fn new(brokers: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
-        KafkaArgs { brokers: brokers.into(), topic_prefix: topic_prefix.into(), properties: vec![] }
+        KafkaArgs {
+            brokers: brokers.into(),
+            topic_prefix: topic_prefix.into(),
+            properties: vec![],
+        }
     }
 
     pub fn topics(&self) -> Topics {
@@ -80,7 +90,9 @@ impl KafkaArgs {
         for (key, value) in PRODUCER_INVARIANTS {
             config.set(key, value);
         }
-        Ok(Producer { inner: config.create()? })
+        Ok(Producer {
+            inner: config.create()?,
+        })
     }
 
     fn consumer_config(&self, group: &str) -> ClientConfig {
@@ -110,7 +122,9 @@ impl KafkaArgs {
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
-    let (key, value) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
     Ok((key.trim().to_string(), value.to_string()))
 }
 
@@ -122,7 +136,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Topics { prefix: prefix.to_string() }
+        Topics {
+            prefix: prefix.to_string(),
+        }
     }
     pub fn name(&self, suffix: &str) -> String {
         format!("{}.{}", self.prefix, suffix)
@@ -164,13 +180,21 @@ pub struct Delivered {
 impl Producer {
     /// Sends one keyed record (a `None` payload is a tombstone) and waits for the acknowledgement.
     /// Retries while the local queue is full; any other error is the caller's to classify.
-    pub async fn send(&self, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<Delivered, KafkaError> {
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Delivered, KafkaError> {
         let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
         match self.inner.send(record, Duration::from_secs(30)).await {
-            Ok(delivery) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Err((error, _)) => Err(error),
         }
     }
@@ -207,11 +231,19 @@ impl ClientContext for KairosContext {
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ConsumerContext for KairosContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_of(tpl);
@@ -272,10 +304,16 @@ pub struct PartitionedConsumer {
 
 impl PartitionedConsumer {
     /// Joins `group` on `topics`. With a store, positions come from the store (see module docs).
-    pub fn new(args: &KafkaArgs, group: &str, topics: &[String], store: Option<Store>) -> Result<Self, KafkaError> {
+    pub fn new(
+        args: &KafkaArgs,
+        group: &str,
+        topics: &[String],
+        store: Option<Store>,
+    ) -> Result<Self, KafkaError> {
         let (events, rebalances) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<KairosContext> =
-            args.consumer_config(group).create_with_context(KairosContext { store, events })?;
+        let consumer: StreamConsumer<KairosContext> = args
+            .consumer_config(group)
+            .create_with_context(KairosContext { store, events })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         Ok(PartitionedConsumer {
@@ -288,15 +326,13 @@ impl PartitionedConsumer {
     }
 
     /// The next record or ownership change. Ownership changes are delivered first, so no record of
-    /// a newly assigned partition is seen before its `Assigned`.
+    /// a newly assigned partition is seen before its `Assigned`. Cancel-safe.
     pub async fn next(&mut self, store: Option<&Store>) -> Result<Input, KafkaError> {
         loop {
             tokio::select! {
                 biased;
                 Some(change) = self.rebalances.recv() => {
-                    if let Some(input) = self.on_rebalance(change, store).await {
-                        return Ok(input);
-                    }
+                    return Ok(self.on_rebalance(change, store));
                 }
                 message = self.consumer.recv() => {
                     let message = message?.detach();
@@ -308,20 +344,23 @@ impl PartitionedConsumer {
         }
     }
 
-    async fn on_rebalance(&mut self, change: Rebalanced, store: Option<&Store>) -> Option<Input> {
+    fn on_rebalance(&mut self, change: Rebalanced, store: Option<&Store>) -> Input {
         match change {
             Rebalanced::Assigned(partitions) => {
                 self.assigned_once = true;
-                for (topic, partition) in &partitions {
-                    let high = self.high_watermark(topic, *partition).await;
-                    let position = store.and_then(|s| s.next_offset(topic, *partition).ok().flatten()).unwrap_or(0);
+                // Without a store there is no state to rebuild, so nothing to catch up on.
+                for (topic, partition) in partitions.iter().filter(|_| store.is_some()) {
+                    let high = self.high_watermark(topic, *partition);
+                    let position = store
+                        .and_then(|s| s.next_offset(topic, *partition).ok().flatten())
+                        .unwrap_or(0);
                     if high > position {
                         self.targets.insert((topic.clone(), *partition), high);
                     }
                 }
                 let numbers = partition_numbers(&partitions);
                 self.owned.extend(numbers.iter().copied());
-                Some(Input::Assigned(numbers))
+                Input::Assigned(numbers)
             }
             Rebalanced::Revoked(partitions) => {
                 let numbers = partition_numbers(&partitions);
@@ -329,25 +368,28 @@ impl PartitionedConsumer {
                     self.owned.remove(n);
                 }
                 self.targets.retain(|(_, p), _| !numbers.contains(p));
-                Some(Input::Revoked(numbers))
+                Input::Revoked(numbers)
             }
         }
     }
 
-    async fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
-        let consumer = Arc::clone(&self.consumer);
-        let topic = topic.to_string();
-        let result = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
-        })
-        .await;
+    /// The partition's high watermark. Blocks the calling worker thread for the metadata round
+    /// trip (rare: once per partition per rebalance) rather than awaiting, so that `next` stays
+    /// cancel-safe in a `select!`.
+    ///
+    /// # Panics
+    /// On a current-thread tokio runtime; every Kairos service runs on the multi-thread one.
+    fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        let result = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        });
         match result {
-            Ok(Ok((_, high))) => high,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, partition, "Fetching the high watermark failed; treating the partition as caught up.");
+            Ok((_, high)) => high,
+            Err(error) => {
+                tracing::warn!(%error, topic, partition, "Fetching the high watermark failed; treating the partition as caught up.");
                 0
             }
-            Err(_) => 0,
         }
     }
 
@@ -369,7 +411,10 @@ impl PartitionedConsumer {
     /// Lets the group commit up to (not including) `next_offset` of a partition.
     pub fn store_position(&self, topic: &str, partition: i32, next_offset: i64) {
         let mut tpl = TopicPartitionList::new();
-        if tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset)).is_ok() {
+        if tpl
+            .add_partition_offset(topic, partition, Offset::Offset(next_offset))
+            .is_ok()
+        {
             if let Err(error) = self.consumer.store_offsets(&tpl) {
                 tracing::debug!(%error, topic, partition, "Storing the group offset failed.");
             }
@@ -441,8 +486,22 @@ impl TopicSet {
 
     /// The partition count of the topic `suffix`, e.g. a new pool's `tasks.<pool>`.
     pub fn partitions_for(&self, def: &TopicDef) -> i32 {
-        if def.co_partitioned { self.partitions } else { self.partitions.min(3) }
+        if def.co_partitioned {
+            self.partitions
+        } else {
+            self.partitions.min(3)
+        }
     }
+}
+
+/// Topic configuration for a pool's task topic, from the shipped topic set's `tasks.default`.
+pub fn task_topic_config() -> BTreeMap<String, String> {
+    TopicSet::shipped()
+        .topics
+        .into_iter()
+        .find(|t| t.name == "tasks.default")
+        .map(|t| t.config)
+        .unwrap_or_default()
 }
 
 /// What `topics apply` did.
@@ -468,7 +527,9 @@ pub async fn apply_topics(args: &KafkaArgs, set: &TopicSet) -> anyhow::Result<Ap
         match existing.get(&name) {
             Some(have) if *have == want => report.unchanged.push(name),
             Some(have) => {
-                report.drift.push(format!("{name}: has {have} partitions, the topic set says {want}"));
+                report.drift.push(format!(
+                    "{name}: has {have} partitions, the topic set says {want}"
+                ));
                 report.unchanged.push(name);
             }
             None => to_create.push((name, want, def)),
@@ -479,7 +540,11 @@ pub async fn apply_topics(args: &KafkaArgs, set: &TopicSet) -> anyhow::Result<Ap
             .iter()
             .map(|(name, partitions, def)| {
                 def.config.iter().fold(
-                    NewTopic::new(name, *partitions, TopicReplication::Fixed(set.replication_factor)),
+                    NewTopic::new(
+                        name,
+                        *partitions,
+                        TopicReplication::Fixed(set.replication_factor),
+                    ),
                     |t, (k, v)| t.set(k, v),
                 )
             })
@@ -498,12 +563,20 @@ pub async fn apply_topics(args: &KafkaArgs, set: &TopicSet) -> anyhow::Result<Ap
 }
 
 /// Creates one topic with `partitions` partitions unless it exists (used for new pools' task topics).
-pub async fn ensure_topic(args: &KafkaArgs, name: &str, partitions: i32, config: &BTreeMap<String, String>) -> anyhow::Result<bool> {
+pub async fn ensure_topic(
+    args: &KafkaArgs,
+    name: &str,
+    partitions: i32,
+    config: &BTreeMap<String, String>,
+) -> anyhow::Result<bool> {
     if partition_counts(args)?.contains_key(name) {
         return Ok(false);
     }
     let admin = args.admin()?;
-    let topic = config.iter().fold(NewTopic::new(name, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v));
+    let topic = config.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics([&topic], &options).await? {
         match result {
@@ -523,7 +596,10 @@ async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<(
         if names.iter().all(|n| counts.get(n).is_some_and(|c| *c > 0)) {
             return Ok(());
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "topics {names:?} did not appear in metadata within 30 s");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "topics {names:?} did not appear in metadata within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -536,7 +612,12 @@ pub fn partition_counts(args: &KafkaArgs) -> Result<HashMap<String, i32>, KafkaE
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
-        .map(|t| (t.name().to_string(), i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+        .map(|t| {
+            (
+                t.name().to_string(),
+                i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
+            )
+        })
         .collect())
 }
 
@@ -554,12 +635,17 @@ pub fn check_co_partitioning(args: &KafkaArgs, topics: &[String]) -> anyhow::Res
     let counts = partition_counts(args)?;
     let mut seen = Vec::new();
     for topic in topics {
-        let count = *counts.get(topic).ok_or_else(|| CoPartitionError::Missing(topic.clone()))?;
+        let count = *counts
+            .get(topic)
+            .ok_or_else(|| CoPartitionError::Missing(topic.clone()))?;
         seen.push((topic.as_str(), count));
     }
     let first = seen.first().map_or(0, |(_, c)| *c);
     if seen.iter().any(|(_, c)| *c != first) {
-        let listing: Vec<String> = seen.iter().map(|(t, c)| format!("{t} has {c} partitions")).collect();
+        let listing: Vec<String> = seen
+            .iter()
+            .map(|(t, c)| format!("{t} has {c} partitions"))
+            .collect();
         return Err(CoPartitionError::Mismatch(listing.join(", ")).into());
     }
     Ok(first)
@@ -572,16 +658,27 @@ mod tests {
     #[test]
     fn the_shipped_topic_set_is_valid_and_co_partitions_the_job_keyed_topics() {
         let set = TopicSet::shipped();
-        let co: Vec<&str> = set.topics.iter().filter(|t| t.co_partitioned).map(|t| t.name.as_str()).collect();
+        let co: Vec<&str> = set
+            .topics
+            .iter()
+            .filter(|t| t.co_partitioned)
+            .map(|t| t.name.as_str())
+            .collect();
         for name in ["jobs", "runs", "trigger-state", "tasks.default"] {
             assert!(co.contains(&name), "{name} must be co-partitioned");
         }
-        assert_eq!(set.topics.iter().find(|t| t.name == "jobs").unwrap().config["cleanup.policy"], "compact");
+        assert_eq!(
+            set.topics.iter().find(|t| t.name == "jobs").unwrap().config["cleanup.policy"],
+            "compact"
+        );
     }
 
     #[test]
     fn properties_parse_as_key_value() {
-        assert_eq!(parse_property("security.protocol=SSL"), Ok(("security.protocol".into(), "SSL".into())));
+        assert_eq!(
+            parse_property("security.protocol=SSL"),
+            Ok(("security.protocol".into(), "SSL".into()))
+        );
         assert!(parse_property("nonsense").is_err());
     }
 }

@@ -16,11 +16,17 @@ pub use store::{Batch, Store};
 /// Reads the key of a record as a job id string; Kairos keys are UTF-8 job ids.
 pub fn record_key(message: &rdkafka::message::OwnedMessage) -> Option<String> {
     use rdkafka::Message;
-    message.key().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_string)
+    message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .map(str::to_string)
 }
 
 /// The record's timestamp (create or log-append time), if the broker or producer set one.
 pub fn record_time(message: &rdkafka::message::OwnedMessage) -> Option<kairos_core::Timestamp> {
     use rdkafka::Message;
-    message.timestamp().to_millis().and_then(kairos_core::from_millis)
+    message
+        .timestamp()
+        .to_millis()
+        .and_then(kairos_core::from_millis)
 }

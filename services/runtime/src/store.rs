@@ -34,15 +34,22 @@ impl Store {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        Ok(Store { db: Arc::new(rocksdb::DB::open(&options, path)?) })
+        Ok(Store {
+            db: Arc::new(rocksdb::DB::open(&options, path)?),
+        })
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         match self.db.get(key.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        key: key.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -66,15 +73,21 @@ impl Store {
                 break;
             }
             let key = String::from_utf8_lossy(&key).into_owned();
-            let value = serde_json::from_slice(&value)
-                .map_err(|e| StoreError::Corrupt { key: key.clone(), reason: e.to_string() })?;
+            let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
             out.push((key, value));
         }
         Ok(out)
     }
 
     /// Up to `limit` pairs with keys starting with `prefix`, last key first.
-    pub fn scan_rev<T: DeserializeOwned>(&self, prefix: &str, limit: usize) -> Result<Vec<(String, T)>, StoreError> {
+    pub fn scan_rev<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let mut upper = prefix.as_bytes().to_vec();
         upper.push(0xFF);
         let mode = rocksdb::IteratorMode::From(&upper, rocksdb::Direction::Reverse);
@@ -85,8 +98,10 @@ impl Store {
                 break;
             }
             let key = String::from_utf8_lossy(&key).into_owned();
-            let value = serde_json::from_slice(&value)
-                .map_err(|e| StoreError::Corrupt { key: key.clone(), reason: e.to_string() })?;
+            let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
             out.push((key, value));
         }
         Ok(out)
@@ -116,12 +131,20 @@ impl Store {
             hasher.update((value.len() as u64).to_le_bytes());
             hasher.update(&value);
         }
-        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 
     /// Bytes RocksDB reports for live SST files.
     pub fn size_bytes(&self) -> u64 {
-        self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0)
+        self.db
+            .property_int_value("rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 }
 
@@ -188,7 +211,8 @@ mod tests {
     #[test]
     fn store_matches_an_in_memory_model() {
         use proptest::prelude::*;
-        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(32));
+        let mut runner =
+            proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(32));
         let ops = proptest::collection::vec((0u8..3, 0u8..8, any::<u16>()), 0..60);
         runner
             .run(&ops, |ops| {

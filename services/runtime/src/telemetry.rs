@@ -29,7 +29,9 @@ pub enum LogFormat {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -37,8 +39,9 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 /// Buckets for every `_seconds` histogram: from a millisecond (firing lateness) to minutes (runs).
-const SECONDS_BUCKETS: [f64; 14] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0];
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
 
 /// The process-wide Prometheus recorder (installed once; services run in-process in tests).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -80,23 +83,41 @@ struct OpsState {
 
 /// `/metrics`, `/healthz` and `/debug/state`.
 pub fn ops_router(health: Arc<Health>, store: Option<Store>) -> Router {
-    let state = OpsState { metrics: metrics_handle(), health, store };
+    let state = OpsState {
+        metrics: metrics_handle(),
+        health,
+        store,
+    };
     Router::new()
-        .route("/metrics", get(|State(s): State<OpsState>| async move { s.metrics.render() }))
-        .route("/healthz", get(|State(s): State<OpsState>| async move {
-            Json(serde_json::json!({"status": "ok", "caught_up": s.health.caught_up()}))
-        }))
+        .route(
+            "/metrics",
+            get(|State(s): State<OpsState>| async move { s.metrics.render() }),
+        )
+        .route(
+            "/healthz",
+            get(|State(s): State<OpsState>| async move {
+                Json(serde_json::json!({"status": "ok", "caught_up": s.health.caught_up()}))
+            }),
+        )
         .route("/debug/state", get(debug_state))
         .with_state(state)
 }
 
-async fn debug_state(State(s): State<OpsState>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+async fn debug_state(
+    State(s): State<OpsState>,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let digest = match &s.store {
-        Some(store) => Some(store.digest().map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?),
+        Some(store) => Some(
+            store
+                .digest()
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        ),
         None => None,
     };
     let size = s.store.as_ref().map(Store::size_bytes);
-    Ok(Json(serde_json::json!({"caught_up": s.health.caught_up(), "digest": digest, "store_bytes": size})))
+    Ok(Json(
+        serde_json::json!({"caught_up": s.health.caught_up(), "digest": digest, "store_bytes": size}),
+    ))
 }
 
 /// Binds `addr` and serves `router` until `shutdown` resolves.
@@ -117,7 +138,10 @@ pub async fn serve(
                 upkeep.run_upkeep();
             }
         });
-        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(%error, "HTTP server failed.");
         }
         upkeep_task.abort();

@@ -35,7 +35,11 @@ impl DueIndex {
 
     /// Jobs whose next slot is at or before `now`, earliest first.
     pub(crate) fn due(&self, now: Timestamp) -> Vec<(i32, String)> {
-        self.by_time.iter().take_while(|(t, _, _)| *t <= now).map(|(_, p, j)| (*p, j.clone())).collect()
+        self.by_time
+            .iter()
+            .take_while(|(t, _, _)| *t <= now)
+            .map(|(_, p, j)| (*p, j.clone()))
+            .collect()
     }
 }
 
@@ -50,7 +54,10 @@ mod tests {
         index.set(0, "b", t(20));
         index.set(1, "a", t(10));
         index.set(0, "b", t(5));
-        assert_eq!(index.due(t(10)), vec![(0, "b".to_string()), (1, "a".to_string())]);
+        assert_eq!(
+            index.due(t(10)),
+            vec![(0, "b".to_string()), (1, "a".to_string())]
+        );
         index.drop_partition(0);
         assert_eq!(index.next_due(), Some(t(10)));
         index.remove("a");

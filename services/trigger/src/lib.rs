@@ -24,7 +24,9 @@ use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{check_co_partitioning, Input};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
-use kairos_runtime::{record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics};
+use kairos_runtime::{
+    record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics,
+};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +38,11 @@ use crate::metrics_names as m;
 const MAX_SLOTS_PER_PASS: usize = 1000;
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "kairos-trigger", version, about = "Fires due job slots onto the run ledger.")]
+#[command(
+    name = "kairos-trigger",
+    version,
+    about = "Fires due job slots onto the run ledger."
+)]
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -55,7 +61,13 @@ pub struct Config {
 impl Config {
     /// Defaults for a broker and prefix, as tests and embedders need.
     pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
-        Config { kafka, data_dir, metrics_addr, misfire_grace: DEFAULT_GRACE, log_format: LogFormat::Text }
+        Config {
+            kafka,
+            data_dir,
+            metrics_addr,
+            misfire_grace: DEFAULT_GRACE,
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -78,14 +90,26 @@ fn cursor_key(partition: i32, job: &str) -> String {
 }
 
 /// Runs the trigger until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
     let inputs = [topics.jobs(), topics.trigger_state()];
-    check_co_partitioning(&config.kafka, &[topics.jobs(), topics.trigger_state(), topics.runs()])?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    check_co_partitioning(
+        &config.kafka,
+        &[topics.jobs(), topics.trigger_state(), topics.runs()],
+    )?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?;
     let producer = config.kafka.producer()?;
-    let consumer = PartitionedConsumer::new(&config.kafka, &topics.group("trigger"), &inputs, Some(store.clone()))?;
+    let consumer = PartitionedConsumer::new(
+        &config.kafka,
+        &topics.group("trigger"),
+        &inputs,
+        Some(store.clone()),
+    )?;
     let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
@@ -129,7 +153,10 @@ impl Trigger {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
             let wake = self.index.next_due().map_or(Duration::from_secs(1), |due| {
-                (due - chrono::Utc::now()).to_std().unwrap_or_default().min(Duration::from_secs(1))
+                (due - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(Duration::from_secs(1))
             });
             tokio::select! {
                 biased;
@@ -150,7 +177,9 @@ impl Trigger {
                     }
                 }
             }
-            Input::Revoked(partitions) => partitions.into_iter().for_each(|p| self.index.drop_partition(p)),
+            Input::Revoked(partitions) => partitions
+                .into_iter()
+                .for_each(|p| self.index.drop_partition(p)),
             Input::Record(message) => {
                 let mut batch = Batch::new();
                 if message.topic() == self.topics.jobs() {
@@ -173,40 +202,75 @@ impl Trigger {
     }
 
     /// A definition or tombstone from the jobs topic.
-    async fn apply_definition(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<()> {
+    async fn apply_definition(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Batch,
+    ) -> anyhow::Result<()> {
         let partition = message.partition();
         let Some(key) = record_key(message) else {
-            return Ok(self.deadletters.send(message, "invalid", "record has no UTF-8 job id key").await?);
+            return Ok(self
+                .deadletters
+                .send(message, "invalid", "record has no UTF-8 job id key")
+                .await?);
         };
         let Some(payload) = message.payload() else {
             batch.delete(&job_key(partition, &key));
             batch.delete(&cursor_key(partition, &key));
+            // Forget the cursor in the changelog too, or a rebuild would bring it back.
+            self.producer
+                .send(&self.topics.trigger_state(), &key, None)
+                .await?;
             tracing::info!(job_id = key, "Job deleted.");
             return Ok(());
         };
         let definition = match codec::decode_job(payload) {
             Ok(definition) if definition.id.as_str() == key => definition,
             Ok(definition) => {
-                let reason = format!("key {key:?} does not match the definition's id {:?}", definition.id.as_str());
+                let reason = format!(
+                    "key {key:?} does not match the definition's id {:?}",
+                    definition.id.as_str()
+                );
                 return Ok(self.deadletters.send(message, "invalid", &reason).await?);
             }
             Err(error) => {
-                return Ok(self.deadletters.send(message, reason_label(&error), &error.to_string()).await?);
+                return Ok(self
+                    .deadletters
+                    .send(message, reason_label(&error), &error.to_string())
+                    .await?);
             }
         };
         let written_at = record_time(message).unwrap_or_else(chrono::Utc::now);
-        let stored = StoredJob { spec: definition.to_spec(), offset: message.offset(), written_at };
+        let stored = StoredJob {
+            spec: definition.to_spec(),
+            offset: message.offset(),
+            written_at,
+        };
         batch.put(&job_key(partition, &key), &stored);
         tracing::info!(job_id = key, offset = message.offset(), "Job defined.");
         Ok(())
     }
 
     /// A changelog record: the last slot handled for a job (possibly by another instance).
-    async fn apply_cursor(&mut self, message: &OwnedMessage, batch: &mut Batch) -> anyhow::Result<()> {
-        let Some(payload) = message.payload() else { return Ok(()) };
+    async fn apply_cursor(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Batch,
+    ) -> anyhow::Result<()> {
+        let Some(payload) = message.payload() else {
+            if let Some(job) = record_key(message) {
+                batch.delete(&cursor_key(message.partition(), &job));
+            }
+            return Ok(());
+        };
         let state = match codec::decode_trigger_state(payload) {
             Ok(state) => state,
-            Err(error) => return Ok(self.deadletters.send(message, reason_label(&error), &error.to_string()).await?),
+            Err(error) => {
+                return Ok(self
+                    .deadletters
+                    .send(message, reason_label(&error), &error.to_string())
+                    .await?)
+            }
         };
         let key = cursor_key(message.partition(), state.job_id.as_str());
         let current: Option<Timestamp> = self.store.get(&key)?;
@@ -219,7 +283,11 @@ impl Trigger {
     /// A partition has caught up: index its jobs, then fire what came due while nobody owned it.
     fn caught_up(&mut self, partition: i32) -> anyhow::Result<()> {
         let jobs: Vec<(String, StoredJob)> = self.store.scan(&format!("job/{partition:05}/"))?;
-        tracing::info!(partition, jobs = jobs.len(), "Partition caught up; firing resumes.");
+        tracing::info!(
+            partition,
+            jobs = jobs.len(),
+            "Partition caught up; firing resumes."
+        );
         for (_, job) in jobs {
             self.reindex(partition, &job.spec.id)?;
         }
@@ -240,8 +308,14 @@ impl Trigger {
     }
 
     /// The job's validated definition, its offset, and the cursor slots are counted from.
-    fn load(&self, partition: i32, job: &str) -> anyhow::Result<Option<(JobDefinition, i64, Timestamp)>> {
-        let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else { return Ok(None) };
+    fn load(
+        &self,
+        partition: i32,
+        job: &str,
+    ) -> anyhow::Result<Option<(JobDefinition, i64, Timestamp)>> {
+        let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else {
+            return Ok(None);
+        };
         let last: Option<Timestamp> = self.store.get(&cursor_key(partition, job))?;
         let cursor = last.map_or(stored.written_at, |l| l.max(stored.written_at));
         match stored.spec.validate() {
@@ -280,9 +354,15 @@ impl Trigger {
             }
         }
         if handled > 0 {
-            let state = TriggerState { job_id: definition.id.clone(), last_slot: cursor, definition_offset: offset };
+            let state = TriggerState {
+                job_id: definition.id.clone(),
+                last_slot: cursor,
+                definition_offset: offset,
+            };
             let bytes = codec::encode_trigger_state(&state)?;
-            self.producer.send(&self.topics.trigger_state(), job, Some(&bytes)).await?;
+            self.producer
+                .send(&self.topics.trigger_state(), job, Some(&bytes))
+                .await?;
             let mut batch = Batch::new();
             batch.put(&cursor_key(partition, job), &cursor);
             self.store.write(batch)?;
@@ -294,11 +374,22 @@ impl Trigger {
         Ok(())
     }
 
-    async fn emit(&self, job_id: &JobId, fire: Fire, definition_offset: i64, now: Timestamp) -> anyhow::Result<()> {
+    async fn emit(
+        &self,
+        job_id: &JobId,
+        fire: Fire,
+        definition_offset: i64,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
         let slot = fire.slot();
         let kind = match fire {
-            Fire::Run(_) => RunEventKind::RunScheduled { trigger: TriggerKind::Schedule, definition_offset },
-            Fire::Misfired(_) => RunEventKind::RunSkipped { reason: SkipReason::Misfire },
+            Fire::Run(_) => RunEventKind::RunScheduled {
+                trigger: TriggerKind::Schedule,
+                definition_offset,
+            },
+            Fire::Misfired(_) => RunEventKind::RunSkipped {
+                reason: SkipReason::Misfire,
+            },
         };
         let event = RunEvent {
             job_id: job_id.clone(),
@@ -308,7 +399,9 @@ impl Trigger {
             kind,
         };
         let bytes = codec::encode_run_event(&event)?;
-        self.producer.send(&self.topics.runs(), job_id.as_str(), Some(&bytes)).await?;
+        self.producer
+            .send(&self.topics.runs(), job_id.as_str(), Some(&bytes))
+            .await?;
         let lateness = (chrono::Utc::now() - slot).to_std().unwrap_or_default();
         match fire {
             Fire::Run(_) => {

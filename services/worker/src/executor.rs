@@ -29,7 +29,11 @@ pub struct Execution {
 }
 
 /// Executes `task`; never panics, whatever the task does.
-pub async fn execute(task: &TaskAssigned, output_limit: usize, http: &reqwest::Client) -> Execution {
+pub async fn execute(
+    task: &TaskAssigned,
+    output_limit: usize,
+    http: &reqwest::Client,
+) -> Execution {
     match &task.task {
         TaskSpec::Shell(shell) => run_shell(task, shell, output_limit).await,
         TaskSpec::Http(request) => run_http(task, request, output_limit, http).await,
@@ -37,7 +41,10 @@ pub async fn execute(task: &TaskAssigned, output_limit: usize, http: &reqwest::C
 }
 
 fn failed(reason: String) -> Execution {
-    Execution { outcome: Outcome::Failed(reason), output: TaskOutput::default() }
+    Execution {
+        outcome: Outcome::Failed(reason),
+        output: TaskOutput::default(),
+    }
 }
 
 async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Execution {
@@ -68,7 +75,11 @@ async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Exec
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let finished = async {
-        let (status, stdout, stderr) = tokio::join!(child.wait(), read_capped(stdout, limit), read_capped(stderr, limit));
+        let (status, stdout, stderr) = tokio::join!(
+            child.wait(),
+            read_capped(stdout, limit),
+            read_capped(stderr, limit)
+        );
         (status, stdout, stderr)
     };
     let result = match task.timeout {
@@ -77,7 +88,11 @@ async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Exec
     };
     match result {
         Some((Ok(status), stdout, stderr)) => {
-            let output = TaskOutput { exit_code: status.code(), stdout, stderr };
+            let output = TaskOutput {
+                exit_code: status.code(),
+                stdout,
+                stderr,
+            };
             let outcome = if status.success() {
                 Outcome::Succeeded
             } else {
@@ -90,14 +105,21 @@ async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Exec
         }
         Some((Err(error), stdout, stderr)) => Execution {
             outcome: Outcome::Failed(format!("waiting for the process failed: {error}")),
-            output: TaskOutput { exit_code: None, stdout, stderr },
+            output: TaskOutput {
+                exit_code: None,
+                stdout,
+                stderr,
+            },
         },
         None => {
             if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
                 kill_group(pid);
             }
             let _ = child.wait().await;
-            Execution { outcome: Outcome::TimedOut, output: TaskOutput::default() }
+            Execution {
+                outcome: Outcome::TimedOut,
+                output: TaskOutput::default(),
+            }
         }
     }
 }
@@ -112,7 +134,9 @@ fn kill_group(pgid: i32) {
 
 /// Reads a stream to its end, keeping the first `limit` bytes (lossy UTF-8).
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> String {
-    let Some(mut stream) = stream else { return String::new() };
+    let Some(mut stream) = stream else {
+        return String::new();
+    };
     let mut kept = Vec::new();
     let mut dropped = 0usize;
     let mut chunk = [0u8; 8192];
@@ -133,7 +157,12 @@ async fn read_capped(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> St
     text
 }
 
-async fn run_http(task: &TaskAssigned, request: &HttpTask, limit: usize, client: &reqwest::Client) -> Execution {
+async fn run_http(
+    task: &TaskAssigned,
+    request: &HttpTask,
+    limit: usize,
+    client: &reqwest::Client,
+) -> Execution {
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(method) => method,
         Err(_) => return failed(format!("invalid HTTP method {:?}", request.method)),
@@ -160,7 +189,10 @@ async fn run_http(task: &TaskAssigned, request: &HttpTask, limit: usize, client:
         None => Some(send.await),
     };
     match result {
-        None => Execution { outcome: Outcome::TimedOut, output: TaskOutput::default() },
+        None => Execution {
+            outcome: Outcome::TimedOut,
+            output: TaskOutput::default(),
+        },
         Some(Err(error)) => failed(format!("request to {} failed: {error}", request.url)),
         Some(Ok((status, body))) => {
             let kept = &body[..body.len().min(limit)];
@@ -174,7 +206,11 @@ async fn run_http(task: &TaskAssigned, request: &HttpTask, limit: usize, client:
             } else {
                 request.expected_status.contains(&status)
             };
-            let outcome = if expected { Outcome::Succeeded } else { Outcome::Failed(format!("unexpected HTTP status {status}")) };
+            let outcome = if expected {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed(format!("unexpected HTTP status {status}"))
+            };
             Execution { outcome, output }
         }
     }
@@ -215,7 +251,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_shell_task_sees_its_run_id_attempt_env_and_working_dir() {
-        let t = task(sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT; pwd; echo oops >&2"), None);
+        let t = task(
+            sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT; pwd; echo oops >&2"),
+            None,
+        );
         let run = execute(&t, 1024, &reqwest::Client::new()).await;
         assert_eq!(run.outcome, Outcome::Succeeded);
         assert_eq!(run.output.stdout, format!("hi {} 3\n/\n", t.run_id));
@@ -227,16 +266,32 @@ mod tests {
     async fn a_failing_command_reports_its_status_and_a_missing_program_is_a_clear_failure() {
         let run = execute(&task(sh("exit 7"), None), 1024, &reqwest::Client::new()).await;
         assert_eq!(run.outcome, Outcome::Failed("exited with status 7".into()));
-        let missing = TaskSpec::Shell(ShellTask { command: vec!["/no/such/program".into()], env: Default::default(), working_dir: None });
+        let missing = TaskSpec::Shell(ShellTask {
+            command: vec!["/no/such/program".into()],
+            env: Default::default(),
+            working_dir: None,
+        });
         let run = execute(&task(missing, None), 1024, &reqwest::Client::new()).await;
-        assert!(matches!(&run.outcome, Outcome::Failed(reason) if reason.contains("/no/such/program")), "{run:?}");
+        assert!(
+            matches!(&run.outcome, Outcome::Failed(reason) if reason.contains("/no/such/program")),
+            "{run:?}"
+        );
     }
 
     #[tokio::test]
     async fn output_is_capped() {
-        let run = execute(&task(sh("head -c 5000 /dev/zero | tr '\\0' x"), None), 100, &reqwest::Client::new()).await;
+        let run = execute(
+            &task(sh("head -c 5000 /dev/zero | tr '\\0' x"), None),
+            100,
+            &reqwest::Client::new(),
+        )
+        .await;
         assert!(run.output.stdout.starts_with(&"x".repeat(100)));
-        assert!(run.output.stdout.contains("4900 more bytes"), "{}", run.output.stdout);
+        assert!(
+            run.output.stdout.contains("4900 more bytes"),
+            "{}",
+            run.output.stdout
+        );
     }
 
     /// The timeout kills the task's children too: the grandchild would write a file after 2 s.
@@ -246,9 +301,17 @@ mod tests {
         let marker = dir.path().join("survived");
         let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
         let started = std::time::Instant::now();
-        let run = execute(&task(sh(&script), Some(Duration::from_millis(300))), 1024, &reqwest::Client::new()).await;
+        let run = execute(
+            &task(sh(&script), Some(Duration::from_millis(300))),
+            1024,
+            &reqwest::Client::new(),
+        )
+        .await;
         assert_eq!(run.outcome, Outcome::TimedOut);
-        assert!(started.elapsed() < Duration::from_secs(10), "the task was not stopped at its timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the task was not stopped at its timeout"
+        );
         // Wait past the moment the grandchild would have written, then check it never did.
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while std::time::Instant::now() < deadline {

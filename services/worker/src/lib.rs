@@ -20,7 +20,7 @@ use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_core::{JobId, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, Input};
+use kairos_runtime::kafka::{check_co_partitioning, ensure_topic, task_topic_config, Input};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Producer, Topics};
 use rdkafka::message::{Message, OwnedMessage};
@@ -32,7 +32,11 @@ use crate::metrics_names as m;
 use crate::tracker::OffsetTracker;
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "kairos-worker", version, about = "Executes the tasks of a worker pool.")]
+#[command(
+    name = "kairos-worker",
+    version,
+    about = "Executes the tasks of a worker pool."
+)]
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -95,23 +99,48 @@ struct Finished {
 }
 
 /// Runs the worker until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
     let input = topics.tasks(&config.pool);
+    // A pool's task topic may not exist yet when its first worker starts; it is created
+    // co-partitioned with the ledger, as the dispatcher would on the pool's first task.
+    let partitions = check_co_partitioning(&config.kafka, &[topics.runs()])?;
+    if ensure_topic(&config.kafka, &input, partitions, &task_topic_config()).await? {
+        tracing::info!(topic = input, "Created the task topic of a new pool.");
+    }
     check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;
     let producer = config.kafka.producer()?;
     let group = topics.group(&format!("workers-{}", config.pool));
-    let consumer = PartitionedConsumer::new(&config.kafka, &group, std::slice::from_ref(&input), None)?;
+    let consumer =
+        PartitionedConsumer::new(&config.kafka, &group, std::slice::from_ref(&input), None)?;
     let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
-    let ops = telemetry::serve(config.metrics_addr, telemetry::ops_router(health.clone(), None), shutdown.clone().cancelled_owned()).await?;
+    let ops = telemetry::serve(
+        config.metrics_addr,
+        telemetry::ops_router(health.clone(), None),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
     let worker_id = config.worker_id();
-    tracing::info!(pool = config.pool, worker_id, max_concurrent = config.max_concurrent, "Worker started.");
+    tracing::info!(
+        pool = config.pool,
+        worker_id,
+        max_concurrent = config.max_concurrent,
+        "Worker started."
+    );
 
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let mut worker = Worker {
         deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "worker"),
-        reporter: Reporter { producer: producer.clone(), topics, worker_id, shutdown: shutdown.clone() },
+        reporter: Reporter {
+            producer: producer.clone(),
+            topics,
+            worker_id,
+            shutdown: shutdown.clone(),
+        },
         input,
         pool: config.pool.clone(),
         consumer,
@@ -187,19 +216,27 @@ impl Worker {
         let task = match message.payload().map(codec::decode_task) {
             Some(Ok(task)) if task.pool == self.pool => task,
             Some(Ok(task)) => {
-                let reason = format!("task for pool {:?} on the topic of pool {:?}", task.pool, self.pool);
+                let reason = format!(
+                    "task for pool {:?} on the topic of pool {:?}",
+                    task.pool, self.pool
+                );
                 self.deadletters.send(&message, "invalid", &reason).await?;
-                self.consumer.store_position(&self.input, partition, offset + 1);
+                self.consumer
+                    .store_position(&self.input, partition, offset + 1);
                 return Ok(());
             }
             Some(Err(error)) => {
-                self.deadletters.send(&message, reason_label(&error), &error.to_string()).await?;
+                self.deadletters
+                    .send(&message, reason_label(&error), &error.to_string())
+                    .await?;
                 self.tracker.started(partition, offset);
                 self.commit_up_to(partition, offset);
                 return Ok(());
             }
             None => {
-                self.deadletters.send(&message, "invalid", "task record without a value").await?;
+                self.deadletters
+                    .send(&message, "invalid", "task record without a value")
+                    .await?;
                 self.tracker.started(partition, offset);
                 self.commit_up_to(partition, offset);
                 return Ok(());
@@ -208,11 +245,16 @@ impl Worker {
         self.tracker.started(partition, offset);
         let job_id = task.job_id.clone();
         let queue = self.queues.entry(job_id.clone()).or_default();
-        queue.push_back(Pending { partition, offset, task });
+        queue.push_back(Pending {
+            partition,
+            offset,
+            task,
+        });
         if queue.len() == 1 {
             self.start_head(&job_id);
         }
-        metrics::gauge!(m::QUEUED, "pool" => self.pool.clone()).set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
+        metrics::gauge!(m::QUEUED, "pool" => self.pool.clone())
+            .set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
         Ok(())
     }
 
@@ -236,7 +278,9 @@ impl Worker {
 
     /// Starts the first queued task of a job in the background.
     fn start_head(&self, job_id: &JobId) {
-        let Some(pending) = self.queues.get(job_id).and_then(|q| q.front()) else { return };
+        let Some(pending) = self.queues.get(job_id).and_then(|q| q.front()) else {
+            return;
+        };
         let (partition, offset, task) = (pending.partition, pending.offset, pending.task.clone());
         let slots = Arc::clone(&self.slots);
         let reporter = self.reporter.clone();
@@ -244,10 +288,16 @@ impl Worker {
         let finished = self.finished_tx.clone();
         let (limit, pool) = (self.output_limit, self.pool.clone());
         tokio::spawn(async move {
-            let Ok(_slot) = slots.acquire_owned().await else { return };
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
             let job_id = task.job_id.clone();
             if reporter.attempt(&task, &http, limit, &pool).await {
-                let _ = finished.send(Finished { partition, offset, job_id });
+                let _ = finished.send(Finished {
+                    partition,
+                    offset,
+                    job_id,
+                });
             }
         });
     }
@@ -264,8 +314,17 @@ struct Reporter {
 
 impl Reporter {
     /// Runs one attempt and reports it; false if shutdown came before the outcome was recorded.
-    async fn attempt(&self, task: &TaskAssigned, http: &reqwest::Client, limit: usize, pool: &str) -> bool {
-        let started = RunEventKind::RunStarted { attempt: task.attempt, worker_id: self.worker_id.clone() };
+    async fn attempt(
+        &self,
+        task: &TaskAssigned,
+        http: &reqwest::Client,
+        limit: usize,
+        pool: &str,
+    ) -> bool {
+        let started = RunEventKind::RunStarted {
+            attempt: task.attempt,
+            worker_id: self.worker_id.clone(),
+        };
         if !self.report(task, started).await {
             return false;
         }
@@ -274,19 +333,33 @@ impl Reporter {
         let clock = std::time::Instant::now();
         let execution = execute(task, limit, http).await;
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
-        metrics::histogram!(m::DURATION, "pool" => pool.to_string()).record(clock.elapsed().as_secs_f64());
+        metrics::histogram!(m::DURATION, "pool" => pool.to_string())
+            .record(clock.elapsed().as_secs_f64());
         let (label, kind) = match execution.outcome {
             Outcome::Succeeded => (
                 "succeeded",
-                RunEventKind::RunSucceeded { attempt: task.attempt, worker_id: self.worker_id.clone(), output: execution.output },
+                RunEventKind::RunSucceeded {
+                    attempt: task.attempt,
+                    worker_id: self.worker_id.clone(),
+                    output: execution.output,
+                },
             ),
             Outcome::Failed(error) => (
                 "failed",
-                RunEventKind::RunFailed { attempt: task.attempt, worker_id: self.worker_id.clone(), error, output: execution.output },
+                RunEventKind::RunFailed {
+                    attempt: task.attempt,
+                    worker_id: self.worker_id.clone(),
+                    error,
+                    output: execution.output,
+                },
             ),
             Outcome::TimedOut => (
                 "timed_out",
-                RunEventKind::RunTimedOut { attempt: task.attempt, worker_id: self.worker_id.clone(), output: execution.output },
+                RunEventKind::RunTimedOut {
+                    attempt: task.attempt,
+                    worker_id: self.worker_id.clone(),
+                    output: execution.output,
+                },
             ),
         };
         metrics::counter!(m::TASKS, "pool" => pool.to_string(), "outcome" => label).increment(1);
@@ -311,7 +384,11 @@ impl Reporter {
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.producer.send(&self.topics.runs(), task.job_id.as_str(), Some(&bytes)).await {
+            match self
+                .producer
+                .send(&self.topics.runs(), task.job_id.as_str(), Some(&bytes))
+                .await
+            {
                 Ok(_) => return true,
                 Err(error) => {
                     tracing::warn!(%error, run_id = %task.run_id, "Appending to the ledger failed; retrying.");

@@ -15,7 +15,11 @@ struct Partition {
 
 impl OffsetTracker {
     pub(crate) fn started(&mut self, partition: i32, offset: i64) {
-        self.partitions.entry(partition).or_default().unfinished.insert(offset);
+        self.partitions
+            .entry(partition)
+            .or_default()
+            .unfinished
+            .insert(offset);
     }
 
     /// Marks an offset finished; returns the offset the group may now commit up to (exclusive).
