@@ -26,10 +26,15 @@ export KAIROS_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
 
 log "Running the tests (broker on $KAIROS_TEST_BROKERS)"
 status=0
-cargo test --workspace --quiet -- --test-threads 2 || status=$?
+# No doc tests (there are none). pipefail makes cargo's failure the status; tee keeps the output
+# so the totals can be summed.
+cargo test --workspace --lib --bins --tests -- --test-threads 2 2>&1 | tee "$broker_dir/test.log" || status=$?
 if [ $status -ne 0 ]; then
   echo "--- last lines of the broker log ---" >&2
   tail -n 30 "$broker_dir/broker.log" >&2 || true
 fi
 log "Test suite finished in $((SECONDS - started)) s (exit $status)"
+# One closing line with the totals of every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$broker_dir/test.log"
 exit $status
