@@ -19,7 +19,10 @@ case "${1:-}" in
     port="${2:-9092}"
     ensure_packages
     ensure_nisshi
-    if running; then log "Broker already running (pid $(cat "$pidfile"), port $(cat "$dir/port"))"; exit 0; fi
+    if running; then
+      [ "$(cat "$dir/port")" = "$port" ] || die "a broker is already running on port $(cat "$dir/port"); stop it with scripts/broker.sh stop, or use KAIROS_BROKER_PORT=$(cat "$dir/port")"
+      log "Broker already running (pid $(cat "$pidfile"), port $port)"; exit 0
+    fi
     mkdir -p "$dir" "$KAIROS_RUN/logs"
     echo "$port" > "$dir/port"
     # Nisshi's sqlite path is relative to its working directory.
