@@ -17,7 +17,7 @@ use kairos_core::run::{apply, RunState};
 use kairos_core::Timestamp;
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, Input};
+use kairos_runtime::kafka::{check_co_partitioning, clean_exit, Input, ReliableProducer};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
 use kairos_runtime::{
     record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
@@ -122,14 +122,14 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?;
-    let producer = config.kafka.producer()?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
     let consumer = PartitionedConsumer::new(
         &config.kafka,
         &topics.group("aggregator"),
         &inputs,
         Some(store.clone()),
     )?;
-    let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
         config.metrics_addr,
@@ -152,7 +152,7 @@ pub async fn run(
         consumer,
         health,
     };
-    let result = aggregator.run(shutdown.clone()).await;
+    let result = clean_exit(aggregator.run(shutdown.clone()).await);
     aggregator.consumer.commit();
     producer.flush();
     shutdown.cancel();
@@ -175,7 +175,7 @@ impl Aggregator {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => {
-                    if let Input::Record(message) = input? {
+                    if let Input::Record(message) = input {
                         let mut batch = Batch::new();
                         if message.topic() == self.topics.jobs() {
                             self.apply_definition(&message, &mut batch);

@@ -21,9 +21,11 @@ use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
 use kairos_core::{JobDefinition, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, ensure_topic, task_topic_config, Input};
+use kairos_runtime::kafka::{
+    check_co_partitioning, clean_exit, ensure_topic, task_topic_config, Input, ReliableProducer,
+};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
-use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics};
+use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -95,14 +97,14 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?;
-    let producer = config.kafka.producer()?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
     let consumer = PartitionedConsumer::new(
         &config.kafka,
         &topics.group("dispatcher"),
         &inputs,
         Some(store.clone()),
     )?;
-    let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
         config.metrics_addr,
@@ -123,7 +125,7 @@ pub async fn run(
         known_pools: HashSet::new(),
         health,
     };
-    let result = dispatcher.run(shutdown.clone()).await;
+    let result = clean_exit(dispatcher.run(shutdown.clone()).await);
     dispatcher.consumer.commit();
     dispatcher.producer.flush();
     shutdown.cancel();
@@ -136,7 +138,7 @@ struct Dispatcher {
     topics: Topics,
     partitions: i32,
     store: Store,
-    producer: Producer,
+    producer: ReliableProducer,
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     /// Pools whose task topic is known to exist.
@@ -150,7 +152,7 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                input = self.consumer.next(Some(&self.store)) => self.handle(input?).await?,
+                input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
             }
             self.health.set_caught_up(self.consumer.ready());
         }

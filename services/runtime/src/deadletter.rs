@@ -1,16 +1,15 @@
 //! Records a service cannot use go to the dead-letter topic with the reason and their origin, and
 //! the service goes on: the content of a message never stops or crashes a service.
 
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::codec::{encode_dead_letter, CodecError, DeadLetter};
-use crate::kafka::Producer;
+use crate::kafka::{topic_kind, ReliableProducer, SendError};
 
 /// Produces dead letters for one service.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: Producer,
+    producer: ReliableProducer,
     topic: String,
     service: &'static str,
 }
@@ -27,7 +26,7 @@ pub fn reason_label(error: &CodecError) -> &'static str {
 }
 
 impl DeadLetters {
-    pub fn new(producer: Producer, topic: String, service: &'static str) -> Self {
+    pub fn new(producer: ReliableProducer, topic: String, service: &'static str) -> Self {
         DeadLetters {
             producer,
             topic,
@@ -41,7 +40,7 @@ impl DeadLetters {
         message: &OwnedMessage,
         label: &'static str,
         reason: &str,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), SendError> {
         tracing::warn!(
             topic = message.topic(),
             partition = message.partition(),
@@ -73,12 +72,4 @@ impl DeadLetters {
         .increment(1);
         Ok(())
     }
-}
-
-/// The topic without the installation prefix, so that the label set stays bounded.
-fn topic_kind(topic: &str) -> String {
-    topic
-        .split_once('.')
-        .map_or(topic, |(_, rest)| rest)
-        .to_string()
 }

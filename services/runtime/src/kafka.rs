@@ -205,6 +205,89 @@ impl Producer {
     }
 }
 
+/// Why a record could not be sent by a [`ReliableProducer`].
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("shutdown was requested before the broker acknowledged the record")]
+    Shutdown,
+    #[error("the broker refused the record: {0}")]
+    Refused(KafkaError),
+}
+
+/// A producer for services: it keeps retrying (with backoff) through broker outages until the
+/// record is acknowledged, so a service waits for the broker instead of exiting. Only a record the
+/// broker can never take, or shutdown, ends the wait.
+#[derive(Clone)]
+pub struct ReliableProducer {
+    producer: Producer,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl ReliableProducer {
+    pub fn new(producer: Producer, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        ReliableProducer { producer, shutdown }
+    }
+
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Delivered, SendError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.producer.send(topic, key, payload).await {
+                Ok(delivered) => return Ok(delivered),
+                Err(error) if is_permanent(&error) => return Err(SendError::Refused(error)),
+                Err(error) => {
+                    tracing::warn!(%error, topic, "Producing failed; retrying.");
+                    metrics::counter!("kairos_produce_retries_total", "topic" => topic_kind(topic))
+                        .increment(1);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(SendError::Shutdown),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush();
+    }
+}
+
+/// Errors no retry can fix: the record itself is unacceptable to the broker.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}
+
+/// The topic without the installation prefix, so that metric label sets stay bounded.
+pub fn topic_kind(topic: &str) -> String {
+    topic
+        .split_once('.')
+        .map_or(topic, |(_, rest)| rest)
+        .to_string()
+}
+
+/// A service loop's result, with a send interrupted by shutdown counted as a clean stop.
+pub fn clean_exit(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(error) if matches!(error.downcast_ref::<SendError>(), Some(SendError::Shutdown)) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// A change of the partitions this instance owns, as seen by the service loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rebalanced {
@@ -326,20 +409,26 @@ impl PartitionedConsumer {
     }
 
     /// The next record or ownership change. Ownership changes are delivered first, so no record of
-    /// a newly assigned partition is seen before its `Assigned`. Cancel-safe.
-    pub async fn next(&mut self, store: Option<&Store>) -> Result<Input, KafkaError> {
+    /// a newly assigned partition is seen before its `Assigned`. Consumer errors (a broker outage)
+    /// are logged and waited out. Cancel-safe.
+    pub async fn next(&mut self, store: Option<&Store>) -> Input {
         loop {
             tokio::select! {
                 biased;
-                Some(change) = self.rebalances.recv() => {
-                    return Ok(self.on_rebalance(change, store));
-                }
-                message = self.consumer.recv() => {
-                    let message = message?.detach();
-                    if self.owned.contains(&message.partition()) {
-                        return Ok(Input::Record(message));
+                Some(change) = self.rebalances.recv() => return self.on_rebalance(change, store),
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let message = message.detach();
+                        if self.owned.contains(&message.partition()) {
+                            return Input::Record(message);
+                        }
                     }
-                }
+                    // librdkafka reconnects by itself; an outage must not stop the service.
+                    Err(error) => {
+                        tracing::warn!(%error, "Consuming failed; retrying.");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
             }
         }
     }

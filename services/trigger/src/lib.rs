@@ -22,10 +22,10 @@ use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, Input};
+use kairos_runtime::kafka::{check_co_partitioning, clean_exit, Input, ReliableProducer};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
 use kairos_runtime::{
-    record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Producer, Store, Topics,
+    record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -103,14 +103,14 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)?;
-    let producer = config.kafka.producer()?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
     let consumer = PartitionedConsumer::new(
         &config.kafka,
         &topics.group("trigger"),
         &inputs,
         Some(store.clone()),
     )?;
-    let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
         config.metrics_addr,
@@ -130,7 +130,7 @@ pub async fn run(
         grace: config.misfire_grace,
         health,
     };
-    let result = trigger.run(shutdown.clone()).await;
+    let result = clean_exit(trigger.run(shutdown.clone()).await);
     trigger.consumer.commit();
     trigger.producer.flush();
     shutdown.cancel();
@@ -141,7 +141,7 @@ pub async fn run(
 struct Trigger {
     topics: Topics,
     store: Store,
-    producer: Producer,
+    producer: ReliableProducer,
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     index: DueIndex,
@@ -161,7 +161,7 @@ impl Trigger {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                input = self.consumer.next(Some(&self.store)) => self.handle(input?).await?,
+                input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
                 _ = tokio::time::sleep(wake) => self.fire_due().await?,
             }
             self.health.set_caught_up(self.consumer.ready());

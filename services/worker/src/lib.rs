@@ -14,15 +14,16 @@ mod tracker;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_core::{JobId, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, ensure_topic, task_topic_config, Input};
+use kairos_runtime::kafka::{
+    check_co_partitioning, clean_exit, ensure_topic, task_topic_config, Input, ReliableProducer,
+};
 use kairos_runtime::telemetry::{self, Health, LogFormat};
-use kairos_runtime::{KafkaArgs, PartitionedConsumer, Producer, Topics};
+use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -112,11 +113,11 @@ pub async fn run(
         tracing::info!(topic = input, "Created the task topic of a new pool.");
     }
     check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;
-    let producer = config.kafka.producer()?;
+    let shutdown = telemetry::shutdown_token(shutdown);
+    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
     let group = topics.group(&format!("workers-{}", config.pool));
     let consumer =
         PartitionedConsumer::new(&config.kafka, &group, std::slice::from_ref(&input), None)?;
-    let shutdown = telemetry::shutdown_token(shutdown);
     let health = Arc::new(Health::default());
     let ops = telemetry::serve(
         config.metrics_addr,
@@ -139,7 +140,6 @@ pub async fn run(
             producer: producer.clone(),
             topics,
             worker_id,
-            shutdown: shutdown.clone(),
         },
         input,
         pool: config.pool.clone(),
@@ -153,7 +153,7 @@ pub async fn run(
         finished,
         health,
     };
-    let result = worker.run(shutdown.clone()).await;
+    let result = clean_exit(worker.run(shutdown.clone()).await);
     worker.consumer.commit();
     producer.flush();
     shutdown.cancel();
@@ -185,7 +185,7 @@ impl Worker {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(done) = self.finished.recv() => self.on_finished(done),
-                input = self.consumer.next(None) => self.handle(input?).await?,
+                input = self.consumer.next(None) => self.handle(input).await?,
             }
             self.health.set_caught_up(self.consumer.ready());
         }
@@ -306,10 +306,9 @@ impl Worker {
 /// Appends an attempt's lifecycle events, retrying until the broker takes them.
 #[derive(Clone)]
 struct Reporter {
-    producer: Producer,
+    producer: ReliableProducer,
     topics: Topics,
     worker_id: String,
-    shutdown: CancellationToken,
 }
 
 impl Reporter {
@@ -382,22 +381,15 @@ impl Reporter {
                 return false;
             }
         };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self
-                .producer
-                .send(&self.topics.runs(), task.job_id.as_str(), Some(&bytes))
-                .await
-            {
-                Ok(_) => return true,
-                Err(error) => {
-                    tracing::warn!(%error, run_id = %task.run_id, "Appending to the ledger failed; retrying.");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        match self
+            .producer
+            .send(&self.topics.runs(), task.job_id.as_str(), Some(&bytes))
+            .await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, run_id = %task.run_id, "The attempt's event was not recorded.");
+                false
             }
         }
     }
