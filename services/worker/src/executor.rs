@@ -6,7 +6,6 @@
 //! as HTTP headers.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use kairos_core::job::{HttpTask, ShellTask, TaskSpec};
 use kairos_core::run::TaskOutput;
@@ -216,12 +215,11 @@ async fn run_http(
     }
 }
 
-/// A timeout long enough for anything that gives none: a hung task still ends some day.
-pub const NO_TIMEOUT_CAP: Duration = Duration::from_secs(24 * 3600);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use kairos_core::run::{RunId, TriggerKind};
     use kairos_core::JobId;
 
@@ -318,5 +316,92 @@ mod tests {
             assert!(!marker.exists(), "a child of the timed-out task survived");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A one-connection HTTP server: answers `reply` (or nothing, if `None`) and hands back the
+    /// raw request it received.
+    async fn http_server(reply: Option<&'static str>) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&request).contains("payload") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            match reply {
+                Some(reply) => socket.write_all(reply.as_bytes()).await.unwrap(),
+                None => tokio::time::sleep(Duration::from_secs(30)).await,
+            }
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, server)
+    }
+
+    fn post(url: &str, expected_status: Vec<u16>) -> TaskSpec {
+        TaskSpec::Http(HttpTask {
+            method: "POST".into(),
+            url: url.into(),
+            headers: [("X-Team".to_string(), "data".to_string())].into(),
+            body: Some("payload".into()),
+            expected_status,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_http_task_sends_its_idempotency_key_and_checks_the_status() {
+        let (url, server) = http_server(Some(
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        ))
+        .await;
+        let t = task(post(&url, vec![202]), Some(Duration::from_secs(10)));
+        let run = execute(&t, 1024, &reqwest::Client::new()).await;
+        assert_eq!(run.outcome, Outcome::Succeeded);
+        assert_eq!(
+            (run.output.exit_code, run.output.stdout.as_str()),
+            (Some(202), "ok")
+        );
+        let request = server.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("post /hook "), "{request}");
+        assert!(
+            request.contains(&format!("x-kairos-run-id: {}", t.run_id)),
+            "{request}"
+        );
+        assert!(
+            request.contains("x-kairos-attempt: 3") && request.contains("x-team: data"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_status_fails_and_a_silent_server_times_out() {
+        let (url, _server) = http_server(Some(
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ))
+        .await;
+        let run = execute(
+            &task(post(&url, vec![200]), None),
+            1024,
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(
+            run.outcome,
+            Outcome::Failed("unexpected HTTP status 202".into())
+        );
+        let (url, _server) = http_server(None).await;
+        let run = execute(
+            &task(post(&url, vec![]), Some(Duration::from_millis(300))),
+            1024,
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(run.outcome, Outcome::TimedOut);
     }
 }
