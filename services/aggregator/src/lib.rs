@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunState};
 use kairos_core::Timestamp;
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, clean_exit, Input, ReliableProducer};
-use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
+use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
     record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
@@ -119,50 +119,44 @@ pub async fn run(
     let topics = config.kafka.topics();
     let inputs = [topics.jobs(), topics.runs()];
     check_co_partitioning(&config.kafka, &inputs)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir)?;
-    let shutdown = telemetry::shutdown_token(shutdown);
-    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
-    let consumer = PartitionedConsumer::new(
-        &config.kafka,
-        &topics.group("aggregator"),
-        &inputs,
-        Some(store.clone()),
-    )?;
-    let health = Arc::new(Health::default());
-    let ops = telemetry::serve(
-        config.metrics_addr,
-        telemetry::ops_router(health.clone(), Some(store.clone())),
-        shutdown.clone().cancelled_owned(),
-    )
-    .await?;
-    let api = telemetry::serve(
-        config.http_addr,
-        api::router(store.clone(), health.clone()),
-        shutdown.clone().cancelled_owned(),
-    )
-    .await?;
-    tracing::info!(topics = ?inputs, http_addr = %config.http_addr, "Aggregator started.");
-
+    let store = open_store(&config.data_dir)?;
+    let spec = ServiceSpec {
+        name: "aggregator",
+        kafka: &config.kafka,
+        group: topics.group("aggregator"),
+        inputs: &inputs,
+        store: Some(store.clone()),
+        metrics_addr: config.metrics_addr,
+    };
+    let mut parts = ServiceParts::start(spec, shutdown).await?;
+    parts
+        .ops
+        .serve(
+            config.http_addr,
+            api::router(store.clone(), parts.health.clone()),
+        )
+        .await?;
+    tracing::info!(http_addr = %config.http_addr, "REST API listening.");
     let mut aggregator = Aggregator {
-        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "aggregator"),
         topics,
         store,
-        consumer,
-        health,
+        producer: parts.producer,
+        consumer: parts.consumer,
+        deadletters: parts.deadletters,
+        health: parts.health,
     };
-    let result = clean_exit(aggregator.run(shutdown.clone()).await);
-    aggregator.consumer.commit();
-    producer.flush();
-    shutdown.cancel();
-    let _ = tokio::join!(ops, api);
-    result
+    let result = aggregator.run(parts.shutdown).await;
+    parts
+        .ops
+        .finish(&aggregator.consumer, &aggregator.producer, result)
+        .await
 }
 
 struct Aggregator {
     topics: Topics,
     store: Store,
+    /// Kept for a clean stop: dead letters are produced through it.
+    producer: ReliableProducer,
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     health: Arc<Health>,

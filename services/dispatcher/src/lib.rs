@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use kairos_core::decide::{next_step, JobView, Step};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
@@ -22,9 +21,10 @@ use kairos_core::{JobDefinition, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{
-    check_co_partitioning, clean_exit, ensure_topic, task_topic_config, Input, ReliableProducer,
+    check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
 };
-use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -94,43 +94,32 @@ pub async fn run(
         &config.kafka,
         &[topics.jobs(), topics.runs(), topics.tasks("default")],
     )?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir)?;
-    let shutdown = telemetry::shutdown_token(shutdown);
-    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
-    let consumer = PartitionedConsumer::new(
-        &config.kafka,
-        &topics.group("dispatcher"),
-        &inputs,
-        Some(store.clone()),
-    )?;
-    let health = Arc::new(Health::default());
-    let ops = telemetry::serve(
-        config.metrics_addr,
-        telemetry::ops_router(health.clone(), Some(store.clone())),
-        shutdown.clone().cancelled_owned(),
-    )
-    .await?;
-    tracing::info!(topics = ?inputs, data_dir = %config.data_dir.display(), "Dispatcher started.");
-
+    let store = open_store(&config.data_dir)?;
+    let spec = ServiceSpec {
+        name: "dispatcher",
+        kafka: &config.kafka,
+        group: topics.group("dispatcher"),
+        inputs: &inputs,
+        store: Some(store.clone()),
+        metrics_addr: config.metrics_addr,
+    };
+    let parts = ServiceParts::start(spec, shutdown).await?;
     let mut dispatcher = Dispatcher {
-        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "dispatcher"),
         kafka: config.kafka.clone(),
         topics,
         partitions,
         store,
-        producer,
-        consumer,
+        producer: parts.producer,
+        consumer: parts.consumer,
+        deadletters: parts.deadletters,
         known_pools: HashSet::new(),
-        health,
+        health: parts.health,
     };
-    let result = clean_exit(dispatcher.run(shutdown.clone()).await);
-    dispatcher.consumer.commit();
-    dispatcher.producer.flush();
-    shutdown.cancel();
-    let _ = ops.await;
-    result
+    let result = dispatcher.run(parts.shutdown).await;
+    parts
+        .ops
+        .finish(&dispatcher.consumer, &dispatcher.producer, result)
+        .await
 }
 
 struct Dispatcher {

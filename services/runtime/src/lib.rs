@@ -1,16 +1,19 @@
 //! Kairos's shared runtime: everything the four services and `kairosctl` do the same way.
 //!
 //! Kafka client setup ([`kafka`]), the Avro edge ([`codec`]), local state ([`store`]), dead
-//! letters ([`deadletter`]) and telemetry ([`telemetry`]). Domain rules live in `kairos-core`;
+//! letters ([`deadletter`]), telemetry ([`telemetry`]) and the start and stop every service
+//! shares ([`service`]). Domain rules live in `kairos-core`;
 //! nothing here decides what a job or a run should do.
 
 pub mod codec;
 pub mod deadletter;
 pub mod kafka;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 
 pub use kafka::{KafkaArgs, PartitionedConsumer, Producer, Topics};
+pub use service::{open_store, ServiceParts, ServiceSpec};
 pub use store::{Batch, Store};
 
 /// Reads the key of a record as a job id string; Kairos keys are UTF-8 job ids.

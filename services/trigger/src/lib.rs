@@ -15,15 +15,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kairos_core::decide::{next_fire, Fire, DEFAULT_GRACE};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
-use kairos_runtime::kafka::{check_co_partitioning, clean_exit, Input, ReliableProducer};
-use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
+use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
     record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
@@ -100,42 +100,31 @@ pub async fn run(
         &config.kafka,
         &[topics.jobs(), topics.trigger_state(), topics.runs()],
     )?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir)?;
-    let shutdown = telemetry::shutdown_token(shutdown);
-    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
-    let consumer = PartitionedConsumer::new(
-        &config.kafka,
-        &topics.group("trigger"),
-        &inputs,
-        Some(store.clone()),
-    )?;
-    let health = Arc::new(Health::default());
-    let ops = telemetry::serve(
-        config.metrics_addr,
-        telemetry::ops_router(health.clone(), Some(store.clone())),
-        shutdown.clone().cancelled_owned(),
-    )
-    .await?;
-    tracing::info!(topics = ?inputs, data_dir = %config.data_dir.display(), "Trigger started.");
-
+    let store = open_store(&config.data_dir)?;
+    let spec = ServiceSpec {
+        name: "trigger",
+        kafka: &config.kafka,
+        group: topics.group("trigger"),
+        inputs: &inputs,
+        store: Some(store.clone()),
+        metrics_addr: config.metrics_addr,
+    };
+    let parts = ServiceParts::start(spec, shutdown).await?;
     let mut trigger = Trigger {
-        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "trigger"),
         topics,
         store,
-        producer,
-        consumer,
+        producer: parts.producer,
+        consumer: parts.consumer,
+        deadletters: parts.deadletters,
         index: DueIndex::default(),
         grace: config.misfire_grace,
-        health,
+        health: parts.health,
     };
-    let result = clean_exit(trigger.run(shutdown.clone()).await);
-    trigger.consumer.commit();
-    trigger.producer.flush();
-    shutdown.cancel();
-    let _ = ops.await;
-    result
+    let result = trigger.run(parts.shutdown).await;
+    parts
+        .ops
+        .finish(&trigger.consumer, &trigger.producer, result)
+        .await
 }
 
 struct Trigger {

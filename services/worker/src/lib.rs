@@ -20,10 +20,11 @@ use kairos_core::{JobId, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{
-    check_co_partitioning, clean_exit, ensure_topic, task_topic_config, Input, ReliableProducer,
+    check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
 };
-use kairos_runtime::telemetry::{self, Health, LogFormat};
+use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
+use kairos_runtime::{ServiceParts, ServiceSpec};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -113,37 +114,35 @@ pub async fn run(
         tracing::info!(topic = input, "Created the task topic of a new pool.");
     }
     check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;
-    let shutdown = telemetry::shutdown_token(shutdown);
-    let producer = ReliableProducer::new(config.kafka.producer()?, shutdown.clone());
-    let group = topics.group(&format!("workers-{}", config.pool));
-    let consumer =
-        PartitionedConsumer::new(&config.kafka, &group, std::slice::from_ref(&input), None)?;
-    let health = Arc::new(Health::default());
-    let ops = telemetry::serve(
-        config.metrics_addr,
-        telemetry::ops_router(health.clone(), None),
-        shutdown.clone().cancelled_owned(),
-    )
-    .await?;
+    let inputs = [input.clone()];
+    let spec = ServiceSpec {
+        name: "worker",
+        kafka: &config.kafka,
+        group: topics.group(&format!("workers-{}", config.pool)),
+        inputs: &inputs,
+        store: None,
+        metrics_addr: config.metrics_addr,
+    };
+    let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
     tracing::info!(
         pool = config.pool,
         worker_id,
         max_concurrent = config.max_concurrent,
-        "Worker started."
+        "Worker ready."
     );
-
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let mut worker = Worker {
-        deadletters: DeadLetters::new(producer.clone(), topics.deadletter(), "worker"),
         reporter: Reporter {
-            producer: producer.clone(),
+            producer: parts.producer.clone(),
             topics,
             worker_id,
         },
+        producer: parts.producer,
+        deadletters: parts.deadletters,
         input,
         pool: config.pool.clone(),
-        consumer,
+        consumer: parts.consumer,
         slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
         http: reqwest::Client::new(),
         output_limit: config.output_limit,
@@ -151,17 +150,18 @@ pub async fn run(
         tracker: OffsetTracker::default(),
         finished_tx,
         finished,
-        health,
+        health: parts.health,
     };
-    let result = clean_exit(worker.run(shutdown.clone()).await);
-    worker.consumer.commit();
-    producer.flush();
-    shutdown.cancel();
-    let _ = ops.await;
-    result
+    let result = worker.run(parts.shutdown).await;
+    parts
+        .ops
+        .finish(&worker.consumer, &worker.producer, result)
+        .await
 }
 
 struct Worker {
+    /// Kept for a clean stop: the reporter and dead letters produce through it.
+    producer: ReliableProducer,
     input: String,
     pool: String,
     consumer: PartitionedConsumer,

@@ -1,0 +1,116 @@
+//! The start and stop every Kairos service shares, so that each service crate holds only what is
+//! its own: what it consumes, what it keeps, and what it decides.
+//!
+//! Start: the shutdown token, a producer that waits out broker outages, the consumer-group member,
+//! dead letters, and the ops HTTP server (`/metrics`, `/healthz`, `/debug/state`). Stop: commit
+//! stored offsets, flush the producer, stop the HTTP servers, and count a send interrupted by
+//! shutdown as a clean stop.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::deadletter::DeadLetters;
+use crate::kafka::{clean_exit, KafkaArgs, PartitionedConsumer, ReliableProducer};
+use crate::store::Store;
+use crate::telemetry::{self, Health};
+
+/// What a service consumes and where it reports.
+pub struct ServiceSpec<'a> {
+    /// The service's name in dead letters and logs, e.g. `trigger`.
+    pub name: &'static str,
+    pub kafka: &'a KafkaArgs,
+    /// The consumer group, e.g. `kairos-trigger`.
+    pub group: String,
+    pub inputs: &'a [String],
+    /// The service's state; positions are resumed from it (see [`PartitionedConsumer`]).
+    pub store: Option<Store>,
+    pub metrics_addr: SocketAddr,
+}
+
+/// The shared parts of a running service.
+pub struct ServiceParts {
+    pub shutdown: CancellationToken,
+    pub producer: ReliableProducer,
+    pub consumer: PartitionedConsumer,
+    pub deadletters: DeadLetters,
+    pub health: Arc<Health>,
+    pub ops: Ops,
+}
+
+/// The HTTP servers of a service, stopped by [`Ops::finish`].
+pub struct Ops {
+    shutdown: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// Creates the data directory if needed and opens the store in it.
+pub fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+impl ServiceParts {
+    pub async fn start(
+        spec: ServiceSpec<'_>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let shutdown = telemetry::shutdown_token(shutdown);
+        let producer = ReliableProducer::new(spec.kafka.producer()?, shutdown.clone());
+        let consumer =
+            PartitionedConsumer::new(spec.kafka, &spec.group, spec.inputs, spec.store.clone())?;
+        let deadletters = DeadLetters::new(
+            producer.clone(),
+            spec.kafka.topics().deadletter(),
+            spec.name,
+        );
+        let health = Arc::new(Health::default());
+        let mut ops = Ops {
+            shutdown: shutdown.clone(),
+            servers: vec![],
+        };
+        ops.serve(
+            spec.metrics_addr,
+            telemetry::ops_router(health.clone(), spec.store),
+        )
+        .await?;
+        tracing::info!(service = spec.name, inputs = ?spec.inputs, group = spec.group, "Service started.");
+        Ok(ServiceParts {
+            shutdown,
+            producer,
+            consumer,
+            deadletters,
+            health,
+            ops,
+        })
+    }
+}
+
+impl Ops {
+    /// Serves another router (the aggregator's API) until the service stops.
+    pub async fn serve(&mut self, addr: SocketAddr, router: axum::Router) -> anyhow::Result<()> {
+        self.servers
+            .push(telemetry::serve(addr, router, self.shutdown.clone().cancelled_owned()).await?);
+        Ok(())
+    }
+
+    /// Stops the service after its loop returned `result`.
+    pub async fn finish(
+        self,
+        consumer: &PartitionedConsumer,
+        producer: &ReliableProducer,
+        result: anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        consumer.commit();
+        producer.flush();
+        self.shutdown.cancel();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        clean_exit(result)
+    }
+}
