@@ -55,31 +55,8 @@ impl Store {
 
     /// All `(key, value)` pairs whose key starts with `prefix`, in key order.
     pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
-        self.scan_from(prefix, prefix, usize::MAX)
-    }
-
-    /// Up to `limit` pairs with keys starting with `prefix`, from `start` (inclusive) on.
-    pub fn scan_from<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        start: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, T)>, StoreError> {
-        let mut out = Vec::new();
-        let mode = rocksdb::IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward);
-        for item in self.db.iterator(mode) {
-            let (key, value) = item?;
-            if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
-                break;
-            }
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-            out.push((key, value));
-        }
-        Ok(out)
+        let mode = rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
+        collect_prefix(self.db.iterator(mode), prefix, usize::MAX)
     }
 
     /// Up to `limit` pairs with keys starting with `prefix`, last key first.
@@ -91,20 +68,7 @@ impl Store {
         let mut upper = prefix.as_bytes().to_vec();
         upper.push(0xFF);
         let mode = rocksdb::IteratorMode::From(&upper, rocksdb::Direction::Reverse);
-        let mut out = Vec::new();
-        for item in self.db.iterator(mode) {
-            let (key, value) = item?;
-            if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
-                break;
-            }
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-            out.push((key, value));
-        }
-        Ok(out)
+        collect_prefix(self.db.iterator(mode), prefix, limit)
     }
 
     /// The offset of the next record to read from a topic partition, if this store has read any.
@@ -146,6 +110,28 @@ impl Store {
             .flatten()
             .unwrap_or(0)
     }
+}
+
+/// Decodes the pairs an iterator yields while their keys start with `prefix`, up to `limit`.
+fn collect_prefix<T: DeserializeOwned>(
+    items: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let mut out = Vec::new();
+    for item in items {
+        let (key, value) = item?;
+        if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
+            break;
+        }
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 fn offset_key(topic: &str, partition: i32) -> String {
