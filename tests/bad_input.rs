@@ -1,6 +1,6 @@
-//! Bad input never stops a service: garbage, records of another schema, and valid Avro that is not
-//! a valid job all go to the dead-letter topic with the reason and their origin, and valid jobs keep
-//! running.
+//! Bad input never stops a service: garbage on every topic a service consumes, records of another
+//! schema, and valid Avro that is not a valid job all go to the dead-letter topic with the reason
+//! and their origin, and valid jobs keep running.
 
 use std::time::Duration;
 
@@ -62,7 +62,24 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
         ),
         (jobs.clone(), "bad-cron", bad_cron, "invalid cron"),
         (jobs.clone(), "other-key", mismatched, "does not match"),
-        (runs.clone(), "garbage", garbage, "not Avro single-object"),
+        (
+            runs.clone(),
+            "garbage",
+            garbage.clone(),
+            "not Avro single-object",
+        ),
+        (
+            topics.trigger_state(),
+            "garbage",
+            garbage.clone(),
+            "not Avro single-object",
+        ),
+        (
+            topics.tasks("default"),
+            "garbage",
+            garbage,
+            "not Avro single-object",
+        ),
     ];
     let mut produced = vec![];
     for (topic, key, bytes, reason) in &expectations {

@@ -213,36 +213,31 @@ impl Worker {
 
     async fn take(&mut self, message: OwnedMessage) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
-        let task = match message.payload().map(codec::decode_task) {
-            Some(Ok(task)) if task.pool == self.pool => task,
-            Some(Ok(task)) => {
-                let reason = format!(
+        self.tracker.started(partition, offset);
+        let rejection = match message.payload().map(codec::decode_task) {
+            Some(Ok(task)) if task.pool == self.pool => {
+                self.enqueue(partition, offset, task);
+                return Ok(());
+            }
+            Some(Ok(task)) => (
+                "invalid",
+                format!(
                     "task for pool {:?} on the topic of pool {:?}",
                     task.pool, self.pool
-                );
-                self.deadletters.send(&message, "invalid", &reason).await?;
-                self.consumer
-                    .store_position(&self.input, partition, offset + 1);
-                return Ok(());
-            }
-            Some(Err(error)) => {
-                self.deadletters
-                    .send(&message, reason_label(&error), &error.to_string())
-                    .await?;
-                self.tracker.started(partition, offset);
-                self.commit_up_to(partition, offset);
-                return Ok(());
-            }
-            None => {
-                self.deadletters
-                    .send(&message, "invalid", "task record without a value")
-                    .await?;
-                self.tracker.started(partition, offset);
-                self.commit_up_to(partition, offset);
-                return Ok(());
-            }
+                ),
+            ),
+            Some(Err(error)) => (reason_label(&error), error.to_string()),
+            None => ("invalid", "task record without a value".to_string()),
         };
-        self.tracker.started(partition, offset);
+        self.deadletters
+            .send(&message, rejection.0, &rejection.1)
+            .await?;
+        // Like a finished task: committable once every earlier task of the partition is done.
+        self.commit_up_to(partition, offset);
+        Ok(())
+    }
+
+    fn enqueue(&mut self, partition: i32, offset: i64, task: TaskAssigned) {
         let job_id = task.job_id.clone();
         let queue = self.queues.entry(job_id.clone()).or_default();
         queue.push_back(Pending {
@@ -255,7 +250,6 @@ impl Worker {
         }
         metrics::gauge!(m::QUEUED, "pool" => self.pool.clone())
             .set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
-        Ok(())
     }
 
     fn commit_up_to(&mut self, partition: i32, offset: i64) {
