@@ -5,16 +5,11 @@
 //! service that rebuilds its state and asks again gets the same answer (which is what makes
 //! re-emitting after a crash harmless: same run ids, same attempts).
 
-use std::time::Duration;
-
-use crate::job::JobDefinition;
+use crate::job::{JobDefinition, MisfireKind, MisfirePolicy};
 use crate::run::{RunEventKind, RunState, RunStatus, SkipReason};
 use crate::schedule::Schedule;
 use crate::task::TaskAssigned;
 use crate::Timestamp;
-
-/// How late a slot may fire and still count as on time. Later than this it is a misfire.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// What the trigger does with one slot of a job's schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,26 +33,36 @@ impl Fire {
 /// or skipped slot, or the moment the definition was written), or `None` when the next slot is not
 /// due yet. Call repeatedly, advancing `cursor` to the returned slot, to work through a backlog.
 ///
-/// A slot late by no more than `grace` always runs. A later one runs only if it is the latest slot
-/// due by `now`; otherwise it is recorded as misfired.
+/// A slot late by no more than the policy's grace always runs. A later one is a missed slot:
+/// `fire_once` runs it only if it is the latest slot due by `now`, `skip` never runs it, and
+/// `catch_up` runs it if it is within the catch-up window. A missed slot that does not run is
+/// recorded as misfired, so every slot has exactly one decision on the ledger.
 pub fn next_fire(
     schedule: &Schedule,
     cursor: Timestamp,
     now: Timestamp,
-    grace: Duration,
+    policy: &MisfirePolicy,
 ) -> Option<Fire> {
     let slot = schedule.next_after(cursor)?;
     if slot > now {
         return None;
     }
     let late_by = (now - slot).to_std().unwrap_or_default();
-    if late_by <= grace {
+    if late_by <= policy.grace {
         return Some(Fire::Run(slot));
     }
-    match schedule.next_after(slot) {
-        Some(following) if following <= now => Some(Fire::Misfired(slot)),
-        _ => Some(Fire::Run(slot)),
-    }
+    let runs = match policy.policy {
+        MisfireKind::FireOnce => schedule
+            .next_after(slot)
+            .is_none_or(|following| following > now),
+        MisfireKind::Skip => false,
+        MisfireKind::CatchUp => late_by <= policy.catch_up_window,
+    };
+    Some(if runs {
+        Fire::Run(slot)
+    } else {
+        Fire::Misfired(slot)
+    })
 }
 
 /// What the dispatcher knows of a run's job.
@@ -112,21 +117,38 @@ pub fn next_step(run: &RunState, job: JobView<'_>, now: Timestamp) -> Option<Ste
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::job::{JobSpec, ScheduleSpec, ShellTask, TaskSpec};
     use crate::run::tests::t;
     use crate::run::{apply, RunEvent, RunId, TriggerKind};
 
-    const GRACE: Duration = Duration::from_secs(5);
+    fn policy(policy: MisfireKind) -> MisfirePolicy {
+        MisfirePolicy {
+            policy,
+            grace: Duration::from_secs(5),
+            catch_up_window: Duration::from_secs(25),
+        }
+    }
 
     fn every_10s() -> Schedule {
         Schedule::every(Duration::from_secs(10)).unwrap()
     }
 
     /// Drives `next_fire` the way the trigger does, from `cursor` until nothing is due.
-    fn fires(schedule: &Schedule, mut cursor: Timestamp, now: Timestamp) -> Vec<Fire> {
+    fn fires(schedule: &Schedule, cursor: Timestamp, now: Timestamp) -> Vec<Fire> {
+        fires_with(schedule, cursor, now, MisfireKind::FireOnce)
+    }
+
+    fn fires_with(
+        schedule: &Schedule,
+        mut cursor: Timestamp,
+        now: Timestamp,
+        kind: MisfireKind,
+    ) -> Vec<Fire> {
         let mut out = vec![];
-        while let Some(fire) = next_fire(schedule, cursor, now, GRACE) {
+        while let Some(fire) = next_fire(schedule, cursor, now, &policy(kind)) {
             out.push(fire);
             cursor = fire.slot();
         }
@@ -191,6 +213,78 @@ mod tests {
     }
 
     #[test]
+    fn given_skip_then_missed_slots_are_all_recorded_and_none_runs_late() {
+        let now = slot(3) + chrono::Duration::seconds(7);
+        assert_eq!(
+            fires_with(&every_10s(), slot(0), now, MisfireKind::Skip),
+            vec![
+                Fire::Misfired(slot(1)),
+                Fire::Misfired(slot(2)),
+                Fire::Misfired(slot(3))
+            ]
+        );
+    }
+
+    #[test]
+    fn given_skip_then_a_slot_within_grace_still_runs() {
+        let now = slot(3) + chrono::Duration::seconds(2);
+        assert_eq!(
+            fires_with(&every_10s(), slot(1), now, MisfireKind::Skip),
+            vec![Fire::Misfired(slot(2)), Fire::Run(slot(3))]
+        );
+    }
+
+    #[test]
+    fn given_catch_up_then_every_missed_slot_within_the_window_runs_oldest_first() {
+        // now is 57 s: slots 1-3 are 47, 37 and 27 s late, outside the 25 s window; 4 and 5 inside.
+        let now = slot(5) + chrono::Duration::seconds(7);
+        assert_eq!(
+            fires_with(&every_10s(), slot(0), now, MisfireKind::CatchUp),
+            vec![
+                Fire::Misfired(slot(1)),
+                Fire::Misfired(slot(2)),
+                Fire::Misfired(slot(3)),
+                Fire::Run(slot(4)),
+                Fire::Run(slot(5))
+            ]
+        );
+    }
+
+    #[test]
+    fn given_any_policy_then_every_slot_gets_exactly_one_decision() {
+        let now = slot(9) + chrono::Duration::seconds(3);
+        for kind in [
+            MisfireKind::FireOnce,
+            MisfireKind::Skip,
+            MisfireKind::CatchUp,
+        ] {
+            let decided: Vec<_> = fires_with(&every_10s(), slot(0), now, kind)
+                .iter()
+                .map(|f| f.slot())
+                .collect();
+            assert_eq!(decided, (1..=9).map(slot).collect::<Vec<_>>(), "{kind:?}");
+        }
+    }
+
+    /// A daily 02:30 Berlin job, with all triggers down across the spring-forward night
+    /// (2026-03-29 has no 02:30): the two missed days each get one decision, and fire_once runs
+    /// only the latest.
+    #[test]
+    fn given_missed_days_across_a_dst_change_then_fire_once_runs_the_latest_day_once() {
+        let schedule = Schedule::cron("0 30 2 * * *", "Europe/Berlin").unwrap();
+        let cursor: Timestamp = "2026-03-27T01:30:00Z".parse().unwrap();
+        let now: Timestamp = "2026-03-30T09:00:00Z".parse().unwrap();
+        let decided = fires_with(&schedule, cursor, now, MisfireKind::FireOnce);
+        assert_eq!(
+            decided,
+            vec![
+                Fire::Misfired("2026-03-28T01:30:00Z".parse().unwrap()),
+                Fire::Run("2026-03-30T00:30:00Z".parse().unwrap()),
+            ]
+        );
+    }
+
+    #[test]
     fn given_the_clock_jumps_back_then_no_slot_fires_twice() {
         let schedule = every_10s();
         let cursor = slot(5);
@@ -222,6 +316,7 @@ mod tests {
             }),
             pool: "batch".into(),
             timeout: Some(Duration::from_secs(3)),
+            misfire: Default::default(),
         }
         .validate()
         .unwrap()

@@ -65,6 +65,75 @@ pub struct JobSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// What to do with slots that were missed (nobody owned the job when they came due).
+    #[serde(default, skip_serializing_if = "MisfirePolicy::is_default")]
+    pub misfire: MisfirePolicy,
+}
+
+/// What happens to slots that were missed: all triggers down, a partition unowned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MisfirePolicy {
+    #[serde(default)]
+    pub policy: MisfireKind,
+    /// A slot late by no more than this still counts as on time and runs, whatever the policy.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// `catch_up` only: missed slots older than this are recorded as misfired, not run.
+    #[serde(default = "default_catch_up_window", with = "humantime_serde")]
+    pub catch_up_window: Duration,
+}
+
+/// How missed slots are handled; each missed slot is either run or recorded as misfired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfireKind {
+    /// Run the latest missed slot once; record the older ones as misfired (Quartz's "fire now").
+    #[default]
+    FireOnce,
+    /// Run none of the missed slots; record them all as misfired.
+    Skip,
+    /// Run every missed slot within `catch_up_window`, oldest first.
+    CatchUp,
+}
+
+impl MisfireKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MisfireKind::FireOnce => "fire_once",
+            MisfireKind::Skip => "skip",
+            MisfireKind::CatchUp => "catch_up",
+        }
+    }
+}
+
+/// How late a slot may fire and still count as on time, unless the job says otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// How far back `catch_up` reaches, unless the job says otherwise.
+pub const DEFAULT_CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
+
+fn default_grace() -> Duration {
+    DEFAULT_GRACE
+}
+
+fn default_catch_up_window() -> Duration {
+    DEFAULT_CATCH_UP_WINDOW
+}
+
+impl Default for MisfirePolicy {
+    fn default() -> Self {
+        MisfirePolicy {
+            policy: MisfireKind::FireOnce,
+            grace: DEFAULT_GRACE,
+            catch_up_window: DEFAULT_CATCH_UP_WINDOW,
+        }
+    }
+}
+
+impl MisfirePolicy {
+    fn is_default(&self) -> bool {
+        *self == MisfirePolicy::default()
+    }
 }
 
 fn default_pool() -> String {
@@ -148,6 +217,7 @@ pub struct JobDefinition {
     pub task: TaskSpec,
     pub pool: String,
     pub timeout: Option<Duration>,
+    pub misfire: MisfirePolicy,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -179,6 +249,8 @@ pub enum ValidationError {
     InvalidPool(String),
     #[error("timeout must be longer than zero")]
     ZeroTimeout,
+    #[error("misfire.catch_up_window must be longer than zero")]
+    ZeroCatchUpWindow,
 }
 
 impl JobSpec {
@@ -194,6 +266,9 @@ impl JobSpec {
         if self.timeout == Some(Duration::ZERO) {
             return Err(ValidationError::ZeroTimeout);
         }
+        if self.misfire.catch_up_window.is_zero() {
+            return Err(ValidationError::ZeroCatchUpWindow);
+        }
         Ok(JobDefinition {
             id,
             description: self.description.clone(),
@@ -201,6 +276,7 @@ impl JobSpec {
             task: self.task.clone(),
             pool: self.pool.clone(),
             timeout: self.timeout,
+            misfire: self.misfire,
         })
     }
 }
@@ -297,6 +373,7 @@ impl JobDefinition {
             task: self.task.clone(),
             pool: self.pool.clone(),
             timeout: self.timeout,
+            misfire: self.misfire,
         }
     }
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use kairos_core::job::{HttpTask, JobSpec, ScheduleSpec, ShellTask, TaskSpec};
+use kairos_core::job::{
+    HttpTask, JobSpec, MisfireKind, MisfirePolicy, ScheduleSpec, ShellTask, TaskSpec,
+};
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
 use kairos_core::{
     from_millis, to_millis, JobDefinition, JobId, TaskAssigned, Timestamp, ValidationError,
@@ -458,8 +460,54 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
             ("task", task_value(&spec.task)),
             ("pool", string(spec.pool)),
             ("timeout_ms", opt(spec.timeout, duration_ms)),
+            ("misfire", misfire_value(&spec.misfire)),
         ]),
     )
+}
+
+const MISFIRE_SYMBOLS: [&str; 3] = ["fire_once", "skip", "catch_up"];
+
+/// The default policy is written as null, so definitions that do not set one stay as they were.
+fn misfire_value(policy: &MisfirePolicy) -> Value {
+    if *policy == MisfirePolicy::default() {
+        return Value::Null;
+    }
+    record(vec![
+        ("policy", symbol(&MISFIRE_SYMBOLS, policy.policy.as_str())),
+        ("grace_ms", duration_ms(policy.grace)),
+        ("catch_up_window_ms", duration_ms(policy.catch_up_window)),
+    ])
+}
+
+fn misfire_from(fields: &Fields<'_>) -> Result<MisfirePolicy, CodecError> {
+    let Some(misfire) = fields.record("misfire")? else {
+        return Ok(MisfirePolicy::default());
+    };
+    let policy = match misfire.string("policy")?.as_str() {
+        "fire_once" => MisfireKind::FireOnce,
+        "skip" => MisfireKind::Skip,
+        "catch_up" => MisfireKind::CatchUp,
+        other => {
+            return Err(CodecError::Field {
+                field: "misfire.policy",
+                reason: format!("unknown policy {other:?}"),
+            })
+        }
+    };
+    let millis = |field: &'static str| -> Result<Duration, CodecError> {
+        let ms = misfire.long(field)?;
+        u64::try_from(ms)
+            .map(Duration::from_millis)
+            .map_err(|_| CodecError::Field {
+                field,
+                reason: format!("{ms} is negative"),
+            })
+    };
+    Ok(MisfirePolicy {
+        policy,
+        grace: millis("grace_ms")?,
+        catch_up_window: millis("catch_up_window_ms")?,
+    })
 }
 
 /// Decodes and validates a job definition: anything any producer wrote must pass the same checks
@@ -488,6 +536,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
         task: task_from(&f)?,
         pool: f.string("pool")?,
         timeout: timeout_from(&f)?,
+        misfire: misfire_from(&f)?,
     };
     Ok(spec.validate()?)
 }
@@ -829,6 +878,7 @@ mod tests {
             task: yaml_task,
             pool: "batch".into(),
             timeout: Some(Duration::from_millis(1500)),
+            misfire: MisfirePolicy::default(),
         }
         .validate()
         .unwrap()
@@ -874,6 +924,34 @@ mod tests {
                 assert_eq!(decode_job(&bytes).unwrap(), def);
             }
         }
+    }
+
+    #[test]
+    fn misfire_policies_round_trip_and_the_default_stays_null_on_the_wire() {
+        let schedule = ScheduleSpec {
+            every: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let plain = job(shell(), schedule.clone());
+        for policy in [
+            MisfireKind::FireOnce,
+            MisfireKind::Skip,
+            MisfireKind::CatchUp,
+        ] {
+            let mut def = plain.clone();
+            def.misfire = MisfirePolicy {
+                policy,
+                grace: Duration::from_millis(250),
+                catch_up_window: Duration::from_secs(60),
+            };
+            assert_eq!(decode_job(&encode_job(&def).unwrap()).unwrap(), def);
+        }
+        let value = decode(&CONTRACTS.job, &encode_job(&plain).unwrap()).unwrap();
+        let fields = Fields::of(&value, "JobDefinition").unwrap();
+        assert!(
+            fields.get("misfire").is_none(),
+            "the default policy is written as null"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_core::decide::{next_fire, Fire, DEFAULT_GRACE};
+use kairos_core::decide::{next_fire, Fire};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
@@ -51,9 +51,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9401")]
     pub metrics_addr: SocketAddr,
-    /// How late a slot may fire and still count as on time; later ones are misfires.
-    #[arg(long, env = "KAIROS_MISFIRE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub misfire_grace: Duration,
     #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -65,7 +62,6 @@ impl Config {
             kafka,
             data_dir,
             metrics_addr,
-            misfire_grace: DEFAULT_GRACE,
             log_format: LogFormat::Text,
         }
     }
@@ -117,7 +113,6 @@ pub async fn run(
         consumer: parts.consumer,
         deadletters: parts.deadletters,
         index: DueIndex::default(),
-        grace: config.misfire_grace,
         health: parts.health,
     };
     let result = trigger.run(parts.shutdown).await;
@@ -134,7 +129,6 @@ struct Trigger {
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     index: DueIndex,
-    grace: Duration,
     health: Arc<Health>,
 }
 
@@ -334,7 +328,7 @@ impl Trigger {
             return Ok(());
         };
         let mut handled = 0;
-        while let Some(fire) = next_fire(&definition.schedule, cursor, now, self.grace) {
+        while let Some(fire) = next_fire(&definition.schedule, cursor, now, &definition.misfire) {
             self.emit(&definition.id, fire, offset, now).await?;
             cursor = fire.slot();
             handled += 1;
