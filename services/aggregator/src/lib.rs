@@ -263,8 +263,8 @@ impl Aggregator {
 }
 
 fn record_outcome(state: &RunState, before: Option<&RunState>) {
-    let became_outcome = state.status.is_outcome() && before.is_none_or(|b| !b.status.is_outcome());
-    if !became_outcome {
+    let became_final = state.status.is_final() && before.is_none_or(|b| !b.status.is_final());
+    if !became_final {
         return;
     }
     metrics::counter!(m::RUNS, "outcome" => state.status.as_str()).increment(1);

@@ -5,7 +5,7 @@
 //! service that rebuilds its state and asks again gets the same answer (which is what makes
 //! re-emitting after a crash harmless: same run ids, same attempts).
 
-use crate::job::{JobDefinition, MisfireKind, MisfirePolicy};
+use crate::job::{Backoff, JobDefinition, MisfireKind, MisfirePolicy};
 use crate::run::{RunEventKind, RunState, RunStatus, SkipReason};
 use crate::schedule::Schedule;
 use crate::task::TaskAssigned;
@@ -88,31 +88,98 @@ pub enum Step {
     Dispatch(TaskAssigned),
 }
 
-/// The dispatcher's next step for a run, or `None` when the run is waiting on someone else
-/// (a worker, or a job definition the dispatcher has not read yet).
+/// The dispatcher's next step for a run, or `None` when the run is waiting on someone else (a
+/// worker, a retry's due time, or a job definition the dispatcher has not read yet).
+///
+/// After a failed, timed-out or lost attempt: another attempt is scheduled while the job's retry
+/// policy allows one (due after the backoff, counted from the failure as recorded on the ledger,
+/// so that the decision is the same whenever it is made), otherwise the run is abandoned.
 pub fn next_step(run: &RunState, job: JobView<'_>, now: Timestamp) -> Option<Step> {
     let fired_from = run.definition_offset.unwrap_or(i64::MIN);
+    let dispatch = |definition: &JobDefinition, offset: i64| {
+        Step::Dispatch(TaskAssigned {
+            job_id: run.job_id.clone(),
+            run_id: run.run_id,
+            attempt: run.attempt.max(1),
+            scheduled_for: run.scheduled_for,
+            pool: definition.pool.clone(),
+            task: definition.task.clone(),
+            timeout: definition.timeout,
+            definition_offset: offset,
+            assigned_at: now,
+        })
+    };
+    let deleted = || {
+        Step::Record(RunEventKind::RunSkipped {
+            reason: SkipReason::JobDeleted,
+        })
+    };
     match (run.status, job) {
         (RunStatus::Scheduled, JobView::Defined { definition, offset }) if offset >= fired_from => {
-            Some(Step::Dispatch(TaskAssigned {
-                job_id: run.job_id.clone(),
-                run_id: run.run_id,
-                attempt: 1,
-                scheduled_for: run.scheduled_for,
-                pool: definition.pool.clone(),
-                task: definition.task.clone(),
-                timeout: definition.timeout,
-                definition_offset: offset,
-                assigned_at: now,
-            }))
+            Some(dispatch(definition, offset))
         }
         (RunStatus::Scheduled, JobView::Deleted { offset }) if offset >= fired_from => {
-            Some(Step::Record(RunEventKind::RunSkipped {
-                reason: SkipReason::JobDeleted,
+            Some(deleted())
+        }
+        (
+            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost,
+            JobView::Defined { definition, .. },
+        ) => {
+            let failed_at = run.finished_at.unwrap_or(run.updated_at);
+            Some(Step::Record(
+                if run.attempt < definition.retry.max_attempts {
+                    RunEventKind::RetryScheduled {
+                        attempt: run.attempt + 1,
+                        due_at: failed_at
+                            + retry_delay(&definition.retry.backoff, run, run.attempt),
+                    }
+                } else {
+                    RunEventKind::RunAbandoned {
+                        attempt: run.attempt,
+                    }
+                },
+            ))
+        }
+        (RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost, JobView::Deleted { .. }) => {
+            Some(Step::Record(RunEventKind::RunAbandoned {
+                attempt: run.attempt,
             }))
         }
+        (RunStatus::RetryScheduled, JobView::Defined { definition, offset }) => run
+            .retry_due_at
+            .is_none_or(|due| due <= now)
+            .then(|| dispatch(definition, offset)),
+        (RunStatus::RetryScheduled, JobView::Deleted { .. }) => Some(deleted()),
         _ => None,
     }
+}
+
+/// When the dispatcher must look at a run again without any new event: a retry's due time.
+pub fn wake_at(run: &RunState) -> Option<Timestamp> {
+    (run.status == RunStatus::RetryScheduled)
+        .then_some(run.retry_due_at)
+        .flatten()
+}
+
+/// The delay before the attempt after `attempt`. The jitter is drawn from the run id and attempt,
+/// not from a random source, so that a dispatcher deciding again after a crash picks the same time.
+pub fn retry_delay(backoff: &Backoff, run: &RunState, attempt: u32) -> chrono::Duration {
+    let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+    let base = (backoff.initial.as_secs_f64() * backoff.multiplier.powi(exponent))
+        .min(backoff.max.as_secs_f64());
+    let spread =
+        backoff.jitter * (2.0 * unit_interval(run.run_id.seed() ^ u64::from(attempt)) - 1.0);
+    let seconds = (base * (1.0 + spread)).max(0.0);
+    chrono::Duration::milliseconds((seconds * 1000.0).round() as i64)
+}
+
+/// Maps a seed to [0, 1) with the SplitMix64 finaliser: evenly spread, and the same on every host.
+fn unit_interval(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -120,8 +187,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::job::{JobSpec, ScheduleSpec, ShellTask, TaskSpec};
+    use crate::job::{JobSpec, RetryPolicy, ScheduleSpec, ShellTask, TaskSpec};
     use crate::run::tests::t;
+    use crate::run::TaskOutput;
     use crate::run::{apply, RunEvent, RunId, TriggerKind};
 
     fn policy(policy: MisfireKind) -> MisfirePolicy {
@@ -317,6 +385,15 @@ mod tests {
             pool: "batch".into(),
             timeout: Some(Duration::from_secs(3)),
             misfire: Default::default(),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                backoff: Backoff {
+                    initial: Duration::from_secs(2),
+                    max: Duration::from_secs(5),
+                    multiplier: 3.0,
+                    jitter: 0.0,
+                },
+            },
         }
         .validate()
         .unwrap()
@@ -388,6 +465,192 @@ mod tests {
             Some(Step::Record(RunEventKind::RunSkipped {
                 reason: SkipReason::JobDeleted
             }))
+        );
+    }
+
+    /// Folds `kinds` onto the scheduled run, each event one second after the slot.
+    fn after(kinds: Vec<RunEventKind>) -> RunState {
+        let mut run = scheduled_run(4);
+        for kind in kinds {
+            let event = RunEvent {
+                job_id: run.job_id.clone(),
+                run_id: run.run_id,
+                scheduled_for: run.scheduled_for,
+                at: slot(1) + chrono::Duration::seconds(1),
+                kind,
+            };
+            run = apply(Some(&run), &event).unwrap();
+        }
+        run
+    }
+
+    fn failed_attempt(attempt: u32) -> Vec<RunEventKind> {
+        vec![
+            RunEventKind::RunDispatched {
+                attempt,
+                pool: "batch".into(),
+            },
+            RunEventKind::RunFailed {
+                attempt,
+                worker_id: "w".into(),
+                error: "exit 1".into(),
+                output: TaskOutput::default(),
+            },
+        ]
+    }
+
+    fn retry(attempt: u32, due_at: Timestamp) -> RunEventKind {
+        RunEventKind::RetryScheduled { attempt, due_at }
+    }
+
+    #[test]
+    fn given_a_failed_first_attempt_then_the_second_is_due_after_the_initial_backoff() {
+        let def = definition();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let run = after(failed_attempt(1));
+        let failed_at = slot(1) + chrono::Duration::seconds(1);
+        let step = next_step(&run, view, slot(5));
+        assert_eq!(
+            step,
+            Some(Step::Record(retry(
+                2,
+                failed_at + chrono::Duration::seconds(2)
+            )))
+        );
+    }
+
+    #[test]
+    fn given_a_retry_scheduled_then_it_is_dispatched_only_once_due() {
+        let def = definition();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let due = slot(2);
+        let mut kinds = failed_attempt(1);
+        kinds.push(retry(2, due));
+        let run = after(kinds);
+        assert_eq!(wake_at(&run), Some(due));
+        assert_eq!(
+            next_step(&run, view, due - chrono::Duration::milliseconds(1)),
+            None
+        );
+        let Some(Step::Dispatch(task)) = next_step(&run, view, due) else {
+            panic!("no dispatch when due")
+        };
+        assert_eq!(task.attempt, 2);
+    }
+
+    #[test]
+    fn given_backoff_then_delays_grow_by_the_multiplier_up_to_the_max() {
+        let def = definition();
+        let run = scheduled_run(4);
+        let delays: Vec<i64> = (1..=4)
+            .map(|a| retry_delay(&def.retry.backoff, &run, a).num_milliseconds())
+            .collect();
+        assert_eq!(
+            delays,
+            vec![2000, 5000, 5000, 5000],
+            "2 s, then 6 s capped at 5 s"
+        );
+    }
+
+    #[test]
+    fn given_jitter_then_delays_spread_within_bounds_and_repeat_for_the_same_run() {
+        let backoff = Backoff {
+            jitter: 0.5,
+            ..definition().retry.backoff
+        };
+        let run = scheduled_run(4);
+        let first = retry_delay(&backoff, &run, 1);
+        assert_eq!(
+            first,
+            retry_delay(&backoff, &run, 1),
+            "the same run and attempt get the same delay"
+        );
+        let spread: Vec<i64> = (0..200)
+            .map(|n| {
+                let mut other = run.clone();
+                other.run_id = RunId::derive(&run.job_id, slot(n), TriggerKind::Schedule);
+                retry_delay(&backoff, &other, 1).num_milliseconds()
+            })
+            .collect();
+        assert!(
+            spread.iter().all(|ms| (1000..=3000).contains(ms)),
+            "{spread:?}"
+        );
+        assert!(
+            spread.iter().any(|ms| *ms < 1500) && spread.iter().any(|ms| *ms > 2500),
+            "jitter does not spread"
+        );
+    }
+
+    #[test]
+    fn given_the_last_allowed_attempt_failed_then_the_run_is_abandoned() {
+        let def = definition();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let mut kinds = failed_attempt(1);
+        kinds.push(retry(2, slot(2)));
+        kinds.extend(failed_attempt(2));
+        kinds.push(retry(3, slot(3)));
+        kinds.extend(failed_attempt(3));
+        let run = after(kinds);
+        assert_eq!(
+            next_step(&run, view, slot(9)),
+            Some(Step::Record(RunEventKind::RunAbandoned { attempt: 3 }))
+        );
+    }
+
+    #[test]
+    fn given_a_timed_out_or_lost_attempt_then_it_is_retried_like_a_failure() {
+        let def = definition();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        for outcome in [
+            RunEventKind::RunTimedOut {
+                attempt: 1,
+                worker_id: "w".into(),
+                output: TaskOutput::default(),
+            },
+            RunEventKind::RunLost { attempt: 1 },
+        ] {
+            let run = after(vec![
+                RunEventKind::RunDispatched {
+                    attempt: 1,
+                    pool: "batch".into(),
+                },
+                outcome,
+            ]);
+            assert!(matches!(
+                next_step(&run, view, slot(5)),
+                Some(Step::Record(RunEventKind::RetryScheduled {
+                    attempt: 2,
+                    ..
+                }))
+            ));
+        }
+    }
+
+    #[test]
+    fn given_a_job_without_retries_then_a_failure_abandons_the_run() {
+        let mut def = definition();
+        def.retry = RetryPolicy::default();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let run = after(failed_attempt(1));
+        assert_eq!(
+            next_step(&run, view, slot(5)),
+            Some(Step::Record(RunEventKind::RunAbandoned { attempt: 1 }))
         );
     }
 }

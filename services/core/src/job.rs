@@ -68,6 +68,104 @@ pub struct JobSpec {
     /// What to do with slots that were missed (nobody owned the job when they came due).
     #[serde(default, skip_serializing_if = "MisfirePolicy::is_default")]
     pub misfire: MisfirePolicy,
+    /// How often and how soon a failed, timed-out or lost attempt is tried again.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    pub retry: RetryPolicy,
+}
+
+/// Retries of a run whose attempt failed, timed out or lost its worker.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included; 1 means no retry.
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+/// The delay before attempt n+1: `initial * multiplier^(n-1)`, at most `max`, then spread by
+/// up to `jitter` (a fraction) either way so that retries of many runs do not arrive together.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max: Duration,
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    #[serde(default)]
+    pub jitter: f64,
+}
+
+/// Most attempts a job may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+fn one() -> u32 {
+    1
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: default_initial_backoff(),
+            max: default_max_backoff(),
+            multiplier: default_multiplier(),
+            jitter: 0.0,
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn is_default(&self) -> bool {
+        *self == RetryPolicy::default()
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        let b = &self.backoff;
+        let invalid = |reason: String| Err(ValidationError::InvalidRetry(reason));
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return invalid(format!(
+                "max_attempts must be 1-{MAX_ATTEMPTS}, got {}",
+                self.max_attempts
+            ));
+        }
+        if b.initial.is_zero() || b.max < b.initial {
+            return invalid(format!(
+                "backoff needs 0 < initial <= max, got initial {:?}, max {:?}",
+                b.initial, b.max
+            ));
+        }
+        if !(1.0..=100.0).contains(&b.multiplier) {
+            return invalid(format!(
+                "backoff.multiplier must be 1-100, got {}",
+                b.multiplier
+            ));
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            return invalid(format!("backoff.jitter must be 0-1, got {}", b.jitter));
+        }
+        Ok(())
+    }
 }
 
 /// What happens to slots that were missed: all triggers down, a partition unowned.
@@ -218,6 +316,7 @@ pub struct JobDefinition {
     pub pool: String,
     pub timeout: Option<Duration>,
     pub misfire: MisfirePolicy,
+    pub retry: RetryPolicy,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -251,6 +350,8 @@ pub enum ValidationError {
     ZeroTimeout,
     #[error("misfire.catch_up_window must be longer than zero")]
     ZeroCatchUpWindow,
+    #[error("retry: {0}")]
+    InvalidRetry(String),
 }
 
 impl JobSpec {
@@ -269,6 +370,7 @@ impl JobSpec {
         if self.misfire.catch_up_window.is_zero() {
             return Err(ValidationError::ZeroCatchUpWindow);
         }
+        self.retry.validate()?;
         Ok(JobDefinition {
             id,
             description: self.description.clone(),
@@ -277,6 +379,7 @@ impl JobSpec {
             pool: self.pool.clone(),
             timeout: self.timeout,
             misfire: self.misfire,
+            retry: self.retry,
         })
     }
 }
@@ -374,6 +477,7 @@ impl JobDefinition {
             pool: self.pool.clone(),
             timeout: self.timeout,
             misfire: self.misfire,
+            retry: self.retry,
         }
     }
 }

@@ -32,6 +32,12 @@ impl RunId {
         RunId(uuid::Uuid::new_v5(&RUN_ID_NAMESPACE, name.as_bytes()))
     }
 
+    /// 64 bits of the id, to seed deterministic choices about the run (retry jitter).
+    pub fn seed(&self) -> u64 {
+        let bits = self.0.as_u128();
+        (bits as u64) ^ ((bits >> 64) as u64)
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         uuid::Uuid::parse_str(s).ok().map(RunId)
     }
@@ -137,6 +143,10 @@ pub enum RunEventKind {
         attempt: u32,
         due_at: Timestamp,
     },
+    /// The last attempt failed and the retry policy allows no more: the run is over.
+    RunAbandoned {
+        attempt: u32,
+    },
 }
 
 impl RunEventKind {
@@ -152,7 +162,8 @@ impl RunEventKind {
             | RunTimedOut { attempt, .. }
             | RunCancelled { attempt }
             | RunLost { attempt }
-            | RetryScheduled { attempt, .. } => Some(*attempt),
+            | RetryScheduled { attempt, .. }
+            | RunAbandoned { attempt } => Some(*attempt),
         }
     }
 
@@ -170,6 +181,7 @@ impl RunEventKind {
             RunCancelled { .. } => "RunCancelled",
             RunLost { .. } => "RunLost",
             RetryScheduled { .. } => "RetryScheduled",
+            RunAbandoned { .. } => "RunAbandoned",
         }
     }
 }
@@ -188,6 +200,8 @@ pub enum RunStatus {
     Cancelled,
     Lost,
     RetryScheduled,
+    /// Every attempt the retry policy allows has failed.
+    Abandoned,
 }
 
 impl RunStatus {
@@ -196,8 +210,15 @@ impl RunStatus {
         use RunStatus::*;
         matches!(
             self,
-            Skipped | Succeeded | Failed | TimedOut | Cancelled | Lost
+            Skipped | Succeeded | Failed | TimedOut | Cancelled | Lost | Abandoned
         )
+    }
+
+    /// Whether the run is over: nothing more will happen to it. A failed, timed-out or lost
+    /// attempt is not final; the retry policy decides what comes next.
+    pub fn is_final(self) -> bool {
+        use RunStatus::*;
+        matches!(self, Skipped | Succeeded | Cancelled | Abandoned)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -213,6 +234,7 @@ impl RunStatus {
             Cancelled => "cancelled",
             Lost => "lost",
             RetryScheduled => "retry_scheduled",
+            Abandoned => "abandoned",
         }
     }
 }
@@ -434,6 +456,14 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
             S::RetryScheduled | S::Dispatched | S::Started if *attempt == state.attempt => {
                 return Err(duplicate())
             }
+            _ => return Err(illegal()),
+        },
+        RunAbandoned { attempt } => match state.status {
+            S::Failed | S::TimedOut | S::Lost if *attempt == state.attempt => {
+                next.status = S::Abandoned;
+                next.finished_at = Some(event.at);
+            }
+            S::Abandoned if *attempt == state.attempt => return Err(duplicate()),
             _ => return Err(illegal()),
         },
     }
@@ -663,10 +693,13 @@ pub(crate) mod tests {
             attempt
                 .clone()
                 .prop_map(|attempt| RunEventKind::RunLost { attempt }),
-            attempt.prop_map(|attempt| RunEventKind::RetryScheduled {
-                attempt,
-                due_at: t(9)
-            }),
+            attempt
+                .clone()
+                .prop_map(|attempt| RunEventKind::RetryScheduled {
+                    attempt,
+                    due_at: t(9)
+                }),
+            attempt.prop_map(|attempt| RunEventKind::RunAbandoned { attempt }),
         ]
     }
 
@@ -682,7 +715,7 @@ pub(crate) mod tests {
                     if let Some(before) = &before {
                         prop_assert!(next.attempt >= before.attempt);
                         if before.status.is_outcome() {
-                            prop_assert!(matches!(kind, RunEventKind::RetryScheduled { .. }),
+                            prop_assert!(matches!(kind, RunEventKind::RetryScheduled { .. } | RunEventKind::RunAbandoned { .. }),
                                 "{:?} changed the outcome of {:?}", kind, before.status);
                         }
                     }

@@ -9,15 +9,16 @@
 
 mod metrics_names;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use kairos_core::decide::{next_step, JobView, Step};
+use kairos_core::decide::{next_step, wake_at, JobView, Step};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
-use kairos_core::{JobDefinition, TaskAssigned};
+use kairos_core::{JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{
@@ -113,6 +114,7 @@ pub async fn run(
         consumer: parts.consumer,
         deadletters: parts.deadletters,
         known_pools: HashSet::new(),
+        timers: BTreeSet::new(),
         health: parts.health,
     };
     let result = dispatcher.run(parts.shutdown).await;
@@ -132,19 +134,46 @@ struct Dispatcher {
     deadletters: DeadLetters,
     /// Pools whose task topic is known to exist.
     known_pools: HashSet<String>,
+    /// When to look at a job again without a new event: (due, partition, job).
+    timers: BTreeSet<(Timestamp, i32, String)>,
     health: Arc<Health>,
 }
 
 impl Dispatcher {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
+            let wake = self
+                .timers
+                .first()
+                .map_or(Duration::from_secs(1), |(due, _, _)| {
+                    (*due - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(1))
+                });
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
+                _ = tokio::time::sleep(wake) => self.wake_due().await?,
             }
             self.health.set_caught_up(self.consumer.ready());
         }
+    }
+
+    /// Reconciles the jobs whose timers (retry due times) have come due.
+    async fn wake_due(&mut self) -> anyhow::Result<()> {
+        let now = chrono::Utc::now();
+        while let Some((due, partition, job)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self.consumer.is_caught_up(partition) {
+                self.reconcile(partition, Some(&job)).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
@@ -156,7 +185,7 @@ impl Dispatcher {
                     }
                 }
             }
-            Input::Revoked(_) => {}
+            Input::Revoked(partitions) => self.timers.retain(|(_, p, _)| !partitions.contains(p)),
             Input::Record(message) => {
                 let partition = message.partition();
                 let mut batch = Batch::new();
@@ -232,27 +261,29 @@ impl Dispatcher {
             }
         };
         let job = event.job_id.to_string();
-        if self.fold(message.partition(), &event, batch)? {
-            Ok(Some(job))
-        } else {
-            Ok(None)
-        }
+        Ok(self.fold(message.partition(), &event, batch)?.map(|_| job))
     }
 
-    /// Applies `event` to its run in `batch`; false when the event changed nothing.
-    fn fold(&self, partition: i32, event: &RunEvent, batch: &mut Batch) -> anyhow::Result<bool> {
+    /// Applies `event` to its run in `batch`; the run's new state, or `None` when the event
+    /// changed nothing.
+    fn fold(
+        &self,
+        partition: i32,
+        event: &RunEvent,
+        batch: &mut Batch,
+    ) -> anyhow::Result<Option<RunState>> {
         let (job, run) = (event.job_id.as_str(), event.run_id.to_string());
         let key = run_key(partition, job, &run);
         let current: Option<RunState> = self.store.get(&key)?;
         match apply(current.as_ref(), event) {
             Ok(next) => {
-                if next.status.is_outcome() {
+                if next.status.is_final() {
                     batch.delete(&active_key(partition, job, &run));
                 } else {
                     batch.put(&active_key(partition, job, &run), &());
                 }
                 batch.put(&key, &next);
-                Ok(true)
+                Ok(Some(next))
             }
             Err(error) => {
                 if error.is_expected() {
@@ -262,7 +293,7 @@ impl Dispatcher {
                 }
                 metrics::counter!(m::IGNORED_EVENTS, "expected" => if error.is_expected() { "true" } else { "false" })
                     .increment(1);
-                Ok(false)
+                Ok(None)
             }
         }
     }
@@ -299,15 +330,31 @@ impl Dispatcher {
                 (Some(s), None) => JobView::Deleted { offset: s.offset },
                 (None, _) => JobView::Unknown,
             };
-            if let Some(step) = next_step(&state, view, chrono::Utc::now()) {
-                self.take(partition, &state, step).await?;
+            // A step can make the next one due at once (a retry whose time has passed while the
+            // partition was rebuilding), so keep stepping until the run waits on someone.
+            let mut state = state;
+            while let Some(step) = next_step(&state, view, chrono::Utc::now()) {
+                match self.take(partition, &state, step).await? {
+                    Some(next) => state = next,
+                    // The fold refused the dispatcher's own step; asking again would repeat it.
+                    None => break,
+                }
+            }
+            if let Some(due) = wake_at(&state) {
+                self.timers.insert((due, partition, job.to_string()));
             }
         }
         Ok(())
     }
 
-    /// Appends the step to the ledger (and the task to its pool), then folds it.
-    async fn take(&mut self, partition: i32, run: &RunState, step: Step) -> anyhow::Result<()> {
+    /// Appends the step to the ledger (and the task to its pool), folds it, and returns the run's
+    /// new state (`None` if the fold refused it).
+    async fn take(
+        &mut self,
+        partition: i32,
+        run: &RunState,
+        step: Step,
+    ) -> anyhow::Result<Option<RunState>> {
         let now = chrono::Utc::now();
         let event = |kind| RunEvent {
             job_id: run.job_id.clone(),
@@ -317,11 +364,12 @@ impl Dispatcher {
             kind,
         };
         let mut batch = Batch::new();
-        match step {
+        let next = match step {
             Step::Record(kind) => {
                 let event = event(kind);
                 self.append(&event).await?;
-                self.fold(partition, &event, &mut batch)?;
+                tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, event = event.kind.name(), "Recorded.");
+                self.fold(partition, &event, &mut batch)?
             }
             Step::Dispatch(task) => {
                 let dispatched = event(RunEventKind::RunDispatched {
@@ -331,13 +379,16 @@ impl Dispatcher {
                 // The ledger must show the dispatch before any worker can report on the attempt.
                 self.append(&dispatched).await?;
                 self.assign(&task).await?;
-                self.fold(partition, &dispatched, &mut batch)?;
                 metrics::counter!(m::DISPATCHES, "pool" => task.pool.clone()).increment(1);
                 tracing::debug!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, pool = task.pool, "Dispatched.");
+                self.fold(partition, &dispatched, &mut batch)?
             }
-        }
+        };
         self.store.write(batch)?;
-        Ok(())
+        if next.is_none() {
+            tracing::error!(job_id = %run.job_id, run_id = %run.run_id, "The dispatcher's own step did not apply.");
+        }
+        Ok(next)
     }
 
     async fn append(&self, event: &RunEvent) -> anyhow::Result<()> {

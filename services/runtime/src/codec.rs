@@ -14,7 +14,8 @@ use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use kairos_core::job::{
-    HttpTask, JobSpec, MisfireKind, MisfirePolicy, ScheduleSpec, ShellTask, TaskSpec,
+    Backoff, HttpTask, JobSpec, MisfireKind, MisfirePolicy, RetryPolicy, ScheduleSpec, ShellTask,
+    TaskSpec,
 };
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
 use kairos_core::{
@@ -461,6 +462,7 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
             ("pool", string(spec.pool)),
             ("timeout_ms", opt(spec.timeout, duration_ms)),
             ("misfire", misfire_value(&spec.misfire)),
+            ("retry", retry_value(&spec.retry)),
         ]),
     )
 }
@@ -477,6 +479,56 @@ fn misfire_value(policy: &MisfirePolicy) -> Value {
         ("grace_ms", duration_ms(policy.grace)),
         ("catch_up_window_ms", duration_ms(policy.catch_up_window)),
     ])
+}
+
+/// No retries is written as null, like every other default.
+fn retry_value(policy: &RetryPolicy) -> Value {
+    if *policy == RetryPolicy::default() {
+        return Value::Null;
+    }
+    let attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
+    record(vec![
+        ("max_attempts", Value::Int(attempts)),
+        ("initial_backoff_ms", duration_ms(policy.backoff.initial)),
+        ("max_backoff_ms", duration_ms(policy.backoff.max)),
+        ("multiplier", Value::Double(policy.backoff.multiplier)),
+        ("jitter", Value::Double(policy.backoff.jitter)),
+    ])
+}
+
+fn retry_from(fields: &Fields<'_>) -> Result<RetryPolicy, CodecError> {
+    let Some(retry) = fields.record("retry")? else {
+        return Ok(RetryPolicy::default());
+    };
+    let millis = |field: &'static str| -> Result<Duration, CodecError> {
+        let ms = retry.long(field)?;
+        u64::try_from(ms)
+            .map(Duration::from_millis)
+            .map_err(|_| CodecError::Field {
+                field,
+                reason: format!("{ms} is negative"),
+            })
+    };
+    let double = |field: &'static str| match retry.get(field) {
+        Some(Value::Double(x)) => Ok(*x),
+        other => Err(CodecError::Field {
+            field,
+            reason: format!("expected a double, got {other:?}"),
+        }),
+    };
+    let attempts = retry.long("max_attempts")?;
+    Ok(RetryPolicy {
+        max_attempts: u32::try_from(attempts).map_err(|_| CodecError::Field {
+            field: "max_attempts",
+            reason: format!("{attempts} is negative"),
+        })?,
+        backoff: Backoff {
+            initial: millis("initial_backoff_ms")?,
+            max: millis("max_backoff_ms")?,
+            multiplier: double("multiplier")?,
+            jitter: double("jitter")?,
+        },
+    })
 }
 
 fn misfire_from(fields: &Fields<'_>) -> Result<MisfirePolicy, CodecError> {
@@ -537,6 +589,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
         pool: f.string("pool")?,
         timeout: timeout_from(&f)?,
         misfire: misfire_from(&f)?,
+        retry: retry_from(&f)?,
     };
     Ok(spec.validate()?)
 }
@@ -554,7 +607,7 @@ fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
 
 const TRIGGER_SYMBOLS: [&str; 2] = ["schedule", "manual"];
 const SKIP_SYMBOLS: [&str; 2] = ["misfire", "job_deleted"];
-const RUN_EVENT_SYMBOLS: [&str; 10] = [
+const RUN_EVENT_SYMBOLS: [&str; 11] = [
     "RunScheduled",
     "RunSkipped",
     "RunDispatched",
@@ -565,6 +618,7 @@ const RUN_EVENT_SYMBOLS: [&str; 10] = [
     "RunCancelled",
     "RunLost",
     "RetryScheduled",
+    "RunAbandoned",
 ];
 
 /// Encodes one run ledger event.
@@ -620,7 +674,7 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             error = string(e);
             output = Some(o);
         }
-        RunCancelled { .. } | RunLost { .. } => {}
+        RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => {}
         RetryScheduled { due_at: d, .. } => due_at = millis(*d),
     }
     let attempt = i32::try_from(event.kind.attempt().unwrap_or(0)).unwrap_or(i32::MAX);
@@ -715,6 +769,9 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
             attempt: f.attempt()?,
         },
         "RunLost" => RunEventKind::RunLost {
+            attempt: f.attempt()?,
+        },
+        "RunAbandoned" => RunEventKind::RunAbandoned {
             attempt: f.attempt()?,
         },
         "RetryScheduled" => RunEventKind::RetryScheduled {
@@ -879,6 +936,15 @@ mod tests {
             pool: "batch".into(),
             timeout: Some(Duration::from_millis(1500)),
             misfire: MisfirePolicy::default(),
+            retry: RetryPolicy {
+                max_attempts: 4,
+                backoff: Backoff {
+                    initial: Duration::from_millis(250),
+                    max: Duration::from_secs(30),
+                    multiplier: 1.5,
+                    jitter: 0.2,
+                },
+            },
         }
         .validate()
         .unwrap()
@@ -997,10 +1063,12 @@ mod tests {
             },
             RunEventKind::RunCancelled { attempt: 3 },
             RunEventKind::RunLost { attempt: 3 },
+            RunEventKind::RunAbandoned { attempt: 3 },
             RunEventKind::RetryScheduled {
                 attempt: 4,
                 due_at: t(9),
             },
+            RunEventKind::RunAbandoned { attempt: 4 },
         ];
         for kind in kinds {
             let event = RunEvent {

@@ -1,0 +1,169 @@
+//! Retries with backoff on the real broker: a run that fails once and then succeeds, and one that
+//! fails every attempt and is abandoned; every decision and its due time is on the ledger.
+
+use std::time::Duration;
+
+use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
+use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_tests::{get_json, shell_job, wait_for, Stack};
+
+/// A one-shot job two seconds from now that retries with the given backoff.
+fn one_shot(id: &str, script: &str, max_attempts: u32, initial: Duration) -> JobSpec {
+    let mut job = shell_job(id, "1s", script);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    job.schedule = serde_json::from_value(serde_json::json!({ "at": at })).unwrap();
+    job.retry = RetryPolicy {
+        max_attempts,
+        backoff: Backoff {
+            initial,
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+    };
+    job
+}
+
+fn events_of<'a>(ledger: &'a [RunEvent], job: &str) -> Vec<&'a RunEvent> {
+    ledger.iter().filter(|e| e.job_id.as_str() == job).collect()
+}
+
+fn names(events: &[&RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                e.kind.name(),
+                e.kind
+                    .attempt()
+                    .map(|a| format!("({a})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Each RetryScheduled is due exactly the backoff after the failure it follows, and the next
+/// dispatch comes no earlier.
+fn assert_backoff(events: &[&RunEvent], delays_ms: &[i64]) {
+    let failures: Vec<&RunEvent> = events
+        .iter()
+        .copied()
+        .filter(|e| matches!(e.kind, RunEventKind::RunFailed { .. }))
+        .collect();
+    let retries: Vec<&RunEvent> = events
+        .iter()
+        .copied()
+        .filter(|e| matches!(e.kind, RunEventKind::RetryScheduled { .. }))
+        .collect();
+    assert_eq!(retries.len(), delays_ms.len());
+    for ((failure, retry), delay) in failures.iter().zip(&retries).zip(delays_ms) {
+        let RunEventKind::RetryScheduled { attempt, due_at } = retry.kind else {
+            unreachable!()
+        };
+        assert_eq!(
+            due_at - failure.at,
+            chrono::Duration::milliseconds(*delay),
+            "retry {attempt}"
+        );
+        let dispatch = events
+            .iter()
+            .find(|e| matches!(e.kind, RunEventKind::RunDispatched { attempt: a, .. } if a == attempt))
+            .expect("the retry was dispatched");
+        assert!(
+            dispatch.at >= due_at,
+            "attempt {attempt} dispatched at {} before its due time {due_at}",
+            dispatch.at
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment() {
+    let stack = Stack::new(3).await;
+    let services = [
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.worker("w1"),
+        stack.aggregator("aggregator"),
+    ];
+    for service in &services {
+        service.caught_up().await;
+    }
+    stack
+        .apply_job(one_shot(
+            "flaky",
+            r#"[ "$KAIROS_ATTEMPT" -ge 2 ]"#,
+            3,
+            Duration::from_millis(300),
+        ))
+        .await;
+    stack
+        .apply_job(one_shot(
+            "doomed",
+            "echo no luck; exit 3",
+            3,
+            Duration::from_millis(200),
+        ))
+        .await;
+
+    let api = format!("http://{}", services[3].http_addr.unwrap());
+    for (job, status) in [("flaky", "succeeded"), ("doomed", "abandoned")] {
+        let run = wait_for(
+            &format!("{job} to end {status}"),
+            Duration::from_secs(60),
+            || async {
+                let body = get_json(&format!("{api}/api/v1/jobs/{job}/runs")).await?;
+                body["runs"]
+                    .as_array()?
+                    .first()
+                    .filter(|r| r["status"] == status)
+                    .cloned()
+            },
+        )
+        .await;
+        assert_eq!(run["attempt"], if job == "flaky" { 2 } else { 3 });
+    }
+
+    let ledger = stack.ledger();
+    let flaky = events_of(&ledger, "flaky");
+    assert_eq!(
+        names(&flaky),
+        [
+            "RunScheduled",
+            "RunDispatched(1)",
+            "RunStarted(1)",
+            "RunFailed(1)",
+            "RetryScheduled(2)",
+            "RunDispatched(2)",
+            "RunStarted(2)",
+            "RunSucceeded(2)"
+        ]
+    );
+    assert_backoff(&flaky, &[300]);
+
+    let doomed = events_of(&ledger, "doomed");
+    assert_eq!(
+        names(&doomed),
+        [
+            "RunScheduled",
+            "RunDispatched(1)",
+            "RunStarted(1)",
+            "RunFailed(1)",
+            "RetryScheduled(2)",
+            "RunDispatched(2)",
+            "RunStarted(2)",
+            "RunFailed(2)",
+            "RetryScheduled(3)",
+            "RunDispatched(3)",
+            "RunStarted(3)",
+            "RunFailed(3)",
+            "RunAbandoned(3)",
+        ]
+    );
+    assert_backoff(&doomed, &[200, 400]);
+    for service in services {
+        service.stop().await.expect("service stopped cleanly");
+    }
+}
