@@ -91,8 +91,14 @@ impl Stack {
     }
 
     pub fn dispatcher(&self, data: &str) -> Service {
-        let config =
+        self.dispatcher_with_margin(data, kairos_core::decide::DEFAULT_DEADLINE_MARGIN)
+    }
+
+    /// A dispatcher that declares silent attempts timed out `margin` after their task timeout.
+    pub fn dispatcher_with_margin(&self, data: &str, margin: Duration) -> Service {
+        let mut config =
             kairos_dispatcher::Config::new(self.kafka.clone(), self.data_dir(data), free_addr());
+        config.deadline_margin = margin;
         Service::spawn(
             "dispatcher",
             Some(self.data_dir(data)),

@@ -5,8 +5,10 @@
 //! service that rebuilds its state and asks again gets the same answer (which is what makes
 //! re-emitting after a crash harmless: same run ids, same attempts).
 
+use std::time::Duration;
+
 use crate::job::{Backoff, JobDefinition, MisfireKind, MisfirePolicy};
-use crate::run::{RunEventKind, RunState, RunStatus, SkipReason};
+use crate::run::{RunEventKind, RunState, RunStatus, SkipReason, TaskOutput};
 use crate::schedule::Schedule;
 use crate::task::TaskAssigned;
 use crate::Timestamp;
@@ -94,7 +96,16 @@ pub enum Step {
 /// After a failed, timed-out or lost attempt: another attempt is scheduled while the job's retry
 /// policy allows one (due after the backoff, counted from the failure as recorded on the ledger,
 /// so that the decision is the same whenever it is made), otherwise the run is abandoned.
-pub fn next_step(run: &RunState, job: JobView<'_>, now: Timestamp) -> Option<Step> {
+///
+/// An attempt of a job with a timeout that has not reported by its deadline (dispatch + timeout +
+/// `deadline_margin`) is recorded as timed out by the dispatcher: the backstop for a worker that
+/// died or hung without a word.
+pub fn next_step(
+    run: &RunState,
+    job: JobView<'_>,
+    now: Timestamp,
+    deadline_margin: Duration,
+) -> Option<Step> {
     let fired_from = run.definition_offset.unwrap_or(i64::MIN);
     let dispatch = |definition: &JobDefinition, offset: i64| {
         Step::Dispatch(TaskAssigned {
@@ -150,15 +161,54 @@ pub fn next_step(run: &RunState, job: JobView<'_>, now: Timestamp) -> Option<Ste
             .is_none_or(|due| due <= now)
             .then(|| dispatch(definition, offset)),
         (RunStatus::RetryScheduled, JobView::Deleted { .. }) => Some(deleted()),
+        (RunStatus::Dispatched | RunStatus::Started, JobView::Defined { definition, .. }) => {
+            let deadline = attempt_deadline(run, definition, deadline_margin)?;
+            (deadline <= now).then(|| {
+                Step::Record(RunEventKind::RunTimedOut {
+                    attempt: run.attempt,
+                    worker_id: run
+                        .worker_id
+                        .clone()
+                        .unwrap_or_else(|| DEADLINE_REPORTER.to_string()),
+                    output: TaskOutput::default(),
+                })
+            })
+        }
         _ => None,
     }
 }
 
-/// When the dispatcher must look at a run again without any new event: a retry's due time.
-pub fn wake_at(run: &RunState) -> Option<Timestamp> {
-    (run.status == RunStatus::RetryScheduled)
-        .then_some(run.retry_due_at)
-        .flatten()
+/// When the dispatcher must look at a run again without any new event: a retry's due time, or
+/// the deadline of an attempt that has not reported its outcome.
+pub fn wake_at(
+    run: &RunState,
+    definition: Option<&JobDefinition>,
+    margin: Duration,
+) -> Option<Timestamp> {
+    match run.status {
+        RunStatus::RetryScheduled => run.retry_due_at,
+        RunStatus::Dispatched | RunStatus::Started => attempt_deadline(run, definition?, margin),
+        _ => None,
+    }
+}
+
+/// Who `RunTimedOut` names when the deadline backstop fires before any worker started the attempt.
+pub const DEADLINE_REPORTER: &str = "dispatcher";
+
+/// How long after its task timeout an attempt that never reported is declared timed out by the
+/// dispatcher, unless it is configured otherwise: long enough for a worker that killed the task to
+/// get its own `RunTimedOut` through.
+pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The backstop deadline of the current attempt: dispatch time + task timeout + margin. Jobs
+/// without a timeout have none.
+fn attempt_deadline(
+    run: &RunState,
+    definition: &JobDefinition,
+    margin: Duration,
+) -> Option<Timestamp> {
+    let budget = chrono::Duration::from_std(definition.timeout? + margin).ok()?;
+    Some(run.dispatched_at? + budget)
 }
 
 /// The delay before the attempt after `attempt`. The jitter is drawn from the run id and attempt,
@@ -184,13 +234,12 @@ fn unit_interval(seed: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::job::{JobSpec, RetryPolicy, ScheduleSpec, ShellTask, TaskSpec};
     use crate::run::tests::t;
-    use crate::run::TaskOutput;
     use crate::run::{apply, RunEvent, RunId, TriggerKind};
+
+    const MARGIN: Duration = Duration::from_secs(30);
 
     fn policy(policy: MisfireKind) -> MisfirePolicy {
         MisfirePolicy {
@@ -429,6 +478,7 @@ mod tests {
                 offset: 4,
             },
             slot(1),
+            MARGIN,
         );
         let Some(Step::Dispatch(task)) = step else {
             panic!("expected a dispatch, got {step:?}")
@@ -449,17 +499,23 @@ mod tests {
                 offset: 4,
             },
             slot(1),
+            MARGIN,
         );
         assert_eq!(step, None);
         assert_eq!(
-            next_step(&scheduled_run(9), JobView::Unknown, slot(1)),
+            next_step(&scheduled_run(9), JobView::Unknown, slot(1), MARGIN),
             None
         );
     }
 
     #[test]
     fn given_the_job_was_deleted_then_the_run_is_skipped() {
-        let step = next_step(&scheduled_run(4), JobView::Deleted { offset: 5 }, slot(1));
+        let step = next_step(
+            &scheduled_run(4),
+            JobView::Deleted { offset: 5 },
+            slot(1),
+            MARGIN,
+        );
         assert_eq!(
             step,
             Some(Step::Record(RunEventKind::RunSkipped {
@@ -512,7 +568,7 @@ mod tests {
         };
         let run = after(failed_attempt(1));
         let failed_at = slot(1) + chrono::Duration::seconds(1);
-        let step = next_step(&run, view, slot(5));
+        let step = next_step(&run, view, slot(5), MARGIN);
         assert_eq!(
             step,
             Some(Step::Record(retry(
@@ -533,12 +589,12 @@ mod tests {
         let mut kinds = failed_attempt(1);
         kinds.push(retry(2, due));
         let run = after(kinds);
-        assert_eq!(wake_at(&run), Some(due));
+        assert_eq!(wake_at(&run, Some(&def), MARGIN), Some(due));
         assert_eq!(
-            next_step(&run, view, due - chrono::Duration::milliseconds(1)),
+            next_step(&run, view, due - chrono::Duration::milliseconds(1), MARGIN),
             None
         );
-        let Some(Step::Dispatch(task)) = next_step(&run, view, due) else {
+        let Some(Step::Dispatch(task)) = next_step(&run, view, due, MARGIN) else {
             panic!("no dispatch when due")
         };
         assert_eq!(task.attempt, 2);
@@ -602,7 +658,7 @@ mod tests {
         kinds.extend(failed_attempt(3));
         let run = after(kinds);
         assert_eq!(
-            next_step(&run, view, slot(9)),
+            next_step(&run, view, slot(9), MARGIN),
             Some(Step::Record(RunEventKind::RunAbandoned { attempt: 3 }))
         );
     }
@@ -630,7 +686,7 @@ mod tests {
                 outcome,
             ]);
             assert!(matches!(
-                next_step(&run, view, slot(5)),
+                next_step(&run, view, slot(5), MARGIN),
                 Some(Step::Record(RunEventKind::RetryScheduled {
                     attempt: 2,
                     ..
@@ -649,8 +705,56 @@ mod tests {
         };
         let run = after(failed_attempt(1));
         assert_eq!(
-            next_step(&run, view, slot(5)),
+            next_step(&run, view, slot(5), MARGIN),
             Some(Step::Record(RunEventKind::RunAbandoned { attempt: 1 }))
         );
+    }
+
+    #[test]
+    fn given_an_attempt_silent_past_its_deadline_then_the_dispatcher_times_it_out() {
+        let def = definition();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let run = after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }]);
+        // Dispatched at slot(1)+1s; timeout 3 s; margin 30 s.
+        let deadline = slot(1) + chrono::Duration::seconds(34);
+        assert_eq!(wake_at(&run, Some(&def), MARGIN), Some(deadline));
+        assert_eq!(
+            next_step(
+                &run,
+                view,
+                deadline - chrono::Duration::milliseconds(1),
+                MARGIN
+            ),
+            None
+        );
+        let step = next_step(&run, view, deadline, MARGIN);
+        let expected = RunEventKind::RunTimedOut {
+            attempt: 1,
+            worker_id: DEADLINE_REPORTER.into(),
+            output: TaskOutput::default(),
+        };
+        assert_eq!(step, Some(Step::Record(expected)));
+    }
+
+    #[test]
+    fn given_a_job_without_timeout_then_an_attempt_has_no_deadline() {
+        let mut def = definition();
+        def.timeout = None;
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let run = after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }]);
+        assert_eq!(wake_at(&run, Some(&def), MARGIN), None);
+        assert_eq!(next_step(&run, view, slot(1000), MARGIN), None);
     }
 }

@@ -257,6 +257,9 @@ pub struct RunState {
     pub error: Option<String>,
     pub output: Option<TaskOutput>,
     pub retry_due_at: Option<Timestamp>,
+    /// When the current attempt was dispatched; its deadline is counted from here.
+    #[serde(default)]
+    pub dispatched_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
@@ -367,10 +370,12 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
                 next.status = S::Dispatched;
                 next.attempt = 1;
                 next.pool = Some(pool.clone());
+                next.dispatched_at = Some(event.at);
             }
             S::RetryScheduled if *attempt == state.attempt => {
                 next.status = S::Dispatched;
                 next.pool = Some(pool.clone());
+                next.dispatched_at = Some(event.at);
                 next.retry_due_at = None;
             }
             _ if *attempt == state.attempt => return Err(duplicate()),
@@ -490,6 +495,7 @@ fn new_run(
         error: None,
         output: None,
         retry_due_at: None,
+        dispatched_at: None,
         created_at: event.at,
         started_at: None,
         finished_at: None,

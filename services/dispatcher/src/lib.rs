@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_core::decide::{next_step, wake_at, JobView, Step};
+use kairos_core::decide::{next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
 use kairos_core::{JobDefinition, TaskAssigned, Timestamp};
@@ -51,6 +51,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9402")]
     pub metrics_addr: SocketAddr,
+    /// How long past its task timeout an attempt that never reported is recorded as timed out.
+    #[arg(long, env = "KAIROS_DEADLINE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub deadline_margin: Duration,
     #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -61,6 +64,7 @@ impl Config {
             kafka,
             data_dir,
             metrics_addr,
+            deadline_margin: DEFAULT_DEADLINE_MARGIN,
             log_format: LogFormat::Text,
         }
     }
@@ -115,6 +119,7 @@ pub async fn run(
         deadletters: parts.deadletters,
         known_pools: HashSet::new(),
         timers: BTreeSet::new(),
+        deadline_margin: config.deadline_margin,
         health: parts.health,
     };
     let result = dispatcher.run(parts.shutdown).await;
@@ -136,6 +141,7 @@ struct Dispatcher {
     known_pools: HashSet<String>,
     /// When to look at a job again without a new event: (due, partition, job).
     timers: BTreeSet<(Timestamp, i32, String)>,
+    deadline_margin: Duration,
     health: Arc<Health>,
 }
 
@@ -333,14 +339,15 @@ impl Dispatcher {
             // A step can make the next one due at once (a retry whose time has passed while the
             // partition was rebuilding), so keep stepping until the run waits on someone.
             let mut state = state;
-            while let Some(step) = next_step(&state, view, chrono::Utc::now()) {
+            while let Some(step) = next_step(&state, view, chrono::Utc::now(), self.deadline_margin)
+            {
                 match self.take(partition, &state, step).await? {
                     Some(next) => state = next,
                     // The fold refused the dispatcher's own step; asking again would repeat it.
                     None => break,
                 }
             }
-            if let Some(due) = wake_at(&state) {
+            if let Some(due) = wake_at(&state, definition.as_ref(), self.deadline_margin) {
                 self.timers.insert((due, partition, job.to_string()));
             }
         }

@@ -1,0 +1,150 @@
+//! Timeouts on the real broker: the worker kills a shell task and every process it started at the
+//! task's timeout, and the dispatcher times out an attempt that nobody reports on.
+
+use std::time::Duration;
+
+use kairos_core::decide::DEADLINE_REPORTER;
+use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
+use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_tests::{shell_job, wait_for, Stack};
+
+fn one_shot(id: &str, script: &str, timeout: Duration) -> JobSpec {
+    let mut job = shell_job(id, "1s", script);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    job.schedule = serde_json::from_value(serde_json::json!({ "at": at })).unwrap();
+    job.timeout = Some(timeout);
+    job
+}
+
+fn events_of(ledger: Vec<RunEvent>, job: &str) -> Vec<RunEvent> {
+    ledger
+        .into_iter()
+        .filter(|e| e.job_id.as_str() == job)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_kills_a_timed_out_task_with_its_children() {
+    let stack = Stack::new(3).await;
+    let services = [
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.worker("w1"),
+    ];
+    for service in &services {
+        service.caught_up().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("child-survived");
+    // The child would write the marker 3 s in; the task times out after 1 s.
+    let script = format!("(sleep 3; touch {}) & sleep 60", marker.display());
+    stack
+        .apply_job(one_shot("hung", &script, Duration::from_secs(1)))
+        .await;
+
+    let timed_out = wait_for(
+        "the hung task to time out",
+        Duration::from_secs(60),
+        || async {
+            events_of(stack.ledger(), "hung")
+                .into_iter()
+                .find(|e| matches!(e.kind, RunEventKind::RunTimedOut { .. }))
+        },
+    )
+    .await;
+    let RunEventKind::RunTimedOut {
+        attempt, worker_id, ..
+    } = &timed_out.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*attempt, worker_id.as_str()),
+        (1, "w1"),
+        "the worker, not the backstop, timed it out"
+    );
+    let started = events_of(stack.ledger(), "hung")
+        .into_iter()
+        .find(|e| matches!(e.kind, RunEventKind::RunStarted { .. }))
+        .expect("the task started");
+    let ran_for = (timed_out.at - started.at).to_std().unwrap();
+    assert!(
+        ran_for >= Duration::from_secs(1) && ran_for < Duration::from_secs(10),
+        "killed after {ran_for:?}"
+    );
+
+    // Past the moment the child would have written, the marker must still be absent.
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(3)).await;
+    assert!(
+        !marker.exists(),
+        "a child of the timed-out task survived the kill"
+    );
+    for service in services {
+        service.stop().await.expect("service stopped cleanly");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dispatcher_times_out_attempts_nobody_reports_on_and_retries_them() {
+    let stack = Stack::new(3).await;
+    let margin = Duration::from_secs(1);
+    let services = [
+        stack.trigger("trigger"),
+        stack.dispatcher_with_margin("dispatcher", margin),
+    ];
+    for service in &services {
+        service.caught_up().await;
+    }
+    // No worker serves this pool: every attempt is dispatched and never heard of again.
+    let mut job = one_shot("unserved", "true", Duration::from_secs(1));
+    job.pool = "nobody".into();
+    job.retry = RetryPolicy {
+        max_attempts: 2,
+        backoff: Backoff {
+            initial: Duration::from_millis(200),
+            ..Backoff::default()
+        },
+    };
+    stack.apply_job(job).await;
+
+    let events = wait_for(
+        "the unserved run to be abandoned",
+        Duration::from_secs(60),
+        || async {
+            let events = events_of(stack.ledger(), "unserved");
+            events
+                .iter()
+                .any(|e| matches!(e.kind, RunEventKind::RunAbandoned { .. }))
+                .then_some(events)
+        },
+    )
+    .await;
+    let names: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "RunScheduled",
+            "RunDispatched",
+            "RunTimedOut",
+            "RetryScheduled",
+            "RunDispatched",
+            "RunTimedOut",
+            "RunAbandoned"
+        ]
+    );
+    for pair in events.windows(2) {
+        if let (RunEventKind::RunDispatched { .. }, RunEventKind::RunTimedOut { worker_id, .. }) =
+            (&pair[0].kind, &pair[1].kind)
+        {
+            assert_eq!(worker_id, DEADLINE_REPORTER);
+            let waited = (pair[1].at - pair[0].at).to_std().unwrap();
+            assert!(
+                waited >= Duration::from_secs(2),
+                "timed out after {waited:?}, before timeout + margin"
+            );
+        }
+    }
+    for service in services {
+        service.stop().await.expect("service stopped cleanly");
+    }
+}
