@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::job::{Backoff, JobDefinition, MisfireKind, MisfirePolicy};
+use crate::job::{Backoff, JobDefinition, MisfireKind, MisfirePolicy, OverlapPolicy, MAX_QUEUED};
 use crate::run::{RunEventKind, RunState, RunStatus, SkipReason, TaskOutput};
 use crate::schedule::Schedule;
 use crate::task::TaskAssigned;
@@ -97,6 +97,10 @@ pub enum Step {
 /// policy allows one (due after the backoff, counted from the failure as recorded on the ledger,
 /// so that the decision is the same whenever it is made), otherwise the run is abandoned.
 ///
+/// A scheduled run of a job whose other runs are still active waits, is skipped or runs anyway,
+/// as the job's overlap policy says; `runs_of_job` are the job's unfinished runs (this one may be
+/// among them).
+///
 /// An attempt of a job with a timeout that has not reported by its deadline (dispatch + timeout +
 /// `deadline_margin`) is recorded as timed out by the dispatcher: the backstop for a worker that
 /// died or hung without a word.
@@ -105,6 +109,7 @@ pub fn next_step(
     job: JobView<'_>,
     now: Timestamp,
     deadline_margin: Duration,
+    runs_of_job: &[RunState],
 ) -> Option<Step> {
     let fired_from = run.definition_offset.unwrap_or(i64::MIN);
     let dispatch = |definition: &JobDefinition, offset: i64| {
@@ -127,7 +132,8 @@ pub fn next_step(
     };
     match (run.status, job) {
         (RunStatus::Scheduled, JobView::Defined { definition, offset }) if offset >= fired_from => {
-            Some(dispatch(definition, offset))
+            overlap_step(run, definition, runs_of_job)
+                .unwrap_or_else(|| Some(dispatch(definition, offset)))
         }
         (RunStatus::Scheduled, JobView::Deleted { offset }) if offset >= fired_from => {
             Some(deleted())
@@ -176,6 +182,42 @@ pub fn next_step(
         }
         _ => None,
     }
+}
+
+/// The overlap policy's word on a scheduled run: `None` to dispatch it now, `Some(None)` to let it
+/// wait, `Some(Some(skip))` to skip it.
+fn overlap_step(
+    run: &RunState,
+    definition: &JobDefinition,
+    runs_of_job: &[RunState],
+) -> Option<Option<Step>> {
+    let others = || {
+        runs_of_job
+            .iter()
+            .filter(|r| r.run_id != run.run_id && !r.status.is_final())
+    };
+    // A run that has been dispatched and is not over (running, failed and awaiting its retry
+    // decision, or waiting for a retry) holds the job.
+    let holding = others().any(|r| r.status != RunStatus::Scheduled);
+    let ahead = others()
+        .filter(|r| {
+            r.status == RunStatus::Scheduled
+                && (r.scheduled_for, r.run_id) < (run.scheduled_for, run.run_id)
+        })
+        .count();
+    if definition.overlap == OverlapPolicy::Allow || (!holding && ahead == 0) {
+        return None;
+    }
+    let skip = Some(Step::Record(RunEventKind::RunSkipped {
+        reason: SkipReason::Overlap,
+    }));
+    Some(match definition.overlap {
+        OverlapPolicy::Allow => unreachable!("handled above"),
+        OverlapPolicy::Forbid => skip,
+        OverlapPolicy::Queue if ahead >= 1 => skip,
+        OverlapPolicy::QueueAll if ahead >= MAX_QUEUED => skip,
+        OverlapPolicy::Queue | OverlapPolicy::QueueAll => None,
+    })
 }
 
 /// When the dispatcher must look at a run again without any new event: a retry's due time, or
@@ -443,6 +485,7 @@ mod tests {
                     jitter: 0.0,
                 },
             },
+            overlap: OverlapPolicy::Allow,
         }
         .validate()
         .unwrap()
@@ -479,6 +522,7 @@ mod tests {
             },
             slot(1),
             MARGIN,
+            &[],
         );
         let Some(Step::Dispatch(task)) = step else {
             panic!("expected a dispatch, got {step:?}")
@@ -500,10 +544,11 @@ mod tests {
             },
             slot(1),
             MARGIN,
+            &[],
         );
         assert_eq!(step, None);
         assert_eq!(
-            next_step(&scheduled_run(9), JobView::Unknown, slot(1), MARGIN),
+            next_step(&scheduled_run(9), JobView::Unknown, slot(1), MARGIN, &[]),
             None
         );
     }
@@ -515,6 +560,7 @@ mod tests {
             JobView::Deleted { offset: 5 },
             slot(1),
             MARGIN,
+            &[],
         );
         assert_eq!(
             step,
@@ -568,7 +614,7 @@ mod tests {
         };
         let run = after(failed_attempt(1));
         let failed_at = slot(1) + chrono::Duration::seconds(1);
-        let step = next_step(&run, view, slot(5), MARGIN);
+        let step = next_step(&run, view, slot(5), MARGIN, &[]);
         assert_eq!(
             step,
             Some(Step::Record(retry(
@@ -591,10 +637,16 @@ mod tests {
         let run = after(kinds);
         assert_eq!(wake_at(&run, Some(&def), MARGIN), Some(due));
         assert_eq!(
-            next_step(&run, view, due - chrono::Duration::milliseconds(1), MARGIN),
+            next_step(
+                &run,
+                view,
+                due - chrono::Duration::milliseconds(1),
+                MARGIN,
+                &[]
+            ),
             None
         );
-        let Some(Step::Dispatch(task)) = next_step(&run, view, due, MARGIN) else {
+        let Some(Step::Dispatch(task)) = next_step(&run, view, due, MARGIN, &[]) else {
             panic!("no dispatch when due")
         };
         assert_eq!(task.attempt, 2);
@@ -658,7 +710,7 @@ mod tests {
         kinds.extend(failed_attempt(3));
         let run = after(kinds);
         assert_eq!(
-            next_step(&run, view, slot(9), MARGIN),
+            next_step(&run, view, slot(9), MARGIN, &[]),
             Some(Step::Record(RunEventKind::RunAbandoned { attempt: 3 }))
         );
     }
@@ -686,7 +738,7 @@ mod tests {
                 outcome,
             ]);
             assert!(matches!(
-                next_step(&run, view, slot(5), MARGIN),
+                next_step(&run, view, slot(5), MARGIN, &[]),
                 Some(Step::Record(RunEventKind::RetryScheduled {
                     attempt: 2,
                     ..
@@ -705,7 +757,7 @@ mod tests {
         };
         let run = after(failed_attempt(1));
         assert_eq!(
-            next_step(&run, view, slot(5), MARGIN),
+            next_step(&run, view, slot(5), MARGIN, &[]),
             Some(Step::Record(RunEventKind::RunAbandoned { attempt: 1 }))
         );
     }
@@ -729,11 +781,12 @@ mod tests {
                 &run,
                 view,
                 deadline - chrono::Duration::milliseconds(1),
-                MARGIN
+                MARGIN,
+                &[]
             ),
             None
         );
-        let step = next_step(&run, view, deadline, MARGIN);
+        let step = next_step(&run, view, deadline, MARGIN, &[]);
         let expected = RunEventKind::RunTimedOut {
             attempt: 1,
             worker_id: DEADLINE_REPORTER.into(),
@@ -755,6 +808,172 @@ mod tests {
             pool: "batch".into(),
         }]);
         assert_eq!(wake_at(&run, Some(&def), MARGIN), None);
-        assert_eq!(next_step(&run, view, slot(1000), MARGIN), None);
+        assert_eq!(next_step(&run, view, slot(1000), MARGIN, &[]), None);
+    }
+
+    /// A run of job-1 for slot n (seconds), folded from `kinds`.
+    fn run_at(n: i64, kinds: Vec<RunEventKind>) -> RunState {
+        let job_id = definition().id;
+        let run_id = RunId::derive(&job_id, slot(n), TriggerKind::Schedule);
+        let scheduled = RunEventKind::RunScheduled {
+            trigger: TriggerKind::Schedule,
+            definition_offset: 4,
+        };
+        let mut run: Option<RunState> = None;
+        for kind in std::iter::once(scheduled).chain(kinds) {
+            let event = RunEvent {
+                job_id: job_id.clone(),
+                run_id,
+                scheduled_for: slot(n),
+                at: slot(n),
+                kind,
+            };
+            run = Some(apply(run.as_ref(), &event).unwrap());
+        }
+        run.unwrap()
+    }
+
+    fn running(n: i64) -> RunState {
+        run_at(
+            n,
+            vec![RunEventKind::RunDispatched {
+                attempt: 1,
+                pool: "batch".into(),
+            }],
+        )
+    }
+
+    fn with_overlap(policy: OverlapPolicy) -> JobDefinition {
+        let mut def = definition();
+        def.overlap = policy;
+        def
+    }
+
+    fn decide(policy: OverlapPolicy, runs: &[RunState], which: usize) -> Option<Step> {
+        let def = with_overlap(policy);
+        next_step(
+            &runs[which],
+            JobView::Defined {
+                definition: &def,
+                offset: 4,
+            },
+            slot(9),
+            MARGIN,
+            runs,
+        )
+    }
+
+    fn skipped() -> Option<Step> {
+        Some(Step::Record(RunEventKind::RunSkipped {
+            reason: SkipReason::Overlap,
+        }))
+    }
+
+    #[test]
+    fn given_allow_then_a_run_is_dispatched_beside_an_active_one() {
+        let runs = [running(1), run_at(2, vec![])];
+        assert!(matches!(
+            decide(OverlapPolicy::Allow, &runs, 1),
+            Some(Step::Dispatch(_))
+        ));
+    }
+
+    #[test]
+    fn given_forbid_then_a_run_due_while_another_is_active_is_skipped() {
+        let runs = [running(1), run_at(2, vec![])];
+        assert_eq!(decide(OverlapPolicy::Forbid, &runs, 1), skipped());
+    }
+
+    #[test]
+    fn given_forbid_and_nothing_active_then_the_run_is_dispatched() {
+        let finished = run_at(
+            1,
+            vec![
+                RunEventKind::RunDispatched {
+                    attempt: 1,
+                    pool: "batch".into(),
+                },
+                RunEventKind::RunSucceeded {
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    output: TaskOutput::default(),
+                },
+            ],
+        );
+        let runs = [finished, run_at(2, vec![])];
+        assert!(matches!(
+            decide(OverlapPolicy::Forbid, &runs, 1),
+            Some(Step::Dispatch(_))
+        ));
+    }
+
+    #[test]
+    fn given_a_run_waiting_for_its_retry_then_it_still_holds_the_job() {
+        let mut kinds = failed_attempt(1);
+        kinds.push(retry(2, slot(20)));
+        let runs = [run_at(1, kinds), run_at(2, vec![])];
+        assert_eq!(decide(OverlapPolicy::Forbid, &runs, 1), skipped());
+    }
+
+    #[test]
+    fn given_queue_then_one_run_waits_and_the_next_is_skipped() {
+        let runs = [running(1), run_at(2, vec![]), run_at(3, vec![])];
+        assert_eq!(
+            decide(OverlapPolicy::Queue, &runs, 1),
+            None,
+            "the first waits"
+        );
+        assert_eq!(
+            decide(OverlapPolicy::Queue, &runs, 2),
+            skipped(),
+            "only one may wait"
+        );
+    }
+
+    #[test]
+    fn given_queue_then_the_waiting_run_goes_once_the_active_one_is_over() {
+        let done = run_at(
+            1,
+            vec![
+                RunEventKind::RunDispatched {
+                    attempt: 1,
+                    pool: "batch".into(),
+                },
+                RunEventKind::RunSucceeded {
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    output: TaskOutput::default(),
+                },
+            ],
+        );
+        let runs = [done, run_at(2, vec![])];
+        assert!(matches!(
+            decide(OverlapPolicy::Queue, &runs, 1),
+            Some(Step::Dispatch(_))
+        ));
+    }
+
+    #[test]
+    fn given_queue_all_then_runs_wait_in_slot_order_up_to_the_limit() {
+        let mut runs = vec![running(0)];
+        runs.extend((1..=(MAX_QUEUED as i64 + 1)).map(|n| run_at(n, vec![])));
+        assert_eq!(decide(OverlapPolicy::QueueAll, &runs, 1), None);
+        assert_eq!(
+            decide(OverlapPolicy::QueueAll, &runs, MAX_QUEUED),
+            None,
+            "the 100th waits"
+        );
+        assert_eq!(
+            decide(OverlapPolicy::QueueAll, &runs, MAX_QUEUED + 1),
+            skipped(),
+            "the 101st is skipped"
+        );
+        // With nothing active, only the oldest waiting run may go; the others keep waiting.
+        let waiting: Vec<RunState> = (1..=3).map(|n| run_at(n, vec![])).collect();
+        assert!(matches!(
+            decide(OverlapPolicy::QueueAll, &waiting, 0),
+            Some(Step::Dispatch(_))
+        ));
+        assert_eq!(decide(OverlapPolicy::QueueAll, &waiting, 1), None);
     }
 }

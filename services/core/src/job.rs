@@ -71,6 +71,45 @@ pub struct JobSpec {
     /// How often and how soon a failed, timed-out or lost attempt is tried again.
     #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
+    /// What to do when a run comes due while another run of the job is still active.
+    #[serde(default, skip_serializing_if = "OverlapPolicy::is_default")]
+    pub overlap: OverlapPolicy,
+}
+
+/// What happens to a run that comes due while an earlier run of the same job is still active
+/// (dispatched, running, or waiting for a retry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// Run it anyway, concurrently.
+    #[default]
+    Allow,
+    /// Do not run it; record it as skipped (Kubernetes `Forbid`, Temporal `Skip`).
+    Forbid,
+    /// Let it wait until the active run is over; at most one waits, later ones are skipped
+    /// (Temporal `BufferOne`).
+    Queue,
+    /// Let every run wait its turn, oldest first, up to [`MAX_QUEUED`] waiting (Temporal
+    /// `BufferAll`); beyond that they are skipped.
+    QueueAll,
+}
+
+/// Most runs of one job that `queue_all` lets wait.
+pub const MAX_QUEUED: usize = 100;
+
+impl OverlapPolicy {
+    fn is_default(&self) -> bool {
+        *self == OverlapPolicy::Allow
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlapPolicy::Allow => "allow",
+            OverlapPolicy::Forbid => "forbid",
+            OverlapPolicy::Queue => "queue",
+            OverlapPolicy::QueueAll => "queue_all",
+        }
+    }
 }
 
 /// Retries of a run whose attempt failed, timed out or lost its worker.
@@ -317,6 +356,7 @@ pub struct JobDefinition {
     pub timeout: Option<Duration>,
     pub misfire: MisfirePolicy,
     pub retry: RetryPolicy,
+    pub overlap: OverlapPolicy,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -380,6 +420,7 @@ impl JobSpec {
             timeout: self.timeout,
             misfire: self.misfire,
             retry: self.retry,
+            overlap: self.overlap,
         })
     }
 }
@@ -478,6 +519,7 @@ impl JobDefinition {
             timeout: self.timeout,
             misfire: self.misfire,
             retry: self.retry,
+            overlap: self.overlap,
         }
     }
 }

@@ -76,6 +76,8 @@ pub enum SkipReason {
     Misfire,
     /// The job was deleted before the run could be dispatched.
     JobDeleted,
+    /// Another run of the job was active and the overlap policy does not let this one wait.
+    Overlap,
 }
 
 /// What a task produced, capped by the worker.

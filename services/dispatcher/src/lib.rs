@@ -9,7 +9,7 @@
 
 mod metrics_names;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -304,50 +304,73 @@ impl Dispatcher {
         }
     }
 
-    /// Gives every active run of the partition (or of one job) its missing next step.
+    /// Gives every unfinished run of the partition (or of one job) its missing next step.
     async fn reconcile(&mut self, partition: i32, job: Option<&str>) -> anyhow::Result<()> {
-        let prefix = match job {
-            Some(job) => format!("active/{partition:05}/{job}/"),
-            None => format!("active/{partition:05}/"),
+        let root = format!("active/{partition:05}/");
+        let prefix = job.map_or_else(|| root.clone(), |job| format!("{root}{job}/"));
+        let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, ()) in self.store.scan::<()>(&prefix)? {
+            if let Some((job, run)) = key
+                .strip_prefix(&root)
+                .and_then(|rest| rest.rsplit_once('/'))
+            {
+                by_job
+                    .entry(job.to_string())
+                    .or_default()
+                    .push(run.to_string());
+            }
+        }
+        for (job, runs) in by_job {
+            self.reconcile_job(partition, &job, &runs).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides a job's unfinished runs in slot order, each seeing the others as they are after
+    /// the steps taken before it (the overlap policy depends on them).
+    async fn reconcile_job(
+        &mut self,
+        partition: i32,
+        job: &str,
+        run_ids: &[String],
+    ) -> anyhow::Result<()> {
+        let mut runs = Vec::with_capacity(run_ids.len());
+        for run in run_ids {
+            runs.extend(self.store.get::<RunState>(&run_key(partition, job, run))?);
+        }
+        runs.sort_by_key(|r| (r.scheduled_for, r.run_id));
+        let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
+        let definition: Option<JobDefinition> = match &stored {
+            Some(StoredJob {
+                spec: Some(spec), ..
+            }) => spec.validate().ok(),
+            _ => None,
         };
-        let active: Vec<(String, ())> = self.store.scan(&prefix)?;
-        for (key, ()) in active {
-            let Some(rest) = key.strip_prefix(&format!("active/{partition:05}/")) else {
-                continue;
-            };
-            let Some((job, run)) = rest.rsplit_once('/') else {
-                continue;
-            };
-            let Some(state) = self.store.get::<RunState>(&run_key(partition, job, run))? else {
-                continue;
-            };
-            let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
-            let definition: Option<JobDefinition> = match &stored {
-                Some(StoredJob {
-                    spec: Some(spec), ..
-                }) => spec.validate().ok(),
-                _ => None,
-            };
-            let view = match (&stored, &definition) {
-                (Some(s), Some(definition)) => JobView::Defined {
-                    definition,
-                    offset: s.offset,
-                },
-                (Some(s), None) => JobView::Deleted { offset: s.offset },
-                (None, _) => JobView::Unknown,
-            };
+        let view = match (&stored, &definition) {
+            (Some(s), Some(definition)) => JobView::Defined {
+                definition,
+                offset: s.offset,
+            },
+            (Some(s), None) => JobView::Deleted { offset: s.offset },
+            (None, _) => JobView::Unknown,
+        };
+        for i in 0..runs.len() {
             // A step can make the next one due at once (a retry whose time has passed while the
             // partition was rebuilding), so keep stepping until the run waits on someone.
-            let mut state = state;
-            while let Some(step) = next_step(&state, view, chrono::Utc::now(), self.deadline_margin)
-            {
-                match self.take(partition, &state, step).await? {
-                    Some(next) => state = next,
+            while let Some(step) = next_step(
+                &runs[i],
+                view,
+                chrono::Utc::now(),
+                self.deadline_margin,
+                &runs,
+            ) {
+                match self.take(partition, &runs[i], step).await? {
+                    Some(next) => runs[i] = next,
                     // The fold refused the dispatcher's own step; asking again would repeat it.
                     None => break,
                 }
             }
-            if let Some(due) = wake_at(&state, definition.as_ref(), self.deadline_margin) {
+            if let Some(due) = wake_at(&runs[i], definition.as_ref(), self.deadline_margin) {
                 self.timers.insert((due, partition, job.to_string()));
             }
         }

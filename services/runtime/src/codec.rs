@@ -14,8 +14,8 @@ use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use kairos_core::job::{
-    Backoff, HttpTask, JobSpec, MisfireKind, MisfirePolicy, RetryPolicy, ScheduleSpec, ShellTask,
-    TaskSpec,
+    Backoff, HttpTask, JobSpec, MisfireKind, MisfirePolicy, OverlapPolicy, RetryPolicy,
+    ScheduleSpec, ShellTask, TaskSpec,
 };
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
 use kairos_core::{
@@ -463,6 +463,7 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
             ("timeout_ms", opt(spec.timeout, duration_ms)),
             ("misfire", misfire_value(&spec.misfire)),
             ("retry", retry_value(&spec.retry)),
+            ("overlap", symbol(&OVERLAP_SYMBOLS, spec.overlap.as_str())),
         ]),
     )
 }
@@ -590,6 +591,18 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
         timeout: timeout_from(&f)?,
         misfire: misfire_from(&f)?,
         retry: retry_from(&f)?,
+        overlap: match f.opt_string("overlap")?.as_deref() {
+            None | Some("allow") => OverlapPolicy::Allow,
+            Some("forbid") => OverlapPolicy::Forbid,
+            Some("queue") => OverlapPolicy::Queue,
+            Some("queue_all") => OverlapPolicy::QueueAll,
+            Some(other) => {
+                return Err(CodecError::Field {
+                    field: "overlap",
+                    reason: format!("unknown policy {other:?}"),
+                })
+            }
+        },
     };
     Ok(spec.validate()?)
 }
@@ -606,7 +619,8 @@ fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
 }
 
 const TRIGGER_SYMBOLS: [&str; 2] = ["schedule", "manual"];
-const SKIP_SYMBOLS: [&str; 2] = ["misfire", "job_deleted"];
+const SKIP_SYMBOLS: [&str; 3] = ["misfire", "job_deleted", "overlap"];
+const OVERLAP_SYMBOLS: [&str; 4] = ["allow", "forbid", "queue", "queue_all"];
 const RUN_EVENT_SYMBOLS: [&str; 11] = [
     "RunScheduled",
     "RunSkipped",
@@ -646,6 +660,7 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
                 match reason {
                     SkipReason::Misfire => "misfire",
                     SkipReason::JobDeleted => "job_deleted",
+                    SkipReason::Overlap => "overlap",
                 },
             );
         }
@@ -738,6 +753,7 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
             reason: match f.opt_string("skip_reason")?.as_deref() {
                 Some("misfire") => SkipReason::Misfire,
                 Some("job_deleted") => SkipReason::JobDeleted,
+                Some("overlap") => SkipReason::Overlap,
                 _ => return Err(missing("skip_reason")),
             },
         },
@@ -945,6 +961,7 @@ mod tests {
                     jitter: 0.2,
                 },
             },
+            overlap: OverlapPolicy::QueueAll,
         }
         .validate()
         .unwrap()
