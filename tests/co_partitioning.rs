@@ -17,6 +17,7 @@ async fn every_service_refuses_mismatched_partition_counts_and_names_the_topics(
         (topics.runs(), 2),
         (topics.trigger_state(), 3),
         (topics.tasks("default"), 3),
+        (topics.control(), 3),
     ] {
         ensure_topic(&kafka, &name, partitions, &BTreeMap::new())
             .await

@@ -1,24 +1,11 @@
 //! End to end: a job applied with kairosctl fires on schedule, runs on a worker, and is recorded,
 //! through the four services talking only through the broker.
 
-use std::process::Command;
 use std::time::Duration;
 
 use kairos_core::run::{RunEventKind, RunId, TriggerKind};
 use kairos_core::JobId;
 use kairos_tests::{get_json, wait_for, Stack};
-
-fn kairosctl(stack: &Stack, api: &str, args: &[&str]) -> std::process::Output {
-    let dir = std::env::var("KAIROS_TEST_BIN_DIR")
-        .expect("KAIROS_TEST_BIN_DIR is not set: run scripts/test.sh");
-    Command::new(format!("{dir}/kairosctl"))
-        .args(args)
-        .env("KAIROS_BROKERS", &stack.kafka.brokers)
-        .env("KAIROS_TOPIC_PREFIX", &stack.kafka.topic_prefix)
-        .env("KAIROS_API", api)
-        .output()
-        .expect("running kairosctl")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
@@ -42,11 +29,7 @@ async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
     )
     .unwrap();
     let applied_at = chrono::Utc::now();
-    let out = kairosctl(
-        &stack,
-        &api,
-        &["job", "apply", "-f", file.to_str().unwrap()],
-    );
+    let out = stack.kairosctl(&api, &["job", "apply", "-f", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "kairosctl job apply failed: {}",
@@ -134,11 +117,7 @@ async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
     }
 
     // The CLI reads the same runs.
-    let out = kairosctl(
-        &stack,
-        &api,
-        &["runs", "list", "e2e", "--limit", "100", "--json"],
-    );
+    let out = stack.kairosctl(&api, &["runs", "list", "e2e", "--limit", "100", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -164,7 +143,7 @@ async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
     )
     .unwrap();
     let before = stack.read_all(&stack.kafka.topics().jobs()).len();
-    let out = kairosctl(&stack, &api, &["job", "apply", "-f", bad.to_str().unwrap()]);
+    let out = stack.kairosctl(&api, &["job", "apply", "-f", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -208,6 +208,19 @@ impl Stack {
             .unwrap_or(&0)
     }
 
+    /// Runs the `kairosctl` binary built by `scripts/test.sh` against this stack.
+    pub fn kairosctl(&self, api: &str, args: &[&str]) -> std::process::Output {
+        let dir = std::env::var("KAIROS_TEST_BIN_DIR")
+            .expect("KAIROS_TEST_BIN_DIR is not set: run scripts/test.sh");
+        std::process::Command::new(format!("{dir}/kairosctl"))
+            .args(args)
+            .env("KAIROS_BROKERS", &self.kafka.brokers)
+            .env("KAIROS_TOPIC_PREFIX", &self.kafka.topic_prefix)
+            .env("KAIROS_API", api)
+            .output()
+            .expect("running kairosctl")
+    }
+
     /// The run ledger as decoded events, in per-partition order.
     pub fn ledger(&self) -> Vec<RunEvent> {
         self.read_all(&self.kafka.topics().runs())

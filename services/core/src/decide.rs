@@ -88,6 +88,21 @@ pub enum Step {
     Record(RunEventKind),
     /// Record `RunDispatched` for the attempt, then hand the task to its pool.
     Dispatch(TaskAssigned),
+    /// Record `RunCancelled` for the attempt; if it was dispatched, ask the workers to stop it.
+    Cancel { attempt: u32 },
+}
+
+/// What cancelling a run means now: a waiting or running run is cancelled; a run that is over is
+/// left alone, and a failed attempt awaiting its retry decision gets that decision first.
+pub fn cancel_step(run: &RunState) -> Option<Step> {
+    use RunStatus::*;
+    matches!(
+        run.status,
+        Scheduled | RetryScheduled | Dispatched | Started
+    )
+    .then_some(Step::Cancel {
+        attempt: run.attempt,
+    })
 }
 
 /// The dispatcher's next step for a run, or `None` when the run is waiting on someone else (a
@@ -130,6 +145,11 @@ pub fn next_step(
             reason: SkipReason::JobDeleted,
         })
     };
+    if let JobView::Defined { definition, .. } = job {
+        if superseded(run, definition, runs_of_job) && run.status != RunStatus::Scheduled {
+            return cancel_step(run);
+        }
+    }
     match (run.status, job) {
         (RunStatus::Scheduled, JobView::Defined { definition, offset }) if offset >= fired_from => {
             overlap_step(run, definition, runs_of_job)
@@ -205,19 +225,36 @@ fn overlap_step(
                 && (r.scheduled_for, r.run_id) < (run.scheduled_for, run.run_id)
         })
         .count();
-    if definition.overlap == OverlapPolicy::Allow || (!holding && ahead == 0) {
-        return None;
-    }
     let skip = Some(Step::Record(RunEventKind::RunSkipped {
         reason: SkipReason::Overlap,
     }));
+    if superseded(run, definition, runs_of_job) {
+        return Some(skip);
+    }
+    if definition.overlap == OverlapPolicy::Allow || (!holding && ahead == 0) {
+        return None;
+    }
     Some(match definition.overlap {
         OverlapPolicy::Allow => unreachable!("handled above"),
+        // The active runs are cancelled in this same pass, before this run is looked at; it goes
+        // once they are over.
+        OverlapPolicy::Replace => None,
         OverlapPolicy::Forbid => skip,
         OverlapPolicy::Queue if ahead >= 1 => skip,
         OverlapPolicy::QueueAll if ahead >= MAX_QUEUED => skip,
         OverlapPolicy::Queue | OverlapPolicy::QueueAll => None,
     })
+}
+
+/// Under `replace`, a run is superseded (to be cancelled, or skipped if it never started) as soon
+/// as a later run of the job is scheduled.
+fn superseded(run: &RunState, definition: &JobDefinition, runs_of_job: &[RunState]) -> bool {
+    definition.overlap == OverlapPolicy::Replace
+        && !run.status.is_final()
+        && runs_of_job.iter().any(|r| {
+            r.status == RunStatus::Scheduled
+                && (r.scheduled_for, r.run_id) > (run.scheduled_for, run.run_id)
+        })
 }
 
 /// When the dispatcher must look at a run again without any new event: a retry's due time, or
@@ -975,5 +1012,64 @@ mod tests {
             Some(Step::Dispatch(_))
         ));
         assert_eq!(decide(OverlapPolicy::QueueAll, &waiting, 1), None);
+    }
+
+    #[test]
+    fn given_replace_then_the_active_run_is_cancelled_and_the_new_one_dispatched_after() {
+        let runs = [running(1), run_at(2, vec![])];
+        assert_eq!(
+            decide(OverlapPolicy::Replace, &runs, 0),
+            Some(Step::Cancel { attempt: 1 })
+        );
+        assert_eq!(
+            decide(OverlapPolicy::Replace, &runs, 1),
+            None,
+            "it waits for the cancel"
+        );
+        let cancelled = run_at(
+            1,
+            vec![
+                RunEventKind::RunDispatched {
+                    attempt: 1,
+                    pool: "batch".into(),
+                },
+                RunEventKind::RunCancelled { attempt: 1 },
+            ],
+        );
+        let runs = [cancelled, run_at(2, vec![])];
+        assert!(matches!(
+            decide(OverlapPolicy::Replace, &runs, 1),
+            Some(Step::Dispatch(_))
+        ));
+    }
+
+    #[test]
+    fn given_replace_then_an_older_run_that_never_started_is_skipped() {
+        let runs = [run_at(1, vec![]), run_at(2, vec![])];
+        assert_eq!(decide(OverlapPolicy::Replace, &runs, 0), skipped());
+    }
+
+    #[test]
+    fn given_a_cancel_request_then_only_waiting_or_running_runs_are_cancelled() {
+        assert_eq!(
+            cancel_step(&run_at(1, vec![])),
+            Some(Step::Cancel { attempt: 0 })
+        );
+        assert_eq!(cancel_step(&running(1)), Some(Step::Cancel { attempt: 1 }));
+        let done = run_at(
+            1,
+            vec![
+                RunEventKind::RunDispatched {
+                    attempt: 1,
+                    pool: "batch".into(),
+                },
+                RunEventKind::RunSucceeded {
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    output: TaskOutput::default(),
+                },
+            ],
+        );
+        assert_eq!(cancel_step(&done), None);
     }
 }

@@ -92,6 +92,9 @@ pub enum OverlapPolicy {
     /// Let every run wait its turn, oldest first, up to [`MAX_QUEUED`] waiting (Temporal
     /// `BufferAll`); beyond that they are skipped.
     QueueAll,
+    /// Cancel the active run (its running attempt is stopped), then start the new one (Kubernetes
+    /// `Replace`, Temporal `CancelOther`).
+    Replace,
 }
 
 /// Most runs of one job that `queue_all` lets wait.
@@ -108,6 +111,7 @@ impl OverlapPolicy {
             OverlapPolicy::Forbid => "forbid",
             OverlapPolicy::Queue => "queue",
             OverlapPolicy::QueueAll => "queue_all",
+            OverlapPolicy::Replace => "replace",
         }
     }
 }

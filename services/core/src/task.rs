@@ -1,4 +1,4 @@
-//! The unit of work the dispatcher hands to a worker pool.
+//! What the dispatcher hands to a worker pool: tasks, and requests to cancel them.
 
 use std::time::Duration;
 
@@ -19,4 +19,13 @@ pub struct TaskAssigned {
     pub timeout: Option<Duration>,
     pub definition_offset: i64,
     pub assigned_at: Timestamp,
+}
+
+/// A request to cancel a run: a queued run is removed, a running attempt is stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CancelRequest {
+    pub job_id: JobId,
+    pub run_id: RunId,
+    pub reason: Option<String>,
+    pub at: Timestamp,
 }

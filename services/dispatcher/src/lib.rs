@@ -15,10 +15,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_core::decide::{next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN};
+use kairos_core::decide::{
+    cancel_step, next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN,
+};
 use kairos_core::job::JobSpec;
-use kairos_core::run::{apply, RunEvent, RunEventKind, RunState};
-use kairos_core::{JobDefinition, TaskAssigned, Timestamp};
+use kairos_core::run::{apply, RunEvent, RunEventKind, RunState, RunStatus};
+use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{
@@ -83,6 +85,10 @@ fn job_key(partition: i32, job: &str) -> String {
 fn run_key(partition: i32, job: &str, run: &str) -> String {
     format!("run/{partition:05}/{job}/{run}")
 }
+/// Cancel requests not yet acted on.
+fn cancel_key(partition: i32, job: &str, run: &str) -> String {
+    format!("cancel/{partition:05}/{job}/{run}")
+}
 /// Runs that may still need a step; scanned on catch-up and when a definition arrives.
 fn active_key(partition: i32, job: &str, run: &str) -> String {
     format!("active/{partition:05}/{job}/{run}")
@@ -94,10 +100,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
-    let inputs = [topics.jobs(), topics.runs()];
+    let inputs = [topics.jobs(), topics.runs(), topics.control()];
     let partitions = check_co_partitioning(
         &config.kafka,
-        &[topics.jobs(), topics.runs(), topics.tasks("default")],
+        &[
+            topics.jobs(),
+            topics.runs(),
+            topics.control(),
+            topics.tasks("default"),
+        ],
     )?;
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
@@ -197,6 +208,8 @@ impl Dispatcher {
                 let mut batch = Batch::new();
                 let touched = if message.topic() == self.topics.jobs() {
                     self.apply_definition(&message, &mut batch).await?
+                } else if message.topic() == self.topics.control() {
+                    self.apply_cancel(&message, &mut batch).await?
                 } else {
                     self.apply_event(&message, &mut batch).await?
                 };
@@ -246,6 +259,44 @@ impl Dispatcher {
             },
         );
         Ok(Some(key))
+    }
+
+    /// Notes a cancel request; the run is cancelled when its job is next reconciled (at once when
+    /// the partition is caught up).
+    async fn apply_cancel(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Batch,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(payload) = message.payload() else {
+            return Ok(None);
+        };
+        let request = match codec::decode_cancel(payload) {
+            Ok(request) if record_key(message).as_deref() == Some(request.job_id.as_str()) => {
+                request
+            }
+            Ok(request) => {
+                let reason = format!(
+                    "key does not match the request's job id {:?}",
+                    request.job_id.as_str()
+                );
+                self.deadletters.send(message, "invalid", &reason).await?;
+                return Ok(None);
+            }
+            Err(error) => {
+                self.deadletters
+                    .send(message, reason_label(&error), &error.to_string())
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let job = request.job_id.to_string();
+        tracing::info!(job_id = job, run_id = %request.run_id, reason = ?request.reason, "Cancel requested.");
+        batch.put(
+            &cancel_key(message.partition(), &job, &request.run_id.to_string()),
+            &(),
+        );
+        Ok(Some(job))
     }
 
     /// Folds one ledger event into its run; returns the job whose run may now have a next step.
@@ -354,16 +405,30 @@ impl Dispatcher {
             (Some(s), None) => JobView::Deleted { offset: s.offset },
             (None, _) => JobView::Unknown,
         };
+        let cancels: Vec<(String, ())> =
+            self.store.scan(&format!("cancel/{partition:05}/{job}/"))?;
+        let cancel_requested = |run: &RunState| {
+            cancels
+                .iter()
+                .any(|(key, ())| key.ends_with(&run.run_id.to_string()))
+        };
         for i in 0..runs.len() {
             // A step can make the next one due at once (a retry whose time has passed while the
-            // partition was rebuilding), so keep stepping until the run waits on someone.
-            while let Some(step) = next_step(
-                &runs[i],
-                view,
-                chrono::Utc::now(),
-                self.deadline_margin,
-                &runs,
-            ) {
+            // partition was rebuilding), so keep stepping until the run waits on someone. A
+            // requested cancel comes first.
+            let cancelling = cancel_requested(&runs[i]);
+            loop {
+                let step = match cancelling.then(|| cancel_step(&runs[i])).flatten() {
+                    Some(cancel) => Some(cancel),
+                    None => next_step(
+                        &runs[i],
+                        view,
+                        chrono::Utc::now(),
+                        self.deadline_margin,
+                        &runs,
+                    ),
+                };
+                let Some(step) = step else { break };
                 match self.take(partition, &runs[i], step).await? {
                     Some(next) => runs[i] = next,
                     // The fold refused the dispatcher's own step; asking again would repeat it.
@@ -374,6 +439,16 @@ impl Dispatcher {
                 self.timers.insert((due, partition, job.to_string()));
             }
         }
+        // A request is done with once its run is over; one for a run not read yet is kept.
+        let mut done = Batch::new();
+        for (key, ()) in &cancels {
+            let run = key.rsplit('/').next().unwrap_or_default();
+            let state: Option<RunState> = self.store.get(&run_key(partition, job, run))?;
+            if state.is_some_and(|r| r.status.is_final()) {
+                done.delete(key);
+            }
+        }
+        self.store.write(done)?;
         Ok(())
     }
 
@@ -400,6 +475,25 @@ impl Dispatcher {
                 self.append(&event).await?;
                 tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, event = event.kind.name(), "Recorded.");
                 self.fold(partition, &event, &mut batch)?
+            }
+            Step::Cancel { attempt } => {
+                let cancelled = event(RunEventKind::RunCancelled { attempt });
+                self.append(&cancelled).await?;
+                if matches!(run.status, RunStatus::Dispatched | RunStatus::Started) {
+                    // Workers of the pool read the control topic and stop the attempt.
+                    let request = CancelRequest {
+                        job_id: run.job_id.clone(),
+                        run_id: run.run_id,
+                        reason: None,
+                        at: now,
+                    };
+                    let bytes = codec::encode_cancel(&request)?;
+                    self.producer
+                        .send(&self.topics.control(), run.job_id.as_str(), Some(&bytes))
+                        .await?;
+                }
+                tracing::info!(job_id = %run.job_id, run_id = %run.run_id, attempt, "Cancelled.");
+                self.fold(partition, &cancelled, &mut batch)?
             }
             Step::Dispatch(task) => {
                 let dispatched = event(RunEventKind::RunDispatched {

@@ -110,6 +110,12 @@ enum RunCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a run: a waiting run is removed, a running attempt is stopped on its worker.
+    Cancel {
+        run_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +211,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Run(RunCommand::Cancel { run_id, reason }) => {
+            run_cancel(&cli.kafka, &cli.api, &run_id, reason).await
         }
         Command::Run(RunCommand::Get { run_id, json }) => {
             let run = api_get(&cli.api, &format!("/api/v1/runs/{run_id}")).await?;
@@ -310,6 +319,39 @@ async fn job_apply(kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
             job.id, delivered.partition, delivered.offset
         );
     }
+    Ok(())
+}
+
+async fn run_cancel(
+    kafka: &KafkaArgs,
+    api: &str,
+    run_id: &str,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let Some(id) = kairos_core::RunId::parse(run_id) else {
+        bail!("{run_id:?} is not a run id (a UUID)");
+    };
+    // The request is keyed by job, so it lands in the partition of the job's runs.
+    let run = api_get(api, &format!("/api/v1/runs/{id}")).await?;
+    let job_id = kairos_core::JobId::parse(run["job_id"].as_str().unwrap_or_default())?;
+    if let Some(status) = run["status"]
+        .as_str()
+        .filter(|s| ["succeeded", "skipped", "cancelled", "abandoned"].contains(s))
+    {
+        bail!("run {id} is already over ({status})");
+    }
+    let request = kairos_core::CancelRequest {
+        job_id: job_id.clone(),
+        run_id: id,
+        reason,
+        at: chrono::Utc::now(),
+    };
+    let bytes = codec::encode_cancel(&request)?;
+    let producer = kafka.producer()?;
+    producer
+        .send(&kafka.topics().control(), job_id.as_str(), Some(&bytes))
+        .await?;
+    println!("cancel requested for run {id} of job {job_id}");
     Ok(())
 }
 

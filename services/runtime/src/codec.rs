@@ -19,7 +19,8 @@ use kairos_core::job::{
 };
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
 use kairos_core::{
-    from_millis, to_millis, JobDefinition, JobId, TaskAssigned, Timestamp, ValidationError,
+    from_millis, to_millis, CancelRequest, JobDefinition, JobId, TaskAssigned, Timestamp,
+    ValidationError,
 };
 
 /// The largest value Kairos writes or accepts; larger records are dead-lettered, not truncated.
@@ -33,6 +34,7 @@ const RUN_EVENT_AVSC: &str = include_str!("../../../schemas/run_event.avsc");
 const TASK_ASSIGNED_AVSC: &str = include_str!("../../../schemas/task_assigned.avsc");
 const TRIGGER_STATE_AVSC: &str = include_str!("../../../schemas/trigger_state.avsc");
 const DEAD_LETTER_AVSC: &str = include_str!("../../../schemas/dead_letter.avsc");
+const CONTROL_AVSC: &str = include_str!("../../../schemas/control.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,7 @@ struct Contracts {
     task_assigned: Contract,
     trigger_state: Contract,
     dead_letter: Contract,
+    control: Contract,
 }
 
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
@@ -94,6 +97,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         task_assigned: contract("TaskAssigned", TASK_ASSIGNED_AVSC),
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
+        control: contract("ControlCommand", CONTROL_AVSC),
     }
 });
 
@@ -596,6 +600,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
             Some("forbid") => OverlapPolicy::Forbid,
             Some("queue") => OverlapPolicy::Queue,
             Some("queue_all") => OverlapPolicy::QueueAll,
+            Some("replace") => OverlapPolicy::Replace,
             Some(other) => {
                 return Err(CodecError::Field {
                     field: "overlap",
@@ -620,7 +625,7 @@ fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
 
 const TRIGGER_SYMBOLS: [&str; 2] = ["schedule", "manual"];
 const SKIP_SYMBOLS: [&str; 3] = ["misfire", "job_deleted", "overlap"];
-const OVERLAP_SYMBOLS: [&str; 4] = ["allow", "forbid", "queue", "queue_all"];
+const OVERLAP_SYMBOLS: [&str; 5] = ["allow", "forbid", "queue", "queue_all", "replace"];
 const RUN_EVENT_SYMBOLS: [&str; 11] = [
     "RunScheduled",
     "RunSkipped",
@@ -934,6 +939,39 @@ pub fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, CodecError> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// ControlCommand.
+
+pub fn encode_cancel(request: &CancelRequest) -> Result<Vec<u8>, CodecError> {
+    encode(
+        &CONTRACTS.control,
+        record(vec![
+            ("type", symbol(&["CancelRun"], "CancelRun")),
+            ("job_id", string(request.job_id.as_str())),
+            ("run_id", string(request.run_id.to_string())),
+            ("reason", opt(request.reason.clone(), string)),
+            ("at", millis(request.at)),
+        ]),
+    )
+}
+
+pub fn decode_cancel(bytes: &[u8]) -> Result<CancelRequest, CodecError> {
+    let value = decode(&CONTRACTS.control, bytes)?;
+    let f = Fields::of(&value, "ControlCommand")?;
+    match f.string("type")?.as_str() {
+        "CancelRun" => Ok(CancelRequest {
+            job_id: job_id(f.string("job_id")?)?,
+            run_id: run_id(&f.string("run_id")?)?,
+            reason: f.opt_string("reason")?,
+            at: f.timestamp("at")?,
+        }),
+        other => Err(CodecError::Field {
+            field: "type",
+            reason: format!("unknown command {other:?}"),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1137,6 +1175,21 @@ mod tests {
         assert_eq!(
             decode_dead_letter(&encode_dead_letter(&letter).unwrap()).unwrap(),
             letter
+        );
+    }
+
+    #[test]
+    fn cancel_requests_round_trip() {
+        let job_id = JobId::parse("j").unwrap();
+        let request = CancelRequest {
+            run_id: RunId::derive(&job_id, t(0), TriggerKind::Schedule),
+            job_id,
+            reason: Some("operator".into()),
+            at: t(1),
+        };
+        assert_eq!(
+            decode_cancel(&encode_cancel(&request).unwrap()).unwrap(),
+            request
         );
     }
 

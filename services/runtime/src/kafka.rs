@@ -155,6 +155,9 @@ impl Topics {
     pub fn tasks(&self, pool: &str) -> String {
         self.name(&format!("tasks.{pool}"))
     }
+    pub fn control(&self) -> String {
+        self.name("control")
+    }
     pub fn deadletter(&self) -> String {
         self.name("deadletter")
     }
@@ -530,6 +533,28 @@ impl PartitionedConsumer {
             tracing::debug!(%error, "Nothing committed on shutdown.");
         }
     }
+}
+
+/// A consumer that reads every partition of `topic` from its end on, outside any group: each
+/// instance sees every record produced from now on (used for broadcast commands).
+pub fn broadcast_consumer(
+    args: &KafkaArgs,
+    topic: &str,
+    partitions: i32,
+) -> Result<StreamConsumer, KafkaError> {
+    let mut config = args.client_config();
+    config
+        .set("group.id", format!("{}-broadcast", args.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "50");
+    let consumer: StreamConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::End)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
 }
 
 fn partition_numbers(partitions: &[(String, i32)]) -> Vec<i32> {

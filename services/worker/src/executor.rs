@@ -1,16 +1,19 @@
-//! Runs one task: a process (shell) or an HTTP request, with a timeout and capped output.
+//! Runs one task: a process (shell) or an HTTP request, with a timeout, cancellation and capped
+//! output.
 //!
-//! A shell task runs in its own process group, so that on timeout the whole group is killed and no
-//! child it started survives. The run id and attempt reach the task as its idempotency key:
+//! A shell task runs in its own process group, so that on timeout or cancel the whole group is
+//! killed and no child it started survives. The run id and attempt reach the task as its idempotency key:
 //! `KAIROS_RUN_ID` / `KAIROS_ATTEMPT` in the environment, `X-Kairos-Run-Id` / `X-Kairos-Attempt`
 //! as HTTP headers.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use kairos_core::job::{HttpTask, ShellTask, TaskSpec};
 use kairos_core::run::TaskOutput;
 use kairos_core::TaskAssigned;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
 
 /// How an attempt ended on this worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +21,8 @@ pub enum Outcome {
     Succeeded,
     Failed(String),
     TimedOut,
+    /// Stopped because the run was cancelled.
+    Cancelled,
 }
 
 /// The outcome and what the task printed or answered.
@@ -32,10 +37,37 @@ pub async fn execute(
     task: &TaskAssigned,
     output_limit: usize,
     http: &reqwest::Client,
+    cancel: &CancellationToken,
 ) -> Execution {
     match &task.task {
-        TaskSpec::Shell(shell) => run_shell(task, shell, output_limit).await,
-        TaskSpec::Http(request) => run_http(task, request, output_limit, http).await,
+        TaskSpec::Shell(shell) => run_shell(task, shell, output_limit, cancel).await,
+        TaskSpec::Http(request) => run_http(task, request, output_limit, http, cancel).await,
+    }
+}
+
+/// How waiting for a task ended.
+enum Ended<T> {
+    Finished(T),
+    TimedOut,
+    Cancelled,
+}
+
+/// Waits for `work` until it finishes, the timeout passes, or the run is cancelled.
+async fn bounded<T>(
+    work: impl std::future::Future<Output = T>,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+) -> Ended<T> {
+    let deadline = async {
+        match timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        value = work => Ended::Finished(value),
+        _ = deadline => Ended::TimedOut,
+        _ = cancel.cancelled() => Ended::Cancelled,
     }
 }
 
@@ -46,7 +78,12 @@ fn failed(reason: String) -> Execution {
     }
 }
 
-async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Execution {
+async fn run_shell(
+    task: &TaskAssigned,
+    shell: &ShellTask,
+    limit: usize,
+    cancel: &CancellationToken,
+) -> Execution {
     let Some((program, args)) = shell.command.split_first() else {
         return failed("empty command".into());
     };
@@ -81,12 +118,27 @@ async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Exec
         );
         (status, stdout, stderr)
     };
-    let result = match task.timeout {
-        Some(timeout) => tokio::time::timeout(timeout, finished).await.ok(),
-        None => Some(finished.await),
+    let ended = bounded(finished, task.timeout, cancel).await;
+    let outcome = match ended {
+        Ended::Finished(result) => result,
+        Ended::TimedOut | Ended::Cancelled => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                kill_group(pid);
+            }
+            let _ = child.wait().await;
+            let outcome = if matches!(ended, Ended::TimedOut) {
+                Outcome::TimedOut
+            } else {
+                Outcome::Cancelled
+            };
+            return Execution {
+                outcome,
+                output: TaskOutput::default(),
+            };
+        }
     };
-    match result {
-        Some((Ok(status), stdout, stderr)) => {
+    match outcome {
+        (Ok(status), stdout, stderr) => {
             let output = TaskOutput {
                 exit_code: status.code(),
                 stdout,
@@ -102,7 +154,7 @@ async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Exec
             };
             Execution { outcome, output }
         }
-        Some((Err(error), stdout, stderr)) => Execution {
+        (Err(error), stdout, stderr) => Execution {
             outcome: Outcome::Failed(format!("waiting for the process failed: {error}")),
             output: TaskOutput {
                 exit_code: None,
@@ -110,16 +162,6 @@ async fn run_shell(task: &TaskAssigned, shell: &ShellTask, limit: usize) -> Exec
                 stderr,
             },
         },
-        None => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                kill_group(pid);
-            }
-            let _ = child.wait().await;
-            Execution {
-                outcome: Outcome::TimedOut,
-                output: TaskOutput::default(),
-            }
-        }
     }
 }
 
@@ -161,6 +203,7 @@ async fn run_http(
     request: &HttpTask,
     limit: usize,
     client: &reqwest::Client,
+    cancel: &CancellationToken,
 ) -> Execution {
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(method) => method,
@@ -183,17 +226,19 @@ async fn run_http(
         let body = response.bytes().await?;
         Ok::<_, reqwest::Error>((status, body))
     };
-    let result = match task.timeout {
-        Some(timeout) => tokio::time::timeout(timeout, send).await.ok(),
-        None => Some(send.await),
-    };
-    match result {
-        None => Execution {
+    match bounded(send, task.timeout, cancel).await {
+        Ended::TimedOut => Execution {
             outcome: Outcome::TimedOut,
             output: TaskOutput::default(),
         },
-        Some(Err(error)) => failed(format!("request to {} failed: {error}", request.url)),
-        Some(Ok((status, body))) => {
+        Ended::Cancelled => Execution {
+            outcome: Outcome::Cancelled,
+            output: TaskOutput::default(),
+        },
+        Ended::Finished(Err(error)) => {
+            failed(format!("request to {} failed: {error}", request.url))
+        }
+        Ended::Finished(Ok((status, body))) => {
             let kept = &body[..body.len().min(limit)];
             let output = TaskOutput {
                 exit_code: Some(i32::from(status)),
@@ -218,8 +263,6 @@ async fn run_http(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
     use kairos_core::run::{RunId, TriggerKind};
     use kairos_core::JobId;
 
@@ -253,7 +296,7 @@ mod tests {
             sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT; pwd; echo oops >&2"),
             None,
         );
-        let run = execute(&t, 1024, &reqwest::Client::new()).await;
+        let run = execute(&t, 1024, &reqwest::Client::new(), &CancellationToken::new()).await;
         assert_eq!(run.outcome, Outcome::Succeeded);
         assert_eq!(run.output.stdout, format!("hi {} 3\n/\n", t.run_id));
         assert_eq!(run.output.stderr, "oops\n");
@@ -262,14 +305,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_command_reports_its_status_and_a_missing_program_is_a_clear_failure() {
-        let run = execute(&task(sh("exit 7"), None), 1024, &reqwest::Client::new()).await;
+        let run = execute(
+            &task(sh("exit 7"), None),
+            1024,
+            &reqwest::Client::new(),
+            &CancellationToken::new(),
+        )
+        .await;
         assert_eq!(run.outcome, Outcome::Failed("exited with status 7".into()));
         let missing = TaskSpec::Shell(ShellTask {
             command: vec!["/no/such/program".into()],
             env: Default::default(),
             working_dir: None,
         });
-        let run = execute(&task(missing, None), 1024, &reqwest::Client::new()).await;
+        let run = execute(
+            &task(missing, None),
+            1024,
+            &reqwest::Client::new(),
+            &CancellationToken::new(),
+        )
+        .await;
         assert!(
             matches!(&run.outcome, Outcome::Failed(reason) if reason.contains("/no/such/program")),
             "{run:?}"
@@ -282,6 +337,7 @@ mod tests {
             &task(sh("head -c 5000 /dev/zero | tr '\\0' x"), None),
             100,
             &reqwest::Client::new(),
+            &CancellationToken::new(),
         )
         .await;
         assert!(run.output.stdout.starts_with(&"x".repeat(100)));
@@ -303,6 +359,7 @@ mod tests {
             &task(sh(&script), Some(Duration::from_millis(300))),
             1024,
             &reqwest::Client::new(),
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(run.outcome, Outcome::TimedOut);
@@ -361,7 +418,7 @@ mod tests {
         ))
         .await;
         let t = task(post(&url, vec![202]), Some(Duration::from_secs(10)));
-        let run = execute(&t, 1024, &reqwest::Client::new()).await;
+        let run = execute(&t, 1024, &reqwest::Client::new(), &CancellationToken::new()).await;
         assert_eq!(run.outcome, Outcome::Succeeded);
         assert_eq!(
             (run.output.exit_code, run.output.stdout.as_str()),
@@ -389,6 +446,7 @@ mod tests {
             &task(post(&url, vec![200]), None),
             1024,
             &reqwest::Client::new(),
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(
@@ -400,8 +458,35 @@ mod tests {
             &task(post(&url, vec![]), Some(Duration::from_millis(300))),
             1024,
             &reqwest::Client::new(),
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(run.outcome, Outcome::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_shell_task_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            trigger.cancel();
+        });
+        let run = execute(
+            &task(sh(&script), None),
+            1024,
+            &reqwest::Client::new(),
+            &cancel,
+        )
+        .await;
+        assert_eq!(run.outcome, Outcome::Cancelled);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            assert!(!marker.exists(), "a child of the cancelled task survived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

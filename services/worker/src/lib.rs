@@ -15,16 +15,19 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use kairos_core::run::RunId;
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_core::{JobId, TaskAssigned};
+use kairos_core::{CancelRequest, JobId, TaskAssigned};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{
-    check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
+    broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
+    ReliableProducer,
 };
 use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -98,6 +101,7 @@ struct Finished {
     partition: i32,
     offset: i64,
     job_id: JobId,
+    run_id: RunId,
 }
 
 /// Runs the worker until `shutdown` resolves.
@@ -123,6 +127,7 @@ pub async fn run(
         store: None,
         metrics_addr: config.metrics_addr,
     };
+    let control = broadcast_consumer(&config.kafka, &topics.control(), partitions)?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
     tracing::info!(
@@ -150,6 +155,8 @@ pub async fn run(
         tracker: OffsetTracker::default(),
         finished_tx,
         finished,
+        control,
+        cancels: HashMap::new(),
         health: parts.health,
     };
     let result = worker.run(parts.shutdown).await;
@@ -175,6 +182,10 @@ struct Worker {
     tracker: OffsetTracker,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
+    /// Cancel requests, broadcast to every worker.
+    control: StreamConsumer,
+    /// How to stop each task that has been started, by run.
+    cancels: HashMap<RunId, CancellationToken>,
     health: Arc<Health>,
 }
 
@@ -185,6 +196,12 @@ impl Worker {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(done) = self.finished.recv() => self.on_finished(done),
+                Ok(message) = self.control.recv() => {
+                    let request = message.payload().map(codec::decode_cancel);
+                    if let Some(Ok(request)) = request {
+                        self.cancel(&request);
+                    }
+                }
                 input = self.consumer.next(None) => self.handle(input).await?,
             }
             self.health.set_caught_up(self.consumer.ready());
@@ -258,7 +275,36 @@ impl Worker {
         }
     }
 
+    /// Stops a started task of the run, or drops it if it is still queued here. The dispatcher
+    /// records the cancel on the ledger; a stopped attempt is reported as cancelled.
+    fn cancel(&mut self, request: &CancelRequest) {
+        if let Some(token) = self.cancels.get(&request.run_id) {
+            tracing::info!(job_id = %request.job_id, run_id = %request.run_id, "Cancelling a running task.");
+            token.cancel();
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(&request.job_id) else {
+            return;
+        };
+        let dropped: Vec<(i32, i64)> = queue
+            .iter()
+            .skip(1)
+            .filter(|p| p.task.run_id == request.run_id)
+            .map(|p| (p.partition, p.offset))
+            .collect();
+        // The head of the queue is started (it has a cancel token), so only later entries go.
+        if let Some(head) = queue.pop_front() {
+            queue.retain(|p| p.task.run_id != request.run_id);
+            queue.push_front(head);
+        }
+        for (partition, offset) in dropped {
+            tracing::info!(job_id = %request.job_id, run_id = %request.run_id, "Dropped a cancelled task from the queue.");
+            self.commit_up_to(partition, offset);
+        }
+    }
+
     fn on_finished(&mut self, done: Finished) {
+        self.cancels.remove(&done.run_id);
         self.commit_up_to(done.partition, done.offset);
         if let Some(queue) = self.queues.get_mut(&done.job_id) {
             queue.pop_front();
@@ -271,11 +317,13 @@ impl Worker {
     }
 
     /// Starts the first queued task of a job in the background.
-    fn start_head(&self, job_id: &JobId) {
+    fn start_head(&mut self, job_id: &JobId) {
         let Some(pending) = self.queues.get(job_id).and_then(|q| q.front()) else {
             return;
         };
         let (partition, offset, task) = (pending.partition, pending.offset, pending.task.clone());
+        let cancel = CancellationToken::new();
+        self.cancels.insert(task.run_id, cancel.clone());
         let slots = Arc::clone(&self.slots);
         let reporter = self.reporter.clone();
         let http = self.http.clone();
@@ -285,13 +333,17 @@ impl Worker {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let job_id = task.job_id.clone();
-            if reporter.attempt(&task, &http, limit, &pool).await {
-                let _ = finished.send(Finished {
+            // Cancelled while waiting for a slot: nothing ran, and the dispatcher has recorded it.
+            let reported = cancel.is_cancelled()
+                || reporter.attempt(&task, &http, limit, &pool, &cancel).await;
+            if reported {
+                let done = Finished {
                     partition,
                     offset,
-                    job_id,
-                });
+                    job_id: task.job_id.clone(),
+                    run_id: task.run_id,
+                };
+                let _ = finished.send(done);
             }
         });
     }
@@ -313,6 +365,7 @@ impl Reporter {
         http: &reqwest::Client,
         limit: usize,
         pool: &str,
+        cancel: &CancellationToken,
     ) -> bool {
         let started = RunEventKind::RunStarted {
             attempt: task.attempt,
@@ -324,7 +377,7 @@ impl Reporter {
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
-        let execution = execute(task, limit, http).await;
+        let execution = execute(task, limit, http, cancel).await;
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
         metrics::histogram!(m::DURATION, "pool" => pool.to_string())
             .record(clock.elapsed().as_secs_f64());
@@ -344,6 +397,12 @@ impl Reporter {
                     worker_id: self.worker_id.clone(),
                     error,
                     output: execution.output,
+                },
+            ),
+            Outcome::Cancelled => (
+                "cancelled",
+                RunEventKind::RunCancelled {
+                    attempt: task.attempt,
                 },
             ),
             Outcome::TimedOut => (
