@@ -35,6 +35,7 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
         job_id: kairos_core::JobId::parse("x").unwrap(),
         last_slot: chrono::Utc::now(),
         definition_offset: 0,
+        schedule: String::new(),
     })
     .unwrap();
     // Valid Avro, valid shape, but a cron expression no scheduler could run (hour 25).

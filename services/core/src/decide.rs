@@ -523,6 +523,7 @@ mod tests {
                 },
             },
             overlap: OverlapPolicy::Allow,
+            paused: false,
         }
         .validate()
         .unwrap()

@@ -74,6 +74,9 @@ pub struct JobSpec {
     /// What to do when a run comes due while another run of the job is still active.
     #[serde(default, skip_serializing_if = "OverlapPolicy::is_default")]
     pub overlap: OverlapPolicy,
+    /// A paused job fires nothing; on resume its missed slots follow the misfire policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// What happens to a run that comes due while an earlier run of the same job is still active
@@ -361,6 +364,7 @@ pub struct JobDefinition {
     pub misfire: MisfirePolicy,
     pub retry: RetryPolicy,
     pub overlap: OverlapPolicy,
+    pub paused: bool,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -425,6 +429,7 @@ impl JobSpec {
             misfire: self.misfire,
             retry: self.retry,
             overlap: self.overlap,
+            paused: self.paused,
         })
     }
 }
@@ -524,6 +529,7 @@ impl JobDefinition {
             misfire: self.misfire,
             retry: self.retry,
             overlap: self.overlap,
+            paused: self.paused,
         }
     }
 }

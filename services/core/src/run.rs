@@ -57,6 +57,8 @@ pub enum TriggerKind {
     Schedule,
     /// An operator asked for a run now.
     Manual,
+    /// An operator asked for the slots of a past range.
+    Backfill,
 }
 
 impl TriggerKind {
@@ -64,6 +66,7 @@ impl TriggerKind {
         match self {
             TriggerKind::Schedule => "schedule",
             TriggerKind::Manual => "manual",
+            TriggerKind::Backfill => "backfill",
         }
     }
 }

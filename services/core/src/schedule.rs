@@ -118,6 +118,15 @@ impl Schedule {
         }
     }
 
+    /// A canonical description: equal for equal schedules, different when the slots differ.
+    pub fn key(&self) -> String {
+        match self {
+            Schedule::Cron { expr, timezone, .. } => format!("cron {expr} {}", timezone.name()),
+            Schedule::Every { interval } => format!("every {}ms", interval.as_millis()),
+            Schedule::At { at } => format!("at {}", at.timestamp_millis()),
+        }
+    }
+
     /// The next `count` slots after `after`.
     pub fn upcoming(&self, after: Timestamp, count: usize) -> Vec<Timestamp> {
         std::iter::successors(self.next_after(after), |t| self.next_after(*t))

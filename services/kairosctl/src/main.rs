@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use kairos_core::job::JobSpec;
+use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
 use kairos_core::schedule::{parse_timezone, Schedule};
-use kairos_core::JobDefinition;
+use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::kafka::{
     apply_topics, ensure_topic, partition_counts, task_topic_config, TopicSet,
@@ -50,6 +51,16 @@ enum Command {
     /// Inspect one run.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Schedule every slot of a job in a past range, once: running it again adds nothing.
+    Backfill {
+        id: String,
+        /// First instant of the range (RFC 3339), inclusive.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Last instant of the range (RFC 3339), inclusive.
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+    },
     /// Compute a schedule's next fire times.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -88,6 +99,12 @@ enum JobCommand {
     },
     /// Delete a job (a tombstone on the jobs topic).
     Delete { id: String },
+    /// Stop a job from firing; its definition stays.
+    Pause { id: String },
+    /// Let a paused job fire again; slots missed meanwhile follow its misfire policy.
+    Resume { id: String },
+    /// Run a job now, as well as on schedule (its overlap policy applies).
+    Trigger { id: String },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +163,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Job(JobCommand::Apply { file }) => job_apply(&cli.kafka, &file).await,
         Command::Job(JobCommand::Delete { id }) => job_delete(&cli.kafka, &id).await,
+        Command::Job(JobCommand::Pause { id }) => set_paused(&cli.kafka, &cli.api, &id, true).await,
+        Command::Job(JobCommand::Resume { id }) => {
+            set_paused(&cli.kafka, &cli.api, &id, false).await
+        }
+        Command::Job(JobCommand::Trigger { id }) => {
+            let now = chrono::Utc::now();
+            schedule_runs(&cli.kafka, &cli.api, &id, &[now], TriggerKind::Manual).await
+        }
+        Command::Backfill { id, from, to } => backfill(&cli.kafka, &cli.api, &id, from, to).await,
         Command::Job(JobCommand::Get { id, json }) => {
             let job = api_get(&cli.api, &format!("/api/v1/jobs/{id}")).await?;
             if json {
@@ -352,6 +378,131 @@ async fn run_cancel(
         .send(&kafka.topics().control(), job_id.as_str(), Some(&bytes))
         .await?;
     println!("cancel requested for run {id} of job {job_id}");
+    Ok(())
+}
+
+/// The most slots one backfill schedules; a larger range is split by the operator.
+const MAX_BACKFILL_SLOTS: usize = 10_000;
+
+/// The job's current definition and its offset, as the aggregator has it.
+async fn current_job(api: &str, id: &str) -> anyhow::Result<(JobDefinition, i64)> {
+    let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
+    let spec: JobSpec = serde_json::from_value(job["definition"].clone())
+        .context("the API returned a definition this kairosctl cannot read")?;
+    let offset = job["definition_offset"]
+        .as_i64()
+        .context("the API returned no definition offset")?;
+    Ok((spec.validate()?, offset))
+}
+
+async fn set_paused(kafka: &KafkaArgs, api: &str, id: &str, paused: bool) -> anyhow::Result<()> {
+    let (mut job, _) = current_job(api, id).await?;
+    if job.paused == paused {
+        println!(
+            "{id} is already {}",
+            if paused { "paused" } else { "running" }
+        );
+        return Ok(());
+    }
+    job.paused = paused;
+    let bytes = codec::encode_job(&job)?;
+    let delivered = kafka
+        .producer()?
+        .send(&kafka.topics().jobs(), job.id.as_str(), Some(&bytes))
+        .await?;
+    let verb = if paused { "paused" } else { "resumed" };
+    println!(
+        "{verb:<11}{id} (partition {}, offset {})",
+        delivered.partition, delivered.offset
+    );
+    Ok(())
+}
+
+async fn backfill(
+    kafka: &KafkaArgs,
+    api: &str,
+    id: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(from <= to, "--from must not be after --to");
+    let (job, _) = current_job(api, id).await?;
+    let start = from - chrono::Duration::milliseconds(1);
+    let slots: Vec<Timestamp> = std::iter::successors(job.schedule.next_after(start), |t| {
+        job.schedule.next_after(*t)
+    })
+    .take_while(|t| *t <= to)
+    .take(MAX_BACKFILL_SLOTS + 1)
+    .collect();
+    anyhow::ensure!(
+        slots.len() <= MAX_BACKFILL_SLOTS,
+        "the range holds more than {MAX_BACKFILL_SLOTS} slots; split it"
+    );
+    anyhow::ensure!(
+        !slots.is_empty(),
+        "the schedule has no slot between {from} and {to}"
+    );
+    schedule_runs(kafka, api, id, &slots, TriggerKind::Backfill).await
+}
+
+/// Appends `RunScheduled` for each slot; run ids are derived from (job, slot, kind), so a slot
+/// scheduled twice is one run.
+async fn schedule_runs(
+    kafka: &KafkaArgs,
+    api: &str,
+    id: &str,
+    slots: &[Timestamp],
+    kind: TriggerKind,
+) -> anyhow::Result<()> {
+    let (job, definition_offset) = current_job(api, id).await?;
+    let producer = kafka.producer()?;
+    let topic = kafka.topics().runs();
+    for (done, slot) in slots.iter().enumerate() {
+        // The ledger carries milliseconds; the run id must be derived from what it will carry.
+        let slot = kairos_core::from_millis(kairos_core::to_millis(*slot)).unwrap_or(*slot);
+        let event = RunEvent {
+            job_id: job.id.clone(),
+            run_id: RunId::derive(&job.id, slot, kind),
+            scheduled_for: slot,
+            at: chrono::Utc::now(),
+            kind: RunEventKind::RunScheduled {
+                trigger: kind,
+                definition_offset,
+            },
+        };
+        producer
+            .send(
+                &topic,
+                job.id.as_str(),
+                Some(&codec::encode_run_event(&event)?),
+            )
+            .await?;
+        if slots.len() == 1 {
+            println!(
+                "scheduled  run {} of {} ({})",
+                event.run_id,
+                job.id,
+                kind.as_str()
+            );
+        } else {
+            eprint!(
+                "\rscheduled  {}/{} slots of {}",
+                done + 1,
+                slots.len(),
+                job.id
+            );
+        }
+    }
+    if slots.len() > 1 {
+        eprintln!();
+        println!(
+            "backfilled {} slots of {} from {} to {}",
+            slots.len(),
+            job.id,
+            slots[0],
+            slots[slots.len() - 1]
+        );
+    }
     Ok(())
 }
 

@@ -468,6 +468,7 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
             ("misfire", misfire_value(&spec.misfire)),
             ("retry", retry_value(&spec.retry)),
             ("overlap", symbol(&OVERLAP_SYMBOLS, spec.overlap.as_str())),
+            ("paused", Value::Boolean(spec.paused)),
         ]),
     )
 }
@@ -608,6 +609,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
                 })
             }
         },
+        paused: matches!(f.get("paused"), Some(Value::Boolean(true))),
     };
     Ok(spec.validate()?)
 }
@@ -623,7 +625,7 @@ fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
     Value::Enum(u32::try_from(index).unwrap_or_default(), symbol.to_string())
 }
 
-const TRIGGER_SYMBOLS: [&str; 2] = ["schedule", "manual"];
+const TRIGGER_SYMBOLS: [&str; 3] = ["schedule", "manual", "backfill"];
 const SKIP_SYMBOLS: [&str; 3] = ["misfire", "job_deleted", "overlap"];
 const OVERLAP_SYMBOLS: [&str; 5] = ["allow", "forbid", "queue", "queue_all", "replace"];
 const RUN_EVENT_SYMBOLS: [&str; 11] = [
@@ -747,6 +749,7 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
         "RunScheduled" => RunEventKind::RunScheduled {
             trigger: match f.opt_string("trigger")?.as_deref() {
                 Some("manual") => TriggerKind::Manual,
+                Some("backfill") => TriggerKind::Backfill,
                 Some("schedule") => TriggerKind::Schedule,
                 _ => return Err(missing("trigger")),
             },
@@ -867,6 +870,8 @@ pub struct TriggerState {
     pub job_id: JobId,
     pub last_slot: Timestamp,
     pub definition_offset: i64,
+    /// The key of the schedule the slot belongs to ([`kairos_core::Schedule::key`]).
+    pub schedule: String,
 }
 
 pub fn encode_trigger_state(state: &TriggerState) -> Result<Vec<u8>, CodecError> {
@@ -876,6 +881,7 @@ pub fn encode_trigger_state(state: &TriggerState) -> Result<Vec<u8>, CodecError>
             ("job_id", string(state.job_id.as_str())),
             ("last_slot", millis(state.last_slot)),
             ("definition_offset", Value::Long(state.definition_offset)),
+            ("schedule", string(&state.schedule)),
         ]),
     )
 }
@@ -887,6 +893,7 @@ pub fn decode_trigger_state(bytes: &[u8]) -> Result<TriggerState, CodecError> {
         job_id: job_id(f.string("job_id")?)?,
         last_slot: f.timestamp("last_slot")?,
         definition_offset: f.long("definition_offset")?,
+        schedule: f.opt_string("schedule")?.unwrap_or_default(),
     })
 }
 
@@ -1000,6 +1007,7 @@ mod tests {
                 },
             },
             overlap: OverlapPolicy::QueueAll,
+            paused: true,
         }
         .validate()
         .unwrap()
@@ -1158,6 +1166,7 @@ mod tests {
             job_id,
             last_slot: t(1),
             definition_offset: 3,
+            schedule: "every 1000ms".into(),
         };
         assert_eq!(
             decode_trigger_state(&encode_trigger_state(&state).unwrap()).unwrap(),
@@ -1204,6 +1213,7 @@ mod tests {
             job_id: JobId::parse("j").unwrap(),
             last_slot: t(0),
             definition_offset: 0,
+            schedule: "every 1000ms".into(),
         })
         .unwrap();
         let err = decode_job(&task_bytes).unwrap_err();

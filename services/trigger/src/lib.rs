@@ -81,6 +81,13 @@ fn job_key(partition: i32, job: &str) -> String {
     format!("job/{partition:05}/{job}")
 }
 
+/// The last slot handled for a job, and the schedule it belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Cursor {
+    last_slot: Timestamp,
+    schedule: String,
+}
+
 fn cursor_key(partition: i32, job: &str) -> String {
     format!("cursor/{partition:05}/{job}")
 }
@@ -256,9 +263,15 @@ impl Trigger {
             }
         };
         let key = cursor_key(message.partition(), state.job_id.as_str());
-        let current: Option<Timestamp> = self.store.get(&key)?;
-        if current.is_none_or(|c| c < state.last_slot) {
-            batch.put(&key, &state.last_slot);
+        let current: Option<Cursor> = self.store.get(&key)?;
+        if current.is_none_or(|c| c.schedule != state.schedule || c.last_slot < state.last_slot) {
+            batch.put(
+                &key,
+                &Cursor {
+                    last_slot: state.last_slot,
+                    schedule: state.schedule,
+                },
+            );
         }
         Ok(())
     }
@@ -281,6 +294,7 @@ impl Trigger {
     /// Recomputes a job's next slot from the store.
     fn reindex(&mut self, partition: i32, job: &str) -> anyhow::Result<()> {
         match self.load(partition, job)? {
+            Some((definition, _, _)) if definition.paused => self.index.remove(job),
             Some((definition, _, cursor)) => match definition.schedule.next_after(cursor) {
                 Some(next) => self.index.set(partition, job, next),
                 None => self.index.remove(job),
@@ -299,10 +313,19 @@ impl Trigger {
         let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else {
             return Ok(None);
         };
-        let last: Option<Timestamp> = self.store.get(&cursor_key(partition, job))?;
-        let cursor = last.map_or(stored.written_at, |l| l.max(stored.written_at));
+        let last: Option<Cursor> = self.store.get(&cursor_key(partition, job))?;
         match stored.spec.validate() {
-            Ok(definition) => Ok(Some((definition, stored.offset, cursor))),
+            Ok(definition) => {
+                // Slots are counted from the last one handled for this schedule, so that a pause
+                // or any other edit leaves missed slots to the misfire policy; a new schedule
+                // starts when it was written.
+                let cursor = match last {
+                    Some(c) if c.schedule == definition.schedule.key() => c.last_slot,
+                    Some(c) => c.last_slot.max(stored.written_at),
+                    None => stored.written_at,
+                };
+                Ok(Some((definition, stored.offset, cursor)))
+            }
             Err(error) => {
                 // It passed validation when consumed; only a change of the rules can get here.
                 tracing::error!(job_id = job, %error, "Stored definition no longer validates; not firing it.");
@@ -327,6 +350,10 @@ impl Trigger {
             self.index.remove(job);
             return Ok(());
         };
+        if definition.paused {
+            self.index.remove(job);
+            return Ok(());
+        }
         let mut handled = 0;
         while let Some(fire) = next_fire(&definition.schedule, cursor, now, &definition.misfire) {
             self.emit(&definition.id, fire, offset, now).await?;
@@ -341,13 +368,20 @@ impl Trigger {
                 job_id: definition.id.clone(),
                 last_slot: cursor,
                 definition_offset: offset,
+                schedule: definition.schedule.key(),
             };
             let bytes = codec::encode_trigger_state(&state)?;
             self.producer
                 .send(&self.topics.trigger_state(), job, Some(&bytes))
                 .await?;
             let mut batch = Batch::new();
-            batch.put(&cursor_key(partition, job), &cursor);
+            batch.put(
+                &cursor_key(partition, job),
+                &Cursor {
+                    last_slot: cursor,
+                    schedule: definition.schedule.key(),
+                },
+            );
             self.store.write(batch)?;
         }
         match definition.schedule.next_after(cursor) {
