@@ -163,6 +163,27 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
         ]
     );
     assert_backoff(&doomed, &[200, 400]);
+
+    // `job explain` tells the story in words.
+    let out = stack.kairosctl(&api, &["job", "explain", "doomed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let story = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "fired on schedule",
+        "attempt 1 failed: exited with status 3",
+        "retry: attempt 2 due in 0.2 s",
+        "retry: attempt 3 due in 0.4 s",
+        "abandoned after 3 attempts",
+    ] {
+        assert!(
+            story.contains(line),
+            "`job explain` lacks {line:?}:\n{story}"
+        );
+    }
     for service in services {
         service.stop().await.expect("service stopped cleanly");
     }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kairos_core::job::JobSpec;
-use kairos_core::run::{apply, RunState};
+use kairos_core::run::{apply, RunEventKind, RunState, SkipReason};
 use kairos_core::Timestamp;
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
@@ -90,6 +90,33 @@ pub struct HistoryEntry {
     pub offset: i64,
     /// `applied`, or why it changed nothing (a duplicate, a stale attempt, ...).
     pub effect: String,
+    /// What the event says beyond its type: the skip reason, pool, worker, error or due time.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// The part of an event a person needs to understand the run's history.
+fn detail(kind: &RunEventKind) -> Option<String> {
+    use RunEventKind::*;
+    match kind {
+        RunScheduled { trigger, .. } => Some(trigger.as_str().to_string()),
+        RunSkipped { reason } => Some(
+            match reason {
+                SkipReason::Misfire => "misfire",
+                SkipReason::JobDeleted => "job_deleted",
+                SkipReason::Overlap => "overlap",
+            }
+            .to_string(),
+        ),
+        RunDispatched { pool, .. } => Some(pool.clone()),
+        RunStarted { worker_id, .. } | RunTimedOut { worker_id, .. } => Some(worker_id.clone()),
+        RunSucceeded { output, .. } => output.exit_code.map(|code| code.to_string()),
+        RunFailed { error, .. } => Some(error.clone()),
+        RetryScheduled { due_at, .. } => {
+            Some(due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        }
+        RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => None,
+    }
 }
 
 /// A run's state and how it got there.
@@ -231,6 +258,7 @@ impl Aggregator {
             attempt: event.kind.attempt(),
             offset: message.offset(),
             effect,
+            detail: detail(&event.kind),
         };
         let record = match (folded, current) {
             (Ok(state), current) => {

@@ -105,6 +105,13 @@ enum JobCommand {
     Resume { id: String },
     /// Run a job now, as well as on schedule (its overlap policy applies).
     Trigger { id: String },
+    /// The job's latest decisions from the ledger, in words: why each run did or did not run.
+    Explain {
+        id: String,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Job(JobCommand::Apply { file }) => job_apply(&cli.kafka, &file).await,
         Command::Job(JobCommand::Delete { id }) => job_delete(&cli.kafka, &id).await,
+        Command::Job(JobCommand::Explain { id, limit }) => explain(&cli.api, &id, limit).await,
         Command::Job(JobCommand::Pause { id }) => set_paused(&cli.kafka, &cli.api, &id, true).await,
         Command::Job(JobCommand::Resume { id }) => {
             set_paused(&cli.kafka, &cli.api, &id, false).await
@@ -379,6 +387,78 @@ async fn run_cancel(
         .await?;
     println!("cancel requested for run {id} of job {job_id}");
     Ok(())
+}
+
+async fn explain(api: &str, id: &str, limit: usize) -> anyhow::Result<()> {
+    let runs = api_get(api, &format!("/api/v1/jobs/{id}/runs?limit={limit}")).await?;
+    let runs = runs["runs"].as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        println!("{id} has no runs yet");
+    }
+    for run in runs {
+        let run_id = text(&run["run_id"]);
+        let detail = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
+        println!(
+            "slot {}  run {run_id}  now {}",
+            text(&run["scheduled_for"]),
+            text(&run["status"])
+        );
+        for entry in detail["history"].as_array().cloned().unwrap_or_default() {
+            println!("  {}  {}", text(&entry["at"]), explain_entry(&entry));
+        }
+    }
+    Ok(())
+}
+
+/// One ledger event of a run, in words.
+fn explain_entry(entry: &Value) -> String {
+    let detail = entry["detail"].as_str().unwrap_or_default();
+    let attempt = entry["attempt"].as_u64().unwrap_or_default();
+    let words = match entry["event"].as_str().unwrap_or_default() {
+        "RunScheduled" => match detail {
+            "manual" => "triggered by hand".to_string(),
+            "backfill" => "scheduled by a backfill".to_string(),
+            _ => "fired on schedule".to_string(),
+        },
+        "RunSkipped" => match detail {
+            "misfire" => {
+                "skipped: the slot was missed while no trigger owned the job (misfire policy)"
+                    .to_string()
+            }
+            "overlap" => "skipped: another run of the job was active (overlap policy)".to_string(),
+            "job_deleted" => "skipped: the job was deleted".to_string(),
+            other => format!("skipped ({other})"),
+        },
+        "RunDispatched" => format!("attempt {attempt} dispatched to pool {detail}"),
+        "RunStarted" => format!("attempt {attempt} started on worker {detail}"),
+        "RunSucceeded" => format!("attempt {attempt} succeeded (exit {detail})"),
+        "RunFailed" => format!("attempt {attempt} failed: {detail}"),
+        "RunTimedOut" => format!("attempt {attempt} timed out (reported by {detail})"),
+        "RunLost" => format!("attempt {attempt} lost with its worker"),
+        "RunCancelled" => format!("cancelled (attempt {attempt})"),
+        "RetryScheduled" => {
+            let due = detail.parse::<Timestamp>().ok();
+            let at = entry["at"]
+                .as_str()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            match (due, at) {
+                (Some(due), Some(at)) => {
+                    let wait = (due - at).to_std().unwrap_or_default();
+                    format!(
+                        "retry: attempt {attempt} due in {:.1} s",
+                        wait.as_secs_f64()
+                    )
+                }
+                _ => format!("retry: attempt {attempt} due at {detail}"),
+            }
+        }
+        "RunAbandoned" => format!("abandoned after {attempt} attempts (retry policy exhausted)"),
+        other => other.to_string(),
+    };
+    match entry["effect"].as_str() {
+        Some("applied") | None => words,
+        Some(effect) => format!("{words} [no effect: {effect}]"),
+    }
 }
 
 /// The most slots one backfill schedules; a larger range is split by the operator.
