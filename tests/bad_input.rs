@@ -36,6 +36,7 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
         last_slot: chrono::Utc::now(),
         definition_offset: 0,
         schedule: String::new(),
+        fired: 0,
     })
     .unwrap();
     // Valid Avro, valid shape, but a cron expression no scheduler could run (hour 25).

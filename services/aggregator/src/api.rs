@@ -113,7 +113,7 @@ fn job_json(store: &Store, job: JobRecord) -> Result<serde_json::Value, ApiError
     let next_fires = job
         .spec
         .validate()
-        .map(|d| d.schedule.upcoming(chrono::Utc::now(), 5))
+        .map(|d| d.upcoming(chrono::Utc::now(), 5))
         .unwrap_or_default();
     Ok(json!({
         "id": job.spec.id,

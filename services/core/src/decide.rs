@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use crate::job::{Backoff, JobDefinition, MisfireKind, MisfirePolicy, OverlapPolicy, MAX_QUEUED};
-use crate::run::{RunEventKind, RunState, RunStatus, SkipReason, TaskOutput};
-use crate::schedule::Schedule;
+use crate::job::{Backoff, JobDefinition, MisfireKind, OverlapPolicy, MAX_QUEUED};
+use crate::run::{RunEventKind, RunId, RunState, RunStatus, SkipReason, TaskOutput, TriggerKind};
 use crate::task::TaskAssigned;
 use crate::Timestamp;
 
@@ -32,31 +31,38 @@ impl Fire {
 }
 
 /// The next slot decision for a job whose schedule was last handled up to `cursor` (the last fired
-/// or skipped slot, or the moment the definition was written), or `None` when the next slot is not
-/// due yet. Call repeatedly, advancing `cursor` to the returned slot, to work through a backlog.
+/// or skipped slot, or the moment the definition was written), having fired `fired` runs so far;
+/// `None` when the next slot is not due yet or the job has no more. Call repeatedly, advancing
+/// `cursor` to the returned slot, to work through a backlog.
 ///
-/// A slot late by no more than the policy's grace always runs. A later one is a missed slot:
-/// `fire_once` runs it only if it is the latest slot due by `now`, `skip` never runs it, and
-/// `catch_up` runs it if it is within the catch-up window. A missed slot that does not run is
-/// recorded as misfired, so every slot has exactly one decision on the ledger.
+/// A slot is due at its fire time (the slot plus the job's jitter for it). One late by no more than
+/// the misfire grace always runs. A later one is a missed slot: `fire_once` runs it only if it is
+/// the latest slot due by `now`, `skip` never runs it, and `catch_up` runs it if it is within the
+/// catch-up window. A missed slot that does not run is recorded as misfired, so every slot has
+/// exactly one decision on the ledger. Misfired slots do not count toward `max_runs`.
 pub fn next_fire(
-    schedule: &Schedule,
+    job: &JobDefinition,
     cursor: Timestamp,
     now: Timestamp,
-    policy: &MisfirePolicy,
+    fired: u32,
 ) -> Option<Fire> {
-    let slot = schedule.next_after(cursor)?;
-    if slot > now {
+    if job.max_runs.is_some_and(|max| fired >= max) {
         return None;
     }
-    let late_by = (now - slot).to_std().unwrap_or_default();
+    let slot = job.next_slot(cursor)?;
+    let due = fire_time(job, slot);
+    if due > now {
+        return None;
+    }
+    let policy = &job.misfire;
+    let late_by = (now - due).to_std().unwrap_or_default();
     if late_by <= policy.grace {
         return Some(Fire::Run(slot));
     }
     let runs = match policy.policy {
-        MisfireKind::FireOnce => schedule
-            .next_after(slot)
-            .is_none_or(|following| following > now),
+        MisfireKind::FireOnce => job
+            .next_slot(slot)
+            .is_none_or(|following| fire_time(job, following) > now),
         MisfireKind::Skip => false,
         MisfireKind::CatchUp => late_by <= policy.catch_up_window,
     };
@@ -65,6 +71,17 @@ pub fn next_fire(
     } else {
         Fire::Misfired(slot)
     })
+}
+
+/// When a slot fires: the slot plus a part of the job's jitter drawn from the slot's run id, so
+/// that every trigger instance and every rebuild fires it at the same moment.
+pub fn fire_time(job: &JobDefinition, slot: Timestamp) -> Timestamp {
+    let Some(jitter) = job.jitter.filter(|j| !j.is_zero()) else {
+        return slot;
+    };
+    let seed = RunId::derive(&job.id, slot, TriggerKind::Schedule).seed();
+    let delay_ms = (jitter.as_millis() as f64 * unit_interval(seed)) as i64;
+    slot + chrono::Duration::milliseconds(delay_ms)
 }
 
 /// What the dispatcher knows of a run's job.
@@ -314,9 +331,11 @@ fn unit_interval(seed: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::MisfirePolicy;
     use crate::job::{JobSpec, RetryPolicy, ScheduleSpec, ShellTask, TaskSpec};
     use crate::run::tests::t;
     use crate::run::{apply, RunEvent, RunId, TriggerKind};
+    use crate::schedule::Schedule;
 
     const MARGIN: Duration = Duration::from_secs(30);
 
@@ -339,12 +358,22 @@ mod tests {
 
     fn fires_with(
         schedule: &Schedule,
-        mut cursor: Timestamp,
+        cursor: Timestamp,
         now: Timestamp,
         kind: MisfireKind,
     ) -> Vec<Fire> {
+        let mut job = definition();
+        job.schedule = schedule.clone();
+        job.misfire = policy(kind);
+        fires_of(&job, cursor, now)
+    }
+
+    /// Drives `next_fire` the way the trigger does, counting runs for `max_runs`.
+    fn fires_of(job: &JobDefinition, mut cursor: Timestamp, now: Timestamp) -> Vec<Fire> {
         let mut out = vec![];
-        while let Some(fire) = next_fire(schedule, cursor, now, &policy(kind)) {
+        let mut fired = 0;
+        while let Some(fire) = next_fire(job, cursor, now, fired) {
+            fired += u32::from(matches!(fire, Fire::Run(_)));
             out.push(fire);
             cursor = fire.slot();
         }
@@ -524,6 +553,10 @@ mod tests {
             },
             overlap: OverlapPolicy::Allow,
             paused: false,
+            start_at: None,
+            end_at: None,
+            max_runs: None,
+            jitter: None,
         }
         .validate()
         .unwrap()
@@ -1072,5 +1105,55 @@ mod tests {
             ],
         );
         assert_eq!(cancel_step(&done), None);
+    }
+
+    #[test]
+    fn given_start_and_end_then_only_slots_inside_the_window_fire() {
+        let mut job = definition();
+        job.misfire = policy(MisfireKind::CatchUp);
+        job.start_at = Some(slot(3) - chrono::Duration::seconds(1));
+        job.end_at = Some(slot(5));
+        let fired = fires_of(&job, slot(0), slot(5));
+        assert_eq!(
+            fired,
+            vec![Fire::Run(slot(3)), Fire::Run(slot(4)), Fire::Run(slot(5))]
+        );
+        assert_eq!(
+            fires_of(&job, slot(5), slot(50)),
+            vec![],
+            "nothing after end_at"
+        );
+        assert_eq!(job.upcoming(slot(0), 5), vec![slot(3), slot(4), slot(5)]);
+    }
+
+    #[test]
+    fn given_max_runs_then_the_job_stops_after_that_many_runs() {
+        let mut job = definition();
+        job.misfire = policy(MisfireKind::CatchUp);
+        job.max_runs = Some(2);
+        let fired = fires_of(&job, slot(0), slot(3));
+        assert_eq!(fired, vec![Fire::Run(slot(1)), Fire::Run(slot(2))]);
+        assert_eq!(next_fire(&job, slot(2), slot(9), 2), None);
+    }
+
+    #[test]
+    fn given_jitter_then_each_slot_fires_later_by_a_fixed_amount_within_the_bound() {
+        let mut job = definition();
+        job.jitter = Some(Duration::from_secs(4));
+        let delays: Vec<i64> = (1..=50)
+            .map(|n| (fire_time(&job, slot(n)) - slot(n)).num_milliseconds())
+            .collect();
+        assert!(delays.iter().all(|ms| (0..4000).contains(ms)), "{delays:?}");
+        assert!(
+            delays.iter().any(|ms| *ms < 1000) && delays.iter().any(|ms| *ms > 3000),
+            "not spread: {delays:?}"
+        );
+        assert_eq!(fire_time(&job, slot(7)), fire_time(&job, slot(7)));
+        let due = fire_time(&job, slot(1));
+        assert_eq!(
+            next_fire(&job, slot(0), due - chrono::Duration::milliseconds(1), 0),
+            None
+        );
+        assert_eq!(next_fire(&job, slot(0), due, 0), Some(Fire::Run(slot(1))));
     }
 }

@@ -77,6 +77,23 @@ pub struct JobSpec {
     /// A paused job fires nothing; on resume its missed slots follow the misfire policy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// No slot before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<Timestamp>,
+    /// No slot after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<Timestamp>,
+    /// The job fires no more once this many slots have run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u32>,
+    /// Each slot fires up to this much later than scheduled, by an amount fixed per run, so that
+    /// many jobs on the same schedule do not all start at once.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
 }
 
 /// What happens to a run that comes due while an earlier run of the same job is still active
@@ -365,6 +382,10 @@ pub struct JobDefinition {
     pub retry: RetryPolicy,
     pub overlap: OverlapPolicy,
     pub paused: bool,
+    pub start_at: Option<Timestamp>,
+    pub end_at: Option<Timestamp>,
+    pub max_runs: Option<u32>,
+    pub jitter: Option<Duration>,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -400,6 +421,12 @@ pub enum ValidationError {
     ZeroCatchUpWindow,
     #[error("retry: {0}")]
     InvalidRetry(String),
+    #[error("end_at must be after start_at")]
+    EmptyWindow,
+    #[error("max_runs must be at least 1")]
+    ZeroMaxRuns,
+    #[error("jitter must be shorter than a day, got {0:?}")]
+    InvalidJitter(Duration),
 }
 
 impl JobSpec {
@@ -419,6 +446,17 @@ impl JobSpec {
             return Err(ValidationError::ZeroCatchUpWindow);
         }
         self.retry.validate()?;
+        if let (Some(start), Some(end)) = (self.start_at, self.end_at) {
+            if end <= start {
+                return Err(ValidationError::EmptyWindow);
+            }
+        }
+        if self.max_runs == Some(0) {
+            return Err(ValidationError::ZeroMaxRuns);
+        }
+        if let Some(jitter) = self.jitter.filter(|j| *j >= Duration::from_secs(86_400)) {
+            return Err(ValidationError::InvalidJitter(jitter));
+        }
         Ok(JobDefinition {
             id,
             description: self.description.clone(),
@@ -430,6 +468,10 @@ impl JobSpec {
             retry: self.retry,
             overlap: self.overlap,
             paused: self.paused,
+            start_at: self.start_at,
+            end_at: self.end_at,
+            max_runs: self.max_runs,
+            jitter: self.jitter,
         })
     }
 }
@@ -502,6 +544,23 @@ fn check_size(field: &'static str, size: usize) -> Result<(), ValidationError> {
 }
 
 impl JobDefinition {
+    /// The first slot of the job strictly after `after`, within its `start_at`/`end_at` bounds.
+    pub fn next_slot(&self, after: Timestamp) -> Option<Timestamp> {
+        let from = match self.start_at {
+            Some(start) if after < start => start - chrono::Duration::milliseconds(1),
+            _ => after,
+        };
+        let slot = self.schedule.next_after(from)?;
+        self.end_at.is_none_or(|end| slot <= end).then_some(slot)
+    }
+
+    /// The next `count` slots after `after`.
+    pub fn upcoming(&self, after: Timestamp, count: usize) -> Vec<Timestamp> {
+        std::iter::successors(self.next_slot(after), |t| self.next_slot(*t))
+            .take(count)
+            .collect()
+    }
+
     /// The job file that validates back to this definition.
     pub fn to_spec(&self) -> JobSpec {
         let schedule = match &self.schedule {
@@ -530,6 +589,10 @@ impl JobDefinition {
             retry: self.retry,
             overlap: self.overlap,
             paused: self.paused,
+            start_at: self.start_at,
+            end_at: self.end_at,
+            max_runs: self.max_runs,
+            jitter: self.jitter,
         }
     }
 }

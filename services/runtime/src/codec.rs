@@ -469,6 +469,15 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
             ("retry", retry_value(&spec.retry)),
             ("overlap", symbol(&OVERLAP_SYMBOLS, spec.overlap.as_str())),
             ("paused", Value::Boolean(spec.paused)),
+            ("start_at", opt(spec.start_at, millis)),
+            ("end_at", opt(spec.end_at, millis)),
+            (
+                "max_runs",
+                opt(spec.max_runs, |n| {
+                    Value::Int(i32::try_from(n).unwrap_or(i32::MAX))
+                }),
+            ),
+            ("jitter_ms", opt(spec.jitter, duration_ms)),
         ]),
     )
 }
@@ -610,6 +619,25 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
             }
         },
         paused: matches!(f.get("paused"), Some(Value::Boolean(true))),
+        start_at: f.opt_timestamp("start_at")?,
+        end_at: f.opt_timestamp("end_at")?,
+        max_runs: f
+            .opt_long("max_runs")?
+            .map(|n| {
+                u32::try_from(n).map_err(|_| CodecError::Field {
+                    field: "max_runs",
+                    reason: format!("{n} is negative"),
+                })
+            })
+            .transpose()?,
+        jitter: f
+            .opt_long("jitter_ms")?
+            .map(|ms| u64::try_from(ms).map(Duration::from_millis))
+            .transpose()
+            .map_err(|_| CodecError::Field {
+                field: "jitter_ms",
+                reason: "negative".into(),
+            })?,
     };
     Ok(spec.validate()?)
 }
@@ -872,6 +900,8 @@ pub struct TriggerState {
     pub definition_offset: i64,
     /// The key of the schedule the slot belongs to ([`kairos_core::Schedule::key`]).
     pub schedule: String,
+    /// Slots of the job that have run, for `max_runs`.
+    pub fired: u32,
 }
 
 pub fn encode_trigger_state(state: &TriggerState) -> Result<Vec<u8>, CodecError> {
@@ -882,6 +912,7 @@ pub fn encode_trigger_state(state: &TriggerState) -> Result<Vec<u8>, CodecError>
             ("last_slot", millis(state.last_slot)),
             ("definition_offset", Value::Long(state.definition_offset)),
             ("schedule", string(&state.schedule)),
+            ("fired", Value::Long(i64::from(state.fired))),
         ]),
     )
 }
@@ -894,6 +925,7 @@ pub fn decode_trigger_state(bytes: &[u8]) -> Result<TriggerState, CodecError> {
         last_slot: f.timestamp("last_slot")?,
         definition_offset: f.long("definition_offset")?,
         schedule: f.opt_string("schedule")?.unwrap_or_default(),
+        fired: u32::try_from(f.opt_long("fired")?.unwrap_or_default()).unwrap_or(u32::MAX),
     })
 }
 
@@ -1008,6 +1040,10 @@ mod tests {
             },
             overlap: OverlapPolicy::QueueAll,
             paused: true,
+            start_at: Some(t(-5000)),
+            end_at: Some(t(5_000_000)),
+            max_runs: Some(12),
+            jitter: Some(Duration::from_millis(750)),
         }
         .validate()
         .unwrap()
@@ -1167,6 +1203,7 @@ mod tests {
             last_slot: t(1),
             definition_offset: 3,
             schedule: "every 1000ms".into(),
+            fired: 3,
         };
         assert_eq!(
             decode_trigger_state(&encode_trigger_state(&state).unwrap()).unwrap(),
@@ -1214,6 +1251,7 @@ mod tests {
             last_slot: t(0),
             definition_offset: 0,
             schedule: "every 1000ms".into(),
+            fired: 3,
         })
         .unwrap();
         let err = decode_job(&task_bytes).unwrap_err();

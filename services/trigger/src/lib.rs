@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_core::decide::{next_fire, Fire};
+use kairos_core::decide::{fire_time, next_fire, Fire};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
@@ -81,11 +81,22 @@ fn job_key(partition: i32, job: &str) -> String {
     format!("job/{partition:05}/{job}")
 }
 
+/// A job ready to fire: its definition and where its slots are counted from.
+struct Loaded {
+    definition: JobDefinition,
+    offset: i64,
+    cursor: Timestamp,
+    fired: u32,
+}
+
 /// The last slot handled for a job, and the schedule it belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct Cursor {
     last_slot: Timestamp,
     schedule: String,
+    /// Slots of the job that have run, for `max_runs`.
+    #[serde(default)]
+    fired: u32,
 }
 
 fn cursor_key(partition: i32, job: &str) -> String {
@@ -265,13 +276,12 @@ impl Trigger {
         let key = cursor_key(message.partition(), state.job_id.as_str());
         let current: Option<Cursor> = self.store.get(&key)?;
         if current.is_none_or(|c| c.schedule != state.schedule || c.last_slot < state.last_slot) {
-            batch.put(
-                &key,
-                &Cursor {
-                    last_slot: state.last_slot,
-                    schedule: state.schedule,
-                },
-            );
+            let cursor = Cursor {
+                last_slot: state.last_slot,
+                schedule: state.schedule,
+                fired: state.fired,
+            };
+            batch.put(&key, &cursor);
         }
         Ok(())
     }
@@ -291,47 +301,58 @@ impl Trigger {
         Ok(())
     }
 
-    /// Recomputes a job's next slot from the store.
+    /// Recomputes when a job fires next from the store.
     fn reindex(&mut self, partition: i32, job: &str) -> anyhow::Result<()> {
         match self.load(partition, job)? {
-            Some((definition, _, _)) if definition.paused => self.index.remove(job),
-            Some((definition, _, cursor)) => match definition.schedule.next_after(cursor) {
-                Some(next) => self.index.set(partition, job, next),
-                None => self.index.remove(job),
-            },
+            Some(loaded) => self.schedule_next(partition, &loaded),
             None => self.index.remove(job),
         }
         Ok(())
     }
 
-    /// The job's validated definition, its offset, and the cursor slots are counted from.
-    fn load(
-        &self,
-        partition: i32,
-        job: &str,
-    ) -> anyhow::Result<Option<(JobDefinition, i64, Timestamp)>> {
+    /// Puts the job's next fire time in the index, or takes it out when it has none.
+    fn schedule_next(&mut self, partition: i32, loaded: &Loaded) {
+        let job = &loaded.definition;
+        let exhausted = job.max_runs.is_some_and(|max| loaded.fired >= max);
+        match job
+            .next_slot(loaded.cursor)
+            .filter(|_| !job.paused && !exhausted)
+        {
+            Some(next) => self
+                .index
+                .set(partition, job.id.as_str(), fire_time(job, next)),
+            None => self.index.remove(job.id.as_str()),
+        }
+    }
+
+    /// The job's validated definition and where its slots are counted from.
+    fn load(&self, partition: i32, job: &str) -> anyhow::Result<Option<Loaded>> {
         let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else {
             return Ok(None);
         };
         let last: Option<Cursor> = self.store.get(&cursor_key(partition, job))?;
-        match stored.spec.validate() {
-            Ok(definition) => {
-                // Slots are counted from the last one handled for this schedule, so that a pause
-                // or any other edit leaves missed slots to the misfire policy; a new schedule
-                // starts when it was written.
-                let cursor = match last {
-                    Some(c) if c.schedule == definition.schedule.key() => c.last_slot,
-                    Some(c) => c.last_slot.max(stored.written_at),
-                    None => stored.written_at,
-                };
-                Ok(Some((definition, stored.offset, cursor)))
-            }
+        let definition = match stored.spec.validate() {
+            Ok(definition) => definition,
             Err(error) => {
                 // It passed validation when consumed; only a change of the rules can get here.
                 tracing::error!(job_id = job, %error, "Stored definition no longer validates; not firing it.");
-                Ok(None)
+                return Ok(None);
             }
-        }
+        };
+        // Slots are counted from the last one handled for this schedule, so that a pause or any
+        // other edit leaves missed slots to the misfire policy; a new schedule starts when it was
+        // written.
+        let (cursor, fired) = match last {
+            Some(c) if c.schedule == definition.schedule.key() => (c.last_slot, c.fired),
+            Some(c) => (c.last_slot.max(stored.written_at), c.fired),
+            None => (stored.written_at, 0),
+        };
+        Ok(Some(Loaded {
+            definition,
+            offset: stored.offset,
+            cursor,
+            fired,
+        }))
     }
 
     async fn fire_due(&mut self) -> anyhow::Result<()> {
@@ -346,18 +367,18 @@ impl Trigger {
 
     /// Handles every due slot of one job, then records the last one in the changelog.
     async fn fire_job(&mut self, partition: i32, job: &str, now: Timestamp) -> anyhow::Result<()> {
-        let Some((definition, offset, mut cursor)) = self.load(partition, job)? else {
+        let Some(mut loaded) = self.load(partition, job)? else {
             self.index.remove(job);
             return Ok(());
         };
-        if definition.paused {
-            self.index.remove(job);
-            return Ok(());
-        }
+        let definition = loaded.definition.clone();
         let mut handled = 0;
-        while let Some(fire) = next_fire(&definition.schedule, cursor, now, &definition.misfire) {
-            self.emit(&definition.id, fire, offset, now).await?;
-            cursor = fire.slot();
+        while let Some(fire) =
+            next_fire(&definition, loaded.cursor, now, loaded.fired).filter(|_| !definition.paused)
+        {
+            self.emit(&definition.id, fire, loaded.offset, now).await?;
+            loaded.cursor = fire.slot();
+            loaded.fired += u32::from(matches!(fire, Fire::Run(_)));
             handled += 1;
             if handled == MAX_SLOTS_PER_PASS {
                 break;
@@ -366,28 +387,25 @@ impl Trigger {
         if handled > 0 {
             let state = TriggerState {
                 job_id: definition.id.clone(),
-                last_slot: cursor,
-                definition_offset: offset,
+                last_slot: loaded.cursor,
+                definition_offset: loaded.offset,
                 schedule: definition.schedule.key(),
+                fired: loaded.fired,
             };
             let bytes = codec::encode_trigger_state(&state)?;
             self.producer
                 .send(&self.topics.trigger_state(), job, Some(&bytes))
                 .await?;
+            let cursor = Cursor {
+                last_slot: state.last_slot,
+                schedule: state.schedule,
+                fired: state.fired,
+            };
             let mut batch = Batch::new();
-            batch.put(
-                &cursor_key(partition, job),
-                &Cursor {
-                    last_slot: cursor,
-                    schedule: definition.schedule.key(),
-                },
-            );
+            batch.put(&cursor_key(partition, job), &cursor);
             self.store.write(batch)?;
         }
-        match definition.schedule.next_after(cursor) {
-            Some(next) => self.index.set(partition, job, next),
-            None => self.index.remove(job),
-        }
+        self.schedule_next(partition, &loaded);
         Ok(())
     }
 
