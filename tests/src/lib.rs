@@ -91,14 +91,18 @@ impl Stack {
     }
 
     pub fn dispatcher(&self, data: &str) -> Service {
-        self.dispatcher_with_margin(data, kairos_core::decide::DEFAULT_DEADLINE_MARGIN)
+        self.dispatcher_with(data, |_| {})
     }
 
-    /// A dispatcher that declares silent attempts timed out `margin` after their task timeout.
-    pub fn dispatcher_with_margin(&self, data: &str, margin: Duration) -> Service {
+    /// A dispatcher whose configuration `adjust` changes first.
+    pub fn dispatcher_with(
+        &self,
+        data: &str,
+        adjust: impl FnOnce(&mut kairos_dispatcher::Config),
+    ) -> Service {
         let mut config =
             kairos_dispatcher::Config::new(self.kafka.clone(), self.data_dir(data), free_addr());
-        config.deadline_margin = margin;
+        adjust(&mut config);
         Service::spawn(
             "dispatcher",
             Some(self.data_dir(data)),
@@ -108,9 +112,20 @@ impl Stack {
         )
     }
 
+    /// A dispatcher that declares silent attempts timed out `margin` after their task timeout.
+    pub fn dispatcher_with_margin(&self, data: &str, margin: Duration) -> Service {
+        self.dispatcher_with(data, |config| config.deadline_margin = margin)
+    }
+
     pub fn worker(&self, worker_id: &str) -> Service {
+        self.worker_in("default", worker_id)
+    }
+
+    /// A worker of `pool`.
+    pub fn worker_in(&self, pool: &str, worker_id: &str) -> Service {
         let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
         config.worker_id = Some(worker_id.to_string());
+        config.pool = pool.to_string();
         Service::spawn("worker", None, config.metrics_addr, None, |stop| {
             kairos_worker::run(config, stop)
         })

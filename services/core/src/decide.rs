@@ -557,6 +557,7 @@ mod tests {
             end_at: None,
             max_runs: None,
             jitter: None,
+            priority: 0,
         }
         .validate()
         .unwrap()

@@ -94,6 +94,14 @@ pub struct JobSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub jitter: Option<Duration>,
+    /// When the job's pool is saturated (its `max_in_flight` reached), higher-priority runs are
+    /// dispatched first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// What happens to a run that comes due while an earlier run of the same job is still active
@@ -386,6 +394,7 @@ pub struct JobDefinition {
     pub end_at: Option<Timestamp>,
     pub max_runs: Option<u32>,
     pub jitter: Option<Duration>,
+    pub priority: i32,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -472,6 +481,7 @@ impl JobSpec {
             end_at: self.end_at,
             max_runs: self.max_runs,
             jitter: self.jitter,
+            priority: self.priority,
         })
     }
 }
@@ -593,6 +603,7 @@ impl JobDefinition {
             end_at: self.end_at,
             max_runs: self.max_runs,
             jitter: self.jitter,
+            priority: self.priority,
         }
     }
 }

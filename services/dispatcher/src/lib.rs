@@ -8,6 +8,7 @@
 //! and a crash before the fold re-emits the same (run_id, attempt), which downstream drops.
 
 mod metrics_names;
+mod pools;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics_names as m;
+use crate::pools::Pools;
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -53,6 +55,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9402")]
     pub metrics_addr: SocketAddr,
+    /// Most attempts of a pool in flight at once on this dispatcher's partitions, as POOL=N
+    /// (repeatable); pools not named have no limit.
+    #[arg(long = "max-in-flight", value_name = "POOL=N", env = "KAIROS_MAX_IN_FLIGHT", value_delimiter = ',', value_parser = parse_limit)]
+    pub max_in_flight: Vec<(String, usize)>,
     /// How long past its task timeout an attempt that never reported is recorded as timed out.
     #[arg(long, env = "KAIROS_DEADLINE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub deadline_margin: Duration,
@@ -67,9 +73,20 @@ impl Config {
             data_dir,
             metrics_addr,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            max_in_flight: vec![],
             log_format: LogFormat::Text,
         }
     }
+}
+
+fn parse_limit(s: &str) -> Result<(String, usize), String> {
+    let (pool, limit) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected POOL=N, got {s:?}"))?;
+    let limit = limit
+        .parse()
+        .map_err(|_| format!("{limit:?} is not a number of attempts"))?;
+    Ok((pool.trim().to_string(), limit))
 }
 
 /// What the dispatcher stores of a job: its latest definition or tombstone, and where it was read.
@@ -131,6 +148,7 @@ pub async fn run(
         known_pools: HashSet::new(),
         timers: BTreeSet::new(),
         deadline_margin: config.deadline_margin,
+        pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
         health: parts.health,
     };
     let result = dispatcher.run(parts.shutdown).await;
@@ -153,6 +171,8 @@ struct Dispatcher {
     /// When to look at a job again without a new event: (due, partition, job).
     timers: BTreeSet<(Timestamp, i32, String)>,
     deadline_margin: Duration,
+    /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
+    pools: Pools,
     health: Arc<Health>,
 }
 
@@ -174,8 +194,23 @@ impl Dispatcher {
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
             }
+            self.drain_pools().await?;
             self.health.set_caught_up(self.consumer.ready());
         }
+    }
+
+    /// Gives waiting runs the room their pools have now, highest priority first.
+    async fn drain_pools(&mut self) -> anyhow::Result<()> {
+        for (partition, job) in self.pools.ready() {
+            if self.consumer.is_caught_up(partition) {
+                self.reconcile(partition, Some(&job)).await?;
+            }
+        }
+        for (pool, in_flight, waiting) in self.pools.levels() {
+            metrics::gauge!(m::IN_FLIGHT, "pool" => pool.clone()).set(in_flight as f64);
+            metrics::gauge!(m::WAITING, "pool" => pool).set(waiting as f64);
+        }
+        Ok(())
     }
 
     /// Reconciles the jobs whose timers (retry due times) have come due.
@@ -202,7 +237,10 @@ impl Dispatcher {
                     }
                 }
             }
-            Input::Revoked(partitions) => self.timers.retain(|(_, p, _)| !partitions.contains(p)),
+            Input::Revoked(partitions) => {
+                self.timers.retain(|(_, p, _)| !partitions.contains(p));
+                self.pools.forget(&partitions);
+            }
             Input::Record(message) => {
                 let partition = message.partition();
                 let mut batch = Batch::new();
@@ -324,7 +362,7 @@ impl Dispatcher {
     /// Applies `event` to its run in `batch`; the run's new state, or `None` when the event
     /// changed nothing.
     fn fold(
-        &self,
+        &mut self,
         partition: i32,
         event: &RunEvent,
         batch: &mut Batch,
@@ -340,6 +378,7 @@ impl Dispatcher {
                     batch.put(&active_key(partition, job, &run), &());
                 }
                 batch.put(&key, &next);
+                self.pools.track(partition, &next);
                 Ok(Some(next))
             }
             Err(error) => {
@@ -390,6 +429,7 @@ impl Dispatcher {
             runs.extend(self.store.get::<RunState>(&run_key(partition, job, run))?);
         }
         runs.sort_by_key(|r| (r.scheduled_for, r.run_id));
+        runs.iter().for_each(|run| self.pools.track(partition, run));
         let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
         let definition: Option<JobDefinition> = match &stored {
             Some(StoredJob {
@@ -429,6 +469,17 @@ impl Dispatcher {
                     ),
                 };
                 let Some(step) = step else { break };
+                if let Step::Dispatch(task) = &step {
+                    let priority = definition.as_ref().map_or(0, |d| d.priority);
+                    if !self
+                        .pools
+                        .admits(&task.pool, priority, runs[i].scheduled_for)
+                    {
+                        // The pool is saturated: the run waits, visible as scheduled.
+                        self.pools.wait(&task.pool, priority, partition, &runs[i]);
+                        break;
+                    }
+                }
                 match self.take(partition, &runs[i], step).await? {
                     Some(next) => runs[i] = next,
                     // The fold refused the dispatcher's own step; asking again would repeat it.

@@ -478,6 +478,7 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
                 }),
             ),
             ("jitter_ms", opt(spec.jitter, duration_ms)),
+            ("priority", Value::Int(spec.priority)),
         ]),
     )
 }
@@ -638,6 +639,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
                 field: "jitter_ms",
                 reason: "negative".into(),
             })?,
+        priority: f.opt_int("priority")?.unwrap_or_default(),
     };
     Ok(spec.validate()?)
 }
@@ -1044,6 +1046,7 @@ mod tests {
             end_at: Some(t(5_000_000)),
             max_runs: Some(12),
             jitter: Some(Duration::from_millis(750)),
+            priority: -3,
         }
         .validate()
         .unwrap()
