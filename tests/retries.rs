@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_runtime::codec;
 use kairos_tests::{get_json, shell_job, wait_for, Stack};
 
 /// A one-shot job two seconds from now that retries with the given backoff.
@@ -163,6 +164,34 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
         ]
     );
     assert_backoff(&doomed, &[200, 400]);
+
+    // The abandoned run raised one alert; the run that succeeded on retry raised none.
+    let alerts = wait_for(
+        "the alert for the abandoned run",
+        Duration::from_secs(30),
+        || async {
+            let alerts: Vec<codec::Alert> = stack
+                .read_all(&stack.kafka.topics().alerts())
+                .into_iter()
+                .filter_map(|(_, _, payload)| codec::decode_alert(&payload?).ok())
+                .collect();
+            (!alerts.is_empty()).then_some(alerts)
+        },
+    )
+    .await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (alerts[0].job_id.as_str(), alerts[0].kind),
+        ("doomed", codec::AlertKind::RunAbandoned)
+    );
+    assert_eq!(alerts[0].run_id, Some(doomed[0].run_id));
+    assert!(
+        alerts[0]
+            .message
+            .contains("after 3 attempt(s): exited with status 3"),
+        "{}",
+        alerts[0].message
+    );
 
     // `job explain` tells the story in words.
     let out = stack.kairosctl(&api, &["job", "explain", "doomed"]);

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kairos_core::job::JobSpec;
-use kairos_core::run::{apply, RunEventKind, RunState, SkipReason};
+use kairos_core::run::{apply, RunEventKind, RunState, RunStatus, SkipReason};
 use kairos_core::Timestamp;
-use kairos_runtime::codec;
+use kairos_runtime::codec::{self, Alert};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, LogFormat};
@@ -198,13 +198,18 @@ impl Aggregator {
                 input = self.consumer.next(Some(&self.store)) => {
                     if let Input::Record(message) = input {
                         let mut batch = Batch::new();
+                        let mut alert = None;
                         if message.topic() == self.topics.jobs() {
                             self.apply_definition(&message, &mut batch);
                         } else {
-                            self.apply_event(&message, &mut batch).await?;
+                            alert = self.apply_event(&message, &mut batch).await?;
                         }
                         batch.consumed(message.topic(), message.partition(), message.offset());
                         self.store.write(batch)?;
+                        // Alerts are about now: a rebuild replaying history raises none.
+                        if let Some(alert) = alert.filter(|_| self.consumer.is_caught_up(message.partition())) {
+                            self.raise(&alert).await?;
+                        }
                         self.consumer.applied(&message);
                     }
                 }
@@ -232,21 +237,22 @@ impl Aggregator {
         }
     }
 
+    /// Folds one ledger event into its run's read model; returns the alert it raises, if any.
     async fn apply_event(
         &mut self,
         message: &OwnedMessage,
         batch: &mut Batch,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<Alert>> {
         let Some(payload) = message.payload() else {
-            return Ok(());
+            return Ok(None);
         };
         let event = match codec::decode_run_event(payload) {
             Ok(event) => event,
             Err(error) => {
-                return Ok(self
-                    .deadletters
+                self.deadletters
                     .send(message, reason_label(&error), &error.to_string())
-                    .await?)
+                    .await?;
+                return Ok(None);
             }
         };
         let run = event.run_id.to_string();
@@ -260,9 +266,20 @@ impl Aggregator {
             effect,
             detail: detail(&event.kind),
         };
+        let mut alert = None;
         let record = match (folded, current) {
             (Ok(state), current) => {
                 record_outcome(&state, current.as_ref().map(|r| &r.state));
+                if state.status == RunStatus::Abandoned {
+                    let error = state.error.as_deref();
+                    alert = Some(Alert::run_abandoned(
+                        state.job_id.clone(),
+                        state.run_id,
+                        state.attempt,
+                        error,
+                        event.at,
+                    ));
+                }
                 let mut history = current.map(|r| r.history).unwrap_or_default();
                 history.push(entry("applied".into()));
                 RunRecord { state, history }
@@ -275,7 +292,7 @@ impl Aggregator {
             (Err(error), None) => {
                 tracing::warn!(%error, "Event for a run with no RunScheduled; ignored.");
                 metrics::counter!(m::UNAPPLIED_EVENTS, "expected" => "false").increment(1);
-                return Ok(());
+                return Ok(None);
             }
         };
         let mut record = record;
@@ -286,6 +303,16 @@ impl Aggregator {
             &(),
         );
         batch.put(&run_key(&run), &record);
+        Ok(alert)
+    }
+
+    async fn raise(&self, alert: &Alert) -> anyhow::Result<()> {
+        tracing::warn!(job_id = %alert.job_id, kind = alert.kind.as_str(), "{}", alert.message);
+        let bytes = codec::encode_alert(alert)?;
+        self.producer
+            .send(&self.topics.alerts(), alert.job_id.as_str(), Some(&bytes))
+            .await?;
+        metrics::counter!(m::ALERTS, "kind" => alert.kind.as_str()).increment(1);
         Ok(())
     }
 }

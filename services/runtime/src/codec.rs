@@ -35,6 +35,7 @@ const TASK_ASSIGNED_AVSC: &str = include_str!("../../../schemas/task_assigned.av
 const TRIGGER_STATE_AVSC: &str = include_str!("../../../schemas/trigger_state.avsc");
 const DEAD_LETTER_AVSC: &str = include_str!("../../../schemas/dead_letter.avsc");
 const CONTROL_AVSC: &str = include_str!("../../../schemas/control.avsc");
+const ALERT_AVSC: &str = include_str!("../../../schemas/alert.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,7 @@ struct Contracts {
     trigger_state: Contract,
     dead_letter: Contract,
     control: Contract,
+    alert: Contract,
 }
 
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
@@ -98,6 +100,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
         control: contract("ControlCommand", CONTROL_AVSC),
+        alert: contract("Alert", ALERT_AVSC),
     }
 });
 
@@ -1013,6 +1016,98 @@ pub fn decode_cancel(bytes: &[u8]) -> Result<CancelRequest, CodecError> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Alert.
+
+/// Something an operator should look at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    /// Derived from what the alert is about, so a repeated alert can be recognised.
+    pub alert_id: uuid::Uuid,
+    pub kind: AlertKind,
+    pub job_id: JobId,
+    pub run_id: Option<RunId>,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertKind {
+    /// A run failed every attempt its retry policy allows.
+    RunAbandoned,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::RunAbandoned => "run_abandoned",
+        }
+    }
+}
+
+impl Alert {
+    /// The alert that a run was abandoned.
+    pub fn run_abandoned(
+        job_id: JobId,
+        run_id: RunId,
+        attempt: u32,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Self {
+        let name = format!("{}/{run_id}", AlertKind::RunAbandoned.as_str());
+        Alert {
+            alert_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()),
+            kind: AlertKind::RunAbandoned,
+            message: format!(
+                "run {run_id} of job {job_id} was abandoned after {attempt} attempt(s): {}",
+                error.unwrap_or("no error recorded")
+            ),
+            job_id,
+            run_id: Some(run_id),
+            at,
+        }
+    }
+}
+
+pub fn encode_alert(alert: &Alert) -> Result<Vec<u8>, CodecError> {
+    encode(
+        &CONTRACTS.alert,
+        record(vec![
+            ("alert_id", string(alert.alert_id.to_string())),
+            ("kind", symbol(&["run_abandoned"], alert.kind.as_str())),
+            ("job_id", string(alert.job_id.as_str())),
+            ("run_id", opt(alert.run_id.map(|r| r.to_string()), string)),
+            ("message", string(&alert.message)),
+            ("at", millis(alert.at)),
+        ]),
+    )
+}
+
+pub fn decode_alert(bytes: &[u8]) -> Result<Alert, CodecError> {
+    let value = decode(&CONTRACTS.alert, bytes)?;
+    let f = Fields::of(&value, "Alert")?;
+    let alert_id = f.string("alert_id")?;
+    Ok(Alert {
+        alert_id: uuid::Uuid::parse_str(&alert_id).map_err(|e| CodecError::Field {
+            field: "alert_id",
+            reason: e.to_string(),
+        })?,
+        kind: match f.string("kind")?.as_str() {
+            "run_abandoned" => AlertKind::RunAbandoned,
+            other => {
+                return Err(CodecError::Field {
+                    field: "kind",
+                    reason: format!("unknown kind {other:?}"),
+                })
+            }
+        },
+        job_id: job_id(f.string("job_id")?)?,
+        run_id: f.opt_string("run_id")?.map(|r| run_id(&r)).transpose()?,
+        message: f.string("message")?,
+        at: f.timestamp("at")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1224,6 +1319,18 @@ mod tests {
         assert_eq!(
             decode_dead_letter(&encode_dead_letter(&letter).unwrap()).unwrap(),
             letter
+        );
+    }
+
+    #[test]
+    fn alerts_round_trip_and_repeat_with_the_same_id() {
+        let job_id = JobId::parse("j").unwrap();
+        let run = RunId::derive(&job_id, t(0), TriggerKind::Schedule);
+        let alert = Alert::run_abandoned(job_id.clone(), run, 3, Some("exit 1"), t(9));
+        assert_eq!(decode_alert(&encode_alert(&alert).unwrap()).unwrap(), alert);
+        assert_eq!(
+            Alert::run_abandoned(job_id, run, 3, None, t(10)).alert_id,
+            alert.alert_id
         );
     }
 

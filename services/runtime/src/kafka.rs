@@ -155,6 +155,9 @@ impl Topics {
     pub fn tasks(&self, pool: &str) -> String {
         self.name(&format!("tasks.{pool}"))
     }
+    pub fn alerts(&self) -> String {
+        self.name("alerts")
+    }
     pub fn control(&self) -> String {
         self.name("control")
     }
