@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::kafka::Delivered;
-use kairos_tests::{get_json, shell_job, wait_for, Stack};
+use kairos_tests::{get_json, shell_job, stop_all, wait_for, Stack};
 
 /// Whether a dead letter is about the record that landed at `at` on `topic`.
 fn is_from(letter: &codec::DeadLetter, topic: &str, at: &Delivered) -> bool {
@@ -18,15 +18,7 @@ fn is_from(letter: &codec::DeadLetter, topic: &str, at: &Delivered) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
     let stack = Stack::new(3).await;
-    let services = [
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let topics = stack.kafka.topics();
     let (jobs, runs) = (topics.jobs(), topics.runs());
 
@@ -159,7 +151,5 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
         ["aggregator", "dispatcher"],
         "each reader of the ledger dead-letters its garbage once"
     );
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

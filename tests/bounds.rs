@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use kairos_core::decide::fire_time;
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_tests::{shell_job, wait_for, Stack};
+use kairos_tests::{shell_job, stop_all, wait_caught_up, wait_for, Stack};
 
 fn fired(ledger: &[RunEvent], job: &str) -> Vec<RunEvent> {
     ledger
@@ -22,9 +22,7 @@ async fn jobs_fire_only_inside_their_bounds_and_jitter_delays_each_slot_by_its_o
         stack.dispatcher("dispatcher"),
         stack.worker("w1"),
     ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    wait_caught_up(&services).await;
     let now = chrono::Utc::now();
     let mut windowed = shell_job("windowed", "1s", "true");
     windowed.start_at = Some(now + chrono::Duration::seconds(3));
@@ -76,7 +74,5 @@ async fn jobs_fire_only_inside_their_bounds_and_jitter_delays_each_slot_by_its_o
     assert!(delays.iter().all(|ms| (0..700).contains(ms)), "{delays:?}");
     let spread = delays.iter().max().unwrap() - delays.iter().min().unwrap();
     assert!(spread > 50, "jitter does not spread the fires: {delays:?}");
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

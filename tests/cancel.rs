@@ -7,16 +7,7 @@ use std::time::Duration;
 
 use kairos_core::job::{JobSpec, OverlapPolicy};
 use kairos_core::run::{RunEvent, RunEventKind, RunId};
-use kairos_tests::{get_json, shell_job, wait_for, Service, Stack};
-
-fn start(stack: &Stack) -> Vec<Service> {
-    vec![
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ]
-}
+use kairos_tests::{get_json, shell_job, stop_all, wait_for, Stack};
 
 fn runs_of(ledger: &[RunEvent], job: &str) -> BTreeMap<RunId, Vec<RunEventKind>> {
     let mut runs: BTreeMap<RunId, Vec<RunEventKind>> = BTreeMap::new();
@@ -53,10 +44,7 @@ async fn status(api: &str, run: RunId) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_stops_a_running_task_and_removes_a_queued_run() {
     let stack = Stack::new(3).await;
-    let services = start(&stack);
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let api = format!("http://{}", services[3].http_addr.unwrap());
     let dir = tempfile::tempdir().unwrap();
     // Every second a run that would take a minute, whose child leaves a mark named after the run
@@ -114,18 +102,13 @@ async fn cancelling_stops_a_running_task_and_removes_a_queued_run() {
 
     let out = stack.kairosctl(&api, &["run", "cancel", &running.to_string()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already over"));
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replace_cancels_the_active_run_when_the_next_one_comes_due() {
     let stack = Stack::new(3).await;
-    let services = start(&stack);
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let mut job = shell_job("replaced", "2s", "sleep 60");
     job.overlap = OverlapPolicy::Replace;
     stack.apply_job(job).await;
@@ -156,7 +139,5 @@ async fn replace_cancels_the_active_run_when_the_next_one_comes_due() {
         k,
         RunEventKind::RunSucceeded { .. } | RunEventKind::RunFailed { .. }
     ))));
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

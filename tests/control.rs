@@ -5,16 +5,7 @@ use std::time::Duration;
 
 use kairos_core::job::{MisfireKind, MisfirePolicy};
 use kairos_core::run::{RunEvent, RunEventKind, SkipReason, TriggerKind};
-use kairos_tests::{get_json, shell_job, wait_for, Service, Stack};
-
-fn start(stack: &Stack) -> Vec<Service> {
-    vec![
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ]
-}
+use kairos_tests::{get_json, shell_job, stop_all, wait_for, Stack};
 
 fn ok(out: std::process::Output) -> String {
     assert!(
@@ -45,10 +36,7 @@ fn decisions(ledger: &[RunEvent], job: &str) -> Vec<RunEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_job_fires_nothing_and_resumes_under_its_misfire_policy() {
     let stack = Stack::new(3).await;
-    let services = start(&stack);
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let api = format!("http://{}", services[3].http_addr.unwrap());
     let mut job = shell_job("pausable", "1s", "true");
     job.misfire = MisfirePolicy {
@@ -126,18 +114,13 @@ async fn a_paused_job_fires_nothing_and_resumes_under_its_misfire_policy() {
         .filter(|e| matches!(e.kind, RunEventKind::RunScheduled { .. }))
         .count();
     assert_eq!(ran, 1, "fire_once runs one missed slot on resume");
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn trigger_runs_now_and_backfill_schedules_each_slot_once() {
     let stack = Stack::new(3).await;
-    let services = start(&stack);
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let api = format!("http://{}", services[3].http_addr.unwrap());
     let mut job = shell_job("daily", "1s", "echo $KAIROS_SCHEDULED_FOR");
     job.schedule = serde_json::from_value(
@@ -238,7 +221,5 @@ async fn trigger_runs_now_and_backfill_schedules_each_slot_once() {
             "run {id} ran twice"
         );
     }
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

@@ -7,19 +7,10 @@ use std::time::Duration;
 use kairos_core::job::{MisfireKind, MisfirePolicy};
 use kairos_core::run::{RunEvent, RunEventKind, SkipReason};
 use kairos_core::Timestamp;
-use kairos_tests::{shell_job, wait_for, Service, Stack};
+use kairos_tests::{shell_job, stop_all, wait_for, Stack};
 
 const GRACE: Duration = Duration::from_millis(500);
 const OUTAGE: Duration = Duration::from_secs(5);
-
-fn start(stack: &Stack) -> Vec<Service> {
-    vec![
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ]
-}
 
 /// A trigger decision about one slot: ran, or recorded as misfired.
 #[derive(Debug)]
@@ -65,10 +56,7 @@ fn decisions(ledger: &[RunEvent], job: &str) -> Vec<Decision> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missed_slots_follow_each_jobs_misfire_policy_after_an_outage() {
     let stack = Stack::new(3).await;
-    let services = start(&stack);
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let jobs = [
         ("once", MisfireKind::FireOnce),
         ("skip", MisfireKind::Skip),
@@ -95,13 +83,11 @@ async fn missed_slots_follow_each_jobs_misfire_policy_after_an_outage() {
     )
     .await;
 
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
     // The outage under test: nobody owns the jobs while several slots come due.
     tokio::time::sleep_until(tokio::time::Instant::now() + OUTAGE).await;
     let restarted_at = chrono::Utc::now();
-    let services = start(&stack);
+    let services = stack.start_pipeline().await;
 
     let ledger = wait_for(
         "an on-time slot of every job after the restart",
@@ -160,7 +146,5 @@ async fn missed_slots_follow_each_jobs_misfire_policy_after_an_outage() {
             }
         }
     }
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kairos_core::job::OverlapPolicy;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason};
 use kairos_core::Timestamp;
-use kairos_tests::{shell_job, wait_for, Stack};
+use kairos_tests::{shell_job, stop_all, wait_for, Stack};
 
 /// Each run's events, keyed by run id, for one job.
 fn runs_of(ledger: &[RunEvent], job: &str) -> BTreeMap<RunId, Vec<RunEvent>> {
@@ -52,15 +52,7 @@ fn executions(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forbid_and_queue_never_run_two_runs_of_a_job_at_once() {
     let stack = Stack::new(3).await;
-    let services = [
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let jobs = [
         ("forbidden", OverlapPolicy::Forbid),
         ("queued", OverlapPolicy::Queue),
@@ -143,7 +135,5 @@ async fn forbid_and_queue_never_run_two_runs_of_a_job_at_once() {
             }
         }
     }
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

@@ -5,20 +5,12 @@ use std::time::Duration;
 
 use kairos_core::run::{RunEventKind, RunId, TriggerKind};
 use kairos_core::JobId;
-use kairos_tests::{get_json, wait_for, Stack};
+use kairos_tests::{get_json, stop_all, wait_for, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
     let stack = Stack::new(3).await;
-    let services = [
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     let api = format!("http://{}", services[3].http_addr.unwrap());
 
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +148,5 @@ async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
         "a rejected job reached the topic"
     );
 
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_tests::{get_json, shell_job, wait_for, Stack};
+use kairos_tests::{get_json, shell_job, stop_all, wait_caught_up, wait_for, Stack};
 
 fn one_shot(id: &str, script: &str, in_secs: i64, priority: i32) -> JobSpec {
     let mut job = shell_job(id, "1s", script);
@@ -38,9 +38,7 @@ async fn a_saturated_pool_dispatches_the_highest_priority_waiting_run_first() {
         stack.worker_in("batch", "w1"),
         stack.aggregator("aggregator"),
     ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    wait_caught_up(&services).await;
     let api = format!("http://{}", services[3].http_addr.unwrap());
     // The blocker holds the pool's only slot while low and high come due together.
     stack.apply_job(one_shot("blocker", "sleep 3", 2, 0)).await;
@@ -114,7 +112,5 @@ async fn a_saturated_pool_dispatches_the_highest_priority_waiting_run_first() {
         dispatched("low") >= finished("high"),
         "low went before high was done (or before it)"
     );
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kairos_core::run::{RunEventKind, RunId, TriggerKind};
 use kairos_core::JobId;
-use kairos_tests::{get_json, shell_job, wait_for, Service, Stack};
+use kairos_tests::{assert_same_state, get_json, shell_job, wait_for, Service, Stack};
 
 async fn succeeded_runs(api: &str, job: &str) -> usize {
     let Some(body) = get_json(&format!("{api}/api/v1/jobs/{job}/runs?limit=1000")).await else {
@@ -38,11 +38,11 @@ async fn wipe_and_restart(
     make(stack)
 }
 
-/// Digest of the live store, then of a rebuild from scratch into a new directory.
-async fn live_and_rebuilt_digest(live: Service, rebuild: Service) -> (String, String) {
-    let live_digest = live.stop_and_digest().await;
+/// Checks that a rebuild from scratch into a new directory reproduces the live store.
+async fn assert_rebuild_matches(what: &str, live: Service, rebuild: Service) {
+    let live = live.stop_and_read_state().await;
     rebuild.caught_up().await;
-    (live_digest, rebuild.stop_and_digest().await)
+    assert_same_state(what, live, rebuild.stop_and_read_state().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -165,13 +165,18 @@ async fn wiping_each_service_mid_stream_loses_and_repeats_nothing() {
     assert!(slots.len() >= 8, "only {} slots", slots.len());
 
     // A rebuild from scratch reproduces each service's live state.
-    let (live, rebuilt) =
-        live_and_rebuilt_digest(dispatcher, stack.dispatcher("dispatcher-rebuild")).await;
-    assert_eq!(live, rebuilt, "dispatcher state differs after a rebuild");
-    let (live, rebuilt) =
-        live_and_rebuilt_digest(aggregator, stack.aggregator("aggregator-rebuild")).await;
-    assert_eq!(live, rebuilt, "aggregator state differs after a rebuild");
-    let (live, rebuilt) = live_and_rebuilt_digest(trigger, stack.trigger("trigger-rebuild")).await;
-    assert_eq!(live, rebuilt, "trigger state differs after a rebuild");
+    assert_rebuild_matches(
+        "dispatcher",
+        dispatcher,
+        stack.dispatcher("dispatcher-rebuild"),
+    )
+    .await;
+    assert_rebuild_matches(
+        "aggregator",
+        aggregator,
+        stack.aggregator("aggregator-rebuild"),
+    )
+    .await;
+    assert_rebuild_matches("trigger", trigger, stack.trigger("trigger-rebuild")).await;
     worker.stop().await.expect("worker stopped cleanly");
 }

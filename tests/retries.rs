@@ -6,7 +6,7 @@ use std::time::Duration;
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_runtime::codec;
-use kairos_tests::{get_json, shell_job, wait_for, Stack};
+use kairos_tests::{get_json, shell_job, stop_all, wait_for, Stack};
 
 /// A one-shot job two seconds from now that retries with the given backoff.
 fn one_shot(id: &str, script: &str, max_attempts: u32, initial: Duration) -> JobSpec {
@@ -83,15 +83,7 @@ fn assert_backoff(events: &[&RunEvent], delays_ms: &[i64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment() {
     let stack = Stack::new(3).await;
-    let services = [
-        stack.trigger("trigger"),
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    let services = stack.start_pipeline().await;
     stack
         .apply_job(one_shot(
             "flaky",
@@ -213,7 +205,5 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
             "`job explain` lacks {line:?}:\n{story}"
         );
     }
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kairos_core::decide::DEADLINE_REPORTER;
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_tests::{shell_job, wait_for, Stack};
+use kairos_tests::{shell_job, stop_all, wait_caught_up, wait_for, Stack};
 
 fn one_shot(id: &str, script: &str, timeout: Duration) -> JobSpec {
     let mut job = shell_job(id, "1s", script);
@@ -31,9 +31,7 @@ async fn the_worker_kills_a_timed_out_task_with_its_children() {
         stack.dispatcher("dispatcher"),
         stack.worker("w1"),
     ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    wait_caught_up(&services).await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("child-survived");
     // The child would write the marker 3 s in; the task times out after 1 s.
@@ -79,9 +77,7 @@ async fn the_worker_kills_a_timed_out_task_with_its_children() {
         !marker.exists(),
         "a child of the timed-out task survived the kill"
     );
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,9 +88,7 @@ async fn the_dispatcher_times_out_attempts_nobody_reports_on_and_retries_them() 
         stack.trigger("trigger"),
         stack.dispatcher_with_margin("dispatcher", margin),
     ];
-    for service in &services {
-        service.caught_up().await;
-    }
+    wait_caught_up(&services).await;
     // No worker serves this pool: every attempt is dispatched and never heard of again.
     let mut job = one_shot("unserved", "true", Duration::from_secs(1));
     job.pool = "nobody".into();
@@ -144,7 +138,5 @@ async fn the_dispatcher_times_out_attempts_nobody_reports_on_and_retries_them() 
             );
         }
     }
-    for service in services {
-        service.stop().await.expect("service stopped cleanly");
-    }
+    stop_all(services).await;
 }

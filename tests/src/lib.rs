@@ -148,6 +148,18 @@ impl Stack {
         )
     }
 
+    /// The four services of the default pool (worker `w1`), started and caught up.
+    pub async fn start_pipeline(&self) -> Vec<Service> {
+        let services = vec![
+            self.trigger("trigger"),
+            self.dispatcher("dispatcher"),
+            self.worker("w1"),
+            self.aggregator("aggregator"),
+        ];
+        wait_caught_up(&services).await;
+        services
+    }
+
     /// Puts a job definition on the jobs topic, as `kairosctl job apply` does.
     pub async fn apply_job(&self, spec: JobSpec) -> Delivered {
         let definition = spec.validate().expect("test job is valid");
@@ -315,15 +327,65 @@ impl Service {
         .await;
     }
 
-    /// Stops the service, then digests its store offline.
-    pub async fn stop_and_digest(self) -> String {
+    /// Stops the service, then reads its store offline: the state digest and every state entry.
+    pub async fn stop_and_read_state(self) -> (String, BTreeMap<String, serde_json::Value>) {
         let dir = self.data_dir.clone().expect("a service with a store");
         self.stop().await.expect("service stopped cleanly");
-        Store::open(&dir)
-            .expect("opening the stopped service's store")
-            .digest()
-            .expect("digest")
+        let store = Store::open(&dir).expect("opening the stopped service's store");
+        let entries = store
+            .scan::<serde_json::Value>("")
+            .expect("reading the store")
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with("offset/"))
+            .collect();
+        (store.digest().expect("digest"), entries)
     }
+}
+
+/// Waits until every service has caught up with its partitions.
+pub async fn wait_caught_up(services: &[Service]) {
+    for service in services {
+        service.caught_up().await;
+    }
+}
+
+/// Stops every service, failing the test if one did not stop cleanly.
+pub async fn stop_all(services: impl IntoIterator<Item = Service>) {
+    for service in services {
+        let name = service.name;
+        service
+            .stop()
+            .await
+            .unwrap_or_else(|e| panic!("{name} did not stop cleanly: {e:#}"));
+    }
+}
+
+/// Fails, naming the entries that differ, unless two stores hold the same state.
+pub fn assert_same_state(
+    what: &str,
+    (live_digest, live): (String, BTreeMap<String, serde_json::Value>),
+    (rebuilt_digest, rebuilt): (String, BTreeMap<String, serde_json::Value>),
+) {
+    if live_digest == rebuilt_digest {
+        return;
+    }
+    let keys: std::collections::BTreeSet<&String> = live.keys().chain(rebuilt.keys()).collect();
+    let differing: Vec<String> = keys
+        .into_iter()
+        .filter(|k| live.get(*k) != rebuilt.get(*k))
+        .take(5)
+        .map(|k| {
+            format!(
+                "{k}:\n  live:    {:?}\n  rebuilt: {:?}",
+                live.get(k),
+                rebuilt.get(k)
+            )
+        })
+        .collect();
+    panic!(
+        "{what}: rebuilt state differs from the live one ({live_digest} vs {rebuilt_digest}):\n{}",
+        differing.join("\n")
+    );
 }
 
 /// GET a JSON document; `None` when unreachable or not 2xx.

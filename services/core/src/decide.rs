@@ -905,6 +905,24 @@ mod tests {
         run.unwrap()
     }
 
+    fn succeeded(n: i64) -> RunState {
+        let done = RunEventKind::RunSucceeded {
+            attempt: 1,
+            worker_id: "w".into(),
+            output: TaskOutput::default(),
+        };
+        run_at(
+            n,
+            vec![
+                RunEventKind::RunDispatched {
+                    attempt: 1,
+                    pool: "batch".into(),
+                },
+                done,
+            ],
+        )
+    }
+
     fn running(n: i64) -> RunState {
         run_at(
             n,
@@ -958,20 +976,7 @@ mod tests {
 
     #[test]
     fn given_forbid_and_nothing_active_then_the_run_is_dispatched() {
-        let finished = run_at(
-            1,
-            vec![
-                RunEventKind::RunDispatched {
-                    attempt: 1,
-                    pool: "batch".into(),
-                },
-                RunEventKind::RunSucceeded {
-                    attempt: 1,
-                    worker_id: "w".into(),
-                    output: TaskOutput::default(),
-                },
-            ],
-        );
+        let finished = succeeded(1);
         let runs = [finished, run_at(2, vec![])];
         assert!(matches!(
             decide(OverlapPolicy::Forbid, &runs, 1),
@@ -1004,20 +1009,7 @@ mod tests {
 
     #[test]
     fn given_queue_then_the_waiting_run_goes_once_the_active_one_is_over() {
-        let done = run_at(
-            1,
-            vec![
-                RunEventKind::RunDispatched {
-                    attempt: 1,
-                    pool: "batch".into(),
-                },
-                RunEventKind::RunSucceeded {
-                    attempt: 1,
-                    worker_id: "w".into(),
-                    output: TaskOutput::default(),
-                },
-            ],
-        );
+        let done = succeeded(1);
         let runs = [done, run_at(2, vec![])];
         assert!(matches!(
             decide(OverlapPolicy::Queue, &runs, 1),
@@ -1091,20 +1083,7 @@ mod tests {
             Some(Step::Cancel { attempt: 0 })
         );
         assert_eq!(cancel_step(&running(1)), Some(Step::Cancel { attempt: 1 }));
-        let done = run_at(
-            1,
-            vec![
-                RunEventKind::RunDispatched {
-                    attempt: 1,
-                    pool: "batch".into(),
-                },
-                RunEventKind::RunSucceeded {
-                    attempt: 1,
-                    worker_id: "w".into(),
-                    output: TaskOutput::default(),
-                },
-            ],
-        );
+        let done = succeeded(1);
         assert_eq!(cancel_step(&done), None);
     }
 

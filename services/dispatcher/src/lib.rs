@@ -215,7 +215,7 @@ impl Dispatcher {
 
     /// Reconciles the jobs whose timers (retry due times) have come due.
     async fn wake_due(&mut self) -> anyhow::Result<()> {
-        let now = chrono::Utc::now();
+        let now = kairos_runtime::now();
         while let Some((due, partition, job)) = self.timers.first().cloned() {
             if due > now {
                 break;
@@ -463,7 +463,7 @@ impl Dispatcher {
                     None => next_step(
                         &runs[i],
                         view,
-                        chrono::Utc::now(),
+                        kairos_runtime::now(),
                         self.deadline_margin,
                         &runs,
                     ),
@@ -511,7 +511,7 @@ impl Dispatcher {
         run: &RunState,
         step: Step,
     ) -> anyhow::Result<Option<RunState>> {
-        let now = chrono::Utc::now();
+        let now = kairos_runtime::now();
         let event = |kind| RunEvent {
             job_id: run.job_id.clone(),
             run_id: run.run_id,

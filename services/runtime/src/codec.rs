@@ -223,10 +223,7 @@ impl<'a> Fields<'a> {
     }
 
     fn required(&self, field: &'static str) -> Result<&'a Value, CodecError> {
-        self.get(field).ok_or(CodecError::Field {
-            field,
-            reason: "missing".into(),
-        })
+        self.get(field).ok_or(missing(field))
     }
 
     fn opt_string(&self, field: &'static str) -> Result<Option<String>, CodecError> {
@@ -243,10 +240,7 @@ impl<'a> Fields<'a> {
     }
 
     fn string(&self, field: &'static str) -> Result<String, CodecError> {
-        self.opt_string(field)?.ok_or(CodecError::Field {
-            field,
-            reason: "missing".into(),
-        })
+        self.opt_string(field)?.ok_or(missing(field))
     }
 
     fn opt_long(&self, field: &'static str) -> Result<Option<i64>, CodecError> {
@@ -262,10 +256,7 @@ impl<'a> Fields<'a> {
     }
 
     fn long(&self, field: &'static str) -> Result<i64, CodecError> {
-        self.opt_long(field)?.ok_or(CodecError::Field {
-            field,
-            reason: "missing".into(),
-        })
+        self.opt_long(field)?.ok_or(missing(field))
     }
 
     fn opt_int(&self, field: &'static str) -> Result<Option<i32>, CodecError> {
@@ -288,10 +279,7 @@ impl<'a> Fields<'a> {
     }
 
     fn timestamp(&self, field: &'static str) -> Result<Timestamp, CodecError> {
-        self.opt_timestamp(field)?.ok_or(CodecError::Field {
-            field,
-            reason: "missing".into(),
-        })
+        self.opt_timestamp(field)?.ok_or(missing(field))
     }
 
     fn opt_timestamp(&self, field: &'static str) -> Result<Option<Timestamp>, CodecError> {
@@ -347,6 +335,13 @@ impl<'a> Fields<'a> {
 
     fn record(&self, field: &'static str) -> Result<Option<Fields<'a>>, CodecError> {
         self.get(field).map(|v| Fields::of(v, field)).transpose()
+    }
+}
+
+fn missing(field: &'static str) -> CodecError {
+    CodecError::Field {
+        field,
+        reason: "missing".into(),
     }
 }
 

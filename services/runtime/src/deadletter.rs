@@ -55,7 +55,7 @@ impl DeadLetters {
             service: self.service.to_string(),
             reason: reason.to_string(),
             payload: message.payload().map(<[u8]>::to_vec),
-            at: chrono::Utc::now(),
+            at: crate::now(),
         };
         // A dead letter is built from plain fields and capped payload, so encoding cannot fail
         // unless the schema itself is broken, which the codec tests rule out.

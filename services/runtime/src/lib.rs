@@ -33,3 +33,11 @@ pub fn record_time(message: &rdkafka::message::OwnedMessage) -> Option<kairos_co
         .to_millis()
         .and_then(kairos_core::from_millis)
 }
+
+/// The current time at the millisecond precision the wire formats carry. Every event a service
+/// stamps uses it: a service that folds its own event must fold exactly what the ledger will hold,
+/// or its state would differ from a rebuild's.
+pub fn now() -> kairos_core::Timestamp {
+    let now = chrono::Utc::now();
+    kairos_core::from_millis(now.timestamp_millis()).unwrap_or(now)
+}

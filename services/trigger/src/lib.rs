@@ -356,7 +356,7 @@ impl Trigger {
     }
 
     async fn fire_due(&mut self) -> anyhow::Result<()> {
-        let now = chrono::Utc::now();
+        let now = kairos_runtime::now();
         for (partition, job) in self.index.due(now) {
             if self.consumer.is_caught_up(partition) {
                 self.fire_job(partition, &job, now).await?;

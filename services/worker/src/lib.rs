@@ -424,7 +424,7 @@ impl Reporter {
             job_id: task.job_id.clone(),
             run_id: task.run_id,
             scheduled_for: task.scheduled_for,
-            at: chrono::Utc::now(),
+            at: kairos_runtime::now(),
             kind,
         };
         let bytes = match codec::encode_run_event(&event) {
