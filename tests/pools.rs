@@ -5,12 +5,10 @@ use std::time::Duration;
 
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_tests::{get_json, shell_job, stop_all, wait_caught_up, wait_for, Stack};
+use kairos_tests::{get_json, one_shot_job, stop_all, wait_caught_up, wait_for, Stack};
 
 fn one_shot(id: &str, script: &str, in_secs: i64, priority: i32) -> JobSpec {
-    let mut job = shell_job(id, "1s", script);
-    let at = chrono::Utc::now() + chrono::Duration::seconds(in_secs);
-    job.schedule = serde_json::from_value(serde_json::json!({ "at": at })).unwrap();
+    let mut job = one_shot_job(id, script, in_secs);
     job.pool = "batch".into();
     job.priority = priority;
     job

@@ -6,13 +6,11 @@ use std::time::Duration;
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_runtime::codec;
-use kairos_tests::{get_json, shell_job, stop_all, wait_for, Stack};
+use kairos_tests::{get_json, one_shot_job, stop_all, wait_for, Stack};
 
 /// A one-shot job two seconds from now that retries with the given backoff.
 fn one_shot(id: &str, script: &str, max_attempts: u32, initial: Duration) -> JobSpec {
-    let mut job = shell_job(id, "1s", script);
-    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
-    job.schedule = serde_json::from_value(serde_json::json!({ "at": at })).unwrap();
+    let mut job = one_shot_job(id, script, 2);
     job.retry = RetryPolicy {
         max_attempts,
         backoff: Backoff {

@@ -6,12 +6,10 @@ use std::time::Duration;
 use kairos_core::decide::DEADLINE_REPORTER;
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_tests::{shell_job, stop_all, wait_caught_up, wait_for, Stack};
+use kairos_tests::{one_shot_job, stop_all, wait_caught_up, wait_for, Stack};
 
 fn one_shot(id: &str, script: &str, timeout: Duration) -> JobSpec {
-    let mut job = shell_job(id, "1s", script);
-    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
-    job.schedule = serde_json::from_value(serde_json::json!({ "at": at })).unwrap();
+    let mut job = one_shot_job(id, script, 2);
     job.timeout = Some(timeout);
     job
 }

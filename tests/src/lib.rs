@@ -397,6 +397,14 @@ pub async fn get_json(url: &str) -> Option<serde_json::Value> {
     response.json().await.ok()
 }
 
+/// A shell job that fires once, `in_secs` seconds from now.
+pub fn one_shot_job(id: &str, script: &str, in_secs: i64) -> JobSpec {
+    let mut job = shell_job(id, "1s", script);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(in_secs);
+    job.schedule = serde_json::from_value(serde_json::json!({ "at": at })).expect("an at schedule");
+    job
+}
+
 /// A shell job every `every`, parsed from YAML as a user would write it.
 pub fn shell_job(id: &str, every: &str, script: &str) -> JobSpec {
     let yaml = format!("id: {id}\nschedule:\n  every: {every}\ntask:\n  shell:\n    command: [\"sh\", \"-c\", {script:?}]\ntimeout: 10s\n");
