@@ -124,6 +124,7 @@ impl Stack {
     /// A worker of `pool`.
     pub fn worker_in(&self, pool: &str, worker_id: &str) -> Service {
         let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
+        config.heartbeat_interval = Duration::from_millis(300);
         config.worker_id = Some(worker_id.to_string());
         config.pool = pool.to_string();
         Service::spawn("worker", None, config.metrics_addr, None, |stop| {
@@ -288,6 +289,12 @@ impl Service {
             stop,
             task,
         }
+    }
+
+    /// Ends the service abruptly, as a crash would: no clean stop, no goodbye.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 
     /// Stops the service and returns how its `run` ended.

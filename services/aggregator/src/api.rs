@@ -13,6 +13,7 @@ use kairos_runtime::Store;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::workers::Workers;
 use crate::{job_key, run_key, runs_of_job, JobRecord, RunRecord};
 
 /// Most runs one request returns.
@@ -22,19 +23,25 @@ const MAX_LIMIT: usize = 1000;
 struct ApiState {
     store: Store,
     health: Arc<Health>,
+    workers: Workers,
 }
 
-pub(crate) fn router(store: Store, health: Arc<Health>) -> Router {
+pub(crate) fn router(store: Store, health: Arc<Health>, workers: Workers) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/runs", get(job_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
+        .route("/api/v1/workers", get(list_workers))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(ApiState { store, health })
+        .with_state(ApiState {
+            store,
+            health,
+            workers,
+        })
 }
 
 struct ApiError {
@@ -180,4 +187,8 @@ async fn get_run(
         )
     })?;
     Ok(Json(record))
+}
+
+async fn list_workers(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "workers": state.workers.view(chrono::Utc::now()) }))
 }

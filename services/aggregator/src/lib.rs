@@ -6,6 +6,7 @@
 
 mod api;
 mod metrics_names;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics_names as m;
+use crate::workers::Workers;
 
 /// History entries kept per run; a run that loops through more retries keeps its latest ones.
 const MAX_HISTORY: usize = 200;
@@ -144,8 +146,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
-    let inputs = [topics.jobs(), topics.runs()];
-    check_co_partitioning(&config.kafka, &inputs)?;
+    check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs()])?;
+    check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
+    let inputs = [topics.jobs(), topics.runs(), topics.heartbeats()];
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "aggregator",
@@ -156,13 +159,9 @@ pub async fn run(
         metrics_addr: config.metrics_addr,
     };
     let mut parts = ServiceParts::start(spec, shutdown).await?;
-    parts
-        .ops
-        .serve(
-            config.http_addr,
-            api::router(store.clone(), parts.health.clone()),
-        )
-        .await?;
+    let workers = Workers::default();
+    let router = api::router(store.clone(), parts.health.clone(), workers.clone());
+    parts.ops.serve(config.http_addr, router).await?;
     tracing::info!(http_addr = %config.http_addr, "REST API listening.");
     let mut aggregator = Aggregator {
         topics,
@@ -171,6 +170,7 @@ pub async fn run(
         consumer: parts.consumer,
         deadletters: parts.deadletters,
         health: parts.health,
+        workers,
     };
     let result = aggregator.run(parts.shutdown).await;
     parts
@@ -181,6 +181,8 @@ pub async fn run(
 
 struct Aggregator {
     topics: Topics,
+    /// The worker registry, a live view rebuilt from the compacted heartbeats topic on start.
+    workers: Workers,
     store: Store,
     /// Kept for a clean stop: dead letters are produced through it.
     producer: ReliableProducer,
@@ -197,18 +199,12 @@ impl Aggregator {
                 _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => {
                     if let Input::Record(message) = input {
-                        let mut batch = Batch::new();
-                        let mut alert = None;
-                        if message.topic() == self.topics.jobs() {
-                            self.apply_definition(&message, &mut batch);
+                        if message.topic() == self.topics.heartbeats() {
+                            // Not stored, and its position not kept: the registry is read again
+                            // from the compacted topic whenever the aggregator starts.
+                            self.workers.record(&message);
                         } else {
-                            alert = self.apply_event(&message, &mut batch).await?;
-                        }
-                        batch.consumed(message.topic(), message.partition(), message.offset());
-                        self.store.write(batch)?;
-                        // Alerts are about now: a rebuild replaying history raises none.
-                        if let Some(alert) = alert.filter(|_| self.consumer.is_caught_up(message.partition())) {
-                            self.raise(&alert).await?;
+                            self.apply(&message).await?;
                         }
                         self.consumer.applied(&message);
                     }
@@ -216,6 +212,25 @@ impl Aggregator {
             }
             self.health.set_caught_up(self.consumer.ready());
         }
+    }
+
+    /// Applies a definition or ledger event in one batch with its position, then raises the
+    /// alert it calls for, if the partition is live.
+    async fn apply(&mut self, message: &OwnedMessage) -> anyhow::Result<()> {
+        let mut batch = Batch::new();
+        let mut alert = None;
+        if message.topic() == self.topics.jobs() {
+            self.apply_definition(message, &mut batch);
+        } else {
+            alert = self.apply_event(message, &mut batch).await?;
+        }
+        batch.consumed(message.topic(), message.partition(), message.offset());
+        self.store.write(batch)?;
+        // Alerts are about now: a rebuild replaying history raises none.
+        if let Some(alert) = alert.filter(|_| self.consumer.is_caught_up(message.partition())) {
+            self.raise(&alert).await?;
+        }
+        Ok(())
     }
 
     /// Definitions that do not decode are the trigger's to dead-letter; here they are skipped.

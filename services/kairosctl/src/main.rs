@@ -61,6 +61,11 @@ enum Command {
         #[arg(long)]
         to: chrono::DateTime<chrono::Utc>,
     },
+    /// The worker registry: every worker's pool, status (live, lost, stopped) and load.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
     /// Compute a schedule's next fire times.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -178,6 +183,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(JobCommand::Trigger { id }) => {
             let now = chrono::Utc::now();
             schedule_runs(&cli.kafka, &cli.api, &id, &[now], TriggerKind::Manual).await
+        }
+        Command::Workers { json } => {
+            let workers = api_get(&cli.api, "/api/v1/workers").await?;
+            if json {
+                print_json(&workers);
+            } else {
+                let rows: Vec<Vec<String>> = workers["workers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|w| {
+                        let running = w["in_flight"].as_array().map_or(0, Vec::len);
+                        vec![
+                            text(&w["worker_id"]),
+                            text(&w["pool"]),
+                            text(&w["status"]),
+                            format!("{running}/{}", text(&w["capacity"])),
+                            text(&w["last_seen"]),
+                        ]
+                    })
+                    .collect();
+                print_table(&["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"], &rows);
+            }
+            Ok(())
         }
         Command::Backfill { id, from, to } => backfill(&cli.kafka, &cli.api, &id, from, to).await,
         Command::Job(JobCommand::Get { id, json }) => {

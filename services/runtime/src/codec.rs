@@ -36,6 +36,7 @@ const TRIGGER_STATE_AVSC: &str = include_str!("../../../schemas/trigger_state.av
 const DEAD_LETTER_AVSC: &str = include_str!("../../../schemas/dead_letter.avsc");
 const CONTROL_AVSC: &str = include_str!("../../../schemas/control.avsc");
 const ALERT_AVSC: &str = include_str!("../../../schemas/alert.avsc");
+const HEARTBEAT_AVSC: &str = include_str!("../../../schemas/worker_heartbeat.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,7 @@ struct Contracts {
     dead_letter: Contract,
     control: Contract,
     alert: Contract,
+    heartbeat: Contract,
 }
 
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
@@ -101,6 +103,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
         control: contract("ControlCommand", CONTROL_AVSC),
         alert: contract("Alert", ALERT_AVSC),
+        heartbeat: contract("WorkerHeartbeat", HEARTBEAT_AVSC),
     }
 });
 
@@ -1103,6 +1106,92 @@ pub fn decode_alert(bytes: &[u8]) -> Result<Alert, CodecError> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// WorkerHeartbeat.
+
+/// A worker saying it is alive, what it serves and what it is running.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerHeartbeat {
+    pub worker_id: String,
+    pub pool: String,
+    pub capacity: u32,
+    pub task_types: Vec<String>,
+    pub in_flight: Vec<RunId>,
+    pub interval: Duration,
+    /// The last beat of a worker that shuts down.
+    pub stopping: bool,
+    pub at: Timestamp,
+}
+
+pub fn encode_heartbeat(beat: &WorkerHeartbeat) -> Result<Vec<u8>, CodecError> {
+    encode(
+        &CONTRACTS.heartbeat,
+        record(vec![
+            ("worker_id", string(&beat.worker_id)),
+            ("pool", string(&beat.pool)),
+            (
+                "capacity",
+                Value::Int(i32::try_from(beat.capacity).unwrap_or(i32::MAX)),
+            ),
+            (
+                "task_types",
+                Value::Array(beat.task_types.iter().map(string).collect()),
+            ),
+            (
+                "in_flight",
+                Value::Array(
+                    beat.in_flight
+                        .iter()
+                        .map(|r| string(r.to_string()))
+                        .collect(),
+                ),
+            ),
+            ("interval_ms", duration_ms(beat.interval)),
+            ("stopping", Value::Boolean(beat.stopping)),
+            ("at", millis(beat.at)),
+        ]),
+    )
+}
+
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<WorkerHeartbeat, CodecError> {
+    let value = decode(&CONTRACTS.heartbeat, bytes)?;
+    let f = Fields::of(&value, "WorkerHeartbeat")?;
+    let in_flight = match f.get("in_flight") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::Uuid(u) => run_id(&u.to_string()),
+                Value::String(s) => run_id(s),
+                other => Err(CodecError::Field {
+                    field: "in_flight",
+                    reason: format!("expected run ids, got {other:?}"),
+                }),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => vec![],
+    };
+    let capacity = f.long("capacity")?;
+    let interval = f.long("interval_ms")?;
+    Ok(WorkerHeartbeat {
+        worker_id: f.string("worker_id")?,
+        pool: f.string("pool")?,
+        capacity: u32::try_from(capacity).map_err(|_| CodecError::Field {
+            field: "capacity",
+            reason: format!("{capacity} is negative"),
+        })?,
+        task_types: f.strings("task_types")?,
+        in_flight,
+        interval: u64::try_from(interval)
+            .map(Duration::from_millis)
+            .map_err(|_| CodecError::Field {
+                field: "interval_ms",
+                reason: format!("{interval} is negative"),
+            })?,
+        stopping: matches!(f.get("stopping"), Some(Value::Boolean(true))),
+        at: f.timestamp("at")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1326,6 +1415,25 @@ mod tests {
         assert_eq!(
             Alert::run_abandoned(job_id, run, 3, None, t(10)).alert_id,
             alert.alert_id
+        );
+    }
+
+    #[test]
+    fn heartbeats_round_trip() {
+        let job_id = JobId::parse("j").unwrap();
+        let beat = WorkerHeartbeat {
+            worker_id: "host-1".into(),
+            pool: "batch".into(),
+            capacity: 4,
+            task_types: vec!["shell".into(), "http".into()],
+            in_flight: vec![RunId::derive(&job_id, t(0), TriggerKind::Schedule)],
+            interval: Duration::from_secs(2),
+            stopping: false,
+            at: t(1),
+        };
+        assert_eq!(
+            decode_heartbeat(&encode_heartbeat(&beat).unwrap()).unwrap(),
+            beat
         );
     }
 

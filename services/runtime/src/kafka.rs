@@ -155,6 +155,9 @@ impl Topics {
     pub fn tasks(&self, pool: &str) -> String {
         self.name(&format!("tasks.{pool}"))
     }
+    pub fn heartbeats(&self) -> String {
+        self.name("heartbeats")
+    }
     pub fn alerts(&self) -> String {
         self.name("alerts")
     }

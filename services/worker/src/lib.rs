@@ -14,11 +14,12 @@ mod tracker;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kairos_core::run::RunId;
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_core::{CancelRequest, JobId, TaskAssigned};
-use kairos_runtime::codec;
+use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
@@ -57,6 +58,9 @@ pub struct Config {
     /// Bytes of stdout and of stderr kept per attempt.
     #[arg(long, env = "KAIROS_OUTPUT_LIMIT", default_value_t = 64 * 1024)]
     pub output_limit: usize,
+    /// How often the worker announces itself on the heartbeats topic.
+    #[arg(long, env = "KAIROS_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
     pub metrics_addr: SocketAddr,
     #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -71,6 +75,7 @@ impl Config {
             max_concurrent: 4,
             worker_id: None,
             output_limit: 64 * 1024,
+            heartbeat_interval: Duration::from_secs(2),
             metrics_addr,
             log_format: LogFormat::Text,
         }
@@ -88,6 +93,9 @@ impl Config {
         })
     }
 }
+
+/// The task types this worker executes (announced in its heartbeats).
+const TASK_TYPES: [&str; 2] = ["shell", "http"];
 
 /// A task this worker has taken, waiting for or in execution.
 struct Pending {
@@ -128,6 +136,9 @@ pub async fn run(
         metrics_addr: config.metrics_addr,
     };
     let control = broadcast_consumer(&config.kafka, &topics.control(), partitions)?;
+    let topics_heartbeats = topics.heartbeats();
+    // Refuse to start, naming the topic, rather than retry heartbeats forever into nothing.
+    check_co_partitioning(&config.kafka, std::slice::from_ref(&topics_heartbeats))?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
     tracing::info!(
@@ -144,6 +155,9 @@ pub async fn run(
             worker_id,
         },
         producer: parts.producer,
+        heartbeats: topics_heartbeats,
+        heartbeat_interval: config.heartbeat_interval,
+        capacity: config.max_concurrent.max(1),
         deadletters: parts.deadletters,
         input,
         pool: config.pool.clone(),
@@ -169,6 +183,9 @@ pub async fn run(
 struct Worker {
     /// Kept for a clean stop: the reporter and dead letters produce through it.
     producer: ReliableProducer,
+    heartbeats: String,
+    heartbeat_interval: Duration,
+    capacity: usize,
     input: String,
     pool: String,
     consumer: PartitionedConsumer,
@@ -191,10 +208,13 @@ struct Worker {
 
 impl Worker {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut beat = tokio::time::interval(self.heartbeat_interval);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return self.beat(true).await,
+                _ = beat.tick() => self.beat(false).await?,
                 Some(done) = self.finished.recv() => self.on_finished(done),
                 Ok(message) = self.control.recv() => {
                     let request = message.payload().map(codec::decode_cancel);
@@ -273,6 +293,25 @@ impl Worker {
         if let Some(next) = self.tracker.finished(partition, offset) {
             self.consumer.store_position(&self.input, partition, next);
         }
+    }
+
+    /// Announces this worker, its capacity and the runs it executes on the heartbeats topic.
+    async fn beat(&self, stopping: bool) -> anyhow::Result<()> {
+        let heartbeat = WorkerHeartbeat {
+            worker_id: self.reporter.worker_id.clone(),
+            pool: self.pool.clone(),
+            capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
+            task_types: TASK_TYPES.iter().map(|t| t.to_string()).collect(),
+            in_flight: self.cancels.keys().copied().collect(),
+            interval: self.heartbeat_interval,
+            stopping,
+            at: kairos_runtime::now(),
+        };
+        let bytes = codec::encode_heartbeat(&heartbeat)?;
+        self.producer
+            .send(&self.heartbeats, &heartbeat.worker_id, Some(&bytes))
+            .await?;
+        Ok(())
     }
 
     /// Stops a started task of the run, or drops it if it is still queued here. The dispatcher

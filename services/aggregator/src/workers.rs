@@ -1,0 +1,87 @@
+//! The worker registry: the latest heartbeat of every worker, and whether it is live, lost or
+//! stopped. A live view kept in memory and read again from the compacted heartbeats topic when the
+//! aggregator starts, so it is not part of the state a rebuild must reproduce.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use kairos_core::Timestamp;
+use kairos_runtime::codec::{self, WorkerHeartbeat};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::Serialize;
+
+/// Heartbeats a worker may miss before it counts as lost.
+const MISSED_BEATS: u32 = 3;
+
+#[derive(Clone, Default)]
+pub(crate) struct Workers {
+    latest: Arc<RwLock<BTreeMap<String, WorkerHeartbeat>>>,
+}
+
+/// A worker as the API shows it.
+#[derive(Serialize)]
+pub(crate) struct WorkerView {
+    worker_id: String,
+    pool: String,
+    /// `live`, `lost` (missed three beats) or `stopped` (said goodbye).
+    status: &'static str,
+    capacity: u32,
+    task_types: Vec<String>,
+    in_flight: Vec<String>,
+    heartbeat_interval_ms: u128,
+    last_seen: Timestamp,
+}
+
+impl Workers {
+    /// Keeps the newest heartbeat of the record's worker; undecodable records are skipped (the
+    /// heartbeats topic is Kairos's own, written only by workers).
+    pub(crate) fn record(&self, message: &OwnedMessage) {
+        let Some(Ok(beat)) = message.payload().map(codec::decode_heartbeat) else {
+            tracing::debug!(
+                offset = message.offset(),
+                "Skipping a heartbeat that does not decode."
+            );
+            return;
+        };
+        let mut latest = self
+            .latest
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if latest
+            .get(&beat.worker_id)
+            .is_none_or(|known| known.at <= beat.at)
+        {
+            latest.insert(beat.worker_id.clone(), beat);
+        }
+    }
+
+    pub(crate) fn view(&self, now: Timestamp) -> Vec<WorkerView> {
+        let latest = self
+            .latest
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        latest
+            .values()
+            .map(|beat| {
+                let silent_for = (now - beat.at).to_std().unwrap_or_default();
+                let status = if beat.stopping {
+                    "stopped"
+                } else if silent_for > beat.interval * MISSED_BEATS {
+                    "lost"
+                } else {
+                    "live"
+                };
+                WorkerView {
+                    worker_id: beat.worker_id.clone(),
+                    pool: beat.pool.clone(),
+                    status,
+                    capacity: beat.capacity,
+                    task_types: beat.task_types.clone(),
+                    in_flight: beat.in_flight.iter().map(ToString::to_string).collect(),
+                    heartbeat_interval_ms: beat.interval.as_millis(),
+                    last_seen: beat.at,
+                }
+            })
+            .collect()
+    }
+}
