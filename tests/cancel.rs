@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kairos_core::job::{JobSpec, OverlapPolicy};
 use kairos_core::run::{RunEvent, RunEventKind, RunId};
-use kairos_tests::{get_json, shell_job, stop_all, wait_for, Stack};
+use kairos_tests::{get_json, shell_job, stop_all, wait_for, wait_process_gone, Stack};
 
 fn runs_of(ledger: &[RunEvent], job: &str) -> BTreeMap<RunId, Vec<RunEventKind>> {
     let mut runs: BTreeMap<RunId, Vec<RunEventKind>> = BTreeMap::new();
@@ -47,14 +47,16 @@ async fn cancelling_stops_a_running_task_and_removes_a_queued_run() {
     let services = stack.start_pipeline().await;
     let api = format!("http://{}", services[3].http_addr.unwrap());
     let dir = tempfile::tempdir().unwrap();
-    // Every second a run that would take a minute, whose child leaves a mark named after the run
-    // 3 s in; `queue` keeps one run waiting behind it.
+    // Every second a run that would take a minute, whose child records its pid in a file named
+    // after the run; `queue` keeps one run waiting behind it.
     let script = format!(
-        "(sleep 3; touch {}/$KAIROS_RUN_ID) & sleep 60",
+        "sleep 60 & echo $! > {}/$KAIROS_RUN_ID.pid; sleep 60",
         dir.path().display()
     );
     let mut job: JobSpec = shell_job("long", "1s", &script);
     job.overlap = OverlapPolicy::Queue;
+    // No timeout: only the cancel may stop the task.
+    job.timeout = None;
     stack.apply_job(job).await;
 
     let (running, waiting) = wait_for(
@@ -94,11 +96,9 @@ async fn cancelling_stops_a_running_task_and_removes_a_queued_run() {
         "the queued run was dispatched: {:?}",
         runs[&waiting]
     );
-    // The running task and its child were killed: past the moment the child would have written,
-    // the marker is absent.
-    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(3)).await;
-    let marker = dir.path().join(running.to_string());
-    assert!(!marker.exists(), "a child of the cancelled task survived");
+    // The running task and its child were killed.
+    let pid_file = dir.path().join(format!("{running}.pid"));
+    wait_process_gone(&pid_file, "the child of the cancelled task to die").await;
 
     let out = stack.kairosctl(&api, &["run", "cancel", &running.to_string()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already over"));

@@ -395,6 +395,35 @@ pub fn assert_same_state(
     );
 }
 
+/// Waits until the process whose pid a task wrote to `pid_file` has ended (gone, or a zombie
+/// waiting for whoever reaps it): how a test sees that killing a task killed its children too.
+pub async fn wait_process_gone(pid_file: &std::path::Path, what: &str) {
+    let pid = wait_for(
+        &format!("{} to exist", pid_file.display()),
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(pid_file)
+                .ok()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+        },
+    )
+    .await;
+    wait_for(what, Duration::from_secs(10), || async {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => {
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().next())
+                    == Some("Z")
+            }
+        };
+        gone.then_some(())
+    })
+    .await;
+}
+
 /// GET a JSON document; `None` when unreachable or not 2xx.
 pub async fn get_json(url: &str) -> Option<serde_json::Value> {
     let response = reqwest::get(url).await.ok()?;

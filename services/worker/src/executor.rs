@@ -352,11 +352,12 @@ mod tests {
     #[tokio::test]
     async fn a_timeout_kills_the_whole_process_group() {
         let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("survived");
-        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let pid_file = dir.path().join("child.pid");
+        // The child records its pid, so the test can see it die.
+        let script = format!("sleep 30 & echo $! > {}; sleep 30", pid_file.display());
         let started = std::time::Instant::now();
         let run = execute(
-            &task(sh(&script), Some(Duration::from_millis(300))),
+            &task(sh(&script), Some(Duration::from_secs(1))),
             1024,
             &reqwest::Client::new(),
             &CancellationToken::new(),
@@ -367,11 +368,37 @@ mod tests {
             started.elapsed() < Duration::from_secs(10),
             "the task was not stopped at its timeout"
         );
-        // Wait past the moment the grandchild would have written, then check it never did.
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            assert!(!marker.exists(), "a child of the timed-out task survived");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let pid = std::fs::read_to_string(&pid_file).expect("the child started before the timeout");
+        eventually("the child of the timed-out task to die", || {
+            process_gone(pid.trim())
+        })
+        .await;
+    }
+
+    /// Whether process `pid` has ended: gone, or a zombie waiting for whoever reaps it.
+    fn process_gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => {
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().next())
+                    == Some("Z")
+            }
+        }
+    }
+
+    /// Waits up to 5 s for `check` to hold. Files and processes have no event to await, so this
+    /// looks again every POLL.
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        const POLL: Duration = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -467,12 +494,14 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_shell_task_is_killed_with_its_children() {
         let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("survived");
-        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let pid_file = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; sleep 30", pid_file.display());
         let cancel = CancellationToken::new();
         let trigger = cancel.clone();
+        let watched = pid_file.clone();
+        // Cancel once the task is running, which the child's pid file shows.
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            eventually("the task to start its child", || watched.exists()).await;
             trigger.cancel();
         });
         let run = execute(
@@ -483,10 +512,10 @@ mod tests {
         )
         .await;
         assert_eq!(run.outcome, Outcome::Cancelled);
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            assert!(!marker.exists(), "a child of the cancelled task survived");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let pid = std::fs::read_to_string(&pid_file).expect("the child started before the cancel");
+        eventually("the child of the cancelled task to die", || {
+            process_gone(pid.trim())
+        })
+        .await;
     }
 }
