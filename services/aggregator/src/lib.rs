@@ -16,7 +16,7 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEventKind, RunState, RunStatus, SkipReason};
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert};
-use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
@@ -261,14 +261,12 @@ impl Aggregator {
         let Some(payload) = message.payload() else {
             return Ok(None);
         };
-        let event = match codec::decode_run_event(payload) {
-            Ok(event) => event,
-            Err(error) => {
-                self.deadletters
-                    .send(message, reason_label(&error), &error.to_string())
-                    .await?;
-                return Ok(None);
-            }
+        let Some(event) = self
+            .deadletters
+            .decode(message, payload, codec::decode_run_event)
+            .await?
+        else {
+            return Ok(None);
         };
         let run = event.run_id.to_string();
         let current: Option<RunRecord> = self.store.get(&run_key(&run))?;

@@ -23,7 +23,7 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
-use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{
     check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
 };
@@ -309,25 +309,21 @@ impl Dispatcher {
         let Some(payload) = message.payload() else {
             return Ok(None);
         };
-        let request = match codec::decode_cancel(payload) {
-            Ok(request) if record_key(message).as_deref() == Some(request.job_id.as_str()) => {
-                request
-            }
-            Ok(request) => {
-                let reason = format!(
-                    "key does not match the request's job id {:?}",
-                    request.job_id.as_str()
-                );
-                self.deadletters.send(message, "invalid", &reason).await?;
-                return Ok(None);
-            }
-            Err(error) => {
-                self.deadletters
-                    .send(message, reason_label(&error), &error.to_string())
-                    .await?;
-                return Ok(None);
-            }
+        let Some(request) = self
+            .deadletters
+            .decode(message, payload, codec::decode_cancel)
+            .await?
+        else {
+            return Ok(None);
         };
+        if record_key(message).as_deref() != Some(request.job_id.as_str()) {
+            let reason = format!(
+                "key does not match the request's job id {:?}",
+                request.job_id.as_str()
+            );
+            self.deadletters.send(message, "invalid", &reason).await?;
+            return Ok(None);
+        }
         let job = request.job_id.to_string();
         tracing::info!(job_id = job, run_id = %request.run_id, reason = ?request.reason, "Cancel requested.");
         batch.put(
@@ -346,14 +342,12 @@ impl Dispatcher {
         let Some(payload) = message.payload() else {
             return Ok(None);
         };
-        let event = match codec::decode_run_event(payload) {
-            Ok(event) => event,
-            Err(error) => {
-                self.deadletters
-                    .send(message, reason_label(&error), &error.to_string())
-                    .await?;
-                return Ok(None);
-            }
+        let Some(event) = self
+            .deadletters
+            .decode(message, payload, codec::decode_run_event)
+            .await?
+        else {
+            return Ok(None);
         };
         let job = event.job_id.to_string();
         Ok(self.fold(message.partition(), &event, batch)?.map(|_| job))

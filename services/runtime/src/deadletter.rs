@@ -34,6 +34,24 @@ impl DeadLetters {
         }
     }
 
+    /// Decodes a record's value with `decode`; a value that does not decode is dead-lettered with
+    /// the reason, and `None` returned so the caller goes on to the next record.
+    pub async fn decode<T>(
+        &self,
+        message: &OwnedMessage,
+        payload: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
+    ) -> Result<Option<T>, SendError> {
+        match decode(payload) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) => {
+                self.send(message, reason_label(&error), &error.to_string())
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Dead-letters `message`; `label` is a bounded reason for metrics, `reason` the full text.
     pub async fn send(
         &self,

@@ -20,7 +20,7 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
-use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
@@ -225,22 +225,20 @@ impl Trigger {
             tracing::info!(job_id = key, "Job deleted.");
             return Ok(());
         };
-        let definition = match codec::decode_job(payload) {
-            Ok(definition) if definition.id.as_str() == key => definition,
-            Ok(definition) => {
-                let reason = format!(
-                    "key {key:?} does not match the definition's id {:?}",
-                    definition.id.as_str()
-                );
-                return Ok(self.deadletters.send(message, "invalid", &reason).await?);
-            }
-            Err(error) => {
-                return Ok(self
-                    .deadletters
-                    .send(message, reason_label(&error), &error.to_string())
-                    .await?);
-            }
+        let Some(definition) = self
+            .deadletters
+            .decode(message, payload, codec::decode_job)
+            .await?
+        else {
+            return Ok(());
         };
+        if definition.id.as_str() != key {
+            let reason = format!(
+                "key {key:?} does not match the definition's id {:?}",
+                definition.id.as_str()
+            );
+            return Ok(self.deadletters.send(message, "invalid", &reason).await?);
+        }
         let written_at = record_time(message).unwrap_or_else(chrono::Utc::now);
         let stored = StoredJob {
             spec: definition.to_spec(),
@@ -264,14 +262,12 @@ impl Trigger {
             }
             return Ok(());
         };
-        let state = match codec::decode_trigger_state(payload) {
-            Ok(state) => state,
-            Err(error) => {
-                return Ok(self
-                    .deadletters
-                    .send(message, reason_label(&error), &error.to_string())
-                    .await?)
-            }
+        let Some(state) = self
+            .deadletters
+            .decode(message, payload, codec::decode_trigger_state)
+            .await?
+        else {
+            return Ok(());
         };
         let key = cursor_key(message.partition(), state.job_id.as_str());
         let current: Option<Cursor> = self.store.get(&key)?;
