@@ -31,6 +31,9 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local address")
 }
 
+/// How often `wait_for` looks again: Kafka topics and HTTP state have no event to await here.
+const POLL: Duration = Duration::from_millis(200);
+
 /// Polls `check` until it returns `Some`, or fails the test after `timeout` saying `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -46,7 +49,7 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -37,6 +37,11 @@ const PRODUCER_INVARIANTS: [(&str, &str); 3] = [
     ("acks", "all"),
 ];
 
+/// How long the consumer waits after an error before asking again (librdkafka reconnects itself).
+const CONSUME_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// How often metadata is read while waiting for new topics to appear.
+const METADATA_POLL: Duration = Duration::from_millis(100);
+
 /// Broker connection settings every binary takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct KafkaArgs {
@@ -435,7 +440,7 @@ impl PartitionedConsumer {
                     // librdkafka reconnects by itself; an outage must not stop the service.
                     Err(error) => {
                         tracing::warn!(%error, "Consuming failed; retrying.");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
                     }
                 },
             }
@@ -720,7 +725,7 @@ async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<(
             tokio::time::Instant::now() < deadline,
             "topics {names:?} did not appear in metadata within 30 s"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(METADATA_POLL).await;
     }
 }
 
