@@ -1,10 +1,12 @@
-//! A pool's `max_in_flight` on the real broker: with the pool saturated, runs wait (visible as
-//! scheduled) and the higher-priority one goes first when room frees up.
+//! Pools on the real broker. With a pool's `max_in_flight` reached, runs wait (visible as
+//! scheduled) and the higher-priority one goes first when room frees up. A run for a pool no
+//! worker serves stays visibly pending, raises an alert, and runs once a worker arrives.
 
 use std::time::Duration;
 
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_runtime::codec;
 use kairos_tests::{get_json, one_shot_job, stop_all, wait_caught_up, wait_for, Stack};
 
 fn one_shot(id: &str, script: &str, in_secs: i64, priority: i32) -> JobSpec {
@@ -109,6 +111,86 @@ async fn a_saturated_pool_dispatches_the_highest_priority_waiting_run_first() {
     assert!(
         dispatched("low") >= finished("high"),
         "low went before high was done (or before it)"
+    );
+    stop_all(services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_for_a_pool_nobody_serves_stays_pending_alerts_and_runs_when_a_worker_comes() {
+    let stack = Stack::new(2).await;
+    let mut services = vec![
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.worker("default-worker"),
+        stack.aggregator_with("aggregator", |config| {
+            config.pending_alert_after = Duration::from_secs(1)
+        }),
+    ];
+    wait_caught_up(&services).await;
+    let api = format!("http://{}", services[3].http_addr.unwrap());
+    let mut job = one_shot_job("render", "true", 1);
+    job.pool = "gpu".into();
+    stack.apply_job(job).await;
+
+    let pending = wait_for(
+        "the run to be listed as pending on an unserved pool",
+        Duration::from_secs(60),
+        || async {
+            let body = get_json(&format!("{api}/api/v1/runs/pending")).await?;
+            body["runs"]
+                .as_array()?
+                .iter()
+                .find(|r| r["job_id"] == "render" && r["unserved"].is_string())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(pending["pool"], "gpu");
+    assert_eq!(
+        pending["unserved"],
+        "no live worker serves pool \"gpu\" with shell tasks"
+    );
+    let run_id = pending["run_id"].as_str().unwrap().to_string();
+    let run = get_json(&format!("{api}/api/v1/runs/{run_id}"))
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "dispatched");
+    assert_eq!(run["waiting_for_worker"], pending["unserved"]);
+
+    let alert = wait_for("the run_pending alert", Duration::from_secs(30), || async {
+        stack
+            .alerts()
+            .into_iter()
+            .find(|a| a.kind == codec::AlertKind::RunPending)
+    })
+    .await;
+    assert_eq!(alert.job_id.as_str(), "render");
+    assert_eq!(alert.run_id.map(|r| r.to_string()), Some(run_id.clone()));
+    assert!(alert.message.contains("pool \"gpu\""), "{}", alert.message);
+
+    services.push(stack.worker_in("gpu", "gpu-worker"));
+    wait_for(
+        "the run to succeed on the new worker",
+        Duration::from_secs(60),
+        || async {
+            let run = get_json(&format!("{api}/api/v1/runs/{run_id}")).await?;
+            (run["status"] == "succeeded").then_some(())
+        },
+    )
+    .await;
+    let body = get_json(&format!("{api}/api/v1/runs/pending"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body["runs"],
+        serde_json::json!([]),
+        "nothing is pending any more"
+    );
+    let alerts = stack.alerts();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert for the one waiting run: {alerts:?}"
     );
     stop_all(services).await;
 }

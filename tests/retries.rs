@@ -6,7 +6,7 @@ use std::time::Duration;
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_runtime::codec;
-use kairos_tests::{get_json, one_shot_job, stop_all, wait_for, Stack};
+use kairos_tests::{events_of, get_json, names, one_shot_job, stop_all, wait_for, Stack};
 
 /// A one-shot job two seconds from now that retries with the given backoff.
 fn one_shot(id: &str, script: &str, max_attempts: u32, initial: Duration) -> JobSpec {
@@ -21,26 +21,6 @@ fn one_shot(id: &str, script: &str, max_attempts: u32, initial: Duration) -> Job
         },
     };
     job
-}
-
-fn events_of<'a>(ledger: &'a [RunEvent], job: &str) -> Vec<&'a RunEvent> {
-    ledger.iter().filter(|e| e.job_id.as_str() == job).collect()
-}
-
-fn names(events: &[&RunEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| {
-            format!(
-                "{}{}",
-                e.kind.name(),
-                e.kind
-                    .attempt()
-                    .map(|a| format!("({a})"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 /// Each RetryScheduled is due exactly the backoff after the failure it follows, and the next
@@ -160,11 +140,7 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
         "the alert for the abandoned run",
         Duration::from_secs(30),
         || async {
-            let alerts: Vec<codec::Alert> = stack
-                .read_all(&stack.kafka.topics().alerts())
-                .into_iter()
-                .filter_map(|(_, _, payload)| codec::decode_alert(&payload?).ok())
-                .collect();
+            let alerts = stack.alerts();
             (!alerts.is_empty()).then_some(alerts)
         },
     )

@@ -126,22 +126,83 @@ impl Stack {
 
     /// A worker of `pool`.
     pub fn worker_in(&self, pool: &str, worker_id: &str) -> Service {
+        self.worker_with(worker_id, |config| config.pool = pool.to_string())
+    }
+
+    /// A worker (of the default pool unless `adjust` says otherwise) beating every 300 ms and
+    /// draining for at most 5 s.
+    pub fn worker_with(
+        &self,
+        worker_id: &str,
+        adjust: impl FnOnce(&mut kairos_worker::Config),
+    ) -> Service {
         let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
-        config.heartbeat_interval = Duration::from_millis(300);
+        config.heartbeat_interval = TEST_HEARTBEAT;
+        // Tests stop workers in the middle of long tasks; they hand them back soon.
+        config.drain_timeout = Duration::from_secs(5);
         config.worker_id = Some(worker_id.to_string());
-        config.pool = pool.to_string();
+        adjust(&mut config);
         Service::spawn("worker", None, config.metrics_addr, None, |stop| {
             kairos_worker::run(config, stop)
         })
     }
 
+    /// The `kairos-worker` binary as a process of its own, to be killed as production kills it.
+    pub fn worker_process(&self, worker_id: &str) -> Process {
+        let beat = format!("{}ms", TEST_HEARTBEAT.as_millis());
+        let metrics = free_addr().to_string();
+        self.process(
+            "kairos-worker",
+            &[
+                "--worker-id",
+                worker_id,
+                "--heartbeat-interval",
+                &beat,
+                "--metrics-addr",
+                &metrics,
+            ],
+        )
+    }
+
+    /// Runs a service binary built by `scripts/test.sh` against this stack; its log goes to
+    /// `<name>.log` in the stack's directory.
+    pub fn process(&self, binary: &str, args: &[&str]) -> Process {
+        let dir = std::env::var("KAIROS_TEST_BIN_DIR")
+            .expect("KAIROS_TEST_BIN_DIR is not set: run scripts/test.sh");
+        let log = std::fs::File::create(self.dir.path().join(format!("{binary}.log")))
+            .expect("creating the process log");
+        let child = tokio::process::Command::new(format!("{dir}/{binary}"))
+            .args(args)
+            .env("KAIROS_BROKERS", &self.kafka.brokers)
+            .env("KAIROS_TOPIC_PREFIX", &self.kafka.topic_prefix)
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        Process {
+            name: binary.to_string(),
+            child,
+        }
+    }
+
     pub fn aggregator(&self, data: &str) -> Service {
-        let config = kairos_aggregator::Config::new(
+        self.aggregator_with(data, |_| {})
+    }
+
+    /// An aggregator whose configuration `adjust` changes first.
+    pub fn aggregator_with(
+        &self,
+        data: &str,
+        adjust: impl FnOnce(&mut kairos_aggregator::Config),
+    ) -> Service {
+        let mut config = kairos_aggregator::Config::new(
             self.kafka.clone(),
             self.data_dir(data),
             free_addr(),
             free_addr(),
         );
+        adjust(&mut config);
         let http = config.http_addr;
         Service::spawn(
             "aggregator",
@@ -252,12 +313,54 @@ impl Stack {
             .expect("running kairosctl")
     }
 
+    /// The alerts raised so far.
+    pub fn alerts(&self) -> Vec<codec::Alert> {
+        self.read_all(&self.kafka.topics().alerts())
+            .into_iter()
+            .filter_map(|(_, _, payload)| codec::decode_alert(&payload?).ok())
+            .collect()
+    }
+
     /// The run ledger as decoded events, in per-partition order.
     pub fn ledger(&self) -> Vec<RunEvent> {
         self.read_all(&self.kafka.topics().runs())
             .into_iter()
             .filter_map(|(_, _, payload)| payload.and_then(|p| codec::decode_run_event(&p).ok()))
             .collect()
+    }
+}
+
+/// How often test workers beat: a worker is lost after three silent intervals.
+pub const TEST_HEARTBEAT: Duration = Duration::from_millis(300);
+
+/// A service binary running as a child process.
+pub struct Process {
+    pub name: String,
+    child: tokio::process::Child,
+}
+
+impl Process {
+    /// `kill -9`: no drain, no goodbye, no group leave.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("killing the process");
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the service does.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the process is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit on its own and returns its status.
+    pub async fn exit(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} kept running for {within:?}", self.name))
+            .expect("waiting for the process")
     }
 }
 
@@ -434,6 +537,22 @@ pub async fn get_json(url: &str) -> Option<serde_json::Value> {
         return None;
     }
     response.json().await.ok()
+}
+
+/// The ledger events of one job, in ledger order.
+pub fn events_of<'a>(ledger: &'a [RunEvent], job: &str) -> Vec<&'a RunEvent> {
+    ledger.iter().filter(|e| e.job_id.as_str() == job).collect()
+}
+
+/// Events as `Name(attempt)`, to assert a run's story in one line.
+pub fn names(events: &[&RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let attempt = e.kind.attempt().map(|a| format!("({a})"));
+            format!("{}{}", e.kind.name(), attempt.unwrap_or_default())
+        })
+        .collect()
 }
 
 /// A shell job that fires once, `in_secs` seconds from now.

@@ -13,6 +13,7 @@ use kairos_runtime::Store;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::pending::{self, PendingRun};
 use crate::workers::Workers;
 use crate::{job_key, run_key, runs_of_job, JobRecord, RunRecord};
 
@@ -32,6 +33,7 @@ pub(crate) fn router(store: Store, health: Arc<Health>, workers: Workers) -> Rou
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/runs", get(job_runs))
+        .route("/api/v1/runs/pending", get(pending_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))
         .fallback(|| async {
@@ -168,17 +170,18 @@ async fn job_runs(
     Ok(Json(json!({ "job_id": id, "runs": runs })))
 }
 
+/// A run with its history; a dispatched run that no live worker will take says why.
 async fn get_run(
     State(state): State<ApiState>,
     Path(run_id): Path<String>,
-) -> Result<Json<RunRecord>, ApiError> {
-    if kairos_core::RunId::parse(&run_id).is_none() {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(id) = kairos_core::RunId::parse(&run_id) else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_run_id",
             format!("{run_id:?} is not a run id (a UUID)"),
         ));
-    }
+    };
     let record: RunRecord = state.store.get(&run_key(&run_id))?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -186,7 +189,36 @@ async fn get_run(
             format!("no run {run_id}"),
         )
     })?;
-    Ok(Json(record))
+    let mut body = serde_json::to_value(record).map_err(anyhow::Error::from)?;
+    if let Some(waiting) = pending::get(&state.store, id)? {
+        body["waiting_for_worker"] = json!(pending_json(&state, &waiting)?["unserved"]);
+    }
+    Ok(Json(body))
+}
+
+/// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
+/// serves its pool.
+async fn pending_runs(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut waiting = pending::all(&state.store)?;
+    waiting.sort_by_key(|p| p.dispatched_at);
+    let runs: Vec<_> = waiting
+        .iter()
+        .map(|p| pending_json(&state, p))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+fn pending_json(state: &ApiState, run: &PendingRun) -> Result<serde_json::Value, ApiError> {
+    let now = kairos_runtime::now();
+    let unserved = pending::unserved(&state.store, &state.workers.registry(), run, now)?;
+    Ok(json!({
+        "job_id": run.job_id,
+        "run_id": run.run_id,
+        "pool": run.pool,
+        "dispatched_at": run.dispatched_at,
+        "waiting_ms": (now - run.dispatched_at).num_milliseconds().max(0),
+        "unserved": unserved,
+    }))
 }
 
 async fn list_workers(State(state): State<ApiState>) -> Json<serde_json::Value> {

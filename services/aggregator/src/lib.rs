@@ -6,14 +6,17 @@
 
 mod api;
 mod metrics_names;
+mod pending;
 mod workers;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kairos_core::job::JobSpec;
-use kairos_core::run::{apply, RunEventKind, RunState, RunStatus, SkipReason};
+use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason};
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert};
 use kairos_runtime::deadletter::DeadLetters;
@@ -54,6 +57,10 @@ pub struct Config {
     /// Where the REST API listens.
     #[arg(long, env = "KAIROS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// How long a dispatched run may wait while no live worker serves its pool and task type
+    /// before a `run_pending` alert is raised.
+    #[arg(long, env = "KAIROS_PENDING_ALERT_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub pending_alert_after: Duration,
     #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -70,6 +77,7 @@ impl Config {
             data_dir,
             metrics_addr,
             http_addr,
+            pending_alert_after: Duration::from_secs(60),
             log_format: LogFormat::Text,
         }
     }
@@ -171,6 +179,8 @@ pub async fn run(
         deadletters: parts.deadletters,
         health: parts.health,
         workers,
+        pending_alert_after: config.pending_alert_after,
+        alerted_pending: HashSet::new(),
     };
     let result = aggregator.run(parts.shutdown).await;
     parts
@@ -189,14 +199,24 @@ struct Aggregator {
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     health: Arc<Health>,
+    pending_alert_after: Duration,
+    /// Pending runs already alerted about (in memory: after a restart a still-waiting run is
+    /// alerted once more, with the same alert id).
+    alerted_pending: HashSet<RunId>,
 }
+
+/// How often the aggregator looks for runs waiting on a pool nobody serves.
+const PENDING_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Aggregator {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut check_pending = tokio::time::interval(PENDING_CHECK_INTERVAL);
+        check_pending.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = check_pending.tick() => self.alert_pending().await?,
                 input = self.consumer.next(Some(&self.store)) => {
                     if let Input::Record(message) = input {
                         if message.topic() == self.topics.heartbeats() {
@@ -315,8 +335,34 @@ impl Aggregator {
             &job_run_key(event.job_id.as_str(), event.scheduled_for, &run),
             &(),
         );
+        pending::track(batch, &record.state);
         batch.put(&run_key(&run), &record);
         Ok(alert)
+    }
+
+    /// Raises `run_pending` for each run that has waited past the threshold on a pool that no
+    /// live worker serves. Only when caught up: a rebuilding view would see stale dispatches.
+    async fn alert_pending(&mut self) -> anyhow::Result<()> {
+        if !self.consumer.ready() {
+            return Ok(());
+        }
+        let now = kairos_runtime::now();
+        let waiting = pending::all(&self.store)?;
+        self.alerted_pending
+            .retain(|run| waiting.iter().any(|p| p.run_id == *run));
+        for run in waiting {
+            let waited = (now - run.dispatched_at).to_std().unwrap_or_default();
+            if waited < self.pending_alert_after || self.alerted_pending.contains(&run.run_id) {
+                continue;
+            }
+            let why = pending::unserved(&self.store, &self.workers.registry(), &run, now)?;
+            if let (Some(why), Ok(job_id)) = (why, kairos_core::JobId::parse(&run.job_id)) {
+                let alert = Alert::run_pending(job_id, run.run_id, waited, &why, now);
+                self.raise(&alert).await?;
+                self.alerted_pending.insert(run.run_id);
+            }
+        }
+        Ok(())
     }
 
     async fn raise(&self, alert: &Alert) -> anyhow::Result<()> {

@@ -2,20 +2,17 @@
 //! stopped. A live view kept in memory and read again from the compacted heartbeats topic when the
 //! aggregator starts, so it is not part of the state a rebuild must reproduce.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use kairos_core::Timestamp;
-use kairos_runtime::codec::{self, WorkerHeartbeat};
+use kairos_runtime::codec;
+use kairos_runtime::workers::{Liveness, Registry};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
 
-/// Heartbeats a worker may miss before it counts as lost.
-const MISSED_BEATS: u32 = 3;
-
 #[derive(Clone, Default)]
 pub(crate) struct Workers {
-    latest: Arc<RwLock<BTreeMap<String, WorkerHeartbeat>>>,
+    registry: Arc<RwLock<Registry>>,
 }
 
 /// A worker as the API shows it.
@@ -43,44 +40,30 @@ impl Workers {
             );
             return;
         };
-        let mut latest = self
-            .latest
+        self.registry
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if latest
-            .get(&beat.worker_id)
-            .is_none_or(|known| known.at <= beat.at)
-        {
-            latest.insert(beat.worker_id.clone(), beat);
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(beat);
+    }
+
+    pub(crate) fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn view(&self, now: Timestamp) -> Vec<WorkerView> {
-        let latest = self
-            .latest
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        latest
-            .values()
-            .map(|beat| {
-                let silent_for = (now - beat.at).to_std().unwrap_or_default();
-                let status = if beat.stopping {
-                    "stopped"
-                } else if silent_for > beat.interval * MISSED_BEATS {
-                    "lost"
-                } else {
-                    "live"
-                };
-                WorkerView {
-                    worker_id: beat.worker_id.clone(),
-                    pool: beat.pool.clone(),
-                    status,
-                    capacity: beat.capacity,
-                    task_types: beat.task_types.clone(),
-                    in_flight: beat.in_flight.iter().map(ToString::to_string).collect(),
-                    heartbeat_interval_ms: beat.interval.as_millis(),
-                    last_seen: beat.at,
-                }
+        self.registry()
+            .beats()
+            .map(|beat| WorkerView {
+                worker_id: beat.worker_id.clone(),
+                pool: beat.pool.clone(),
+                status: Liveness::of(beat, now).as_str(),
+                capacity: beat.capacity,
+                task_types: beat.task_types.clone(),
+                in_flight: beat.in_flight.iter().map(ToString::to_string).collect(),
+                heartbeat_interval_ms: beat.interval.as_millis(),
+                last_seen: beat.at,
             })
             .collect()
     }

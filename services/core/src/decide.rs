@@ -122,6 +122,15 @@ pub fn cancel_step(run: &RunState) -> Option<Step> {
     })
 }
 
+/// What the dispatcher records for a run whose current attempt was started by a worker that has
+/// since died: the attempt is lost, and the retry policy decides what comes next. An attempt not
+/// started yet is on no worker, and one already over has nothing to lose.
+pub fn lost_step(run: &RunState) -> Option<Step> {
+    (run.status == RunStatus::Started).then_some(Step::Record(RunEventKind::RunLost {
+        attempt: run.attempt,
+    }))
+}
+
 /// The dispatcher's next step for a run, or `None` when the run is waiting on someone else (a
 /// worker, a retry's due time, or a job definition the dispatcher has not read yet).
 ///
@@ -817,6 +826,32 @@ mod tests {
                 }))
             ));
         }
+    }
+
+    #[test]
+    fn given_a_dead_worker_then_only_an_attempt_it_started_is_lost() {
+        let dispatched = RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        };
+        let started = RunEventKind::RunStarted {
+            attempt: 1,
+            worker_id: "w".into(),
+        };
+        let succeeded = RunEventKind::RunSucceeded {
+            attempt: 1,
+            worker_id: "w".into(),
+            output: TaskOutput::default(),
+        };
+        assert_eq!(lost_step(&after(vec![dispatched.clone()])), None);
+        assert_eq!(
+            lost_step(&after(vec![dispatched.clone(), started.clone()])),
+            Some(Step::Record(RunEventKind::RunLost { attempt: 1 }))
+        );
+        assert_eq!(
+            lost_step(&after(vec![dispatched, started, succeeded])),
+            None
+        );
     }
 
     #[test]

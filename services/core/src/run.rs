@@ -392,6 +392,15 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
                 next.worker_id = Some(worker_id.clone());
                 next.started_at = Some(event.at);
             }
+            // The attempt was redelivered to another worker (its first one died or handed it
+            // back): it runs there now, and that worker is the one to watch.
+            S::Started
+                if *attempt == state.attempt
+                    && state.worker_id.as_deref() != Some(worker_id.as_str()) =>
+            {
+                next.worker_id = Some(worker_id.clone());
+                next.started_at = Some(event.at);
+            }
             S::Started | S::Succeeded | S::Failed | S::TimedOut | S::Cancelled | S::Lost
                 if *attempt == state.attempt =>
             {
@@ -670,6 +679,24 @@ pub(crate) mod tests {
             errors.iter().all(TransitionError::is_expected),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_redelivered_attempt_moves_to_its_new_worker_and_its_first_outcome_still_wins() {
+        let (state, errors) = fold(vec![
+            scheduled(),
+            dispatched(1),
+            started(1, "w1"),
+            started(1, "w2"),
+            started(1, "w2"),
+            succeeded(1, "w2"),
+            succeeded(1, "w1"),
+        ]);
+        let state = state.unwrap();
+        assert_eq!(state.status, RunStatus::Succeeded);
+        assert_eq!(state.worker_id.as_deref(), Some("w2"));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(TransitionError::is_expected));
     }
 
     #[test]

@@ -27,5 +27,16 @@ pub struct CancelRequest {
     pub job_id: JobId,
     pub run_id: RunId,
     pub reason: Option<String>,
+    /// `Some(n)`: a fence, not a cancel. The dispatcher has recorded an outcome for attempt `n`
+    /// on a worker's behalf (lost, or silent past its deadline), so attempts up to `n` must not
+    /// run anywhere; the run itself goes on. `None`: the whole run is cancelled.
+    pub attempt: Option<u32>,
     pub at: Timestamp,
+}
+
+impl CancelRequest {
+    /// The highest attempt of the run this request stops (every attempt for a cancel).
+    pub fn stops_up_to(&self) -> u32 {
+        self.attempt.unwrap_or(u32::MAX)
+    }
 }

@@ -7,6 +7,7 @@
 //! appended to the ledger and folded at once, so reading it back later is a recognised duplicate,
 //! and a crash before the fold re-emits the same (run_id, attempt), which downstream drops.
 
+mod attempts;
 mod metrics_names;
 mod pools;
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::decide::{
-    cancel_step, next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN,
+    cancel_step, lost_step, next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN,
 };
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunState, RunStatus};
@@ -25,15 +26,20 @@ use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{
-    check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
+    broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
+    ReliableProducer,
 };
 use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::workers::{Liveness, Registry};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::Attempts;
 use crate::metrics_names as m;
 use crate::pools::Pools;
 
@@ -89,6 +95,9 @@ fn parse_limit(s: &str) -> Result<(String, usize), String> {
     Ok((pool.trim().to_string(), limit))
 }
 
+/// How often the dispatcher looks for attempts on workers that have gone silent.
+const WORKER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// What the dispatcher stores of a job: its latest definition or tombstone, and where it was read.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct StoredJob {
@@ -127,6 +136,15 @@ pub async fn run(
             topics.tasks("default"),
         ],
     )?;
+    check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
+    // Every dispatcher needs every worker's heartbeats: a run on any of its partitions may have
+    // been started by any worker. The compacted topic holds each worker's latest beat.
+    let heartbeats = broadcast_consumer(
+        &config.kafka,
+        &topics.heartbeats(),
+        partitions,
+        Offset::Beginning,
+    )?;
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "dispatcher",
@@ -149,6 +167,9 @@ pub async fn run(
         timers: BTreeSet::new(),
         deadline_margin: config.deadline_margin,
         pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
+        heartbeats,
+        workers: Registry::default(),
+        attempts: Attempts::default(),
         health: parts.health,
     };
     let result = dispatcher.run(parts.shutdown).await;
@@ -173,11 +194,18 @@ struct Dispatcher {
     deadline_margin: Duration,
     /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
     pools: Pools,
+    /// Every worker's heartbeats, read from the beginning of the compacted topic.
+    heartbeats: StreamConsumer,
+    workers: Registry,
+    /// The worker of each started attempt, to find a dead worker's attempts.
+    attempts: Attempts,
     health: Arc<Health>,
 }
 
 impl Dispatcher {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut check_workers = tokio::time::interval(WORKER_CHECK_INTERVAL);
+        check_workers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self
                 .timers
@@ -192,6 +220,13 @@ impl Dispatcher {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
+                Ok(message) = self.heartbeats.recv() => {
+                    // The topic is written only by workers; a beat that does not decode is skipped.
+                    if let Some(Ok(beat)) = message.payload().map(codec::decode_heartbeat) {
+                        self.workers.record(beat);
+                    }
+                }
+                _ = check_workers.tick() => self.reconcile_lost_workers().await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
             }
             self.drain_pools().await?;
@@ -209,6 +244,20 @@ impl Dispatcher {
         for (pool, in_flight, waiting) in self.pools.levels() {
             metrics::gauge!(m::IN_FLIGHT, "pool" => pool.clone()).set(in_flight as f64);
             metrics::gauge!(m::WAITING, "pool" => pool).set(waiting as f64);
+        }
+        Ok(())
+    }
+
+    /// Reconciles the jobs with an attempt on a worker that has gone silent, so that the attempt
+    /// is recorded as lost and retried.
+    async fn reconcile_lost_workers(&mut self) -> anyhow::Result<()> {
+        let lost = self
+            .attempts
+            .on_lost_workers(&self.workers, kairos_runtime::now());
+        for (partition, job) in lost {
+            if self.consumer.is_caught_up(partition) {
+                self.reconcile(partition, Some(&job)).await?;
+            }
         }
         Ok(())
     }
@@ -240,6 +289,7 @@ impl Dispatcher {
             Input::Revoked(partitions) => {
                 self.timers.retain(|(_, p, _)| !partitions.contains(p));
                 self.pools.forget(&partitions);
+                self.attempts.forget(&partitions);
             }
             Input::Record(message) => {
                 let partition = message.partition();
@@ -316,6 +366,10 @@ impl Dispatcher {
         else {
             return Ok(None);
         };
+        if request.attempt.is_some() {
+            // A fence this or another dispatcher sent to the workers; the run goes on.
+            return Ok(None);
+        }
         if record_key(message).as_deref() != Some(request.job_id.as_str()) {
             let reason = format!(
                 "key does not match the request's job id {:?}",
@@ -373,6 +427,7 @@ impl Dispatcher {
                 }
                 batch.put(&key, &next);
                 self.pools.track(partition, &next);
+                self.attempts.track(partition, &next);
                 Ok(Some(next))
             }
             Err(error) => {
@@ -423,7 +478,10 @@ impl Dispatcher {
             runs.extend(self.store.get::<RunState>(&run_key(partition, job, run))?);
         }
         runs.sort_by_key(|r| (r.scheduled_for, r.run_id));
-        runs.iter().for_each(|run| self.pools.track(partition, run));
+        for run in &runs {
+            self.pools.track(partition, run);
+            self.attempts.track(partition, run);
+        }
         let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
         let definition: Option<JobDefinition> = match &stored {
             Some(StoredJob {
@@ -452,15 +510,18 @@ impl Dispatcher {
             // requested cancel comes first.
             let cancelling = cancel_requested(&runs[i]);
             loop {
-                let step = match cancelling.then(|| cancel_step(&runs[i])).flatten() {
-                    Some(cancel) => Some(cancel),
-                    None => next_step(
-                        &runs[i],
-                        view,
-                        kairos_runtime::now(),
-                        self.deadline_margin,
-                        &runs,
-                    ),
+                let now = kairos_runtime::now();
+                let worker_lost = runs[i].worker_id.as_ref().is_some_and(|worker| {
+                    self.workers.liveness(worker, now) == Some(Liveness::Lost)
+                });
+                let step = if let Some(cancel) = cancelling.then(|| cancel_step(&runs[i])).flatten()
+                {
+                    Some(cancel)
+                } else if let Some(lost) = worker_lost.then(|| lost_step(&runs[i])).flatten() {
+                    tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, worker_id = runs[i].worker_id, "The attempt's worker is lost.");
+                    Some(lost)
+                } else {
+                    next_step(&runs[i], view, now, self.deadline_margin, &runs)
                 };
                 let Some(step) = step else { break };
                 if let Step::Dispatch(task) = &step {
@@ -519,23 +580,20 @@ impl Dispatcher {
                 let event = event(kind);
                 self.append(&event).await?;
                 tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, event = event.kind.name(), "Recorded.");
+                if let RunEventKind::RunLost { attempt }
+                | RunEventKind::RunTimedOut { attempt, .. } = event.kind
+                {
+                    // Recorded on a worker's behalf: the attempt must not run on, nor be run again
+                    // by a worker it is redelivered to.
+                    self.request_stop(run, Some(attempt), now).await?;
+                }
                 self.fold(partition, &event, &mut batch)?
             }
             Step::Cancel { attempt } => {
                 let cancelled = event(RunEventKind::RunCancelled { attempt });
                 self.append(&cancelled).await?;
                 if matches!(run.status, RunStatus::Dispatched | RunStatus::Started) {
-                    // Workers of the pool read the control topic and stop the attempt.
-                    let request = CancelRequest {
-                        job_id: run.job_id.clone(),
-                        run_id: run.run_id,
-                        reason: None,
-                        at: now,
-                    };
-                    let bytes = codec::encode_cancel(&request)?;
-                    self.producer
-                        .send(&self.topics.control(), run.job_id.as_str(), Some(&bytes))
-                        .await?;
+                    self.request_stop(run, None, now).await?;
                 }
                 tracing::info!(job_id = %run.job_id, run_id = %run.run_id, attempt, "Cancelled.");
                 self.fold(partition, &cancelled, &mut batch)?
@@ -558,6 +616,28 @@ impl Dispatcher {
             tracing::error!(job_id = %run.job_id, run_id = %run.run_id, "The dispatcher's own step did not apply.");
         }
         Ok(next)
+    }
+
+    /// Asks the workers (they read the control topic) to stop the run, or with `attempt` only
+    /// that attempt and earlier ones.
+    async fn request_stop(
+        &self,
+        run: &RunState,
+        attempt: Option<u32>,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        let request = CancelRequest {
+            job_id: run.job_id.clone(),
+            run_id: run.run_id,
+            reason: None,
+            attempt,
+            at: now,
+        };
+        let bytes = codec::encode_cancel(&request)?;
+        self.producer
+            .send(&self.topics.control(), run.job_id.as_str(), Some(&bytes))
+            .await?;
+        Ok(())
     }
 
     async fn append(&self, event: &RunEvent) -> anyhow::Result<()> {

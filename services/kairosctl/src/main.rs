@@ -408,6 +408,7 @@ async fn run_cancel(
         job_id: job_id.clone(),
         run_id: id,
         reason,
+        attempt: None,
         at: chrono::Utc::now(),
     };
     let bytes = codec::encode_cancel(&request)?;

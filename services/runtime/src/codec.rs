@@ -274,11 +274,18 @@ impl<'a> Fields<'a> {
     }
 
     fn attempt(&self) -> Result<u32, CodecError> {
-        let n = self.long("attempt")?;
-        u32::try_from(n).map_err(|_| CodecError::Field {
-            field: "attempt",
-            reason: format!("{n} is negative"),
-        })
+        self.opt_attempt("attempt")?.ok_or(missing("attempt"))
+    }
+
+    fn opt_attempt(&self, field: &'static str) -> Result<Option<u32>, CodecError> {
+        self.opt_long(field)?
+            .map(|n| {
+                u32::try_from(n).map_err(|_| CodecError::Field {
+                    field,
+                    reason: format!("{n} is not an attempt number"),
+                })
+            })
+            .transpose()
     }
 
     fn timestamp(&self, field: &'static str) -> Result<Timestamp, CodecError> {
@@ -992,6 +999,7 @@ pub fn encode_cancel(request: &CancelRequest) -> Result<Vec<u8>, CodecError> {
             ("job_id", string(request.job_id.as_str())),
             ("run_id", string(request.run_id.to_string())),
             ("reason", opt(request.reason.clone(), string)),
+            ("attempt", opt(request.attempt, |a| Value::Int(a as i32))),
             ("at", millis(request.at)),
         ]),
     )
@@ -1005,6 +1013,7 @@ pub fn decode_cancel(bytes: &[u8]) -> Result<CancelRequest, CodecError> {
             job_id: job_id(f.string("job_id")?)?,
             run_id: run_id(&f.string("run_id")?)?,
             reason: f.opt_string("reason")?,
+            attempt: f.opt_attempt("attempt")?,
             at: f.timestamp("at")?,
         }),
         other => Err(CodecError::Field {
@@ -1033,17 +1042,55 @@ pub struct Alert {
 pub enum AlertKind {
     /// A run failed every attempt its retry policy allows.
     RunAbandoned,
+    /// A dispatched run has waited too long for a worker: none serves its pool and task type.
+    RunPending,
 }
 
 impl AlertKind {
+    pub const ALL: [AlertKind; 2] = [AlertKind::RunAbandoned, AlertKind::RunPending];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::RunAbandoned => "run_abandoned",
+            AlertKind::RunPending => "run_pending",
         }
     }
 }
 
 impl Alert {
+    fn about(
+        kind: AlertKind,
+        job_id: JobId,
+        run_id: RunId,
+        message: String,
+        at: Timestamp,
+    ) -> Self {
+        let name = format!("{}/{run_id}", kind.as_str());
+        Alert {
+            alert_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()),
+            kind,
+            message,
+            job_id,
+            run_id: Some(run_id),
+            at,
+        }
+    }
+
+    /// The alert that a dispatched run has waited `waited` for a worker, and why none takes it.
+    pub fn run_pending(
+        job_id: JobId,
+        run_id: RunId,
+        waited: std::time::Duration,
+        why: &str,
+        at: Timestamp,
+    ) -> Self {
+        let message = format!(
+            "run {run_id} of job {job_id} has waited {}s for a worker: {why}",
+            waited.as_secs()
+        );
+        Alert::about(AlertKind::RunPending, job_id, run_id, message, at)
+    }
+
     /// The alert that a run was abandoned.
     pub fn run_abandoned(
         job_id: JobId,
@@ -1052,18 +1099,11 @@ impl Alert {
         error: Option<&str>,
         at: Timestamp,
     ) -> Self {
-        let name = format!("{}/{run_id}", AlertKind::RunAbandoned.as_str());
-        Alert {
-            alert_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()),
-            kind: AlertKind::RunAbandoned,
-            message: format!(
-                "run {run_id} of job {job_id} was abandoned after {attempt} attempt(s): {}",
-                error.unwrap_or("no error recorded")
-            ),
-            job_id,
-            run_id: Some(run_id),
-            at,
-        }
+        let message = format!(
+            "run {run_id} of job {job_id} was abandoned after {attempt} attempt(s): {}",
+            error.unwrap_or("no error recorded")
+        );
+        Alert::about(AlertKind::RunAbandoned, job_id, run_id, message, at)
     }
 }
 
@@ -1072,7 +1112,10 @@ pub fn encode_alert(alert: &Alert) -> Result<Vec<u8>, CodecError> {
         &CONTRACTS.alert,
         record(vec![
             ("alert_id", string(alert.alert_id.to_string())),
-            ("kind", symbol(&["run_abandoned"], alert.kind.as_str())),
+            (
+                "kind",
+                symbol(&AlertKind::ALL.map(AlertKind::as_str), alert.kind.as_str()),
+            ),
             ("job_id", string(alert.job_id.as_str())),
             ("run_id", opt(alert.run_id.map(|r| r.to_string()), string)),
             ("message", string(&alert.message)),
@@ -1090,14 +1133,15 @@ pub fn decode_alert(bytes: &[u8]) -> Result<Alert, CodecError> {
             field: "alert_id",
             reason: e.to_string(),
         })?,
-        kind: match f.string("kind")?.as_str() {
-            "run_abandoned" => AlertKind::RunAbandoned,
-            other => {
-                return Err(CodecError::Field {
+        kind: {
+            let kind = f.string("kind")?;
+            AlertKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+                .ok_or_else(|| CodecError::Field {
                     field: "kind",
-                    reason: format!("unknown kind {other:?}"),
-                })
-            }
+                    reason: format!("unknown kind {kind:?}"),
+                })?
         },
         job_id: job_id(f.string("job_id")?)?,
         run_id: f.opt_string("run_id")?.map(|r| run_id(&r)).transpose()?,
@@ -1444,11 +1488,20 @@ mod tests {
             run_id: RunId::derive(&job_id, t(0), TriggerKind::Schedule),
             job_id,
             reason: Some("operator".into()),
+            attempt: None,
             at: t(1),
         };
         assert_eq!(
             decode_cancel(&encode_cancel(&request).unwrap()).unwrap(),
             request
+        );
+        let fence = CancelRequest {
+            attempt: Some(2),
+            ..request
+        };
+        assert_eq!(
+            decode_cancel(&encode_cancel(&fence).unwrap()).unwrap(),
+            fence
         );
     }
 

@@ -546,12 +546,14 @@ impl PartitionedConsumer {
     }
 }
 
-/// A consumer that reads every partition of `topic` from its end on, outside any group: each
-/// instance sees every record produced from now on (used for broadcast commands).
+/// A consumer that reads every partition of `topic` from `from` on, outside any group: each
+/// instance sees every record (broadcast commands from the end on, compacted views from the
+/// beginning).
 pub fn broadcast_consumer(
     args: &KafkaArgs,
     topic: &str,
     partitions: i32,
+    from: Offset,
 ) -> Result<StreamConsumer, KafkaError> {
     let mut config = args.client_config();
     config
@@ -562,7 +564,7 @@ pub fn broadcast_consumer(
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::End)?;
+        assignment.add_partition_offset(topic, partition, from)?;
     }
     consumer.assign(&assignment)?;
     Ok(consumer)

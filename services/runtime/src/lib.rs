@@ -1,7 +1,7 @@
 //! Kairos's shared runtime: everything the four services and `kairosctl` do the same way.
 //!
 //! Kafka client setup ([`kafka`]), the Avro edge ([`codec`]), local state ([`store`]), dead
-//! letters ([`deadletter`]), telemetry ([`telemetry`]) and the start and stop every service
+//! letters ([`deadletter`]), telemetry ([`telemetry`]), worker liveness ([`workers`]) and the start and stop every service
 //! shares ([`service`]). Domain rules live in `kairos-core`;
 //! nothing here decides what a job or a run should do.
 
@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod workers;
 
 pub use kafka::{KafkaArgs, PartitionedConsumer, Producer, Topics};
 pub use service::{open_store, ServiceParts, ServiceSpec};

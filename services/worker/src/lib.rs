@@ -6,6 +6,14 @@
 //! becomes committable only after its outcome is acknowledged by the broker, and a partition's
 //! committed offset never passes its lowest unfinished task. A crash therefore re-delivers
 //! unfinished tasks (at-least-once); the ledger keeps the first outcome of an attempt.
+//!
+//! Stopping (SIGTERM) drains: no new task starts, running ones get `--drain-timeout` to finish,
+//! and whatever is left is killed and handed back — not reported, not committed — so that the
+//! pool's next owner of the partition runs the same attempt again.
+//!
+//! The control topic tells every worker which runs to stop: cancelled runs, and attempts the
+//! dispatcher has recorded as lost or timed out (fences). A fence is remembered for a while, so
+//! that the attempt is not run again when its task is redelivered here after a rebalance.
 
 pub mod executor;
 mod metrics_names;
@@ -15,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use kairos_core::run::RunId;
 use kairos_core::run::{RunEvent, RunEventKind};
@@ -30,7 +39,9 @@ use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::Offset;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{execute, Outcome};
@@ -61,6 +72,9 @@ pub struct Config {
     /// How often the worker announces itself on the heartbeats topic.
     #[arg(long, env = "KAIROS_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+    /// On SIGTERM, how long running tasks may take to finish before they are handed back.
+    #[arg(long, env = "KAIROS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
     pub metrics_addr: SocketAddr,
     #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -76,6 +90,7 @@ impl Config {
             worker_id: None,
             output_limit: 64 * 1024,
             heartbeat_interval: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
             metrics_addr,
             log_format: LogFormat::Text,
         }
@@ -103,6 +118,19 @@ struct Pending {
     offset: i64,
     task: TaskAssigned,
 }
+
+/// An attempt this worker has taken off its queue: waiting for a slot or running.
+struct Running {
+    attempt: u32,
+    cancel: CancellationToken,
+}
+
+/// How long a fence from the control topic is remembered: longer than a consumer-group
+/// rebalance takes to redeliver the fenced attempt's task.
+const FENCE_MEMORY: Duration = Duration::from_secs(600);
+
+/// How long handed-back attempts get to die after they are killed, before the worker stops anyway.
+const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 
 /// Sent by an execution when its outcome is acknowledged.
 struct Finished {
@@ -135,7 +163,7 @@ pub async fn run(
         store: None,
         metrics_addr: config.metrics_addr,
     };
-    let control = broadcast_consumer(&config.kafka, &topics.control(), partitions)?;
+    let control = broadcast_consumer(&config.kafka, &topics.control(), partitions, Offset::End)?;
     let topics_heartbeats = topics.heartbeats();
     // Refuse to start, naming the topic, rather than retry heartbeats forever into nothing.
     check_co_partitioning(&config.kafka, std::slice::from_ref(&topics_heartbeats))?;
@@ -170,7 +198,12 @@ pub async fn run(
         finished_tx,
         finished,
         control,
-        cancels: HashMap::new(),
+        running: HashMap::new(),
+        fences: HashMap::new(),
+        executions: JoinSet::new(),
+        draining: false,
+        hand_back: CancellationToken::new(),
+        drain_timeout: config.drain_timeout,
         health: parts.health,
     };
     let result = worker.run(parts.shutdown).await;
@@ -199,10 +232,19 @@ struct Worker {
     tracker: OffsetTracker,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
-    /// Cancel requests, broadcast to every worker.
+    /// Cancel requests and fences, broadcast to every worker.
     control: StreamConsumer,
-    /// How to stop each task that has been started, by run.
-    cancels: HashMap<RunId, CancellationToken>,
+    /// The attempt of each run taken off its queue, and how to stop it.
+    running: HashMap<RunId, Running>,
+    /// Per run, the highest attempt that must not run (every attempt for a cancelled run), and
+    /// when that was learnt.
+    fences: HashMap<RunId, (u32, Instant)>,
+    executions: JoinSet<()>,
+    /// Stopping: queued tasks stay queued (and uncommitted) for the partition's next owner.
+    draining: bool,
+    /// Fired when the drain timeout passes: running attempts are killed and not reported.
+    hand_back: CancellationToken,
+    drain_timeout: Duration,
     health: Arc<Health>,
 }
 
@@ -213,19 +255,65 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return self.beat(true).await,
+                _ = shutdown.cancelled() => return self.drain().await,
                 _ = beat.tick() => self.beat(false).await?,
                 Some(done) = self.finished.recv() => self.on_finished(done),
                 Ok(message) = self.control.recv() => {
-                    let request = message.payload().map(codec::decode_cancel);
-                    if let Some(Ok(request)) = request {
+                    if let Some(request) = control_request(&message) {
                         self.cancel(&request);
                     }
                 }
+                Some(_) = self.executions.join_next() => {}
                 input = self.consumer.next(None) => self.handle(input).await?,
             }
             self.health.set_caught_up(self.consumer.ready());
         }
+    }
+
+    /// Lets running attempts finish within the drain timeout, hands back the rest, and says
+    /// goodbye on the heartbeats topic. Offsets are committed by the caller as the consumer closes.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        self.draining = true;
+        tracing::info!(
+            running = self.running.len(),
+            timeout = ?self.drain_timeout,
+            "Draining: no new tasks; running ones may finish."
+        );
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut give_up = deadline + HAND_BACK_GRACE;
+        // A draining worker is alive: silence would have its attempts recorded as lost.
+        let mut beat = tokio::time::interval(self.heartbeat_interval);
+        loop {
+            tokio::select! {
+                biased;
+                _ = beat.tick() => self.beat(false).await?,
+                Some(done) = self.finished.recv() => self.on_finished(done),
+                Ok(message) = self.control.recv() => {
+                    if let Some(request) = control_request(&message) {
+                        self.cancel(&request);
+                    }
+                }
+                joined = self.executions.join_next() => {
+                    if joined.is_none() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if !self.hand_back.is_cancelled() => {
+                    tracing::warn!(running = self.running.len(), "Drain timeout: handing back the attempts still running.");
+                    self.hand_back.cancel();
+                    give_up = tokio::time::Instant::now() + HAND_BACK_GRACE;
+                }
+                _ = tokio::time::sleep_until(give_up) => {
+                    tracing::error!(running = self.running.len(), "Attempts did not stop in time; leaving them.");
+                    self.executions.abort_all();
+                    break;
+                }
+            }
+        }
+        while let Ok(done) = self.finished.try_recv() {
+            self.on_finished(done);
+        }
+        self.beat(true).await
     }
 
     async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
@@ -252,6 +340,11 @@ impl Worker {
         let (partition, offset) = (message.partition(), message.offset());
         self.tracker.started(partition, offset);
         let rejection = match message.payload().map(codec::decode_task) {
+            Some(Ok(task)) if self.is_fenced(&task) => {
+                tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a stopped attempt.");
+                self.commit_up_to(partition, offset);
+                return Ok(());
+            }
             Some(Ok(task)) if task.pool == self.pool => {
                 self.enqueue(partition, offset, task);
                 return Ok(());
@@ -302,7 +395,7 @@ impl Worker {
             pool: self.pool.clone(),
             capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
             task_types: TASK_TYPES.iter().map(|t| t.to_string()).collect(),
-            in_flight: self.cancels.keys().copied().collect(),
+            in_flight: self.running.keys().copied().collect(),
             interval: self.heartbeat_interval,
             stopping,
             at: kairos_runtime::now(),
@@ -314,26 +407,46 @@ impl Worker {
         Ok(())
     }
 
-    /// Stops a started task of the run, or drops it if it is still queued here. The dispatcher
-    /// records the cancel on the ledger; a stopped attempt is reported as cancelled.
+    /// Whether a cancel or fence seen on the control topic stops this attempt.
+    fn is_fenced(&self, task: &TaskAssigned) -> bool {
+        self.fences
+            .get(&task.run_id)
+            .is_some_and(|(up_to, _)| task.attempt <= *up_to)
+    }
+
+    /// Stops the attempts of the run that the request names: a started one is stopped (and
+    /// reported as cancelled; the ledger already has the dispatcher's record), queued ones are
+    /// dropped, and the request is remembered for tasks of the run that arrive later.
     fn cancel(&mut self, request: &CancelRequest) {
-        if let Some(token) = self.cancels.get(&request.run_id) {
-            tracing::info!(job_id = %request.job_id, run_id = %request.run_id, "Cancelling a running task.");
-            token.cancel();
-            return;
+        let up_to = request.stops_up_to();
+        self.fences
+            .retain(|_, (_, learnt)| learnt.elapsed() < FENCE_MEMORY);
+        let fence = self
+            .fences
+            .entry(request.run_id)
+            .or_insert((up_to, Instant::now()));
+        *fence = (fence.0.max(up_to), Instant::now());
+        if let Some(running) = self
+            .running
+            .get(&request.run_id)
+            .filter(|r| r.attempt <= up_to)
+        {
+            tracing::info!(job_id = %request.job_id, run_id = %request.run_id, attempt = running.attempt, "Stopping a running attempt.");
+            running.cancel.cancel();
         }
         let Some(queue) = self.queues.get_mut(&request.job_id) else {
             return;
         };
+        let stopped = |p: &Pending| p.task.run_id == request.run_id && p.task.attempt <= up_to;
         let dropped: Vec<(i32, i64)> = queue
             .iter()
             .skip(1)
-            .filter(|p| p.task.run_id == request.run_id)
+            .filter(|p| stopped(p))
             .map(|p| (p.partition, p.offset))
             .collect();
         // The head of the queue is started (it has a cancel token), so only later entries go.
         if let Some(head) = queue.pop_front() {
-            queue.retain(|p| p.task.run_id != request.run_id);
+            queue.retain(|p| !stopped(p));
             queue.push_front(head);
         }
         for (partition, offset) in dropped {
@@ -343,13 +456,13 @@ impl Worker {
     }
 
     fn on_finished(&mut self, done: Finished) {
-        self.cancels.remove(&done.run_id);
+        self.running.remove(&done.run_id);
         self.commit_up_to(done.partition, done.offset);
         if let Some(queue) = self.queues.get_mut(&done.job_id) {
             queue.pop_front();
             if queue.is_empty() {
                 self.queues.remove(&done.job_id);
-            } else {
+            } else if !self.draining {
                 self.start_head(&done.job_id);
             }
         }
@@ -361,20 +474,34 @@ impl Worker {
             return;
         };
         let (partition, offset, task) = (pending.partition, pending.offset, pending.task.clone());
-        let cancel = CancellationToken::new();
-        self.cancels.insert(task.run_id, cancel.clone());
+        // Handing back stops every attempt through its own token, like a cancel, but leaves the
+        // outcome unreported.
+        let hand_back = self.hand_back.clone();
+        let cancel = hand_back.child_token();
+        self.running.insert(
+            task.run_id,
+            Running {
+                attempt: task.attempt,
+                cancel: cancel.clone(),
+            },
+        );
         let slots = Arc::clone(&self.slots);
         let reporter = self.reporter.clone();
         let http = self.http.clone();
         let finished = self.finished_tx.clone();
         let (limit, pool) = (self.output_limit, self.pool.clone());
-        tokio::spawn(async move {
+        self.executions.spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
+            if hand_back.is_cancelled() {
+                return;
+            }
             // Cancelled while waiting for a slot: nothing ran, and the dispatcher has recorded it.
             let reported = cancel.is_cancelled()
-                || reporter.attempt(&task, &http, limit, &pool, &cancel).await;
+                || reporter
+                    .attempt(&task, &http, limit, &pool, &cancel, &hand_back)
+                    .await;
             if reported {
                 let done = Finished {
                     partition,
@@ -388,6 +515,12 @@ impl Worker {
     }
 }
 
+/// The request a control record carries. The topic is Kairos's own, and the dispatcher
+/// dead-letters what does not decode, so here it is just skipped.
+fn control_request(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<CancelRequest> {
+    message.payload().map(codec::decode_cancel)?.ok()
+}
+
 /// Appends an attempt's lifecycle events, retrying until the broker takes them.
 #[derive(Clone)]
 struct Reporter {
@@ -397,7 +530,8 @@ struct Reporter {
 }
 
 impl Reporter {
-    /// Runs one attempt and reports it; false if shutdown came before the outcome was recorded.
+    /// Runs one attempt and reports it; false if the outcome was not recorded (shutdown, or the
+    /// attempt was handed back).
     async fn attempt(
         &self,
         task: &TaskAssigned,
@@ -405,6 +539,7 @@ impl Reporter {
         limit: usize,
         pool: &str,
         cancel: &CancellationToken,
+        hand_back: &CancellationToken,
     ) -> bool {
         let started = RunEventKind::RunStarted {
             attempt: task.attempt,
@@ -420,6 +555,12 @@ impl Reporter {
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
         metrics::histogram!(m::DURATION, "pool" => pool.to_string())
             .record(clock.elapsed().as_secs_f64());
+        if hand_back.is_cancelled() && execution.outcome == Outcome::Cancelled {
+            tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Handed back: the attempt will run again on the partition's next owner.");
+            metrics::counter!(m::TASKS, "pool" => pool.to_string(), "outcome" => "handed_back")
+                .increment(1);
+            return false;
+        }
         let (label, kind) = match execution.outcome {
             Outcome::Succeeded => (
                 "succeeded",

@@ -1,0 +1,141 @@
+//! Which workers are alive: the latest heartbeat of each worker and what its silence means.
+//!
+//! The dispatcher reads it to record the attempts of a dead worker as lost, the aggregator to show
+//! the worker registry and to notice pools nobody serves; both must judge a worker the same way.
+
+use std::collections::BTreeMap;
+
+use kairos_core::Timestamp;
+
+use crate::codec::WorkerHeartbeat;
+
+/// Heartbeats a worker may miss before it counts as lost.
+pub const MISSED_BEATS: u32 = 3;
+
+/// What a worker's latest heartbeat says about it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// Silent for more than [`MISSED_BEATS`] of its own heartbeat intervals.
+    Lost,
+    /// Said goodbye: it drained, and handed back whatever it did not finish.
+    Stopped,
+}
+
+impl Liveness {
+    pub fn of(beat: &WorkerHeartbeat, now: Timestamp) -> Self {
+        let silent_for = (now - beat.at).to_std().unwrap_or_default();
+        if beat.stopping {
+            Liveness::Stopped
+        } else if silent_for > beat.interval * MISSED_BEATS {
+            Liveness::Lost
+        } else {
+            Liveness::Live
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Live => "live",
+            Liveness::Lost => "lost",
+            Liveness::Stopped => "stopped",
+        }
+    }
+}
+
+/// The newest heartbeat of every worker seen.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    latest: BTreeMap<String, WorkerHeartbeat>,
+}
+
+impl Registry {
+    /// Keeps `beat` unless a newer one of its worker is known (heartbeats of one worker share a
+    /// partition, but a compacted topic read again may interleave with live ones).
+    pub fn record(&mut self, beat: WorkerHeartbeat) {
+        if self
+            .latest
+            .get(&beat.worker_id)
+            .is_none_or(|known| known.at <= beat.at)
+        {
+            self.latest.insert(beat.worker_id.clone(), beat);
+        }
+    }
+
+    /// The worker's liveness; `None` for a worker never heard of.
+    pub fn liveness(&self, worker_id: &str, now: Timestamp) -> Option<Liveness> {
+        self.latest
+            .get(worker_id)
+            .map(|beat| Liveness::of(beat, now))
+    }
+
+    /// Whether some live worker serves `pool` and accepts tasks of `task_type` (of any type when
+    /// `None`).
+    pub fn serves(&self, pool: &str, task_type: Option<&str>, now: Timestamp) -> bool {
+        self.latest.values().any(|beat| {
+            beat.pool == pool
+                && task_type.is_none_or(|kind| beat.task_types.iter().any(|t| t == kind))
+                && Liveness::of(beat, now) == Liveness::Live
+        })
+    }
+
+    pub fn beats(&self) -> impl Iterator<Item = &WorkerHeartbeat> {
+        self.latest.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn beat(worker: &str, pool: &str, at_ms: i64, stopping: bool) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            worker_id: worker.into(),
+            pool: pool.into(),
+            capacity: 1,
+            task_types: vec!["shell".into()],
+            in_flight: vec![],
+            interval: Duration::from_secs(1),
+            stopping,
+            at: kairos_core::from_millis(at_ms).unwrap(),
+        }
+    }
+
+    fn at(ms: i64) -> Timestamp {
+        kairos_core::from_millis(ms).unwrap()
+    }
+
+    #[test]
+    fn a_worker_is_lost_after_three_silent_intervals_and_stopped_when_it_says_so() {
+        let mut registry = Registry::default();
+        registry.record(beat("w", "p", 10_000, false));
+        assert_eq!(registry.liveness("w", at(13_000)), Some(Liveness::Live));
+        assert_eq!(registry.liveness("w", at(13_001)), Some(Liveness::Lost));
+        assert_eq!(registry.liveness("other", at(13_001)), None);
+        registry.record(beat("w", "p", 14_000, true));
+        assert_eq!(registry.liveness("w", at(99_000)), Some(Liveness::Stopped));
+    }
+
+    #[test]
+    fn an_older_beat_read_late_does_not_replace_a_newer_one() {
+        let mut registry = Registry::default();
+        registry.record(beat("w", "p", 20_000, true));
+        registry.record(beat("w", "p", 10_000, false));
+        assert_eq!(registry.liveness("w", at(20_500)), Some(Liveness::Stopped));
+    }
+
+    #[test]
+    fn a_pool_is_served_only_by_live_workers_of_that_pool_and_task_type() {
+        let mut registry = Registry::default();
+        registry.record(beat("a", "gpu", 10_000, false));
+        registry.record(beat("b", "cpu", 10_000, true));
+        assert!(registry.serves("gpu", Some("shell"), at(10_500)));
+        assert!(registry.serves("gpu", None, at(10_500)));
+        assert!(!registry.serves("gpu", Some("http"), at(10_500)));
+        assert!(!registry.serves("cpu", Some("shell"), at(10_500)));
+        assert!(!registry.serves("cpu", None, at(10_500)));
+        assert!(!registry.serves("gpu", Some("shell"), at(20_000)));
+    }
+}
