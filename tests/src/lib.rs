@@ -147,6 +147,22 @@ impl Stack {
         })
     }
 
+    /// A worker of `pool` that also runs the custom task types of `handlers`.
+    pub fn worker_with_handlers(
+        &self,
+        pool: &str,
+        worker_id: &str,
+        handlers: kairos_worker::Handlers,
+    ) -> Service {
+        let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
+        config.heartbeat_interval = TEST_HEARTBEAT;
+        config.worker_id = Some(worker_id.to_string());
+        config.pool = pool.to_string();
+        Service::spawn("worker", None, config.metrics_addr, None, |stop| {
+            kairos_worker::run_with_handlers(config, handlers, stop)
+        })
+    }
+
     /// The `kairos-worker` binary as a process of its own, to be killed as production kills it.
     pub fn worker_process(&self, worker_id: &str) -> Process {
         let beat = format!("{}ms", TEST_HEARTBEAT.as_millis());

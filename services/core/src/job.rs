@@ -334,15 +334,39 @@ pub struct ScheduleSpec {
 pub enum TaskSpec {
     Shell(ShellTask),
     Http(HttpTask),
+    Handler(HandlerTask),
 }
 
 impl TaskSpec {
-    /// The task type name that workers advertise and metrics label by.
-    pub fn kind(&self) -> &'static str {
+    /// The task type name that workers advertise and metrics label by: `shell`, `http`, or the
+    /// name of a handler.
+    pub fn kind(&self) -> &str {
         match self {
             TaskSpec::Shell(_) => "shell",
             TaskSpec::Http(_) => "http",
+            TaskSpec::Handler(handler) => &handler.name,
         }
+    }
+}
+
+/// Code registered under `name` in the workers of the job's pool (a worker built from the
+/// `kairos-worker` crate with its own handlers), called with `params`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerTask {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+}
+
+impl HandlerTask {
+    /// Whether `name` can name a handler: 1-64 of a-z 0-9 . _ - , and not a built-in task type.
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && !matches!(name, "shell" | "http")
     }
 }
 
@@ -410,6 +434,8 @@ pub enum ValidationError {
     Schedule(#[from] ScheduleError),
     #[error("task.shell.command must name a program")]
     EmptyCommand,
+    #[error("task.handler.name {0:?} is not a handler name: use 1-64 characters from a-z 0-9 . _ - (not shell or http)")]
+    InvalidHandler(String),
     #[error("task.http.url {url:?} is not an http(s) URL: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("task.http.method {0:?} is not an HTTP method")]
@@ -538,6 +564,12 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
             let headers: usize = http.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
             check_size("task.http.headers", headers)?;
             check_size("task.http.body", http.body.as_ref().map_or(0, String::len))
+        }
+        TaskSpec::Handler(handler) => {
+            if !HandlerTask::valid_name(&handler.name) {
+                return Err(ValidationError::InvalidHandler(handler.name.clone()));
+            }
+            check_size("task.handler.params", handler.params.to_string().len())
         }
     }
 }

@@ -10,7 +10,7 @@ pub mod run;
 pub mod schedule;
 pub mod task;
 
-pub use job::{HttpTask, JobDefinition, JobId, ShellTask, TaskSpec, ValidationError};
+pub use job::{HandlerTask, HttpTask, JobDefinition, JobId, ShellTask, TaskSpec, ValidationError};
 pub use run::{
     apply, RunEvent, RunEventKind, RunId, RunState, RunStatus, SkipReason, TaskOutput,
     TransitionError, TriggerKind,

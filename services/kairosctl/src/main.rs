@@ -752,3 +752,34 @@ fn print_run(run: &Value) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every job file shipped in `examples/` is one `kairosctl job apply` accepts.
+    #[test]
+    fn every_example_job_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut files = vec![];
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("reading examples/") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 8, "examples found: {files:?}");
+        for file in files {
+            for spec in read_jobs(&file).unwrap() {
+                if let Err(error) = spec.validate() {
+                    panic!("{}: {error}", file.display());
+                }
+            }
+        }
+    }
+}

@@ -14,8 +14,8 @@ use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use kairos_core::job::{
-    Backoff, HttpTask, JobSpec, MisfireKind, MisfirePolicy, OverlapPolicy, RetryPolicy,
-    ScheduleSpec, ShellTask, TaskSpec,
+    Backoff, HandlerTask, HttpTask, JobSpec, MisfireKind, MisfirePolicy, OverlapPolicy,
+    RetryPolicy, ScheduleSpec, ShellTask, TaskSpec,
 };
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
 use kairos_core::{
@@ -370,21 +370,20 @@ fn run_id(value: &str) -> Result<RunId, CodecError> {
 // Task (shared by JobDefinition and TaskAssigned).
 
 fn task_value(task: &TaskSpec) -> Value {
-    let (shell, http) = match task {
-        TaskSpec::Shell(s) => (
-            record(vec![
+    let (mut shell, mut http, mut handler) = (Value::Null, Value::Null, Value::Null);
+    match task {
+        TaskSpec::Shell(s) => {
+            shell = record(vec![
                 (
                     "command",
                     Value::Array(s.command.iter().map(string).collect()),
                 ),
                 ("env", string_map(&s.env)),
                 ("working_dir", opt(s.working_dir.clone(), string)),
-            ]),
-            Value::Null,
-        ),
-        TaskSpec::Http(h) => (
-            Value::Null,
-            record(vec![
+            ]);
+        }
+        TaskSpec::Http(h) => {
+            http = record(vec![
                 ("method", string(&h.method)),
                 ("url", string(&h.url)),
                 ("headers", string_map(&h.headers)),
@@ -398,21 +397,31 @@ fn task_value(task: &TaskSpec) -> Value {
                             .collect(),
                     ),
                 ),
-            ]),
-        ),
-    };
-    record(vec![("shell", shell), ("http", http)])
+            ]);
+        }
+        TaskSpec::Handler(h) => {
+            handler = record(vec![
+                ("name", string(&h.name)),
+                ("params", string(h.params.to_string())),
+            ]);
+        }
+    }
+    record(vec![("shell", shell), ("http", http), ("handler", handler)])
 }
 
 fn task_from(fields: &Fields<'_>) -> Result<TaskSpec, CodecError> {
     let task = Fields::of(fields.required("task")?, "task")?;
-    match (task.record("shell")?, task.record("http")?) {
-        (Some(shell), None) => Ok(TaskSpec::Shell(ShellTask {
+    match (
+        task.record("shell")?,
+        task.record("http")?,
+        task.record("handler")?,
+    ) {
+        (Some(shell), None, None) => Ok(TaskSpec::Shell(ShellTask {
             command: shell.strings("command")?,
             env: shell.string_map("env")?,
             working_dir: shell.opt_string("working_dir")?,
         })),
-        (None, Some(http)) => Ok(TaskSpec::Http(HttpTask {
+        (None, Some(http), None) => Ok(TaskSpec::Http(HttpTask {
             method: http.string("method")?,
             url: http.string("url")?,
             headers: http.string_map("headers")?,
@@ -434,9 +443,18 @@ fn task_from(fields: &Fields<'_>) -> Result<TaskSpec, CodecError> {
                 _ => vec![],
             },
         })),
+        (None, None, Some(handler)) => Ok(TaskSpec::Handler(HandlerTask {
+            name: handler.string("name")?,
+            params: serde_json::from_str(&handler.string("params")?).map_err(|e| {
+                CodecError::Field {
+                    field: "task.handler.params",
+                    reason: format!("not JSON: {e}"),
+                }
+            })?,
+        })),
         _ => Err(CodecError::Field {
             field: "task",
-            reason: "exactly one of shell or http must be set".into(),
+            reason: "exactly one of shell, http or handler must be set".into(),
         }),
     }
 }

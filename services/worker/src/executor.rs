@@ -1,5 +1,5 @@
-//! Runs one task: a process (shell) or an HTTP request, with a timeout, cancellation and capped
-//! output.
+//! Runs one task: a process (shell), an HTTP request, or a handler registered in code, with a
+//! timeout, cancellation and capped output.
 //!
 //! A shell task runs in its own process group, so that on timeout or cancel the whole group is
 //! killed and no child it started survives. The run id and attempt reach the task as its idempotency key:
@@ -9,11 +9,13 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use kairos_core::job::{HttpTask, ShellTask, TaskSpec};
+use kairos_core::job::{HandlerTask, HttpTask, ShellTask, TaskSpec};
 use kairos_core::run::TaskOutput;
 use kairos_core::TaskAssigned;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::handlers::{Handlers, TaskContext};
 
 /// How an attempt ended on this worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,16 +34,106 @@ pub struct Execution {
     pub output: TaskOutput,
 }
 
-/// Executes `task`; never panics, whatever the task does.
-pub async fn execute(
-    task: &TaskAssigned,
-    output_limit: usize,
-    http: &reqwest::Client,
-    cancel: &CancellationToken,
-) -> Execution {
-    match &task.task {
-        TaskSpec::Shell(shell) => run_shell(task, shell, output_limit, cancel).await,
-        TaskSpec::Http(request) => run_http(task, request, output_limit, http, cancel).await,
+/// Runs tasks of every type this worker knows.
+#[derive(Clone)]
+pub struct Executor {
+    /// Bytes of stdout and of stderr kept per attempt.
+    pub output_limit: usize,
+    pub http: reqwest::Client,
+    pub handlers: Handlers,
+}
+
+impl Executor {
+    /// Runs shell and http tasks, and no handlers.
+    pub fn new(output_limit: usize) -> Self {
+        Executor {
+            output_limit,
+            http: reqwest::Client::new(),
+            handlers: Handlers::new(),
+        }
+    }
+
+    /// Executes `task`; never panics, whatever the task does.
+    pub async fn execute(&self, task: &TaskAssigned, cancel: &CancellationToken) -> Execution {
+        let limit = self.output_limit;
+        match &task.task {
+            TaskSpec::Shell(shell) => run_shell(task, shell, limit, cancel).await,
+            TaskSpec::Http(request) => run_http(task, request, limit, &self.http, cancel).await,
+            TaskSpec::Handler(handler) => self.run_handler(task, handler, cancel).await,
+        }
+    }
+
+    /// Calls the registered handler in a task of its own, so that a panic fails the attempt and
+    /// a timeout or cancel stops it.
+    async fn run_handler(
+        &self,
+        task: &TaskAssigned,
+        handler: &HandlerTask,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        let Some(call) = self.handlers.get(&handler.name) else {
+            return failed(format!(
+                "this worker has no handler {:?}; the workers of pool {:?} must register it",
+                handler.name, task.pool
+            ));
+        };
+        let context = TaskContext {
+            job_id: task.job_id.clone(),
+            run_id: task.run_id,
+            attempt: task.attempt,
+            scheduled_for: task.scheduled_for,
+            params: handler.params.clone(),
+            cancel: cancel.child_token(),
+        };
+        let stop = context.cancel.clone();
+        let running = tokio::spawn(call(context));
+        let abort = running.abort_handle();
+        let ended = bounded(running, task.timeout, cancel).await;
+        stop.cancel();
+        abort.abort();
+        let capped = |text: String| cap(text.into_bytes(), self.output_limit);
+        match ended {
+            Ended::Finished(Ok(Ok(stdout))) => Execution {
+                outcome: Outcome::Succeeded,
+                output: TaskOutput {
+                    exit_code: None,
+                    stdout: capped(stdout),
+                    stderr: String::new(),
+                },
+            },
+            Ended::Finished(Ok(Err(error))) => Execution {
+                outcome: Outcome::Failed(error.clone()),
+                output: TaskOutput {
+                    exit_code: None,
+                    stdout: String::new(),
+                    stderr: capped(error),
+                },
+            },
+            Ended::Finished(Err(join)) => failed(format!(
+                "handler {:?} panicked: {}",
+                handler.name,
+                panic_message(join)
+            )),
+            Ended::TimedOut => Execution {
+                outcome: Outcome::TimedOut,
+                output: TaskOutput::default(),
+            },
+            Ended::Cancelled => Execution {
+                outcome: Outcome::Cancelled,
+                output: TaskOutput::default(),
+            },
+        }
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text panic".into()),
+        Err(error) => error.to_string(),
     }
 }
 
@@ -191,7 +283,17 @@ async fn read_capped(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> St
             }
         }
     }
-    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    with_dropped(&kept, dropped)
+}
+
+/// The first `limit` bytes of `bytes` as text (lossy UTF-8), saying how many were not kept.
+fn cap(bytes: Vec<u8>, limit: usize) -> String {
+    let dropped = bytes.len().saturating_sub(limit);
+    with_dropped(&bytes[..bytes.len().min(limit)], dropped)
+}
+
+fn with_dropped(kept: &[u8], dropped: usize) -> String {
+    let mut text = String::from_utf8_lossy(kept).into_owned();
     if dropped > 0 {
         text.push_str(&format!("\n[... {dropped} more bytes not kept]"));
     }
@@ -239,10 +341,9 @@ async fn run_http(
             failed(format!("request to {} failed: {error}", request.url))
         }
         Ended::Finished(Ok((status, body))) => {
-            let kept = &body[..body.len().min(limit)];
             let output = TaskOutput {
                 exit_code: Some(i32::from(status)),
-                stdout: String::from_utf8_lossy(kept).into_owned(),
+                stdout: cap(body.to_vec(), limit),
                 stderr: String::new(),
             };
             let expected = if request.expected_status.is_empty() {
@@ -296,7 +397,9 @@ mod tests {
             sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT; pwd; echo oops >&2"),
             None,
         );
-        let run = execute(&t, 1024, &reqwest::Client::new(), &CancellationToken::new()).await;
+        let run = Executor::new(1024)
+            .execute(&t, &CancellationToken::new())
+            .await;
         assert_eq!(run.outcome, Outcome::Succeeded);
         assert_eq!(run.output.stdout, format!("hi {} 3\n/\n", t.run_id));
         assert_eq!(run.output.stderr, "oops\n");
@@ -305,26 +408,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_command_reports_its_status_and_a_missing_program_is_a_clear_failure() {
-        let run = execute(
-            &task(sh("exit 7"), None),
-            1024,
-            &reqwest::Client::new(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = Executor::new(1024)
+            .execute(&task(sh("exit 7"), None), &CancellationToken::new())
+            .await;
         assert_eq!(run.outcome, Outcome::Failed("exited with status 7".into()));
         let missing = TaskSpec::Shell(ShellTask {
             command: vec!["/no/such/program".into()],
             env: Default::default(),
             working_dir: None,
         });
-        let run = execute(
-            &task(missing, None),
-            1024,
-            &reqwest::Client::new(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = Executor::new(1024)
+            .execute(&task(missing, None), &CancellationToken::new())
+            .await;
         assert!(
             matches!(&run.outcome, Outcome::Failed(reason) if reason.contains("/no/such/program")),
             "{run:?}"
@@ -333,13 +428,12 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_capped() {
-        let run = execute(
-            &task(sh("head -c 5000 /dev/zero | tr '\\0' x"), None),
-            100,
-            &reqwest::Client::new(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = Executor::new(100)
+            .execute(
+                &task(sh("head -c 5000 /dev/zero | tr '\\0' x"), None),
+                &CancellationToken::new(),
+            )
+            .await;
         assert!(run.output.stdout.starts_with(&"x".repeat(100)));
         assert!(
             run.output.stdout.contains("4900 more bytes"),
@@ -356,13 +450,12 @@ mod tests {
         // The child records its pid, so the test can see it die.
         let script = format!("sleep 30 & echo $! > {}; sleep 30", pid_file.display());
         let started = std::time::Instant::now();
-        let run = execute(
-            &task(sh(&script), Some(Duration::from_secs(1))),
-            1024,
-            &reqwest::Client::new(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = Executor::new(1024)
+            .execute(
+                &task(sh(&script), Some(Duration::from_secs(1))),
+                &CancellationToken::new(),
+            )
+            .await;
         assert_eq!(run.outcome, Outcome::TimedOut);
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -445,7 +538,9 @@ mod tests {
         ))
         .await;
         let t = task(post(&url, vec![202]), Some(Duration::from_secs(10)));
-        let run = execute(&t, 1024, &reqwest::Client::new(), &CancellationToken::new()).await;
+        let run = Executor::new(1024)
+            .execute(&t, &CancellationToken::new())
+            .await;
         assert_eq!(run.outcome, Outcome::Succeeded);
         assert_eq!(
             (run.output.exit_code, run.output.stdout.as_str()),
@@ -469,25 +564,23 @@ mod tests {
             "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         ))
         .await;
-        let run = execute(
-            &task(post(&url, vec![200]), None),
-            1024,
-            &reqwest::Client::new(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = Executor::new(1024)
+            .execute(
+                &task(post(&url, vec![200]), None),
+                &CancellationToken::new(),
+            )
+            .await;
         assert_eq!(
             run.outcome,
             Outcome::Failed("unexpected HTTP status 202".into())
         );
         let (url, _server) = http_server(None).await;
-        let run = execute(
-            &task(post(&url, vec![]), Some(Duration::from_millis(300))),
-            1024,
-            &reqwest::Client::new(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = Executor::new(1024)
+            .execute(
+                &task(post(&url, vec![]), Some(Duration::from_millis(300))),
+                &CancellationToken::new(),
+            )
+            .await;
         assert_eq!(run.outcome, Outcome::TimedOut);
     }
 
@@ -504,13 +597,9 @@ mod tests {
             eventually("the task to start its child", || watched.exists()).await;
             trigger.cancel();
         });
-        let run = execute(
-            &task(sh(&script), None),
-            1024,
-            &reqwest::Client::new(),
-            &cancel,
-        )
-        .await;
+        let run = Executor::new(1024)
+            .execute(&task(sh(&script), None), &cancel)
+            .await;
         assert_eq!(run.outcome, Outcome::Cancelled);
         let pid = std::fs::read_to_string(&pid_file).expect("the child started before the cancel");
         eventually("the child of the cancelled task to die", || {

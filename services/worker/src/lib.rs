@@ -16,8 +16,11 @@
 //! that the attempt is not run again when its task is redelivered here after a rebalance.
 
 pub mod executor;
+mod handlers;
 mod metrics_names;
 mod tracker;
+
+pub use handlers::{Handlers, TaskContext};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -44,7 +47,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{execute, Outcome};
+use crate::executor::{Executor, Outcome};
 use crate::metrics_names as m;
 use crate::tracker::OffsetTracker;
 
@@ -109,8 +112,8 @@ impl Config {
     }
 }
 
-/// The task types this worker executes (announced in its heartbeats).
-const TASK_TYPES: [&str; 2] = ["shell", "http"];
+/// The task types every worker executes; handlers registered in code add theirs.
+const BUILT_IN_TASK_TYPES: [&str; 2] = ["shell", "http"];
 
 /// A task this worker has taken, waiting for or in execution.
 struct Pending {
@@ -140,9 +143,19 @@ struct Finished {
     run_id: RunId,
 }
 
-/// Runs the worker until `shutdown` resolves.
+/// Runs the worker, with the built-in task types only, until `shutdown` resolves.
 pub async fn run(
     config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_handlers(config, Handlers::new(), shutdown).await
+}
+
+/// Runs a worker that also executes the custom task types of `handlers`, until `shutdown`
+/// resolves.
+pub async fn run_with_handlers(
+    config: Config,
+    handlers: Handlers,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
@@ -169,10 +182,16 @@ pub async fn run(
     check_co_partitioning(&config.kafka, std::slice::from_ref(&topics_heartbeats))?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
+    let task_types: Vec<String> = BUILT_IN_TASK_TYPES
+        .into_iter()
+        .chain(handlers.names())
+        .map(str::to_string)
+        .collect();
     tracing::info!(
         pool = config.pool,
         worker_id,
         max_concurrent = config.max_concurrent,
+        ?task_types,
         "Worker ready."
     );
     let (finished_tx, finished) = mpsc::unbounded_channel();
@@ -191,8 +210,12 @@ pub async fn run(
         pool: config.pool.clone(),
         consumer: parts.consumer,
         slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
-        http: reqwest::Client::new(),
-        output_limit: config.output_limit,
+        executor: Executor {
+            output_limit: config.output_limit,
+            http: reqwest::Client::new(),
+            handlers,
+        },
+        task_types,
         queues: HashMap::new(),
         tracker: OffsetTracker::default(),
         finished_tx,
@@ -225,8 +248,9 @@ struct Worker {
     deadletters: DeadLetters,
     reporter: Reporter,
     slots: Arc<Semaphore>,
-    http: reqwest::Client,
-    output_limit: usize,
+    executor: Executor,
+    /// Announced in heartbeats: what this worker can run.
+    task_types: Vec<String>,
     /// Per job: tasks taken but not finished, the first one running.
     queues: HashMap<JobId, VecDeque<Pending>>,
     tracker: OffsetTracker,
@@ -394,7 +418,7 @@ impl Worker {
             worker_id: self.reporter.worker_id.clone(),
             pool: self.pool.clone(),
             capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
-            task_types: TASK_TYPES.iter().map(|t| t.to_string()).collect(),
+            task_types: self.task_types.clone(),
             in_flight: self.running.keys().copied().collect(),
             interval: self.heartbeat_interval,
             stopping,
@@ -487,9 +511,9 @@ impl Worker {
         );
         let slots = Arc::clone(&self.slots);
         let reporter = self.reporter.clone();
-        let http = self.http.clone();
+        let executor = self.executor.clone();
         let finished = self.finished_tx.clone();
-        let (limit, pool) = (self.output_limit, self.pool.clone());
+        let pool = self.pool.clone();
         self.executions.spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
@@ -500,7 +524,7 @@ impl Worker {
             // Cancelled while waiting for a slot: nothing ran, and the dispatcher has recorded it.
             let reported = cancel.is_cancelled()
                 || reporter
-                    .attempt(&task, &http, limit, &pool, &cancel, &hand_back)
+                    .attempt(&task, &executor, &pool, &cancel, &hand_back)
                     .await;
             if reported {
                 let done = Finished {
@@ -535,8 +559,7 @@ impl Reporter {
     async fn attempt(
         &self,
         task: &TaskAssigned,
-        http: &reqwest::Client,
-        limit: usize,
+        executor: &Executor,
         pool: &str,
         cancel: &CancellationToken,
         hand_back: &CancellationToken,
@@ -551,7 +574,7 @@ impl Reporter {
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
-        let execution = execute(task, limit, http, cancel).await;
+        let execution = executor.execute(task, cancel).await;
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
         metrics::histogram!(m::DURATION, "pool" => pool.to_string())
             .record(clock.elapsed().as_secs_f64());
