@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::job::{Backoff, JobDefinition, MisfireKind, OverlapPolicy, MAX_QUEUED};
 use crate::run::{RunEventKind, RunId, RunState, RunStatus, SkipReason, TaskOutput, TriggerKind};
-use crate::task::TaskAssigned;
+use crate::task::{ShardAssignment, TaskAssigned};
 use crate::Timestamp;
 
 /// What the trigger does with one slot of a job's schedule.
@@ -103,10 +103,21 @@ pub enum JobView<'a> {
 pub enum Step {
     /// Append this event for the run to the ledger.
     Record(RunEventKind),
-    /// Record `RunDispatched` for the attempt, then hand the task to its pool.
-    Dispatch(TaskAssigned),
+    /// Record `RunDispatched` for the attempt, then hand its tasks to their pool: one task, or
+    /// one per shard still to run. Never empty.
+    Dispatch(Vec<TaskAssigned>),
     /// Record `RunCancelled` for the attempt; if it was dispatched, ask the workers to stop it.
     Cancel { attempt: u32 },
+}
+
+impl Step {
+    /// The pool a dispatch hands its tasks to.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Step::Dispatch(tasks) => tasks.first().map(|t| t.pool.as_str()),
+            _ => None,
+        }
+    }
 }
 
 /// What cancelling a run means now: a waiting or running run is cancelled; a run that is over is
@@ -154,7 +165,7 @@ pub fn next_step(
 ) -> Option<Step> {
     let fired_from = run.definition_offset.unwrap_or(i64::MIN);
     let dispatch = |definition: &JobDefinition, offset: i64| {
-        Step::Dispatch(TaskAssigned {
+        let task = TaskAssigned {
             job_id: run.job_id.clone(),
             run_id: run.run_id,
             attempt: run.attempt.max(1),
@@ -164,7 +175,25 @@ pub fn next_step(
             timeout: definition.timeout,
             definition_offset: offset,
             assigned_at: now,
-        })
+            shard: None,
+        };
+        if definition.shards <= 1 {
+            return Step::Dispatch(vec![task]);
+        }
+        let shard = |index: u32| TaskAssigned {
+            shard: Some(ShardAssignment {
+                index,
+                total: definition.shards,
+                param: definition.shard_params.get(index as usize).cloned(),
+            }),
+            ..task.clone()
+        };
+        Step::Dispatch(
+            run.shards_to_run(definition.shards)
+                .into_iter()
+                .map(shard)
+                .collect(),
+        )
     };
     let deleted = || {
         Step::Record(RunEventKind::RunSkipped {
@@ -567,6 +596,8 @@ mod tests {
             max_runs: None,
             jitter: None,
             priority: 0,
+            shards: None,
+            shard_params: vec![],
         }
         .validate()
         .unwrap()
@@ -587,6 +618,7 @@ mod tests {
                 scheduled_for: slot(1),
                 at: slot(1),
                 kind,
+                shard: None,
             },
         )
         .unwrap()
@@ -605,8 +637,11 @@ mod tests {
             MARGIN,
             &[],
         );
-        let Some(Step::Dispatch(task)) = step else {
+        let Some(Step::Dispatch(tasks)) = step else {
             panic!("expected a dispatch, got {step:?}")
+        };
+        let [task] = tasks.as_slice() else {
+            panic!("one task for a job without shards: {tasks:?}")
         };
         assert_eq!(
             (task.attempt, task.pool.as_str(), task.timeout),
@@ -661,6 +696,7 @@ mod tests {
                 scheduled_for: run.scheduled_for,
                 at: slot(1) + chrono::Duration::seconds(1),
                 kind,
+                shard: None,
             };
             run = apply(Some(&run), &event).unwrap();
         }
@@ -727,10 +763,10 @@ mod tests {
             ),
             None
         );
-        let Some(Step::Dispatch(task)) = next_step(&run, view, due, MARGIN, &[]) else {
+        let Some(Step::Dispatch(tasks)) = next_step(&run, view, due, MARGIN, &[]) else {
             panic!("no dispatch when due")
         };
-        assert_eq!(task.attempt, 2);
+        assert_eq!(tasks[0].attempt, 2);
     }
 
     #[test]
@@ -855,6 +891,99 @@ mod tests {
     }
 
     #[test]
+    fn given_a_sharded_job_then_a_dispatch_has_one_task_per_shard_left_with_its_param() {
+        let mut spec = definition().to_spec();
+        spec.shards = Some(3);
+        spec.shard_params = vec!["eu".into(), "us".into(), "ap".into()];
+        let def = spec.validate().unwrap();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let shards = |step: Option<Step>| match step {
+            Some(Step::Dispatch(tasks)) => tasks
+                .into_iter()
+                .map(|t| {
+                    let shard = t.shard.expect("a shard");
+                    (shard.index, shard.total, shard.param.unwrap(), t.attempt)
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("expected a dispatch, got {other:?}"),
+        };
+        let run = scheduled_run(4);
+        assert_eq!(
+            shards(next_step(&run, view, slot(1), MARGIN, &[])),
+            [
+                (0, 3, "eu".to_string(), 1),
+                (1, 3, "us".to_string(), 1),
+                (2, 3, "ap".to_string(), 1)
+            ]
+        );
+        // Shard 1 succeeded before shard 0 failed: the retry runs shards 0 and 2.
+        let shard_event = |index, kind| RunEvent {
+            job_id: run.job_id.clone(),
+            run_id: run.run_id,
+            scheduled_for: run.scheduled_for,
+            at: slot(2),
+            kind,
+            shard: Some(crate::run::ShardOf { index, total: 3 }),
+        };
+        let mut state = apply(
+            Some(&run),
+            &RunEvent {
+                shard: None,
+                ..shard_event(
+                    0,
+                    RunEventKind::RunDispatched {
+                        attempt: 1,
+                        pool: "batch".into(),
+                    },
+                )
+            },
+        )
+        .unwrap();
+        for (index, kind) in [
+            (
+                1,
+                RunEventKind::RunSucceeded {
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    output: TaskOutput::default(),
+                },
+            ),
+            (
+                0,
+                RunEventKind::RunFailed {
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    error: "exit 1".into(),
+                    output: TaskOutput::default(),
+                },
+            ),
+        ] {
+            state = apply(Some(&state), &shard_event(index, kind)).unwrap();
+        }
+        let retry = next_step(&state, view, slot(3), MARGIN, &[]).unwrap();
+        let Step::Record(kind) = retry else {
+            panic!("expected the retry decision, got {retry:?}")
+        };
+        state = apply(
+            Some(&state),
+            &RunEvent {
+                shard: None,
+                at: slot(30),
+                ..shard_event(0, kind)
+            },
+        )
+        .unwrap();
+        let again: Vec<_> = shards(next_step(&state, view, slot(60), MARGIN, &[]))
+            .into_iter()
+            .map(|(index, _, _, attempt)| (index, attempt))
+            .collect();
+        assert_eq!(again, [(0, 2), (2, 2)]);
+    }
+
+    #[test]
     fn given_a_job_without_retries_then_a_failure_abandons_the_run() {
         let mut def = definition();
         def.retry = RetryPolicy::default();
@@ -934,6 +1063,7 @@ mod tests {
                 scheduled_for: slot(n),
                 at: slot(n),
                 kind,
+                shard: None,
             };
             run = Some(apply(run.as_ref(), &event).unwrap());
         }

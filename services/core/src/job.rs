@@ -98,11 +98,21 @@ pub struct JobSpec {
     /// dispatched first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Each fire runs this many tasks, one per shard, in parallel; the run succeeds when every
+    /// shard has. Absent or 1: not sharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// The parameter each shard receives, by index (`KAIROS_SHARD_PARAM`); empty or one per shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_params: Vec<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }
+
+/// Most shards a job may have.
+pub const MAX_SHARDS: u32 = 1000;
 
 /// What happens to a run that comes due while an earlier run of the same job is still active
 /// (dispatched, running, or waiting for a retry).
@@ -419,6 +429,9 @@ pub struct JobDefinition {
     pub max_runs: Option<u32>,
     pub jitter: Option<Duration>,
     pub priority: i32,
+    /// 1 for a job that is not sharded.
+    pub shards: u32,
+    pub shard_params: Vec<String>,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -434,6 +447,10 @@ pub enum ValidationError {
     Schedule(#[from] ScheduleError),
     #[error("task.shell.command must name a program")]
     EmptyCommand,
+    #[error("shards is {0}; give 1-{MAX_SHARDS}")]
+    InvalidShards(u32),
+    #[error("shard_params has {params} entries for {shards} shards; give one per shard or none")]
+    ShardParams { shards: u32, params: usize },
     #[error("task.handler.name {0:?} is not a handler name: use 1-64 characters from a-z 0-9 . _ - (not shell or http)")]
     InvalidHandler(String),
     #[error("task.http.url {url:?} is not an http(s) URL: {reason}")]
@@ -492,6 +509,20 @@ impl JobSpec {
         if let Some(jitter) = self.jitter.filter(|j| *j >= Duration::from_secs(86_400)) {
             return Err(ValidationError::InvalidJitter(jitter));
         }
+        let shards = self.shards.unwrap_or(1);
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(ValidationError::InvalidShards(shards));
+        }
+        if !self.shard_params.is_empty() && self.shard_params.len() != shards as usize {
+            return Err(ValidationError::ShardParams {
+                shards,
+                params: self.shard_params.len(),
+            });
+        }
+        check_size(
+            "shard_params",
+            self.shard_params.iter().map(String::len).sum(),
+        )?;
         Ok(JobDefinition {
             id,
             description: self.description.clone(),
@@ -508,6 +539,8 @@ impl JobSpec {
             max_runs: self.max_runs,
             jitter: self.jitter,
             priority: self.priority,
+            shards,
+            shard_params: self.shard_params.clone(),
         })
     }
 }
@@ -636,6 +669,8 @@ impl JobDefinition {
             max_runs: self.max_runs,
             jitter: self.jitter,
             priority: self.priority,
+            shards: (self.shards > 1).then_some(self.shards),
+            shard_params: self.shard_params.clone(),
         }
     }
 }

@@ -16,7 +16,7 @@ pub use run::{
     TransitionError, TriggerKind,
 };
 pub use schedule::{Schedule, ScheduleError};
-pub use task::{CancelRequest, TaskAssigned};
+pub use task::{CancelRequest, ShardAssignment, TaskAssigned};
 
 /// Time is milliseconds-precise UTC everywhere in Kairos; Avro carries it as `timestamp-millis`.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

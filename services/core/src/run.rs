@@ -5,6 +5,7 @@
 //! to decide, the aggregator folds with it to answer queries, and a rebuild folds with it to
 //! recover. It holds no business logic — only which transitions are legal — and never panics.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,47 @@ pub struct RunEvent {
     /// When the event was decided.
     pub at: Timestamp,
     pub kind: RunEventKind,
+    /// For a worker's event about one shard of a sharded run: which one.
+    pub shard: Option<ShardOf>,
+}
+
+/// One shard of a sharded run, as the worker that runs it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOf {
+    pub index: u32,
+    pub total: u32,
+}
+
+/// Where a sharded run's shards are: those that succeeded (in any attempt) and who runs the
+/// others of the current attempt. The run succeeds when every shard has; the first shard that
+/// fails or times out decides the attempt, and a retry runs only the shards not yet succeeded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    pub total: u32,
+    pub succeeded: BTreeSet<u32>,
+    /// Shard index to the worker running it in the current attempt; `[[index, worker], ...]` in
+    /// JSON, because maps with number keys do not survive serde's flattening of run records.
+    #[serde(with = "index_pairs")]
+    pub running: BTreeMap<u32, String>,
+}
+
+mod index_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        map: &BTreeMap<u32, String>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u32, String>, D::Error> {
+        Ok(Vec::<(u32, String)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// What happened to a run. Every event after dispatch carries the attempt it is about.
@@ -265,6 +307,9 @@ pub struct RunState {
     /// When the current attempt was dispatched; its deadline is counted from here.
     #[serde(default)]
     pub dispatched_at: Option<Timestamp>,
+    /// A sharded run's shards, once a worker has reported on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardProgress>,
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
@@ -354,6 +399,15 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
                 got,
                 current: state.attempt,
             });
+        }
+    }
+
+    if let Some(shard) = event.shard {
+        if matches!(
+            event.kind,
+            RunStarted { .. } | RunSucceeded { .. } | RunFailed { .. } | RunTimedOut { .. }
+        ) {
+            return apply_shard(state, event, shard);
         }
     }
 
@@ -486,7 +540,135 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
             _ => return Err(illegal()),
         },
     }
-    Ok(next)
+    Ok(settled(next))
+}
+
+/// An attempt that is over runs on no worker any more.
+fn settled(mut run: RunState) -> RunState {
+    if !matches!(run.status, RunStatus::Dispatched | RunStatus::Started) {
+        if let Some(shards) = &mut run.shards {
+            shards.running.clear();
+        }
+    }
+    run
+}
+
+/// Folds a worker's event about one shard (its attempt is not stale).
+fn apply_shard(
+    state: &RunState,
+    event: &RunEvent,
+    shard: ShardOf,
+) -> Result<RunState, TransitionError> {
+    use RunEventKind::*;
+    use RunStatus as S;
+
+    let (run_id, name) = (event.run_id, event.kind.name());
+    let illegal = || TransitionError::Illegal {
+        run_id,
+        event: name,
+        from: state.status,
+        attempt: state.attempt,
+    };
+    let duplicate = || TransitionError::Duplicate {
+        run_id,
+        event: name,
+    };
+    let known_total = state.shards.as_ref().map_or(shard.total, |p| p.total);
+    if event.kind.attempt() != Some(state.attempt)
+        || shard.index >= shard.total
+        || shard.total != known_total
+    {
+        return Err(illegal());
+    }
+    let mut next = state.clone();
+    next.updated_at = event.at;
+    let progress = next.shards.get_or_insert_with(|| ShardProgress {
+        total: shard.total,
+        ..ShardProgress::default()
+    });
+    let running = matches!(state.status, S::Dispatched | S::Started);
+    match &event.kind {
+        RunStarted { worker_id, .. } => {
+            if !running || progress.running.get(&shard.index) == Some(worker_id) {
+                return Err(if state.status.is_outcome() || running {
+                    duplicate()
+                } else {
+                    illegal()
+                });
+            }
+            progress.running.insert(shard.index, worker_id.clone());
+            next.worker_id = Some(worker_id.clone());
+            if state.status == S::Dispatched {
+                next.status = S::Started;
+                next.started_at = Some(event.at);
+            }
+        }
+        RunSucceeded {
+            worker_id, output, ..
+        } => {
+            // Once another shard has decided the attempt, a late success is recorded, not
+            // counted: the retry runs that shard again.
+            if !running || progress.succeeded.contains(&shard.index) {
+                return Err(duplicate());
+            }
+            progress.succeeded.insert(shard.index);
+            progress.running.remove(&shard.index);
+            if running && progress.succeeded.len() as u32 == progress.total {
+                next.status = S::Succeeded;
+                next.worker_id = Some(worker_id.clone());
+                next.output = Some(output.clone());
+                next.finished_at = Some(event.at);
+            }
+        }
+        RunFailed {
+            worker_id, output, ..
+        }
+        | RunTimedOut {
+            worker_id, output, ..
+        } => {
+            if !running {
+                return Err(duplicate());
+            }
+            let (status, error) = match &event.kind {
+                RunFailed { error, .. } => (S::Failed, error.as_str()),
+                _ => (S::TimedOut, "timed out"),
+            };
+            next.status = status;
+            next.error = Some(format!("shard {}: {error}", shard.index));
+            next.worker_id = Some(worker_id.clone());
+            next.output = Some(output.clone());
+            next.finished_at = Some(event.at);
+        }
+        _ => return Err(illegal()),
+    }
+    Ok(settled(next))
+}
+
+impl RunState {
+    /// The workers the current attempt runs on: one, or one per running shard.
+    pub fn workers(&self) -> Vec<&str> {
+        if self.status != RunStatus::Started {
+            return vec![];
+        }
+        match &self.shards {
+            Some(shards) => shards.running.values().map(String::as_str).collect(),
+            None => self.worker_id.as_deref().into_iter().collect(),
+        }
+    }
+
+    /// The shards a new attempt must run: all of them, less those that already succeeded (and
+    /// all again should none be left, rather than an attempt that runs nothing).
+    pub fn shards_to_run(&self, total: u32) -> Vec<u32> {
+        let done = self.shards.as_ref().map(|p| &p.succeeded);
+        let left: Vec<u32> = (0..total)
+            .filter(|i| done.is_none_or(|done| !done.contains(i)))
+            .collect();
+        if left.is_empty() {
+            (0..total).collect()
+        } else {
+            left
+        }
+    }
 }
 
 fn new_run(
@@ -510,6 +692,7 @@ fn new_run(
         output: None,
         retry_due_at: None,
         dispatched_at: None,
+        shards: None,
         created_at: event.at,
         started_at: None,
         finished_at: None,
@@ -538,6 +721,7 @@ pub(crate) mod tests {
             scheduled_for: t(0),
             at: t(1),
             kind,
+            shard: None,
         }
     }
 
@@ -697,6 +881,148 @@ pub(crate) mod tests {
         assert_eq!(state.worker_id.as_deref(), Some("w2"));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().all(TransitionError::is_expected));
+    }
+
+    fn of_shard(index: u32, kind: RunEventKind) -> RunEvent {
+        RunEvent {
+            shard: Some(ShardOf { index, total: 3 }),
+            ..event(kind)
+        }
+    }
+
+    fn fold_events(events: Vec<RunEvent>) -> (Option<RunState>, Vec<TransitionError>) {
+        let mut state = None;
+        let mut errors = vec![];
+        for event in events {
+            match apply(state.as_ref(), &event) {
+                Ok(next) => state = Some(next),
+                Err(e) => errors.push(e),
+            }
+        }
+        (state, errors)
+    }
+
+    #[test]
+    fn a_sharded_run_succeeds_when_every_shard_has() {
+        let mut events = vec![event(scheduled()), event(dispatched(1))];
+        events.extend([
+            of_shard(0, started(1, "w1")),
+            of_shard(1, started(1, "w2")),
+            of_shard(2, started(1, "w1")),
+            of_shard(0, succeeded(1, "w1")),
+            of_shard(1, succeeded(1, "w2")),
+        ]);
+        let (state, errors) = fold_events(events.clone());
+        let state = state.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            state.status,
+            RunStatus::Started,
+            "one shard is still running"
+        );
+        assert_eq!(state.workers(), ["w1"]);
+        events.push(of_shard(1, succeeded(1, "w2")));
+        events.push(of_shard(2, succeeded(1, "w1")));
+        let (state, errors) = fold_events(events);
+        let state = state.unwrap();
+        assert_eq!(state.status, RunStatus::Succeeded);
+        assert_eq!(state.shards.as_ref().unwrap().succeeded.len(), 3);
+        assert!(state.workers().is_empty());
+        assert!(matches!(
+            errors.as_slice(),
+            [TransitionError::Duplicate { .. }]
+        ));
+    }
+
+    #[test]
+    fn the_first_failing_shard_decides_the_attempt_and_a_retry_runs_only_the_shards_left() {
+        let (state, errors) = fold_events(vec![
+            event(scheduled()),
+            event(dispatched(1)),
+            of_shard(0, started(1, "w1")),
+            of_shard(1, started(1, "w2")),
+            of_shard(0, succeeded(1, "w1")),
+            of_shard(1, failed(1)),
+            // Too late to count: the attempt is decided.
+            of_shard(2, succeeded(1, "w1")),
+            event(RunEventKind::RetryScheduled {
+                attempt: 2,
+                due_at: t(5),
+            }),
+            // A straggler of the first attempt is stale.
+            of_shard(2, succeeded(1, "w1")),
+        ]);
+        let state = state.unwrap();
+        assert_eq!(state.status, RunStatus::RetryScheduled);
+        assert_eq!(state.shards_to_run(3), [1, 2]);
+        assert!(matches!(
+            errors.as_slice(),
+            [
+                TransitionError::Duplicate { .. },
+                TransitionError::StaleAttempt { .. }
+            ]
+        ));
+        let (failed_state, _) = fold_events(vec![
+            event(scheduled()),
+            event(dispatched(1)),
+            of_shard(1, failed(1)),
+        ]);
+        assert_eq!(
+            failed_state.unwrap().error.as_deref(),
+            Some("shard 1: exit 1")
+        );
+    }
+
+    /// Read models embed the state with `#[serde(flatten)]`, which cannot read maps with number
+    /// keys back.
+    #[test]
+    fn a_sharded_state_survives_being_flattened_into_a_read_model() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Record {
+            #[serde(flatten)]
+            state: RunState,
+            note: String,
+        }
+        let (state, _) = fold_events(vec![
+            event(scheduled()),
+            event(dispatched(1)),
+            of_shard(2, started(1, "w1")),
+            of_shard(0, started(1, "w2")),
+        ]);
+        let record = Record {
+            state: state.unwrap(),
+            note: "x".into(),
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), record);
+    }
+
+    #[test]
+    fn a_shard_outside_the_run_is_refused() {
+        let base = vec![event(scheduled()), event(dispatched(1))];
+        let beyond = RunEvent {
+            shard: Some(ShardOf { index: 3, total: 3 }),
+            ..event(started(1, "w"))
+        };
+        let other_total = RunEvent {
+            shard: Some(ShardOf { index: 0, total: 4 }),
+            ..event(started(1, "w"))
+        };
+        let (_, errors) = fold_events(
+            base.into_iter()
+                .chain([of_shard(0, started(1, "w")), beyond, other_total])
+                .collect(),
+        );
+        assert!(
+            matches!(
+                errors.as_slice(),
+                [
+                    TransitionError::Illegal { .. },
+                    TransitionError::Illegal { .. }
+                ]
+            ),
+            "{errors:?}"
+        );
     }
 
     #[test]

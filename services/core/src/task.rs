@@ -19,6 +19,37 @@ pub struct TaskAssigned {
     pub timeout: Option<Duration>,
     pub definition_offset: i64,
     pub assigned_at: Timestamp,
+    /// For a sharded job: the one shard this task runs.
+    pub shard: Option<ShardAssignment>,
+}
+
+/// One shard of a sharded run, as its task carries it to the worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardAssignment {
+    pub index: u32,
+    pub total: u32,
+    /// The job's `shard_params[index]`, if it gives them.
+    pub param: Option<String>,
+}
+
+impl TaskAssigned {
+    /// The record key on the task topic: the job id, and for a shard the job id and its index,
+    /// so that a run's shards spread over the pool's partitions (and workers) while the tasks of
+    /// one shard stay in order.
+    pub fn key(&self) -> String {
+        match &self.shard {
+            Some(shard) => format!("{}#{}", self.job_id, shard.index),
+            None => self.job_id.to_string(),
+        }
+    }
+
+    /// Which shard a worker's events about this task name.
+    pub fn shard_of(&self) -> Option<crate::run::ShardOf> {
+        self.shard.as_ref().map(|s| crate::run::ShardOf {
+            index: s.index,
+            total: s.total,
+        })
+    }
 }
 
 /// A request to cancel a run: a queued run is removed, a running attempt is stopped.

@@ -6,32 +6,38 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use kairos_core::run::{RunId, RunState, RunStatus};
+use kairos_core::run::{RunId, RunState};
 use kairos_core::Timestamp;
 use kairos_runtime::workers::{Liveness, Registry};
 
 #[derive(Default)]
 pub(crate) struct Attempts {
     by_worker: HashMap<String, BTreeSet<(i32, String, RunId)>>,
-    worker_of: HashMap<RunId, (i32, String)>,
+    workers_of: HashMap<RunId, (i32, Vec<String>)>,
 }
 
 impl Attempts {
-    /// Keeps the index in step with a run's state: a started attempt is on its worker, any other
-    /// state on none.
+    /// Keeps the index in step with a run's state: a started attempt is on its workers (one per
+    /// running shard of a sharded run), any other state on none.
     pub(crate) fn track(&mut self, partition: i32, run: &RunState) {
         let job = run.job_id.to_string();
-        if let Some((partition, worker)) = self.worker_of.remove(&run.run_id) {
-            self.remove(&worker, &(partition, job.clone(), run.run_id));
+        if let Some((partition, workers)) = self.workers_of.remove(&run.run_id) {
+            for worker in workers {
+                self.remove(&worker, &(partition, job.clone(), run.run_id));
+            }
         }
-        if let (RunStatus::Started, Some(worker)) = (run.status, &run.worker_id) {
-            self.by_worker
-                .entry(worker.clone())
-                .or_default()
-                .insert((partition, job, run.run_id));
-            self.worker_of
-                .insert(run.run_id, (partition, worker.clone()));
+        let workers: Vec<String> = run.workers().into_iter().map(str::to_string).collect();
+        if workers.is_empty() {
+            return;
         }
+        for worker in &workers {
+            self.by_worker.entry(worker.clone()).or_default().insert((
+                partition,
+                job.clone(),
+                run.run_id,
+            ));
+        }
+        self.workers_of.insert(run.run_id, (partition, workers));
     }
 
     fn remove(&mut self, worker: &str, entry: &(i32, String, RunId)) {
@@ -48,7 +54,7 @@ impl Attempts {
             set.retain(|(p, _, _)| !partitions.contains(p));
         }
         self.by_worker.retain(|_, set| !set.is_empty());
-        self.worker_of.retain(|_, (p, _)| !partitions.contains(p));
+        self.workers_of.retain(|_, (p, _)| !partitions.contains(p));
     }
 
     /// The jobs (by partition) with an attempt on a worker the registry says is lost.

@@ -511,27 +511,25 @@ impl Dispatcher {
             let cancelling = cancel_requested(&runs[i]);
             loop {
                 let now = kairos_runtime::now();
-                let worker_lost = runs[i].worker_id.as_ref().is_some_and(|worker| {
-                    self.workers.liveness(worker, now) == Some(Liveness::Lost)
-                });
+                let worker_lost = runs[i]
+                    .workers()
+                    .into_iter()
+                    .any(|worker| self.workers.liveness(worker, now) == Some(Liveness::Lost));
                 let step = if let Some(cancel) = cancelling.then(|| cancel_step(&runs[i])).flatten()
                 {
                     Some(cancel)
                 } else if let Some(lost) = worker_lost.then(|| lost_step(&runs[i])).flatten() {
-                    tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, worker_id = runs[i].worker_id, "The attempt's worker is lost.");
+                    tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, workers = ?runs[i].workers(), "A worker of the attempt is lost.");
                     Some(lost)
                 } else {
                     next_step(&runs[i], view, now, self.deadline_margin, &runs)
                 };
                 let Some(step) = step else { break };
-                if let Step::Dispatch(task) = &step {
+                if let Some(pool) = step.pool() {
                     let priority = definition.as_ref().map_or(0, |d| d.priority);
-                    if !self
-                        .pools
-                        .admits(&task.pool, priority, runs[i].scheduled_for)
-                    {
+                    if !self.pools.admits(pool, priority, runs[i].scheduled_for) {
                         // The pool is saturated: the run waits, visible as scheduled.
-                        self.pools.wait(&task.pool, priority, partition, &runs[i]);
+                        self.pools.wait(pool, priority, partition, &runs[i]);
                         break;
                     }
                 }
@@ -573,6 +571,7 @@ impl Dispatcher {
             scheduled_for: run.scheduled_for,
             at: now,
             kind,
+            shard: None,
         };
         let mut batch = Batch::new();
         let next = match step {
@@ -598,16 +597,19 @@ impl Dispatcher {
                 tracing::info!(job_id = %run.job_id, run_id = %run.run_id, attempt, "Cancelled.");
                 self.fold(partition, &cancelled, &mut batch)?
             }
-            Step::Dispatch(task) => {
+            Step::Dispatch(tasks) => {
+                let pool = tasks.first().map_or(String::new(), |t| t.pool.clone());
                 let dispatched = event(RunEventKind::RunDispatched {
-                    attempt: task.attempt,
-                    pool: task.pool.clone(),
+                    attempt: run.attempt.max(1),
+                    pool: pool.clone(),
                 });
                 // The ledger must show the dispatch before any worker can report on the attempt.
                 self.append(&dispatched).await?;
-                self.assign(&task).await?;
-                metrics::counter!(m::DISPATCHES, "pool" => task.pool.clone()).increment(1);
-                tracing::debug!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, pool = task.pool, "Dispatched.");
+                for task in &tasks {
+                    self.assign(task).await?;
+                }
+                metrics::counter!(m::DISPATCHES, "pool" => pool.clone()).increment(1);
+                tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, attempt = run.attempt.max(1), pool, tasks = tasks.len(), "Dispatched.");
                 self.fold(partition, &dispatched, &mut batch)?
             }
         };
@@ -660,7 +662,7 @@ impl Dispatcher {
         }
         let bytes = codec::encode_task(task)?;
         self.producer
-            .send(&topic, task.job_id.as_str(), Some(&bytes))
+            .send(&topic, &task.key(), Some(&bytes))
             .await?;
         Ok(())
     }

@@ -135,6 +135,7 @@ mod tests {
                 scheduled_for: slot,
                 at: slot,
                 kind,
+                shard: None,
             };
             state = Some(apply(state.as_ref(), &event).unwrap());
         }

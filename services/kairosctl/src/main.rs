@@ -580,6 +580,7 @@ async fn schedule_runs(
                 trigger: kind,
                 definition_offset,
             },
+            shard: None,
         };
         producer
             .send(

@@ -17,10 +17,12 @@ use kairos_core::job::{
     Backoff, HandlerTask, HttpTask, JobSpec, MisfireKind, MisfirePolicy, OverlapPolicy,
     RetryPolicy, ScheduleSpec, ShellTask, TaskSpec,
 };
-use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TaskOutput, TriggerKind};
+use kairos_core::run::{
+    RunEvent, RunEventKind, RunId, ShardOf, SkipReason, TaskOutput, TriggerKind,
+};
 use kairos_core::{
-    from_millis, to_millis, CancelRequest, JobDefinition, JobId, TaskAssigned, Timestamp,
-    ValidationError,
+    from_millis, to_millis, CancelRequest, JobDefinition, JobId, ShardAssignment, TaskAssigned,
+    Timestamp, ValidationError,
 };
 
 /// The largest value Kairos writes or accepts; larger records are dead-lettered, not truncated.
@@ -274,10 +276,10 @@ impl<'a> Fields<'a> {
     }
 
     fn attempt(&self) -> Result<u32, CodecError> {
-        self.opt_attempt("attempt")?.ok_or(missing("attempt"))
+        self.opt_u32("attempt")?.ok_or(missing("attempt"))
     }
 
-    fn opt_attempt(&self, field: &'static str) -> Result<Option<u32>, CodecError> {
+    fn opt_u32(&self, field: &'static str) -> Result<Option<u32>, CodecError> {
         self.opt_long(field)?
             .map(|n| {
                 u32::try_from(n).map_err(|_| CodecError::Field {
@@ -497,14 +499,14 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
             ("paused", Value::Boolean(spec.paused)),
             ("start_at", opt(spec.start_at, millis)),
             ("end_at", opt(spec.end_at, millis)),
-            (
-                "max_runs",
-                opt(spec.max_runs, |n| {
-                    Value::Int(i32::try_from(n).unwrap_or(i32::MAX))
-                }),
-            ),
+            ("max_runs", opt(spec.max_runs, int)),
             ("jitter_ms", opt(spec.jitter, duration_ms)),
             ("priority", Value::Int(spec.priority)),
+            ("shards", int(job.shards)),
+            (
+                "shard_params",
+                Value::Array(job.shard_params.iter().map(string).collect()),
+            ),
         ]),
     )
 }
@@ -666,6 +668,8 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
                 reason: "negative".into(),
             })?,
         priority: f.opt_int("priority")?.unwrap_or_default(),
+        shards: f.opt_u32("shards")?,
+        shard_params: f.strings("shard_params")?,
     };
     Ok(spec.validate()?)
 }
@@ -778,8 +782,14 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             ("stdout", opt(output.map(|o| o.stdout.clone()), string)),
             ("stderr", opt(output.map(|o| o.stderr.clone()), string)),
             ("due_at", due_at),
+            ("shard_index", opt(event.shard.map(|s| s.index), int)),
+            ("shard_total", opt(event.shard.map(|s| s.total), int)),
         ]),
     )
+}
+
+fn int(n: u32) -> Value {
+    Value::Int(i32::try_from(n).unwrap_or(i32::MAX))
 }
 
 /// Decodes one run ledger event.
@@ -873,6 +883,16 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
         scheduled_for: f.timestamp("scheduled_for")?,
         at: f.timestamp("at")?,
         kind,
+        shard: match (f.opt_u32("shard_index")?, f.opt_u32("shard_total")?) {
+            (Some(index), Some(total)) => Some(ShardOf { index, total }),
+            (None, None) => None,
+            _ => {
+                return Err(CodecError::Field {
+                    field: "shard_index",
+                    reason: "shard_index and shard_total come together".into(),
+                })
+            }
+        },
     })
 }
 
@@ -886,16 +906,23 @@ pub fn encode_task(task: &TaskAssigned) -> Result<Vec<u8>, CodecError> {
         record(vec![
             ("job_id", string(task.job_id.as_str())),
             ("run_id", string(task.run_id.to_string())),
-            (
-                "attempt",
-                Value::Int(i32::try_from(task.attempt).unwrap_or(i32::MAX)),
-            ),
+            ("attempt", int(task.attempt)),
             ("scheduled_for", millis(task.scheduled_for)),
             ("pool", string(&task.pool)),
             ("task", task_value(&task.task)),
             ("timeout_ms", opt(task.timeout, duration_ms)),
             ("definition_offset", Value::Long(task.definition_offset)),
             ("assigned_at", millis(task.assigned_at)),
+            (
+                "shard",
+                opt(task.shard.as_ref(), |s| {
+                    record(vec![
+                        ("index", int(s.index)),
+                        ("total", int(s.total)),
+                        ("param", opt(s.param.clone(), string)),
+                    ])
+                }),
+            ),
         ]),
     )
 }
@@ -914,6 +941,16 @@ pub fn decode_task(bytes: &[u8]) -> Result<TaskAssigned, CodecError> {
         timeout: timeout_from(&f)?,
         definition_offset: f.long("definition_offset")?,
         assigned_at: f.timestamp("assigned_at")?,
+        shard: f
+            .record("shard")?
+            .map(|shard| -> Result<ShardAssignment, CodecError> {
+                Ok(ShardAssignment {
+                    index: shard.opt_u32("index")?.ok_or(missing("shard.index"))?,
+                    total: shard.opt_u32("total")?.ok_or(missing("shard.total"))?,
+                    param: shard.opt_string("param")?,
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -1031,7 +1068,7 @@ pub fn decode_cancel(bytes: &[u8]) -> Result<CancelRequest, CodecError> {
             job_id: job_id(f.string("job_id")?)?,
             run_id: run_id(&f.string("run_id")?)?,
             reason: f.opt_string("reason")?,
-            attempt: f.opt_attempt("attempt")?,
+            attempt: f.opt_u32("attempt")?,
             at: f.timestamp("at")?,
         }),
         other => Err(CodecError::Field {
@@ -1288,6 +1325,8 @@ mod tests {
             max_runs: Some(12),
             jitter: Some(Duration::from_millis(750)),
             priority: -3,
+            shards: Some(2),
+            shard_params: vec!["eu".into(), "us".into()],
         }
         .validate()
         .unwrap()
@@ -1413,13 +1452,15 @@ mod tests {
             },
             RunEventKind::RunAbandoned { attempt: 4 },
         ];
-        for kind in kinds {
+        for (n, kind) in kinds.into_iter().enumerate() {
             let event = RunEvent {
                 job_id: job_id.clone(),
                 run_id,
                 scheduled_for: t(0),
                 at: t(5),
                 kind,
+                // Every other event about one shard of a sharded run.
+                shard: (n % 2 == 1).then_some(ShardOf { index: 1, total: 4 }),
             };
             let decoded = decode_run_event(&encode_run_event(&event).unwrap()).unwrap();
             // An empty output decodes as empty strings, which is the same output.
@@ -1440,8 +1481,22 @@ mod tests {
             timeout: None,
             definition_offset: 7,
             assigned_at: t(3),
+            shard: None,
         };
         assert_eq!(decode_task(&encode_task(&task).unwrap()).unwrap(), task);
+        let shard = TaskAssigned {
+            shard: Some(ShardAssignment {
+                index: 1,
+                total: 3,
+                param: Some("us".into()),
+            }),
+            task: TaskSpec::Handler(HandlerTask {
+                name: "resize".into(),
+                params: serde_json::json!({"width": 64}),
+            }),
+            ..task.clone()
+        };
+        assert_eq!(decode_task(&encode_task(&shard).unwrap()).unwrap(), shard);
         let state = TriggerState {
             job_id,
             last_slot: t(1),

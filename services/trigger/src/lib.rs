@@ -428,6 +428,7 @@ impl Trigger {
             scheduled_for: slot,
             at: now,
             kind,
+            shard: None,
         };
         let bytes = codec::encode_run_event(&event)?;
         self.producer

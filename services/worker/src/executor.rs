@@ -4,7 +4,7 @@
 //! A shell task runs in its own process group, so that on timeout or cancel the whole group is
 //! killed and no child it started survives. The run id and attempt reach the task as its idempotency key:
 //! `KAIROS_RUN_ID` / `KAIROS_ATTEMPT` in the environment, `X-Kairos-Run-Id` / `X-Kairos-Attempt`
-//! as HTTP headers.
+//! as HTTP headers; a shard's index, total and parameter come the same way.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -83,6 +83,7 @@ impl Executor {
             attempt: task.attempt,
             scheduled_for: task.scheduled_for,
             params: handler.params.clone(),
+            shard: task.shard.clone(),
             cancel: cancel.child_token(),
         };
         let stop = context.cancel.clone();
@@ -187,6 +188,11 @@ async fn run_shell(
         .env("KAIROS_RUN_ID", task.run_id.to_string())
         .env("KAIROS_ATTEMPT", task.attempt.to_string())
         .env("KAIROS_SCHEDULED_FOR", task.scheduled_for.to_rfc3339())
+        .envs(
+            shard_fields(task)
+                .into_iter()
+                .map(|(name, value)| (format!("KAIROS_SHARD_{name}"), value)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +263,20 @@ async fn run_shell(
     }
 }
 
+/// A shard's index, total and parameter (`INDEX`, `TOTAL`, `PARAM`): `KAIROS_SHARD_*` in a
+/// shell task's environment, `X-Kairos-Shard-*` headers of an http task.
+fn shard_fields(task: &TaskAssigned) -> Vec<(&'static str, String)> {
+    let Some(shard) = &task.shard else {
+        return vec![];
+    };
+    let mut fields = vec![
+        ("INDEX", shard.index.to_string()),
+        ("TOTAL", shard.total.to_string()),
+    ];
+    fields.extend(shard.param.clone().map(|param| ("PARAM", param)));
+    fields
+}
+
 /// Kills the task's whole process group, children included.
 fn kill_group(pgid: i32) {
     use nix::sys::signal::{killpg, Signal};
@@ -316,6 +336,9 @@ async fn run_http(
         .header("X-Kairos-Job-Id", task.job_id.as_str())
         .header("X-Kairos-Run-Id", task.run_id.to_string())
         .header("X-Kairos-Attempt", task.attempt.to_string());
+    for (name, value) in shard_fields(task) {
+        builder = builder.header(format!("X-Kairos-Shard-{}", name.to_lowercase()), value);
+    }
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
@@ -379,6 +402,7 @@ mod tests {
             task: spec,
             timeout,
             definition_offset: 0,
+            shard: None,
             assigned_at: now,
         }
     }

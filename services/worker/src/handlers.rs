@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use kairos_core::run::RunId;
-use kairos_core::{JobId, Timestamp};
+use kairos_core::{JobId, ShardAssignment, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 /// What a handler is told about the attempt it runs.
@@ -38,6 +38,8 @@ pub struct TaskContext {
     pub scheduled_for: Timestamp,
     /// The job's `task.handler.params`.
     pub params: serde_json::Value,
+    /// For a sharded job: which shard this attempt runs, and its parameter.
+    pub shard: Option<ShardAssignment>,
     /// Fired when the attempt is cancelled, times out, or is handed back.
     pub cancel: CancellationToken,
 }

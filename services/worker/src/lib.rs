@@ -1,7 +1,8 @@
 //! The worker: executes the tasks of one pool and reports every attempt on the run ledger.
 //!
 //! It consumes `tasks.<pool>` in the pool's consumer group. Tasks of different jobs run
-//! concurrently (up to `--max-concurrent`), tasks of one job run one after another in offset order.
+//! concurrently (up to `--max-concurrent`), tasks of one job run one after another in offset order
+//! (for a sharded job, the tasks of one shard).
 //! For each attempt it appends `RunStarted`, runs the task, and appends the outcome; a task's offset
 //! becomes committable only after its outcome is acknowledged by the broker, and a partition's
 //! committed offset never passes its lowest unfinished task. A crash therefore re-delivers
@@ -122,8 +123,17 @@ struct Pending {
     task: TaskAssigned,
 }
 
-/// An attempt this worker has taken off its queue: waiting for a slot or running.
+/// Tasks that run one after another: a job's, or for a sharded job one shard's (the shards of a
+/// run run side by side).
+type Lane = (JobId, Option<u32>);
+
+fn lane(task: &TaskAssigned) -> Lane {
+    (task.job_id.clone(), task.shard.as_ref().map(|s| s.index))
+}
+
+/// The attempt a lane has taken off its queue: waiting for a slot or running.
 struct Running {
+    run_id: RunId,
     attempt: u32,
     cancel: CancellationToken,
 }
@@ -139,8 +149,7 @@ const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 struct Finished {
     partition: i32,
     offset: i64,
-    job_id: JobId,
-    run_id: RunId,
+    lane: Lane,
 }
 
 /// Runs the worker, with the built-in task types only, until `shutdown` resolves.
@@ -251,15 +260,15 @@ struct Worker {
     executor: Executor,
     /// Announced in heartbeats: what this worker can run.
     task_types: Vec<String>,
-    /// Per job: tasks taken but not finished, the first one running.
-    queues: HashMap<JobId, VecDeque<Pending>>,
+    /// Per lane: tasks taken but not finished, the first one running.
+    queues: HashMap<Lane, VecDeque<Pending>>,
     tracker: OffsetTracker,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
     /// Cancel requests and fences, broadcast to every worker.
     control: StreamConsumer,
-    /// The attempt of each run taken off its queue, and how to stop it.
-    running: HashMap<RunId, Running>,
+    /// The attempt each lane has taken off its queue, and how to stop it.
+    running: HashMap<Lane, Running>,
     /// Per run, the highest attempt that must not run (every attempt for a cancelled run), and
     /// when that was learnt.
     fences: HashMap<RunId, (u32, Instant)>,
@@ -392,15 +401,15 @@ impl Worker {
     }
 
     fn enqueue(&mut self, partition: i32, offset: i64, task: TaskAssigned) {
-        let job_id = task.job_id.clone();
-        let queue = self.queues.entry(job_id.clone()).or_default();
+        let lane = lane(&task);
+        let queue = self.queues.entry(lane.clone()).or_default();
         queue.push_back(Pending {
             partition,
             offset,
             task,
         });
         if queue.len() == 1 {
-            self.start_head(&job_id);
+            self.start_head(&lane);
         }
         metrics::gauge!(m::QUEUED, "pool" => self.pool.clone())
             .set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
@@ -419,7 +428,13 @@ impl Worker {
             pool: self.pool.clone(),
             capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
             task_types: self.task_types.clone(),
-            in_flight: self.running.keys().copied().collect(),
+            in_flight: self
+                .running
+                .values()
+                .map(|r| r.run_id)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             interval: self.heartbeat_interval,
             stopping,
             at: kairos_runtime::now(),
@@ -450,28 +465,33 @@ impl Worker {
             .entry(request.run_id)
             .or_insert((up_to, Instant::now()));
         *fence = (fence.0.max(up_to), Instant::now());
-        if let Some(running) = self
+        let stopped_runs = self
             .running
-            .get(&request.run_id)
-            .filter(|r| r.attempt <= up_to)
-        {
+            .values()
+            .filter(|r| r.run_id == request.run_id && r.attempt <= up_to);
+        for running in stopped_runs {
             tracing::info!(job_id = %request.job_id, run_id = %request.run_id, attempt = running.attempt, "Stopping a running attempt.");
             running.cancel.cancel();
         }
-        let Some(queue) = self.queues.get_mut(&request.job_id) else {
-            return;
-        };
         let stopped = |p: &Pending| p.task.run_id == request.run_id && p.task.attempt <= up_to;
-        let dropped: Vec<(i32, i64)> = queue
-            .iter()
-            .skip(1)
-            .filter(|p| stopped(p))
-            .map(|p| (p.partition, p.offset))
-            .collect();
-        // The head of the queue is started (it has a cancel token), so only later entries go.
-        if let Some(head) = queue.pop_front() {
-            queue.retain(|p| !stopped(p));
-            queue.push_front(head);
+        let mut dropped: Vec<(i32, i64)> = vec![];
+        let lanes = self
+            .queues
+            .iter_mut()
+            .filter(|((job_id, _), _)| *job_id == request.job_id);
+        for (_, queue) in lanes {
+            dropped.extend(
+                queue
+                    .iter()
+                    .skip(1)
+                    .filter(|p| stopped(p))
+                    .map(|p| (p.partition, p.offset)),
+            );
+            // The head of the queue is started (it has a cancel token), so only later entries go.
+            if let Some(head) = queue.pop_front() {
+                queue.retain(|p| !stopped(p));
+                queue.push_front(head);
+            }
         }
         for (partition, offset) in dropped {
             tracing::info!(job_id = %request.job_id, run_id = %request.run_id, "Dropped a cancelled task from the queue.");
@@ -480,21 +500,21 @@ impl Worker {
     }
 
     fn on_finished(&mut self, done: Finished) {
-        self.running.remove(&done.run_id);
+        self.running.remove(&done.lane);
         self.commit_up_to(done.partition, done.offset);
-        if let Some(queue) = self.queues.get_mut(&done.job_id) {
+        if let Some(queue) = self.queues.get_mut(&done.lane) {
             queue.pop_front();
             if queue.is_empty() {
-                self.queues.remove(&done.job_id);
+                self.queues.remove(&done.lane);
             } else if !self.draining {
-                self.start_head(&done.job_id);
+                self.start_head(&done.lane);
             }
         }
     }
 
-    /// Starts the first queued task of a job in the background.
-    fn start_head(&mut self, job_id: &JobId) {
-        let Some(pending) = self.queues.get(job_id).and_then(|q| q.front()) else {
+    /// Starts the first queued task of a lane in the background.
+    fn start_head(&mut self, lane: &Lane) {
+        let Some(pending) = self.queues.get(lane).and_then(|q| q.front()) else {
             return;
         };
         let (partition, offset, task) = (pending.partition, pending.offset, pending.task.clone());
@@ -503,8 +523,9 @@ impl Worker {
         let hand_back = self.hand_back.clone();
         let cancel = hand_back.child_token();
         self.running.insert(
-            task.run_id,
+            lane.clone(),
             Running {
+                run_id: task.run_id,
                 attempt: task.attempt,
                 cancel: cancel.clone(),
             },
@@ -530,8 +551,7 @@ impl Worker {
                 let done = Finished {
                     partition,
                     offset,
-                    job_id: task.job_id.clone(),
-                    run_id: task.run_id,
+                    lane: self::lane(&task),
                 };
                 let _ = finished.send(done);
             }
@@ -629,6 +649,7 @@ impl Reporter {
             scheduled_for: task.scheduled_for,
             at: kairos_runtime::now(),
             kind,
+            shard: task.shard_of(),
         };
         let bytes = match codec::encode_run_event(&event) {
             Ok(bytes) => bytes,
