@@ -1,4 +1,5 @@
-//! Bad input never stops a service: garbage on every topic a service consumes, records of another
+//! Bad input never stops a service: garbage on every topic a service consumes (jobs, runs,
+//! trigger state, a pool's tasks, control, heartbeats), records of another
 //! schema, and valid Avro that is not a valid job all go to the dead-letter topic with the reason
 //! and their origin, and valid jobs keep running.
 
@@ -70,6 +71,18 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
         ),
         (
             topics.tasks("default"),
+            "garbage",
+            garbage.clone(),
+            "not Avro single-object",
+        ),
+        (
+            topics.control(),
+            "garbage",
+            garbage.clone(),
+            "not Avro single-object",
+        ),
+        (
+            topics.heartbeats(),
             "garbage",
             garbage,
             "not Avro single-object",

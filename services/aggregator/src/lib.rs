@@ -220,9 +220,7 @@ impl Aggregator {
                 input = self.consumer.next(Some(&self.store)) => {
                     if let Input::Record(message) = input {
                         if message.topic() == self.topics.heartbeats() {
-                            // Not stored, and its position not kept: the registry is read again
-                            // from the compacted topic whenever the aggregator starts.
-                            self.workers.record(&message);
+                            self.record_heartbeat(&message).await?;
                         } else {
                             self.apply(&message).await?;
                         }
@@ -232,6 +230,23 @@ impl Aggregator {
             }
             self.health.set_caught_up(self.consumer.ready());
         }
+    }
+
+    /// Keeps a worker's heartbeat in the registry. Not stored, and its position not kept: the
+    /// registry is read again from the compacted topic whenever the aggregator starts (so a
+    /// heartbeat that does not decode is dead-lettered again, with the same source offset).
+    async fn record_heartbeat(&self, message: &OwnedMessage) -> anyhow::Result<()> {
+        let Some(payload) = message.payload() else {
+            return Ok(());
+        };
+        if let Some(beat) = self
+            .deadletters
+            .decode(message, payload, codec::decode_heartbeat)
+            .await?
+        {
+            self.workers.record(beat);
+        }
+        Ok(())
     }
 
     /// Applies a definition or ledger event in one batch with its position, then raises the

@@ -5,9 +5,8 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use kairos_core::Timestamp;
-use kairos_runtime::codec;
+use kairos_runtime::codec::WorkerHeartbeat;
 use kairos_runtime::workers::{Liveness, Registry};
-use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
 
 #[derive(Clone, Default)]
@@ -30,16 +29,7 @@ pub(crate) struct WorkerView {
 }
 
 impl Workers {
-    /// Keeps the newest heartbeat of the record's worker; undecodable records are skipped (the
-    /// heartbeats topic is Kairos's own, written only by workers).
-    pub(crate) fn record(&self, message: &OwnedMessage) {
-        let Some(Ok(beat)) = message.payload().map(codec::decode_heartbeat) else {
-            tracing::debug!(
-                offset = message.offset(),
-                "Skipping a heartbeat that does not decode."
-            );
-            return;
-        };
+    pub(crate) fn record(&self, beat: WorkerHeartbeat) {
         self.registry
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
