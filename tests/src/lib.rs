@@ -1,6 +1,9 @@
 //! Integration test harness: a real broker (started by `scripts/test.sh`, address in
 //! `KAIROS_TEST_BROKERS`), real services run in-process, a unique topic prefix per test, and
-//! bounded waits that fail with a message saying what did not arrive.
+//! bounded waits that fail with a message saying what did not arrive. [`chaos`] is the
+//! fault-injection suite.
+
+pub mod chaos;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,10 +64,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Creates the topic set under a fresh prefix.
+    /// Creates the topic set under a fresh prefix on the suite's broker.
     pub async fn new(partitions: i32) -> Stack {
+        Stack::on(brokers(), partitions).await
+    }
+
+    /// Creates the topic set under a fresh prefix on `brokers`.
+    pub async fn on(brokers: String, partitions: i32) -> Stack {
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-        let kafka = KafkaArgs::new(brokers(), prefix);
+        let kafka = KafkaArgs::new(brokers, prefix);
         let mut set = TopicSet::shipped();
         set.partitions = partitions;
         apply_topics(&kafka, &set)
@@ -168,6 +176,7 @@ impl Stack {
         let beat = format!("{}ms", TEST_HEARTBEAT.as_millis());
         let metrics = free_addr().to_string();
         self.process(
+            worker_id,
             "kairos-worker",
             &[
                 "--worker-id",
@@ -181,11 +190,14 @@ impl Stack {
     }
 
     /// Runs a service binary built by `scripts/test.sh` against this stack; its log goes to
-    /// `<name>.log` in the stack's directory.
-    pub fn process(&self, binary: &str, args: &[&str]) -> Process {
+    /// `<name>.log` in the stack's directory, appended to across restarts.
+    pub fn process(&self, name: &str, binary: &str, args: &[&str]) -> Process {
         let dir = std::env::var("KAIROS_TEST_BIN_DIR")
             .expect("KAIROS_TEST_BIN_DIR is not set: run scripts/test.sh");
-        let log = std::fs::File::create(self.dir.path().join(format!("{binary}.log")))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
             .expect("creating the process log");
         let child = tokio::process::Command::new(format!("{dir}/{binary}"))
             .args(args)
@@ -197,7 +209,7 @@ impl Stack {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
         Process {
-            name: binary.to_string(),
+            name: name.to_string(),
             child,
         }
     }
@@ -251,6 +263,24 @@ impl Stack {
             Some(&bytes),
         )
         .await
+    }
+
+    /// Puts many job definitions through one producer, as `kairosctl job apply` does a file.
+    pub async fn apply_jobs(&self, definitions: &[kairos_core::JobDefinition]) {
+        let producer = self.kafka.producer().expect("producer");
+        let topic = self.kafka.topics().jobs();
+        let sends = definitions.iter().map(|definition| {
+            let bytes = codec::encode_job(definition).expect("encoding the job");
+            let (producer, topic) = (&producer, &topic);
+            async move {
+                producer
+                    .send(topic, definition.id.as_str(), Some(&bytes))
+                    .await
+            }
+        });
+        futures::future::try_join_all(sends)
+            .await
+            .expect("producing the jobs");
     }
 
     /// Produces raw bytes (or a tombstone); returns where the record landed.
@@ -356,6 +386,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// Whether the process is still running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// `kill -9`: no drain, no goodbye, no group leave.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("killing the process");
@@ -457,17 +492,10 @@ impl Service {
     }
 
     /// Stops the service, then reads its store offline: the state digest and every state entry.
-    pub async fn stop_and_read_state(self) -> (String, BTreeMap<String, serde_json::Value>) {
+    pub async fn stop_and_read_state(self) -> StoreState {
         let dir = self.data_dir.clone().expect("a service with a store");
         self.stop().await.expect("service stopped cleanly");
-        let store = Store::open(&dir).expect("opening the stopped service's store");
-        let entries = store
-            .scan::<serde_json::Value>("")
-            .expect("reading the store")
-            .into_iter()
-            .filter(|(key, _)| !key.starts_with("offset/"))
-            .collect();
-        (store.digest().expect("digest"), entries)
+        read_state(&dir)
     }
 }
 
@@ -489,14 +517,35 @@ pub async fn stop_all(services: impl IntoIterator<Item = Service>) {
     }
 }
 
+/// A stopped service's state: its digest and every entry but the stored positions.
+pub type StoreState = (String, BTreeMap<String, serde_json::Value>);
+
+/// Reads the store of a stopped service.
+pub fn read_state(dir: &std::path::Path) -> StoreState {
+    let store = Store::open(dir).expect("opening the stopped service's store");
+    let entries = store
+        .scan::<serde_json::Value>("")
+        .expect("reading the store")
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("offset/"))
+        .collect();
+    (store.digest().expect("digest"), entries)
+}
+
 /// Fails, naming the entries that differ, unless two stores hold the same state.
-pub fn assert_same_state(
-    what: &str,
-    (live_digest, live): (String, BTreeMap<String, serde_json::Value>),
-    (rebuilt_digest, rebuilt): (String, BTreeMap<String, serde_json::Value>),
-) {
+pub fn assert_same_state(what: &str, live: StoreState, rebuilt: StoreState) {
+    if let Some(difference) = state_difference(live, rebuilt) {
+        panic!("{what}: {difference}");
+    }
+}
+
+/// `None` when two stores hold the same state, else which entries differ.
+pub fn state_difference(
+    (live_digest, live): StoreState,
+    (rebuilt_digest, rebuilt): StoreState,
+) -> Option<String> {
     if live_digest == rebuilt_digest {
-        return;
+        return None;
     }
     let keys: std::collections::BTreeSet<&String> = live.keys().chain(rebuilt.keys()).collect();
     let differing: Vec<String> = keys
@@ -511,10 +560,10 @@ pub fn assert_same_state(
             )
         })
         .collect();
-    panic!(
-        "{what}: rebuilt state differs from the live one ({live_digest} vs {rebuilt_digest}):\n{}",
+    Some(format!(
+        "rebuilt state differs from the live one ({live_digest} vs {rebuilt_digest}):\n{}",
         differing.join("\n")
-    );
+    ))
 }
 
 /// Waits until the process whose pid a task wrote to `pid_file` has ended (gone, or a zombie

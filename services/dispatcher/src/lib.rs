@@ -220,12 +220,18 @@ impl Dispatcher {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
-                Ok(message) = self.heartbeats.recv() => {
-                    // The topic is written only by workers; a beat that does not decode is skipped.
-                    if let Some(Ok(beat)) = message.payload().map(codec::decode_heartbeat) {
-                        self.workers.record(beat);
+                read = self.heartbeats.recv() => match read {
+                    // The aggregator dead-letters a beat that does not decode; here it is skipped.
+                    Ok(message) => {
+                        if let Some(Ok(beat)) = message.payload().map(codec::decode_heartbeat) {
+                            self.workers.record(beat);
+                        }
                     }
-                }
+                    Err(error) => {
+                        tracing::debug!(%error, "Reading heartbeats failed.");
+                        self.workers.deaf(kairos_runtime::now());
+                    }
+                },
                 _ = check_workers.tick() => self.reconcile_lost_workers().await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
             }

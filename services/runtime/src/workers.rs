@@ -47,6 +47,8 @@ impl Liveness {
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     latest: BTreeMap<String, WorkerHeartbeat>,
+    /// When the reader last failed to read heartbeats (the broker was unreachable).
+    deaf_at: Option<Timestamp>,
 }
 
 impl Registry {
@@ -62,11 +64,26 @@ impl Registry {
         }
     }
 
-    /// The worker's liveness; `None` for a worker never heard of.
+    /// Notes that reading heartbeats failed at `now`: silence heard through a broken connection
+    /// says nothing about the workers.
+    pub fn deaf(&mut self, now: Timestamp) {
+        self.deaf_at = Some(now);
+    }
+
+    /// The worker's liveness; `None` for a worker never heard of. A worker counts as lost only
+    /// once the reader has heard for as long as the worker may stay silent: after a broker
+    /// outage, every worker gets the time to beat again.
     pub fn liveness(&self, worker_id: &str, now: Timestamp) -> Option<Liveness> {
-        self.latest
-            .get(worker_id)
-            .map(|beat| Liveness::of(beat, now))
+        let beat = self.latest.get(worker_id)?;
+        let liveness = Liveness::of(beat, now);
+        let heard_since_deaf = self.deaf_at.is_none_or(|deaf| {
+            (now - deaf).to_std().unwrap_or_default() > beat.interval * MISSED_BEATS
+        });
+        Some(if liveness == Liveness::Lost && !heard_since_deaf {
+            Liveness::Live
+        } else {
+            liveness
+        })
     }
 
     /// Whether some live worker serves `pool` and accepts tasks of `task_type` (of any type when
@@ -116,6 +133,16 @@ mod tests {
         assert_eq!(registry.liveness("other", at(13_001)), None);
         registry.record(beat("w", "p", 14_000, true));
         assert_eq!(registry.liveness("w", at(99_000)), Some(Liveness::Stopped));
+    }
+
+    #[test]
+    fn silence_heard_while_the_broker_was_unreachable_loses_no_worker() {
+        let mut registry = Registry::default();
+        registry.record(beat("w", "p", 10_000, false));
+        registry.deaf(at(12_000));
+        assert_eq!(registry.liveness("w", at(14_000)), Some(Liveness::Live));
+        assert_eq!(registry.liveness("w", at(15_000)), Some(Liveness::Live));
+        assert_eq!(registry.liveness("w", at(15_001)), Some(Liveness::Lost));
     }
 
     #[test]

@@ -1,0 +1,30 @@
+//! The short form of the fault-injection suite, run by `scripts/test.sh`: 40 s of load
+//! with a service instance killed every few seconds and the broker restarted once; nothing may be
+//! lost, duplicated, left unfinished, or rebuilt differently. `scripts/chaos.sh` runs the long form.
+
+use std::time::Duration;
+
+use kairos_tests::chaos::{self, ChaosConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_services_and_restarting_the_broker_loses_and_duplicates_nothing() {
+    let seed = rand::random();
+    let config = ChaosConfig {
+        jobs: 6,
+        load: Duration::from_secs(40),
+        pause: (Duration::from_secs(1), Duration::from_secs(3)),
+        partitions: 4,
+        seed,
+        nisshi: std::env::var("KAIROS_NISSHI")
+            .unwrap_or_else(|_| "nisshi".into())
+            .into(),
+    };
+    let report = chaos::run(config).await.expect("the chaos run");
+    println!("{report}");
+    assert!(report.passed(), "seed {seed}:\n{report}");
+    assert_eq!(report.broker_restarts, 1);
+    assert!(
+        report.kills.values().sum::<usize>() >= 3,
+        "too few faults to mean anything: {report}"
+    );
+}
