@@ -151,6 +151,12 @@ async fn a_run_for_a_pool_nobody_serves_stays_pending_alerts_and_runs_when_a_wor
         "no live worker serves pool \"gpu\" with shell tasks"
     );
     let run_id = pending["run_id"].as_str().unwrap().to_string();
+    let listed = stack.kairosctl(&api, &["runs", "pending"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&run_id) && listed.contains("no live worker serves pool \"gpu\""),
+        "{listed}"
+    );
     let run = get_json(&format!("{api}/api/v1/runs/{run_id}"))
         .await
         .unwrap();

@@ -137,19 +137,13 @@ impl Stack {
         self.worker_with(worker_id, |config| config.pool = pool.to_string())
     }
 
-    /// A worker (of the default pool unless `adjust` says otherwise) beating every 300 ms and
-    /// draining for at most 5 s.
+    /// A worker (of the default pool unless `adjust` says otherwise).
     pub fn worker_with(
         &self,
         worker_id: &str,
         adjust: impl FnOnce(&mut kairos_worker::Config),
     ) -> Service {
-        let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
-        config.heartbeat_interval = TEST_HEARTBEAT;
-        // Tests stop workers in the middle of long tasks; they hand them back soon.
-        config.drain_timeout = Duration::from_secs(5);
-        config.worker_id = Some(worker_id.to_string());
-        adjust(&mut config);
+        let config = self.worker_config(worker_id, adjust);
         Service::spawn("worker", None, config.metrics_addr, None, |stop| {
             kairos_worker::run(config, stop)
         })
@@ -162,13 +156,25 @@ impl Stack {
         worker_id: &str,
         handlers: kairos_worker::Handlers,
     ) -> Service {
-        let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
-        config.heartbeat_interval = TEST_HEARTBEAT;
-        config.worker_id = Some(worker_id.to_string());
-        config.pool = pool.to_string();
+        let config = self.worker_config(worker_id, |config| config.pool = pool.to_string());
         Service::spawn("worker", None, config.metrics_addr, None, |stop| {
             kairos_worker::run_with_handlers(config, handlers, stop)
         })
+    }
+
+    /// A test worker's configuration: beating every 300 ms, draining for at most 5 s.
+    fn worker_config(
+        &self,
+        worker_id: &str,
+        adjust: impl FnOnce(&mut kairos_worker::Config),
+    ) -> kairos_worker::Config {
+        let mut config = kairos_worker::Config::new(self.kafka.clone(), free_addr());
+        config.heartbeat_interval = TEST_HEARTBEAT;
+        // Tests stop workers in the middle of long tasks; they hand them back soon.
+        config.drain_timeout = Duration::from_secs(5);
+        config.worker_id = Some(worker_id.to_string());
+        adjust(&mut config);
+        config
     }
 
     /// The `kairos-worker` binary as a process of its own, to be killed as production kills it.

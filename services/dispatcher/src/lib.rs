@@ -3,15 +3,19 @@
 //! It consumes `jobs` and `runs` (co-partitioned, one consumer group). RocksDB holds the
 //! definitions it needs and the state of every run, folded with `kairos_core::apply`. While a
 //! partition is rebuilding (catching up to the high watermark seen at assignment) it only folds;
-//! once caught up it reconciles: every active run whose next step is missing gets it. A step is
-//! appended to the ledger and folded at once, so reading it back later is a recognised duplicate,
-//! and a crash before the fold re-emits the same (run_id, attempt), which downstream drops.
+//! once caught up it reconciles: every active run whose next step is missing gets it.
+//!
+//! Its state is the fold of the ledger in ledger order, its own steps included: a step is appended
+//! and folded only when it is read back, because a worker's event about the same run may land
+//! before it (a success just before the deadline backstop, say) and must win, as it does for every
+//! other reader. Until then the run waits, with the state the step is expected to give it standing
+//! in for decisions about the job's other runs.
 
 mod attempts;
 mod metrics_names;
 mod pools;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use kairos_core::decide::{
     cancel_step, lost_step, next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN,
 };
 use kairos_core::job::JobSpec;
-use kairos_core::run::{apply, RunEvent, RunEventKind, RunState, RunStatus};
+use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::deadletter::DeadLetters;
@@ -170,6 +174,7 @@ pub async fn run(
         heartbeats,
         workers: Registry::default(),
         attempts: Attempts::default(),
+        awaiting: HashMap::new(),
         health: parts.health,
     };
     let result = dispatcher.run(parts.shutdown).await;
@@ -199,7 +204,23 @@ struct Dispatcher {
     workers: Registry,
     /// The worker of each started attempt, to find a dead worker's attempts.
     attempts: Attempts,
+    /// Runs with a step appended but not read back yet: the step, and the state it should give.
+    awaiting: HashMap<RunId, Awaiting>,
     health: Arc<Health>,
+}
+
+/// Whether `read` is the ledger's copy of the step `sent`: same type, attempt and decision time.
+fn is_same_step(sent: &RunEvent, read: &RunEvent) -> bool {
+    sent.kind.name() == read.kind.name()
+        && sent.kind.attempt() == read.kind.attempt()
+        && sent.at == read.at
+}
+
+/// A step of the dispatcher's own on its way through the ledger.
+struct Awaiting {
+    partition: i32,
+    event: RunEvent,
+    expected: RunState,
 }
 
 impl Dispatcher {
@@ -296,6 +317,8 @@ impl Dispatcher {
                 self.timers.retain(|(_, p, _)| !partitions.contains(p));
                 self.pools.forget(&partitions);
                 self.attempts.forget(&partitions);
+                self.awaiting
+                    .retain(|_, a| !partitions.contains(&a.partition));
             }
             Input::Record(message) => {
                 let partition = message.partition();
@@ -410,6 +433,16 @@ impl Dispatcher {
             return Ok(None);
         };
         let job = event.job_id.to_string();
+        if self
+            .awaiting
+            .get(&event.run_id)
+            .is_some_and(|a| is_same_step(&a.event, &event))
+        {
+            // Our own step is back: from here on the stored state speaks for the run.
+            self.awaiting.remove(&event.run_id);
+            self.fold(message.partition(), &event, batch)?;
+            return Ok(Some(job));
+        }
         Ok(self.fold(message.partition(), &event, batch)?.map(|_| job))
     }
 
@@ -483,6 +516,12 @@ impl Dispatcher {
         for run in run_ids {
             runs.extend(self.store.get::<RunState>(&run_key(partition, job, run))?);
         }
+        // A run whose step is on its way counts as what the step will make it.
+        for run in &mut runs {
+            if let Some(awaiting) = self.awaiting.get(&run.run_id) {
+                *run = awaiting.expected.clone();
+            }
+        }
         runs.sort_by_key(|r| (r.scheduled_for, r.run_id));
         for run in &runs {
             self.pools.track(partition, run);
@@ -515,7 +554,7 @@ impl Dispatcher {
             // partition was rebuilding), so keep stepping until the run waits on someone. A
             // requested cancel comes first.
             let cancelling = cancel_requested(&runs[i]);
-            loop {
+            while !self.awaiting.contains_key(&runs[i].run_id) {
                 let now = kairos_runtime::now();
                 let worker_lost = runs[i]
                     .workers()
@@ -541,7 +580,7 @@ impl Dispatcher {
                 }
                 match self.take(partition, &runs[i], step).await? {
                     Some(next) => runs[i] = next,
-                    // The fold refused the dispatcher's own step; asking again would repeat it.
+                    // The fold refuses the dispatcher's own step; asking again would repeat it.
                     None => break,
                 }
             }
@@ -562,8 +601,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Appends the step to the ledger (and the task to its pool), folds it, and returns the run's
-    /// new state (`None` if the fold refused it).
+    /// Appends the step to the ledger (and the task to its pool) and returns the state it should
+    /// give the run once read back (`None` if the fold refuses it).
     async fn take(
         &mut self,
         partition: i32,
@@ -579,8 +618,7 @@ impl Dispatcher {
             kind,
             shard: None,
         };
-        let mut batch = Batch::new();
-        let next = match step {
+        let event = match step {
             Step::Record(kind) => {
                 let event = event(kind);
                 self.append(&event).await?;
@@ -592,7 +630,7 @@ impl Dispatcher {
                     // by a worker it is redelivered to.
                     self.request_stop(run, Some(attempt), now).await?;
                 }
-                self.fold(partition, &event, &mut batch)?
+                event
             }
             Step::Cancel { attempt } => {
                 let cancelled = event(RunEventKind::RunCancelled { attempt });
@@ -601,7 +639,7 @@ impl Dispatcher {
                     self.request_stop(run, None, now).await?;
                 }
                 tracing::info!(job_id = %run.job_id, run_id = %run.run_id, attempt, "Cancelled.");
-                self.fold(partition, &cancelled, &mut batch)?
+                cancelled
             }
             Step::Dispatch(tasks) => {
                 let pool = tasks.first().map_or(String::new(), |t| t.pool.clone());
@@ -616,14 +654,29 @@ impl Dispatcher {
                 }
                 metrics::counter!(m::DISPATCHES, "pool" => pool.clone()).increment(1);
                 tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, attempt = run.attempt.max(1), pool, tasks = tasks.len(), "Dispatched.");
-                self.fold(partition, &dispatched, &mut batch)?
+                dispatched
             }
         };
-        self.store.write(batch)?;
-        if next.is_none() {
-            tracing::error!(job_id = %run.job_id, run_id = %run.run_id, "The dispatcher's own step did not apply.");
-        }
-        Ok(next)
+        let expected = match apply(Some(run), &event) {
+            Ok(expected) => expected,
+            Err(error) => {
+                tracing::error!(job_id = %run.job_id, run_id = %run.run_id, %error, "The dispatcher's own step does not apply.");
+                return Ok(None);
+            }
+        };
+        // Pool levels and workers follow the step at once, or the pool would be over-admitted
+        // while the step travels.
+        self.pools.track(partition, &expected);
+        self.attempts.track(partition, &expected);
+        self.awaiting.insert(
+            run.run_id,
+            Awaiting {
+                partition,
+                event,
+                expected: expected.clone(),
+            },
+        );
+        Ok(Some(expected))
     }
 
     /// Asks the workers (they read the control topic) to stop the run, or with `attempt` only

@@ -129,6 +129,11 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Dispatched runs no worker has started, and why, when no live worker serves their pool.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +243,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect();
                 print_table(&["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"], &rows);
+            }
+            Ok(())
+        }
+        Command::Runs(RunsCommand::Pending { json }) => {
+            let pending = api_get(&cli.api, "/api/v1/runs/pending").await?;
+            if json {
+                print_json(&pending);
+            } else {
+                let rows: Vec<Vec<String>> = pending["runs"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| {
+                        let waited = r["waiting_ms"].as_i64().unwrap_or(0) / 1000;
+                        vec![
+                            text(&r["run_id"]),
+                            text(&r["job_id"]),
+                            text(&r["pool"]),
+                            format!("{waited}s"),
+                            r["unserved"]
+                                .as_str()
+                                .unwrap_or("queued on a live worker")
+                                .to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["RUN", "JOB", "POOL", "WAITING", "WHY"], &rows);
             }
             Ok(())
         }
