@@ -27,7 +27,7 @@ use kairos_core::decide::{
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
-use kairos_runtime::codec;
+use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
@@ -37,7 +37,7 @@ use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::workers::{Liveness, Registry};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
@@ -99,6 +99,9 @@ fn parse_limit(s: &str) -> Result<(String, usize), String> {
     Ok((pool.trim().to_string(), limit))
 }
 
+/// How long the dispatcher waits for the heartbeat topic's offsets at start.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the dispatcher looks for attempts on workers that have gone silent.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -140,15 +143,29 @@ pub async fn run(
             topics.tasks("default"),
         ],
     )?;
-    check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
+    // The heartbeats topic is keyed by worker, with a partition count of its own.
+    let heartbeat_partitions = check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
     // Every dispatcher needs every worker's heartbeats: a run on any of its partitions may have
     // been started by any worker. The compacted topic holds each worker's latest beat.
     let heartbeats = broadcast_consumer(
         &config.kafka,
         &topics.heartbeats(),
-        partitions,
+        heartbeat_partitions,
         Offset::Beginning,
     )?;
+    let mut heartbeats_behind = BTreeMap::new();
+    for partition in 0..heartbeat_partitions {
+        let topic = topics.heartbeats();
+        let (_, high) = tokio::task::block_in_place(|| {
+            heartbeats.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+        })?;
+        if high > 0 {
+            heartbeats_behind.insert(partition, high);
+        }
+    }
+    // Until the old beats are read, every worker looks silent.
+    let mut workers = Registry::default();
+    workers.deaf(kairos_runtime::now());
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "dispatcher",
@@ -172,7 +189,8 @@ pub async fn run(
         deadline_margin: config.deadline_margin,
         pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
         heartbeats,
-        workers: Registry::default(),
+        heartbeats_behind,
+        workers,
         attempts: Attempts::default(),
         awaiting: HashMap::new(),
         health: parts.health,
@@ -201,6 +219,9 @@ struct Dispatcher {
     pools: Pools,
     /// Every worker's heartbeats, read from the beginning of the compacted topic.
     heartbeats: StreamConsumer,
+    /// Heartbeat partitions not yet read up to their end as it was at start: until they are,
+    /// the registry holds old beats and must not call anyone lost.
+    heartbeats_behind: BTreeMap<i32, i64>,
     workers: Registry,
     /// The worker of each started attempt, to find a dead worker's attempts.
     attempts: Attempts,
@@ -241,18 +262,12 @@ impl Dispatcher {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
-                read = self.heartbeats.recv() => match read {
-                    // The aggregator dead-letters a beat that does not decode; here it is skipped.
-                    Ok(message) => {
-                        if let Some(Ok(beat)) = message.payload().map(codec::decode_heartbeat) {
-                            self.workers.record(beat);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "Reading heartbeats failed.");
-                        self.workers.deaf(kairos_runtime::now());
-                    }
-                },
+                read = self.heartbeats.recv() => {
+                    let read = read.map(|m| {
+                        (m.partition(), m.offset(), m.payload().map(codec::decode_heartbeat))
+                    });
+                    self.on_heartbeat(read);
+                }
                 _ = check_workers.tick() => self.reconcile_lost_workers().await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
             }
@@ -273,6 +288,40 @@ impl Dispatcher {
             metrics::gauge!(m::WAITING, "pool" => pool).set(waiting as f64);
         }
         Ok(())
+    }
+
+    /// Keeps a worker's beat (the aggregator dead-letters one that does not decode; here it is
+    /// skipped). A failed read, or one of the old beats replayed at start, leaves the registry
+    /// deaf for a while.
+    fn on_heartbeat(
+        &mut self,
+        read: Result<
+            (i32, i64, Option<Result<WorkerHeartbeat, codec::CodecError>>),
+            rdkafka::error::KafkaError,
+        >,
+    ) {
+        let now = kairos_runtime::now();
+        match read {
+            Ok((partition, offset, beat)) => {
+                if let Some(Ok(beat)) = beat {
+                    self.workers.record(beat);
+                }
+                if self
+                    .heartbeats_behind
+                    .get(&partition)
+                    .is_some_and(|end| offset + 1 >= *end)
+                {
+                    self.heartbeats_behind.remove(&partition);
+                }
+                if !self.heartbeats_behind.is_empty() {
+                    self.workers.deaf(now);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Reading heartbeats failed.");
+                self.workers.deaf(now);
+            }
+        }
     }
 
     /// Reconciles the jobs with an attempt on a worker that has gone silent, so that the attempt
