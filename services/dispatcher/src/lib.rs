@@ -31,7 +31,7 @@ use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
-    ReliableProducer,
+    ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
 use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::workers::{Liveness, Registry};
@@ -266,7 +266,10 @@ impl Dispatcher {
                     let read = read.map(|m| {
                         (m.partition(), m.offset(), m.payload().map(codec::decode_heartbeat))
                     });
-                    self.on_heartbeat(read);
+                    if !self.on_heartbeat(read) {
+                        // A broker in trouble answers at once, again and again.
+                        tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
+                    }
                 }
                 _ = check_workers.tick() => self.reconcile_lost_workers().await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
@@ -292,14 +295,14 @@ impl Dispatcher {
 
     /// Keeps a worker's beat (the aggregator dead-letters one that does not decode; here it is
     /// skipped). A failed read, or one of the old beats replayed at start, leaves the registry
-    /// deaf for a while.
+    /// deaf for a while. False when the read failed.
     fn on_heartbeat(
         &mut self,
         read: Result<
             (i32, i64, Option<Result<WorkerHeartbeat, codec::CodecError>>),
             rdkafka::error::KafkaError,
         >,
-    ) {
+    ) -> bool {
         let now = kairos_runtime::now();
         match read {
             Ok((partition, offset, beat)) => {
@@ -316,10 +319,12 @@ impl Dispatcher {
                 if !self.heartbeats_behind.is_empty() {
                     self.workers.deaf(now);
                 }
+                true
             }
             Err(error) => {
                 tracing::debug!(%error, "Reading heartbeats failed.");
                 self.workers.deaf(now);
+                false
             }
         }
     }

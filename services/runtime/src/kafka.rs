@@ -38,7 +38,7 @@ const PRODUCER_INVARIANTS: [(&str, &str); 3] = [
 ];
 
 /// How long the consumer waits after an error before asking again (librdkafka reconnects itself).
-const CONSUME_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+pub const CONSUME_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// How often metadata is read while waiting for new topics to appear.
 const METADATA_POLL: Duration = Duration::from_millis(100);
 

@@ -12,6 +12,10 @@ use crate::codec::WorkerHeartbeat;
 /// Heartbeats a worker may miss before it counts as lost.
 pub const MISSED_BEATS: u32 = 3;
 
+/// Heartbeats a worker may miss before it counts as lost even when no other worker's beat shows
+/// that heartbeats are flowing (a lone worker).
+pub const MISSED_BEATS_ALONE: u32 = 15;
+
 /// What a worker's latest heartbeat says about it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Liveness {
@@ -47,6 +51,8 @@ impl Liveness {
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     latest: BTreeMap<String, WorkerHeartbeat>,
+    /// The newest beat of any worker: how far the heartbeats read so far reach.
+    newest: Option<Timestamp>,
     /// When the reader last failed to read heartbeats (the broker was unreachable).
     deaf_at: Option<Timestamp>,
 }
@@ -55,6 +61,7 @@ impl Registry {
     /// Keeps `beat` unless a newer one of its worker is known (heartbeats of one worker share a
     /// partition, but a compacted topic read again may interleave with live ones).
     pub fn record(&mut self, beat: WorkerHeartbeat) {
+        self.newest = self.newest.max(Some(beat.at));
         if self
             .latest
             .get(&beat.worker_id)
@@ -70,20 +77,31 @@ impl Registry {
         self.deaf_at = Some(now);
     }
 
-    /// The worker's liveness; `None` for a worker never heard of. A worker counts as lost only
-    /// once the reader has heard for as long as the worker may stay silent: after a broker
-    /// outage, every worker gets the time to beat again.
+    /// The worker's liveness; `None` for a worker never heard of.
+    ///
+    /// Silence is judged with care, since calling a live worker lost retries its work. A worker
+    /// counts as lost only once the reader has heard for as long as the worker may stay silent
+    /// (after a broker outage, every worker gets the time to beat again), and only when other
+    /// workers' beats show that the heartbeats reaching the reader are not merely late — or,
+    /// with no other worker to tell, after [`MISSED_BEATS_ALONE`] intervals.
     pub fn liveness(&self, worker_id: &str, now: Timestamp) -> Option<Liveness> {
         let beat = self.latest.get(worker_id)?;
         let liveness = Liveness::of(beat, now);
-        let heard_since_deaf = self.deaf_at.is_none_or(|deaf| {
-            (now - deaf).to_std().unwrap_or_default() > beat.interval * MISSED_BEATS
-        });
-        Some(if liveness == Liveness::Lost && !heard_since_deaf {
-            Liveness::Live
-        } else {
-            liveness
-        })
+        if liveness != Liveness::Lost {
+            return Some(liveness);
+        }
+        let longer_than = |from: Timestamp, to: Timestamp, beats: u32| {
+            (to - from).to_std().unwrap_or_default() > beat.interval * beats
+        };
+        let heard_since_deaf = self
+            .deaf_at
+            .is_none_or(|deaf| longer_than(deaf, now, MISSED_BEATS));
+        let others_beat_since = self
+            .newest
+            .is_some_and(|newest| longer_than(beat.at, newest, MISSED_BEATS));
+        let lost = heard_since_deaf
+            && (others_beat_since || longer_than(beat.at, now, MISSED_BEATS_ALONE));
+        Some(if lost { Liveness::Lost } else { Liveness::Live })
     }
 
     /// Whether some live worker serves `pool` and accepts tasks of `task_type` (of any type when
@@ -128,17 +146,35 @@ mod tests {
     fn a_worker_is_lost_after_three_silent_intervals_and_stopped_when_it_says_so() {
         let mut registry = Registry::default();
         registry.record(beat("w", "p", 10_000, false));
+        registry.record(beat("other", "p", 13_500, false));
         assert_eq!(registry.liveness("w", at(13_000)), Some(Liveness::Live));
         assert_eq!(registry.liveness("w", at(13_001)), Some(Liveness::Lost));
-        assert_eq!(registry.liveness("other", at(13_001)), None);
+        assert_eq!(registry.liveness("unknown", at(13_001)), None);
         registry.record(beat("w", "p", 14_000, true));
         assert_eq!(registry.liveness("w", at(99_000)), Some(Liveness::Stopped));
+    }
+
+    #[test]
+    fn late_heartbeats_lose_no_worker_until_others_show_they_flow_or_a_long_silence() {
+        let mut registry = Registry::default();
+        registry.record(beat("w", "p", 10_000, false));
+        registry.record(beat("other", "p", 10_200, false));
+        // Nobody's beats have arrived for 4 s: the reader is behind, not the workers dead.
+        assert_eq!(registry.liveness("w", at(14_000)), Some(Liveness::Live));
+        registry.record(beat("other", "p", 13_100, false));
+        assert_eq!(registry.liveness("w", at(14_000)), Some(Liveness::Lost));
+        // A lone worker is lost after fifteen silent intervals.
+        let mut alone = Registry::default();
+        alone.record(beat("w", "p", 10_000, false));
+        assert_eq!(alone.liveness("w", at(25_000)), Some(Liveness::Live));
+        assert_eq!(alone.liveness("w", at(25_001)), Some(Liveness::Lost));
     }
 
     #[test]
     fn silence_heard_while_the_broker_was_unreachable_loses_no_worker() {
         let mut registry = Registry::default();
         registry.record(beat("w", "p", 10_000, false));
+        registry.record(beat("other", "p", 16_000, false));
         registry.deaf(at(12_000));
         assert_eq!(registry.liveness("w", at(14_000)), Some(Liveness::Live));
         assert_eq!(registry.liveness("w", at(15_000)), Some(Liveness::Live));
