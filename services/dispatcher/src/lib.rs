@@ -261,6 +261,10 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                // Timers first: a busy ledger or a flood of heartbeats (or of errors reading them)
+                // is always ready, and would otherwise starve retries, deadlines and lost checks.
+                _ = check_workers.tick() => self.reconcile_lost_workers().await?,
+                _ = tokio::time::sleep(wake) => self.wake_due().await?,
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
                 read = self.heartbeats.recv() => {
                     let read = read.map(|m| {
@@ -271,8 +275,6 @@ impl Dispatcher {
                         tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
                     }
                 }
-                _ = check_workers.tick() => self.reconcile_lost_workers().await?,
-                _ = tokio::time::sleep(wake) => self.wake_due().await?,
             }
             self.drain_pools().await?;
             self.health.set_caught_up(self.consumer.ready());
