@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use kairos_core::job::{Backoff, RetryPolicy};
 use kairos_core::run::RunEventKind;
 use kairos_tests::{
-    events_of, get_json, names, one_shot_job, stop_all, wait_caught_up, wait_for,
+    events_of, exact_retries, get_json, names, one_shot_job, stop_all, wait_caught_up, wait_for,
     wait_process_gone, Stack,
 };
 
@@ -24,12 +23,23 @@ async fn live_workers(api: &str) -> Option<Vec<String>> {
     )
 }
 
-/// The worker that started the job's first attempt, once it has.
-fn first_starter(stack: &Stack, job: &str) -> Option<String> {
-    stack.ledger().into_iter().find_map(|e| match e.kind {
-        RunEventKind::RunStarted { worker_id, .. } if e.job_id.as_str() == job => Some(worker_id),
-        _ => None,
-    })
+/// Waits for the job's first attempt to start; returns the worker that started it.
+async fn first_starter(stack: &Stack, job: &str) -> String {
+    let started = || async {
+        stack
+            .job_ledger(job)
+            .into_iter()
+            .find_map(|e| match e.kind {
+                RunEventKind::RunStarted { worker_id, .. } => Some(worker_id),
+                _ => None,
+            })
+    };
+    wait_for(
+        &format!("the first attempt of {job} to start"),
+        Duration::from_secs(60),
+        started,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,22 +69,9 @@ async fn a_worker_killed_mid_task_has_its_attempt_lost_and_retried_on_the_other_
     );
     let mut job = one_shot_job("fragile", &script, 2);
     job.timeout = Some(Duration::from_secs(120));
-    job.retry = RetryPolicy {
-        max_attempts: 3,
-        backoff: Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            jitter: 0.0,
-        },
-    };
+    job.retry = exact_retries(3, Duration::from_millis(100));
     stack.apply_job(job).await;
-    let doomed = wait_for(
-        "the first attempt to start",
-        Duration::from_secs(60),
-        || async { first_starter(&stack, "fragile") },
-    )
-    .await;
+    let doomed = first_starter(&stack, "fragile").await;
     let index = workers.iter().position(|(id, _)| *id == doomed).unwrap();
     let (_, process) = workers.remove(index);
     let (survivor, _) = workers[0];
@@ -146,12 +143,7 @@ async fn a_stopping_worker_finishes_within_its_drain_timeout_and_hands_back_the_
     let patient = stack.worker_with("patient", |c| c.drain_timeout = Duration::from_secs(30));
     patient.caught_up().await;
     stack.apply_job(one_shot_job("short", "sleep 2", 1)).await;
-    wait_for(
-        "the short task to start",
-        Duration::from_secs(60),
-        || async { first_starter(&stack, "short") },
-    )
-    .await;
+    first_starter(&stack, "short").await;
     patient
         .stop()
         .await
@@ -180,12 +172,7 @@ async fn a_stopping_worker_finishes_within_its_drain_timeout_and_hands_back_the_
     let mut job = one_shot_job("long", &script, 1);
     job.timeout = Some(Duration::from_secs(120));
     stack.apply_job(job).await;
-    wait_for(
-        "the long task to start",
-        Duration::from_secs(60),
-        || async { first_starter(&stack, "long") },
-    )
-    .await;
+    first_starter(&stack, "long").await;
     impatient
         .stop()
         .await

@@ -3,23 +3,17 @@
 
 use std::time::Duration;
 
-use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
+use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_runtime::codec;
-use kairos_tests::{events_of, get_json, names, one_shot_job, stop_all, wait_for, Stack};
+use kairos_tests::{
+    events_of, exact_retries, get_json, names, one_shot_job, stop_all, wait_for, Stack,
+};
 
 /// A one-shot job two seconds from now that retries with the given backoff.
 fn one_shot(id: &str, script: &str, max_attempts: u32, initial: Duration) -> JobSpec {
     let mut job = one_shot_job(id, script, 2);
-    job.retry = RetryPolicy {
-        max_attempts,
-        backoff: Backoff {
-            initial,
-            max: Duration::from_secs(10),
-            multiplier: 2.0,
-            jitter: 0.0,
-        },
-    };
+    job.retry = exact_retries(max_attempts, initial);
     job
 }
 

@@ -5,9 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kairos_core::job::{Backoff, RetryPolicy};
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_tests::{events_of, get_json, one_shot_job, stop_all, wait_caught_up, wait_for, Stack};
+use kairos_tests::{
+    events_of, exact_retries, get_json, one_shot_job, stop_all, wait_caught_up, wait_for, Stack,
+};
 
 /// `Name(attempt)` with `#shard` for a shard's event.
 fn story(events: &[&RunEvent]) -> Vec<String> {
@@ -49,15 +50,7 @@ async fn a_sharded_run_succeeds_when_all_shards_do_and_retries_only_the_failed_o
     let mut job = one_shot_job("regions", &script, 1);
     job.shards = Some(3);
     job.shard_params = vec!["eu".into(), "us".into(), "ap".into()];
-    job.retry = RetryPolicy {
-        max_attempts: 2,
-        backoff: Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            jitter: 0.0,
-        },
-    };
+    job.retry = exact_retries(2, Duration::from_millis(100));
     stack.apply_job(job).await;
 
     let run = wait_for(

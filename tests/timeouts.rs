@@ -5,20 +5,13 @@ use std::time::Duration;
 
 use kairos_core::decide::DEADLINE_REPORTER;
 use kairos_core::job::{Backoff, JobSpec, RetryPolicy};
-use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_core::run::RunEventKind;
 use kairos_tests::{one_shot_job, stop_all, wait_caught_up, wait_for, wait_process_gone, Stack};
 
 fn one_shot(id: &str, script: &str, timeout: Duration) -> JobSpec {
     let mut job = one_shot_job(id, script, 2);
     job.timeout = Some(timeout);
     job
-}
-
-fn events_of(ledger: Vec<RunEvent>, job: &str) -> Vec<RunEvent> {
-    ledger
-        .into_iter()
-        .filter(|e| e.job_id.as_str() == job)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -42,7 +35,8 @@ async fn the_worker_kills_a_timed_out_task_with_its_children() {
         "the hung task to time out",
         Duration::from_secs(60),
         || async {
-            events_of(stack.ledger(), "hung")
+            stack
+                .job_ledger("hung")
                 .into_iter()
                 .find(|e| matches!(e.kind, RunEventKind::RunTimedOut { .. }))
         },
@@ -59,7 +53,8 @@ async fn the_worker_kills_a_timed_out_task_with_its_children() {
         (1, "w1"),
         "the worker, not the backstop, timed it out"
     );
-    let started = events_of(stack.ledger(), "hung")
+    let started = stack
+        .job_ledger("hung")
         .into_iter()
         .find(|e| matches!(e.kind, RunEventKind::RunStarted { .. }))
         .expect("the task started");
@@ -98,7 +93,7 @@ async fn the_dispatcher_times_out_attempts_nobody_reports_on_and_retries_them() 
         "the unserved run to be abandoned",
         Duration::from_secs(60),
         || async {
-            let events = events_of(stack.ledger(), "unserved");
+            let events = stack.job_ledger("unserved");
             events
                 .iter()
                 .any(|e| matches!(e.kind, RunEventKind::RunAbandoned { .. }))

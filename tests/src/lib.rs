@@ -373,6 +373,14 @@ impl Stack {
             .collect()
     }
 
+    /// The ledger events of one job, in ledger order.
+    pub fn job_ledger(&self, job: &str) -> Vec<RunEvent> {
+        events_of(&self.ledger(), job)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
     /// The run ledger as decoded events, in per-partition order.
     pub fn ledger(&self) -> Vec<RunEvent> {
         self.read_all(&self.kafka.topics().runs())
@@ -624,6 +632,20 @@ pub fn names(events: &[&RunEvent]) -> Vec<String> {
             format!("{}{}", e.kind.name(), attempt.unwrap_or_default())
         })
         .collect()
+}
+
+/// Retries without jitter, the delay doubling from `initial` (up to 10 s), so that tests can
+/// predict every due time.
+pub fn exact_retries(max_attempts: u32, initial: Duration) -> kairos_core::job::RetryPolicy {
+    kairos_core::job::RetryPolicy {
+        max_attempts,
+        backoff: kairos_core::job::Backoff {
+            initial,
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+    }
 }
 
 /// A shell job that fires once, `in_secs` seconds from now.

@@ -236,12 +236,9 @@ impl Aggregator {
     /// registry is read again from the compacted topic whenever the aggregator starts (so a
     /// heartbeat that does not decode is dead-lettered again, with the same source offset).
     async fn record_heartbeat(&self, message: &OwnedMessage) -> anyhow::Result<()> {
-        let Some(payload) = message.payload() else {
-            return Ok(());
-        };
         if let Some(beat) = self
             .deadletters
-            .decode(message, payload, codec::decode_heartbeat)
+            .decode(message, codec::decode_heartbeat)
             .await?
         {
             self.workers.record(beat);
@@ -293,12 +290,9 @@ impl Aggregator {
         message: &OwnedMessage,
         batch: &mut Batch,
     ) -> anyhow::Result<Option<Alert>> {
-        let Some(payload) = message.payload() else {
-            return Ok(None);
-        };
         let Some(event) = self
             .deadletters
-            .decode(message, payload, codec::decode_run_event)
+            .decode(message, codec::decode_run_event)
             .await?
         else {
             return Ok(None);
@@ -363,8 +357,9 @@ impl Aggregator {
         }
         let now = kairos_runtime::now();
         let waiting = pending::all(&self.store)?;
+        let still_waiting: HashSet<RunId> = waiting.iter().map(|p| p.run_id).collect();
         self.alerted_pending
-            .retain(|run| waiting.iter().any(|p| p.run_id == *run));
+            .retain(|run| still_waiting.contains(run));
         for run in waiting {
             let waited = (now - run.dispatched_at).to_std().unwrap_or_default();
             if waited < self.pending_alert_after || self.alerted_pending.contains(&run.run_id) {

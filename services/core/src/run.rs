@@ -340,6 +340,22 @@ pub enum TransitionError {
 }
 
 impl TransitionError {
+    fn illegal(state: &RunState, event: &RunEvent) -> Self {
+        TransitionError::Illegal {
+            run_id: event.run_id,
+            event: event.kind.name(),
+            from: state.status,
+            attempt: state.attempt,
+        }
+    }
+
+    fn duplicate(event: &RunEvent) -> Self {
+        TransitionError::Duplicate {
+            run_id: event.run_id,
+            event: event.kind.name(),
+        }
+    }
+
     /// Duplicates and stale attempts are normal under at-least-once delivery; an illegal transition
     /// means a producer broke the protocol and deserves an operator's look.
     pub fn is_expected(&self) -> bool {
@@ -381,16 +397,8 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
         };
     };
 
-    let illegal = || TransitionError::Illegal {
-        run_id,
-        event: name,
-        from: state.status,
-        attempt: state.attempt,
-    };
-    let duplicate = || TransitionError::Duplicate {
-        run_id,
-        event: name,
-    };
+    let illegal = || TransitionError::illegal(state, event);
+    let duplicate = || TransitionError::duplicate(event);
     if let Some(got) = event.kind.attempt() {
         if got < state.attempt {
             return Err(TransitionError::StaleAttempt {
@@ -562,17 +570,8 @@ fn apply_shard(
     use RunEventKind::*;
     use RunStatus as S;
 
-    let (run_id, name) = (event.run_id, event.kind.name());
-    let illegal = || TransitionError::Illegal {
-        run_id,
-        event: name,
-        from: state.status,
-        attempt: state.attempt,
-    };
-    let duplicate = || TransitionError::Duplicate {
-        run_id,
-        event: name,
-    };
+    let illegal = || TransitionError::illegal(state, event);
+    let duplicate = || TransitionError::duplicate(event);
     let known_total = state.shards.as_ref().map_or(shard.total, |p| p.total);
     if event.kind.attempt() != Some(state.attempt)
         || shard.index >= shard.total

@@ -441,12 +441,9 @@ impl Dispatcher {
         message: &OwnedMessage,
         batch: &mut Batch,
     ) -> anyhow::Result<Option<String>> {
-        let Some(payload) = message.payload() else {
-            return Ok(None);
-        };
         let Some(request) = self
             .deadletters
-            .decode(message, payload, codec::decode_cancel)
+            .decode(message, codec::decode_cancel)
             .await?
         else {
             return Ok(None);
@@ -478,28 +475,25 @@ impl Dispatcher {
         message: &OwnedMessage,
         batch: &mut Batch,
     ) -> anyhow::Result<Option<String>> {
-        let Some(payload) = message.payload() else {
-            return Ok(None);
-        };
         let Some(event) = self
             .deadletters
-            .decode(message, payload, codec::decode_run_event)
+            .decode(message, codec::decode_run_event)
             .await?
         else {
             return Ok(None);
         };
         let job = event.job_id.to_string();
-        if self
+        // Our own step back: from here on the stored state speaks for the run, which may need its
+        // next step even if a worker's event came first and the step changed nothing.
+        let own_step = self
             .awaiting
             .get(&event.run_id)
-            .is_some_and(|a| is_same_step(&a.event, &event))
-        {
-            // Our own step is back: from here on the stored state speaks for the run.
+            .is_some_and(|a| is_same_step(&a.event, &event));
+        if own_step {
             self.awaiting.remove(&event.run_id);
-            self.fold(message.partition(), &event, batch)?;
-            return Ok(Some(job));
         }
-        Ok(self.fold(message.partition(), &event, batch)?.map(|_| job))
+        let changed = self.fold(message.partition(), &event, batch)?.is_some();
+        Ok((own_step || changed).then_some(job))
     }
 
     /// Applies `event` to its run in `batch`; the run's new state, or `None` when the event

@@ -35,13 +35,16 @@ impl DeadLetters {
     }
 
     /// Decodes a record's value with `decode`; a value that does not decode is dead-lettered with
-    /// the reason, and `None` returned so the caller goes on to the next record.
+    /// the reason, and `None` returned so the caller goes on to the next record. A record without
+    /// a value is `None` too: callers for which a tombstone means something look first.
     pub async fn decode<T>(
         &self,
         message: &OwnedMessage,
-        payload: &[u8],
         decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
     ) -> Result<Option<T>, SendError> {
+        let Some(payload) = message.payload() else {
+            return Ok(None);
+        };
         match decode(payload) {
             Ok(value) => Ok(Some(value)),
             Err(error) => {

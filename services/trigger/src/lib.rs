@@ -215,7 +215,7 @@ impl Trigger {
                 .send(message, "invalid", "record has no UTF-8 job id key")
                 .await?);
         };
-        let Some(payload) = message.payload() else {
+        if message.payload().is_none() {
             batch.delete(&job_key(partition, &key));
             batch.delete(&cursor_key(partition, &key));
             // Forget the cursor in the changelog too, or a rebuild would bring it back.
@@ -224,12 +224,8 @@ impl Trigger {
                 .await?;
             tracing::info!(job_id = key, "Job deleted.");
             return Ok(());
-        };
-        let Some(definition) = self
-            .deadletters
-            .decode(message, payload, codec::decode_job)
-            .await?
-        else {
+        }
+        let Some(definition) = self.deadletters.decode(message, codec::decode_job).await? else {
             return Ok(());
         };
         if definition.id.as_str() != key {
@@ -256,15 +252,15 @@ impl Trigger {
         message: &OwnedMessage,
         batch: &mut Batch,
     ) -> anyhow::Result<()> {
-        let Some(payload) = message.payload() else {
+        if message.payload().is_none() {
             if let Some(job) = record_key(message) {
                 batch.delete(&cursor_key(message.partition(), &job));
             }
             return Ok(());
-        };
+        }
         let Some(state) = self
             .deadletters
-            .decode(message, payload, codec::decode_trigger_state)
+            .decode(message, codec::decode_trigger_state)
             .await?
         else {
             return Ok(());
