@@ -7,7 +7,7 @@
 //! `scripts/chaos.sh` runs a long form with `kairos-chaos`; the test suite runs a short one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kairos_core::job::{
@@ -19,7 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::{free_addr, get_json, read_state, state_difference, wait_for, Process, Stack};
+use crate::fleet::{Broker, Instance};
+use crate::{free_addr, read_state, state_difference, Stack};
 
 /// What one chaos run does.
 #[derive(Clone, Debug)]
@@ -264,151 +265,6 @@ pub fn check_ledger(ledger: &[RunEvent], jobs: &[JobDefinition]) -> LedgerCheck 
         .collect();
     check.repeated_outcome_records = outcomes.values().map(|n| n.saturating_sub(1)).sum();
     check
-}
-
-/// A Nisshi broker of the chaos run's own, so that it can be restarted.
-struct Broker {
-    nisshi: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    process: Option<tokio::process::Child>,
-}
-
-impl Broker {
-    async fn start(nisshi: &Path, dir: &Path) -> anyhow::Result<Broker> {
-        let mut broker = Broker {
-            nisshi: nisshi.to_path_buf(),
-            dir: dir.to_path_buf(),
-            port: free_addr().port(),
-            process: None,
-        };
-        broker.spawn().await?;
-        Ok(broker)
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("broker.log"))?;
-        let url = format!("tcp://{}", self.address());
-        let child = tokio::process::Command::new(&self.nisshi)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://nisshi.db"])
-            .current_dir(&self.dir)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.nisshi.display()))?;
-        self.process = Some(child);
-        let address = self.address();
-        wait_for(
-            "the chaos broker to listen",
-            Duration::from_secs(30),
-            || async { tokio::net::TcpStream::connect(&address).await.ok() },
-        )
-        .await;
-        Ok(())
-    }
-
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.process.take() {
-            terminate(&child);
-            let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-            let _ = child.kill().await;
-        }
-        self.spawn().await
-    }
-}
-
-fn terminate(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-}
-
-/// One service instance: how to start it, and its process while it runs.
-struct Instance {
-    name: String,
-    binary: &'static str,
-    args: Vec<String>,
-    metrics_addr: std::net::SocketAddr,
-    data_dir: Option<PathBuf>,
-    process: Option<Process>,
-}
-
-impl Instance {
-    fn new(
-        stack: &Stack,
-        name: &str,
-        binary: &'static str,
-        extra: &[&str],
-        stateful: bool,
-    ) -> Self {
-        let metrics_addr = free_addr();
-        let data_dir = stateful.then(|| stack.data_dir(name));
-        let mut args = vec!["--metrics-addr".to_string(), metrics_addr.to_string()];
-        if let Some(dir) = &data_dir {
-            args.extend(["--data-dir".to_string(), dir.display().to_string()]);
-        }
-        args.extend(extra.iter().map(|a| a.to_string()));
-        Instance {
-            name: name.to_string(),
-            binary,
-            args,
-            metrics_addr,
-            data_dir,
-            process: None,
-        }
-    }
-
-    fn start(&mut self, stack: &Stack) {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.process = Some(stack.process(&self.name, self.binary, &args));
-    }
-
-    async fn kill9(&mut self) {
-        if let Some(process) = self.process.take() {
-            process.kill9().await;
-        }
-    }
-
-    /// SIGTERM, and wait for the clean exit.
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(process) = self.process.take() else {
-            return Ok(());
-        };
-        process.terminate();
-        let status = process.exit(Duration::from_secs(60)).await;
-        anyhow::ensure!(status.success(), "{} exited with {status}", self.name);
-        Ok(())
-    }
-
-    async fn caught_up(&self) -> bool {
-        let url = format!("http://{}/healthz", self.metrics_addr);
-        get_json(&url).await.is_some_and(|h| h["caught_up"] == true)
-    }
-
-    async fn wait_caught_up(&self, within: Duration) {
-        wait_for(&format!("{} to catch up", self.name), within, || async {
-            self.caught_up().await.then_some(())
-        })
-        .await;
-    }
 }
 
 /// The jobs of the load: every second from `start` to `end`, a short shell task, caught up after

@@ -3,7 +3,9 @@
 //! bounded waits that fail with a message saying what did not arrive. [`chaos`] is the
 //! fault-injection suite.
 
+pub mod bench;
 pub mod chaos;
+pub mod fleet;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -405,6 +407,11 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `kill -9`: no drain, no goodbye, no group leave.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("killing the process");
@@ -421,11 +428,23 @@ impl Process {
     }
 
     /// Waits for the process to exit on its own and returns its status.
-    pub async fn exit(mut self, within: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(within, self.child.wait())
+    pub async fn exit(self, within: Duration) -> std::process::ExitStatus {
+        let name = self.name.clone();
+        self.exit_or_kill(within)
             .await
-            .unwrap_or_else(|_| panic!("{} kept running for {within:?}", self.name))
-            .expect("waiting for the process")
+            .unwrap_or_else(|| panic!("{name} kept running for {within:?}"))
+    }
+
+    /// Waits for the process to exit on its own; if it is still running after `within`, kills it
+    /// (`kill -9`) and returns `None`.
+    pub async fn exit_or_kill(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Some(status.expect("waiting for the process")),
+            Err(_) => {
+                self.child.kill().await.expect("killing the process");
+                None
+            }
+        }
     }
 }
 
