@@ -18,7 +18,7 @@ use std::time::Duration;
 use kairos_core::decide::{fire_time, next_fire, Fire};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
-use kairos_core::{JobDefinition, JobId, Timestamp};
+use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
@@ -35,7 +35,9 @@ use crate::index::DueIndex;
 use crate::metrics_names as m;
 
 /// Most slots handled for one job in one pass, so a long backlog cannot starve other jobs.
-const MAX_SLOTS_PER_PASS: usize = 1000;
+const MAX_SLOTS_PER_JOB: usize = 1000;
+/// Most fires sent in one pass, so that a burst of due jobs is sent in bounded rounds.
+const MAX_FIRES_PER_PASS: usize = 5000;
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -347,101 +349,137 @@ impl Trigger {
         }))
     }
 
+    /// Fires every due slot of the due jobs. A pass sends all its ledger records at once (each
+    /// job's in slot order); only when the broker has acknowledged them are the jobs' cursors
+    /// recorded, in the changelog and then in the store. A crash in between fires the same slots
+    /// again, which yields the same run ids, dropped downstream.
     async fn fire_due(&mut self) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
+        let mut passes: Vec<(i32, Loaded, Vec<Fire>)> = vec![];
+        let mut planned = 0;
         for (partition, job) in self.index.due(now) {
-            if self.consumer.is_caught_up(partition) {
-                self.fire_job(partition, &job, now).await?;
+            if planned >= MAX_FIRES_PER_PASS {
+                break; // The rest are still due: the next pass comes at once.
+            }
+            if !self.consumer.is_caught_up(partition) {
+                continue;
+            }
+            let Some(mut loaded) = self.load(partition, &job)? else {
+                self.index.remove(&job);
+                continue;
+            };
+            let fires = due_fires(&mut loaded, now);
+            if fires.is_empty() {
+                self.schedule_next(partition, &loaded);
+            } else {
+                planned += fires.len();
+                passes.push((partition, loaded, fires));
             }
         }
-        Ok(())
-    }
-
-    /// Handles every due slot of one job, then records the last one in the changelog.
-    async fn fire_job(&mut self, partition: i32, job: &str, now: Timestamp) -> anyhow::Result<()> {
-        let Some(mut loaded) = self.load(partition, job)? else {
-            self.index.remove(job);
+        if passes.is_empty() {
             return Ok(());
-        };
-        let definition = loaded.definition.clone();
-        let mut handled = 0;
-        while let Some(fire) =
-            next_fire(&definition, loaded.cursor, now, loaded.fired).filter(|_| !definition.paused)
-        {
-            self.emit(&definition.id, fire, loaded.offset, now).await?;
-            loaded.cursor = fire.slot();
-            loaded.fired += u32::from(matches!(fire, Fire::Run(_)));
-            handled += 1;
-            if handled == MAX_SLOTS_PER_PASS {
-                break;
-            }
         }
-        if handled > 0 {
+        let runs = self.topics.runs();
+        let sends = passes.iter().map(|(_, loaded, fires)| {
+            let events: Vec<RunEvent> = fires
+                .iter()
+                .map(|fire| fire_event(loaded, *fire, now))
+                .collect();
+            let (producer, topic) = (&self.producer, &runs);
+            async move {
+                for event in &events {
+                    let bytes = codec::encode_run_event(event)?;
+                    producer
+                        .send(topic, event.job_id.as_str(), Some(&bytes))
+                        .await?;
+                    record_fire(event);
+                }
+                anyhow::Ok(())
+            }
+        });
+        futures::future::try_join_all(sends).await?;
+
+        let changelog = self.topics.trigger_state();
+        let mut batch = Batch::new();
+        let mut records = Vec::with_capacity(passes.len());
+        for (partition, loaded, _) in &passes {
+            let job = &loaded.definition;
             let state = TriggerState {
-                job_id: definition.id.clone(),
+                job_id: job.id.clone(),
                 last_slot: loaded.cursor,
                 definition_offset: loaded.offset,
-                schedule: definition.schedule.key(),
+                schedule: job.schedule.key(),
                 fired: loaded.fired,
             };
-            let bytes = codec::encode_trigger_state(&state)?;
-            self.producer
-                .send(&self.topics.trigger_state(), job, Some(&bytes))
-                .await?;
+            records.push((job.id.as_str(), codec::encode_trigger_state(&state)?));
             let cursor = Cursor {
                 last_slot: state.last_slot,
                 schedule: state.schedule,
                 fired: state.fired,
             };
-            let mut batch = Batch::new();
-            batch.put(&cursor_key(partition, job), &cursor);
-            self.store.write(batch)?;
+            batch.put(&cursor_key(*partition, job.id.as_str()), &cursor);
         }
-        self.schedule_next(partition, &loaded);
+        let sends = records
+            .iter()
+            .map(|(job, bytes)| self.producer.send(&changelog, job, Some(bytes)));
+        futures::future::try_join_all(sends).await?;
+        self.store.write(batch)?;
+        for (partition, loaded, _) in &passes {
+            self.schedule_next(*partition, loaded);
+        }
         Ok(())
     }
+}
 
-    async fn emit(
-        &self,
-        job_id: &JobId,
-        fire: Fire,
-        definition_offset: i64,
-        now: Timestamp,
-    ) -> anyhow::Result<()> {
-        let slot = fire.slot();
-        let kind = match fire {
-            Fire::Run(_) => RunEventKind::RunScheduled {
-                trigger: TriggerKind::Schedule,
-                definition_offset,
-            },
-            Fire::Misfired(_) => RunEventKind::RunSkipped {
-                reason: SkipReason::Misfire,
-            },
+/// The job's due slots from its cursor on (at most [`MAX_SLOTS_PER_JOB`]), advancing the cursor
+/// and the count of runs past them.
+fn due_fires(loaded: &mut Loaded, now: Timestamp) -> Vec<Fire> {
+    let job = &loaded.definition;
+    let mut fires = vec![];
+    while fires.len() < MAX_SLOTS_PER_JOB && !job.paused {
+        let Some(fire) = next_fire(job, loaded.cursor, now, loaded.fired) else {
+            break;
         };
-        let event = RunEvent {
-            job_id: job_id.clone(),
-            run_id: RunId::derive(job_id, slot, TriggerKind::Schedule),
-            scheduled_for: slot,
-            at: now,
-            kind,
-            shard: None,
-        };
-        let bytes = codec::encode_run_event(&event)?;
-        self.producer
-            .send(&self.topics.runs(), job_id.as_str(), Some(&bytes))
-            .await?;
+        loaded.cursor = fire.slot();
+        loaded.fired += u32::from(matches!(fire, Fire::Run(_)));
+        fires.push(fire);
+    }
+    fires
+}
+
+/// The ledger record of a fire: the run scheduled, or the slot recorded as misfired.
+fn fire_event(loaded: &Loaded, fire: Fire, now: Timestamp) -> RunEvent {
+    let job_id = &loaded.definition.id;
+    let slot = fire.slot();
+    let kind = match fire {
+        Fire::Run(_) => RunEventKind::RunScheduled {
+            trigger: TriggerKind::Schedule,
+            definition_offset: loaded.offset,
+        },
+        Fire::Misfired(_) => RunEventKind::RunSkipped {
+            reason: SkipReason::Misfire,
+        },
+    };
+    RunEvent {
+        job_id: job_id.clone(),
+        run_id: RunId::derive(job_id, slot, TriggerKind::Schedule),
+        scheduled_for: slot,
+        at: now,
+        kind,
+        shard: None,
+    }
+}
+
+/// Counts an acknowledged fire, and how late it came.
+fn record_fire(event: &RunEvent) {
+    let slot = event.scheduled_for;
+    if let RunEventKind::RunScheduled { .. } = event.kind {
         let lateness = (chrono::Utc::now() - slot).to_std().unwrap_or_default();
-        match fire {
-            Fire::Run(_) => {
-                metrics::counter!(m::FIRES).increment(1);
-                metrics::histogram!(m::LATENESS).record(lateness.as_secs_f64());
-                tracing::debug!(job_id = %job_id, run_id = %event.run_id, %slot, "Fired.");
-            }
-            Fire::Misfired(_) => {
-                metrics::counter!(m::SKIPS, "reason" => "misfire").increment(1);
-                tracing::info!(job_id = %job_id, %slot, "Slot misfired; a later slot supersedes it.");
-            }
-        }
-        Ok(())
+        metrics::counter!(m::FIRES).increment(1);
+        metrics::histogram!(m::LATENESS).record(lateness.as_secs_f64());
+        tracing::debug!(job_id = %event.job_id, run_id = %event.run_id, %slot, "Fired.");
+    } else {
+        metrics::counter!(m::SKIPS, "reason" => "misfire").increment(1);
+        tracing::info!(job_id = %event.job_id, %slot, "Slot misfired; a later slot supersedes it.");
     }
 }
