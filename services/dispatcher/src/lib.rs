@@ -41,6 +41,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempts::Attempts;
@@ -104,6 +105,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the dispatcher looks for attempts on workers that have gone silent.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Runs whose step may be on its way to the broker at once: enough to keep the producer's
+/// batches full, few enough that an outage holds back a bounded amount of work.
+const MAX_SENDS_IN_FLIGHT: usize = 1000;
 
 /// What the dispatcher stores of a job: its latest definition or tombstone, and where it was read.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -193,6 +197,7 @@ pub async fn run(
         workers,
         attempts: Attempts::default(),
         awaiting: HashMap::new(),
+        sends: JoinSet::new(),
         health: parts.health,
     };
     let result = dispatcher.run(parts.shutdown).await;
@@ -227,6 +232,8 @@ struct Dispatcher {
     attempts: Attempts,
     /// Runs with a step appended but not read back yet: the step, and the state it should give.
     awaiting: HashMap<RunId, Awaiting>,
+    /// Steps being sent (see [`Dispatcher::send_in_order`]).
+    sends: JoinSet<anyhow::Result<()>>,
     health: Arc<Health>,
 }
 
@@ -235,6 +242,13 @@ fn is_same_step(sent: &RunEvent, read: &RunEvent) -> bool {
     sent.kind.name() == read.kind.name()
         && sent.kind.attempt() == read.kind.attempt()
         && sent.at == read.at
+}
+
+/// A record the dispatcher sends.
+struct Outgoing {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
 }
 
 /// A step of the dispatcher's own on its way through the ledger.
@@ -260,7 +274,8 @@ impl Dispatcher {
                 });
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return self.finish_sends().await,
+                Some(sent) = self.sends.join_next() => sent??,
                 // Timers first: a busy ledger or a flood of heartbeats (or of errors reading them)
                 // is always ready, and would otherwise starve retries, deadlines and lost checks.
                 _ = check_workers.tick() => self.reconcile_lost_workers().await?,
@@ -279,6 +294,15 @@ impl Dispatcher {
             self.drain_pools().await?;
             self.health.set_caught_up(self.consumer.ready());
         }
+    }
+
+    /// Waits for the steps being sent; one interrupted by the shutdown is decided again after the
+    /// restart, as it is not on the ledger.
+    async fn finish_sends(&mut self) -> anyhow::Result<()> {
+        while let Some(sent) = self.sends.join_next().await {
+            kairos_runtime::kafka::clean_exit(sent?)?;
+        }
+        Ok(())
     }
 
     /// Gives waiting runs the room their pools have now, highest priority first.
@@ -668,28 +692,28 @@ impl Dispatcher {
             kind,
             shard: None,
         };
-        let event = match step {
+        let (event, records) = match step {
             Step::Record(kind) => {
                 let event = event(kind);
-                self.append(&event).await?;
+                let mut records = vec![self.ledger_record(&event)?];
                 tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, event = event.kind.name(), "Recorded.");
                 if let RunEventKind::RunLost { attempt }
                 | RunEventKind::RunTimedOut { attempt, .. } = event.kind
                 {
                     // Recorded on a worker's behalf: the attempt must not run on, nor be run again
                     // by a worker it is redelivered to.
-                    self.request_stop(run, Some(attempt), now).await?;
+                    records.push(self.stop_record(run, Some(attempt), now)?);
                 }
-                event
+                (event, records)
             }
             Step::Cancel { attempt } => {
                 let cancelled = event(RunEventKind::RunCancelled { attempt });
-                self.append(&cancelled).await?;
+                let mut records = vec![self.ledger_record(&cancelled)?];
                 if matches!(run.status, RunStatus::Dispatched | RunStatus::Started) {
-                    self.request_stop(run, None, now).await?;
+                    records.push(self.stop_record(run, None, now)?);
                 }
                 tracing::info!(job_id = %run.job_id, run_id = %run.run_id, attempt, "Cancelled.");
-                cancelled
+                (cancelled, records)
             }
             Step::Dispatch(tasks) => {
                 let pool = tasks.first().map_or(String::new(), |t| t.pool.clone());
@@ -697,16 +721,18 @@ impl Dispatcher {
                     attempt: run.attempt.max(1),
                     pool: pool.clone(),
                 });
-                // The ledger must show the dispatch before any worker can report on the attempt.
-                self.append(&dispatched).await?;
+                // The ledger must show the dispatch before any worker can report on the attempt:
+                // the records are sent in this order, each once the one before is acknowledged.
+                let mut records = vec![self.ledger_record(&dispatched)?];
                 for task in &tasks {
-                    self.assign(task).await?;
+                    records.push(self.task_record(task).await?);
                 }
                 metrics::counter!(m::DISPATCHES, "pool" => pool.clone()).increment(1);
                 tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, attempt = run.attempt.max(1), pool, tasks = tasks.len(), "Dispatched.");
-                dispatched
+                (dispatched, records)
             }
         };
+        self.send_in_order(records).await?;
         let expected = match apply(Some(run), &event) {
             Ok(expected) => expected,
             Err(error) => {
@@ -729,14 +755,36 @@ impl Dispatcher {
         Ok(Some(expected))
     }
 
-    /// Asks the workers (they read the control topic) to stop the run, or with `attempt` only
-    /// that attempt and earlier ones.
-    async fn request_stop(
+    /// Sends records one after another, in the background: the dispatcher goes on with other
+    /// runs meanwhile, and this run's next step waits for this one to be read back anyway. At
+    /// most [`MAX_SENDS_IN_FLIGHT`] such sequences are under way; a send the broker refuses ends
+    /// the service, as it would have in the loop.
+    async fn send_in_order(&mut self, records: Vec<Outgoing>) -> anyhow::Result<()> {
+        while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
+            if let Some(sent) = self.sends.join_next().await {
+                sent??;
+            }
+        }
+        let producer = self.producer.clone();
+        self.sends.spawn(async move {
+            for record in records {
+                producer
+                    .send(&record.topic, &record.key, Some(&record.payload))
+                    .await?;
+            }
+            Ok(())
+        });
+        Ok(())
+    }
+
+    /// A request for the workers (they read the control topic) to stop the run, or with
+    /// `attempt` only that attempt and earlier ones.
+    fn stop_record(
         &self,
         run: &RunState,
         attempt: Option<u32>,
         now: Timestamp,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Outgoing> {
         let request = CancelRequest {
             job_id: run.job_id.clone(),
             run_id: run.run_id,
@@ -744,35 +792,36 @@ impl Dispatcher {
             attempt,
             at: now,
         };
-        let bytes = codec::encode_cancel(&request)?;
-        self.producer
-            .send(&self.topics.control(), run.job_id.as_str(), Some(&bytes))
-            .await?;
-        Ok(())
+        Ok(Outgoing {
+            topic: self.topics.control(),
+            key: run.job_id.to_string(),
+            payload: codec::encode_cancel(&request)?,
+        })
     }
 
-    async fn append(&self, event: &RunEvent) -> anyhow::Result<()> {
-        let bytes = codec::encode_run_event(event)?;
-        self.producer
-            .send(&self.topics.runs(), event.job_id.as_str(), Some(&bytes))
-            .await?;
-        Ok(())
+    fn ledger_record(&self, event: &RunEvent) -> anyhow::Result<Outgoing> {
+        Ok(Outgoing {
+            topic: self.topics.runs(),
+            key: event.job_id.to_string(),
+            payload: codec::encode_run_event(event)?,
+        })
     }
 
-    async fn assign(&mut self, task: &TaskAssigned) -> anyhow::Result<()> {
+    /// A task for its pool's topic, which is created the first time a job uses the pool.
+    async fn task_record(&mut self, task: &TaskAssigned) -> anyhow::Result<Outgoing> {
         let topic = self.topics.tasks(&task.pool);
         if !self.known_pools.contains(&task.pool) {
-            // A pool's task topic is created the first time a job uses it, co-partitioned with the
-            // ledger, so that any producer of job definitions can name a new pool.
+            // Co-partitioned with the ledger, so that any producer of job definitions can name a
+            // new pool.
             if ensure_topic(&self.kafka, &topic, self.partitions, &task_topic_config()).await? {
                 tracing::info!(topic, "Created the task topic of a new pool.");
             }
             self.known_pools.insert(task.pool.clone());
         }
-        let bytes = codec::encode_task(task)?;
-        self.producer
-            .send(&topic, &task.key(), Some(&bytes))
-            .await?;
-        Ok(())
+        Ok(Outgoing {
+            topic,
+            key: task.key(),
+            payload: codec::encode_task(task)?,
+        })
     }
 }
