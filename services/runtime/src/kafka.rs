@@ -555,12 +555,18 @@ pub fn broadcast_consumer(
     partitions: i32,
     from: Offset,
 ) -> Result<StreamConsumer, KafkaError> {
-    let mut config = args.client_config();
+    let mut config = ClientConfig::new();
     config
+        .set("bootstrap.servers", &args.brokers)
         .set("group.id", format!("{}-broadcast", args.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "50");
+    for (key, value) in &args.properties {
+        config.set(key, value);
+    }
+    // Positions are the reader's own: nothing is ever committed for this group.
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
