@@ -224,6 +224,9 @@ fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Watching the ledger.
 
+/// How long the harness's ledger reader lets the broker hold a fetch with nothing new.
+const TAP_FETCH_WAIT_MS: &str = "5";
+
 /// A ledger record as the harness saw it.
 #[derive(Clone, Debug)]
 struct Tapped {
@@ -241,13 +244,19 @@ struct Tap {
 }
 
 impl Tap {
+    /// Reads the stack's run ledger.
     fn start(stack: &Stack) -> anyhow::Result<Tap> {
-        let consumer = broadcast_consumer(
-            &stack.kafka,
-            &stack.kafka.topics().runs(),
-            stack.partitions,
-            Offset::Beginning,
-        )?;
+        Tap::start_on(stack, &stack.kafka.topics().runs())
+    }
+
+    /// Reads `topic`, whose records are ledger events.
+    fn start_on(stack: &Stack, topic: &str) -> anyhow::Result<Tap> {
+        // Fetches answered at once, so that a record is seen soon after it is appended.
+        let mut kafka = stack.kafka.clone();
+        kafka
+            .properties
+            .push(("fetch.wait.max.ms".into(), TAP_FETCH_WAIT_MS.into()));
+        let consumer = broadcast_consumer(&kafka, topic, stack.partitions, Offset::Beginning)?;
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (sink, stopped) = (records.clone(), stop.clone());
@@ -442,6 +451,10 @@ pub struct Ceiling {
     pub produce_per_sec: f64,
     /// From the first send until a consumer had received every record.
     pub messages_per_sec: f64,
+    /// Single records sent at this rate (per second)...
+    pub latency_rate: u32,
+    /// ...from the send to a consumer reading them.
+    pub latency: Distribution,
 }
 
 /// Raw rdkafka produce→consume on a topic configured like the run ledger, with Kairos's producer
@@ -484,7 +497,68 @@ async fn ceiling(broker: &str, config: &BenchConfig) -> anyhow::Result<Ceiling> 
         payload_bytes,
         produce_per_sec: total as f64 / produced.as_secs_f64(),
         messages_per_sec: total as f64 / consumed.as_secs_f64(),
+        latency_rate: LATENCY_PROBE_RATE,
+        latency: broker_latency(&stack, config).await?,
     })
+}
+
+/// Records a second sent one by one to measure the broker's own produce→consume latency.
+const LATENCY_PROBE_RATE: u32 = 200;
+
+/// The broker's produce→consume latency of single records at [`LATENCY_PROBE_RATE`]: the floor
+/// under any lateness Kairos can show on it.
+async fn broker_latency(stack: &Stack, config: &BenchConfig) -> anyhow::Result<Distribution> {
+    let topic = stack.kafka.topics().name("bench-latency");
+    ensure_topic(&stack.kafka, &topic, config.partitions, &BTreeMap::new()).await?;
+    let tap = Tap::start_on(stack, &topic)?;
+    let count = (LATENCY_PROBE_RATE * 5) as usize;
+    let producer = stack.kafka.producer()?;
+    // One record first, so that the reader's connection and first fetch are not measured.
+    let warm_up = ledger_event("warm-up", 0);
+    producer
+        .send(&topic, "warm-up", Some(&codec::encode_run_event(&warm_up)?))
+        .await?;
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while tap.since(0).1 == 0 {
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "the warm-up record was not read back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut in_flight = FuturesUnordered::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / LATENCY_PROBE_RATE);
+    for n in 0..count {
+        ticks.tick().await;
+        let mut event = ledger_event(&format!("job-{:04}", n % 1000), n as i64);
+        event.at = chrono::Utc::now();
+        let bytes = codec::encode_run_event(&event)?;
+        let (producer, topic) = (producer.clone(), topic.clone());
+        in_flight.push(async move {
+            producer
+                .send(&topic, event.job_id.as_str(), Some(&bytes))
+                .await
+        });
+        while let Some(Some(result)) = in_flight.next().now_or_never() {
+            result?;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (records, _) = tap.since(0);
+        if records.len() > count || Instant::now() > give_up {
+            let samples = records
+                .iter()
+                .filter(|r| r.event.job_id != warm_up.job_id)
+                .map(|r| millis_between(r.event.at, r.seen))
+                .collect();
+            return Ok(Distribution::of(samples));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A `RunScheduled` of the kind the ledger carries most, for sizing the ceiling's records.
@@ -1060,6 +1134,14 @@ impl BenchReport {
                     "{:.0} msg/s (produce alone {:.0} msg/s)",
                     c.messages_per_sec, c.produce_per_sec
                 ),
+                "",
+            );
+            row(
+                format!(
+                    "Broker latency: one record at a time, {} records/s, send → read back",
+                    c.latency_rate
+                ),
+                c.latency.to_string(),
                 "",
             );
         }
