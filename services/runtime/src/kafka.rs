@@ -109,7 +109,10 @@ impl KafkaArgs {
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", "10000")
+            // The least Apache Kafka accepts by default (group.min.session.timeout.ms): a member
+            // killed without leaving holds its partitions this long. librdkafka heartbeats from a
+            // thread of its own, so a busy service loop does not count as silence.
+            .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "50");
         for (key, value) in &self.properties {
