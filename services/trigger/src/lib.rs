@@ -10,7 +10,6 @@
 mod index;
 mod metrics_names;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +29,6 @@ use kairos_runtime::{
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::index::DueIndex;
@@ -40,8 +38,6 @@ use crate::metrics_names as m;
 const MAX_SLOTS_PER_JOB: usize = 1000;
 /// Most fires sent in one pass, so that a burst of due jobs is sent in bounded rounds.
 const MAX_FIRES_PER_PASS: usize = 5000;
-/// Passes on their way to the broker at once; beyond, firing waits for the oldest.
-const MAX_PASSES_IN_FLIGHT: usize = 64;
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -105,14 +101,6 @@ struct Cursor {
     fired: u32,
 }
 
-impl Cursor {
-    /// Whether this cursor replaces `current`: it is later, or of another schedule (the job was
-    /// redefined, and its slots are counted anew).
-    fn supersedes(&self, current: Option<&Cursor>) -> bool {
-        current.is_none_or(|c| c.schedule != self.schedule || c.last_slot < self.last_slot)
-    }
-}
-
 fn cursor_key(partition: i32, job: &str) -> String {
     format!("cursor/{partition:05}/{job}")
 }
@@ -145,8 +133,6 @@ pub async fn run(
         consumer: parts.consumer,
         deadletters: parts.deadletters,
         index: DueIndex::default(),
-        passes: JoinSet::new(),
-        sending: HashSet::new(),
         health: parts.health,
     };
     let result = trigger.run(parts.shutdown).await;
@@ -163,21 +149,7 @@ struct Trigger {
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     index: DueIndex,
-    /// Fires on their way to the broker: each task returns the cursors to record once its
-    /// records are acknowledged.
-    passes: JoinSet<anyhow::Result<Vec<Sent>>>,
-    /// Jobs with fires on their way. They are out of the index until their fires are
-    /// acknowledged and recorded, so that one job's slots reach the ledger in order and none is
-    /// fired twice.
-    sending: HashSet<(i32, String)>,
     health: Arc<Health>,
-}
-
-/// A job's fires, acknowledged: the cursor to record for it.
-struct Sent {
-    partition: i32,
-    job: String,
-    cursor: Cursor,
 }
 
 impl Trigger {
@@ -191,8 +163,7 @@ impl Trigger {
             });
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return self.finish_passes().await,
-                Some(sent) = self.passes.join_next() => self.recorded(sent??)?,
+                _ = shutdown.cancelled() => return Ok(()),
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
                 _ = tokio::time::sleep(wake) => self.fire_due().await?,
             }
@@ -297,12 +268,13 @@ impl Trigger {
             return Ok(());
         };
         let key = cursor_key(message.partition(), state.job_id.as_str());
-        let cursor = Cursor {
-            last_slot: state.last_slot,
-            schedule: state.schedule,
-            fired: state.fired,
-        };
-        if cursor.supersedes(self.store.get(&key)?.as_ref()) {
+        let current: Option<Cursor> = self.store.get(&key)?;
+        if current.is_none_or(|c| c.schedule != state.schedule || c.last_slot < state.last_slot) {
+            let cursor = Cursor {
+                last_slot: state.last_slot,
+                schedule: state.schedule,
+                fired: state.fired,
+            };
             batch.put(&key, &cursor);
         }
         Ok(())
@@ -323,11 +295,8 @@ impl Trigger {
         Ok(())
     }
 
-    /// Recomputes when a job fires next from the store (once its fires on their way are recorded).
+    /// Recomputes when a job fires next from the store.
     fn reindex(&mut self, partition: i32, job: &str) -> anyhow::Result<()> {
-        if self.sending.contains(&(partition, job.to_string())) {
-            return Ok(());
-        }
         match self.load(partition, job)? {
             Some(loaded) => self.schedule_next(partition, &loaded),
             None => self.index.remove(job),
@@ -380,15 +349,13 @@ impl Trigger {
         }))
     }
 
-    /// Fires every due slot of the due jobs. A pass's records are sent in the background, so
-    /// that the next pass need not wait for the broker: each job's ledger records in slot order,
-    /// then, once they are acknowledged, its cursor in the changelog; when that is acknowledged
-    /// too, [`Trigger::recorded`] writes the cursor to the store and indexes the job again. A
-    /// crash in between fires the same slots again, which yields the same run ids, dropped
-    /// downstream.
+    /// Fires every due slot of the due jobs. A pass sends all its ledger records at once (each
+    /// job's in slot order); only when the broker has acknowledged them are the jobs' cursors
+    /// recorded, in the changelog and then in the store. A crash in between fires the same slots
+    /// again, which yields the same run ids, dropped downstream.
     async fn fire_due(&mut self) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
-        let mut due: Vec<(i32, Loaded, Vec<Fire>)> = vec![];
+        let mut passes: Vec<(i32, Loaded, Vec<Fire>)> = vec![];
         let mut planned = 0;
         for (partition, job) in self.index.due(now) {
             if planned >= MAX_FIRES_PER_PASS {
@@ -406,104 +373,59 @@ impl Trigger {
                 self.schedule_next(partition, &loaded);
             } else {
                 planned += fires.len();
-                due.push((partition, loaded, fires));
+                passes.push((partition, loaded, fires));
             }
         }
-        if due.is_empty() {
+        if passes.is_empty() {
             return Ok(());
         }
-        while self.passes.len() >= MAX_PASSES_IN_FLIGHT {
-            if let Some(sent) = self.passes.join_next().await {
-                self.recorded(sent??)?;
-            }
-        }
-        let mut jobs = Vec::with_capacity(due.len());
-        for (partition, loaded, fires) in &due {
-            let definition = &loaded.definition;
-            let state = TriggerState {
-                job_id: definition.id.clone(),
-                last_slot: loaded.cursor,
-                definition_offset: loaded.offset,
-                schedule: definition.schedule.key(),
-                fired: loaded.fired,
-            };
+        let runs = self.topics.runs();
+        let sends = passes.iter().map(|(_, loaded, fires)| {
             let events: Vec<RunEvent> = fires
                 .iter()
                 .map(|fire| fire_event(loaded, *fire, now))
                 .collect();
-            let sent = Sent {
-                partition: *partition,
-                job: definition.id.to_string(),
-                cursor: Cursor {
-                    last_slot: state.last_slot,
-                    schedule: state.schedule.clone(),
-                    fired: state.fired,
-                },
-            };
-            self.index.remove(&sent.job);
-            self.sending.insert((sent.partition, sent.job.clone()));
-            jobs.push((events, codec::encode_trigger_state(&state)?, sent));
-        }
-        let (producer, runs, changelog) = (
-            self.producer.clone(),
-            self.topics.runs(),
-            self.topics.trigger_state(),
-        );
-        self.passes.spawn(async move {
-            let sends = jobs.into_iter().map(|(events, state, sent)| {
-                let (producer, runs, changelog) = (&producer, &runs, &changelog);
-                async move {
-                    for event in &events {
-                        let bytes = codec::encode_run_event(event)?;
-                        producer
-                            .send(runs, event.job_id.as_str(), Some(&bytes))
-                            .await?;
-                        record_fire(event);
-                    }
-                    producer.send(changelog, &sent.job, Some(&state)).await?;
-                    anyhow::Ok(sent)
+            let (producer, topic) = (&self.producer, &runs);
+            async move {
+                for event in &events {
+                    let bytes = codec::encode_run_event(event)?;
+                    producer
+                        .send(topic, event.job_id.as_str(), Some(&bytes))
+                        .await?;
+                    record_fire(event);
                 }
-            });
-            futures::future::try_join_all(sends).await
+                anyhow::Ok(())
+            }
         });
-        Ok(())
-    }
+        futures::future::try_join_all(sends).await?;
 
-    /// Writes the cursors of acknowledged fires to the store (unless a newer one is there), and
-    /// puts their jobs back in the index.
-    fn recorded(&mut self, sent: Vec<Sent>) -> anyhow::Result<()> {
+        let changelog = self.topics.trigger_state();
         let mut batch = Batch::new();
-        let mut done = Vec::with_capacity(sent.len());
-        for Sent {
-            partition,
-            job,
-            cursor,
-        } in sent
-        {
-            let key = cursor_key(partition, &job);
-            if cursor.supersedes(self.store.get(&key)?.as_ref()) {
-                batch.put(&key, &cursor);
-            }
-            self.sending.remove(&(partition, job.clone()));
-            done.push((partition, job));
+        let mut records = Vec::with_capacity(passes.len());
+        for (partition, loaded, _) in &passes {
+            let job = &loaded.definition;
+            let state = TriggerState {
+                job_id: job.id.clone(),
+                last_slot: loaded.cursor,
+                definition_offset: loaded.offset,
+                schedule: job.schedule.key(),
+                fired: loaded.fired,
+            };
+            records.push((job.id.as_str(), codec::encode_trigger_state(&state)?));
+            let cursor = Cursor {
+                last_slot: state.last_slot,
+                schedule: state.schedule,
+                fired: state.fired,
+            };
+            batch.put(&cursor_key(*partition, job.id.as_str()), &cursor);
         }
+        let sends = records
+            .iter()
+            .map(|(job, bytes)| self.producer.send(&changelog, job, Some(bytes)));
+        futures::future::try_join_all(sends).await?;
         self.store.write(batch)?;
-        for (partition, job) in done {
-            if self.consumer.is_caught_up(partition) {
-                self.reindex(partition, &job)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for the fires on their way and records them; one interrupted by the shutdown is
-    /// fired again after the restart.
-    async fn finish_passes(&mut self) -> anyhow::Result<()> {
-        while let Some(sent) = self.passes.join_next().await {
-            match sent? {
-                Ok(sent) => self.recorded(sent)?,
-                Err(error) => kairos_runtime::kafka::clean_exit(Err(error))?,
-            }
+        for (partition, loaded, _) in &passes {
+            self.schedule_next(*partition, loaded);
         }
         Ok(())
     }
