@@ -68,9 +68,10 @@ pub struct BenchConfig {
     pub throughput_rates: Vec<u32>,
     /// How long each offered load lasts.
     pub throughput_step: Duration,
-    /// One-off jobs of the precision scenario, and how many come due per second.
-    pub precision_jobs: usize,
-    pub precision_rate: u32,
+    /// Fires per second of the precision scenario, each rate measured in turn...
+    pub precision_rates: Vec<u32>,
+    /// ...for this long.
+    pub precision_span: Duration,
     /// Job definitions on the jobs topic for the scale scenario.
     pub scale_jobs: usize,
     /// Jobs of the recovery scenario.
@@ -96,8 +97,8 @@ impl BenchConfig {
             throughput_jobs: 1000,
             throughput_rates: vec![100, 200, 400, 800, 1600, 3200],
             throughput_step: Duration::from_secs(15),
-            precision_jobs: 10_000,
-            precision_rate: 1000,
+            precision_rates: vec![1000, 200],
+            precision_span: Duration::from_secs(10),
             scale_jobs: 1_000_000,
             recovery_jobs: 100_000,
             smoke: false,
@@ -111,8 +112,8 @@ impl BenchConfig {
             throughput_jobs: 20,
             throughput_rates: vec![20, 40],
             throughput_step: Duration::from_secs(2),
-            precision_jobs: 100,
-            precision_rate: 50,
+            precision_rates: vec![50],
+            precision_span: Duration::from_secs(2),
             scale_jobs: 2000,
             recovery_jobs: 200,
             smoke: true,
@@ -135,7 +136,7 @@ pub struct BenchReport {
     pub elapsed_secs: u64,
     pub ceiling: Option<Ceiling>,
     pub throughput: Option<Throughput>,
-    pub precision: Option<Precision>,
+    pub precision: Vec<Precision>,
     pub scale: Option<Scale>,
     pub recovery: Option<Recovery>,
     /// What went wrong: a scenario that could not run, a service that did not stop cleanly.
@@ -224,9 +225,6 @@ fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Watching the ledger.
 
-/// How long the harness's ledger reader lets the broker hold a fetch with nothing new.
-const TAP_FETCH_WAIT_MS: &str = "5";
-
 /// A ledger record as the harness saw it.
 #[derive(Clone, Debug)]
 struct Tapped {
@@ -251,12 +249,8 @@ impl Tap {
 
     /// Reads `topic`, whose records are ledger events.
     fn start_on(stack: &Stack, topic: &str) -> anyhow::Result<Tap> {
-        // Fetches answered at once, so that a record is seen soon after it is appended.
-        let mut kafka = stack.kafka.clone();
-        kafka
-            .properties
-            .push(("fetch.wait.max.ms".into(), TAP_FETCH_WAIT_MS.into()));
-        let consumer = broadcast_consumer(&kafka, topic, stack.partitions, Offset::Beginning)?;
+        let consumer =
+            broadcast_consumer(&stack.kafka, topic, stack.partitions, Offset::Beginning)?;
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (sink, stopped) = (records.clone(), stop.clone());
@@ -800,14 +794,16 @@ impl Lateness {
 async fn precision(
     broker: &str,
     config: &BenchConfig,
+    rate: u32,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<Precision> {
     let stack = Stack::on(broker.to_string(), config.partitions).await;
     let mut fleet = pipeline(&stack, true);
     start_all(&stack, &mut fleet).await;
     let tap = Tap::start(&stack)?;
-    let count = config.precision_jobs;
-    let spacing = Duration::from_secs(1) / config.precision_rate.max(1);
+    let rate = rate.max(1);
+    let count = (f64::from(rate) * config.precision_span.as_secs_f64()) as usize;
+    let spacing = Duration::from_secs(1) / rate;
     let lead = Duration::from_secs(5) + Duration::from_micros(500) * count as u32;
     let first = whole_millis(chrono::Utc::now() + chrono::Duration::from_std(lead)?);
     let last = first + chrono::Duration::from_std(spacing * count.saturating_sub(1) as u32)?;
@@ -832,7 +828,7 @@ async fn precision(
     stop_all(&mut fleet, problems).await;
     Ok(Precision {
         jobs: count,
-        fires_per_sec: config.precision_rate,
+        fires_per_sec: rate,
         not_fired: count.saturating_sub(lateness.visible.len()),
         not_started: count.saturating_sub(lateness.started.len()),
         to_scheduled_produced: Distribution::of(lateness.produced),
@@ -1047,7 +1043,7 @@ pub async fn run(
         elapsed_secs: 0,
         ceiling: None,
         throughput: None,
-        precision: None,
+        precision: vec![],
         scale: None,
         recovery: None,
         problems: vec![],
@@ -1063,9 +1059,13 @@ pub async fn run(
         report.throughput = noted(problems, "throughput", measured);
     }
     if wanted.contains(&Scenario::Precision) {
-        let measured = precision(&address, &config, problems).await;
-        report.precision = noted(problems, "precision", measured);
-        tracing::info!(precision = ?report.precision, "Firing precision measured.");
+        for &rate in &config.precision_rates {
+            let measured = precision(&address, &config, rate, problems).await;
+            tracing::info!(?measured, "Firing precision measured.");
+            report
+                .precision
+                .extend(noted(problems, "precision", measured));
+        }
     }
     if wanted.contains(&Scenario::Recovery) {
         let measured = recovery(&address, &config, problems).await;
@@ -1166,7 +1166,7 @@ impl BenchReport {
                 "≥ 50% of the ceiling",
             );
         }
-        if let Some(p) = &self.precision {
+        for p in &self.precision {
             let what = format!("{} one-off jobs, {} fires/s", p.jobs, p.fires_per_sec);
             row(
                 format!("Lateness to `RunScheduled` appended (read back), {what}"),

@@ -26,12 +26,9 @@ struct Args {
     /// Jobs of the recovery scenario.
     #[arg(long)]
     recovery_jobs: Option<usize>,
-    /// One-off jobs of the precision scenario.
-    #[arg(long)]
-    fire_jobs: Option<usize>,
-    /// How many of them come due per second.
-    #[arg(long)]
-    fire_rate: Option<u32>,
+    /// Fires per second of the precision scenario, one measurement each (10 s of one-off jobs).
+    #[arg(long, value_delimiter = ',')]
+    fire_rates: Vec<u32>,
     /// Offered loads of the throughput scenario, runs/s.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<u32>,
@@ -63,8 +60,9 @@ async fn main() -> anyhow::Result<()> {
     }
     config.scale_jobs = args.scale_jobs.unwrap_or(config.scale_jobs);
     config.recovery_jobs = args.recovery_jobs.unwrap_or(config.recovery_jobs);
-    config.precision_jobs = args.fire_jobs.unwrap_or(config.precision_jobs);
-    config.precision_rate = args.fire_rate.unwrap_or(config.precision_rate);
+    if !args.fire_rates.is_empty() {
+        config.precision_rates = args.fire_rates;
+    }
     if !args.rates.is_empty() {
         config.throughput_rates = args.rates;
     }
