@@ -355,7 +355,7 @@ impl Trigger {
     /// again, which yields the same run ids, dropped downstream.
     async fn fire_due(&mut self) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
-        let mut passes: Vec<(i32, Loaded, Vec<Fire>)> = vec![];
+        let mut due: Vec<(i32, Loaded, Vec<Fire>)> = vec![];
         let mut planned = 0;
         for (partition, job) in self.index.due(now) {
             if planned >= MAX_FIRES_PER_PASS {
@@ -373,14 +373,14 @@ impl Trigger {
                 self.schedule_next(partition, &loaded);
             } else {
                 planned += fires.len();
-                passes.push((partition, loaded, fires));
+                due.push((partition, loaded, fires));
             }
         }
-        if passes.is_empty() {
+        if due.is_empty() {
             return Ok(());
         }
         let runs = self.topics.runs();
-        let sends = passes.iter().map(|(_, loaded, fires)| {
+        let sends = due.iter().map(|(_, loaded, fires)| {
             let events: Vec<RunEvent> = fires
                 .iter()
                 .map(|fire| fire_event(loaded, *fire, now))
@@ -401,8 +401,8 @@ impl Trigger {
 
         let changelog = self.topics.trigger_state();
         let mut batch = Batch::new();
-        let mut records = Vec::with_capacity(passes.len());
-        for (partition, loaded, _) in &passes {
+        let mut records = Vec::with_capacity(due.len());
+        for (partition, loaded, _) in &due {
             let job = &loaded.definition;
             let state = TriggerState {
                 job_id: job.id.clone(),
@@ -424,7 +424,7 @@ impl Trigger {
             .map(|(job, bytes)| self.producer.send(&changelog, job, Some(bytes)));
         futures::future::try_join_all(sends).await?;
         self.store.write(batch)?;
-        for (partition, loaded, _) in &passes {
+        for (partition, loaded, _) in &due {
             self.schedule_next(*partition, loaded);
         }
         Ok(())
