@@ -39,6 +39,10 @@ use crate::{free_addr, Stack};
 /// The task type of the benchmark's jobs, served by `kairos-noop-worker`.
 pub const NOOP_HANDLER: &str = "noop";
 
+/// How often the harness looks again at what it waits for (the ledger it reads, a service's
+/// health): neither has an event to await. Every such wait also has a deadline.
+const POLL: Duration = Duration::from_millis(100);
+
 /// Records in flight at once when the harness produces job definitions or scheduled runs.
 const PRODUCE_WINDOW: usize = 10_000;
 
@@ -518,7 +522,7 @@ async fn broker_latency(stack: &Stack, config: &BenchConfig) -> anyhow::Result<D
             Instant::now() < give_up,
             "the warm-up record was not read back"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
     let mut in_flight = FuturesUnordered::new();
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / LATENCY_PROBE_RATE);
@@ -551,7 +555,7 @@ async fn broker_latency(stack: &Stack, config: &BenchConfig) -> anyhow::Result<D
                 .collect();
             return Ok(Distribution::of(samples));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -715,7 +719,7 @@ async fn offer(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
     let elapsed = last_done.duration_since(began).as_secs_f64().max(1e-3);
     let messages = appended(&stack.kafka).await? - appended_before;
@@ -820,7 +824,7 @@ async fn precision(
     while (lateness.visible.len() < count || lateness.started.len() < count)
         && Instant::now() < give_up
     {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
         let (records, next) = tap.since(cursor);
         cursor = next;
         lateness.add(&records, (first, last));
@@ -895,7 +899,7 @@ async fn scale(
             started.elapsed() < Duration::from_secs(1800),
             "the trigger did not rebuild within 30 minutes"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
     let rebuild_secs = started.elapsed().as_secs_f64();
     let caught_up_at = chrono::Utc::now();
@@ -909,7 +913,7 @@ async fn scale(
         + Duration::from_secs(60);
     let mut cursor = 0;
     while lateness.visible.len() < expected && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
         let (records, next) = tap.since(cursor);
         cursor = next;
         lateness.add(&records, (first, last));
@@ -994,7 +998,7 @@ async fn recovery(
     let give_up = Instant::now() + lead + Duration::from_secs(120);
     let mut cursor = 0;
     'load: while Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
         let (records, next) = tap.since(cursor);
         cursor = next;
         for record in records {
