@@ -59,6 +59,21 @@ impl Store {
         collect_prefix(self.db.iterator(mode), prefix, usize::MAX)
     }
 
+    /// The keys starting with `prefix`, in key order, without reading their values: for callers
+    /// that visit many entries one at a time and need not hold them all.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mode = rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
+        let mut keys = Vec::new();
+        for item in self.db.iterator(mode) {
+            let (key, _) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            keys.push(String::from_utf8_lossy(&key).into_owned());
+        }
+        Ok(keys)
+    }
+
     /// Up to `limit` pairs with keys starting with `prefix`, last key first.
     pub fn scan_rev<T: DeserializeOwned>(
         &self,
@@ -186,6 +201,7 @@ mod tests {
         store.write(batch).unwrap();
         let runs: Vec<(String, i32)> = store.scan("run/").unwrap();
         assert_eq!(runs, vec![("run/a".into(), 1), ("run/b".into(), 2)]);
+        assert_eq!(store.keys("run/").unwrap(), ["run/a", "run/b"]);
         let rev: Vec<(String, i32)> = store.scan_rev("run/", 1).unwrap();
         assert_eq!(rev, vec![("run/b".into(), 2)]);
         assert_eq!(store.next_offset("kairos.runs", 3).unwrap(), Some(42));

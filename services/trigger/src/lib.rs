@@ -282,14 +282,18 @@ impl Trigger {
 
     /// A partition has caught up: index its jobs, then fire what came due while nobody owned it.
     fn caught_up(&mut self, partition: i32) -> anyhow::Result<()> {
-        let jobs: Vec<(String, StoredJob)> = self.store.scan(&format!("job/{partition:05}/"))?;
+        // Only the ids: each definition is read once, by `reindex`, and not all held at once.
+        let prefix = job_key(partition, "");
+        let jobs = self.store.keys(&prefix)?;
         tracing::info!(
             partition,
             jobs = jobs.len(),
             "Partition caught up; firing resumes."
         );
-        for (_, job) in jobs {
-            self.reindex(partition, &job.spec.id)?;
+        for key in jobs {
+            if let Some(job) = key.strip_prefix(&prefix) {
+                self.reindex(partition, job)?;
+            }
         }
         metrics::counter!(m::REBUILDS).increment(1);
         Ok(())
