@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use kairos_core::job::{HandlerTask, JobSpec, MisfirePolicy, RetryPolicy, ScheduleSpec, TaskSpec};
+use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec;
-use kairos_runtime::kafka::{broadcast_consumer, ensure_topic, partition_counts};
+use kairos_runtime::kafka::{broadcast_consumer, ensure_topic, partition_counts, Producer};
 use kairos_runtime::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -43,7 +43,10 @@ pub const NOOP_HANDLER: &str = "noop";
 /// health): neither has an event to await. Every such wait also has a deadline.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Records in flight at once when the harness produces job definitions or scheduled runs.
+/// How often a paced producer looks at the clock to send what has come due.
+const PACE_TICK: Duration = Duration::from_millis(10);
+
+/// Records in flight at once when the harness produces job definitions.
 const PRODUCE_WINDOW: usize = 10_000;
 
 /// A scenario of the harness.
@@ -285,10 +288,27 @@ impl Tap {
         Ok(Tap { records, stop })
     }
 
-    /// The records read since `from`, and where the next call should start.
-    fn since(&self, from: usize) -> (Vec<Tapped>, usize) {
-        let records = self.records.lock().expect("tap lock");
-        (records[from.min(records.len())..].to_vec(), records.len())
+    /// How many records have been read so far: where a later `watch` can start.
+    fn position(&self) -> usize {
+        self.records.lock().expect("tap lock").len()
+    }
+
+    /// Hands the records read from `from` on to `take`, batch by batch, until it says it has seen
+    /// enough or `deadline` passes.
+    async fn watch(&self, from: usize, deadline: Instant, mut take: impl FnMut(&[Tapped]) -> bool) {
+        let mut cursor = from;
+        while Instant::now() < deadline {
+            let records: Vec<Tapped> = {
+                let records = self.records.lock().expect("tap lock");
+                let new = records[cursor.min(records.len())..].to_vec();
+                cursor = records.len();
+                new
+            };
+            if take(&records) {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
 
@@ -325,31 +345,13 @@ async fn appended(kafka: &KafkaArgs) -> anyhow::Result<i64> {
 
 /// A one-off job at `at` whose task does nothing, so that what is measured is Kairos's own cost.
 fn noop_job(id: String, at: Timestamp) -> JobDefinition {
-    let spec = JobSpec {
-        id,
-        description: None,
-        schedule: ScheduleSpec {
-            at: Some(at),
-            ..ScheduleSpec::default()
-        },
-        task: TaskSpec::Handler(HandlerTask {
-            name: NOOP_HANDLER.into(),
-            params: serde_json::Value::Null,
-        }),
-        pool: "default".into(),
-        timeout: Some(Duration::from_secs(60)),
-        misfire: MisfirePolicy::default(),
-        retry: RetryPolicy::default(),
-        overlap: Default::default(),
-        paused: false,
-        start_at: None,
-        end_at: None,
-        max_runs: None,
-        jitter: None,
-        priority: 0,
-        shards: None,
-        shard_params: vec![],
-    };
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "id": id,
+        "schedule": {"at": at},
+        "task": {"handler": {"name": NOOP_HANDLER}},
+        "timeout": "60s",
+    }))
+    .expect("a benchmark job spec");
     spec.validate().expect("benchmark job is valid")
 }
 
@@ -385,6 +387,39 @@ async fn produce_all(
         result?;
     }
     Ok(sent)
+}
+
+/// Produces `count` records at `rate` a second, each made by `make(n)` when its time comes, with
+/// no wait for one acknowledgement before the next send; returns when all are acknowledged.
+async fn produce_paced(
+    producer: &Producer,
+    topic: &str,
+    rate: u32,
+    count: usize,
+    mut make: impl FnMut(usize) -> anyhow::Result<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let mut in_flight = FuturesUnordered::new();
+    let rate = rate.max(1);
+    let mut ticks = tokio::time::interval(PACE_TICK.min(Duration::from_secs(1) / rate));
+    let began = Instant::now();
+    let mut sent = 0;
+    while sent < count {
+        ticks.tick().await;
+        let due = ((began.elapsed().as_secs_f64() * f64::from(rate)) as usize).min(count);
+        while sent < due {
+            let (key, payload) = make(sent)?;
+            let (producer, topic) = (producer.clone(), topic.to_string());
+            in_flight.push(async move { producer.send(&topic, &key, Some(&payload)).await });
+            sent += 1;
+        }
+        while let Some(Some(result)) = in_flight.next().now_or_never() {
+            result?;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    Ok(())
 }
 
 async fn put_jobs(
@@ -467,8 +502,7 @@ async fn ceiling(broker: &str, config: &BenchConfig) -> anyhow::Result<Ceiling> 
         .map(|t| t.config)
         .unwrap_or_default();
     ensure_topic(&stack.kafka, &topic, config.partitions, &runs_config).await?;
-    let sample = ledger_event(&format!("job-{:04}", 0), 0);
-    let payload_bytes = codec::encode_run_event(&sample)?.len();
+    let payload_bytes = ledger_record(&manual_run(&sample_job(0), 0))?.1.len();
 
     let total = config.ceiling_messages;
     let consumer = broadcast_consumer(&stack.kafka, &topic, config.partitions, Offset::Beginning)?;
@@ -482,11 +516,8 @@ async fn ceiling(broker: &str, config: &BenchConfig) -> anyhow::Result<Ceiling> 
         }
         began.elapsed()
     });
-    let records = (0..total).map(|n| {
-        let event = ledger_event(&format!("job-{:04}", n % 1000), n as i64);
-        let bytes = codec::encode_run_event(&event).expect("encoding");
-        (event.job_id.to_string(), bytes)
-    });
+    let records =
+        (0..total).map(|n| ledger_record(&manual_run(&sample_job(n), n)).expect("encoding"));
     produce_all(&stack.kafka, &topic, records).await?;
     let produced = began.elapsed();
     let consumed = tokio::time::timeout(Duration::from_secs(600), received).await??;
@@ -510,70 +541,53 @@ async fn broker_latency(stack: &Stack, config: &BenchConfig) -> anyhow::Result<D
     ensure_topic(&stack.kafka, &topic, config.partitions, &BTreeMap::new()).await?;
     let tap = Tap::start_on(stack, &topic)?;
     let count = (LATENCY_PROBE_RATE * 5) as usize;
-    let producer = stack.kafka.producer()?;
     // One record first, so that the reader's connection and first fetch are not measured.
-    let warm_up = ledger_event("warm-up", 0);
-    producer
-        .send(&topic, "warm-up", Some(&codec::encode_run_event(&warm_up)?))
-        .await?;
-    let give_up = Instant::now() + Duration::from_secs(30);
-    while tap.since(0).1 == 0 {
-        anyhow::ensure!(
-            Instant::now() < give_up,
-            "the warm-up record was not read back"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    let mut in_flight = FuturesUnordered::new();
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / LATENCY_PROBE_RATE);
-    for n in 0..count {
-        ticks.tick().await;
-        let mut event = ledger_event(&format!("job-{:04}", n % 1000), n as i64);
-        event.at = chrono::Utc::now();
-        let bytes = codec::encode_run_event(&event)?;
-        let (producer, topic) = (producer.clone(), topic.clone());
-        in_flight.push(async move {
-            producer
-                .send(&topic, event.job_id.as_str(), Some(&bytes))
-                .await
-        });
-        while let Some(Some(result)) = in_flight.next().now_or_never() {
-            result?;
-        }
-    }
-    while let Some(result) = in_flight.next().await {
-        result?;
-    }
-    let give_up = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (records, _) = tap.since(0);
-        if records.len() > count || Instant::now() > give_up {
-            let samples = records
-                .iter()
-                .filter(|r| r.event.job_id != warm_up.job_id)
-                .map(|r| millis_between(r.event.at, r.seen))
-                .collect();
-            return Ok(Distribution::of(samples));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let warm_up = manual_run(&sample_job(0), 0);
+    let (key, payload) = ledger_record(&warm_up)?;
+    let producer = stack.kafka.producer()?;
+    producer.send(&topic, &key, Some(&payload)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    tap.watch(0, deadline, |records| !records.is_empty()).await;
+    anyhow::ensure!(tap.position() > 0, "the warm-up record was not read back");
+    let from = tap.position();
+    produce_paced(&producer, &topic, LATENCY_PROBE_RATE, count, |n| {
+        ledger_record(&manual_run(&sample_job(n), n + 1))
+    })
+    .await?;
+    let mut samples = Vec::with_capacity(count);
+    tap.watch(from, Instant::now() + Duration::from_secs(30), |records| {
+        samples.extend(records.iter().map(|r| millis_between(r.event.at, r.seen)));
+        samples.len() >= count
+    })
+    .await;
+    Ok(Distribution::of(samples))
 }
 
-/// A `RunScheduled` of the kind the ledger carries most, for sizing the ceiling's records.
-fn ledger_event(job: &str, n: i64) -> RunEvent {
-    let job_id = kairos_core::JobId::parse(job).expect("a valid job id");
-    let slot = kairos_core::from_millis(1_800_000_000_000 + n).expect("a timestamp");
+/// A manual `RunScheduled` of `job`, decided now, for a slot of its own (the `n`-th), so that
+/// every run id is new. The kind of record the ledger carries most.
+fn manual_run(job: &kairos_core::JobId, n: usize) -> RunEvent {
+    let slot = kairos_core::from_millis(1_800_000_000_000 + n as i64).expect("a timestamp");
     RunEvent {
-        run_id: RunId::derive(&job_id, slot, TriggerKind::Manual),
-        job_id,
+        run_id: RunId::derive(job, slot, TriggerKind::Manual),
+        job_id: job.clone(),
         scheduled_for: slot,
-        at: slot,
+        at: chrono::Utc::now(),
         kind: RunEventKind::RunScheduled {
             trigger: TriggerKind::Manual,
-            definition_offset: n,
+            definition_offset: 0,
         },
         shard: None,
     }
+}
+
+/// One of a thousand job ids, for records that need a realistic spread of keys.
+fn sample_job(n: usize) -> kairos_core::JobId {
+    kairos_core::JobId::parse(&format!("job-{:04}", n % 1000)).expect("a valid job id")
+}
+
+/// A record of a ledger event, keyed by its job.
+fn ledger_record(event: &RunEvent) -> anyhow::Result<(String, Vec<u8>)> {
+    Ok((event.job_id.to_string(), codec::encode_run_event(event)?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,53 +678,23 @@ async fn offer(
     sequence: &mut usize,
 ) -> anyhow::Result<Level> {
     let total = (f64::from(rate) * step.as_secs_f64()).round() as usize;
-    let (_, mut cursor) = tap.since(usize::MAX);
+    let from = tap.position();
     let appended_before = appended(&stack.kafka).await?;
-    let producer = stack.kafka.producer()?;
-    let topic = stack.kafka.topics().runs();
     let mut scheduled_at: HashMap<RunId, Timestamp> = HashMap::with_capacity(total);
-    let mut in_flight = FuturesUnordered::new();
     let began = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(10));
-    while scheduled_at.len() < total {
-        ticks.tick().await;
-        let due = ((began.elapsed().as_secs_f64() * f64::from(rate)) as usize).min(total);
-        while scheduled_at.len() < due {
-            let job = &jobs[*sequence % jobs.len()];
-            // A slot of its own per run, so that every run id is new.
-            let slot = kairos_core::from_millis(1_800_000_000_000 + *sequence as i64)
-                .expect("a timestamp");
-            *sequence += 1;
-            let event = RunEvent {
-                job_id: job.id.clone(),
-                run_id: RunId::derive(&job.id, slot, TriggerKind::Manual),
-                scheduled_for: slot,
-                at: chrono::Utc::now(),
-                kind: RunEventKind::RunScheduled {
-                    trigger: TriggerKind::Manual,
-                    definition_offset: 0,
-                },
-                shard: None,
-            };
-            scheduled_at.insert(event.run_id, event.at);
-            let bytes = codec::encode_run_event(&event)?;
-            let (producer, topic, key) = (producer.clone(), topic.clone(), job.id.to_string());
-            in_flight.push(async move { producer.send(&topic, &key, Some(&bytes)).await });
-        }
-        while let Some(Some(result)) = in_flight.next().now_or_never() {
-            result?;
-        }
-    }
-    while let Some(result) = in_flight.next().await {
-        result?;
-    }
+    let topic = stack.kafka.topics().runs();
+    produce_paced(&stack.kafka.producer()?, &topic, rate, total, |_| {
+        let event = manual_run(&jobs[*sequence % jobs.len()].id, *sequence);
+        *sequence += 1;
+        scheduled_at.insert(event.run_id, event.at);
+        ledger_record(&event)
+    })
+    .await?;
 
     let give_up = Instant::now() + step * 2 + Duration::from_secs(30);
     let mut latencies = Vec::with_capacity(total);
     let mut last_done = began;
-    while latencies.len() < total && Instant::now() < give_up {
-        let (records, next) = tap.since(cursor);
-        cursor = next;
+    tap.watch(from, give_up, |records| {
         for record in records {
             if let RunEventKind::RunSucceeded { .. } = record.event.kind {
                 if let Some(at) = scheduled_at.remove(&record.event.run_id) {
@@ -719,8 +703,9 @@ async fn offer(
                 }
             }
         }
-        tokio::time::sleep(POLL).await;
-    }
+        latencies.len() >= total
+    })
+    .await;
     let elapsed = last_done.duration_since(began).as_secs_f64().max(1e-3);
     let messages = appended(&stack.kafka).await? - appended_before;
     let completed = latencies.len();
@@ -771,9 +756,8 @@ impl Lateness {
         }
     }
 
-    /// Counts the records whose slots are in `window`; returns how many of them were fires.
-    fn add(&mut self, records: &[Tapped], window: (Timestamp, Timestamp)) -> usize {
-        let mut fires = 0;
+    /// Counts the records whose slots are in `window`.
+    fn add(&mut self, records: &[Tapped], window: (Timestamp, Timestamp)) {
         for record in records {
             let slot = record.event.scheduled_for;
             if slot < window.0 || slot > window.1 {
@@ -781,7 +765,6 @@ impl Lateness {
             }
             match record.event.kind {
                 RunEventKind::RunScheduled { .. } => {
-                    fires += 1;
                     self.produced.push(millis_between(slot, record.produced));
                     self.visible.push(millis_between(slot, record.seen));
                 }
@@ -791,7 +774,24 @@ impl Lateness {
                 _ => {}
             }
         }
-        fires
+    }
+
+    /// Reads the ledger from its start until `enough` says so, or a minute after the last slot
+    /// of `window`, counting the fires of the window's slots.
+    async fn watch(
+        tap: &Tap,
+        window: (Timestamp, Timestamp),
+        enough: impl Fn(&Lateness) -> bool,
+    ) -> Lateness {
+        let mut lateness = Lateness::new();
+        let until_last = (window.1 - chrono::Utc::now()).to_std().unwrap_or_default();
+        let deadline = Instant::now() + until_last + Duration::from_secs(60);
+        tap.watch(0, deadline, |records| {
+            lateness.add(records, window);
+            enough(&lateness)
+        })
+        .await;
+        lateness
     }
 }
 
@@ -816,19 +816,10 @@ async fn precision(
         chrono::Utc::now() < first,
         "putting {count} jobs took until after the first was due"
     );
-    let mut lateness = Lateness::new();
-    let give_up = Instant::now()
-        + (last - chrono::Utc::now()).to_std().unwrap_or_default()
-        + Duration::from_secs(60);
-    let mut cursor = 0;
-    while (lateness.visible.len() < count || lateness.started.len() < count)
-        && Instant::now() < give_up
-    {
-        tokio::time::sleep(POLL).await;
-        let (records, next) = tap.since(cursor);
-        cursor = next;
-        lateness.add(&records, (first, last));
-    }
+    let lateness = Lateness::watch(&tap, (first, last), |l| {
+        l.visible.len() >= count && l.started.len() >= count
+    })
+    .await;
     stop_all(&mut fleet, problems).await;
     Ok(Precision {
         jobs: count,
@@ -907,17 +898,7 @@ async fn scale(
     let watch = SCALE_WATCH.min(SCALE_SPACING * count as u32);
     let last = first + chrono::Duration::from_std(watch)?;
     let expected = spread_count(first, last, SCALE_SPACING, count);
-    let mut lateness = Lateness::new();
-    let give_up = Instant::now()
-        + (last - chrono::Utc::now()).to_std().unwrap_or_default()
-        + Duration::from_secs(60);
-    let mut cursor = 0;
-    while lateness.visible.len() < expected && Instant::now() < give_up {
-        tokio::time::sleep(POLL).await;
-        let (records, next) = tap.since(cursor);
-        cursor = next;
-        lateness.add(&records, (first, last));
-    }
+    let lateness = Lateness::watch(&tap, (first, last), |l| l.visible.len() >= expected).await;
     let peak_rss_mib = peak_rss_kib(pid) as f64 / 1024.0;
     stop_all(std::slice::from_mut(&mut trigger), problems).await;
     let store_mib = trigger.data_dir.as_deref().map_or(0, dir_bytes) as f64 / (1024.0 * 1024.0);
@@ -996,17 +977,12 @@ async fn recovery(
     let tap = Tap::start(&stack)?;
     // Wait for the load: the first run has succeeded.
     let give_up = Instant::now() + lead + Duration::from_secs(120);
-    let mut cursor = 0;
-    'load: while Instant::now() < give_up {
-        tokio::time::sleep(POLL).await;
-        let (records, next) = tap.since(cursor);
-        cursor = next;
-        for record in records {
-            if matches!(record.event.kind, RunEventKind::RunSucceeded { .. }) {
-                break 'load;
-            }
-        }
-    }
+    tap.watch(0, give_up, |records| {
+        records
+            .iter()
+            .any(|r| matches!(r.event.kind, RunEventKind::RunSucceeded { .. }))
+    })
+    .await;
     let mut restart_to_caught_up_secs = BTreeMap::new();
     for instance in fleet.iter_mut() {
         instance.kill9().await;
