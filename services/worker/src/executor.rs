@@ -616,9 +616,14 @@ mod tests {
         let cancel = CancellationToken::new();
         let trigger = cancel.clone();
         let watched = pid_file.clone();
-        // Cancel once the task is running, which the child's pid file shows.
+        // Cancel once the task is running, which the child's pid file shows. The file exists as
+        // soon as the shell opens it, before the pid is written: wait for the whole line, or the
+        // cancel can leave it empty and the child unknown.
         tokio::spawn(async move {
-            eventually("the task to start its child", || watched.exists()).await;
+            eventually("the task to start its child", || {
+                std::fs::read_to_string(&watched).is_ok_and(|pid| pid.ends_with('\n'))
+            })
+            .await;
             trigger.cancel();
         });
         let run = Executor::new(1024)
