@@ -495,12 +495,7 @@ pub struct Ceiling {
 async fn ceiling(broker: &str, config: &BenchConfig) -> anyhow::Result<Ceiling> {
     let stack = Stack::on(broker.to_string(), config.partitions).await;
     let topic = stack.kafka.topics().name("bench-ceiling");
-    let runs_config = kairos_runtime::kafka::TopicSet::shipped()
-        .topics
-        .into_iter()
-        .find(|t| t.name == "runs")
-        .map(|t| t.config)
-        .unwrap_or_default();
+    let runs_config = kairos_runtime::kafka::TopicSet::shipped().config_of("runs");
     ensure_topic(&stack.kafka, &topic, config.partitions, &runs_config).await?;
     let payload_bytes = ledger_record(&manual_run(&sample_job(0), 0))?.1.len();
 

@@ -620,6 +620,15 @@ impl TopicSet {
         Self::parse(DEFAULT_TOPIC_SET).expect("topics/topics.yaml shipped with this build is valid")
     }
 
+    /// The configuration the set gives the topic `suffix` (e.g. `runs`); empty if none.
+    pub fn config_of(&self, suffix: &str) -> BTreeMap<String, String> {
+        self.topics
+            .iter()
+            .find(|t| t.name == suffix)
+            .map(|t| t.config.clone())
+            .unwrap_or_default()
+    }
+
     /// The partition count of the topic `suffix`, e.g. a new pool's `tasks.<pool>`.
     pub fn partitions_for(&self, def: &TopicDef) -> i32 {
         if def.co_partitioned {
@@ -632,12 +641,7 @@ impl TopicSet {
 
 /// Topic configuration for a pool's task topic, from the shipped topic set's `tasks.default`.
 pub fn task_topic_config() -> BTreeMap<String, String> {
-    TopicSet::shipped()
-        .topics
-        .into_iter()
-        .find(|t| t.name == "tasks.default")
-        .map(|t| t.config)
-        .unwrap_or_default()
+    TopicSet::shipped().config_of("tasks.default")
 }
 
 /// What `topics apply` did.
@@ -803,10 +807,8 @@ mod tests {
         for name in ["jobs", "runs", "trigger-state", "tasks.default"] {
             assert!(co.contains(&name), "{name} must be co-partitioned");
         }
-        assert_eq!(
-            set.topics.iter().find(|t| t.name == "jobs").unwrap().config["cleanup.policy"],
-            "compact"
-        );
+        assert_eq!(set.config_of("jobs")["cleanup.policy"], "compact");
+        assert!(set.config_of("no-such-topic").is_empty());
     }
 
     #[test]
