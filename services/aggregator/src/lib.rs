@@ -4,12 +4,14 @@
 //! `kairos_core::apply`) and its full event history including duplicates and stale events, and an
 //! index of runs by job in slot order. It never decides anything; it answers "what happened?".
 
+mod alerts;
 mod api;
 mod metrics_names;
 mod pending;
+mod status_page;
 mod workers;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,10 +20,11 @@ use std::time::Duration;
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason};
 use kairos_core::Timestamp;
-use kairos_runtime::codec::{self, Alert};
+use kairos_runtime::codec::{self, Alert, AlertKind};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::workers::Liveness;
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
     record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
@@ -30,7 +33,9 @@ use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Alerts;
 use crate::metrics_names as m;
+use crate::pending::PendingRun;
 use crate::workers::Workers;
 
 /// History entries kept per run; a run that loops through more retries keeps its latest ones.
@@ -61,6 +66,17 @@ pub struct Config {
     /// before a `run_pending` alert is raised.
     #[arg(long, env = "KAIROS_PENDING_ALERT_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub pending_alert_after: Duration,
+    /// After how many failed runs in a row (abandoned after their retries) a job raises a
+    /// `job_failing` alert; once per streak.
+    #[arg(long, env = "KAIROS_ALERT_FAILURES_IN_A_ROW", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub alert_failures_in_a_row: u32,
+    /// Where alerts are also POSTed as JSON, with retries; the alerts topic always has them.
+    #[arg(long, env = "KAIROS_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<url::Url>,
+    /// The bearer token the API's writes require. Without one, writes are open to anyone who
+    /// can reach the API address (which is why it binds 127.0.0.1 by default).
+    #[arg(long, env = "KAIROS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -78,6 +94,9 @@ impl Config {
             metrics_addr,
             http_addr,
             pending_alert_after: Duration::from_secs(60),
+            alert_failures_in_a_row: 3,
+            alert_webhook: None,
+            api_token: None,
             log_format: LogFormat::Text,
         }
     }
@@ -110,14 +129,7 @@ fn detail(kind: &RunEventKind) -> Option<String> {
     use RunEventKind::*;
     match kind {
         RunScheduled { trigger, .. } => Some(trigger.as_str().to_string()),
-        RunSkipped { reason } => Some(
-            match reason {
-                SkipReason::Misfire => "misfire",
-                SkipReason::JobDeleted => "job_deleted",
-                SkipReason::Overlap => "overlap",
-            }
-            .to_string(),
-        ),
+        RunSkipped { reason } => Some(reason.as_str().to_string()),
         RunDispatched { pool, .. } => Some(pool.clone()),
         RunStarted { worker_id, .. } | RunTimedOut { worker_id, .. } => Some(worker_id.clone()),
         RunSucceeded { output, .. } => output.exit_code.map(|code| code.to_string()),
@@ -145,7 +157,28 @@ fn run_key(run: &str) -> String {
 }
 /// Runs of a job in slot order: `jobrun/<job>/<slot millis, zero-padded>/<run>`.
 fn job_run_key(job: &str, slot: Timestamp, run: &str) -> String {
-    format!("jobrun/{job}/{:015}/{run}", slot.timestamp_millis().max(0))
+    format!("jobrun/{job}/{}/{run}", slot_millis(slot))
+}
+/// All runs in slot order: `slot/<slot millis, zero-padded>/<run>`.
+fn slot_key(slot: Timestamp, run: &str) -> String {
+    format!("slot/{}/{run}", slot_millis(slot))
+}
+fn slot_millis(slot: Timestamp) -> String {
+    format!("{:015}", slot.timestamp_millis().max(0))
+}
+fn job_stats_key(job: &str) -> String {
+    format!("jobstats/{job}")
+}
+
+/// What the aggregator keeps about a job's outcomes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobStats {
+    pub succeeded: u64,
+    pub abandoned: u64,
+    /// Runs abandoned since the last success.
+    pub failures_in_a_row: u32,
+    pub last_outcome: Option<String>,
+    pub last_finished_at: Option<Timestamp>,
 }
 
 /// Runs the aggregator until `shutdown` resolves.
@@ -156,7 +189,12 @@ pub async fn run(
     let topics = config.kafka.topics();
     check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs()])?;
     check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
-    let inputs = [topics.jobs(), topics.runs(), topics.heartbeats()];
+    let inputs = [
+        topics.jobs(),
+        topics.runs(),
+        topics.heartbeats(),
+        topics.deadletter(),
+    ];
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "aggregator",
@@ -167,8 +205,22 @@ pub async fn run(
         metrics_addr: config.metrics_addr,
     };
     let mut parts = ServiceParts::start(spec, shutdown).await?;
+    m::register();
     let workers = Workers::default();
-    let router = api::router(store.clone(), parts.health.clone(), workers.clone());
+    let alerts = Alerts::new(
+        parts.producer.clone(),
+        topics.alerts(),
+        config.alert_webhook.clone(),
+        parts.shutdown.clone(),
+    );
+    let writer = api::Writer::new(config.kafka.clone(), config.api_token.clone());
+    let router = api::router(api::ApiState {
+        store: store.clone(),
+        health: parts.health.clone(),
+        workers: workers.clone(),
+        alerts: alerts.clone(),
+        writer,
+    });
     parts.ops.serve(config.http_addr, router).await?;
     tracing::info!(http_addr = %config.http_addr, "REST API listening.");
     let mut aggregator = Aggregator {
@@ -179,8 +231,10 @@ pub async fn run(
         deadletters: parts.deadletters,
         health: parts.health,
         workers,
+        alerts,
         pending_alert_after: config.pending_alert_after,
-        alerted_pending: HashSet::new(),
+        failures_in_a_row: config.alert_failures_in_a_row,
+        alerted: Alerted::default(),
     };
     let result = aggregator.run(parts.shutdown).await;
     parts
@@ -194,33 +248,49 @@ struct Aggregator {
     /// The worker registry, a live view rebuilt from the compacted heartbeats topic on start.
     workers: Workers,
     store: Store,
-    /// Kept for a clean stop: dead letters are produced through it.
+    /// Kept for a clean stop: dead letters and alerts are produced through it.
     producer: ReliableProducer,
     consumer: PartitionedConsumer,
     deadletters: DeadLetters,
     health: Arc<Health>,
+    alerts: Alerts,
     pending_alert_after: Duration,
-    /// Pending runs already alerted about (in memory: after a restart a still-waiting run is
-    /// alerted once more, with the same alert id).
-    alerted_pending: HashSet<RunId>,
+    failures_in_a_row: u32,
+    alerted: Alerted,
 }
 
-/// How often the aggregator looks for runs waiting on a pool nobody serves.
-const PENDING_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Conditions already alerted about, kept in memory: after a restart a condition that still holds
+/// is alerted once more, with the same alert id.
+#[derive(Default)]
+struct Alerted {
+    pending: HashSet<RunId>,
+    /// Lost workers, with the last beat their loss was alerted for.
+    lost: HashMap<String, Timestamp>,
+    /// Pools without a live worker.
+    unserved_pools: HashSet<String>,
+    /// The decision time of the last misfire alerted per job: one alert per catch-up pass.
+    misfires: HashMap<String, Timestamp>,
+}
+
+/// How often the aggregator looks at pending runs and at the workers.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Aggregator {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut check_pending = tokio::time::interval(PENDING_CHECK_INTERVAL);
-        check_pending.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = check_pending.tick() => self.alert_pending().await?,
+                _ = check.tick() => self.check().await?,
                 input = self.consumer.next(Some(&self.store)) => {
                     if let Input::Record(message) = input {
-                        if message.topic() == self.topics.heartbeats() {
+                        let topic = message.topic();
+                        if topic == self.topics.heartbeats() {
                             self.record_heartbeat(&message).await?;
+                        } else if topic == self.topics.deadletter() {
+                            self.apply_dead_letter(&message).await?;
                         } else {
                             self.apply(&message).await?;
                         }
@@ -246,21 +316,46 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Raises a `dead_lettered` alert for a new dead letter. A dead letter that does not decode is
+    /// logged, not dead-lettered again: that could loop.
+    async fn apply_dead_letter(&self, message: &OwnedMessage) -> anyhow::Result<()> {
+        let live = self.consumer.is_caught_up(message.partition());
+        let mut batch = Batch::new();
+        batch.consumed(message.topic(), message.partition(), message.offset());
+        self.store.write(batch)?;
+        match message.payload().map(codec::decode_dead_letter) {
+            Some(Ok(letter)) if live => {
+                let job_id = record_key(message).and_then(|k| kairos_core::JobId::parse(&k).ok());
+                let alert = Alert::dead_lettered(&letter, job_id, kairos_runtime::now());
+                self.alerts.raise(&alert).await?;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "A dead letter does not decode; skipped.");
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     /// Applies a definition or ledger event in one batch with its position, then raises the
-    /// alert it calls for, if the partition is live.
+    /// alerts it calls for, if the partition is live.
     async fn apply(&mut self, message: &OwnedMessage) -> anyhow::Result<()> {
         let mut batch = Batch::new();
-        let mut alert = None;
+        // History replayed by a rebuild is neither counted nor alerted again.
+        let live = self.consumer.is_caught_up(message.partition());
+        let mut alerts = vec![];
         if message.topic() == self.topics.jobs() {
             self.apply_definition(message, &mut batch);
         } else {
-            alert = self.apply_event(message, &mut batch).await?;
+            alerts = self.apply_event(message, &mut batch, live).await?;
         }
         batch.consumed(message.topic(), message.partition(), message.offset());
         self.store.write(batch)?;
-        // Alerts are about now: a rebuild replaying history raises none.
-        if let Some(alert) = alert.filter(|_| self.consumer.is_caught_up(message.partition())) {
-            self.raise(&alert).await?;
+        if live {
+            for alert in alerts {
+                self.raise(alert).await?;
+            }
         }
         Ok(())
     }
@@ -284,18 +379,20 @@ impl Aggregator {
         }
     }
 
-    /// Folds one ledger event into its run's read model; returns the alert it raises, if any.
+    /// Folds one ledger event into its run's read model and its job's statistics; returns the
+    /// alerts it raises.
     async fn apply_event(
         &mut self,
         message: &OwnedMessage,
         batch: &mut Batch,
-    ) -> anyhow::Result<Option<Alert>> {
+        live: bool,
+    ) -> anyhow::Result<Vec<Alert>> {
         let Some(event) = self
             .deadletters
             .decode(message, codec::decode_run_event)
             .await?
         else {
-            return Ok(None);
+            return Ok(vec![]);
         };
         let run = event.run_id.to_string();
         let current: Option<RunRecord> = self.store.get(&run_key(&run))?;
@@ -308,19 +405,27 @@ impl Aggregator {
             effect,
             detail: detail(&event.kind),
         };
-        let mut alert = None;
-        let record = match (folded, current) {
+        let mut alerts = vec![];
+        let mut record = match (folded, current) {
             (Ok(state), current) => {
-                record_outcome(&state, current.as_ref().map(|r| &r.state));
-                if state.status == RunStatus::Abandoned {
-                    let error = state.error.as_deref();
-                    alert = Some(Alert::run_abandoned(
+                if live {
+                    count(&event.kind, &state, current.as_ref().map(|r| &r.state));
+                }
+                if let RunEventKind::RunSkipped {
+                    reason: SkipReason::Misfire,
+                } = event.kind
+                {
+                    alerts.push(Alert::misfire(
                         state.job_id.clone(),
                         state.run_id,
-                        state.attempt,
-                        error,
+                        state.scheduled_for,
                         event.at,
                     ));
+                }
+                let became_final = state.status.is_final()
+                    && current.as_ref().is_none_or(|r| !r.state.status.is_final());
+                if became_final {
+                    alerts.extend(self.finished(&state, batch)?);
                 }
                 let mut history = current.map(|r| r.history).unwrap_or_default();
                 history.push(entry("applied".into()));
@@ -334,59 +439,187 @@ impl Aggregator {
             (Err(error), None) => {
                 tracing::warn!(%error, "Event for a run with no RunScheduled; ignored.");
                 metrics::counter!(m::UNAPPLIED_EVENTS, "expected" => "false").increment(1);
-                return Ok(None);
+                return Ok(vec![]);
             }
         };
-        let mut record = record;
         let excess = record.history.len().saturating_sub(MAX_HISTORY);
         record.history.drain(..excess);
         batch.put(
             &job_run_key(event.job_id.as_str(), event.scheduled_for, &run),
             &(),
         );
+        batch.put(&slot_key(event.scheduled_for, &run), &());
         pending::track(batch, &record.state);
         batch.put(&run_key(&run), &record);
-        Ok(alert)
+        Ok(alerts)
     }
 
-    /// Raises `run_pending` for each run that has waited past the threshold on a pool that no
-    /// live worker serves. Only when caught up: a rebuilding view would see stale dispatches.
-    async fn alert_pending(&mut self) -> anyhow::Result<()> {
+    /// Updates the job's statistics with a run that is over; returns the alerts its outcome
+    /// raises: the run abandoned, and the job failing too often in a row.
+    fn finished(&self, state: &RunState, batch: &mut Batch) -> anyhow::Result<Vec<Alert>> {
+        let key = job_stats_key(state.job_id.as_str());
+        let mut stats: JobStats = self.store.get(&key)?.unwrap_or_default();
+        let mut alerts = vec![];
+        match state.status {
+            RunStatus::Succeeded => {
+                stats.succeeded += 1;
+                stats.failures_in_a_row = 0;
+            }
+            RunStatus::Abandoned => {
+                stats.abandoned += 1;
+                stats.failures_in_a_row += 1;
+                let at = state.finished_at.unwrap_or(state.scheduled_for);
+                alerts.push(Alert::run_abandoned(
+                    state.job_id.clone(),
+                    state.run_id,
+                    state.attempt,
+                    state.error.as_deref(),
+                    at,
+                ));
+                if stats.failures_in_a_row == self.failures_in_a_row {
+                    alerts.push(Alert::job_failing(
+                        state.job_id.clone(),
+                        state.run_id,
+                        stats.failures_in_a_row,
+                        at,
+                    ));
+                }
+            }
+            // Skipped and cancelled runs say nothing about whether the job works.
+            _ => return Ok(alerts),
+        }
+        stats.last_outcome = Some(state.status.as_str().to_string());
+        stats.last_finished_at = state.finished_at;
+        batch.put(&key, &stats);
+        Ok(alerts)
+    }
+
+    /// The periodic checks, once caught up (a rebuilding view would see stale dispatches): runs
+    /// waiting on a pool nobody serves, lost workers, pools without workers.
+    async fn check(&mut self) -> anyhow::Result<()> {
+        let now = kairos_runtime::now();
+        let waiting = pending::all(&self.store)?;
+        self.export_live_workers(now);
         if !self.consumer.ready() {
             return Ok(());
         }
-        let now = kairos_runtime::now();
-        let waiting = pending::all(&self.store)?;
+        self.alert_pending(&waiting, now).await?;
+        self.alert_workers(&waiting, now).await
+    }
+
+    /// Raises `run_pending` for each run that has waited past the threshold on a pool that no
+    /// live worker serves.
+    async fn alert_pending(
+        &mut self,
+        waiting: &[PendingRun],
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
         let still_waiting: HashSet<RunId> = waiting.iter().map(|p| p.run_id).collect();
-        self.alerted_pending
+        self.alerted
+            .pending
             .retain(|run| still_waiting.contains(run));
         for run in waiting {
             let waited = (now - run.dispatched_at).to_std().unwrap_or_default();
-            if waited < self.pending_alert_after || self.alerted_pending.contains(&run.run_id) {
+            if waited < self.pending_alert_after || self.alerted.pending.contains(&run.run_id) {
                 continue;
             }
-            let why = pending::unserved(&self.store, &self.workers.registry(), &run, now)?;
+            let why = pending::unserved(&self.store, &self.workers.registry(), run, now)?;
             if let (Some(why), Ok(job_id)) = (why, kairos_core::JobId::parse(&run.job_id)) {
                 let alert = Alert::run_pending(job_id, run.run_id, waited, &why, now);
-                self.raise(&alert).await?;
-                self.alerted_pending.insert(run.run_id);
+                self.raise(alert).await?;
+                self.alerted.pending.insert(run.run_id);
             }
         }
         Ok(())
     }
 
-    async fn raise(&self, alert: &Alert) -> anyhow::Result<()> {
-        tracing::warn!(job_id = %alert.job_id, kind = alert.kind.as_str(), "{}", alert.message);
-        let bytes = codec::encode_alert(alert)?;
-        self.producer
-            .send(&self.topics.alerts(), alert.job_id.as_str(), Some(&bytes))
-            .await?;
-        metrics::counter!(m::ALERTS, "kind" => alert.kind.as_str()).increment(1);
+    /// Raises `worker_lost` once per loss (a worker heard from again and lost again is a new
+    /// loss), and `pool_without_workers` when a pool that had workers, or that runs wait on, has
+    /// no live one.
+    async fn alert_workers(
+        &mut self,
+        waiting: &[PendingRun],
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        let mut alerts = vec![];
+        let mut pools: HashMap<String, (bool, Option<Timestamp>)> = HashMap::new();
+        {
+            let registry = self.workers.registry();
+            for beat in registry.beats() {
+                let liveness = Liveness::of(beat, now);
+                let pool = pools.entry(beat.pool.clone()).or_default();
+                pool.0 |= liveness == Liveness::Live;
+                pool.1 = pool.1.max(Some(beat.at));
+                if liveness == Liveness::Lost
+                    && self.alerted.lost.get(&beat.worker_id) != Some(&beat.at)
+                {
+                    self.alerted.lost.insert(beat.worker_id.clone(), beat.at);
+                    alerts.push(Alert::worker_lost(
+                        &beat.worker_id,
+                        &beat.pool,
+                        beat.at,
+                        now,
+                    ));
+                }
+            }
+        }
+        for run in waiting {
+            pools.entry(run.pool.clone()).or_default();
+        }
+        for (pool, (served, last_seen)) in pools {
+            if served {
+                self.alerted.unserved_pools.remove(&pool);
+            } else if self.alerted.unserved_pools.insert(pool.clone()) {
+                let why = match last_seen {
+                    Some(_) => "every worker it had is lost or stopped",
+                    None => "runs wait on it and no worker has ever served it",
+                };
+                let since = last_seen.unwrap_or_default();
+                alerts.push(Alert::pool_without_workers(&pool, why, since, now));
+            }
+        }
+        for alert in alerts {
+            self.raise(alert).await?;
+        }
         Ok(())
+    }
+
+    fn export_live_workers(&self, now: Timestamp) {
+        let mut live: HashMap<String, u32> = HashMap::new();
+        for beat in self.workers.registry().beats() {
+            let count = live.entry(beat.pool.clone()).or_default();
+            if Liveness::of(beat, now) == Liveness::Live {
+                *count += 1;
+            }
+        }
+        for (pool, count) in live {
+            metrics::gauge!(m::LIVE_WORKERS, "pool" => pool).set(count as f64);
+        }
+    }
+
+    /// Raises an alert, except a misfire of a job already alerted in the same catch-up pass.
+    async fn raise(&mut self, alert: Alert) -> anyhow::Result<()> {
+        if alert.kind == AlertKind::Misfire {
+            let job = alert.key().to_string();
+            if self.alerted.misfires.get(&job) == Some(&alert.at) {
+                return Ok(());
+            }
+            self.alerted.misfires.insert(job, alert.at);
+        }
+        self.alerts.raise(&alert).await
     }
 }
 
-fn record_outcome(state: &RunState, before: Option<&RunState>) {
+/// Counts what an applied event says happened.
+fn count(kind: &RunEventKind, state: &RunState, before: Option<&RunState>) {
+    match kind {
+        RunEventKind::RunSkipped { reason } => {
+            metrics::counter!(m::SKIPS, "reason" => reason.as_str()).increment(1);
+        }
+        RunEventKind::RetryScheduled { .. } => metrics::counter!(m::RETRIES).increment(1),
+        RunEventKind::RunTimedOut { .. } => metrics::counter!(m::TIMEOUTS).increment(1),
+        _ => {}
+    }
     let became_final = state.status.is_final() && before.is_none_or(|b| !b.status.is_final());
     if !became_final {
         return;

@@ -17,15 +17,15 @@ pub(crate) struct Workers {
 /// A worker as the API shows it.
 #[derive(Serialize)]
 pub(crate) struct WorkerView {
-    worker_id: String,
-    pool: String,
+    pub(crate) worker_id: String,
+    pub(crate) pool: String,
     /// `live`, `lost` (missed three beats) or `stopped` (said goodbye).
-    status: &'static str,
-    capacity: u32,
+    pub(crate) status: &'static str,
+    pub(crate) capacity: u32,
     task_types: Vec<String>,
-    in_flight: Vec<String>,
+    pub(crate) in_flight: Vec<String>,
     heartbeat_interval_ms: u128,
-    last_seen: Timestamp,
+    pub(crate) last_seen: Timestamp,
 }
 
 impl Workers {

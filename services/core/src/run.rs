@@ -84,6 +84,23 @@ pub enum SkipReason {
     Overlap,
 }
 
+impl SkipReason {
+    pub const ALL: [SkipReason; 3] = [
+        SkipReason::Misfire,
+        SkipReason::JobDeleted,
+        SkipReason::Overlap,
+    ];
+
+    /// The reason as the API, logs and metric labels name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Misfire => "misfire",
+            SkipReason::JobDeleted => "job_deleted",
+            SkipReason::Overlap => "overlap",
+        }
+    }
+}
+
 /// What a task produced, capped by the worker.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskOutput {
@@ -266,6 +283,25 @@ impl RunStatus {
     pub fn is_final(self) -> bool {
         use RunStatus::*;
         matches!(self, Skipped | Succeeded | Cancelled | Abandoned)
+    }
+
+    pub const ALL: [RunStatus; 11] = [
+        RunStatus::Scheduled,
+        RunStatus::Skipped,
+        RunStatus::Dispatched,
+        RunStatus::Started,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+        RunStatus::Cancelled,
+        RunStatus::Lost,
+        RunStatus::RetryScheduled,
+        RunStatus::Abandoned,
+    ];
+
+    /// The status named as [`RunStatus::as_str`] names it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {

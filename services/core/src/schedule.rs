@@ -85,7 +85,7 @@ impl Schedule {
 
     /// A fixed interval; sub-millisecond parts are rejected because slots are millisecond times.
     pub fn every(interval: Duration) -> Result<Self, ScheduleError> {
-        if interval.as_millis() == 0 || interval.subsec_nanos() % 1_000_000 != 0 {
+        if interval.as_millis() == 0 || !interval.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(ScheduleError::InvalidInterval(interval));
         }
         Ok(Schedule::Every { interval })

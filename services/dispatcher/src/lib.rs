@@ -103,6 +103,9 @@ fn parse_limit(s: &str) -> Result<(String, usize), String> {
 /// How long the dispatcher waits for the heartbeat topic's offsets at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A heartbeat record as read: its partition, offset and decoded beat (none for a tombstone).
+type HeartbeatRead = (i32, i64, Option<Result<WorkerHeartbeat, codec::CodecError>>);
+
 /// How often the dispatcher looks for attempts on workers that have gone silent.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Runs whose step may be on its way to the broker at once: enough to keep the producer's
@@ -322,13 +325,7 @@ impl Dispatcher {
     /// Keeps a worker's beat (the aggregator dead-letters one that does not decode; here it is
     /// skipped). A failed read, or one of the old beats replayed at start, leaves the registry
     /// deaf for a while. False when the read failed.
-    fn on_heartbeat(
-        &mut self,
-        read: Result<
-            (i32, i64, Option<Result<WorkerHeartbeat, codec::CodecError>>),
-            rdkafka::error::KafkaError,
-        >,
-    ) -> bool {
+    fn on_heartbeat(&mut self, read: Result<HeartbeatRead, rdkafka::error::KafkaError>) -> bool {
         let now = kairos_runtime::now();
         match read {
             Ok((partition, offset, beat)) => {

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use kairos_core::job::JobSpec;
-use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
+use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{parse_timezone, Schedule};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec;
-use kairos_runtime::kafka::{
-    apply_topics, ensure_topic, partition_counts, task_topic_config, TopicSet,
-};
+use kairos_runtime::jobs;
+use kairos_runtime::kafka::{apply_topics, TopicSet};
 use kairos_runtime::KafkaArgs;
 use serde_json::Value;
 
@@ -393,27 +392,15 @@ async fn job_apply(kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
             );
         }
     }
-    let topics = kafka.topics();
-    let counts = partition_counts(kafka)?;
-    let Some(partitions) = counts.get(&topics.jobs()).copied() else {
-        bail!(
-            "topic {} does not exist; run `kairosctl topics apply` first",
-            topics.jobs()
-        );
-    };
     let producer = kafka.producer()?;
     for job in &jobs {
-        let pool_topic = topics.tasks(&job.pool);
-        if ensure_topic(kafka, &pool_topic, partitions, &task_topic_config()).await? {
-            println!("created    {pool_topic} (new pool {:?})", job.pool);
+        let written = jobs::put_job(kafka, &producer, job).await?;
+        if let Some(topic) = written.created_pool_topic {
+            println!("created    {topic} (new pool {:?})", job.pool);
         }
-        let bytes = codec::encode_job(job)?;
-        let delivered = producer
-            .send(&topics.jobs(), job.id.as_str(), Some(&bytes))
-            .await?;
         println!(
             "applied    {} (partition {}, offset {})",
-            job.id, delivered.partition, delivered.offset
+            job.id, written.delivered.partition, written.delivered.offset
         );
     }
     Ok(())
@@ -549,11 +536,9 @@ async fn set_paused(kafka: &KafkaArgs, api: &str, id: &str, paused: bool) -> any
         return Ok(());
     }
     job.paused = paused;
-    let bytes = codec::encode_job(&job)?;
-    let delivered = kafka
-        .producer()?
-        .send(&kafka.topics().jobs(), job.id.as_str(), Some(&bytes))
-        .await?;
+    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job)
+        .await?
+        .delivered;
     let verb = if paused { "paused" } else { "resumed" };
     println!(
         "{verb:<11}{id} (partition {}, offset {})",
@@ -600,28 +585,9 @@ async fn schedule_runs(
 ) -> anyhow::Result<()> {
     let (job, definition_offset) = current_job(api, id).await?;
     let producer = kafka.producer()?;
-    let topic = kafka.topics().runs();
     for (done, slot) in slots.iter().enumerate() {
-        // The ledger carries milliseconds; the run id must be derived from what it will carry.
-        let slot = kairos_core::from_millis(kairos_core::to_millis(*slot)).unwrap_or(*slot);
-        let event = RunEvent {
-            job_id: job.id.clone(),
-            run_id: RunId::derive(&job.id, slot, kind),
-            scheduled_for: slot,
-            at: chrono::Utc::now(),
-            kind: RunEventKind::RunScheduled {
-                trigger: kind,
-                definition_offset,
-            },
-            shard: None,
-        };
-        producer
-            .send(
-                &topic,
-                job.id.as_str(),
-                Some(&codec::encode_run_event(&event)?),
-            )
-            .await?;
+        let event = jobs::requested_run(&job, definition_offset, *slot, kind);
+        jobs::schedule_run(kafka, &producer, &event).await?;
         if slots.len() == 1 {
             println!(
                 "scheduled  run {} of {} ({})",
@@ -653,10 +619,7 @@ async fn schedule_runs(
 
 async fn job_delete(kafka: &KafkaArgs, id: &str) -> anyhow::Result<()> {
     let id = kairos_core::JobId::parse(id)?;
-    let producer = kafka.producer()?;
-    let delivered = producer
-        .send(&kafka.topics().jobs(), id.as_str(), None)
-        .await?;
+    let delivered = jobs::delete_job(kafka, &kafka.producer()?, &id).await?;
     println!(
         "deleted    {id} (partition {}, offset {})",
         delivered.partition, delivered.offset

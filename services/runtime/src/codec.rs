@@ -686,7 +686,6 @@ fn symbol(schema_symbols: &[&str], symbol: &str) -> Value {
 }
 
 const TRIGGER_SYMBOLS: [&str; 3] = ["schedule", "manual", "backfill"];
-const SKIP_SYMBOLS: [&str; 3] = ["misfire", "job_deleted", "overlap"];
 const OVERLAP_SYMBOLS: [&str; 5] = ["allow", "forbid", "queue", "queue_all", "replace"];
 const RUN_EVENT_SYMBOLS: [&str; 11] = [
     "RunScheduled",
@@ -722,14 +721,7 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             definition_offset = Value::Long(*o);
         }
         RunSkipped { reason } => {
-            skip_reason = symbol(
-                &SKIP_SYMBOLS,
-                match reason {
-                    SkipReason::Misfire => "misfire",
-                    SkipReason::JobDeleted => "job_deleted",
-                    SkipReason::Overlap => "overlap",
-                },
-            );
+            skip_reason = symbol(&SkipReason::ALL.map(SkipReason::as_str), reason.as_str());
         }
         RunDispatched { pool: p, .. } => pool = string(p),
         RunStarted { worker_id, .. } => worker = string(worker_id),
@@ -824,11 +816,12 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
                 .ok_or_else(|| missing("definition_offset"))?,
         },
         "RunSkipped" => RunEventKind::RunSkipped {
-            reason: match f.opt_string("skip_reason")?.as_deref() {
-                Some("misfire") => SkipReason::Misfire,
-                Some("job_deleted") => SkipReason::JobDeleted,
-                Some("overlap") => SkipReason::Overlap,
-                _ => return Err(missing("skip_reason")),
+            reason: {
+                let reason = f.opt_string("skip_reason")?;
+                SkipReason::ALL
+                    .into_iter()
+                    .find(|r| Some(r.as_str()) == reason.as_deref())
+                    .ok_or_else(|| missing("skip_reason"))?
             },
         },
         "RunDispatched" => RunEventKind::RunDispatched {
@@ -1087,8 +1080,10 @@ pub struct Alert {
     /// Derived from what the alert is about, so a repeated alert can be recognised.
     pub alert_id: uuid::Uuid,
     pub kind: AlertKind,
-    pub job_id: JobId,
+    pub job_id: Option<JobId>,
     pub run_id: Option<RunId>,
+    pub worker_id: Option<String>,
+    pub pool: Option<String>,
     pub message: String,
     pub at: Timestamp,
 }
@@ -1099,36 +1094,81 @@ pub enum AlertKind {
     RunAbandoned,
     /// A dispatched run has waited too long for a worker: none serves its pool and task type.
     RunPending,
+    /// A job's latest runs all failed.
+    JobFailing,
+    /// A slot was missed (nobody owned the job, or it was paused) and its misfire policy skipped it.
+    Misfire,
+    /// A worker stopped beating without saying it was stopping.
+    WorkerLost,
+    /// A pool that jobs use, or that had workers, has no live worker.
+    PoolWithoutWorkers,
+    /// A service dead-lettered a record it could not use.
+    DeadLettered,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 2] = [AlertKind::RunAbandoned, AlertKind::RunPending];
+    pub const ALL: [AlertKind; 7] = [
+        AlertKind::RunAbandoned,
+        AlertKind::RunPending,
+        AlertKind::JobFailing,
+        AlertKind::Misfire,
+        AlertKind::WorkerLost,
+        AlertKind::PoolWithoutWorkers,
+        AlertKind::DeadLettered,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::RunAbandoned => "run_abandoned",
             AlertKind::RunPending => "run_pending",
+            AlertKind::JobFailing => "job_failing",
+            AlertKind::Misfire => "misfire",
+            AlertKind::WorkerLost => "worker_lost",
+            AlertKind::PoolWithoutWorkers => "pool_without_workers",
+            AlertKind::DeadLettered => "dead_lettered",
         }
     }
 }
 
 impl Alert {
-    fn about(
+    /// An alert of `kind` whose id is derived from `about`: the same thing alerted twice (after a
+    /// restart, or by a replay) carries the same id.
+    fn new(kind: AlertKind, about: &str, message: String, at: Timestamp) -> Self {
+        let name = format!("{}/{about}", kind.as_str());
+        Alert {
+            alert_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()),
+            kind,
+            job_id: None,
+            run_id: None,
+            worker_id: None,
+            pool: None,
+            message,
+            at,
+        }
+    }
+
+    fn about_run(
         kind: AlertKind,
         job_id: JobId,
         run_id: RunId,
         message: String,
         at: Timestamp,
     ) -> Self {
-        let name = format!("{}/{run_id}", kind.as_str());
         Alert {
-            alert_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()),
-            kind,
-            message,
-            job_id,
+            job_id: Some(job_id),
             run_id: Some(run_id),
-            at,
+            ..Alert::new(kind, &run_id.to_string(), message, at)
         }
+    }
+
+    /// The record key on the alerts topic: what the alert is about.
+    pub fn key(&self) -> &str {
+        self.job_id
+            .as_ref()
+            .map(JobId::as_str)
+            .or(self.worker_id.as_deref())
+            .or(self.pool.as_deref())
+            .unwrap_or("")
     }
 
     /// The alert that a dispatched run has waited `waited` for a worker, and why none takes it.
@@ -1143,7 +1183,7 @@ impl Alert {
             "run {run_id} of job {job_id} has waited {}s for a worker: {why}",
             waited.as_secs()
         );
-        Alert::about(AlertKind::RunPending, job_id, run_id, message, at)
+        Alert::about_run(AlertKind::RunPending, job_id, run_id, message, at)
     }
 
     /// The alert that a run was abandoned.
@@ -1158,7 +1198,66 @@ impl Alert {
             "run {run_id} of job {job_id} was abandoned after {attempt} attempt(s): {}",
             error.unwrap_or("no error recorded")
         );
-        Alert::about(AlertKind::RunAbandoned, job_id, run_id, message, at)
+        Alert::about_run(AlertKind::RunAbandoned, job_id, run_id, message, at)
+    }
+
+    /// The alert that a job's last `failures` runs all failed, `run_id` being the latest.
+    pub fn job_failing(job_id: JobId, run_id: RunId, failures: u32, at: Timestamp) -> Self {
+        let message = format!("job {job_id} has failed {failures} runs in a row (latest {run_id})");
+        Alert::about_run(AlertKind::JobFailing, job_id, run_id, message, at)
+    }
+
+    /// The alert that the slot of `run_id` was skipped as a misfire.
+    pub fn misfire(job_id: JobId, run_id: RunId, slot: Timestamp, at: Timestamp) -> Self {
+        let message = format!(
+            "job {job_id} missed its slot {}; its misfire policy skipped it",
+            slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        Alert::about_run(AlertKind::Misfire, job_id, run_id, message, at)
+    }
+
+    /// The alert that a worker went silent; `last_seen` tells this loss from a later one.
+    pub fn worker_lost(worker_id: &str, pool: &str, last_seen: Timestamp, at: Timestamp) -> Self {
+        let message = format!(
+            "worker {worker_id} of pool {pool} has not been heard from since {}",
+            last_seen.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let about = format!("{worker_id}/{}", last_seen.timestamp_millis());
+        Alert {
+            worker_id: Some(worker_id.to_string()),
+            pool: Some(pool.to_string()),
+            ..Alert::new(AlertKind::WorkerLost, &about, message, at)
+        }
+    }
+
+    /// The alert that `pool` has no live worker, since `since`.
+    pub fn pool_without_workers(pool: &str, why: &str, since: Timestamp, at: Timestamp) -> Self {
+        let message = format!("pool {pool} has no live worker: {why}");
+        let about = format!("{pool}/{}", since.timestamp_millis());
+        Alert {
+            pool: Some(pool.to_string()),
+            ..Alert::new(AlertKind::PoolWithoutWorkers, &about, message, at)
+        }
+    }
+
+    /// The alert that a service dead-lettered a record.
+    pub fn dead_lettered(letter: &DeadLetter, job_id: Option<JobId>, at: Timestamp) -> Self {
+        let message = format!(
+            "{} dead-lettered {}[{}]@{}: {}",
+            letter.service,
+            letter.source_topic,
+            letter.source_partition,
+            letter.source_offset,
+            letter.reason
+        );
+        let about = format!(
+            "{}/{}/{}/{}",
+            letter.service, letter.source_topic, letter.source_partition, letter.source_offset
+        );
+        Alert {
+            job_id,
+            ..Alert::new(AlertKind::DeadLettered, &about, message, at)
+        }
     }
 }
 
@@ -1171,8 +1270,13 @@ pub fn encode_alert(alert: &Alert) -> Result<Vec<u8>, CodecError> {
                 "kind",
                 symbol(&AlertKind::ALL.map(AlertKind::as_str), alert.kind.as_str()),
             ),
-            ("job_id", string(alert.job_id.as_str())),
+            (
+                "job_id",
+                opt(alert.job_id.as_ref().map(JobId::as_str), string),
+            ),
             ("run_id", opt(alert.run_id.map(|r| r.to_string()), string)),
+            ("worker_id", opt(alert.worker_id.as_deref(), string)),
+            ("pool", opt(alert.pool.as_deref(), string)),
             ("message", string(&alert.message)),
             ("at", millis(alert.at)),
         ]),
@@ -1198,8 +1302,10 @@ pub fn decode_alert(bytes: &[u8]) -> Result<Alert, CodecError> {
                     reason: format!("unknown kind {kind:?}"),
                 })?
         },
-        job_id: job_id(f.string("job_id")?)?,
+        job_id: f.opt_string("job_id")?.map(job_id).transpose()?,
         run_id: f.opt_string("run_id")?.map(|r| run_id(&r)).transpose()?,
+        worker_id: f.opt_string("worker_id")?,
+        pool: f.opt_string("pool")?,
         message: f.string("message")?,
         at: f.timestamp("at")?,
     })
@@ -1530,9 +1636,29 @@ mod tests {
         let alert = Alert::run_abandoned(job_id.clone(), run, 3, Some("exit 1"), t(9));
         assert_eq!(decode_alert(&encode_alert(&alert).unwrap()).unwrap(), alert);
         assert_eq!(
-            Alert::run_abandoned(job_id, run, 3, None, t(10)).alert_id,
+            Alert::run_abandoned(job_id.clone(), run, 3, None, t(10)).alert_id,
             alert.alert_id
         );
+        let lost = Alert::worker_lost("host-1", "batch", t(5), t(9));
+        assert_eq!(decode_alert(&encode_alert(&lost).unwrap()).unwrap(), lost);
+        assert_eq!(lost.key(), "host-1");
+        assert_ne!(
+            Alert::worker_lost("host-1", "batch", t(7), t(9)).alert_id,
+            lost.alert_id,
+            "a later loss of the same worker is a new alert"
+        );
+        let unserved = Alert::pool_without_workers("batch", "its last worker stopped", t(5), t(9));
+        assert_eq!(
+            decode_alert(&encode_alert(&unserved).unwrap()).unwrap(),
+            unserved
+        );
+        assert_eq!(unserved.key(), "batch");
+        let failing = Alert::job_failing(job_id, run, 3, t(9));
+        assert_eq!(
+            decode_alert(&encode_alert(&failing).unwrap()).unwrap(),
+            failing
+        );
+        assert_ne!(failing.alert_id, alert.alert_id);
     }
 
     #[test]

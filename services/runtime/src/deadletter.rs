@@ -87,7 +87,7 @@ impl DeadLetters {
             .unwrap_or_default();
         self.producer.send(&self.topic, &key, Some(&bytes)).await?;
         metrics::counter!(
-            "kairos_deadlettered_records_total",
+            crate::metrics_names::DEADLETTERED,
             "service" => self.service, "topic" => topic_kind(message.topic()), "reason" => label
         )
         .increment(1);

@@ -18,12 +18,14 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Str
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::metrics_names as m;
 use crate::store::Store;
 
 /// Properties Kairos's correctness depends on; `-X` cannot override them.
@@ -114,7 +116,9 @@ impl KafkaArgs {
             // thread of its own, so a busy service loop does not count as silence.
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "50");
+            .set("fetch.wait.max.ms", "50")
+            // How often the consumer lag metric is refreshed.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &self.properties {
             config.set(key, value);
         }
@@ -238,11 +242,21 @@ pub enum SendError {
 pub struct ReliableProducer {
     producer: Producer,
     shutdown: tokio_util::sync::CancellationToken,
+    /// The service it sends for, in metrics.
+    service: &'static str,
 }
 
 impl ReliableProducer {
-    pub fn new(producer: Producer, shutdown: tokio_util::sync::CancellationToken) -> Self {
-        ReliableProducer { producer, shutdown }
+    pub fn new(
+        producer: Producer,
+        shutdown: tokio_util::sync::CancellationToken,
+        service: &'static str,
+    ) -> Self {
+        ReliableProducer {
+            producer,
+            shutdown,
+            service,
+        }
     }
 
     pub async fn send(
@@ -258,7 +272,7 @@ impl ReliableProducer {
                 Err(error) if is_permanent(&error) => return Err(SendError::Refused(error)),
                 Err(error) => {
                     tracing::warn!(%error, topic, "Producing failed; retrying.");
-                    metrics::counter!("kairos_produce_retries_total", "topic" => topic_kind(topic))
+                    metrics::counter!(m::PRODUCE_RETRIES, "service" => self.service, "topic" => topic_kind(topic))
                         .increment(1);
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Err(SendError::Shutdown),
@@ -317,6 +331,8 @@ pub enum Rebalanced {
 pub struct KairosContext {
     store: Option<Store>,
     events: mpsc::UnboundedSender<Rebalanced>,
+    /// The service it consumes for, in metrics.
+    service: &'static str,
 }
 
 impl ClientContext for KairosContext {
@@ -326,6 +342,21 @@ impl ClientContext for KairosContext {
             Emerg | Alert | Critical | Error => tracing::error!(facility = fac, "{log_message}"),
             Warning => tracing::warn!(facility = fac, "{log_message}"),
             _ => tracing::debug!(facility = fac, "{log_message}"),
+        }
+    }
+
+    /// Exports the lag librdkafka measures (every `statistics.interval.ms`): per topic, the records
+    /// past the last offset this instance has applied, over the partitions it owns.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            let lag: i64 = stats
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag_stored >= 0)
+                .map(|p| p.consumer_lag_stored)
+                .sum();
+            metrics::gauge!(m::CONSUMER_LAG, "service" => self.service, "topic" => topic_kind(topic))
+                .set(lag as f64);
         }
     }
 }
@@ -398,13 +429,18 @@ pub struct PartitionedConsumer {
     rebalances: mpsc::UnboundedReceiver<Rebalanced>,
     /// High watermarks to reach, per topic partition, before a partition counts as caught up.
     targets: HashMap<(String, i32), i64>,
+    /// Partitions being rebuilt: when the rebuild began and how many records it has applied.
+    rebuilding: HashMap<i32, (std::time::Instant, u64)>,
     owned: HashSet<i32>,
     assigned_once: bool,
+    service: &'static str,
 }
 
 impl PartitionedConsumer {
-    /// Joins `group` on `topics`. With a store, positions come from the store (see module docs).
+    /// Joins `group` on `topics` for `service`. With a store, positions come from the store (see
+    /// module docs).
     pub fn new(
+        service: &'static str,
         args: &KafkaArgs,
         group: &str,
         topics: &[String],
@@ -413,15 +449,21 @@ impl PartitionedConsumer {
         let (events, rebalances) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<KairosContext> = args
             .consumer_config(group)
-            .create_with_context(KairosContext { store, events })?;
+            .create_with_context(KairosContext {
+                store,
+                events,
+                service,
+            })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         Ok(PartitionedConsumer {
             consumer: Arc::new(consumer),
             rebalances,
             targets: HashMap::new(),
+            rebuilding: HashMap::new(),
             owned: HashSet::new(),
             assigned_once: false,
+            service,
         })
     }
 
@@ -465,6 +507,10 @@ impl PartitionedConsumer {
                     }
                 }
                 let numbers = partition_numbers(&partitions);
+                let started = std::time::Instant::now();
+                for (_, partition) in self.targets.keys() {
+                    self.rebuilding.entry(*partition).or_insert((started, 0));
+                }
                 self.owned.extend(numbers.iter().copied());
                 Input::Assigned(numbers)
             }
@@ -474,6 +520,7 @@ impl PartitionedConsumer {
                     self.owned.remove(n);
                 }
                 self.targets.retain(|(_, p), _| !numbers.contains(p));
+                self.rebuilding.retain(|p, _| !numbers.contains(p));
                 Input::Revoked(numbers)
             }
         }
@@ -504,13 +551,34 @@ impl PartitionedConsumer {
     pub fn applied(&mut self, message: &OwnedMessage) -> Option<i32> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         self.store_position(topic, partition, offset + 1);
+        if let Some((_, records)) = self.rebuilding.get_mut(&partition) {
+            *records += 1;
+        }
         let key = (topic.to_string(), partition);
         match self.targets.get(&key) {
             Some(target) if offset + 1 >= *target => {
                 self.targets.remove(&key);
-                (!self.targets.keys().any(|(_, p)| *p == partition)).then_some(partition)
+                let done = !self.targets.keys().any(|(_, p)| *p == partition);
+                if done {
+                    self.rebuilt(partition);
+                }
+                done.then_some(partition)
             }
             _ => None,
+        }
+    }
+
+    fn rebuilt(&mut self, partition: i32) {
+        if let Some((started, records)) = self.rebuilding.remove(&partition) {
+            metrics::histogram!(m::REBUILD_DURATION, "service" => self.service)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::REBUILD_RECORDS, "service" => self.service).increment(records);
+            tracing::info!(
+                partition,
+                records,
+                seconds = started.elapsed().as_secs_f64(),
+                "Partition rebuilt."
+            );
         }
     }
 

@@ -7,7 +7,9 @@
 
 pub mod codec;
 pub mod deadletter;
+pub mod jobs;
 pub mod kafka;
+pub mod metrics_names;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -60,9 +60,15 @@ impl ServiceParts {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
         let shutdown = telemetry::shutdown_token(shutdown);
-        let producer = ReliableProducer::new(spec.kafka.producer()?, shutdown.clone());
-        let consumer =
-            PartitionedConsumer::new(spec.kafka, &spec.group, spec.inputs, spec.store.clone())?;
+        crate::metrics_names::register(spec.name);
+        let producer = ReliableProducer::new(spec.kafka.producer()?, shutdown.clone(), spec.name);
+        let consumer = PartitionedConsumer::new(
+            spec.name,
+            spec.kafka,
+            &spec.group,
+            spec.inputs,
+            spec.store.clone(),
+        )?;
         let deadletters = DeadLetters::new(
             producer.clone(),
             spec.kafka.topics().deadletter(),
@@ -75,7 +81,7 @@ impl ServiceParts {
         };
         ops.serve(
             spec.metrics_addr,
-            telemetry::ops_router(health.clone(), spec.store),
+            telemetry::ops_router(spec.name, health.clone(), spec.store),
         )
         .await?;
         tracing::info!(service = spec.name, inputs = ?spec.inputs, group = spec.group, "Service started.");

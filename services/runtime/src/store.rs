@@ -86,6 +86,33 @@ impl Store {
         collect_prefix(self.db.iterator(mode), prefix, limit)
     }
 
+    /// Visits the keys starting with `prefix` and sorting before `before` (all of them when
+    /// `None`), last key first, until `visit` returns false: for paging back through an index.
+    pub fn visit_keys_rev(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        mut visit: impl FnMut(&str) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut upper = prefix.as_bytes().to_vec();
+        upper.push(0xFF);
+        let start = before.map_or(upper, |b| b.as_bytes().to_vec());
+        let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Reverse);
+        for item in self.db.iterator(mode) {
+            let (key, _) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if before.is_some_and(|b| key.as_ref() >= b.as_bytes()) {
+                continue;
+            }
+            if !visit(&String::from_utf8_lossy(&key))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The offset of the next record to read from a topic partition, if this store has read any.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
         self.get(&offset_key(topic, partition))

@@ -76,23 +76,22 @@ impl Health {
 
 #[derive(Clone)]
 struct OpsState {
+    service: &'static str,
     metrics: PrometheusHandle,
     health: Arc<Health>,
     store: Option<Store>,
 }
 
 /// `/metrics`, `/healthz` and `/debug/state`.
-pub fn ops_router(health: Arc<Health>, store: Option<Store>) -> Router {
+pub fn ops_router(service: &'static str, health: Arc<Health>, store: Option<Store>) -> Router {
     let state = OpsState {
+        service,
         metrics: metrics_handle(),
         health,
         store,
     };
     Router::new()
-        .route(
-            "/metrics",
-            get(|State(s): State<OpsState>| async move { s.metrics.render() }),
-        )
+        .route("/metrics", get(render_metrics))
         .route(
             "/healthz",
             get(|State(s): State<OpsState>| async move {
@@ -101,6 +100,15 @@ pub fn ops_router(health: Arc<Health>, store: Option<Store>) -> Router {
         )
         .route("/debug/state", get(debug_state))
         .with_state(state)
+}
+
+/// The metrics, with the store's size read at the moment of the scrape.
+async fn render_metrics(State(s): State<OpsState>) -> String {
+    if let Some(store) = &s.store {
+        metrics::gauge!(crate::metrics_names::STORE_SIZE, "service" => s.service)
+            .set(store.size_bytes() as f64);
+    }
+    s.metrics.render()
 }
 
 async fn debug_state(

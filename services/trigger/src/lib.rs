@@ -126,6 +126,7 @@ pub async fn run(
         metrics_addr: config.metrics_addr,
     };
     let parts = ServiceParts::start(spec, shutdown).await?;
+    m::register();
     let mut trigger = Trigger {
         topics,
         store,

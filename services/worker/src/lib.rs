@@ -203,6 +203,7 @@ pub async fn run_with_handlers(
         ?task_types,
         "Worker ready."
     );
+    m::register(&config.pool, config.max_concurrent.max(1));
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let mut worker = Worker {
         reporter: Reporter {

@@ -4,3 +4,12 @@ pub(crate) const TASKS: &str = "kairos_worker_tasks_total";
 pub(crate) const DURATION: &str = "kairos_worker_task_duration_seconds";
 pub(crate) const IN_FLIGHT: &str = "kairos_worker_in_flight_tasks";
 pub(crate) const QUEUED: &str = "kairos_worker_queued_tasks";
+/// How many tasks this worker runs at once (`--max-concurrent`), by `pool`.
+pub(crate) const CAPACITY: &str = "kairos_worker_capacity_tasks";
+
+/// Sets the gauges a worker has from its start, so a dashboard can divide by capacity at once.
+pub(crate) fn register(pool: &str, capacity: usize) {
+    metrics::gauge!(CAPACITY, "pool" => pool.to_string()).set(capacity as f64);
+    metrics::gauge!(IN_FLIGHT, "pool" => pool.to_string()).set(0.0);
+    metrics::gauge!(QUEUED, "pool" => pool.to_string()).set(0.0);
+}

@@ -1,0 +1,104 @@
+//! Writing jobs and manual runs: the one path `kairosctl` and the aggregator's REST API share.
+//! Writes go to Kafka, never around it; the read models follow from the topics.
+
+use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
+use kairos_core::{JobDefinition, JobId, Timestamp};
+
+use crate::codec;
+use crate::kafka::{ensure_topic, partition_counts, task_topic_config, Delivered, Producer};
+use crate::KafkaArgs;
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("topic {0} does not exist; run `kairosctl topics apply` first")]
+    NoJobsTopic(String),
+    #[error("the broker cannot be reached: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+/// A job written to the jobs topic.
+pub struct Written {
+    pub delivered: Delivered,
+    /// Whether the job's pool is new and its task topic was created for it.
+    pub created_pool_topic: Option<String>,
+}
+
+/// Puts a validated definition on the jobs topic, creating its pool's task topic first if the
+/// pool is new (workers of a new pool need a topic to subscribe to).
+pub async fn put_job(
+    kafka: &KafkaArgs,
+    producer: &Producer,
+    job: &JobDefinition,
+) -> Result<Written, WriteError> {
+    let topics = kafka.topics();
+    // A metadata round trip; rare enough (one per write) to block this worker thread for.
+    let counts = tokio::task::block_in_place(|| partition_counts(kafka))
+        .map_err(|e| WriteError::Broker(e.to_string()))?;
+    let partitions = *counts
+        .get(&topics.jobs())
+        .ok_or_else(|| WriteError::NoJobsTopic(topics.jobs()))?;
+    let pool_topic = topics.tasks(&job.pool);
+    let created = ensure_topic(kafka, &pool_topic, partitions, &task_topic_config())
+        .await
+        .map_err(|e| WriteError::Broker(format!("{e:#}")))?;
+    let bytes = codec::encode_job(job)?;
+    let delivered = producer
+        .send(&topics.jobs(), job.id.as_str(), Some(&bytes))
+        .await
+        .map_err(|e| WriteError::Broker(e.to_string()))?;
+    Ok(Written {
+        delivered,
+        created_pool_topic: created.then_some(pool_topic),
+    })
+}
+
+/// Deletes a job: a tombstone on the jobs topic.
+pub async fn delete_job(
+    kafka: &KafkaArgs,
+    producer: &Producer,
+    id: &JobId,
+) -> Result<Delivered, WriteError> {
+    producer
+        .send(&kafka.topics().jobs(), id.as_str(), None)
+        .await
+        .map_err(|e| WriteError::Broker(e.to_string()))
+}
+
+/// The `RunScheduled` of a run asked for by hand (`manual`) or by a backfill, for `slot`. Its run
+/// id is derived from (job, slot, kind): asking twice for the same slot is one run.
+pub fn requested_run(
+    job: &JobDefinition,
+    definition_offset: i64,
+    slot: Timestamp,
+    kind: TriggerKind,
+) -> RunEvent {
+    // The ledger carries milliseconds; the run id must be derived from what it will carry.
+    let slot = kairos_core::from_millis(kairos_core::to_millis(slot)).unwrap_or(slot);
+    RunEvent {
+        job_id: job.id.clone(),
+        run_id: RunId::derive(&job.id, slot, kind),
+        scheduled_for: slot,
+        at: crate::now(),
+        kind: RunEventKind::RunScheduled {
+            trigger: kind,
+            definition_offset,
+        },
+        shard: None,
+    }
+}
+
+/// Appends a requested run to the ledger.
+pub async fn schedule_run(
+    kafka: &KafkaArgs,
+    producer: &Producer,
+    event: &RunEvent,
+) -> Result<Delivered, WriteError> {
+    let bytes = codec::encode_run_event(event)?;
+    producer
+        .send(&kafka.topics().runs(), event.job_id.as_str(), Some(&bytes))
+        .await
+        .map_err(|e| WriteError::Broker(e.to_string()))
+}
