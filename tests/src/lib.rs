@@ -637,6 +637,23 @@ pub async fn get_json(url: &str) -> Option<serde_json::Value> {
     response.json().await.ok()
 }
 
+/// The Prometheus text a service exports at `addr`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let url = format!("http://{addr}/metrics");
+    let response = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    response.text().await.expect("a metrics body")
+}
+
+/// The value of one series (`name{labels}` exactly as exported) in Prometheus text.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// The ledger events of one job, in ledger order.
 pub fn events_of<'a>(ledger: &'a [RunEvent], job: &str) -> Vec<&'a RunEvent> {
     ledger.iter().filter(|e| e.job_id.as_str() == job).collect()
