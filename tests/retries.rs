@@ -177,3 +177,34 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
     }
     stop_all(services).await;
 }
+
+/// A retry that is due before its `RetryScheduled` is even read back (a 1 ms backoff) is taken
+/// when it is read back, and the dispatcher goes on reading meanwhile: it once spun on the
+/// overdue timer and never read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_due_before_it_is_read_back_does_not_stall_the_dispatcher() {
+    let stack = Stack::new(1).await;
+    let services = stack.start_pipeline().await;
+    stack
+        .apply_job(one_shot("eager", "exit 1", 3, Duration::from_millis(1)))
+        .await;
+    stack.apply_job(one_shot_job("after", "true", 4)).await;
+    for (job, last) in [("eager", "RunAbandoned"), ("after", "RunSucceeded")] {
+        wait_for(
+            &format!("{job} to end with {last}"),
+            Duration::from_secs(30),
+            || async {
+                let ledger = stack.job_ledger(job);
+                ledger.iter().any(|e| e.kind.name() == last).then_some(())
+            },
+        )
+        .await;
+    }
+    let eager = stack.job_ledger("eager");
+    let dispatched = eager
+        .iter()
+        .filter(|e| e.kind.name() == "RunDispatched")
+        .count();
+    assert_eq!(dispatched, 3, "{:?}", names(&events_of(&eager, "eager")));
+    stop_all(services).await;
+}

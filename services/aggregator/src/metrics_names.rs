@@ -36,6 +36,9 @@ pub(crate) fn register() {
     for outcome in ["delivered", "retried", "failed", "dropped"] {
         metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).absolute(0);
     }
+    for expected in ["true", "false"] {
+        metrics::counter!(UNAPPLIED_EVENTS, "expected" => expected).absolute(0);
+    }
     metrics::counter!(RETRIES).absolute(0);
     metrics::counter!(TIMEOUTS).absolute(0);
 }

@@ -103,6 +103,9 @@ fn parse_limit(s: &str) -> Result<(String, usize), String> {
 /// How long the dispatcher waits for the heartbeat topic's offsets at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The soonest a timer set by a reconcile fires.
+const MIN_TIMER_DELAY: chrono::Duration = chrono::Duration::milliseconds(20);
+
 /// A heartbeat record as read: its partition, offset and decoded beat (none for a tombstone).
 type HeartbeatRead = (i32, i64, Option<Result<WorkerHeartbeat, codec::CodecError>>);
 
@@ -183,6 +186,7 @@ pub async fn run(
         metrics_addr: config.metrics_addr,
     };
     let parts = ServiceParts::start(spec, shutdown).await?;
+    m::register();
     let mut dispatcher = Dispatcher {
         kafka: config.kafka.clone(),
         topics,
@@ -367,13 +371,16 @@ impl Dispatcher {
     }
 
     /// Reconciles the jobs whose timers (retry due times) have come due.
+    /// Only the timers due when it begins: one that a reconcile sets again, already due, waits
+    /// for the next turn of the loop, so records keep being read in between.
     async fn wake_due(&mut self) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
-        while let Some((due, partition, job)) = self.timers.first().cloned() {
-            if due > now {
-                break;
-            }
+        let mut due = vec![];
+        while let Some(timer) = self.timers.first().filter(|(at, _, _)| *at <= now) {
+            due.push(timer.clone());
             self.timers.pop_first();
+        }
+        for (_, partition, job) in due {
             if self.consumer.is_caught_up(partition) {
                 self.reconcile(partition, Some(&job)).await?;
             }
@@ -655,7 +662,15 @@ impl Dispatcher {
                     None => break,
                 }
             }
+            // A run awaiting its step is reconciled when the step is read back; a timer for it
+            // now could already be due and would only spin.
+            if self.awaiting.contains_key(&runs[i].run_id) {
+                continue;
+            }
             if let Some(due) = wake_at(&runs[i], definition.as_ref(), self.deadline_margin) {
+                // Timers come before records in the loop: one that is due at every turn (a run
+                // whose retry is overdue but whose pool is full) must leave room for reading.
+                let due = due.max(kairos_runtime::now() + MIN_TIMER_DELAY);
                 self.timers.insert((due, partition, job.to_string()));
             }
         }

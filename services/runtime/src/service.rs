@@ -60,7 +60,6 @@ impl ServiceParts {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
         let shutdown = telemetry::shutdown_token(shutdown);
-        crate::metrics_names::register(spec.name);
         let producer = ReliableProducer::new(spec.kafka.producer()?, shutdown.clone(), spec.name);
         let consumer = PartitionedConsumer::new(
             spec.name,
@@ -84,6 +83,8 @@ impl ServiceParts {
             telemetry::ops_router(spec.name, health.clone(), spec.store),
         )
         .await?;
+        // After the ops router, which installs the recorder.
+        crate::metrics_names::register(spec.name);
         tracing::info!(service = spec.name, inputs = ?spec.inputs, group = spec.group, "Service started.");
         Ok(ServiceParts {
             shutdown,

@@ -144,13 +144,15 @@ impl Store {
             .collect())
     }
 
-    /// Bytes RocksDB reports for live SST files.
+    /// Bytes the store holds: its SST files on disk and its memtables.
     pub fn size_bytes(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.size-all-mem-tables",
+        ]
+        .iter()
+        .filter_map(|property| self.db.property_int_value(*property).ok().flatten())
+        .sum()
     }
 }
 
