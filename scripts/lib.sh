@@ -35,6 +35,15 @@ ensure_packages() {
   command -v cargo >/dev/null || die "cargo is not installed; install Rust from https://rustup.rs"
 }
 
+# Headless Chromium, for the test that renders the aggregator's status page as a browser does.
+ensure_chromium() {
+  command -v chromium >/dev/null && return
+  log "Installing Chromium (Debian package) for the status page test"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+}
+
 # The Kafka-protocol broker for local runs and tests (about 18 minutes to build the first time).
 ensure_nisshi() {
   if [ -x "$KAIROS_TOOLS/bin/nisshi" ] && "$KAIROS_TOOLS/bin/nisshi" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then

@@ -6,6 +6,7 @@ cd "$KAIROS_ROOT"
 
 ensure_packages
 ensure_nisshi
+ensure_chromium
 started=$SECONDS
 
 log "Building"
@@ -23,6 +24,7 @@ trap cleanup EXIT
 wait_for_port "$port" "the test broker"
 export KAIROS_TEST_BROKERS="127.0.0.1:$port"
 export KAIROS_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
+export KAIROS_TEST_CHROMIUM="$(command -v chromium)"
 
 log "Running the tests (broker on $KAIROS_TEST_BROKERS)"
 status=0

@@ -22,6 +22,7 @@ use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReas
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert, AlertKind};
 use kairos_runtime::deadletter::DeadLetters;
+use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::workers::Liveness;
@@ -189,17 +190,12 @@ pub async fn run(
     let topics = config.kafka.topics();
     check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs()])?;
     check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
-    let inputs = [
-        topics.jobs(),
-        topics.runs(),
-        topics.heartbeats(),
-        topics.deadletter(),
-    ];
+    let (group, inputs) = topics.consumes(&ServiceKind::Aggregator);
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "aggregator",
         kafka: &config.kafka,
-        group: topics.group("aggregator"),
+        group,
         inputs: &inputs,
         store: Some(store.clone()),
         metrics_addr: config.metrics_addr,

@@ -29,6 +29,7 @@ use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::DeadLetters;
+use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer, CONSUME_RETRY_BACKOFF,
@@ -143,7 +144,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
-    let inputs = [topics.jobs(), topics.runs(), topics.control()];
+    let (group, inputs) = topics.consumes(&ServiceKind::Dispatcher);
     let partitions = check_co_partitioning(
         &config.kafka,
         &[
@@ -180,7 +181,7 @@ pub async fn run(
     let spec = ServiceSpec {
         name: "dispatcher",
         kafka: &config.kafka,
-        group: topics.group("dispatcher"),
+        group,
         inputs: &inputs,
         store: Some(store.clone()),
         metrics_addr: config.metrics_addr,

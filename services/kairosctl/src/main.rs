@@ -1,25 +1,28 @@
 //! `kairosctl`: the operator CLI. Writes go to Kafka (never around it); reads come from the
-//! aggregator's REST API. Every input is validated before anything is produced.
+//! aggregator's REST API. Every input is validated before anything is produced. Output is a table
+//! or a few lines for people, or with `--json` one JSON document for programs.
+
+mod replay;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{parse_timezone, Schedule};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::jobs;
-use kairos_runtime::kafka::{apply_topics, TopicSet};
+use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicSet};
 use kairos_runtime::KafkaArgs;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
     name = "kairosctl",
     version,
-    about = "Operate Kairos: topics, jobs, runs, schedules."
+    about = "Operate Kairos: topics, jobs, runs, workers, schedules, replays."
 )]
 struct Cli {
     #[command(flatten)]
@@ -32,6 +35,9 @@ struct Cli {
         global = true
     )]
     api: String,
+    /// Print one JSON document instead of a table or text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,13 +67,44 @@ enum Command {
         to: chrono::DateTime<chrono::Utc>,
     },
     /// The worker registry: every worker's pool, status (live, lost, stopped) and load.
-    Workers {
-        #[arg(long)]
-        json: bool,
-    },
+    Workers,
+    /// The alerts the aggregator raised since it started, newest first.
+    Alerts,
     /// Compute a schedule's next fire times.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Make a stopped service read its inputs again from a point and rebuild its state: resets
+    /// its consumer group and drops its local state (the service must be stopped).
+    Replay(ReplayArgs),
+    /// Print a shell completion script, e.g. `kairosctl completions bash > /etc/bash_completion.d/kairosctl`.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["to_earliest", "to_offset", "to_time"])))]
+struct ReplayArgs {
+    /// trigger, dispatcher, aggregator, or worker (with --pool).
+    service: String,
+    /// The worker pool whose group is replayed.
+    #[arg(long, default_value = kairos_core::job::DEFAULT_POOL)]
+    pool: String,
+    /// Read everything the topics still hold.
+    #[arg(long)]
+    to_earliest: bool,
+    /// Read each input partition from this offset (clamped to what the partition holds).
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// Read each input partition from its first record at or after this time (RFC 3339).
+    #[arg(long)]
+    to_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The service's data directory (its RocksDB store), which the replay drops. Needed for the
+    /// trigger, dispatcher and aggregator, run on the service's host.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The service's ops address (its --metrics-addr, e.g. 127.0.0.1:9402): after the reset,
+    /// wait for it to be started again and show its rebuild's progress.
+    #[arg(long)]
+    watch: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -91,16 +128,9 @@ enum JobCommand {
         file: Vec<PathBuf>,
     },
     /// Show one job.
-    Get {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Get { id: String },
     /// List jobs.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Delete a job (a tombstone on the jobs topic).
     Delete { id: String },
     /// Stop a job from firing; its definition stays.
@@ -125,24 +155,18 @@ enum RunsCommand {
         job: String,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only runs in these statuses (comma-separated, e.g. failed,abandoned).
         #[arg(long)]
-        json: bool,
+        status: Option<String>,
     },
     /// Dispatched runs no worker has started, and why, when no live worker serves their pool.
-    Pending {
-        #[arg(long)]
-        json: bool,
-    },
+    Pending,
 }
 
 #[derive(Subcommand)]
 enum RunCommand {
     /// One run with its event history.
-    Get {
-        run_id: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Get { run_id: String },
     /// Cancel a run: a waiting run is removed, a running attempt is stopped on its worker.
     Cancel {
         run_id: String,
@@ -172,170 +196,251 @@ async fn main() {
     }
 }
 
+/// How results are printed.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    /// Prints `value` as JSON, or as `text` renders it for a person.
+    fn print(&self, value: &Value, text: impl FnOnce(&Value)) {
+        if self.json {
+            use std::io::Write as _;
+            // A reader that stops early (`| head`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            text(value);
+        }
+    }
+
+    /// Prints a list under `key` as a table, one row per item.
+    fn table(
+        &self,
+        value: &Value,
+        key: &str,
+        headers: &[&str],
+        row: impl Fn(&Value) -> Vec<String>,
+    ) {
+        self.print(value, |value| {
+            let rows: Vec<Vec<String>> = value[key]
+                .as_array()
+                .map(|items| items.iter().map(&row).collect())
+                .unwrap_or_default();
+            print_table(headers, &rows);
+        });
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Out { json: cli.json };
+    let (kafka, api) = (&cli.kafka, cli.api.as_str());
     match cli.command {
         Command::Topics(TopicsCommand::Apply { file, partitions }) => {
-            topics_apply(&cli.kafka, file.as_deref(), partitions).await
+            topics_apply(&out, kafka, file.as_deref(), partitions).await
         }
-        Command::Job(JobCommand::Apply { file }) => job_apply(&cli.kafka, &file).await,
-        Command::Job(JobCommand::Delete { id }) => job_delete(&cli.kafka, &id).await,
-        Command::Job(JobCommand::Explain { id, limit }) => explain(&cli.api, &id, limit).await,
-        Command::Job(JobCommand::Pause { id }) => set_paused(&cli.kafka, &cli.api, &id, true).await,
-        Command::Job(JobCommand::Resume { id }) => {
-            set_paused(&cli.kafka, &cli.api, &id, false).await
-        }
+        Command::Job(JobCommand::Apply { file }) => job_apply(&out, kafka, &file).await,
+        Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, &id).await,
+        Command::Job(JobCommand::Explain { id, limit }) => explain(&out, api, &id, limit).await,
+        Command::Job(JobCommand::Pause { id }) => set_paused(&out, kafka, api, &id, true).await,
+        Command::Job(JobCommand::Resume { id }) => set_paused(&out, kafka, api, &id, false).await,
         Command::Job(JobCommand::Trigger { id }) => {
             let now = chrono::Utc::now();
-            schedule_runs(&cli.kafka, &cli.api, &id, &[now], TriggerKind::Manual).await
+            schedule_runs(&out, kafka, api, &id, &[now], TriggerKind::Manual).await
         }
-        Command::Workers { json } => {
-            let workers = api_get(&cli.api, "/api/v1/workers").await?;
-            if json {
-                print_json(&workers);
-            } else {
-                let rows: Vec<Vec<String>> = workers["workers"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|w| {
-                        let running = w["in_flight"].as_array().map_or(0, Vec::len);
-                        vec![
-                            text(&w["worker_id"]),
-                            text(&w["pool"]),
-                            text(&w["status"]),
-                            format!("{running}/{}", text(&w["capacity"])),
-                            text(&w["last_seen"]),
-                        ]
-                    })
-                    .collect();
-                print_table(&["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"], &rows);
-            }
+        Command::Backfill { id, from, to } => backfill(&out, kafka, api, &id, from, to).await,
+        Command::Job(JobCommand::Get { id }) => {
+            let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
+            out.print(&job, print_job);
             Ok(())
         }
-        Command::Backfill { id, from, to } => backfill(&cli.kafka, &cli.api, &id, from, to).await,
-        Command::Job(JobCommand::Get { id, json }) => {
-            let job = api_get(&cli.api, &format!("/api/v1/jobs/{id}")).await?;
-            if json {
-                print_json(&job)
-            } else {
-                print_job(&job)
-            }
+        Command::Job(JobCommand::List) => {
+            let jobs = api_get(api, "/api/v1/jobs").await?;
+            out.table(
+                &jobs,
+                "jobs",
+                &["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"],
+                |j| {
+                    vec![
+                        text(&j["id"]),
+                        schedule_text(&j["definition"]["schedule"]),
+                        text(&j["definition"]["pool"]),
+                        text(&j["last_run"]["status"]),
+                        text(&j["next_fire_times"][0]),
+                    ]
+                },
+            );
             Ok(())
         }
-        Command::Job(JobCommand::List { json }) => {
-            let jobs = api_get(&cli.api, "/api/v1/jobs").await?;
-            if json {
-                print_json(&jobs);
-            } else {
-                let rows = jobs["jobs"].as_array().cloned().unwrap_or_default();
-                let rows: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|j| {
-                        vec![
-                            text(&j["id"]),
-                            schedule_text(&j["definition"]["schedule"]),
-                            text(&j["definition"]["pool"]),
-                            text(&j["last_run"]["status"]),
-                            text(&j["next_fire_times"][0]),
-                        ]
-                    })
-                    .collect();
-                print_table(&["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"], &rows);
-            }
+        Command::Workers => {
+            let workers = api_get(api, "/api/v1/workers").await?;
+            out.table(
+                &workers,
+                "workers",
+                &["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"],
+                |w| {
+                    let running = w["in_flight"].as_array().map_or(0, Vec::len);
+                    vec![
+                        text(&w["worker_id"]),
+                        text(&w["pool"]),
+                        text(&w["status"]),
+                        format!("{running}/{}", text(&w["capacity"])),
+                        text(&w["last_seen"]),
+                    ]
+                },
+            );
             Ok(())
         }
-        Command::Runs(RunsCommand::Pending { json }) => {
-            let pending = api_get(&cli.api, "/api/v1/runs/pending").await?;
-            if json {
-                print_json(&pending);
-            } else {
-                let rows: Vec<Vec<String>> = pending["runs"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        let waited = r["waiting_ms"].as_i64().unwrap_or(0) / 1000;
-                        vec![
-                            text(&r["run_id"]),
-                            text(&r["job_id"]),
-                            text(&r["pool"]),
-                            format!("{waited}s"),
-                            r["unserved"]
-                                .as_str()
-                                .unwrap_or("queued on a live worker")
-                                .to_string(),
-                        ]
-                    })
-                    .collect();
-                print_table(&["RUN", "JOB", "POOL", "WAITING", "WHY"], &rows);
-            }
+        Command::Alerts => {
+            let alerts = api_get(api, "/api/v1/alerts").await?;
+            out.table(&alerts, "alerts", &["AT", "KIND", "MESSAGE"], |a| {
+                vec![text(&a["at"]), text(&a["kind"]), text(&a["message"])]
+            });
             Ok(())
         }
-        Command::Runs(RunsCommand::List { job, limit, json }) => {
-            let runs = api_get(&cli.api, &format!("/api/v1/jobs/{job}/runs?limit={limit}")).await?;
-            if json {
-                print_json(&runs);
-            } else {
-                let rows: Vec<Vec<String>> = runs["runs"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            text(&r["run_id"]),
-                            text(&r["scheduled_for"]),
-                            text(&r["status"]),
-                            text(&r["attempt"]),
-                            text(&r["worker_id"]),
-                            text(&r["output"]["exit_code"]),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &[
-                        "RUN",
-                        "SCHEDULED FOR",
-                        "STATUS",
-                        "ATTEMPT",
-                        "WORKER",
-                        "EXIT",
-                    ],
-                    &rows,
-                );
-            }
+        Command::Runs(RunsCommand::Pending) => {
+            let pending = api_get(api, "/api/v1/runs/pending").await?;
+            out.table(
+                &pending,
+                "runs",
+                &["RUN", "JOB", "POOL", "WAITING", "WHY"],
+                |r| {
+                    let waited = r["waiting_ms"].as_i64().unwrap_or(0) / 1000;
+                    vec![
+                        text(&r["run_id"]),
+                        text(&r["job_id"]),
+                        text(&r["pool"]),
+                        format!("{waited}s"),
+                        r["unserved"]
+                            .as_str()
+                            .unwrap_or("queued on a live worker")
+                            .to_string(),
+                    ]
+                },
+            );
+            Ok(())
+        }
+        Command::Runs(RunsCommand::List { job, limit, status }) => {
+            let filter = status.map(|s| format!("&status={s}")).unwrap_or_default();
+            let runs = api_get(
+                api,
+                &format!("/api/v1/jobs/{job}/runs?limit={limit}{filter}"),
+            )
+            .await?;
+            out.table(
+                &runs,
+                "runs",
+                &[
+                    "RUN",
+                    "SCHEDULED FOR",
+                    "STATUS",
+                    "ATTEMPT",
+                    "WORKER",
+                    "EXIT",
+                ],
+                |r| {
+                    vec![
+                        text(&r["run_id"]),
+                        text(&r["scheduled_for"]),
+                        text(&r["status"]),
+                        text(&r["attempt"]),
+                        text(&r["worker_id"]),
+                        text(&r["output"]["exit_code"]),
+                    ]
+                },
+            );
             Ok(())
         }
         Command::Run(RunCommand::Cancel { run_id, reason }) => {
-            run_cancel(&cli.kafka, &cli.api, &run_id, reason).await
+            run_cancel(&out, kafka, api, &run_id, reason).await
         }
-        Command::Run(RunCommand::Get { run_id, json }) => {
-            let run = api_get(&cli.api, &format!("/api/v1/runs/{run_id}")).await?;
-            if json {
-                print_json(&run)
-            } else {
-                print_run(&run)
-            }
+        Command::Run(RunCommand::Get { run_id }) => {
+            let run = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
+            out.print(&run, print_run);
             Ok(())
         }
         Command::Schedule(ScheduleCommand::Next { expr, tz, count }) => {
             let schedule = Schedule::cron(&expr, &tz)?;
             let zone = parse_timezone(&tz)?;
-            for t in schedule.upcoming(chrono::Utc::now(), count) {
-                println!(
-                    "{}  ({})",
-                    t.with_timezone(&zone).to_rfc3339(),
-                    t.to_rfc3339()
-                );
-            }
+            let times = schedule.upcoming(chrono::Utc::now(), count);
+            let value = json!({"cron": expr, "timezone": tz, "next_fire_times": times});
+            out.print(&value, |_| {
+                for t in &times {
+                    println!(
+                        "{}  ({})",
+                        t.with_timezone(&zone).to_rfc3339(),
+                        t.to_rfc3339()
+                    );
+                }
+            });
+            Ok(())
+        }
+        Command::Replay(args) => replay(&out, kafka, args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kairosctl",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     }
 }
 
+async fn replay(out: &Out, kafka: &KafkaArgs, args: ReplayArgs) -> anyhow::Result<()> {
+    let service = match args.service.as_str() {
+        "trigger" => ServiceKind::Trigger,
+        "dispatcher" => ServiceKind::Dispatcher,
+        "aggregator" => ServiceKind::Aggregator,
+        "worker" => ServiceKind::Worker {
+            pool: args.pool.clone(),
+        },
+        other => bail!("unknown service {other:?}: one of trigger, dispatcher, worker, aggregator"),
+    };
+    let from = match (args.to_earliest, args.to_offset, args.to_time) {
+        (true, _, _) => replay::From::Earliest,
+        (_, Some(offset), _) => replay::From::Offset(offset),
+        (_, _, Some(time)) => replay::From::Time(time),
+        _ => bail!("say where to replay from: --to-earliest, --to-offset or --to-time"),
+    };
+    let reset = replay::reset(kafka, &service, from, args.data_dir.as_deref())?;
+    let mut value = reset.to_json();
+    if !out.json {
+        println!(
+            "reset      group {} to {} partition position(s){}",
+            reset.group,
+            reset.positions.len(),
+            if reset.dropped_store {
+                "; dropped the local store"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(ops) = &args.watch {
+        if !out.json {
+            println!("start the {} again; waiting for it to rebuild (Ctrl-C stops waiting, not the rebuild)", args.service);
+        }
+        let took = replay::watch(ops, &args.service, out.json).await?;
+        value["rebuilt_in_seconds"] = json!(took.as_secs_f64());
+        if !out.json {
+            println!(
+                "rebuilt    in {:.1} s; the {} is caught up",
+                took.as_secs_f64(),
+                args.service
+            );
+        }
+    }
+    out.print(&value, |_| {});
+    Ok(())
+}
+
 async fn topics_apply(
+    out: &Out,
     kafka: &KafkaArgs,
     file: Option<&Path>,
     partitions: Option<i32>,
@@ -352,61 +457,73 @@ async fn topics_apply(
         anyhow::ensure!(partitions > 0, "--partitions must be positive");
         set.partitions = partitions;
     }
-    let report = apply_topics(kafka, &set).await?;
-    for name in &report.created {
-        println!("created    {name}");
-    }
-    for name in &report.unchanged {
-        println!("exists     {name}");
-    }
-    for drift in &report.drift {
-        println!("DRIFT      {drift}");
-    }
+    let report = apply_topics(kafka, &set)
+        .await
+        .map_err(|e| reach_broker(kafka, e))?;
+    let value =
+        json!({"created": report.created, "unchanged": report.unchanged, "drift": report.drift});
+    out.print(&value, |_| {
+        for name in &report.created {
+            println!("created    {name}");
+        }
+        for name in &report.unchanged {
+            println!("exists     {name}");
+        }
+        for drift in &report.drift {
+            println!("DRIFT      {drift}");
+        }
+    });
     Ok(())
 }
 
-/// Reads a job file: YAML (JSON is YAML too), one job or a list of jobs.
-fn read_jobs(path: &Path) -> anyhow::Result<Vec<JobSpec>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // Through a JSON value, so that YAML and JSON files mean exactly the same thing.
-    let value: Value = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{}: not YAML or JSON", path.display()))?;
-    let specs = if value.is_array() {
-        serde_json::from_value::<Vec<JobSpec>>(value)
-    } else {
-        serde_json::from_value::<JobSpec>(value).map(|s| vec![s])
-    };
-    specs.with_context(|| format!("{}: not a job file", path.display()))
+/// Says which broker could not be reached and how to point at another.
+fn reach_broker(kafka: &KafkaArgs, error: impl Into<anyhow::Error>) -> anyhow::Error {
+    error.into().context(format!(
+        "talking to the broker at {} (set --brokers or KAIROS_BROKERS)",
+        kafka.brokers
+    ))
 }
 
-async fn job_apply(kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
+async fn job_apply(out: &Out, kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
     // Validate everything before producing anything.
-    let mut jobs: Vec<JobDefinition> = vec![];
+    let mut definitions: Vec<JobDefinition> = vec![];
     for file in files {
         for spec in read_jobs(file)? {
             let id = spec.id.clone();
-            jobs.push(
+            definitions.push(
                 spec.validate()
                     .with_context(|| format!("{}: job {id:?}", file.display()))?,
             );
         }
     }
     let producer = kafka.producer()?;
-    for job in &jobs {
-        let written = jobs::put_job(kafka, &producer, job).await?;
-        if let Some(topic) = written.created_pool_topic {
-            println!("created    {topic} (new pool {:?})", job.pool);
+    let mut applied = vec![];
+    for job in &definitions {
+        let written = jobs::put_job(kafka, &producer, job)
+            .await
+            .map_err(|e| reach_broker(kafka, e))?;
+        if !out.json {
+            if let Some(topic) = &written.created_pool_topic {
+                println!("created    {topic} (new pool {:?})", job.pool);
+            }
+            println!(
+                "applied    {} (partition {}, offset {})",
+                job.id, written.delivered.partition, written.delivered.offset
+            );
         }
-        println!(
-            "applied    {} (partition {}, offset {})",
-            job.id, written.delivered.partition, written.delivered.offset
-        );
+        applied.push(json!({
+            "job_id": job.id.as_str(),
+            "partition": written.delivered.partition,
+            "offset": written.delivered.offset,
+            "created_pool_topic": written.created_pool_topic,
+        }));
     }
+    out.print(&json!({ "applied": applied }), |_| {});
     Ok(())
 }
 
 async fn run_cancel(
+    out: &Out,
     kafka: &KafkaArgs,
     api: &str,
     run_id: &str,
@@ -435,30 +552,228 @@ async fn run_cancel(
     let producer = kafka.producer()?;
     producer
         .send(&kafka.topics().control(), job_id.as_str(), Some(&bytes))
-        .await?;
-    println!("cancel requested for run {id} of job {job_id}");
+        .await
+        .map_err(|e| reach_broker(kafka, e))?;
+    out.print(
+        &json!({"cancel_requested": id, "job_id": job_id.as_str()}),
+        |_| println!("cancel requested for run {id} of job {job_id}"),
+    );
     Ok(())
 }
 
-async fn explain(api: &str, id: &str, limit: usize) -> anyhow::Result<()> {
+async fn explain(out: &Out, api: &str, id: &str, limit: usize) -> anyhow::Result<()> {
     let runs = api_get(api, &format!("/api/v1/jobs/{id}/runs?limit={limit}")).await?;
-    let runs = runs["runs"].as_array().cloned().unwrap_or_default();
-    if runs.is_empty() {
-        println!("{id} has no runs yet");
-    }
-    for run in runs {
+    let mut explained = vec![];
+    for run in runs["runs"].as_array().cloned().unwrap_or_default() {
         let run_id = text(&run["run_id"]);
         let detail = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
-        println!(
-            "slot {}  run {run_id}  now {}",
-            text(&run["scheduled_for"]),
-            text(&run["status"])
-        );
-        for entry in detail["history"].as_array().cloned().unwrap_or_default() {
-            println!("  {}  {}", text(&entry["at"]), explain_entry(&entry));
-        }
+        let story: Vec<Value> = detail["history"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|entry| json!({"at": entry["at"], "what": explain_entry(entry)}))
+            .collect();
+        explained.push(json!({
+            "run_id": run_id,
+            "scheduled_for": run["scheduled_for"],
+            "status": run["status"],
+            "story": story,
+        }));
     }
+    out.print(&json!({"job_id": id, "runs": explained}), |value| {
+        let runs = value["runs"].as_array().cloned().unwrap_or_default();
+        if runs.is_empty() {
+            println!("{id} has no runs yet");
+        }
+        for run in runs {
+            println!(
+                "slot {}  run {}  now {}",
+                text(&run["scheduled_for"]),
+                text(&run["run_id"]),
+                text(&run["status"])
+            );
+            for line in run["story"].as_array().cloned().unwrap_or_default() {
+                println!("  {}  {}", text(&line["at"]), text(&line["what"]));
+            }
+        }
+    });
     Ok(())
+}
+
+/// The most slots one backfill schedules; a larger range is split by the operator.
+const MAX_BACKFILL_SLOTS: usize = 10_000;
+
+/// The job's current definition and its offset, as the aggregator has it.
+async fn current_job(api: &str, id: &str) -> anyhow::Result<(JobDefinition, i64)> {
+    let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
+    let spec: JobSpec = serde_json::from_value(job["definition"].clone())
+        .context("the API returned a definition this kairosctl cannot read")?;
+    let offset = job["definition_offset"]
+        .as_i64()
+        .context("the API returned no definition offset")?;
+    Ok((spec.validate()?, offset))
+}
+
+async fn set_paused(
+    out: &Out,
+    kafka: &KafkaArgs,
+    api: &str,
+    id: &str,
+    paused: bool,
+) -> anyhow::Result<()> {
+    let (mut job, _) = current_job(api, id).await?;
+    if job.paused == paused {
+        out.print(
+            &json!({"job_id": id, "paused": paused, "changed": false}),
+            |_| {
+                println!(
+                    "{id} is already {}",
+                    if paused { "paused" } else { "running" }
+                )
+            },
+        );
+        return Ok(());
+    }
+    job.paused = paused;
+    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job)
+        .await
+        .map_err(|e| reach_broker(kafka, e))?
+        .delivered;
+    let verb = if paused { "paused" } else { "resumed" };
+    let value = json!({"job_id": id, "paused": paused, "changed": true, "partition": delivered.partition, "offset": delivered.offset});
+    out.print(&value, |_| {
+        println!(
+            "{verb:<11}{id} (partition {}, offset {})",
+            delivered.partition, delivered.offset
+        )
+    });
+    Ok(())
+}
+
+async fn backfill(
+    out: &Out,
+    kafka: &KafkaArgs,
+    api: &str,
+    id: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(from <= to, "--from must not be after --to");
+    let (job, _) = current_job(api, id).await?;
+    let start = from - chrono::Duration::milliseconds(1);
+    let slots: Vec<Timestamp> = std::iter::successors(job.schedule.next_after(start), |t| {
+        job.schedule.next_after(*t)
+    })
+    .take_while(|t| *t <= to)
+    .take(MAX_BACKFILL_SLOTS + 1)
+    .collect();
+    anyhow::ensure!(
+        slots.len() <= MAX_BACKFILL_SLOTS,
+        "the range holds more than {MAX_BACKFILL_SLOTS} slots; split it"
+    );
+    anyhow::ensure!(
+        !slots.is_empty(),
+        "the schedule has no slot between {from} and {to}"
+    );
+    schedule_runs(out, kafka, api, id, &slots, TriggerKind::Backfill).await
+}
+
+/// Appends `RunScheduled` for each slot; run ids are derived from (job, slot, kind), so a slot
+/// scheduled twice is one run.
+async fn schedule_runs(
+    out: &Out,
+    kafka: &KafkaArgs,
+    api: &str,
+    id: &str,
+    slots: &[Timestamp],
+    kind: TriggerKind,
+) -> anyhow::Result<()> {
+    let (job, definition_offset) = current_job(api, id).await?;
+    let producer = kafka.producer()?;
+    let progress = if out.json || slots.len() == 1 {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(slots.len() as u64)
+    };
+    let mut runs = vec![];
+    for slot in slots {
+        let event = jobs::requested_run(&job, definition_offset, *slot, kind);
+        jobs::schedule_run(kafka, &producer, &event)
+            .await
+            .map_err(|e| reach_broker(kafka, e))?;
+        runs.push(json!({"run_id": event.run_id, "scheduled_for": event.scheduled_for}));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let value = json!({"job_id": job.id.as_str(), "trigger": kind.as_str(), "runs": runs});
+    out.print(&value, |value| match slots {
+        [_] => println!(
+            "scheduled  run {} of {} ({})",
+            text(&value["runs"][0]["run_id"]),
+            job.id,
+            kind.as_str()
+        ),
+        _ => println!(
+            "backfilled {} slots of {} from {} to {}",
+            slots.len(),
+            job.id,
+            slots[0],
+            slots[slots.len() - 1]
+        ),
+    });
+    Ok(())
+}
+
+async fn job_delete(out: &Out, kafka: &KafkaArgs, id: &str) -> anyhow::Result<()> {
+    let id = kairos_core::JobId::parse(id)?;
+    let delivered = jobs::delete_job(kafka, &kafka.producer()?, &id)
+        .await
+        .map_err(|e| reach_broker(kafka, e))?;
+    let value = json!({"deleted": id.as_str(), "partition": delivered.partition, "offset": delivered.offset});
+    out.print(&value, |_| {
+        println!(
+            "deleted    {id} (partition {}, offset {})",
+            delivered.partition, delivered.offset
+        )
+    });
+    Ok(())
+}
+
+async fn api_get(api: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", api.trim_end_matches('/'));
+    let response = reqwest::get(&url).await.with_context(|| {
+        format!("cannot reach the aggregator at {api} (is it running? set --api or KAIROS_API)")
+    })?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url}: the answer is not JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "{} ({status})",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        );
+    }
+    Ok(body)
+}
+
+/// Reads a job file: YAML (JSON is YAML too), one job or a list of jobs.
+fn read_jobs(path: &Path) -> anyhow::Result<Vec<JobSpec>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Through a JSON value, so that YAML and JSON files mean exactly the same thing.
+    let value: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not YAML or JSON", path.display()))?;
+    let specs = if value.is_array() {
+        serde_json::from_value::<Vec<JobSpec>>(value)
+    } else {
+        serde_json::from_value::<JobSpec>(value).map(|s| vec![s])
+    };
+    specs.with_context(|| format!("{}: not a job file", path.display()))
 }
 
 /// One ledger event of a run, in words.
@@ -512,142 +827,6 @@ fn explain_entry(entry: &Value) -> String {
     }
 }
 
-/// The most slots one backfill schedules; a larger range is split by the operator.
-const MAX_BACKFILL_SLOTS: usize = 10_000;
-
-/// The job's current definition and its offset, as the aggregator has it.
-async fn current_job(api: &str, id: &str) -> anyhow::Result<(JobDefinition, i64)> {
-    let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
-    let spec: JobSpec = serde_json::from_value(job["definition"].clone())
-        .context("the API returned a definition this kairosctl cannot read")?;
-    let offset = job["definition_offset"]
-        .as_i64()
-        .context("the API returned no definition offset")?;
-    Ok((spec.validate()?, offset))
-}
-
-async fn set_paused(kafka: &KafkaArgs, api: &str, id: &str, paused: bool) -> anyhow::Result<()> {
-    let (mut job, _) = current_job(api, id).await?;
-    if job.paused == paused {
-        println!(
-            "{id} is already {}",
-            if paused { "paused" } else { "running" }
-        );
-        return Ok(());
-    }
-    job.paused = paused;
-    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job)
-        .await?
-        .delivered;
-    let verb = if paused { "paused" } else { "resumed" };
-    println!(
-        "{verb:<11}{id} (partition {}, offset {})",
-        delivered.partition, delivered.offset
-    );
-    Ok(())
-}
-
-async fn backfill(
-    kafka: &KafkaArgs,
-    api: &str,
-    id: &str,
-    from: Timestamp,
-    to: Timestamp,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(from <= to, "--from must not be after --to");
-    let (job, _) = current_job(api, id).await?;
-    let start = from - chrono::Duration::milliseconds(1);
-    let slots: Vec<Timestamp> = std::iter::successors(job.schedule.next_after(start), |t| {
-        job.schedule.next_after(*t)
-    })
-    .take_while(|t| *t <= to)
-    .take(MAX_BACKFILL_SLOTS + 1)
-    .collect();
-    anyhow::ensure!(
-        slots.len() <= MAX_BACKFILL_SLOTS,
-        "the range holds more than {MAX_BACKFILL_SLOTS} slots; split it"
-    );
-    anyhow::ensure!(
-        !slots.is_empty(),
-        "the schedule has no slot between {from} and {to}"
-    );
-    schedule_runs(kafka, api, id, &slots, TriggerKind::Backfill).await
-}
-
-/// Appends `RunScheduled` for each slot; run ids are derived from (job, slot, kind), so a slot
-/// scheduled twice is one run.
-async fn schedule_runs(
-    kafka: &KafkaArgs,
-    api: &str,
-    id: &str,
-    slots: &[Timestamp],
-    kind: TriggerKind,
-) -> anyhow::Result<()> {
-    let (job, definition_offset) = current_job(api, id).await?;
-    let producer = kafka.producer()?;
-    for (done, slot) in slots.iter().enumerate() {
-        let event = jobs::requested_run(&job, definition_offset, *slot, kind);
-        jobs::schedule_run(kafka, &producer, &event).await?;
-        if slots.len() == 1 {
-            println!(
-                "scheduled  run {} of {} ({})",
-                event.run_id,
-                job.id,
-                kind.as_str()
-            );
-        } else {
-            eprint!(
-                "\rscheduled  {}/{} slots of {}",
-                done + 1,
-                slots.len(),
-                job.id
-            );
-        }
-    }
-    if slots.len() > 1 {
-        eprintln!();
-        println!(
-            "backfilled {} slots of {} from {} to {}",
-            slots.len(),
-            job.id,
-            slots[0],
-            slots[slots.len() - 1]
-        );
-    }
-    Ok(())
-}
-
-async fn job_delete(kafka: &KafkaArgs, id: &str) -> anyhow::Result<()> {
-    let id = kairos_core::JobId::parse(id)?;
-    let delivered = jobs::delete_job(kafka, &kafka.producer()?, &id).await?;
-    println!(
-        "deleted    {id} (partition {}, offset {})",
-        delivered.partition, delivered.offset
-    );
-    Ok(())
-}
-
-async fn api_get(api: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", api.trim_end_matches('/'));
-    let response = reqwest::get(&url).await.with_context(|| {
-        format!("cannot reach the aggregator at {api} (is it running? set --api or KAIROS_API)")
-    })?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .with_context(|| format!("{url}: the answer is not JSON"))?;
-    if !status.is_success() {
-        bail!(
-            "{} ({status})",
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed")
-        );
-    }
-    Ok(body)
-}
-
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
@@ -667,13 +846,6 @@ fn schedule_text(schedule: &Value) -> String {
     } else {
         format!("at {}", text(&schedule["at"]))
     }
-}
-
-fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {

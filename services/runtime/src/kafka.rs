@@ -183,6 +183,53 @@ impl Topics {
     pub fn group(&self, service: &str) -> String {
         format!("{}-{}", self.prefix, service)
     }
+
+    /// The group a service consumes in and the topics it reads there: the one description the
+    /// services and `kairosctl replay` share.
+    pub fn consumes(&self, service: &ServiceKind) -> (String, Vec<String>) {
+        match service {
+            ServiceKind::Trigger => (
+                self.group("trigger"),
+                vec![self.jobs(), self.trigger_state()],
+            ),
+            ServiceKind::Dispatcher => (
+                self.group("dispatcher"),
+                vec![self.jobs(), self.runs(), self.control()],
+            ),
+            ServiceKind::Worker { pool } => (
+                self.group(&format!("workers-{pool}")),
+                vec![self.tasks(pool)],
+            ),
+            ServiceKind::Aggregator => (
+                self.group("aggregator"),
+                vec![
+                    self.jobs(),
+                    self.runs(),
+                    self.heartbeats(),
+                    self.deadletter(),
+                ],
+            ),
+        }
+    }
+}
+
+/// The four services, as far as their consumer groups are concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    Trigger,
+    Dispatcher,
+    /// The workers of one pool share a group.
+    Worker {
+        pool: String,
+    },
+    Aggregator,
+}
+
+impl ServiceKind {
+    /// Whether the service keeps local state (a RocksDB store) that it rebuilds from its inputs.
+    pub fn has_store(&self) -> bool {
+        !matches!(self, ServiceKind::Worker { .. })
+    }
 }
 
 /// A producer whose sends complete when the broker has acknowledged the record.

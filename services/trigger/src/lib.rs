@@ -21,6 +21,7 @@ use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::DeadLetters;
+use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, LogFormat};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
@@ -111,7 +112,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
-    let inputs = [topics.jobs(), topics.trigger_state()];
+    let (group, inputs) = topics.consumes(&ServiceKind::Trigger);
     check_co_partitioning(
         &config.kafka,
         &[topics.jobs(), topics.trigger_state(), topics.runs()],
@@ -120,7 +121,7 @@ pub async fn run(
     let spec = ServiceSpec {
         name: "trigger",
         kafka: &config.kafka,
-        group: topics.group("trigger"),
+        group,
         inputs: &inputs,
         store: Some(store.clone()),
         metrics_addr: config.metrics_addr,

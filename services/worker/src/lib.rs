@@ -34,6 +34,7 @@ use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_core::{CancelRequest, JobId, TaskAssigned};
 use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
+use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer,
@@ -176,11 +177,13 @@ pub async fn run_with_handlers(
         tracing::info!(topic = input, "Created the task topic of a new pool.");
     }
     check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;
-    let inputs = [input.clone()];
+    let (group, inputs) = topics.consumes(&ServiceKind::Worker {
+        pool: config.pool.clone(),
+    });
     let spec = ServiceSpec {
         name: "worker",
         kafka: &config.kafka,
-        group: topics.group(&format!("workers-{}", config.pool)),
+        group,
         inputs: &inputs,
         store: None,
         metrics_addr: config.metrics_addr,
