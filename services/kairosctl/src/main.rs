@@ -117,6 +117,9 @@ enum TopicsCommand {
         /// Override the partition count of the co-partitioned topics (new installations only).
         #[arg(long)]
         partitions: Option<i32>,
+        /// Override the replication factor of every topic (3 on a production cluster).
+        #[arg(long)]
+        replication_factor: Option<i32>,
     },
 }
 
@@ -239,9 +242,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Out { json: cli.json };
     let (kafka, api) = (&cli.kafka, cli.api.as_str());
     match cli.command {
-        Command::Topics(TopicsCommand::Apply { file, partitions }) => {
-            topics_apply(&out, kafka, file.as_deref(), partitions).await
-        }
+        Command::Topics(TopicsCommand::Apply {
+            file,
+            partitions,
+            replication_factor,
+        }) => topics_apply(&out, kafka, file.as_deref(), partitions, replication_factor).await,
         Command::Job(JobCommand::Apply { file }) => job_apply(&out, kafka, &file).await,
         Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, &id).await,
         Command::Job(JobCommand::Explain { id, limit }) => explain(&out, api, &id, limit).await,
@@ -444,6 +449,7 @@ async fn topics_apply(
     kafka: &KafkaArgs,
     file: Option<&Path>,
     partitions: Option<i32>,
+    replication_factor: Option<i32>,
 ) -> anyhow::Result<()> {
     let mut set = match file {
         Some(path) => TopicSet::parse(
@@ -456,6 +462,10 @@ async fn topics_apply(
     if let Some(partitions) = partitions {
         anyhow::ensure!(partitions > 0, "--partitions must be positive");
         set.partitions = partitions;
+    }
+    if let Some(replication) = replication_factor {
+        anyhow::ensure!(replication > 0, "--replication-factor must be positive");
+        set.replication_factor = replication;
     }
     let report = apply_topics(kafka, &set)
         .await

@@ -828,8 +828,10 @@ pub async fn ensure_topic(
         return Ok(false);
     }
     let admin = args.admin()?;
+    // As replicated as the ledger, so a new pool's tasks are as safe as its runs.
+    let replication = replication_of(args, &args.topics().runs())?;
     let topic = config.iter().fold(
-        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
         |t, (k, v)| t.set(k, v),
     );
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -841,6 +843,20 @@ pub async fn ensure_topic(
     }
     wait_for_topics(args, &[name.to_string()]).await?;
     Ok(true)
+}
+
+/// How many replicas `topic` has (those of its first partition); 1 if it does not exist.
+fn replication_of(args: &KafkaArgs, topic: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = args.client_config().create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().first())
+        .map(|p| i32::try_from(p.replicas().len()).unwrap_or(1).max(1))
+        .next()
+        .unwrap_or(1))
 }
 
 /// Waits until metadata shows the topics, so that the caller can produce to them at once.
