@@ -52,7 +52,9 @@ echo
 cat <<EOT
 
 Kairos is running:
+  status page   $KAIROS_API/
   REST API      $KAIROS_API/api/v1/jobs        (try: curl $KAIROS_API/api/v1/jobs/heartbeat/runs?limit=3)
+  OpenAPI       $KAIROS_API/api/v1/openapi.json
   metrics       http://127.0.0.1:9401/metrics (trigger), :9402 dispatcher, :9403 worker, :9404 aggregator
   CLI           $bin/kairosctl runs list heartbeat
   logs          .kairos/logs/

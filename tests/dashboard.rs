@@ -62,19 +62,11 @@ struct Running {
 }
 
 fn start(stack: &Stack, name: &'static str, binary: &str, extra: &[&str]) -> Running {
-    let metrics = free_addr();
-    let data = stack.data_dir(name);
-    let metrics_arg = metrics.to_string();
-    let mut args = vec!["--metrics-addr", &metrics_arg];
-    let data_arg = data.to_string_lossy().into_owned();
-    if name != "worker" {
-        args.extend(["--data-dir", &data_arg]);
-    }
-    args.extend_from_slice(extra);
+    let (process, metrics) = stack.service_process(name, binary, extra);
     Running {
         name,
         metrics,
-        _process: stack.process(name, binary, &args),
+        _process: process,
     }
 }
 

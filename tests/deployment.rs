@@ -306,40 +306,22 @@ fn the_compose_file_runs_what_the_binaries_accept_on_consistent_ports() {
     }
 }
 
+/// Trigger, dispatcher and a worker as processes, each given `extra` arguments.
+fn pipeline_processes(stack: &Stack, extra: &[&str]) -> Vec<kairos_tests::Process> {
+    let worker = [&["--worker-id", "w1"], extra].concat();
+    vec![
+        stack.service_process("trigger", "kairos-trigger", extra).0,
+        stack
+            .service_process("dispatcher", "kairos-dispatcher", extra)
+            .0,
+        stack.service_process("worker", "kairos-worker", &worker).0,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_job_and_run_ids() {
     let stack = Stack::new(1).await;
-    let metrics = [free_addr(), free_addr(), free_addr()].map(|a| a.to_string());
-    let trigger_dir = stack.data_dir("trigger").to_string_lossy().into_owned();
-    let dispatcher_dir = stack.data_dir("dispatcher").to_string_lossy().into_owned();
-    let json = ["--log-format", "json"];
-    let _trigger = stack.process(
-        "trigger",
-        "kairos-trigger",
-        &[
-            &["--data-dir", &trigger_dir, "--metrics-addr", &metrics[0]],
-            &json[..],
-        ]
-        .concat(),
-    );
-    let _dispatcher = stack.process(
-        "dispatcher",
-        "kairos-dispatcher",
-        &[
-            &["--data-dir", &dispatcher_dir, "--metrics-addr", &metrics[1]],
-            &json[..],
-        ]
-        .concat(),
-    );
-    let _worker = stack.process(
-        "worker",
-        "kairos-worker",
-        &[
-            &["--worker-id", "w1", "--metrics-addr", &metrics[2]],
-            &json[..],
-        ]
-        .concat(),
-    );
+    let _services = pipeline_processes(&stack, &["--log-format", "json"]);
     stack.apply_job(shell_job("logged", "1s", "true")).await;
     let log = stack.data_dir("worker.log");
     let line = wait_for(
@@ -364,4 +346,52 @@ async fn json_logs_carry_the_job_and_run_ids() {
             "not a JSON log line: {l}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use std::sync::{Arc, Mutex};
+    // A collector that keeps what services post to /v1/traces.
+    let received: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let kept = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let kind = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    kept.lock().unwrap().push((kind, body.len()));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let addr = free_addr();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let stack = Stack::new(1).await;
+    let endpoint = format!("http://{addr}");
+    let _services = pipeline_processes(&stack, &["--otlp-endpoint", &endpoint]);
+    stack.apply_job(shell_job("traced", "1s", "true")).await;
+    let posts = wait_for(
+        "spans posted to the collector",
+        Duration::from_secs(60),
+        || async {
+            let posts = received.lock().unwrap().clone();
+            (posts.len() >= 2).then_some(posts)
+        },
+    )
+    .await;
+    assert!(
+        posts
+            .iter()
+            .all(|(kind, len)| kind == "application/x-protobuf" && *len > 0),
+        "{posts:?}"
+    );
 }

@@ -222,6 +222,25 @@ impl Stack {
         }
     }
 
+    /// A service binary as a process of its own, on a fresh metrics address (returned) and, for
+    /// the services with a store, a data directory named `name`; `extra` are further arguments.
+    pub fn service_process(
+        &self,
+        name: &str,
+        binary: &str,
+        extra: &[&str],
+    ) -> (Process, SocketAddr) {
+        let metrics = free_addr();
+        let metrics_arg = metrics.to_string();
+        let data = self.data_dir(name).to_string_lossy().into_owned();
+        let mut args = vec!["--metrics-addr", metrics_arg.as_str()];
+        if binary != "kairos-worker" {
+            args.extend(["--data-dir", data.as_str()]);
+        }
+        args.extend_from_slice(extra);
+        (self.process(name, binary, &args), metrics)
+    }
+
     pub fn aggregator(&self, data: &str) -> Service {
         self.aggregator_with(data, |_| {})
     }

@@ -24,7 +24,7 @@ use kairos_runtime::codec::{self, Alert, AlertKind};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
-use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::Liveness;
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
@@ -78,8 +78,8 @@ pub struct Config {
     /// can reach the API address (which is why it binds 127.0.0.1 by default).
     #[arg(long, env = "KAIROS_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
@@ -98,7 +98,7 @@ impl Config {
             alert_failures_in_a_row: 3,
             alert_webhook: None,
             api_token: None,
-            log_format: LogFormat::Text,
+            telemetry: TelemetryArgs::default(),
         }
     }
 }
@@ -336,6 +336,12 @@ impl Aggregator {
 
     /// Applies a definition or ledger event in one batch with its position, then raises the
     /// alerts it calls for, if the partition is live.
+    #[tracing::instrument(skip_all, fields(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        job_id = record_key(message).unwrap_or_default(),
+    ))]
     async fn apply(&mut self, message: &OwnedMessage) -> anyhow::Result<()> {
         let mut batch = Batch::new();
         // History replayed by a rebuild is neither counted nor alerted again.

@@ -97,9 +97,7 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
                 },
                 |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
             );
-        let schedule = serde_json::to_value(&spec.schedule)
-            .map(|v| schedule_text(&v))
-            .unwrap_or_default();
+        let schedule = spec.schedule.to_string();
         row(
             &mut html,
             &[
@@ -231,22 +229,6 @@ fn run_row(html: &mut String, run: &RunState, with_error: bool) {
             last,
         ],
     );
-}
-
-/// A schedule in a few words.
-fn schedule_text(schedule: &serde_json::Value) -> String {
-    if let Some(cron) = schedule["cron"].as_str() {
-        format!(
-            "{cron} ({})",
-            schedule["timezone"].as_str().unwrap_or("UTC")
-        )
-    } else if let Some(every) = schedule["every"].as_str() {
-        format!("every {every}")
-    } else if let Some(at) = schedule["at"].as_str() {
-        format!("once at {at}")
-    } else {
-        schedule.to_string()
-    }
 }
 
 /// One table cell: escaped text, an optional CSS class, an optional link.

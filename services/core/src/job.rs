@@ -338,6 +338,30 @@ pub struct ScheduleSpec {
     pub at: Option<Timestamp>,
 }
 
+impl std::fmt::Display for ScheduleSpec {
+    /// The schedule in a few words, as the CLI and the status page show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.cron, self.every, self.at) {
+            (Some(cron), _, _) => write!(
+                f,
+                "cron {cron} {}",
+                self.timezone.as_deref().unwrap_or("UTC")
+            ),
+            (None, Some(every), _) => write!(
+                f,
+                "every {}",
+                humantime_serde::re::humantime::format_duration(every)
+            ),
+            (None, None, Some(at)) => write!(
+                f,
+                "at {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            (None, None, None) => f.write_str("no schedule"),
+        }
+    }
+}
+
 /// What a run executes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

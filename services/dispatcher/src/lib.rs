@@ -34,7 +34,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
-use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::{Liveness, Registry};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
@@ -74,8 +74,8 @@ pub struct Config {
     /// How long past its task timeout an attempt that never reported is recorded as timed out.
     #[arg(long, env = "KAIROS_DEADLINE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub deadline_margin: Duration,
-    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
@@ -86,7 +86,7 @@ impl Config {
             metrics_addr,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             max_in_flight: vec![],
-            log_format: LogFormat::Text,
+            telemetry: TelemetryArgs::default(),
         }
     }
 }
@@ -434,6 +434,12 @@ impl Dispatcher {
     }
 
     /// Stores a definition or tombstone; returns the job whose runs may now have a next step.
+    #[tracing::instrument(skip_all, fields(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        job_id = record_key(message).unwrap_or_default(),
+    ))]
     async fn apply_definition(
         &mut self,
         message: &OwnedMessage,
@@ -499,6 +505,12 @@ impl Dispatcher {
     }
 
     /// Folds one ledger event into its run; returns the job whose run may now have a next step.
+    #[tracing::instrument(skip_all, fields(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        job_id = record_key(message).unwrap_or_default(),
+    ))]
     async fn apply_event(
         &mut self,
         message: &OwnedMessage,

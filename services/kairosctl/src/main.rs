@@ -845,17 +845,10 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// A schedule from the API in a few words.
 fn schedule_text(schedule: &Value) -> String {
-    if let Some(cron) = schedule["cron"].as_str() {
-        format!(
-            "cron {cron} {}",
-            schedule["timezone"].as_str().unwrap_or("UTC")
-        )
-    } else if let Some(every) = schedule["every"].as_str() {
-        format!("every {every}")
-    } else {
-        format!("at {}", text(&schedule["at"]))
-    }
+    serde_json::from_value::<kairos_core::job::ScheduleSpec>(schedule.clone())
+        .map_or_else(|_| text(schedule), |s| s.to_string())
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {

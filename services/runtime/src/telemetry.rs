@@ -25,17 +25,87 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`). Safe to call twice.
-pub fn init_tracing(format: LogFormat) {
+/// Logging and tracing settings every service takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TelemetryArgs {
+    /// `json` writes one JSON object per line, with the job_id and run_id of per-run lines as
+    /// fields.
+    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Export trace spans over OTLP/HTTP to this collector (e.g. http://otel-collector:4318);
+    /// none are exported without it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<url::Url>,
+}
+
+/// Flushes exported spans when dropped; hold it until the service has stopped.
+pub struct TracingGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(error) = provider.shutdown() {
+                eprintln!("Flushing trace spans failed: {error}");
+            }
+        }
+    }
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`), and the OTLP exporter
+/// when an endpoint is configured. Safe to call twice (the second call installs nothing).
+pub fn init_tracing(args: &TelemetryArgs, service: &'static str) -> TracingGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match args.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let provider =
+        args.otlp_endpoint
+            .as_ref()
+            .and_then(|endpoint| match otlp_provider(endpoint, service) {
+                Ok(provider) => Some(provider),
+                Err(error) => {
+                    eprintln!("Cannot export traces to {endpoint}: {error}; going on without.");
+                    None
+                }
+            });
+    let otlp = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(service))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otlp)
+        .try_init();
+    TracingGuard { provider }
+}
+
+fn otlp_provider(
+    endpoint: &url::Url,
+    service: &'static str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let traces = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(traces)
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Buckets for every `_seconds` histogram: from a millisecond (firing lateness) to minutes (runs).

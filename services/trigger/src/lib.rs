@@ -23,7 +23,7 @@ use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
-use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
     record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
@@ -54,8 +54,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9401")]
     pub metrics_addr: SocketAddr,
-    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
@@ -65,7 +65,7 @@ impl Config {
             kafka,
             data_dir,
             metrics_addr,
-            log_format: LogFormat::Text,
+            telemetry: TelemetryArgs::default(),
         }
     }
 }
@@ -207,6 +207,12 @@ impl Trigger {
     }
 
     /// A definition or tombstone from the jobs topic.
+    #[tracing::instrument(skip_all, fields(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        job_id = record_key(message).unwrap_or_default(),
+    ))]
     async fn apply_definition(
         &mut self,
         message: &OwnedMessage,

@@ -39,7 +39,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer,
 };
-use kairos_runtime::telemetry::{Health, LogFormat};
+use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
 use rdkafka::consumer::StreamConsumer;
@@ -82,8 +82,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
     pub metrics_addr: SocketAddr,
-    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
@@ -97,7 +97,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
             metrics_addr,
-            log_format: LogFormat::Text,
+            telemetry: TelemetryArgs::default(),
         }
     }
 
@@ -373,6 +373,12 @@ impl Worker {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        job_id = kairos_runtime::record_key(&message).unwrap_or_default(),
+    ))]
     async fn take(&mut self, message: OwnedMessage) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
         self.tracker.started(partition, offset);

@@ -48,7 +48,10 @@ struct Args {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    kairos_runtime::telemetry::init_tracing(kairos_runtime::telemetry::LogFormat::Text);
+    let _tracing = kairos_runtime::telemetry::init_tracing(
+        &kairos_runtime::telemetry::TelemetryArgs::default(),
+        "kairos-bench",
+    );
     let args = Args::parse();
     let mut config = if args.smoke {
         BenchConfig::smoke(args.nisshi)
