@@ -48,13 +48,8 @@ async fn assert_rebuild_matches(what: &str, live: Service, rebuild: Service) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiping_each_service_mid_stream_loses_and_repeats_nothing() {
     let stack = Stack::new(3).await;
-    let mut trigger = stack.trigger("trigger");
-    let mut dispatcher = stack.dispatcher("dispatcher");
-    let worker = stack.worker("w1");
-    let mut aggregator = stack.aggregator("aggregator");
-    for service in [&trigger, &dispatcher, &worker, &aggregator] {
-        service.caught_up().await;
-    }
+    let services: [Service; 4] = stack.start_pipeline().await.try_into().ok().expect("four");
+    let [mut trigger, mut dispatcher, worker, mut aggregator] = services;
     stack
         .apply_job(shell_job("steady", "1s", "echo tick"))
         .await;

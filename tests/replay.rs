@@ -95,13 +95,8 @@ async fn replay_and_compare(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replaying_each_service_rebuilds_the_same_state() {
     let stack = Stack::new(3).await;
-    let mut trigger = stack.trigger("trigger");
-    let mut dispatcher = stack.dispatcher("dispatcher");
-    let worker = stack.worker("w1");
-    let mut aggregator = stack.aggregator("aggregator");
-    for service in [&trigger, &dispatcher, &worker, &aggregator] {
-        service.caught_up().await;
-    }
+    let services: [Service; 4] = stack.start_pipeline().await.try_into().ok().expect("four");
+    let [mut trigger, mut dispatcher, worker, mut aggregator] = services;
     let api = format!("http://{}", aggregator.http_addr.unwrap());
     stack
         .apply_job(shell_job("steady", "1s", "echo tick"))
