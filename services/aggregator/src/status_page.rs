@@ -176,7 +176,7 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
         row(
             &mut html,
             &[
-                Cell::text(alert["at"].as_str().unwrap_or("")),
+                Cell::text(&short_time(alert["at"].as_str().unwrap_or(""))),
                 Cell::class(alert["kind"].as_str().unwrap_or(""), "bad"),
                 Cell::text(about),
                 Cell::text(alert["message"].as_str().unwrap_or("")),
@@ -186,6 +186,13 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
     end_section(&mut html, 0, "");
     html.push_str("<footer>API: <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a></footer></body></html>\n");
     Ok(Html(html))
+}
+
+/// An RFC 3339 time as the rest of the page shows times.
+fn short_time(rfc3339: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| rfc3339.to_string())
 }
 
 fn is_failure(status: RunStatus) -> bool {
