@@ -145,13 +145,19 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut missing = BTreeMap::new();
-    let covered = wait_for_coverage(&services, &wanted, &mut missing).await;
-    let http_health = get_json(&format!("http://{http}/healthz")).await;
-    assert!(
-        covered,
-        "metrics the dashboard queries that no service exports: {missing:#?} (aggregator: {http_health:?})"
-    );
+    // Consumer lag and rebuild figures appear a few seconds in.
+    wait_for(
+        "every metric the dashboard queries (the missing ones are printed above)",
+        Duration::from_secs(60),
+        || async {
+            let missing = missing_metrics(&services, &wanted).await;
+            if !missing.is_empty() {
+                eprintln!("not exported yet, by dashboard panel: {missing:#?}");
+            }
+            missing.is_empty().then_some(())
+        },
+    )
+    .await;
     // A service's own metrics come from that service, not from another in the same process.
     for service in &services {
         let names = exported(&scrape(service.metrics).await);
@@ -177,33 +183,20 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() {
     );
 }
 
-/// Scrapes every service until together they export every wanted name (consumer lag and
-/// rebuild figures appear a few seconds in); false, with what is missing, after a minute.
-async fn wait_for_coverage(
+/// The wanted names that no service exports now, with the panel that queries each.
+async fn missing_metrics(
     services: &[Running],
     wanted: &BTreeMap<String, String>,
-    missing: &mut BTreeMap<String, String>,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut names = BTreeSet::new();
-        for service in services {
-            if let Ok(response) = reqwest::get(format!("http://{}/metrics", service.metrics)).await
-            {
-                names.extend(exported(&response.text().await.unwrap_or_default()));
-            }
+) -> BTreeMap<String, String> {
+    let mut names = BTreeSet::new();
+    for service in services {
+        if let Ok(response) = reqwest::get(format!("http://{}/metrics", service.metrics)).await {
+            names.extend(exported(&response.text().await.unwrap_or_default()));
         }
-        *missing = wanted
-            .iter()
-            .filter(|(name, _)| !names.contains(*name))
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect();
-        if missing.is_empty() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    wanted
+        .iter()
+        .filter(|(name, _)| !names.contains(*name))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect()
 }
