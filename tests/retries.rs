@@ -129,12 +129,19 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_abandonment()
     );
     assert_backoff(&doomed, &[200, 400]);
 
-    // The abandoned run raised one alert; the run that succeeded on retry raised none.
+    // The abandoned run raised one alert; the run that succeeded on retry raised none. (Alerts
+    // about workers are left out: on a loaded machine a test worker's 300 ms beats can be late
+    // enough to count as lost.)
+    let about_runs = || {
+        let mut alerts = stack.alerts();
+        alerts.retain(|a| a.run_id.is_some());
+        alerts
+    };
     let alerts = wait_for(
         "the alert for the abandoned run",
         Duration::from_secs(30),
         || async {
-            let alerts = stack.alerts();
+            let alerts = about_runs();
             (!alerts.is_empty()).then_some(alerts)
         },
     )

@@ -316,9 +316,6 @@ impl Aggregator {
     /// logged, not dead-lettered again: that could loop.
     async fn apply_dead_letter(&self, message: &OwnedMessage) -> anyhow::Result<()> {
         let live = self.consumer.is_caught_up(message.partition());
-        let mut batch = Batch::new();
-        batch.consumed(message.topic(), message.partition(), message.offset());
-        self.store.write(batch)?;
         match message.payload().map(codec::decode_dead_letter) {
             Some(Ok(letter)) if live => {
                 let job_id = record_key(message).and_then(|k| kairos_core::JobId::parse(&k).ok());
@@ -331,10 +328,15 @@ impl Aggregator {
             }
             None => {}
         }
+        // Only once the alert is on its topic: a crash in between repeats it (with the same id)
+        // rather than losing it.
+        let mut batch = Batch::new();
+        batch.consumed(message.topic(), message.partition(), message.offset());
+        self.store.write(batch)?;
         Ok(())
     }
 
-    /// Applies a definition or ledger event in one batch with its position, then raises the
+    /// Applies a definition or ledger event in one batch with its position, after raising the
     /// alerts it calls for, if the partition is live.
     #[tracing::instrument(skip_all, fields(
         topic = message.topic(),
@@ -352,13 +354,15 @@ impl Aggregator {
         } else {
             alerts = self.apply_event(message, &mut batch, live).await?;
         }
-        batch.consumed(message.topic(), message.partition(), message.offset());
-        self.store.write(batch)?;
+        // Alerts go out before the position is stored: a crash in between repeats them (with
+        // the same ids) rather than losing them.
         if live {
             for alert in alerts {
                 self.raise(alert).await?;
             }
         }
+        batch.consumed(message.topic(), message.partition(), message.offset());
+        self.store.write(batch)?;
         Ok(())
     }
 
