@@ -264,9 +264,12 @@ struct Alerted {
     lost: HashMap<String, Timestamp>,
     /// Pools without a live worker.
     unserved_pools: HashSet<String>,
-    /// The decision time of the last misfire alerted per job: one alert per catch-up pass.
+    /// The decision time of the last misfire alerted per job.
     misfires: HashMap<String, Timestamp>,
 }
+
+/// The least time between two misfire alerts of one job.
+const MISFIRE_QUIET: Duration = Duration::from_secs(600);
 
 /// How often the aggregator looks at pending runs and at the workers.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -603,11 +606,18 @@ impl Aggregator {
         }
     }
 
-    /// Raises an alert, except a misfire of a job already alerted in the same catch-up pass.
+    /// Raises an alert, except a misfire of a job alerted less than [`MISFIRE_QUIET`] before:
+    /// a long outage is worked off in many catch-up passes, each skipping up to a thousand slots.
     async fn raise(&mut self, alert: Alert) -> anyhow::Result<()> {
         if alert.kind == AlertKind::Misfire {
             let job = alert.key().to_string();
-            if self.alerted.misfires.get(&job) == Some(&alert.at) {
+            let quiet = chrono::Duration::from_std(MISFIRE_QUIET).unwrap_or_default();
+            if self
+                .alerted
+                .misfires
+                .get(&job)
+                .is_some_and(|last| alert.at - *last < quiet)
+            {
                 return Ok(());
             }
             self.alerted.misfires.insert(job, alert.at);
