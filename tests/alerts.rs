@@ -114,8 +114,17 @@ async fn every_alert_kind_reaches_the_topic_and_a_failing_webhook_after_retries(
     })
     .await;
     trigger.stop().await.unwrap();
-    // The outage under test: slots of `missed` come due while nobody owns them.
-    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(3)).await;
+    // The outage under test: two slots of `missed` (every second) come due, past their 500 ms
+    // grace, while nobody owns the job.
+    let stopped_at = chrono::Utc::now();
+    wait_for(
+        "two slots to pass unowned",
+        Duration::from_secs(10),
+        || async {
+            (chrono::Utc::now() - stopped_at >= chrono::Duration::milliseconds(2500)).then_some(())
+        },
+    )
+    .await;
     trigger = stack.trigger("trigger");
 
     let expected: BTreeSet<String> = [

@@ -41,6 +41,15 @@ fn env(service: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// A YAML list of scalars, as strings.
+fn strings(list: &Value) -> Vec<String> {
+    list.as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {list:?}"))
+        .iter()
+        .map(str_of)
+        .collect()
+}
+
 fn command(service: &Value) -> Vec<String> {
     service["command"]
         .as_sequence()
@@ -212,12 +221,7 @@ fn the_compose_file_runs_what_the_binaries_accept_on_consistent_ports() {
         );
         if binary.ends_with("aggregator") {
             let http = port(&env["KAIROS_HTTP_ADDR"]);
-            let published: Vec<String> = service["ports"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .map(str_of)
-                .collect();
+            let published: Vec<String> = strings(&service["ports"]);
             assert!(
                 published.iter().any(|p| p.ends_with(&format!(":{http}"))),
                 "the API port {http} is not published: {published:?}"
@@ -243,22 +247,12 @@ fn the_compose_file_runs_what_the_binaries_accept_on_consistent_ports() {
     // Grafana reads Prometheus where it listens, and the dashboards where they are mounted.
     let datasource = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
     let url = str_of(&datasource["datasources"][0]["url"]);
-    let prometheus_ports: Vec<String> = compose["services"]["prometheus"]["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(str_of)
-        .collect();
+    let prometheus_ports: Vec<String> = strings(&compose["services"]["prometheus"]["ports"]);
     assert_eq!(url, "http://prometheus:9090");
     assert!(prometheus_ports.iter().any(|p| p.ends_with(":9090")));
     let provider = yaml("deploy/grafana/provisioning/dashboards/kairos.yml");
     let dashboards_path = str_of(&provider["providers"][0]["options"]["path"]);
-    let grafana_mounts: Vec<String> = compose["services"]["grafana"]["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(str_of)
-        .collect();
+    let grafana_mounts: Vec<String> = strings(&compose["services"]["grafana"]["volumes"]);
     assert!(
         grafana_mounts.contains(&format!("./dashboards:{dashboards_path}:ro")),
         "{grafana_mounts:?}"
