@@ -44,6 +44,29 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 }
 
+# The independent implementations the schedule tests compare Kairos with (test-only): croniter
+# (PyPI, pinned) in a virtualenv of its own, and Quartz's CronExpression (Debian's
+# libquartz2-java) on a headless Java runtime.
+CRONITER_VERSION="7.0.0"
+KAIROS_VENV="$KAIROS_CACHE/venv"
+QUARTZ_CLASSPATH="/usr/share/java/quartz2.jar"
+ensure_schedule_oracles() {
+  if ! "$KAIROS_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('croniter') != '$CRONITER_VERSION')" 2>/dev/null; then
+    log "Installing croniter $CRONITER_VERSION into $KAIROS_VENV (the crontab oracle)"
+    python3 -m venv "$KAIROS_VENV"
+    "$KAIROS_VENV/bin/pip" install --quiet --disable-pip-version-check "croniter==$CRONITER_VERSION"
+  fi
+  local missing=()
+  command -v java >/dev/null || missing+=(default-jre-headless)
+  [ -e "$QUARTZ_CLASSPATH" ] || missing+=(libquartz2-java)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "Installing Debian packages for the Quartz oracle: ${missing[*]}"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
 # The Kafka-protocol broker for local runs and tests (about 18 minutes to build the first time).
 ensure_nisshi() {
   if [ -x "$KAIROS_TOOLS/bin/nisshi" ] && "$KAIROS_TOOLS/bin/nisshi" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then

@@ -7,6 +7,7 @@ cd "$KAIROS_ROOT"
 ensure_packages
 ensure_nisshi
 ensure_chromium
+ensure_schedule_oracles
 started=$SECONDS
 
 log "Building"
@@ -25,6 +26,8 @@ wait_for_port "$port" "the test broker"
 export KAIROS_TEST_BROKERS="127.0.0.1:$port"
 export KAIROS_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export KAIROS_TEST_CHROMIUM="$(command -v chromium)"
+export KAIROS_TEST_PYTHON="$KAIROS_VENV/bin/python"
+export KAIROS_TEST_QUARTZ_CLASSPATH="$QUARTZ_CLASSPATH"
 
 log "Running the tests (broker on $KAIROS_TEST_BROKERS)"
 status=0

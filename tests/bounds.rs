@@ -31,7 +31,7 @@ async fn jobs_fire_only_inside_their_bounds_and_jitter_delays_each_slot_by_its_o
     limited.max_runs = Some(3);
     let mut jittered = shell_job("jittered", "1s", "true");
     jittered.jitter = Some(Duration::from_millis(700));
-    let expected_window = windowed.validate().unwrap().upcoming(now, 100);
+    let expected_window = windowed.validate().unwrap().upcoming(now, 100, 0);
     let jittered_def = jittered.validate().unwrap();
     for job in [windowed, limited, jittered] {
         stack.apply_job(job).await;

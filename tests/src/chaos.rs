@@ -179,8 +179,8 @@ pub fn check_ledger(ledger: &[RunEvent], jobs: &[JobDefinition]) -> LedgerCheck 
     for job in jobs {
         let mut after = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
         while let Some(slot) = job.next_slot(after) {
-            due.insert((job.id.to_string(), slot));
-            after = slot;
+            due.insert((job.id.to_string(), slot.at));
+            after = slot.at;
         }
     }
     check.slots_due = due.len();
@@ -279,6 +279,8 @@ fn load_jobs(count: usize, start: Timestamp, end: Timestamp) -> Vec<JobDefinitio
                     every: Some(Duration::from_secs(1)),
                     ..ScheduleSpec::default()
                 },
+                more_schedules: vec![],
+                calendars: vec![],
                 task: TaskSpec::Shell(ShellTask {
                     command: vec!["sh".into(), "-c".into(), format!("sleep 0.{}", n % 5)],
                     env: BTreeMap::new(),

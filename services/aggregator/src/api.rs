@@ -273,13 +273,14 @@ pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError>
         .into_iter()
         .next();
     let stats: JobStats = store.get(&job_stats_key(&job.spec.id))?.unwrap_or_default();
-    let next_fires = job
-        .spec
-        .validate()
-        .map(|d| upcoming(&d, 5))
+    let definition = job.spec.validate();
+    let next_fires = definition
+        .as_ref()
+        .map(|d| upcoming(d, 5, stats.scheduled))
         .unwrap_or_default();
     Ok(json!({
         "id": job.spec.id,
+        "schedule_description": definition.as_ref().map(JobDefinition::describe_schedule).ok(),
         "definition": job.spec,
         "definition_offset": job.offset,
         "updated_at": job.updated_at,
@@ -289,12 +290,13 @@ pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError>
     }))
 }
 
-/// The next fire times of a job; none while it is paused.
-fn upcoming(job: &JobDefinition, count: usize) -> Vec<Timestamp> {
+/// The next fire times of a job that has fired `fired` runs; none while it is paused, and none
+/// once `max_runs` is reached.
+fn upcoming(job: &JobDefinition, count: usize, fired: u32) -> Vec<Timestamp> {
     if job.paused {
         return vec![];
     }
-    job.upcoming(chrono::Utc::now(), count)
+    job.upcoming(chrono::Utc::now(), count, fired)
 }
 
 #[derive(Deserialize)]
@@ -313,10 +315,12 @@ async fn next_fire_times(
         .spec
         .validate()
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
+    let stats: JobStats = state.store.get(&job_stats_key(&id))?.unwrap_or_default();
     Ok(Json(json!({
         "job_id": id,
         "paused": definition.paused,
-        "next_fire_times": upcoming(&definition, count),
+        "schedule_description": definition.describe_schedule(),
+        "next_fire_times": upcoming(&definition, count, stats.scheduled),
     })))
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::job::JobSpec;
-use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason};
+use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason, TriggerKind};
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert, AlertKind};
 use kairos_runtime::deadletter::DeadLetters;
@@ -174,6 +174,10 @@ fn job_stats_key(job: &str) -> String {
 /// What the aggregator keeps about a job's outcomes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct JobStats {
+    /// Runs the schedule fired (not manual or backfill runs, not skipped slots): what `max_runs`
+    /// counts.
+    #[serde(default)]
+    pub scheduled: u32,
     pub succeeded: u64,
     pub abandoned: u64,
     /// Runs abandoned since the last success.
@@ -430,6 +434,18 @@ impl Aggregator {
                         state.scheduled_for,
                         event.at,
                     ));
+                }
+                if current.is_none() {
+                    if let RunEventKind::RunScheduled {
+                        trigger: TriggerKind::Schedule,
+                        ..
+                    } = event.kind
+                    {
+                        let key = job_stats_key(state.job_id.as_str());
+                        let mut stats: JobStats = self.store.get(&key)?.unwrap_or_default();
+                        stats.scheduled += 1;
+                        batch.put(&key, &stats);
+                    }
                 }
                 let became_final = state.status.is_final()
                     && current.as_ref().is_none_or(|r| !r.state.status.is_final());

@@ -10,7 +10,7 @@ use kairos_runtime::codec::AlertKind;
 pub(crate) const RUNS: &str = "kairos_aggregator_runs_total";
 /// From a run's start to its end, by `outcome`.
 pub(crate) const RUN_DURATION: &str = "kairos_aggregator_run_duration_seconds";
-/// Slots skipped, by `reason` (misfire, overlap, job_deleted).
+/// Slots skipped, by `reason` (misfire, overlap, job_deleted, calendar, dst_gap).
 pub(crate) const SKIPS: &str = "kairos_aggregator_skips_total";
 /// Retries scheduled after a failed, timed-out or lost attempt.
 pub(crate) const RETRIES: &str = "kairos_aggregator_retries_total";

@@ -82,11 +82,11 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
         let last = crate::runs_of_job(&state.store, &spec.id, 1)?
             .into_iter()
             .next();
-        let next = spec
-            .validate()
-            .ok()
+        let definition = spec.validate().ok();
+        let next = definition
+            .as_ref()
             .filter(|d| !d.paused)
-            .and_then(|d| d.upcoming(now, 1).into_iter().next())
+            .and_then(|d| d.upcoming(now, 1, stats.scheduled).into_iter().next())
             .map_or_else(
                 || {
                     if spec.paused {
@@ -97,7 +97,11 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
                 },
                 |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
             );
-        let schedule = spec.schedule.to_string();
+        // What was written, then what it means: `0 12 * * 1-5 — At 12:00, on Monday, ...`.
+        let schedule = definition.as_ref().map_or_else(
+            || spec.schedule.to_string(),
+            |d| format!("{} — {}", spec.schedule, d.describe_schedule()),
+        );
         row(
             &mut html,
             &[

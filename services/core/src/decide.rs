@@ -17,15 +17,16 @@ use crate::Timestamp;
 pub enum Fire {
     /// Emit `RunScheduled` for the slot.
     Run(Timestamp),
-    /// Record `RunSkipped { reason: Misfire }` for the slot: it was missed and a later missed slot
-    /// supersedes it (fire once: of a burst of missed slots only the latest one runs).
-    Misfired(Timestamp),
+    /// Record `RunSkipped { reason }` for the slot, so that every slot has a decision on the
+    /// ledger: a missed slot superseded by a later one (`misfire`), a day a calendar excludes
+    /// (`calendar`), or a local time that does not exist and that the job skips (`dst_gap`).
+    Skipped(Timestamp, SkipReason),
 }
 
 impl Fire {
     pub fn slot(self) -> Timestamp {
         match self {
-            Fire::Run(t) | Fire::Misfired(t) => t,
+            Fire::Run(t) | Fire::Skipped(t, _) => t,
         }
     }
 }
@@ -35,11 +36,12 @@ impl Fire {
 /// `None` when the next slot is not due yet or the job has no more. Call repeatedly, advancing
 /// `cursor` to the returned slot, to work through a backlog.
 ///
-/// A slot is due at its fire time (the slot plus the job's jitter for it). One late by no more than
-/// the misfire grace always runs. A later one is a missed slot: `fire_once` runs it only if it is
-/// the latest slot due by `now`, `skip` never runs it, and `catch_up` runs it if it is within the
-/// catch-up window. A missed slot that does not run is recorded as misfired, so every slot has
-/// exactly one decision on the ledger. Misfired slots do not count toward `max_runs`.
+/// A slot is due at its fire time (the slot plus the job's jitter for it). A slot that a calendar
+/// excludes or that the DST policy drops is recorded as skipped when it comes due. One late by no
+/// more than the misfire grace always runs. A later one is a missed slot: `fire_once` runs it only
+/// if it is the latest runnable slot due by `now`, `skip` never runs it, and `catch_up` runs it if
+/// it is within the catch-up window. A missed slot that does not run is recorded as misfired, so
+/// every slot has exactly one decision on the ledger. Skipped slots do not count toward `max_runs`.
 pub fn next_fire(
     job: &JobDefinition,
     cursor: Timestamp,
@@ -50,27 +52,40 @@ pub fn next_fire(
         return None;
     }
     let slot = job.next_slot(cursor)?;
-    let due = fire_time(job, slot);
+    let due = fire_time(job, slot.at);
     if due > now {
         return None;
+    }
+    if slot.is_dropped() {
+        return Some(Fire::Skipped(slot.at, SkipReason::DstGap));
+    }
+    if job.excluded_by(slot.at).is_some() {
+        return Some(Fire::Skipped(slot.at, SkipReason::Calendar));
     }
     let policy = &job.misfire;
     let late_by = (now - due).to_std().unwrap_or_default();
     if late_by <= policy.grace {
-        return Some(Fire::Run(slot));
+        return Some(Fire::Run(slot.at));
     }
     let runs = match policy.policy {
-        MisfireKind::FireOnce => job
-            .next_slot(slot)
-            .is_none_or(|following| fire_time(job, following) > now),
+        MisfireKind::FireOnce => next_runnable_slot(job, slot.at, now).is_none(),
         MisfireKind::Skip => false,
         MisfireKind::CatchUp => late_by <= policy.catch_up_window,
     };
     Some(if runs {
-        Fire::Run(slot)
+        Fire::Run(slot.at)
     } else {
-        Fire::Misfired(slot)
+        Fire::Skipped(slot.at, SkipReason::Misfire)
     })
+}
+
+/// The first slot after `after` that is due by `now` and would run (no calendar or DST rule
+/// skips it).
+fn next_runnable_slot(job: &JobDefinition, after: Timestamp, now: Timestamp) -> Option<Timestamp> {
+    std::iter::successors(job.next_slot(after), |s| job.next_slot(s.at))
+        .take_while(|s| fire_time(job, s.at) <= now)
+        .find(|s| job.runs_at(s))
+        .map(|s| s.at)
 }
 
 /// When a slot fires: the slot plus a part of the job's jitter drawn from the slot's run id, so
@@ -369,11 +384,12 @@ fn unit_interval(seed: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calendar::{Calendar, CalendarSpec};
     use crate::job::MisfirePolicy;
     use crate::job::{JobSpec, RetryPolicy, ScheduleSpec, ShellTask, TaskSpec};
     use crate::run::tests::t;
     use crate::run::{apply, RunEvent, RunId, TriggerKind};
-    use crate::schedule::Schedule;
+    use crate::schedule::{DstGap, Schedule};
 
     const MARGIN: Duration = Duration::from_secs(30);
 
@@ -418,6 +434,10 @@ mod tests {
         out
     }
 
+    fn misfired(slot: Timestamp) -> Fire {
+        Fire::Skipped(slot, SkipReason::Misfire)
+    }
+
     fn slot(n: i64) -> Timestamp {
         // Slots of every_10s are multiples of 10s since the epoch; t(0) is one of them.
         t(n * 10)
@@ -454,11 +474,7 @@ mod tests {
         let now = slot(3) + chrono::Duration::seconds(7);
         assert_eq!(
             fires(&every_10s(), slot(0), now),
-            vec![
-                Fire::Misfired(slot(1)),
-                Fire::Misfired(slot(2)),
-                Fire::Run(slot(3))
-            ]
+            vec![misfired(slot(1)), misfired(slot(2)), Fire::Run(slot(3))]
         );
     }
 
@@ -467,11 +483,7 @@ mod tests {
         let now = slot(3) + chrono::Duration::seconds(1);
         assert_eq!(
             fires(&every_10s(), slot(0), now),
-            vec![
-                Fire::Misfired(slot(1)),
-                Fire::Misfired(slot(2)),
-                Fire::Run(slot(3))
-            ]
+            vec![misfired(slot(1)), misfired(slot(2)), Fire::Run(slot(3))]
         );
     }
 
@@ -480,11 +492,7 @@ mod tests {
         let now = slot(3) + chrono::Duration::seconds(7);
         assert_eq!(
             fires_with(&every_10s(), slot(0), now, MisfireKind::Skip),
-            vec![
-                Fire::Misfired(slot(1)),
-                Fire::Misfired(slot(2)),
-                Fire::Misfired(slot(3))
-            ]
+            vec![misfired(slot(1)), misfired(slot(2)), misfired(slot(3))]
         );
     }
 
@@ -493,7 +501,7 @@ mod tests {
         let now = slot(3) + chrono::Duration::seconds(2);
         assert_eq!(
             fires_with(&every_10s(), slot(1), now, MisfireKind::Skip),
-            vec![Fire::Misfired(slot(2)), Fire::Run(slot(3))]
+            vec![misfired(slot(2)), Fire::Run(slot(3))]
         );
     }
 
@@ -504,9 +512,9 @@ mod tests {
         assert_eq!(
             fires_with(&every_10s(), slot(0), now, MisfireKind::CatchUp),
             vec![
-                Fire::Misfired(slot(1)),
-                Fire::Misfired(slot(2)),
-                Fire::Misfired(slot(3)),
+                misfired(slot(1)),
+                misfired(slot(2)),
+                misfired(slot(3)),
                 Fire::Run(slot(4)),
                 Fire::Run(slot(5))
             ]
@@ -530,8 +538,8 @@ mod tests {
     }
 
     /// A daily 02:30 Berlin job, with all triggers down across the spring-forward night
-    /// (2026-03-29 has no 02:30): the two missed days each get one decision, and fire_once runs
-    /// only the latest.
+    /// (2026-03-29 has no 02:30, so that day's slot is at 03:00 CEST, 01:00Z): the three missed
+    /// days each get one decision, and fire_once runs only the latest.
     #[test]
     fn given_missed_days_across_a_dst_change_then_fire_once_runs_the_latest_day_once() {
         let schedule = Schedule::cron("0 30 2 * * *", "Europe/Berlin").unwrap();
@@ -541,10 +549,187 @@ mod tests {
         assert_eq!(
             decided,
             vec![
-                Fire::Misfired("2026-03-28T01:30:00Z".parse().unwrap()),
+                misfired("2026-03-28T01:30:00Z".parse().unwrap()),
+                misfired("2026-03-29T01:00:00Z".parse().unwrap()),
                 Fire::Run("2026-03-30T00:30:00Z".parse().unwrap()),
             ]
         );
+    }
+
+    fn utc(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn berlin_daily_at_0230(dst_gap: DstGap) -> JobDefinition {
+        let mut job = definition();
+        job.schedule = Schedule::cron_with("30 2 * * *", "Europe/Berlin", dst_gap).unwrap();
+        job
+    }
+
+    /// Berlin springs forward on 2027-03-28 at 01:00Z: 02:30 does not exist that day.
+    #[test]
+    fn given_a_dst_gap_when_the_job_runs_after_gaps_then_the_slot_runs_at_the_end_of_the_gap() {
+        let job = berlin_daily_at_0230(DstGap::RunAfter);
+        let decided = fires_of(
+            &job,
+            utc("2027-03-27T12:00:00Z"),
+            utc("2027-03-28T01:00:01Z"),
+        );
+        assert_eq!(decided, vec![Fire::Run(utc("2027-03-28T01:00:00Z"))]);
+    }
+
+    #[test]
+    fn given_a_dst_gap_when_the_job_skips_gaps_then_the_slot_is_recorded_as_skipped() {
+        let job = berlin_daily_at_0230(DstGap::Skip);
+        let decided = fires_of(
+            &job,
+            utc("2027-03-27T12:00:00Z"),
+            utc("2027-03-29T00:30:00Z"),
+        );
+        assert_eq!(
+            decided,
+            vec![
+                Fire::Skipped(utc("2027-03-28T01:00:00Z"), SkipReason::DstGap),
+                Fire::Run(utc("2027-03-29T00:30:00Z")),
+            ]
+        );
+        assert_eq!(
+            job.upcoming(utc("2027-03-27T12:00:00Z"), 1, 0),
+            vec![utc("2027-03-29T00:30:00Z")],
+            "a dropped slot is no fire time"
+        );
+    }
+
+    /// Every missed slot runs, so that a test sees each slot's own decision.
+    fn catching_up_a_week() -> MisfirePolicy {
+        MisfirePolicy {
+            catch_up_window: Duration::from_secs(7 * 86_400),
+            ..policy(MisfireKind::CatchUp)
+        }
+    }
+
+    fn weekend_calendar(timezone: &str) -> Calendar {
+        CalendarSpec {
+            name: "weekend".into(),
+            timezone: Some(timezone.into()),
+            weekdays: vec!["sat".into(), "sun".into()],
+            ..CalendarSpec::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    /// 2026-11-27 is a Friday.
+    #[test]
+    fn given_a_calendar_when_a_slot_falls_on_an_excluded_day_then_it_is_recorded_as_skipped() {
+        let mut job = definition();
+        job.schedule = Schedule::cron("0 12 * * *", "UTC").unwrap();
+        job.calendars = vec![weekend_calendar("UTC")];
+        job.misfire = catching_up_a_week();
+        let decided = fires_of(
+            &job,
+            utc("2026-11-27T00:00:00Z"),
+            utc("2026-11-30T12:00:00Z"),
+        );
+        assert_eq!(
+            decided,
+            vec![
+                Fire::Run(utc("2026-11-27T12:00:00Z")),
+                Fire::Skipped(utc("2026-11-28T12:00:00Z"), SkipReason::Calendar),
+                Fire::Skipped(utc("2026-11-29T12:00:00Z"), SkipReason::Calendar),
+                Fire::Run(utc("2026-11-30T12:00:00Z")),
+            ]
+        );
+        assert_eq!(
+            job.upcoming(utc("2026-11-27T00:00:00Z"), 2, 0),
+            vec![utc("2026-11-27T12:00:00Z"), utc("2026-11-30T12:00:00Z")]
+        );
+        // An every-second job skips whole excluded days when listing its fire times.
+        job.schedule = Schedule::every(Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            job.upcoming(utc("2026-11-28T08:00:00Z"), 1, 0),
+            vec![utc("2026-11-30T00:00:00Z")]
+        );
+    }
+
+    #[test]
+    fn given_a_calendar_in_another_zone_then_its_days_are_local_to_that_zone() {
+        let mut job = definition();
+        // 23:00Z on Friday is already Saturday in Tokyo.
+        job.schedule = Schedule::cron("0 23 * * *", "UTC").unwrap();
+        job.calendars = vec![weekend_calendar("Asia/Tokyo")];
+        let decided = fires_of(
+            &job,
+            utc("2026-11-27T00:00:00Z"),
+            utc("2026-11-27T23:00:00Z"),
+        );
+        assert_eq!(
+            decided,
+            vec![Fire::Skipped(
+                utc("2026-11-27T23:00:00Z"),
+                SkipReason::Calendar
+            )]
+        );
+    }
+
+    #[test]
+    fn given_missed_slots_when_the_latest_is_excluded_then_fire_once_runs_the_latest_runnable_one()
+    {
+        let mut job = definition();
+        job.schedule = Schedule::cron("0 12 * * *", "UTC").unwrap();
+        job.calendars = vec![weekend_calendar("UTC")];
+        job.misfire = policy(MisfireKind::FireOnce);
+        // Down from Thursday to Sunday evening: Friday is the latest slot that would run.
+        let decided = fires_of(
+            &job,
+            utc("2026-11-26T00:00:00Z"),
+            utc("2026-11-29T20:00:00Z"),
+        );
+        assert_eq!(
+            decided,
+            vec![
+                misfired(utc("2026-11-26T12:00:00Z")),
+                Fire::Run(utc("2026-11-27T12:00:00Z")),
+                Fire::Skipped(utc("2026-11-28T12:00:00Z"), SkipReason::Calendar),
+                Fire::Skipped(utc("2026-11-29T12:00:00Z"), SkipReason::Calendar),
+            ]
+        );
+    }
+
+    #[test]
+    fn given_several_schedules_then_the_job_fires_at_each_and_a_shared_slot_once() {
+        let mut job = definition();
+        job.schedule = Schedule::cron("0 9 * * 1-5", "UTC").unwrap();
+        job.more_schedules = vec![
+            Schedule::cron("0 0 12 ? * SAT", "UTC").unwrap(),
+            Schedule::every(Duration::from_secs(6 * 3600)).unwrap(),
+        ];
+        job.misfire = catching_up_a_week();
+        let decided = fires_of(
+            &job,
+            utc("2026-11-27T08:00:00Z"),
+            utc("2026-11-28T13:00:00Z"),
+        );
+        assert_eq!(
+            decided,
+            vec![
+                Fire::Run(utc("2026-11-27T09:00:00Z")),
+                Fire::Run(utc("2026-11-27T12:00:00Z")), // every 6h
+                Fire::Run(utc("2026-11-27T18:00:00Z")),
+                Fire::Run(utc("2026-11-28T00:00:00Z")),
+                Fire::Run(utc("2026-11-28T06:00:00Z")),
+                Fire::Run(utc("2026-11-28T12:00:00Z")), // Saturday noon and every 6h: one run
+            ]
+        );
+        assert_eq!(job.to_spec().validate().unwrap(), job);
+    }
+
+    #[test]
+    fn given_max_runs_reached_then_no_fire_times_are_listed() {
+        let mut job = definition();
+        job.max_runs = Some(3);
+        assert_eq!(job.upcoming(slot(0), 5, 1).len(), 2);
+        assert_eq!(job.upcoming(slot(0), 5, 3), Vec::<Timestamp>::new());
     }
 
     #[test]
@@ -572,6 +757,8 @@ mod tests {
                 every: Some(Duration::from_secs(10)),
                 ..Default::default()
             },
+            more_schedules: vec![],
+            calendars: vec![],
             task: TaskSpec::Shell(ShellTask {
                 command: vec!["true".into()],
                 env: Default::default(),
@@ -1268,7 +1455,7 @@ mod tests {
             vec![],
             "nothing after end_at"
         );
-        assert_eq!(job.upcoming(slot(0), 5), vec![slot(3), slot(4), slot(5)]);
+        assert_eq!(job.upcoming(slot(0), 5, 0), vec![slot(3), slot(4), slot(5)]);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::{Schedule, ScheduleError};
+use crate::calendar::{Calendar, CalendarError, CalendarSpec};
+use crate::schedule::{DstGap, Schedule, ScheduleError, Slot};
 use crate::Timestamp;
 
 /// The largest HTTP body or environment a job may carry; larger payloads belong in storage the
@@ -18,6 +19,10 @@ use crate::Timestamp;
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Job ids become Kafka keys, metric-free log fields and URL path segments.
 pub const MAX_ID_LEN: usize = 200;
+/// Most schedules (`schedule` and `more_schedules` together) one job may have.
+pub const MAX_SCHEDULES: usize = 16;
+/// How many slots [`JobDefinition::upcoming`] looks through for ones that run.
+const MAX_SLOTS_SEARCHED: usize = 10_000;
 /// The pool a job runs in when it names none.
 pub const DEFAULT_POOL: &str = "default";
 
@@ -55,6 +60,13 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub schedule: ScheduleSpec,
+    /// Further schedules: the job fires at every slot of any of them (a slot two schedules share
+    /// is one run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_schedules: Vec<ScheduleSpec>,
+    /// Days on which no slot runs; such a slot is recorded as skipped (`calendar`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calendars: Vec<CalendarSpec>,
     pub task: TaskSpec,
     #[serde(default = "default_pool")]
     pub pool: String,
@@ -323,11 +335,15 @@ fn default_pool() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
+    /// 5 fields (crontab) or 6-7 fields (Quartz, seconds first); see [`crate::schedule::Dialect`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     /// IANA zone for `cron`; UTC when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// `cron` only: what a slot whose local time does not exist (DST gap) does.
+    #[serde(default, skip_serializing_if = "DstGap::is_default")]
+    pub dst_gap: DstGap,
     #[serde(
         default,
         with = "humantime_serde",
@@ -342,11 +358,17 @@ impl std::fmt::Display for ScheduleSpec {
     /// The schedule in a few words, as the CLI and the status page show it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.cron, self.every, self.at) {
-            (Some(cron), _, _) => write!(
-                f,
-                "cron {cron} {}",
-                self.timezone.as_deref().unwrap_or("UTC")
-            ),
+            (Some(cron), _, _) => {
+                write!(
+                    f,
+                    "cron {cron} {}",
+                    self.timezone.as_deref().unwrap_or("UTC")
+                )?;
+                if !self.dst_gap.is_default() {
+                    write!(f, " (DST gap: {})", self.dst_gap.as_str())?;
+                }
+                Ok(())
+            }
             (None, Some(every), _) => write!(
                 f,
                 "every {}",
@@ -441,6 +463,8 @@ pub struct JobDefinition {
     pub id: JobId,
     pub description: Option<String>,
     pub schedule: Schedule,
+    pub more_schedules: Vec<Schedule>,
+    pub calendars: Vec<Calendar>,
     pub task: TaskSpec,
     pub pool: String,
     pub timeout: Option<Duration>,
@@ -467,6 +491,17 @@ pub enum ValidationError {
     ScheduleKind,
     #[error("schedule: `timezone` only applies to `cron`")]
     TimezoneWithoutCron,
+    #[error("schedule: `dst_gap` only applies to `cron`")]
+    DstGapWithoutCron,
+    #[error("more_schedules has {0} entries; the limit is {MAX_SCHEDULES} schedules in all")]
+    TooManySchedules(usize),
+    #[error("more_schedules[{index}]: {error}")]
+    MoreSchedules {
+        index: usize,
+        error: Box<ValidationError>,
+    },
+    #[error("{0}")]
+    Calendar(#[from] CalendarError),
     #[error("schedule: {0}")]
     Schedule(#[from] ScheduleError),
     #[error("task.shell.command must name a program")]
@@ -510,6 +545,33 @@ impl JobSpec {
     pub fn validate(&self) -> Result<JobDefinition, ValidationError> {
         let id = JobId::parse(&self.id)?;
         let schedule = self.schedule.validate()?;
+        if self.more_schedules.len() + 1 > MAX_SCHEDULES {
+            return Err(ValidationError::TooManySchedules(self.more_schedules.len()));
+        }
+        let more_schedules = self
+            .more_schedules
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                spec.validate()
+                    .map_err(|error| ValidationError::MoreSchedules {
+                        index,
+                        error: Box::new(error),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let calendars = self
+            .calendars
+            .iter()
+            .map(CalendarSpec::validate)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(twice) = calendars
+            .iter()
+            .enumerate()
+            .find(|(i, c)| calendars[..*i].iter().any(|d| d.name == c.name))
+        {
+            return Err(CalendarError::Duplicate(twice.1.name.clone()).into());
+        }
         validate_task(&self.task)?;
         let pool_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if self.pool.is_empty() || self.pool.len() > 100 || !self.pool.chars().all(pool_ok) {
@@ -551,6 +613,8 @@ impl JobSpec {
             id,
             description: self.description.clone(),
             schedule,
+            more_schedules,
+            calendars,
             task: self.task.clone(),
             pool: self.pool.clone(),
             timeout: self.timeout,
@@ -571,10 +635,14 @@ impl JobSpec {
 
 impl ScheduleSpec {
     fn validate(&self) -> Result<Schedule, ValidationError> {
+        if self.cron.is_none() && !self.dst_gap.is_default() {
+            return Err(ValidationError::DstGapWithoutCron);
+        }
         match (&self.cron, self.every, self.at) {
-            (Some(expr), None, None) => Ok(Schedule::cron(
+            (Some(expr), None, None) => Ok(Schedule::cron_with(
                 expr,
                 self.timezone.as_deref().unwrap_or("UTC"),
+                self.dst_gap,
             )?),
             (None, Some(interval), None) if self.timezone.is_none() => {
                 Ok(Schedule::every(interval)?)
@@ -584,6 +652,26 @@ impl ScheduleSpec {
                 Err(ValidationError::TimezoneWithoutCron)
             }
             _ => Err(ValidationError::ScheduleKind),
+        }
+    }
+
+    /// The job file form that validates back to `schedule`.
+    pub fn of(schedule: &Schedule) -> Self {
+        match schedule {
+            Schedule::Cron(cron) => ScheduleSpec {
+                cron: Some(cron.expr().to_string()),
+                timezone: Some(cron.timezone().name().to_string()),
+                dst_gap: cron.dst_gap(),
+                ..ScheduleSpec::default()
+            },
+            Schedule::Every { interval } => ScheduleSpec {
+                every: Some(*interval),
+                ..ScheduleSpec::default()
+            },
+            Schedule::At { at } => ScheduleSpec {
+                at: Some(*at),
+                ..ScheduleSpec::default()
+            },
         }
     }
 }
@@ -643,44 +731,97 @@ fn check_size(field: &'static str, size: usize) -> Result<(), ValidationError> {
 }
 
 impl JobDefinition {
-    /// The first slot of the job strictly after `after`, within its `start_at`/`end_at` bounds.
-    pub fn next_slot(&self, after: Timestamp) -> Option<Timestamp> {
+    /// All the job's schedules: `schedule`, then `more_schedules`.
+    pub fn schedules(&self) -> impl Iterator<Item = &Schedule> {
+        std::iter::once(&self.schedule).chain(&self.more_schedules)
+    }
+
+    /// The first slot of the job strictly after `after`, within its `start_at`/`end_at` bounds:
+    /// the earliest of its schedules' next slots. Where two schedules share an instant, one that
+    /// no DST rule changed wins, so a slot is run rather than dropped.
+    pub fn next_slot(&self, after: Timestamp) -> Option<Slot> {
         let from = match self.start_at {
             Some(start) if after < start => start - chrono::Duration::milliseconds(1),
             _ => after,
         };
-        let slot = self.schedule.next_after(from)?;
-        self.end_at.is_none_or(|end| slot <= end).then_some(slot)
+        let slot = self
+            .schedules()
+            .filter_map(|s| s.next_slot_after(from))
+            .min_by_key(|slot| (slot.at, slot.dst.is_some()))?;
+        self.end_at.is_none_or(|end| slot.at <= end).then_some(slot)
     }
 
-    /// The next `count` slots after `after`.
-    pub fn upcoming(&self, after: Timestamp, count: usize) -> Vec<Timestamp> {
-        std::iter::successors(self.next_slot(after), |t| self.next_slot(*t))
-            .take(count)
-            .collect()
+    /// The calendar that excludes `slot`, if any.
+    pub fn excluded_by(&self, slot: Timestamp) -> Option<&Calendar> {
+        self.calendars.iter().find(|c| c.excludes(slot))
+    }
+
+    /// Whether the slot runs: no DST rule drops it and no calendar excludes it.
+    pub fn runs_at(&self, slot: &Slot) -> bool {
+        !slot.is_dropped() && self.excluded_by(slot.at).is_none()
+    }
+
+    /// The next `count` times the job runs after `after`, having run `fired` slots so far: slots
+    /// that a DST rule drops or a calendar excludes are left out, and none are left once
+    /// `max_runs` is reached.
+    pub fn upcoming(&self, after: Timestamp, count: usize, fired: u32) -> Vec<Timestamp> {
+        let left = self
+            .max_runs
+            .map_or(count, |max| count.min(max.saturating_sub(fired) as usize));
+        let mut times = Vec::with_capacity(left);
+        let mut cursor = after;
+        // Bounded, for a calendar that excludes every day of a schedule.
+        for _ in 0..MAX_SLOTS_SEARCHED {
+            if times.len() >= left {
+                break;
+            }
+            let Some(slot) = self.next_slot(cursor) else {
+                break;
+            };
+            cursor = match self.excluded_by(slot.at) {
+                // The rest of an excluded day holds nothing to list.
+                Some(calendar) => calendar.end_of_day(slot.at).max(slot.at),
+                None => {
+                    if !slot.is_dropped() {
+                        times.push(slot.at);
+                    }
+                    slot.at
+                }
+            };
+        }
+        times
+    }
+
+    /// A canonical description of when the job fires: different when the slots differ.
+    pub fn schedule_key(&self) -> String {
+        self.schedules()
+            .map(Schedule::key)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// The job's schedules and calendars in plain English, as the API and the status page show them.
+    pub fn describe_schedule(&self) -> String {
+        let mut text = self
+            .schedules()
+            .map(Schedule::describe)
+            .collect::<Vec<_>>()
+            .join("; and ");
+        if !self.calendars.is_empty() {
+            let names: Vec<&str> = self.calendars.iter().map(|c| c.name.as_str()).collect();
+            text.push_str(&format!("; except on days in {}", names.join(", ")));
+        }
+        text
     }
 
     /// The job file that validates back to this definition.
     pub fn to_spec(&self) -> JobSpec {
-        let schedule = match &self.schedule {
-            Schedule::Cron { expr, timezone, .. } => ScheduleSpec {
-                cron: Some(expr.clone()),
-                timezone: Some(timezone.name().to_string()),
-                ..ScheduleSpec::default()
-            },
-            Schedule::Every { interval } => ScheduleSpec {
-                every: Some(*interval),
-                ..ScheduleSpec::default()
-            },
-            Schedule::At { at } => ScheduleSpec {
-                at: Some(*at),
-                ..ScheduleSpec::default()
-            },
-        };
         JobSpec {
             id: self.id.to_string(),
             description: self.description.clone(),
-            schedule,
+            schedule: ScheduleSpec::of(&self.schedule),
+            more_schedules: self.more_schedules.iter().map(ScheduleSpec::of).collect(),
+            calendars: self.calendars.iter().map(Calendar::to_spec).collect(),
             task: self.task.clone(),
             pool: self.pool.clone(),
             timeout: self.timeout,
@@ -754,6 +895,28 @@ mod tests {
             (
                 format!(r#"{{"id": "a", "schedule": {{"every": "1s"}}, {SHELL}, "pool": "a/b"}}"#),
                 "invalid pool",
+            ),
+            (
+                format!(r#"{{"id": "a", "schedule": {{"every": "1s", "dst_gap": "skip"}}, {SHELL}}}"#),
+                "`dst_gap` only applies to `cron`",
+            ),
+            (
+                format!(
+                    r#"{{"id": "a", "schedule": {{"every": "1s"}}, "more_schedules": [{{"every": "2s"}}, {{"cron": "0 0 12 ? * 0"}}], {SHELL}}}"#
+                ),
+                "more_schedules[1]: schedule: invalid cron expression \"0 0 12 ? * 0\": field 6 (day-of-week)",
+            ),
+            (
+                format!(
+                    r#"{{"id": "a", "schedule": {{"every": "1s"}}, "calendars": [{{"name": "h", "weekdays": ["sun"]}}, {{"name": "h", "dates": ["2027-01-01"]}}], {SHELL}}}"#
+                ),
+                "calendar \"h\" is listed twice",
+            ),
+            (
+                format!(
+                    r#"{{"id": "a", "schedule": {{"every": "1s"}}, "calendars": [{{"name": "h", "timezone": "Nowhere/X", "weekdays": ["sun"]}}], {SHELL}}}"#
+                ),
+                "calendar \"h\": unknown time zone",
             ),
         ];
         for (json, expected) in cases {

@@ -4,6 +4,7 @@
 //! of the wall clock (time is always passed in). The services convert these types to and from Avro
 //! at their edges and decide what to emit by calling the pure functions in [`decide`].
 
+pub mod calendar;
 pub mod decide;
 pub mod job;
 pub mod run;
@@ -15,7 +16,7 @@ pub use run::{
     apply, RunEvent, RunEventKind, RunId, RunState, RunStatus, SkipReason, TaskOutput,
     TransitionError, TriggerKind,
 };
-pub use schedule::{Schedule, ScheduleError};
+pub use schedule::{Dialect, DstGap, Schedule, ScheduleError, Slot};
 pub use task::{CancelRequest, ShardAssignment, TaskAssigned};
 
 /// Time is milliseconds-precise UTC everywhere in Kairos; Avro carries it as `timestamp-millis`.

@@ -82,13 +82,20 @@ pub enum SkipReason {
     JobDeleted,
     /// Another run of the job was active and the overlap policy does not let this one wait.
     Overlap,
+    /// A calendar of the job excludes the slot's day.
+    Calendar,
+    /// The slot's local time does not exist (clocks sprang forward) and the job's `dst_gap`
+    /// policy is `skip`.
+    DstGap,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 3] = [
+    pub const ALL: [SkipReason; 5] = [
         SkipReason::Misfire,
         SkipReason::JobDeleted,
         SkipReason::Overlap,
+        SkipReason::Calendar,
+        SkipReason::DstGap,
     ];
 
     /// The reason as the API, logs and metric labels name it.
@@ -97,6 +104,8 @@ impl SkipReason {
             SkipReason::Misfire => "misfire",
             SkipReason::JobDeleted => "job_deleted",
             SkipReason::Overlap => "overlap",
+            SkipReason::Calendar => "calendar",
+            SkipReason::DstGap => "dst_gap",
         }
     }
 }

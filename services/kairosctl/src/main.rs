@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
-use kairos_core::schedule::{parse_timezone, Schedule};
+use kairos_core::schedule::{DstGap, Schedule, Slot};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec;
 use kairos_runtime::jobs;
@@ -180,14 +180,33 @@ enum RunCommand {
 
 #[derive(Subcommand)]
 enum ScheduleCommand {
-    /// Next fire times of a cron expression (5, 6 or 7 fields).
+    /// The dialect, meaning and next slots of a cron expression: 5 fields are crontab
+    /// (day-of-week 0-7, 0 and 7 Sunday), 6 or 7 fields Quartz (seconds first, 1 = Sunday).
+    /// Slots that a DST change moves or drops are marked.
     Next {
         expr: String,
+        /// IANA time zone the expression is read in.
         #[arg(long, default_value = "UTC")]
         tz: String,
+        /// Slots strictly after this instant (RFC 3339); now when absent.
+        #[arg(long)]
+        from: Option<Timestamp>,
         #[arg(long, default_value_t = 5)]
         count: usize,
+        /// What a slot whose local time does not exist (DST gap) does: run_after or skip.
+        #[arg(long, default_value = "run_after", value_parser = parse_dst_gap)]
+        dst_gap: DstGap,
     },
+}
+
+fn parse_dst_gap(value: &str) -> Result<DstGap, String> {
+    match value {
+        "run_after" => Ok(DstGap::RunAfter),
+        "skip" => Ok(DstGap::Skip),
+        other => Err(format!(
+            "{other:?} is not a DST gap policy: use run_after or skip"
+        )),
+    }
 }
 
 #[tokio::main]
@@ -367,22 +386,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.print(&run, print_run);
             Ok(())
         }
-        Command::Schedule(ScheduleCommand::Next { expr, tz, count }) => {
-            let schedule = Schedule::cron(&expr, &tz)?;
-            let zone = parse_timezone(&tz)?;
-            let times = schedule.upcoming(chrono::Utc::now(), count);
-            let value = json!({"cron": expr, "timezone": tz, "next_fire_times": times});
-            out.print(&value, |_| {
-                for t in &times {
-                    println!(
-                        "{}  ({})",
-                        t.with_timezone(&zone).to_rfc3339(),
-                        t.to_rfc3339()
-                    );
-                }
-            });
-            Ok(())
-        }
+        Command::Schedule(ScheduleCommand::Next {
+            expr,
+            tz,
+            from,
+            count,
+            dst_gap,
+        }) => schedule_next(
+            &out,
+            &expr,
+            &tz,
+            from.unwrap_or_else(chrono::Utc::now),
+            count,
+            dst_gap,
+        ),
         Command::Replay(args) => replay(&out, kafka, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -661,6 +678,61 @@ async fn set_paused(
     Ok(())
 }
 
+/// Prints a cron expression's dialect, its meaning and its next `count` slots after `from`.
+fn schedule_next(
+    out: &Out,
+    expr: &str,
+    tz: &str,
+    from: Timestamp,
+    count: usize,
+    dst_gap: DstGap,
+) -> anyhow::Result<()> {
+    let schedule = Schedule::cron_with(expr, tz, dst_gap)?;
+    let Schedule::Cron(cron) = &schedule else {
+        unreachable!("Schedule::cron_with makes a cron schedule")
+    };
+    let zone = cron.timezone();
+    let slots: Vec<Slot> = std::iter::successors(schedule.next_slot_after(from), |s| {
+        schedule.next_slot_after(s.at)
+    })
+    .take(count)
+    .collect();
+    let listed: Vec<Value> = slots
+        .iter()
+        .map(|slot| {
+            json!({
+                "at": slot.at,
+                "local": slot.at.with_timezone(&zone).to_rfc3339(),
+                "runs": !slot.is_dropped(),
+                "dst": slot.dst.map(|d| d.describe()),
+            })
+        })
+        .collect();
+    let value = json!({
+        "cron": cron.expr(),
+        "dialect": cron.dialect().as_str(),
+        "timezone": zone.name(),
+        "dst_gap": cron.dst_gap().as_str(),
+        "description": schedule.describe(),
+        "slots": listed,
+        "next_fire_times": slots.iter().filter(|s| !s.is_dropped()).map(|s| s.at).collect::<Vec<_>>(),
+    });
+    out.print(&value, |_| {
+        println!("{}: {}", cron.dialect(), schedule.describe());
+        for slot in &slots {
+            let note = slot
+                .dst
+                .map_or(String::new(), |d| format!("  DST: {}", d.describe()));
+            println!(
+                "{}  ({}){note}",
+                slot.at.with_timezone(&zone).to_rfc3339(),
+                slot.at.to_rfc3339()
+            );
+        }
+    });
+    Ok(())
+}
+
 async fn backfill(
     out: &Out,
     kafka: &KafkaArgs,
@@ -672,12 +744,15 @@ async fn backfill(
     anyhow::ensure!(from <= to, "--from must not be after --to");
     let (job, _) = current_job(api, id).await?;
     let start = from - chrono::Duration::milliseconds(1);
-    let slots: Vec<Timestamp> = std::iter::successors(job.schedule.next_after(start), |t| {
-        job.schedule.next_after(*t)
-    })
-    .take_while(|t| *t <= to)
-    .take(MAX_BACKFILL_SLOTS + 1)
-    .collect();
+    // Every slot of every schedule that would have run: none a calendar excludes or a DST rule
+    // drops.
+    let slots: Vec<Timestamp> =
+        std::iter::successors(job.next_slot(start), |s| job.next_slot(s.at))
+            .take_while(|s| s.at <= to)
+            .filter(|s| job.runs_at(s))
+            .map(|s| s.at)
+            .take(MAX_BACKFILL_SLOTS + 1)
+            .collect();
     anyhow::ensure!(
         slots.len() <= MAX_BACKFILL_SLOTS,
         "the range holds more than {MAX_BACKFILL_SLOTS} slots; split it"
@@ -803,6 +878,11 @@ fn explain_entry(entry: &Value) -> String {
             }
             "overlap" => "skipped: another run of the job was active (overlap policy)".to_string(),
             "job_deleted" => "skipped: the job was deleted".to_string(),
+            "calendar" => "skipped: a calendar of the job excludes that day".to_string(),
+            "dst_gap" => {
+                "skipped: the local time did not exist (DST gap) and the job skips such slots"
+                    .to_string()
+            }
             other => format!("skipped ({other})"),
         },
         "RunDispatched" => format!("attempt {attempt} dispatched to pool {detail}"),
@@ -876,6 +956,7 @@ fn print_job(job: &Value) {
         "schedule:     {}",
         schedule_text(&job["definition"]["schedule"])
     );
+    println!("meaning:      {}", text(&job["schedule_description"]));
     println!("pool:         {}", text(&job["definition"]["pool"]));
     println!("definition:   offset {}", text(&job["definition_offset"]));
     println!(
@@ -953,5 +1034,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A calendar written once in a job file (a YAML anchor) is the same calendar in every job
+    /// that lists it.
+    #[test]
+    fn jobs_in_one_file_share_a_calendar_through_an_anchor() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/business-days.yaml");
+        let jobs = read_jobs(&file).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].calendars[0].name, "holidays-de");
+        assert_eq!(jobs[0].calendars, jobs[1].calendars);
     }
 }

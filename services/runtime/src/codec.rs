@@ -13,6 +13,8 @@ use std::time::Duration;
 use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::Schema;
+use chrono::NaiveDate;
+use kairos_core::calendar::{CalendarSpec, DateRange};
 use kairos_core::job::{
     Backoff, HandlerTask, HttpTask, JobSpec, MisfireKind, MisfirePolicy, OverlapPolicy,
     RetryPolicy, ScheduleSpec, ShellTask, TaskSpec,
@@ -21,8 +23,8 @@ use kairos_core::run::{
     RunEvent, RunEventKind, RunId, ShardOf, SkipReason, TaskOutput, TriggerKind,
 };
 use kairos_core::{
-    from_millis, to_millis, CancelRequest, JobDefinition, JobId, ShardAssignment, TaskAssigned,
-    Timestamp, ValidationError,
+    from_millis, to_millis, CancelRequest, DstGap, JobDefinition, JobId, ShardAssignment,
+    TaskAssigned, Timestamp, ValidationError,
 };
 
 /// The largest value Kairos writes or accepts; larger records are dead-lettered, not truncated.
@@ -260,6 +262,17 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A duration written as milliseconds; a negative one is refused.
+    fn opt_duration_ms(&self, field: &'static str) -> Result<Option<Duration>, CodecError> {
+        self.opt_long(field)?
+            .map(|ms| u64::try_from(ms).map(Duration::from_millis))
+            .transpose()
+            .map_err(|_| CodecError::Field {
+                field,
+                reason: "negative".into(),
+            })
+    }
+
     fn long(&self, field: &'static str) -> Result<i64, CodecError> {
         self.opt_long(field)?.ok_or(missing(field))
     }
@@ -318,6 +331,18 @@ impl<'a> Fields<'a> {
                     }),
                 })
                 .collect(),
+            Some(other) => Err(CodecError::Field {
+                field,
+                reason: format!("expected an array, got {other:?}"),
+            }),
+        }
+    }
+
+    /// The items of an array field; none when absent (written before the field existed).
+    fn array(&self, field: &'static str) -> Result<&'a [Value], CodecError> {
+        match self.get(field) {
+            None => Ok(&[]),
+            Some(Value::Array(items)) => Ok(items),
             Some(other) => Err(CodecError::Field {
                 field,
                 reason: format!("expected an array, got {other:?}"),
@@ -462,14 +487,7 @@ fn task_from(fields: &Fields<'_>) -> Result<TaskSpec, CodecError> {
 }
 
 fn timeout_from(fields: &Fields<'_>) -> Result<Option<Duration>, CodecError> {
-    fields
-        .opt_long("timeout_ms")?
-        .map(|ms| u64::try_from(ms).map(Duration::from_millis))
-        .transpose()
-        .map_err(|_| CodecError::Field {
-            field: "timeout_ms",
-            reason: "negative".into(),
-        })
+    fields.opt_duration_ms("timeout_ms")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,18 +496,12 @@ fn timeout_from(fields: &Fields<'_>) -> Result<Option<Duration>, CodecError> {
 /// Encodes a validated job definition.
 pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
     let spec = job.to_spec();
-    let schedule = record(vec![
-        ("cron", opt(spec.schedule.cron, string)),
-        ("timezone", opt(spec.schedule.timezone, string)),
-        ("every_ms", opt(spec.schedule.every, duration_ms)),
-        ("at", opt(spec.schedule.at, millis)),
-    ]);
     encode(
         &CONTRACTS.job,
         record(vec![
             ("id", string(spec.id)),
             ("description", opt(spec.description, string)),
-            ("schedule", schedule),
+            ("schedule", schedule_value(&spec.schedule)),
             ("task", task_value(&spec.task)),
             ("pool", string(spec.pool)),
             ("timeout_ms", opt(spec.timeout, duration_ms)),
@@ -507,8 +519,142 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
                 "shard_params",
                 Value::Array(job.shard_params.iter().map(string).collect()),
             ),
+            (
+                "more_schedules",
+                Value::Array(spec.more_schedules.iter().map(schedule_value).collect()),
+            ),
+            (
+                "calendars",
+                Value::Array(spec.calendars.iter().map(calendar_value).collect()),
+            ),
         ]),
     )
+}
+
+const DST_GAP_SYMBOLS: [&str; 2] = ["run_after", "skip"];
+const WEEKDAY_SYMBOLS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn schedule_value(schedule: &ScheduleSpec) -> Value {
+    record(vec![
+        ("cron", opt(schedule.cron.clone(), string)),
+        ("timezone", opt(schedule.timezone.clone(), string)),
+        ("every_ms", opt(schedule.every, duration_ms)),
+        ("at", opt(schedule.at, millis)),
+        (
+            "dst_gap",
+            symbol(&DST_GAP_SYMBOLS, schedule.dst_gap.as_str()),
+        ),
+    ])
+}
+
+fn schedule_from(value: &Value, what: &'static str) -> Result<ScheduleSpec, CodecError> {
+    let schedule = Fields::of(value, what)?;
+    Ok(ScheduleSpec {
+        cron: schedule.opt_string("cron")?,
+        timezone: schedule.opt_string("timezone")?,
+        every: schedule.opt_duration_ms("every_ms")?,
+        at: schedule.opt_timestamp("at")?,
+        dst_gap: match schedule.opt_string("dst_gap")?.as_deref() {
+            None | Some("run_after") => DstGap::RunAfter,
+            Some("skip") => DstGap::Skip,
+            Some(other) => {
+                return Err(CodecError::Field {
+                    field: "schedule.dst_gap",
+                    reason: format!("unknown policy {other:?}"),
+                })
+            }
+        },
+    })
+}
+
+/// Days since the Unix epoch, as Avro's `date` carries them.
+fn date_value(day: NaiveDate) -> Value {
+    let days = (day - NaiveDate::default()).num_days();
+    Value::Date(i32::try_from(days).unwrap_or(i32::MAX))
+}
+
+fn calendar_value(calendar: &CalendarSpec) -> Value {
+    record(vec![
+        ("name", string(&calendar.name)),
+        (
+            "timezone",
+            string(calendar.timezone.as_deref().unwrap_or("UTC")),
+        ),
+        (
+            "dates",
+            Value::Array(calendar.dates.iter().copied().map(date_value).collect()),
+        ),
+        (
+            "ranges",
+            Value::Array(
+                calendar
+                    .ranges
+                    .iter()
+                    .map(|r| record(vec![("from", date_value(r.from)), ("to", date_value(r.to))]))
+                    .collect(),
+            ),
+        ),
+        (
+            "weekdays",
+            Value::Array(
+                calendar
+                    .weekdays
+                    .iter()
+                    .map(|w| symbol(&WEEKDAY_SYMBOLS, &w.to_ascii_lowercase()))
+                    .collect(),
+            ),
+        ),
+    ])
+}
+
+fn calendar_from(value: &Value) -> Result<CalendarSpec, CodecError> {
+    let f = Fields::of(value, "calendars")?;
+    let date = |value: &Value| match value {
+        Value::Date(days) | Value::Int(days) => NaiveDate::default()
+            .checked_add_signed(chrono::Duration::days(i64::from(*days)))
+            .ok_or(CodecError::Field {
+                field: "calendars.dates",
+                reason: format!("{days} is out of range"),
+            }),
+        other => Err(CodecError::Field {
+            field: "calendars.dates",
+            reason: format!("expected a date, got {other:?}"),
+        }),
+    };
+    let dates = f
+        .array("dates")?
+        .iter()
+        .map(date)
+        .collect::<Result<_, _>>()?;
+    let ranges = f
+        .array("ranges")?
+        .iter()
+        .map(|range| {
+            let range = Fields::of(range, "calendars.ranges")?;
+            Ok(DateRange {
+                from: date(range.required("from")?)?,
+                to: date(range.required("to")?)?,
+            })
+        })
+        .collect::<Result<_, CodecError>>()?;
+    let weekdays = f
+        .array("weekdays")?
+        .iter()
+        .map(|day| match day {
+            Value::Enum(_, name) | Value::String(name) => Ok(name.clone()),
+            other => Err(CodecError::Field {
+                field: "calendars.weekdays",
+                reason: format!("expected a weekday, got {other:?}"),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CalendarSpec {
+        name: f.string("name")?,
+        timezone: f.opt_string("timezone")?,
+        dates,
+        ranges,
+        weekdays,
+    })
 }
 
 const MISFIRE_SYMBOLS: [&str; 3] = ["fire_once", "skip", "catch_up"];
@@ -611,24 +757,20 @@ fn misfire_from(fields: &Fields<'_>) -> Result<MisfirePolicy, CodecError> {
 pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
     let value = decode(&CONTRACTS.job, bytes)?;
     let f = Fields::of(&value, "JobDefinition")?;
-    let schedule = Fields::of(f.required("schedule")?, "schedule")?;
-    let every = schedule
-        .opt_long("every_ms")?
-        .map(|ms| u64::try_from(ms).map(Duration::from_millis))
-        .transpose()
-        .map_err(|_| CodecError::Field {
-            field: "schedule.every_ms",
-            reason: "negative".into(),
-        })?;
     let spec = JobSpec {
         id: f.string("id")?,
         description: f.opt_string("description")?,
-        schedule: ScheduleSpec {
-            cron: schedule.opt_string("cron")?,
-            timezone: schedule.opt_string("timezone")?,
-            every,
-            at: schedule.opt_timestamp("at")?,
-        },
+        schedule: schedule_from(f.required("schedule")?, "schedule")?,
+        more_schedules: f
+            .array("more_schedules")?
+            .iter()
+            .map(|s| schedule_from(s, "more_schedules"))
+            .collect::<Result<_, _>>()?,
+        calendars: f
+            .array("calendars")?
+            .iter()
+            .map(calendar_from)
+            .collect::<Result<_, _>>()?,
         task: task_from(&f)?,
         pool: f.string("pool")?,
         timeout: timeout_from(&f)?,
@@ -659,14 +801,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
                 })
             })
             .transpose()?,
-        jitter: f
-            .opt_long("jitter_ms")?
-            .map(|ms| u64::try_from(ms).map(Duration::from_millis))
-            .transpose()
-            .map_err(|_| CodecError::Field {
-                field: "jitter_ms",
-                reason: "negative".into(),
-            })?,
+        jitter: f.opt_duration_ms("jitter_ms")?,
         priority: f.opt_int("priority")?.unwrap_or_default(),
         shards: f.opt_u32("shards")?,
         shard_params: f.strings("shard_params")?,
@@ -1411,6 +1546,8 @@ mod tests {
             id: "report.daily".into(),
             description: Some("daily report".into()),
             schedule,
+            more_schedules: vec![],
+            calendars: vec![],
             task: yaml_task,
             pool: "batch".into(),
             timeout: Some(Duration::from_millis(1500)),
@@ -1444,6 +1581,29 @@ mod tests {
             env: BTreeMap::from([("A".into(), "1".into())]),
             working_dir: Some("/tmp".into()),
         })
+    }
+
+    #[test]
+    fn several_schedules_dst_policies_and_calendars_round_trip() {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "id": "payroll",
+            "schedule": {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin", "dst_gap": "skip"},
+            "more_schedules": [{"cron": "0 0 12 ? * 6#3"}, {"every": "6h"}],
+            "calendars": [{
+                "name": "holidays-de",
+                "timezone": "Europe/Berlin",
+                "dates": ["2026-12-25", "1969-07-20"],
+                "ranges": [{"from": "2026-12-27", "to": "2027-01-02"}],
+                "weekdays": ["Saturday", "sun"]
+            }],
+            "task": {"shell": {"command": ["true"]}}
+        }))
+        .unwrap();
+        let job = spec.validate().unwrap();
+        let decoded = decode_job(&encode_job(&job).unwrap()).unwrap();
+        assert_eq!(decoded, job);
+        assert_eq!(decoded.calendars[0].weekdays.len(), 2);
+        assert_eq!(decoded.more_schedules.len(), 2);
     }
 
     #[test]

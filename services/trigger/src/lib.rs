@@ -326,7 +326,7 @@ impl Trigger {
         {
             Some(next) => self
                 .index
-                .set(partition, job.id.as_str(), fire_time(job, next)),
+                .set(partition, job.id.as_str(), fire_time(job, next.at)),
             None => self.index.remove(job.id.as_str()),
         }
     }
@@ -349,7 +349,7 @@ impl Trigger {
         // other edit leaves missed slots to the misfire policy; a new schedule starts when it was
         // written.
         let (cursor, fired) = match last {
-            Some(c) if c.schedule == definition.schedule.key() => (c.last_slot, c.fired),
+            Some(c) if c.schedule == definition.schedule_key() => (c.last_slot, c.fired),
             Some(c) => (c.last_slot.max(stored.written_at), c.fired),
             None => (stored.written_at, 0),
         };
@@ -420,7 +420,7 @@ impl Trigger {
                 job_id: job.id.clone(),
                 last_slot: loaded.cursor,
                 definition_offset: loaded.offset,
-                schedule: job.schedule.key(),
+                schedule: job.schedule_key(),
                 fired: loaded.fired,
             };
             records.push((job.id.as_str(), codec::encode_trigger_state(&state)?));
@@ -459,7 +459,7 @@ fn due_fires(loaded: &mut Loaded, now: Timestamp) -> Vec<Fire> {
     fires
 }
 
-/// The ledger record of a fire: the run scheduled, or the slot recorded as misfired.
+/// The ledger record of a fire: the run scheduled, or the slot recorded as skipped.
 fn fire_event(loaded: &Loaded, fire: Fire, now: Timestamp) -> RunEvent {
     let job_id = &loaded.definition.id;
     let slot = fire.slot();
@@ -468,9 +468,7 @@ fn fire_event(loaded: &Loaded, fire: Fire, now: Timestamp) -> RunEvent {
             trigger: TriggerKind::Schedule,
             definition_offset: loaded.offset,
         },
-        Fire::Misfired(_) => RunEventKind::RunSkipped {
-            reason: SkipReason::Misfire,
-        },
+        Fire::Skipped(_, reason) => RunEventKind::RunSkipped { reason },
     };
     RunEvent {
         job_id: job_id.clone(),
@@ -490,8 +488,16 @@ fn record_fire(event: &RunEvent) {
         metrics::counter!(m::FIRES).increment(1);
         metrics::histogram!(m::LATENESS).record(lateness.as_secs_f64());
         tracing::debug!(job_id = %event.job_id, run_id = %event.run_id, %slot, "Fired.");
-    } else {
-        metrics::counter!(m::SKIPS, "reason" => "misfire").increment(1);
-        tracing::info!(job_id = %event.job_id, %slot, "Slot misfired; a later slot supersedes it.");
+    } else if let RunEventKind::RunSkipped { reason } = event.kind {
+        metrics::counter!(m::SKIPS, "reason" => reason.as_str()).increment(1);
+        let why = match reason {
+            SkipReason::Misfire => "it was missed and a later slot supersedes it",
+            SkipReason::Calendar => "a calendar of the job excludes its day",
+            SkipReason::DstGap => {
+                "its local time does not exist (DST gap) and the job skips such slots"
+            }
+            SkipReason::JobDeleted | SkipReason::Overlap => "of the job's policy",
+        };
+        tracing::info!(job_id = %event.job_id, %slot, "Slot skipped: {why}.");
     }
 }
