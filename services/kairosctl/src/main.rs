@@ -718,7 +718,7 @@ fn schedule_next(
         "next_fire_times": slots.iter().filter(|s| !s.is_dropped()).map(|s| s.at).collect::<Vec<_>>(),
     });
     out.print(&value, |_| {
-        println!("{}: {}", cron.dialect(), schedule.describe());
+        println!("{}", schedule.describe());
         for slot in &slots {
             let note = slot
                 .dst
