@@ -46,7 +46,7 @@ ensure_chromium() {
 
 # The independent implementations the schedule tests compare Kairos with (test-only): croniter
 # (PyPI, pinned) in a virtualenv of its own, and Quartz's CronExpression (Debian's
-# libquartz2-java) on a headless Java runtime.
+# libquartz2-java) on a headless JDK.
 CRONITER_VERSION="7.0.0"
 KAIROS_VENV="$KAIROS_CACHE/venv"
 QUARTZ_CLASSPATH="/usr/share/java/quartz2.jar"
@@ -57,7 +57,8 @@ ensure_schedule_oracles() {
     "$KAIROS_VENV/bin/pip" install --quiet --disable-pip-version-check "croniter==$CRONITER_VERSION"
   fi
   local missing=()
-  command -v java >/dev/null || missing+=(default-jre-headless)
+  # javac too: the oracle runs as a single source file, which needs the JDK's compiler module.
+  command -v javac >/dev/null || missing+=(default-jdk-headless)
   [ -e "$QUARTZ_CLASSPATH" ] || missing+=(libquartz2-java)
   if [ ${#missing[@]} -gt 0 ]; then
     log "Installing Debian packages for the Quartz oracle: ${missing[*]}"

@@ -71,17 +71,26 @@ async fn calendar_excluded_slots_are_recorded_as_skipped_and_several_schedules_f
         Duration::from_secs(60),
         || async {
             let (ran, skipped) = decided(&stack, "frozen");
-            assert!(ran.is_empty(), "a calendar-excluded slot was scheduled: {ran:?}");
+            assert!(
+                ran.is_empty(),
+                "a calendar-excluded slot was scheduled: {ran:?}"
+            );
             (skipped.len() >= 5).then_some(skipped)
         },
     )
     .await;
     assert!(
-        skipped.iter().all(|(_, reason)| *reason == SkipReason::Calendar),
+        skipped
+            .iter()
+            .all(|(_, reason)| *reason == SkipReason::Calendar),
         "{skipped:?}"
     );
     let slots: BTreeSet<_> = skipped.iter().map(|(slot, _)| *slot).collect();
-    assert_eq!(slots.len(), skipped.len(), "a slot was decided twice: {skipped:?}");
+    assert_eq!(
+        slots.len(),
+        skipped.len(),
+        "a slot was decided twice: {skipped:?}"
+    );
 
     let ran = wait_for(
         "the two-schedule job to fire over 12 seconds",
@@ -112,8 +121,7 @@ async fn calendar_excluded_slots_are_recorded_as_skipped_and_several_schedules_f
     )
     .await;
     assert_eq!(
-        frozen["schedule_description"],
-        "Every 1s; except on days in freeze",
+        frozen["schedule_description"], "Every 1s; except on days in freeze",
         "{frozen}"
     );
     let tomorrow_end = chrono::Utc::now().date_naive().succ_opt().unwrap();
@@ -140,12 +148,24 @@ fn schedule_next_shows_the_dialect_the_meaning_and_what_dst_does() {
     };
     let next = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
-            "--json", "schedule", "next", "30 2 * * *", "--tz", "Europe/Berlin",
-            "--from", "2027-03-27T12:00:00Z", "--count", "2",
+            "--json",
+            "schedule",
+            "next",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--from",
+            "2027-03-27T12:00:00Z",
+            "--count",
+            "2",
         ];
         args.extend_from_slice(extra);
         let out = kairosctl(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("JSON")
     };
 
@@ -155,7 +175,13 @@ fn schedule_next_shows_the_dialect_the_meaning_and_what_dst_does() {
     assert_eq!(moved["description"], "At 02:30 (crontab, Europe/Berlin)");
     assert_eq!(moved["slots"][0]["at"], "2027-03-28T01:00:00Z");
     assert_eq!(moved["slots"][0]["runs"], true);
-    assert!(moved["slots"][0]["dst"].as_str().unwrap().contains("does not exist"), "{moved}");
+    assert!(
+        moved["slots"][0]["dst"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{moved}"
+    );
     assert_eq!(moved["slots"][1]["dst"], serde_json::Value::Null);
 
     let skipped = next(&["--dst-gap", "skip"]);
@@ -169,5 +195,8 @@ fn schedule_next_shows_the_dialect_the_meaning_and_what_dst_does() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("field 6 (day-of-week)"), "{stderr}");
-    assert!(stderr.contains("in 5-field crontab syntax 0 is Sunday"), "{stderr}");
+    assert!(
+        stderr.contains("in 5-field crontab syntax 0 is Sunday"),
+        "{stderr}"
+    );
 }

@@ -62,6 +62,10 @@ impl Dialect {
         }
     }
 
+    fn day_of_month_field(self) -> usize {
+        self.hour_field() + 1
+    }
+
     fn parser(self) -> CronParser {
         // `0/10`-style steps are accepted in both dialects: Quartz defines them, and Kairos
         // accepted them in 5-field expressions before the dialects were told apart.
@@ -175,6 +179,7 @@ pub struct CronSchedule {
     dst_gap: DstGap,
     pattern: croner::Cron,
     follows_elapsed_time: bool,
+    description: String,
 }
 
 impl CronSchedule {
@@ -195,8 +200,8 @@ impl CronSchedule {
     }
 
     /// The expression in plain English, e.g. "At 12:00, on Monday, Tuesday, ...".
-    pub fn describe(&self) -> String {
-        self.pattern.describe()
+    pub fn describe(&self) -> &str {
+        &self.description
     }
 
     fn next_after(&self, after: Timestamp) -> Option<Slot> {
@@ -218,16 +223,19 @@ impl CronSchedule {
         };
         let mut cursor = wall - chrono::Duration::seconds(i64::from(rewind.max(0)));
         let mut best: Option<Slot> = None;
+        // The earliest instant that a wall-clock time at or after `wall` can be, with the
+        // offsets in force at `after` and at the slot found so far.
+        let earliest_instant = |wall: NaiveDateTime, found: &Slot| {
+            let offset_found = found.at.with_timezone(&tz).offset().fix().local_minus_utc();
+            let widest = offset_now.max(offset_found);
+            Utc.from_utc_datetime(&wall) - chrono::Duration::seconds(i64::from(widest))
+        };
         loop {
             let Ok(candidate) = self.pattern.find_next_occurrence(&cursor, false) else {
                 return best;
             };
             if let Some(found) = best {
-                // No wall-clock time at or after `candidate` can be an earlier instant than this.
-                let widest =
-                    offset_now.max(found.at.with_timezone(&tz).offset().fix().local_minus_utc());
-                let earliest = Utc.from_utc_datetime(&candidate)
-                    - chrono::Duration::seconds(i64::from(widest));
+                let earliest = earliest_instant(candidate, &found);
                 if earliest > found.at || (earliest == found.at && found.dst.is_none()) {
                     return best;
                 }
@@ -238,6 +246,14 @@ impl CronSchedule {
                 });
                 if slot.at > after && better {
                     best = Some(slot);
+                }
+            }
+            // The common case, settled without searching for another candidate: a regular slot
+            // that no later wall-clock time (a second on, at least) can come before.
+            if let Some(found) = best.filter(|b| b.dst.is_none()) {
+                let next_second = candidate + chrono::Duration::seconds(1);
+                if earliest_instant(next_second, &found) > found.at {
+                    return best;
                 }
             }
             cursor = candidate;
@@ -375,8 +391,14 @@ impl Schedule {
             )));
         }
         let hour = fields[dialect.hour_field()];
+        let mut description = pattern.describe().trim_end_matches('.').to_string();
+        if fields[dialect.day_of_month_field()].eq_ignore_ascii_case("LW") {
+            // croner 4 words `LW` as the last day; it matches the last weekday.
+            description = description.replace("the last day of", "the last weekday of");
+        }
         Ok(Schedule::Cron(Box::new(CronSchedule {
             follows_elapsed_time: hour.contains('*') || hour.contains('/'),
+            description,
             expr,
             dialect,
             timezone,
@@ -450,7 +472,7 @@ impl Schedule {
                 };
                 format!(
                     "{} ({}, {}{policy})",
-                    cron.describe().trim_end_matches('.'),
+                    cron.describe(),
                     cron.dialect,
                     cron.timezone.name()
                 )

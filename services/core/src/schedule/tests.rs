@@ -211,6 +211,11 @@ fn the_dialect_is_chosen_by_the_field_count_and_described() {
         quartz.describe(),
         "At 12:00, on the 3rd Friday of the month (quartz, UTC)"
     );
+    let last_weekday = given("0 0 18 LW * ?", "Europe/Berlin");
+    assert_eq!(
+        last_weekday.describe(),
+        "At 18:00, on the last weekday of the month (quartz, Europe/Berlin)"
+    );
     let skip = given_skipping_gaps("30 2 * * *", "UTC");
     assert_eq!(skip.describe(), "At 02:30 (crontab, UTC, DST gap: skip)");
 }
