@@ -41,6 +41,10 @@ const DEAD_LETTER_AVSC: &str = include_str!("../../../schemas/dead_letter.avsc")
 const CONTROL_AVSC: &str = include_str!("../../../schemas/control.avsc");
 const ALERT_AVSC: &str = include_str!("../../../schemas/alert.avsc");
 const HEARTBEAT_AVSC: &str = include_str!("../../../schemas/worker_heartbeat.avsc");
+/// Versions released before the current one, kept so that records written with them still decode.
+const JOB_DEFINITION_V1_AVSC: &str =
+    include_str!("../../../schemas/released/job_definition.v1.avsc");
+const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_event.v1.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +69,13 @@ impl From<apache_avro::Error> for CodecError {
     }
 }
 
-/// One schema of the contract, with its wire fingerprint.
+/// One schema of the contract, with its wire fingerprint, and the earlier versions it reads.
 struct Contract {
     name: &'static str,
     schema: Schema,
     fingerprint: Vec<u8>,
+    /// Released earlier versions, by fingerprint: their records resolve to `schema`.
+    earlier: Vec<(Vec<u8>, Schema)>,
 }
 
 struct Contracts {
@@ -86,22 +92,32 @@ struct Contracts {
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
     let task: serde_json::Value =
         serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
-    let contract = |name: &'static str, avsc: &str| {
+    let parse = |name: &'static str, avsc: &str| {
         let mut json: serde_json::Value =
             serde_json::from_str(avsc).expect("embedded schema is JSON");
         inline_named(&mut json, "io.kairos.Task", &task);
         let schema = Schema::parse(&json)
             .unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"));
         let fingerprint = schema.fingerprint::<Rabin>().bytes;
+        (fingerprint, schema)
+    };
+    let evolved = |name: &'static str, avsc: &str, earlier: &[&str]| {
+        let (fingerprint, schema) = parse(name, avsc);
         Contract {
             name,
             schema,
             fingerprint,
+            earlier: earlier.iter().map(|avsc| parse(name, avsc)).collect(),
         }
     };
+    let contract = |name: &'static str, avsc: &str| evolved(name, avsc, &[]);
     Contracts {
-        job: contract("JobDefinition", JOB_DEFINITION_AVSC),
-        run_event: contract("RunEvent", RUN_EVENT_AVSC),
+        job: evolved(
+            "JobDefinition",
+            JOB_DEFINITION_AVSC,
+            &[JOB_DEFINITION_V1_AVSC],
+        ),
+        run_event: evolved("RunEvent", RUN_EVENT_AVSC, &[RUN_EVENT_V1_AVSC]),
         task_assigned: contract("TaskAssigned", TASK_ASSIGNED_AVSC),
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
@@ -153,12 +169,19 @@ fn decode(contract: &Contract, bytes: &[u8]) -> Result<Value, CodecError> {
     if header[..2] != MAGIC {
         return Err(CodecError::NotSingleObject);
     }
-    // Only the current version of each schema exists so far; an older writer schema would be
-    // looked up here by its fingerprint and resolved to the current one.
-    if header[2..] != contract.fingerprint[..] {
-        return Err(CodecError::UnknownSchema(hex(&header[2..]), contract.name));
-    }
-    let value = apache_avro::from_avro_datum(&contract.schema, &mut datum, None)?;
+    let fingerprint = &header[2..];
+    let value = if fingerprint == contract.fingerprint {
+        apache_avro::from_avro_datum(&contract.schema, &mut datum, None)?
+    } else {
+        // A record written with an earlier version: read with that writer schema, resolved to
+        // the current one (new fields take their defaults).
+        let (_, writer) = contract
+            .earlier
+            .iter()
+            .find(|(earlier, _)| earlier == fingerprint)
+            .ok_or_else(|| CodecError::UnknownSchema(hex(fingerprint), contract.name))?;
+        apache_avro::from_avro_datum(writer, &mut datum, Some(&contract.schema))?
+    };
     if !datum.is_empty() {
         return Err(CodecError::Avro(format!(
             "{} trailing bytes after the record",
@@ -1862,6 +1885,64 @@ mod tests {
             decode_cancel(&encode_cancel(&fence).unwrap()).unwrap(),
             fence
         );
+    }
+
+    /// Re-encodes a current record with an earlier version of its schema, as a producer of that
+    /// release wrote it: the fields both versions have, under the earlier fingerprint.
+    fn written_with_earlier(contract: &Contract, version: usize, bytes: &[u8]) -> Vec<u8> {
+        let current = decode(contract, bytes).unwrap();
+        let (fingerprint, schema) = &contract.earlier[version];
+        let Value::Record(fields) = current else {
+            panic!("a record")
+        };
+        let known = |name: &str| schema_fields(schema).contains(&name.to_string());
+        let earlier = Value::Record(fields.into_iter().filter(|(n, _)| known(n)).collect());
+        let datum = apache_avro::to_avro_datum(schema, earlier.resolve(schema).unwrap()).unwrap();
+        [&MAGIC[..], fingerprint, &datum].concat()
+    }
+
+    fn schema_fields(schema: &Schema) -> Vec<String> {
+        match schema {
+            Schema::Record(record) => record.fields.iter().map(|f| f.name.clone()).collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn records_written_with_the_released_versions_still_decode() {
+        let job = job(
+            shell(),
+            ScheduleSpec {
+                cron: Some("0 0 3 * * *".into()),
+                timezone: Some("Europe/Berlin".into()),
+                ..ScheduleSpec::default()
+            },
+        );
+        let v1 = written_with_earlier(&CONTRACTS.job, 0, &encode_job(&job).unwrap());
+        assert_ne!(
+            v1[2..10],
+            CONTRACTS.job.fingerprint[..],
+            "written under the v1 fingerprint"
+        );
+        assert_eq!(decode_job(&v1).unwrap(), job);
+
+        let job_id = JobId::parse("report.daily").unwrap();
+        let skipped = RunEvent {
+            job_id: job_id.clone(),
+            run_id: RunId::derive(&job_id, t(0), TriggerKind::Schedule),
+            scheduled_for: t(0),
+            at: t(5),
+            kind: RunEventKind::RunSkipped {
+                reason: SkipReason::Overlap,
+            },
+            shard: None,
+        };
+        let v1 = written_with_earlier(
+            &CONTRACTS.run_event,
+            0,
+            &encode_run_event(&skipped).unwrap(),
+        );
+        assert_eq!(decode_run_event(&v1).unwrap(), skipped);
     }
 
     #[test]
