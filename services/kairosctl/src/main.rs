@@ -853,12 +853,21 @@ fn read_jobs(path: &Path) -> anyhow::Result<Vec<JobSpec>> {
     // Through a JSON value, so that YAML and JSON files mean exactly the same thing.
     let value: Value = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{}: not YAML or JSON", path.display()))?;
+    // serde_path_to_error names the field that is wrong (`[1].calendars[0].dates[0]`), which
+    // serde_json alone does not once the YAML positions are gone.
     let specs = if value.is_array() {
-        serde_json::from_value::<Vec<JobSpec>>(value)
+        serde_path_to_error::deserialize::<_, Vec<JobSpec>>(value)
     } else {
-        serde_json::from_value::<JobSpec>(value).map(|s| vec![s])
+        serde_path_to_error::deserialize::<_, JobSpec>(value).map(|s| vec![s])
     };
-    specs.with_context(|| format!("{}: not a job file", path.display()))
+    specs.map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a job file: {}: {}",
+            path.display(),
+            e.path(),
+            e.inner()
+        )
+    })
 }
 
 /// One ledger event of a run, in words.
@@ -1034,6 +1043,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A mistake in a job file is named by its path in the file, which the YAML-to-JSON step would
+    /// otherwise lose.
+    #[test]
+    fn a_bad_field_in_a_job_file_is_named_by_its_path() {
+        let file = std::env::temp_dir().join(format!("kairosctl-bad-{}.yaml", std::process::id()));
+        std::fs::write(
+            &file,
+            "- id: ok\n  schedule: {every: 1s}\n  task: {shell: {command: [\"true\"]}}\n\
+             - id: bad\n  schedule: {cron: \"0 12 * * 1-5\"}\n  calendars: [{name: h, dates: [2026-13-01]}]\n  task: {shell: {command: [\"true\"]}}\n",
+        )
+        .unwrap();
+        let error = read_jobs(&file).unwrap_err().to_string();
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            error.contains("not a job file: [1].calendars[0].dates[0]: input is out of range"),
+            "{error}"
+        );
     }
 
     /// A calendar written once in a job file (a YAML anchor) is the same calendar in every job
