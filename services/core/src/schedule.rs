@@ -179,7 +179,8 @@ pub struct CronSchedule {
     dst_gap: DstGap,
     pattern: croner::Cron,
     follows_elapsed_time: bool,
-    description: String,
+    /// The day-of-month field is `LW`, which croner 4 words as the last day of the month.
+    last_weekday_of_month: bool,
 }
 
 impl CronSchedule {
@@ -199,9 +200,16 @@ impl CronSchedule {
         self.dst_gap
     }
 
-    /// The expression in plain English, e.g. "At 12:00, on Monday, Tuesday, ...".
-    pub fn describe(&self) -> &str {
-        &self.description
+    /// The expression in plain English, e.g. "At 12:00, on Monday, Tuesday, ...". Built on
+    /// demand: it costs as much as parsing, and only the CLI, the API and the status page ask.
+    pub fn describe(&self) -> String {
+        let description = self.pattern.describe();
+        let description = description.trim_end_matches('.');
+        if self.last_weekday_of_month {
+            description.replace("the last day of", "the last weekday of")
+        } else {
+            description.to_string()
+        }
     }
 
     fn next_after(&self, after: Timestamp) -> Option<Slot> {
@@ -391,14 +399,9 @@ impl Schedule {
             )));
         }
         let hour = fields[dialect.hour_field()];
-        let mut description = pattern.describe().trim_end_matches('.').to_string();
-        if fields[dialect.day_of_month_field()].eq_ignore_ascii_case("LW") {
-            // croner 4 words `LW` as the last day; it matches the last weekday.
-            description = description.replace("the last day of", "the last weekday of");
-        }
         Ok(Schedule::Cron(Box::new(CronSchedule {
             follows_elapsed_time: hour.contains('*') || hour.contains('/'),
-            description,
+            last_weekday_of_month: fields[dialect.day_of_month_field()].eq_ignore_ascii_case("LW"),
             expr,
             dialect,
             timezone,
