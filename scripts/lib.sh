@@ -44,17 +44,21 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 }
 
-# The independent implementations the schedule tests compare Kairos with (test-only): croniter
-# (PyPI, pinned) in a virtualenv of its own, and Quartz's CronExpression (Debian's
+# The independent implementations the tests compare Kairos with (test-only): croniter and
+# fastavro (PyPI, pinned) in a virtualenv of its own, and Quartz's CronExpression (Debian's
 # libquartz2-java) on a headless JDK.
 CRONITER_VERSION="7.0.0"
+FASTAVRO_VERSION="1.13.1"
 KAIROS_VENV="$KAIROS_CACHE/venv"
 QUARTZ_CLASSPATH="/usr/share/java/quartz2.jar"
-ensure_schedule_oracles() {
-  if ! "$KAIROS_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('croniter') != '$CRONITER_VERSION')" 2>/dev/null; then
-    log "Installing croniter $CRONITER_VERSION into $KAIROS_VENV (the crontab oracle)"
+ensure_oracles() {
+  local wanted="import importlib.metadata as m, sys
+sys.exit(m.version('croniter') != '$CRONITER_VERSION' or m.version('fastavro') != '$FASTAVRO_VERSION')"
+  if ! "$KAIROS_VENV/bin/python" -c "$wanted" 2>/dev/null; then
+    log "Installing croniter $CRONITER_VERSION and fastavro $FASTAVRO_VERSION into $KAIROS_VENV (test oracles)"
     python3 -m venv "$KAIROS_VENV"
-    "$KAIROS_VENV/bin/pip" install --quiet --disable-pip-version-check "croniter==$CRONITER_VERSION"
+    "$KAIROS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "croniter==$CRONITER_VERSION" "fastavro==$FASTAVRO_VERSION"
   fi
   local missing=()
   # javac too: the oracle runs as a single source file, which needs the JDK's compiler module.

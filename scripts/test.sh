@@ -7,7 +7,7 @@ cd "$KAIROS_ROOT"
 ensure_packages
 ensure_nisshi
 ensure_chromium
-ensure_schedule_oracles
+ensure_oracles
 started=$SECONDS
 
 log "Building"

@@ -74,8 +74,38 @@ struct Contract {
     name: &'static str,
     schema: Schema,
     fingerprint: Vec<u8>,
-    /// Released earlier versions, by fingerprint: their records resolve to `schema`.
+    /// Released earlier versions, and fingerprints written before they followed the
+    /// specification: their records resolve to `schema`.
     earlier: Vec<(Vec<u8>, Schema)>,
+}
+
+/// The primitive types, whose `{"type": ...}` object form is their name alone in canonical form.
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+/// The schema's Parsing Canonical Form exactly as the Avro specification defines it, as Java's
+/// `SchemaNormalization` and fastavro compute it.
+///
+/// apache-avro 0.20 strips `logicalType` but keeps the object it stood in, so
+/// `{"type": "long", "logicalType": "timestamp-millis"}` becomes `{"type":"long"}` where the
+/// specification's [PRIMITIVES] rule asks for `"long"` (AVRO-4004); this finishes the rule.
+fn canonical_form(schema: &Schema) -> String {
+    PRIMITIVES
+        .iter()
+        .fold(schema.canonical_form(), |form, primitive| {
+            form.replace(
+                &format!("{{\"type\":\"{primitive}\"}}"),
+                &format!("\"{primitive}\""),
+            )
+        })
+}
+
+/// The CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form, little-endian, as the
+/// single-object encoding carries it.
+fn fingerprint(schema: &Schema) -> Vec<u8> {
+    use digest::Digest;
+    Rabin::digest(canonical_form(schema).as_bytes()).to_vec()
 }
 
 struct Contracts {
@@ -96,18 +126,30 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         let mut json: serde_json::Value =
             serde_json::from_str(avsc).expect("embedded schema is JSON");
         inline_named(&mut json, "io.kairos.Task", &task);
-        let schema = Schema::parse(&json)
-            .unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"));
-        let fingerprint = schema.fingerprint::<Rabin>().bytes;
-        (fingerprint, schema)
+        Schema::parse(&json).unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"))
     };
     let evolved = |name: &'static str, avsc: &str, earlier: &[&str]| {
-        let (fingerprint, schema) = parse(name, avsc);
+        let schema = parse(name, avsc);
+        // Every version is read under its specification fingerprint and under the one Kairos
+        // wrote before it followed the specification (the apache-avro crate's own), so topics
+        // written until then still decode.
+        let versions =
+            std::iter::once(schema.clone()).chain(earlier.iter().map(|a| parse(name, a)));
+        let mut readable: Vec<(Vec<u8>, Schema)> = vec![];
+        for version in versions {
+            for fingerprint in [fingerprint(&version), version.fingerprint::<Rabin>().bytes] {
+                if !readable.iter().any(|(known, _)| *known == fingerprint) {
+                    readable.push((fingerprint, version.clone()));
+                }
+            }
+        }
+        let current = fingerprint(&schema);
+        readable.retain(|(known, _)| *known != current);
         Contract {
             name,
             schema,
-            fingerprint,
-            earlier: earlier.iter().map(|avsc| parse(name, avsc)).collect(),
+            fingerprint: current,
+            earlier: readable,
         }
     };
     let contract = |name: &'static str, avsc: &str| evolved(name, avsc, &[]);
@@ -1908,8 +1950,10 @@ mod tests {
         }
     }
 
+    /// Every earlier writer a reader accepts: the released v1 schemas, and each version under the
+    /// fingerprint Kairos wrote before it followed the specification.
     #[test]
-    fn records_written_with_the_released_versions_still_decode() {
+    fn records_written_with_earlier_versions_and_fingerprints_still_decode() {
         let job = job(
             shell(),
             ScheduleSpec {
@@ -1918,14 +1962,6 @@ mod tests {
                 ..ScheduleSpec::default()
             },
         );
-        let v1 = written_with_earlier(&CONTRACTS.job, 0, &encode_job(&job).unwrap());
-        assert_ne!(
-            v1[2..10],
-            CONTRACTS.job.fingerprint[..],
-            "written under the v1 fingerprint"
-        );
-        assert_eq!(decode_job(&v1).unwrap(), job);
-
         let job_id = JobId::parse("report.daily").unwrap();
         let skipped = RunEvent {
             job_id: job_id.clone(),
@@ -1937,12 +1973,44 @@ mod tests {
             },
             shard: None,
         };
-        let v1 = written_with_earlier(
-            &CONTRACTS.run_event,
-            0,
-            &encode_run_event(&skipped).unwrap(),
+        // The current version under its old fingerprint, v1 under both of its own.
+        assert_eq!(CONTRACTS.job.earlier.len(), 3);
+        assert_eq!(CONTRACTS.run_event.earlier.len(), 3);
+        for version in 0..3 {
+            let bytes = written_with_earlier(&CONTRACTS.job, version, &encode_job(&job).unwrap());
+            assert_ne!(bytes[2..10], CONTRACTS.job.fingerprint[..]);
+            assert_eq!(
+                decode_job(&bytes).unwrap(),
+                job,
+                "job, earlier writer {version}"
+            );
+            let bytes = written_with_earlier(
+                &CONTRACTS.run_event,
+                version,
+                &encode_run_event(&skipped).unwrap(),
+            );
+            assert_eq!(
+                decode_run_event(&bytes).unwrap(),
+                skipped,
+                "event, earlier writer {version}"
+            );
+        }
+    }
+
+    /// The fingerprint Kairos writes is taken of the Parsing Canonical Form with `logicalType`
+    /// stripped, so a `{"type": "long", "logicalType": ...}` is plain `"long"` in it.
+    #[test]
+    fn the_canonical_form_reduces_logical_types_to_their_primitive() {
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "T", "namespace": "io.kairos", "doc": "d", "fields": [
+                {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 0},
+                {"name": "id", "type": {"type": "string", "logicalType": "uuid"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            canonical_form(&schema),
+            r#"{"name":"io.kairos.T","type":"record","fields":[{"name":"at","type":"long"},{"name":"id","type":"string"}]}"#
         );
-        assert_eq!(decode_run_event(&v1).unwrap(), skipped);
     }
 
     #[test]

@@ -1,0 +1,66 @@
+"""The fastavro oracle for Kairos's wire format (used by services/runtime/tests/avro_oracles.rs).
+
+Reads one JSON object from stdin, {"RECORD NAME": {"schema": "schemas/FILE.avsc", "bytes": HEX}},
+where the bytes are a record Kairos wrote (Avro single-object encoding). For each record, from
+the schema file alone: fastavro's fingerprint of the schema's Parsing Canonical Form, whether the
+record carries it, the datum decoded, and the same datum encoded again by fastavro under that
+fingerprint. Writes {"RECORD NAME": {"fingerprint": HEX, "reencoded": HEX}} or {"error": ...}.
+"""
+
+import io
+import json
+import pathlib
+import sys
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MARKER = b"\xc3\x01"
+
+
+def inline_task(schema, task):
+    """The schema with its reference to io.kairos.Task replaced by Task's definition, as Kairos
+    embeds it: the fingerprint is taken of the whole, self-contained schema."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "io.kairos.Task" and "name" in schema:
+            return {**schema, "type": task}
+        return {key: inline_task(value, task) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [inline_task(item, task) for item in schema]
+    return schema
+
+
+def load(path):
+    task = json.loads((ROOT / "schemas/task.avsc").read_text())
+    return parse_schema(inline_task(json.loads((ROOT / path).read_text()), task))
+
+
+def check(schema_path, hex_bytes):
+    schema = load(schema_path)
+    fp = fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
+    data = bytes.fromhex(hex_bytes)
+    if data[:2] != MARKER:
+        return {"error": "no single-object marker"}
+    if data[2:10].hex() != fp:
+        return {"error": f"written with fingerprint {data[2:10].hex()}, fastavro computes {fp}"}
+    record = schemaless_reader(io.BytesIO(data[10:]), schema)
+    out = io.BytesIO()
+    out.write(MARKER + bytes.fromhex(fp))
+    schemaless_writer(out, schema, record)
+    return {"fingerprint": fp, "reencoded": out.getvalue().hex()}
+
+
+def main():
+    queries = json.load(sys.stdin)
+    answers = {}
+    for name, query in queries.items():
+        try:
+            answers[name] = check(query["schema"], query["bytes"])
+        except Exception as error:  # every record gets an answer
+            answers[name] = {"error": f"{type(error).__name__}: {error}"}
+    json.dump(answers, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
