@@ -5,6 +5,7 @@ where the bytes are a record Kairos wrote (Avro single-object encoding). For eac
 the schema file alone: fastavro's fingerprint of the schema's Parsing Canonical Form, whether the
 record carries it, the datum decoded, and the same datum encoded again by fastavro under that
 fingerprint. Writes {"RECORD NAME": {"fingerprint": HEX, "reencoded": HEX}} or {"error": ...}.
+A query may give the schema itself instead of a path, and no bytes: then only the fingerprint.
 """
 
 import io
@@ -31,14 +32,19 @@ def inline_task(schema, task):
     return schema
 
 
-def load(path):
+def load(schema):
+    """A schema file's path, or a schema already self-contained (as `kairosctl schemas` prints it)."""
+    if isinstance(schema, dict):
+        return parse_schema(schema)
     task = json.loads((ROOT / "schemas/task.avsc").read_text())
-    return parse_schema(inline_task(json.loads((ROOT / path).read_text()), task))
+    return parse_schema(inline_task(json.loads((ROOT / schema).read_text()), task))
 
 
 def check(schema_path, hex_bytes):
     schema = load(schema_path)
     fp = fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
+    if hex_bytes is None:
+        return {"fingerprint": fp}
     data = bytes.fromhex(hex_bytes)
     if data[:2] != MARKER:
         return {"error": "no single-object marker"}
@@ -56,7 +62,7 @@ def main():
     answers = {}
     for name, query in queries.items():
         try:
-            answers[name] = check(query["schema"], query["bytes"])
+            answers[name] = check(query["schema"], query.get("bytes"))
         except Exception as error:  # every record gets an answer
             answers[name] = {"error": f"{type(error).__name__}: {error}"}
     json.dump(answers, sys.stdout)

@@ -70,6 +70,16 @@ enum Command {
     Workers,
     /// The alerts the aggregator raised since it started, newest first.
     Alerts,
+    /// The Avro schemas of the wire contract and the fingerprints Kairos writes: what a client
+    /// producing jobs or consuming the ledger needs. With NAME, that schema (self-contained).
+    Schemas {
+        /// JobDefinition, RunEvent, TaskAssigned, TriggerState, DeadLetter, ControlCommand,
+        /// Alert or WorkerHeartbeat.
+        name: Option<String>,
+        /// Print only the fingerprint (the 8 bytes after `C3 01`, in hex).
+        #[arg(long, requires = "name")]
+        fingerprint: bool,
+    },
     /// Compute a schedule's next fire times.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -400,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             dst_gap,
         ),
+        Command::Schemas { name, fingerprint } => schemas(&out, name.as_deref(), fingerprint),
         Command::Replay(args) => replay(&out, kafka, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -675,6 +686,37 @@ async fn set_paused(
             delivered.partition, delivered.offset
         )
     });
+    Ok(())
+}
+
+/// Prints the wire schemas and their fingerprints, or one of them.
+fn schemas(out: &Out, name: Option<&str>, fingerprint_only: bool) -> anyhow::Result<()> {
+    let all = kairos_runtime::codec::wire_schemas();
+    let Some(name) = name else {
+        out.print(&json!(all), |_| {
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|s| vec![s.name.to_string(), s.fingerprint.clone()])
+                .collect();
+            print_table(&["SCHEMA", "FINGERPRINT (after C3 01)"], &rows);
+        });
+        return Ok(());
+    };
+    let known: Vec<&str> = all.iter().map(|s| s.name).collect();
+    let schema = all
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(name))
+        .with_context(|| format!("no schema {name:?}; the schemas are {}", known.join(", ")))?;
+    if fingerprint_only {
+        out.print(
+            &json!({"name": schema.name, "fingerprint": schema.fingerprint}),
+            |_| println!("{}", schema.fingerprint),
+        );
+    } else {
+        out.print(&schema.schema, |s| {
+            println!("{}", serde_json::to_string_pretty(s).unwrap_or_default())
+        });
+    }
     Ok(())
 }
 

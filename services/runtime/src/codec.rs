@@ -72,6 +72,8 @@ impl From<apache_avro::Error> for CodecError {
 /// One schema of the contract, with its wire fingerprint, and the earlier versions it reads.
 struct Contract {
     name: &'static str,
+    /// The schema file with the shared types it references written out, as clients need it.
+    json: serde_json::Value,
     schema: Schema,
     fingerprint: Vec<u8>,
     /// Released earlier versions, and fingerprints written before they followed the
@@ -122,11 +124,15 @@ struct Contracts {
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
     let task: serde_json::Value =
         serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
-    let parse = |name: &'static str, avsc: &str| {
+    let self_contained = |avsc: &str| {
         let mut json: serde_json::Value =
             serde_json::from_str(avsc).expect("embedded schema is JSON");
         inline_named(&mut json, "io.kairos.Task", &task);
-        Schema::parse(&json).unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"))
+        json
+    };
+    let parse = |name: &'static str, avsc: &str| {
+        Schema::parse(&self_contained(avsc))
+            .unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"))
     };
     let evolved = |name: &'static str, avsc: &str, earlier: &[&str]| {
         let schema = parse(name, avsc);
@@ -147,6 +153,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         readable.retain(|(known, _)| *known != current);
         Contract {
             name,
+            json: self_contained(avsc),
             schema,
             fingerprint: current,
             earlier: readable,
@@ -168,6 +175,39 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         heartbeat: contract("WorkerHeartbeat", HEARTBEAT_AVSC),
     }
 });
+
+/// A schema of the wire contract as a client producing or consuming Kairos's records needs it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WireSchema {
+    /// The record's name, as `kairosctl schemas NAME` takes it: `JobDefinition`, `RunEvent` ...
+    pub name: &'static str,
+    /// The schema, self-contained: the shared types it references are written out.
+    pub schema: serde_json::Value,
+    /// The fingerprint Kairos writes after `C3 01`, as the 8 bytes in hex.
+    pub fingerprint: String,
+}
+
+/// Every schema of the wire contract with the fingerprint Kairos writes.
+pub fn wire_schemas() -> Vec<WireSchema> {
+    let c = &*CONTRACTS;
+    [
+        &c.job,
+        &c.run_event,
+        &c.task_assigned,
+        &c.trigger_state,
+        &c.dead_letter,
+        &c.control,
+        &c.alert,
+        &c.heartbeat,
+    ]
+    .into_iter()
+    .map(|contract| WireSchema {
+        name: contract.name,
+        schema: contract.json.clone(),
+        fingerprint: hex(&contract.fingerprint),
+    })
+    .collect()
+}
 
 /// Replaces a reference to a shared named type by its definition, so that each embedded schema is
 /// self-contained (and its fingerprint is that of the full schema, as the Avro spec asks).
@@ -1995,6 +2035,25 @@ mod tests {
                 "event, earlier writer {version}"
             );
         }
+    }
+
+    /// Every released version is one the current reader can read, by apache-avro's full
+    /// compatibility check (not a comparison of the files). The reverse does not hold for
+    /// RunEvent: a v1 reader does not know the `calendar` and `dst_gap` skip reasons.
+    #[test]
+    fn the_current_schemas_read_every_released_version() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        for contract in [&CONTRACTS.job, &CONTRACTS.run_event] {
+            for (_, earlier) in &contract.earlier {
+                SchemaCompatibility::can_read(earlier, &contract.schema)
+                    .unwrap_or_else(|e| panic!("{}: {e}", contract.name));
+            }
+        }
+        let (_, run_event_v1) = CONTRACTS.run_event.earlier.last().unwrap();
+        assert!(SchemaCompatibility::can_read(&CONTRACTS.run_event.schema, run_event_v1).is_err());
+        let (_, job_v1) = CONTRACTS.job.earlier.last().unwrap();
+        SchemaCompatibility::can_read(&CONTRACTS.job.schema, job_v1)
+            .expect("a v1 reader reads a current job, without the new fields");
     }
 
     /// The fingerprint Kairos writes is taken of the Parsing Canonical Form with `logicalType`

@@ -25,12 +25,7 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// Asks fastavro about each (record name, schema file, bytes Kairos wrote).
 fn fastavro(records: &[(&str, &str, &[u8])]) -> serde_json::Value {
-    let python = std::env::var("KAIROS_TEST_PYTHON").expect(
-        "KAIROS_TEST_PYTHON is not set: run the suite with scripts/test.sh, which installs fastavro",
-    );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/oracles/fastavro_roundtrip.py");
-    let query: serde_json::Map<String, serde_json::Value> = records
+    let query = records
         .iter()
         .map(|(name, schema, bytes)| {
             (
@@ -39,6 +34,15 @@ fn fastavro(records: &[(&str, &str, &[u8])]) -> serde_json::Value {
             )
         })
         .collect();
+    ask_fastavro(query)
+}
+
+fn ask_fastavro(query: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    let python = std::env::var("KAIROS_TEST_PYTHON").expect(
+        "KAIROS_TEST_PYTHON is not set: run the suite with scripts/test.sh, which installs fastavro",
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/oracles/fastavro_roundtrip.py");
     let mut child = Command::new(python)
         .arg(script)
         .stdin(Stdio::piped())
@@ -116,4 +120,24 @@ fn fastavro_computes_kairos_fingerprints_and_round_trips_its_records() {
         event
     );
     assert_eq!(codec::decode_alert(&reencoded("Alert")).unwrap(), alert);
+}
+
+/// The schemas and fingerprints `kairosctl schemas` gives a client are the ones fastavro derives
+/// from those schemas: a producer that follows them is not dead-lettered.
+#[test]
+fn every_published_schema_has_the_fingerprint_fastavro_computes() {
+    let published = codec::wire_schemas();
+    assert_eq!(published.len(), 8);
+    let query = published
+        .iter()
+        .map(|s| (s.name.to_string(), serde_json::json!({"schema": s.schema})))
+        .collect();
+    let answers = ask_fastavro(query);
+    for schema in &published {
+        assert_eq!(
+            answers[schema.name]["fingerprint"], schema.fingerprint,
+            "{}: {}",
+            schema.name, answers[schema.name]
+        );
+    }
 }
