@@ -44,23 +44,25 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 }
 
-# The independent implementations the tests compare Kairos with (test-only): croniter, fastavro
-# and kafka-python for the shipped Python client (PyPI, pinned) in a virtualenv of its own, and Quartz's CronExpression (Debian's
+# The independent implementations the tests compare Kairos with (test-only): croniter, fastavro,
+# the official avro library, and kafka-python for the shipped Python client (PyPI, pinned) in a virtualenv of its own, and Quartz's CronExpression (Debian's
 # libquartz2-java) on a headless JDK.
 CRONITER_VERSION="7.0.0"
 FASTAVRO_VERSION="1.13.1"
 KAFKA_PYTHON_VERSION="3.0.12"
+AVRO_VERSION="1.12.2"
 KAIROS_VENV="$KAIROS_CACHE/venv"
 QUARTZ_CLASSPATH="/usr/share/java/quartz2.jar"
 ensure_oracles() {
   local wanted="import importlib.metadata as m, sys
 sys.exit(m.version('croniter') != '$CRONITER_VERSION' or m.version('fastavro') != '$FASTAVRO_VERSION'
-         or m.version('kafka-python') != '$KAFKA_PYTHON_VERSION')"
+         or m.version('kafka-python') != '$KAFKA_PYTHON_VERSION' or m.version('avro') != '$AVRO_VERSION')"
   if ! "$KAIROS_VENV/bin/python" -c "$wanted" 2>/dev/null; then
     log "Installing croniter, fastavro and kafka-python into $KAIROS_VENV (test oracles and the Python client)"
     python3 -m venv "$KAIROS_VENV"
     "$KAIROS_VENV/bin/pip" install --quiet --disable-pip-version-check \
-      "croniter==$CRONITER_VERSION" "fastavro==$FASTAVRO_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION"
+      "croniter==$CRONITER_VERSION" "fastavro==$FASTAVRO_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION" \
+      "avro==$AVRO_VERSION"
   fi
   local missing=()
   # javac too: the oracle runs as a single source file, which needs the JDK's compiler module.

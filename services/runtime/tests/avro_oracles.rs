@@ -1,8 +1,10 @@
-//! Kairos's wire format checked against fastavro, an independent Avro implementation: from the
-//! files in `schemas/` alone, fastavro computes the fingerprint Kairos writes, decodes Kairos's
-//! records, and encodes them again into bytes that Kairos decodes to the same values.
+//! Kairos's wire format checked against independent Avro implementations: from the files in
+//! `schemas/` alone, fastavro computes the fingerprint Kairos writes, and both fastavro and the
+//! Apache Avro project's official Python library decode Kairos's records and encode them again
+//! into bytes that Kairos decodes to the same values.
 //!
-//! Needs `KAIROS_TEST_PYTHON` (a Python with fastavro), which `scripts/test.sh` installs and sets.
+//! Needs `KAIROS_TEST_PYTHON` (a Python with fastavro and avro), which `scripts/test.sh` installs
+//! and sets.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -42,7 +44,7 @@ fn ask_fastavro(query: serde_json::Map<String, serde_json::Value>) -> serde_json
         "KAIROS_TEST_PYTHON is not set: run the suite with scripts/test.sh, which installs fastavro",
     );
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/oracles/fastavro_roundtrip.py");
+        .join("../../tests/oracles/avro_roundtrip.py");
     let mut child = Command::new(python)
         .arg(script)
         .stdin(Stdio::piped())
@@ -61,7 +63,7 @@ fn ask_fastavro(query: serde_json::Map<String, serde_json::Value>) -> serde_json
 }
 
 #[test]
-fn fastavro_computes_kairos_fingerprints_and_round_trips_its_records() {
+fn fastavro_computes_kairos_fingerprints_and_both_libraries_round_trip_its_records() {
     let job: JobSpec = serde_json::from_value(serde_json::json!({
         "id": "payroll",
         "description": "Runs payroll.",

@@ -1,10 +1,13 @@
-"""The fastavro oracle for Kairos's wire format (used by services/runtime/tests/avro_oracles.rs).
+"""The Avro oracles for Kairos's wire format (used by services/runtime/tests/avro_oracles.rs):
+fastavro, and the official Python library of the Apache Avro project.
 
 Reads one JSON object from stdin, {"RECORD NAME": {"schema": "schemas/FILE.avsc", "bytes": HEX}},
 where the bytes are a record Kairos wrote (Avro single-object encoding). For each record, from
 the schema file alone: fastavro's fingerprint of the schema's Parsing Canonical Form, whether the
-record carries it, the datum decoded, and the same datum encoded again by fastavro under that
-fingerprint. Writes {"RECORD NAME": {"fingerprint": HEX, "reencoded": HEX}} or {"error": ...}.
+record carries it, the datum decoded, and the same datum encoded again under that fingerprint, by
+fastavro and by the official library. Writes {"RECORD NAME": {"fingerprint": HEX, "reencoded":
+HEX, "reencoded_official": HEX}} or {"error": ...}. (The official library's own fingerprint keeps
+`logicalType`, like the Rust crate's did, so its bytes are framed with fastavro's.)
 A query may give the schema itself instead of a path, and no bytes: then only the fingerprint.
 """
 
@@ -13,6 +16,8 @@ import json
 import pathlib
 import sys
 
+import avro.io
+import avro.schema
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
@@ -30,6 +35,23 @@ def inline_task(schema, task):
     if isinstance(schema, list):
         return [inline_task(item, task) for item in schema]
     return schema
+
+
+def official_round_trip(schema_json, datum, marker):
+    """Decodes the datum with the official library and encodes it again after `marker`."""
+    schema = avro.schema.parse(json.dumps(schema_json))
+    record = avro.io.DatumReader(schema, schema).read(avro.io.BinaryDecoder(io.BytesIO(datum)))
+    out = io.BytesIO()
+    out.write(marker)
+    avro.io.DatumWriter(schema).write(record, avro.io.BinaryEncoder(out))
+    return out.getvalue().hex()
+
+
+def self_contained(schema):
+    if isinstance(schema, dict):
+        return schema
+    task = json.loads((ROOT / "schemas/task.avsc").read_text())
+    return inline_task(json.loads((ROOT / schema).read_text()), task)
 
 
 def load(schema):
@@ -54,7 +76,8 @@ def check(schema_path, hex_bytes):
     out = io.BytesIO()
     out.write(MARKER + bytes.fromhex(fp))
     schemaless_writer(out, schema, record)
-    return {"fingerprint": fp, "reencoded": out.getvalue().hex()}
+    official = official_round_trip(self_contained(schema_path), data[10:], data[:10])
+    return {"fingerprint": fp, "reencoded": out.getvalue().hex(), "reencoded_official": official}
 
 
 def main():
