@@ -1,12 +1,13 @@
-//! Producing from outside: the shipped Python client (`examples/clients/python/submit_job.py`:
-//! kafka-python and fastavro, from `schemas/` alone) submits a job that Kairos runs, and the
-//! definition lands in the partition where Kairos keeps the job's runs.
+//! Clients from outside. Producing: the shipped Python client
+//! (`examples/clients/python/submit_job.py`: kafka-python and fastavro, from `schemas/` alone)
+//! submits a job that Kairos runs, and the definition lands in the partition where Kairos keeps
+//! the job's runs. Consuming: `kairosctl tail` follows the ledger and the dead letters.
 
 use std::time::Duration;
 
 use kairos_core::run::RunEventKind;
 use kairos_runtime::codec;
-use kairos_tests::{stop_all, wait_for, Stack};
+use kairos_tests::{shell_job, stop_all, wait_for, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_submitted_with_kafka_python_and_fastavro_runs() {
@@ -59,5 +60,91 @@ async fn a_job_submitted_with_kafka_python_and_fastavro_runs() {
         })
         .expect("the job's runs on the ledger");
     assert_eq!(sent["partition"], runs_partition, "{sent}");
+    stop_all(services).await;
+}
+
+/// Runs `kairosctl --json tail ARGS` and returns its JSON lines; fails if it has not printed
+/// what `--limit` asks for within a minute.
+async fn tail(stack: &Stack, args: &[&str]) -> Vec<serde_json::Value> {
+    let bin = std::env::var("KAIROS_TEST_BIN_DIR")
+        .expect("KAIROS_TEST_BIN_DIR is not set: run scripts/test.sh");
+    let run = tokio::process::Command::new(format!("{bin}/kairosctl"))
+        .args(["--json", "tail"])
+        .args(args)
+        .env("KAIROS_BROKERS", &stack.kafka.brokers)
+        .env("KAIROS_TOPIC_PREFIX", &stack.kafka.topic_prefix)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("kairosctl tail {args:?} printed too little within a minute"))
+        .expect("kairosctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+        .collect()
+}
+
+/// Consuming from outside: `kairosctl tail` follows the ledger of one job and the dead letters,
+/// decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kairosctl_tail_follows_the_ledger_and_the_dead_letters() {
+    let stack = Stack::new(3).await;
+    let services = stack.start_pipeline().await;
+    stack.apply_job(shell_job("tailed", "1s", "true")).await;
+    stack.apply_job(shell_job("other", "1s", "true")).await;
+    stack
+        .produce(
+            &stack.kafka.topics().jobs(),
+            "garbage",
+            Some(b"not avro at all"),
+        )
+        .await;
+
+    let events = tail(
+        &stack,
+        &[
+            "runs",
+            "--job",
+            "tailed",
+            "--from-beginning",
+            "--limit",
+            "6",
+        ],
+    )
+    .await;
+    assert_eq!(events.len(), 6);
+    assert!(events.iter().all(|e| e["job_id"] == "tailed"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "RunScheduled" && e["detail"] == "schedule"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["run_id"].is_string() && e["offset"].is_i64()),
+        "{events:?}"
+    );
+
+    let letters = tail(&stack, &["deadletter", "--from-beginning", "--limit", "1"]).await;
+    assert_eq!(
+        letters[0]["source_topic"],
+        stack.kafka.topics().jobs(),
+        "{letters:?}"
+    );
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not Avro single-object"),
+        "{letters:?}"
+    );
     stop_all(services).await;
 }

@@ -125,23 +125,6 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
-/// The part of an event a person needs to understand the run's history.
-fn detail(kind: &RunEventKind) -> Option<String> {
-    use RunEventKind::*;
-    match kind {
-        RunScheduled { trigger, .. } => Some(trigger.as_str().to_string()),
-        RunSkipped { reason } => Some(reason.as_str().to_string()),
-        RunDispatched { pool, .. } => Some(pool.clone()),
-        RunStarted { worker_id, .. } | RunTimedOut { worker_id, .. } => Some(worker_id.clone()),
-        RunSucceeded { output, .. } => output.exit_code.map(|code| code.to_string()),
-        RunFailed { error, .. } => Some(error.clone()),
-        RetryScheduled { due_at, .. } => {
-            Some(due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        }
-        RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => None,
-    }
-}
-
 /// A run's state and how it got there.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
@@ -416,7 +399,7 @@ impl Aggregator {
             attempt: event.kind.attempt(),
             offset: message.offset(),
             effect,
-            detail: detail(&event.kind),
+            detail: event.kind.detail(),
         };
         let mut alerts = vec![];
         let mut record = match (folded, current) {

@@ -241,6 +241,24 @@ impl RunEventKind {
     }
 
     /// The event's type name as it appears on the wire and in logs.
+    /// What the event says beyond its name, in a word or a line: the trigger of a scheduled
+    /// run, the reason of a skip, the pool, the worker, the exit code, the error, the retry time.
+    pub fn detail(&self) -> Option<String> {
+        use RunEventKind::*;
+        match self {
+            RunScheduled { trigger, .. } => Some(trigger.as_str().to_string()),
+            RunSkipped { reason } => Some(reason.as_str().to_string()),
+            RunDispatched { pool, .. } => Some(pool.clone()),
+            RunStarted { worker_id, .. } | RunTimedOut { worker_id, .. } => Some(worker_id.clone()),
+            RunSucceeded { output, .. } => output.exit_code.map(|code| code.to_string()),
+            RunFailed { error, .. } => Some(error.clone()),
+            RetryScheduled { due_at, .. } => {
+                Some(due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            }
+            RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         use RunEventKind::*;
         match self {

@@ -3,6 +3,7 @@
 //! or a few lines for people, or with `--json` one JSON document for programs.
 
 mod replay;
+mod tail;
 
 use std::path::{Path, PathBuf};
 
@@ -80,6 +81,9 @@ enum Command {
         #[arg(long, requires = "name")]
         fingerprint: bool,
     },
+    /// Follow the run ledger, the alerts or the dead letters live, decoded (`--json`: one JSON
+    /// object a line). Reads without a consumer group: no service's offsets move.
+    Tail(tail::TailArgs),
     /// Compute a schedule's next fire times.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -410,6 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             dst_gap,
         ),
+        Command::Tail(args) => tail::tail(kafka, args, out.json).await,
         Command::Schemas { name, fingerprint } => schemas(&out, name.as_deref(), fingerprint),
         Command::Replay(args) => replay(&out, kafka, args).await,
         Command::Completions { shell } => {
