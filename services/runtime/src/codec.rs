@@ -122,6 +122,10 @@ struct Contracts {
 }
 
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
+    // No string, bytes or array of a record can be longer than the record: a length past that
+    // is a crafted or corrupt record, refused before anything that size is allocated. (Every
+    // decode goes through CONTRACTS first, as the crate asks of this once-only setting.)
+    apache_avro::max_allocation_bytes(MAX_RECORD_BYTES);
     let task: serde_json::Value =
         serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
     let self_contained = |avsc: &str| {
@@ -2069,6 +2073,55 @@ mod tests {
         assert_eq!(
             canonical_form(&schema),
             r#"{"name":"io.kairos.T","type":"record","fields":[{"name":"at","type":"long"},{"name":"id","type":"string"}]}"#
+        );
+    }
+
+    /// Zig-zag varint, as Avro writes `long`s (lengths and counts).
+    fn varint(n: i64) -> Vec<u8> {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = vec![];
+        loop {
+            if z < 0x80 {
+                out.push(z as u8);
+                return out;
+            }
+            out.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+    }
+
+    /// A crafted length or count is refused before anything that size is allocated, and a
+    /// truncated datum is an error: bad bytes are dead-lettered, never a crash or a stall.
+    #[test]
+    fn huge_lengths_and_truncated_data_are_errors_not_allocations() {
+        let header = [&MAGIC[..], &CONTRACTS.job.fingerprint].concat();
+        // JobDefinition starts with the id, a string: claim 1 TiB of it, then 400 MiB (less
+        // than the crate's own 512 MiB limit, more than any record may be).
+        let started = std::time::Instant::now();
+        for claim in [1 << 40, 400 << 20] {
+            let huge_string = [&header[..], &varint(claim), b"x"].concat();
+            let error = decode_job(&huge_string).unwrap_err().to_string();
+            assert!(error.contains("allocat"), "{error}");
+        }
+        // RunEvent starts with an enum; the job id string follows: claim 2^62 bytes.
+        let event_header = [&MAGIC[..], &CONTRACTS.run_event.fingerprint].concat();
+        let huge = [&event_header[..], &varint(0), &varint(1 << 62)].concat();
+        assert!(decode_run_event(&huge).is_err());
+        let valid = encode_job(&job(
+            shell(),
+            ScheduleSpec {
+                every: Some(Duration::from_secs(1)),
+                ..ScheduleSpec::default()
+            },
+        ))
+        .unwrap();
+        for cut in [11, valid.len() / 2, valid.len() - 1] {
+            assert!(decode_job(&valid[..cut]).is_err(), "truncated at {cut}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
         );
     }
 
