@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Json;
 use kairos_core::job::{MisfireKind, MisfirePolicy};
+use kairos_runtime::codec;
 use kairos_tests::{
     exact_retries, free_addr, get_json, metric_value, scrape, shell_job, stop_all, wait_caught_up,
     wait_for, Stack,
@@ -168,6 +169,15 @@ async fn every_alert_kind_reaches_the_topic_and_a_failing_webhook_after_retries(
         .filter(|a| a.kind.as_str() == "job_failing")
         .count();
     assert_eq!(failing, 1, "one job_failing alert per streak: {on_topic:?}");
+    // Each alert carries CloudEvents headers naming its kind, so a router needs no Avro.
+    for record in stack.read_records(&stack.kafka.topics().alerts()) {
+        let alert = codec::decode_alert(record.payload.as_deref().unwrap()).unwrap();
+        let kind = format!("io.kairos.alert.{}", alert.kind.as_str());
+        assert_eq!(record.header("ce_type"), Some(kind.as_str()), "{record:?}");
+        let id = alert.alert_id.to_string();
+        assert_eq!(record.header("ce_id"), Some(id.as_str()));
+        assert_eq!(record.header("ce_source"), Some("/kairos/aggregator"));
+    }
 
     // The webhook refused the first two deliveries; they were retried, and every kind arrived.
     wait_for(

@@ -1,7 +1,8 @@
 //! Clients from outside. Producing: the shipped Python client
 //! (`examples/clients/python/submit_job.py`: kafka-python and fastavro, from `schemas/` alone)
 //! submits a job that Kairos runs, and the definition lands in the partition where Kairos keeps
-//! the job's runs. Consuming: `kairosctl tail` follows the ledger and the dead letters.
+//! the job's runs. Consuming: `kairosctl tail` follows the ledger and the dead letters, and
+//! every ledger record carries CloudEvents headers.
 
 use std::time::Duration;
 
@@ -146,5 +147,55 @@ async fn kairosctl_tail_follows_the_ledger_and_the_dead_letters() {
             .contains("not Avro single-object"),
         "{letters:?}"
     );
+    stop_all(services).await;
+}
+
+/// Generic routers and sinks see what a ledger record is without Kairos code: every record the
+/// trigger, dispatcher and worker append carries CloudEvents binary-mode headers, and its id is
+/// the same when the same event is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_records_carry_cloudevents_headers() {
+    let stack = Stack::new(3).await;
+    let services = stack.start_pipeline().await;
+    stack.apply_job(shell_job("described", "1s", "true")).await;
+    let records = wait_for(
+        "a run of the job to succeed",
+        Duration::from_secs(60),
+        || async {
+            let records = stack.read_records(&stack.kafka.topics().runs());
+            records
+                .iter()
+                .any(|r| r.header("ce_type") == Some("io.kairos.run.RunSucceeded"))
+                .then_some(records)
+        },
+    )
+    .await;
+    let mut sources = std::collections::BTreeSet::new();
+    for record in &records {
+        let event = codec::decode_run_event(record.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(record.header("ce_specversion"), Some("1.0"), "{record:?}");
+        assert_eq!(
+            record.header("ce_type"),
+            Some(format!("io.kairos.run.{}", event.kind.name()).as_str())
+        );
+        assert_eq!(record.header("ce_subject"), Some(event.job_id.as_str()));
+        assert_eq!(record.header("content-type"), Some("application/avro"));
+        assert!(
+            record
+                .header("ce_id")
+                .is_some_and(|id| id.starts_with(&event.run_id.to_string())),
+            "{record:?}"
+        );
+        let time: chrono::DateTime<chrono::Utc> =
+            record.header("ce_time").unwrap().parse().unwrap();
+        assert_eq!(time, event.at);
+        sources.insert(record.header("ce_source").unwrap().to_string());
+    }
+    for service in ["trigger", "dispatcher", "worker"] {
+        assert!(
+            sources.contains(&format!("/kairos/{service}")),
+            "{sources:?}"
+        );
+    }
     stop_all(services).await;
 }

@@ -18,7 +18,7 @@ use kairos_runtime::codec;
 use kairos_runtime::kafka::{apply_topics, Delivered, TopicSet};
 use kairos_runtime::{KafkaArgs, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -321,6 +321,14 @@ impl Stack {
 
     /// Every record of `topic`, from the beginning up to its current end, with partition and offset.
     pub fn read_all(&self, topic: &str) -> Vec<(i32, i64, Option<Vec<u8>>)> {
+        self.read_records(topic)
+            .into_iter()
+            .map(|r| (r.partition, r.offset, r.payload))
+            .collect()
+    }
+
+    /// Every record of `topic`, with its headers too.
+    pub fn read_records(&self, topic: &str) -> Vec<Record> {
         let consumer: BaseConsumer = self
             .kafka
             .client_config()
@@ -353,11 +361,21 @@ impl Stack {
                 "reading {topic} to its end took over 30 s"
             );
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-                records.push((
-                    message.partition(),
-                    message.offset(),
-                    message.payload().map(<[u8]>::to_vec),
-                ));
+                let headers = message.headers().map_or(vec![], |headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_string(), value.into_owned())
+                        })
+                        .collect()
+                });
+                records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
                 if message.offset() + 1 >= ends[&message.partition()] {
                     done.insert(message.partition(), ());
                 }
@@ -408,6 +426,25 @@ impl Stack {
             .into_iter()
             .filter_map(|(_, _, payload)| payload.and_then(|p| codec::decode_run_event(&p).ok()))
             .collect()
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    /// The value of the header `name`, if the record has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
     }
 }
 

@@ -68,8 +68,9 @@ impl Alerts {
             alert.message
         );
         let bytes = codec::encode_alert(alert)?;
+        let headers = kairos_runtime::cloudevents::alert(alert);
         self.producer
-            .send(&self.topic, alert.key(), Some(&bytes))
+            .send_with_headers(&self.topic, alert.key(), Some(&bytes), &headers)
             .await?;
         metrics::counter!(m::ALERTS, "kind" => alert.kind.as_str()).increment(1);
         let body = alert_json(alert);

@@ -27,6 +27,7 @@ use kairos_core::decide::{
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
+use kairos_runtime::cloudevents;
 use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
@@ -257,6 +258,8 @@ struct Outgoing {
     topic: String,
     key: String,
     payload: Vec<u8>,
+    /// CloudEvents attributes, on ledger records.
+    headers: cloudevents::Headers,
 }
 
 /// A step of the dispatcher's own on its way through the ledger.
@@ -794,7 +797,12 @@ impl Dispatcher {
         self.sends.spawn(async move {
             for record in records {
                 producer
-                    .send(&record.topic, &record.key, Some(&record.payload))
+                    .send_with_headers(
+                        &record.topic,
+                        &record.key,
+                        Some(&record.payload),
+                        &record.headers,
+                    )
                     .await?;
             }
             Ok(())
@@ -821,6 +829,7 @@ impl Dispatcher {
             topic: self.topics.control(),
             key: run.job_id.to_string(),
             payload: codec::encode_cancel(&request)?,
+            headers: vec![],
         })
     }
 
@@ -829,6 +838,7 @@ impl Dispatcher {
             topic: self.topics.runs(),
             key: event.job_id.to_string(),
             payload: codec::encode_run_event(event)?,
+            headers: cloudevents::run_event(event, "dispatcher"),
         })
     }
 
@@ -847,6 +857,7 @@ impl Dispatcher {
             topic,
             key: task.key(),
             payload: codec::encode_task(task)?,
+            headers: vec![],
         })
     }
 }

@@ -97,8 +97,14 @@ pub async fn schedule_run(
     event: &RunEvent,
 ) -> Result<Delivered, WriteError> {
     let bytes = codec::encode_run_event(event)?;
+    let headers = crate::cloudevents::run_event(event, "operator");
     producer
-        .send(&kafka.topics().runs(), event.job_id.as_str(), Some(&bytes))
+        .send_with_headers(
+            &kafka.topics().runs(),
+            event.job_id.as_str(),
+            Some(&bytes),
+            &headers,
+        )
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))
 }

@@ -16,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -254,9 +254,31 @@ impl Producer {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<Delivered, KafkaError> {
+        self.send_with_headers(topic, key, payload, &[]).await
+    }
+
+    /// [`Producer::send`] with record headers (the CloudEvents attributes of a ledger event).
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, String)],
+    ) -> Result<Delivered, KafkaError> {
         let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
         if let Some(payload) = payload {
             record = record.payload(payload);
+        }
+        if !headers.is_empty() {
+            let owned = headers
+                .iter()
+                .fold(OwnedHeaders::new(), |all, (name, value)| {
+                    all.insert(Header {
+                        key: name,
+                        value: Some(value.as_str()),
+                    })
+                });
+            record = record.headers(owned);
         }
         match self.inner.send(record, Duration::from_secs(30)).await {
             Ok(delivery) => Ok(Delivered {
@@ -312,9 +334,24 @@ impl ReliableProducer {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<Delivered, SendError> {
+        self.send_with_headers(topic, key, payload, &[]).await
+    }
+
+    /// [`ReliableProducer::send`] with record headers.
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, String)],
+    ) -> Result<Delivered, SendError> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.producer.send(topic, key, payload).await {
+            match self
+                .producer
+                .send_with_headers(topic, key, payload, headers)
+                .await
+            {
                 Ok(delivered) => return Ok(delivered),
                 Err(error) if is_permanent(&error) => return Err(SendError::Refused(error)),
                 Err(error) => {

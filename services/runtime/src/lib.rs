@@ -5,6 +5,7 @@
 //! shares ([`service`]). Domain rules live in `kairos-core`;
 //! nothing here decides what a job or a run should do.
 
+pub mod cloudevents;
 pub mod codec;
 pub mod deadletter;
 pub mod jobs;

@@ -19,6 +19,7 @@ use kairos_core::decide::{fire_time, next_fire, Fire};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
+use kairos_runtime::cloudevents;
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
@@ -401,8 +402,9 @@ impl Trigger {
             async move {
                 for event in &events {
                     let bytes = codec::encode_run_event(event)?;
+                    let headers = cloudevents::run_event(event, "trigger");
                     producer
-                        .send(topic, event.job_id.as_str(), Some(&bytes))
+                        .send_with_headers(topic, event.job_id.as_str(), Some(&bytes), &headers)
                         .await?;
                     record_fire(event);
                 }

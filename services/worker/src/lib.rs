@@ -668,9 +668,15 @@ impl Reporter {
                 return false;
             }
         };
+        let headers = kairos_runtime::cloudevents::run_event(&event, "worker");
         match self
             .producer
-            .send(&self.topics.runs(), task.job_id.as_str(), Some(&bytes))
+            .send_with_headers(
+                &self.topics.runs(),
+                task.job_id.as_str(),
+                Some(&bytes),
+                &headers,
+            )
             .await
         {
             Ok(_) => true,
