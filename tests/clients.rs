@@ -2,7 +2,8 @@
 //! (`examples/clients/python/submit_job.py`: kafka-python and fastavro, from `schemas/` alone)
 //! submits a job that Kairos runs, and the definition lands in the partition where Kairos keeps
 //! the job's runs. Consuming: `kairosctl tail` follows the ledger and the dead letters, and
-//! every ledger record carries CloudEvents headers.
+//! every ledger record carries CloudEvents headers; the job-status topic has each job's latest
+//! outcome.
 
 use std::time::Duration;
 
@@ -154,7 +155,7 @@ async fn kairosctl_tail_follows_the_ledger_and_the_dead_letters() {
 /// trigger, dispatcher and worker append carries CloudEvents binary-mode headers, and its id is
 /// the same when the same event is sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ledger_records_carry_cloudevents_headers() {
+async fn ledger_records_carry_cloudevents_headers_and_job_statuses_are_published() {
     let stack = Stack::new(3).await;
     let services = stack.start_pipeline().await;
     stack.apply_job(shell_job("described", "1s", "true")).await;

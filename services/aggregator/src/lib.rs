@@ -20,7 +20,7 @@ use std::time::Duration;
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason, TriggerKind};
 use kairos_core::Timestamp;
-use kairos_runtime::codec::{self, Alert, AlertKind};
+use kairos_runtime::codec::{self, Alert, AlertKind, JobStatus};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
@@ -255,6 +255,14 @@ struct Alerted {
     misfires: HashMap<String, Timestamp>,
 }
 
+/// What folding one ledger event calls for, once the partition is live.
+#[derive(Default)]
+struct Outcome {
+    alerts: Vec<Alert>,
+    /// The job's status, when a run's outcome changed it.
+    status: Option<JobStatus>,
+}
+
 /// The least time between two misfire alerts of one job.
 const MISFIRE_QUIET: Duration = Duration::from_secs(600);
 
@@ -338,17 +346,21 @@ impl Aggregator {
         let mut batch = Batch::new();
         // History replayed by a rebuild is neither counted nor alerted again.
         let live = self.consumer.is_caught_up(message.partition());
-        let mut alerts = vec![];
+        let mut outcome = Outcome::default();
         if message.topic() == self.topics.jobs() {
             self.apply_definition(message, &mut batch);
         } else {
-            alerts = self.apply_event(message, &mut batch, live).await?;
+            outcome = self.apply_event(message, &mut batch, live).await?;
         }
-        // Alerts go out before the position is stored: a crash in between repeats them (with
-        // the same ids) rather than losing them.
+        // Alerts and the job's status go out before the position is stored: a crash in between
+        // repeats them (alerts with the same ids; the status topic is compacted) rather than
+        // losing them.
         if live {
-            for alert in alerts {
+            for alert in outcome.alerts {
                 self.raise(alert).await?;
+            }
+            if let Some(status) = outcome.status {
+                self.publish_status(&status).await?;
             }
         }
         batch.consumed(message.topic(), message.partition(), message.offset());
@@ -382,13 +394,13 @@ impl Aggregator {
         message: &OwnedMessage,
         batch: &mut Batch,
         live: bool,
-    ) -> anyhow::Result<Vec<Alert>> {
+    ) -> anyhow::Result<Outcome> {
         let Some(event) = self
             .deadletters
             .decode(message, codec::decode_run_event)
             .await?
         else {
-            return Ok(vec![]);
+            return Ok(Outcome::default());
         };
         let run = event.run_id.to_string();
         let current: Option<RunRecord> = self.store.get(&run_key(&run))?;
@@ -402,6 +414,7 @@ impl Aggregator {
             detail: event.kind.detail(),
         };
         let mut alerts = vec![];
+        let mut status = None;
         let mut record = match (folded, current) {
             (Ok(state), current) => {
                 if live {
@@ -433,7 +446,9 @@ impl Aggregator {
                 let became_final = state.status.is_final()
                     && current.as_ref().is_none_or(|r| !r.state.status.is_final());
                 if became_final {
-                    alerts.extend(self.finished(&state, batch)?);
+                    let (raised, latest) = self.finished(&state, batch)?;
+                    alerts.extend(raised);
+                    status = latest;
                 }
                 let mut history = current.map(|r| r.history).unwrap_or_default();
                 history.push(entry("applied".into()));
@@ -447,7 +462,7 @@ impl Aggregator {
             (Err(error), None) => {
                 tracing::warn!(%error, "Event for a run with no RunScheduled; ignored.");
                 metrics::counter!(m::UNAPPLIED_EVENTS, "expected" => "false").increment(1);
-                return Ok(vec![]);
+                return Ok(Outcome::default());
             }
         };
         let excess = record.history.len().saturating_sub(MAX_HISTORY);
@@ -459,12 +474,17 @@ impl Aggregator {
         batch.put(&slot_key(event.scheduled_for, &run), &());
         pending::track(batch, &record.state);
         batch.put(&run_key(&run), &record);
-        Ok(alerts)
+        Ok(Outcome { alerts, status })
     }
 
     /// Updates the job's statistics with a run that is over; returns the alerts its outcome
-    /// raises: the run abandoned, and the job failing too often in a row.
-    fn finished(&self, state: &RunState, batch: &mut Batch) -> anyhow::Result<Vec<Alert>> {
+    /// raises (the run abandoned, the job failing too often in a row) and, when the outcome says
+    /// whether the job works, the job's new status.
+    fn finished(
+        &self,
+        state: &RunState,
+        batch: &mut Batch,
+    ) -> anyhow::Result<(Vec<Alert>, Option<JobStatus>)> {
         let key = job_stats_key(state.job_id.as_str());
         let mut stats: JobStats = self.store.get(&key)?.unwrap_or_default();
         let mut alerts = vec![];
@@ -494,12 +514,36 @@ impl Aggregator {
                 }
             }
             // Skipped and cancelled runs say nothing about whether the job works.
-            _ => return Ok(alerts),
+            _ => return Ok((alerts, None)),
         }
         stats.last_outcome = Some(state.status.as_str().to_string());
         stats.last_finished_at = state.finished_at;
         batch.put(&key, &stats);
-        Ok(alerts)
+        let status = JobStatus {
+            job_id: state.job_id.clone(),
+            last_run_id: state.run_id,
+            last_status: state.status.as_str().to_string(),
+            last_scheduled_for: state.scheduled_for,
+            last_finished_at: state.finished_at,
+            scheduled: u64::from(stats.scheduled),
+            succeeded: stats.succeeded,
+            abandoned: stats.abandoned,
+            failures_in_a_row: stats.failures_in_a_row,
+        };
+        Ok((alerts, Some(status)))
+    }
+
+    /// Puts the job's latest status on the compacted job-status topic.
+    async fn publish_status(&self, status: &JobStatus) -> anyhow::Result<()> {
+        let bytes = codec::encode_job_status(status)?;
+        self.producer
+            .send(
+                &self.topics.job_status(),
+                status.job_id.as_str(),
+                Some(&bytes),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The periodic checks, once caught up (a rebuilding view would see stale dispatches): runs

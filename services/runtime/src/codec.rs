@@ -41,6 +41,7 @@ const DEAD_LETTER_AVSC: &str = include_str!("../../../schemas/dead_letter.avsc")
 const CONTROL_AVSC: &str = include_str!("../../../schemas/control.avsc");
 const ALERT_AVSC: &str = include_str!("../../../schemas/alert.avsc");
 const HEARTBEAT_AVSC: &str = include_str!("../../../schemas/worker_heartbeat.avsc");
+const JOB_STATUS_AVSC: &str = include_str!("../../../schemas/job_status.avsc");
 /// Versions released before the current one, kept so that records written with them still decode.
 const JOB_DEFINITION_V1_AVSC: &str =
     include_str!("../../../schemas/released/job_definition.v1.avsc");
@@ -119,6 +120,7 @@ struct Contracts {
     control: Contract,
     alert: Contract,
     heartbeat: Contract,
+    job_status: Contract,
 }
 
 static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
@@ -177,6 +179,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         control: contract("ControlCommand", CONTROL_AVSC),
         alert: contract("Alert", ALERT_AVSC),
         heartbeat: contract("WorkerHeartbeat", HEARTBEAT_AVSC),
+        job_status: contract("JobStatus", JOB_STATUS_AVSC),
     }
 });
 
@@ -203,6 +206,7 @@ pub fn wire_schemas() -> Vec<WireSchema> {
         &c.control,
         &c.alert,
         &c.heartbeat,
+        &c.job_status,
     ]
     .into_iter()
     .map(|contract| WireSchema {
@@ -1572,6 +1576,64 @@ pub struct WorkerHeartbeat {
     pub at: Timestamp,
 }
 
+// ---------------------------------------------------------------------------------------------
+// JobStatus.
+
+/// A job's latest outcome and statistics, as the compacted job-status topic carries them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobStatus {
+    pub job_id: JobId,
+    pub last_run_id: RunId,
+    pub last_status: String,
+    pub last_scheduled_for: Timestamp,
+    pub last_finished_at: Option<Timestamp>,
+    pub scheduled: u64,
+    pub succeeded: u64,
+    pub abandoned: u64,
+    pub failures_in_a_row: u32,
+}
+
+pub fn encode_job_status(status: &JobStatus) -> Result<Vec<u8>, CodecError> {
+    let count = |n: u64| Value::Long(i64::try_from(n).unwrap_or(i64::MAX));
+    encode(
+        &CONTRACTS.job_status,
+        record(vec![
+            ("job_id", string(status.job_id.as_str())),
+            ("last_run_id", string(status.last_run_id.to_string())),
+            ("last_status", string(&status.last_status)),
+            ("last_scheduled_for", millis(status.last_scheduled_for)),
+            ("last_finished_at", opt(status.last_finished_at, millis)),
+            ("scheduled", count(status.scheduled)),
+            ("succeeded", count(status.succeeded)),
+            ("abandoned", count(status.abandoned)),
+            ("failures_in_a_row", int(status.failures_in_a_row)),
+        ]),
+    )
+}
+
+pub fn decode_job_status(bytes: &[u8]) -> Result<JobStatus, CodecError> {
+    let value = decode(&CONTRACTS.job_status, bytes)?;
+    let f = Fields::of(&value, "JobStatus")?;
+    let count = |field: &'static str| {
+        let n = f.long(field)?;
+        u64::try_from(n).map_err(|_| CodecError::Field {
+            field,
+            reason: format!("{n} is negative"),
+        })
+    };
+    Ok(JobStatus {
+        job_id: job_id(f.string("job_id")?)?,
+        last_run_id: run_id(&f.string("last_run_id")?)?,
+        last_status: f.string("last_status")?,
+        last_scheduled_for: f.timestamp("last_scheduled_for")?,
+        last_finished_at: f.opt_timestamp("last_finished_at")?,
+        scheduled: count("scheduled")?,
+        succeeded: count("succeeded")?,
+        abandoned: count("abandoned")?,
+        failures_in_a_row: f.opt_u32("failures_in_a_row")?.unwrap_or_default(),
+    })
+}
+
 pub fn encode_heartbeat(beat: &WorkerHeartbeat) -> Result<Vec<u8>, CodecError> {
     encode(
         &CONTRACTS.heartbeat,
@@ -1928,6 +1990,26 @@ mod tests {
             failing
         );
         assert_ne!(failing.alert_id, alert.alert_id);
+    }
+
+    #[test]
+    fn job_statuses_round_trip() {
+        let job_id = JobId::parse("report.daily").unwrap();
+        let status = JobStatus {
+            last_run_id: RunId::derive(&job_id, t(0), TriggerKind::Schedule),
+            job_id,
+            last_status: "abandoned".into(),
+            last_scheduled_for: t(0),
+            last_finished_at: Some(t(900)),
+            scheduled: 12,
+            succeeded: 9,
+            abandoned: 3,
+            failures_in_a_row: 2,
+        };
+        assert_eq!(
+            decode_job_status(&encode_job_status(&status).unwrap()).unwrap(),
+            status
+        );
     }
 
     #[test]

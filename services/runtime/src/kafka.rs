@@ -179,6 +179,9 @@ impl Topics {
     pub fn deadletter(&self) -> String {
         self.name("deadletter")
     }
+    pub fn job_status(&self) -> String {
+        self.name("job-status")
+    }
     /// Consumer group of a service, e.g. `kairos-dispatcher`.
     pub fn group(&self, service: &str) -> String {
         format!("{}-{}", self.prefix, service)

@@ -129,7 +129,7 @@ fn fastavro_computes_kairos_fingerprints_and_both_libraries_round_trip_its_recor
 #[test]
 fn every_published_schema_has_the_fingerprint_fastavro_computes() {
     let published = codec::wire_schemas();
-    assert_eq!(published.len(), 8);
+    assert_eq!(published.len(), 9);
     let query = published
         .iter()
         .map(|s| (s.name.to_string(), serde_json::json!({"schema": s.schema})))
