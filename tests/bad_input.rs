@@ -41,6 +41,11 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
     bad_cron[at..at + 2].copy_from_slice(b"25");
     let mismatched =
         codec::encode_job(&shell_job("real-id", "1s", "true").validate().unwrap()).unwrap();
+    // The right marker and fingerprint, then a datum cut short, and one whose first string (the
+    // id) claims 400 MiB: both dead-lettered without allocating what they claim.
+    let valid = codec::encode_job(&shell_job("cut", "1s", "true").validate().unwrap()).unwrap();
+    let truncated = valid[..valid.len() - 3].to_vec();
+    let huge_id = [&valid[..10], &[0x80, 0x80, 0x80, 0x90, 0x03][..], b"x"].concat();
 
     let expectations = [
         (
@@ -57,6 +62,8 @@ async fn malformed_records_are_dead_lettered_and_the_pipeline_goes_on() {
         ),
         (jobs.clone(), "bad-cron", bad_cron, "invalid cron"),
         (jobs.clone(), "other-key", mismatched, "does not match"),
+        (jobs.clone(), "cut", truncated, "Avro"),
+        (jobs.clone(), "huge-id", huge_id, "allocat"),
         (
             runs.clone(),
             "garbage",
