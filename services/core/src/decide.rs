@@ -724,6 +724,17 @@ mod tests {
         assert_eq!(job.to_spec().validate().unwrap(), job);
     }
 
+    /// A bound with nanoseconds (as `Utc::now()` gives) just after a slot: the slot before the
+    /// bound is not listed, and each listed slot comes once.
+    #[test]
+    fn given_a_start_finer_than_a_millisecond_then_slots_start_after_it_once_each() {
+        let mut spec = definition().to_spec();
+        spec.start_at = Some(slot(3) + chrono::Duration::nanoseconds(400_000));
+        let job = spec.validate().unwrap();
+        assert_eq!(job.start_at, Some(slot(3)), "bounds are millisecond times");
+        assert_eq!(job.upcoming(slot(0), 3, 0), vec![slot(3), slot(4), slot(5)]);
+    }
+
     #[test]
     fn given_max_runs_reached_then_no_fire_times_are_listed() {
         let mut job = definition();

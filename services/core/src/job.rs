@@ -622,8 +622,8 @@ impl JobSpec {
             retry: self.retry,
             overlap: self.overlap,
             paused: self.paused,
-            start_at: self.start_at,
-            end_at: self.end_at,
+            start_at: self.start_at.map(to_the_millisecond),
+            end_at: self.end_at.map(to_the_millisecond),
             max_runs: self.max_runs,
             jitter: self.jitter,
             priority: self.priority,
@@ -719,6 +719,14 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
     }
 }
 
+/// Slots and the wire formats are millisecond times; a bound finer than that (`Utc::now()` has
+/// nanoseconds) would put a slot between the bound and the millisecond before it.
+fn to_the_millisecond(t: Timestamp) -> Timestamp {
+    use chrono::DurationRound;
+    t.duration_trunc(chrono::Duration::milliseconds(1))
+        .unwrap_or(t)
+}
+
 fn check_size(field: &'static str, size: usize) -> Result<(), ValidationError> {
     if size > MAX_PAYLOAD_BYTES {
         return Err(ValidationError::PayloadTooLarge {
@@ -741,7 +749,7 @@ impl JobDefinition {
     /// no DST rule changed wins, so a slot is run rather than dropped.
     pub fn next_slot(&self, after: Timestamp) -> Option<Slot> {
         let from = match self.start_at {
-            Some(start) if after < start => start - chrono::Duration::milliseconds(1),
+            Some(start) if after < start => start - chrono::Duration::nanoseconds(1),
             _ => after,
         };
         let slot = self
