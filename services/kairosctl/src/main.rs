@@ -75,7 +75,7 @@ enum Command {
     /// producing jobs or consuming the ledger needs. With NAME, that schema (self-contained).
     Schemas {
         /// JobDefinition, RunEvent, TaskAssigned, TriggerState, DeadLetter, ControlCommand,
-        /// Alert or WorkerHeartbeat.
+        /// Alert, WorkerHeartbeat or JobStatus.
         name: Option<String>,
         /// Print only the fingerprint (the 8 bytes after `C3 01`, in hex).
         #[arg(long, requires = "name")]
@@ -736,7 +736,7 @@ fn schedule_next(
 ) -> anyhow::Result<()> {
     let schedule = Schedule::cron_with(expr, tz, dst_gap)?;
     let Schedule::Cron(cron) = &schedule else {
-        unreachable!("Schedule::cron_with makes a cron schedule")
+        bail!("{expr:?} is not a cron expression");
     };
     let zone = cron.timezone();
     let slots: Vec<Slot> = std::iter::successors(schedule.next_slot_after(from), |s| {
