@@ -1,18 +1,15 @@
 //! `kairosctl tail`: follows the run ledger, the alerts or the dead letters live and prints each
-//! record decoded, like `kcat -C` with the schema. It reads without a consumer group, so it
-//! moves no service's offsets; a record it cannot decode is printed as such, never fatal.
-
-use std::time::Duration;
+//! record decoded, like `kcat -C` with the schema. It reads as the workers read broadcast
+//! commands, every partition outside any group, so it moves no service's offsets; a record it
+//! cannot decode is printed as such, never fatal.
 
 use anyhow::Context as _;
 use kairos_runtime::codec;
+use kairos_runtime::kafka::{broadcast_consumer, partition_counts};
 use kairos_runtime::KafkaArgs;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde_json::{json, Value};
-
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which topic to follow.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -41,33 +38,16 @@ pub(crate) struct TailArgs {
 
 /// Follows the topic until `--limit` records were printed, or forever.
 pub(crate) async fn tail(kafka: &KafkaArgs, args: TailArgs, as_json: bool) -> anyhow::Result<()> {
-    let kafka = kafka.clone();
-    tokio::task::spawn_blocking(move || follow(&kafka, &args, as_json)).await?
-}
-
-fn follow(kafka: &KafkaArgs, args: &TailArgs, as_json: bool) -> anyhow::Result<()> {
     let topics = kafka.topics();
     let topic = match args.stream {
         Stream::Runs => topics.runs(),
         Stream::Alerts => topics.alerts(),
         Stream::Deadletter => topics.deadletter(),
     };
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set(
-            "group.id",
-            format!("kairosctl-tail-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("creating a consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-        .with_context(|| format!("reading the partitions of {topic} (is --brokers right?)"))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
+    let partitions = partition_counts(kafka)
+        .context("reading the topics' partitions (is --brokers right?)")?
+        .get(&topic)
+        .copied()
         .filter(|n| *n > 0)
         .with_context(|| format!("topic {topic} does not exist (kairosctl topics apply)"))?;
     let start = if args.from_beginning {
@@ -75,17 +55,13 @@ fn follow(kafka: &KafkaArgs, args: &TailArgs, as_json: bool) -> anyhow::Result<(
     } else {
         Offset::End
     };
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(&topic, i32::try_from(partition)?, start)?;
-    }
-    consumer.assign(&assignment)?;
+    let consumer = broadcast_consumer(kafka, &topic, partitions, start)?;
     let mut printed = 0;
     while args.limit.is_none_or(|limit| printed < limit) {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.with_context(|| format!("reading {topic}"))?;
+        let message = consumer
+            .recv()
+            .await
+            .with_context(|| format!("reading {topic}"))?;
         let key = message.key().map(String::from_utf8_lossy);
         if args
             .job
