@@ -177,11 +177,11 @@ pub fn check_ledger(ledger: &[RunEvent], jobs: &[JobDefinition]) -> LedgerCheck 
     let mut check = LedgerCheck::default();
     let mut due: BTreeSet<(String, Timestamp)> = BTreeSet::new();
     for job in jobs {
-        let mut after = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
-        while let Some(slot) = job.next_slot(after) {
-            due.insert((job.id.to_string(), slot.at));
-            after = slot.at;
-        }
+        let from = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
+        due.extend(
+            job.slots_after(from)
+                .map(|slot| (job.id.to_string(), slot.at)),
+        );
     }
     check.slots_due = due.len();
 

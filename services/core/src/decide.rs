@@ -82,7 +82,7 @@ pub fn next_fire(
 /// The first slot after `after` that is due by `now` and would run (no calendar or DST rule
 /// skips it).
 fn next_runnable_slot(job: &JobDefinition, after: Timestamp, now: Timestamp) -> Option<Timestamp> {
-    std::iter::successors(job.next_slot(after), |s| job.next_slot(s.at))
+    job.slots_after(after)
         .take_while(|s| fire_time(job, s.at) <= now)
         .find(|s| job.runs_at(s))
         .map(|s| s.at)

@@ -759,6 +759,11 @@ impl JobDefinition {
         self.end_at.is_none_or(|end| slot.at <= end).then_some(slot)
     }
 
+    /// Every slot of the job after `after`, in order, run or not.
+    pub fn slots_after(&self, after: Timestamp) -> impl Iterator<Item = Slot> + '_ {
+        std::iter::successors(self.next_slot(after), |s| self.next_slot(s.at))
+    }
+
     /// The calendar that excludes `slot`, if any.
     pub fn excluded_by(&self, slot: Timestamp) -> Option<&Calendar> {
         self.calendars.iter().find(|c| c.excludes(slot))

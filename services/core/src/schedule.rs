@@ -491,11 +491,14 @@ impl Schedule {
         }
     }
 
-    /// The next `count` slots after `after`.
+    /// Every slot after `after`, in order, dropped ones included.
+    pub fn slots_after(&self, after: Timestamp) -> impl Iterator<Item = Slot> + '_ {
+        std::iter::successors(self.next_slot_after(after), |s| self.next_slot_after(s.at))
+    }
+
+    /// The times of the next `count` slots after `after`.
     pub fn upcoming(&self, after: Timestamp, count: usize) -> Vec<Timestamp> {
-        std::iter::successors(self.next_after(after), |t| self.next_after(*t))
-            .take(count)
-            .collect()
+        self.slots_after(after).take(count).map(|s| s.at).collect()
     }
 }
 

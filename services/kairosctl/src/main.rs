@@ -739,11 +739,7 @@ fn schedule_next(
         bail!("{expr:?} is not a cron expression");
     };
     let zone = cron.timezone();
-    let slots: Vec<Slot> = std::iter::successors(schedule.next_slot_after(from), |s| {
-        schedule.next_slot_after(s.at)
-    })
-    .take(count)
-    .collect();
+    let slots: Vec<Slot> = schedule.slots_after(from).take(count).collect();
     let listed: Vec<Value> = slots
         .iter()
         .map(|slot| {
@@ -793,13 +789,13 @@ async fn backfill(
     let start = from - chrono::Duration::milliseconds(1);
     // Every slot of every schedule that would have run: none a calendar excludes or a DST rule
     // drops.
-    let slots: Vec<Timestamp> =
-        std::iter::successors(job.next_slot(start), |s| job.next_slot(s.at))
-            .take_while(|s| s.at <= to)
-            .filter(|s| job.runs_at(s))
-            .map(|s| s.at)
-            .take(MAX_BACKFILL_SLOTS + 1)
-            .collect();
+    let slots: Vec<Timestamp> = job
+        .slots_after(start)
+        .take_while(|s| s.at <= to)
+        .filter(|s| job.runs_at(s))
+        .map(|s| s.at)
+        .take(MAX_BACKFILL_SLOTS + 1)
+        .collect();
     anyhow::ensure!(
         slots.len() <= MAX_BACKFILL_SLOTS,
         "the range holds more than {MAX_BACKFILL_SLOTS} slots; split it"

@@ -18,12 +18,11 @@ fn given_skipping_gaps(expr: &str, timezone: &str) -> Schedule {
 
 /// When asking for `count` slots after `from`, then these (time, how DST changed it).
 fn slots(schedule: &Schedule, from: &str, count: usize) -> Vec<(Timestamp, Option<DstAdjustment>)> {
-    std::iter::successors(schedule.next_slot_after(utc(from)), |s| {
-        schedule.next_slot_after(s.at)
-    })
-    .take(count)
-    .map(|s| (s.at, s.dst))
-    .collect()
+    schedule
+        .slots_after(utc(from))
+        .take(count)
+        .map(|s| (s.at, s.dst))
+        .collect()
 }
 
 fn regular(times: &[&str]) -> Vec<(Timestamp, Option<DstAdjustment>)> {
