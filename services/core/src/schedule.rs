@@ -118,6 +118,21 @@ impl DstGap {
     }
 }
 
+impl FromStr for DstGap {
+    type Err = String;
+
+    /// The policy by the name job files, the wire and `--dst-gap` give it.
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "run_after" => Ok(DstGap::RunAfter),
+            "skip" => Ok(DstGap::Skip),
+            other => Err(format!(
+                "{other:?} is not a DST gap policy: use run_after or skip"
+            )),
+        }
+    }
+}
+
 /// How a daylight-saving transition changed a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DstAdjustment {

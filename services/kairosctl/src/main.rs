@@ -208,19 +208,9 @@ enum ScheduleCommand {
         #[arg(long, default_value_t = 5)]
         count: usize,
         /// What a slot whose local time does not exist (DST gap) does: run_after or skip.
-        #[arg(long, default_value = "run_after", value_parser = parse_dst_gap)]
+        #[arg(long, default_value = "run_after")]
         dst_gap: DstGap,
     },
-}
-
-fn parse_dst_gap(value: &str) -> Result<DstGap, String> {
-    match value {
-        "run_after" => Ok(DstGap::RunAfter),
-        "skip" => Ok(DstGap::Skip),
-        other => Err(format!(
-            "{other:?} is not a DST gap policy: use run_after or skip"
-        )),
-    }
 }
 
 #[tokio::main]

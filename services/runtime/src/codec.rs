@@ -667,16 +667,15 @@ fn schedule_from(value: &Value, what: &'static str) -> Result<ScheduleSpec, Code
         timezone: schedule.opt_string("timezone")?,
         every: schedule.opt_duration_ms("every_ms")?,
         at: schedule.opt_timestamp("at")?,
-        dst_gap: match schedule.opt_string("dst_gap")?.as_deref() {
-            None | Some("run_after") => DstGap::RunAfter,
-            Some("skip") => DstGap::Skip,
-            Some(other) => {
-                return Err(CodecError::Field {
-                    field: "schedule.dst_gap",
-                    reason: format!("unknown policy {other:?}"),
-                })
-            }
-        },
+        dst_gap: schedule
+            .opt_string("dst_gap")?
+            .map(|name| name.parse::<DstGap>())
+            .transpose()
+            .map_err(|reason| CodecError::Field {
+                field: "schedule.dst_gap",
+                reason,
+            })?
+            .unwrap_or_default(),
     })
 }
 
