@@ -27,7 +27,6 @@ use kairos_core::decide::{
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
-use kairos_runtime::cloudevents;
 use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
@@ -35,6 +34,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
+use kairos_runtime::ledger::LedgerRecord;
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::{Liveness, Registry};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
@@ -259,7 +259,7 @@ struct Outgoing {
     key: String,
     payload: Vec<u8>,
     /// CloudEvents attributes, on ledger records.
-    headers: cloudevents::Headers,
+    headers: kairos_runtime::cloudevents::Headers,
 }
 
 /// A step of the dispatcher's own on its way through the ledger.
@@ -834,11 +834,12 @@ impl Dispatcher {
     }
 
     fn ledger_record(&self, event: &RunEvent) -> anyhow::Result<Outgoing> {
+        let record = LedgerRecord::of(event, "dispatcher")?;
         Ok(Outgoing {
             topic: self.topics.runs(),
-            key: event.job_id.to_string(),
-            payload: codec::encode_run_event(event)?,
-            headers: cloudevents::run_event(event, "dispatcher"),
+            key: record.key,
+            payload: record.payload,
+            headers: record.headers,
         })
     }
 

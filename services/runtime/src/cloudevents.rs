@@ -18,8 +18,9 @@ const SPEC_VERSION: &str = "1.0";
 const CONTENT_TYPE: &str = "application/avro";
 
 /// The headers of a ledger event written by `service` (`trigger`, `dispatcher`, `worker`,
-/// `operator` for runs requested through kairosctl or the API).
-pub fn run_event(event: &RunEvent, service: &str) -> Headers {
+/// `operator` for runs requested through kairosctl or the API); writers get them with the rest
+/// of the record from [`crate::ledger::LedgerRecord`].
+pub(crate) fn run_event(event: &RunEvent, service: &str) -> Headers {
     let shard = event
         .shard
         .map_or(String::new(), |s| format!("/{}", s.index));

@@ -6,6 +6,7 @@ use kairos_core::{JobDefinition, JobId, Timestamp};
 
 use crate::codec;
 use crate::kafka::{ensure_topic, partition_counts, task_topic_config, Delivered, Producer};
+use crate::ledger::LedgerRecord;
 use crate::KafkaArgs;
 
 /// Why a write did not happen.
@@ -96,14 +97,13 @@ pub async fn schedule_run(
     producer: &Producer,
     event: &RunEvent,
 ) -> Result<Delivered, WriteError> {
-    let bytes = codec::encode_run_event(event)?;
-    let headers = crate::cloudevents::run_event(event, "operator");
+    let record = LedgerRecord::of(event, "operator")?;
     producer
         .send_with_headers(
             &kafka.topics().runs(),
-            event.job_id.as_str(),
-            Some(&bytes),
-            &headers,
+            &record.key,
+            Some(&record.payload),
+            &record.headers,
         )
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))

@@ -19,11 +19,11 @@ use kairos_core::decide::{fire_time, next_fire, Fire};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
-use kairos_runtime::cloudevents;
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
+use kairos_runtime::ledger::LedgerRecord;
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
@@ -401,10 +401,14 @@ impl Trigger {
             let (producer, topic) = (&self.producer, &runs);
             async move {
                 for event in &events {
-                    let bytes = codec::encode_run_event(event)?;
-                    let headers = cloudevents::run_event(event, "trigger");
+                    let record = LedgerRecord::of(event, "trigger")?;
                     producer
-                        .send_with_headers(topic, event.job_id.as_str(), Some(&bytes), &headers)
+                        .send_with_headers(
+                            topic,
+                            &record.key,
+                            Some(&record.payload),
+                            &record.headers,
+                        )
                         .await?;
                     record_fire(event);
                 }

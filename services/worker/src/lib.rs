@@ -39,6 +39,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer,
 };
+use kairos_runtime::ledger::LedgerRecord;
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
@@ -661,21 +662,20 @@ impl Reporter {
             kind,
             shard: task.shard_of(),
         };
-        let bytes = match codec::encode_run_event(&event) {
-            Ok(bytes) => bytes,
+        let record = match LedgerRecord::of(&event, "worker") {
+            Ok(record) => record,
             Err(error) => {
                 tracing::error!(%error, run_id = %task.run_id, "Encoding a run event failed.");
                 return false;
             }
         };
-        let headers = kairos_runtime::cloudevents::run_event(&event, "worker");
         match self
             .producer
             .send_with_headers(
                 &self.topics.runs(),
-                task.job_id.as_str(),
-                Some(&bytes),
-                &headers,
+                &record.key,
+                Some(&record.payload),
+                &record.headers,
             )
             .await
         {
