@@ -522,7 +522,8 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
     Tz::from_str(name.trim()).map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))
 }
 
-/// crontab(5)'s nicknames as the 5-field expressions they stand for.
+/// crontab(5)'s nicknames as the 5-field expressions they stand for. Expanded here, although
+/// croner knows most of them, because the dialect and the DST rules read the fields.
 fn expand_nickname(expr: &str) -> Result<String, String> {
     if !expr.starts_with('@') {
         return Ok(expr.to_string());
