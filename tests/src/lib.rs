@@ -30,10 +30,45 @@ pub fn brokers() -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a service to bind a moment later.
+///
+/// Not one the kernel picks (`bind(0)`): those come from the ephemeral range, which the many
+/// outgoing connections of the services and clients also draw from, so one of them could take
+/// the port before the service binds it (a service that cannot bind its port stops, and a test
+/// would then wait for it in vain). These come from below that range (Linux's default starts at
+/// 32768), each process from its own starting point and never the same one twice.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("local address")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}..{}", FIRST + COUNT)
+}
+
+/// Sends the in-process services' logs to the test's captured output, so a failing test shows
+/// what the services did (libtest prints captured output of failed tests only; the runtime's
+/// worker threads inherit the capture of the test thread that built them).
+fn capture_service_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    // Several tests in one binary each try; the first one installs it, for all.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// How often `wait_for` looks again: Kafka topics and HTTP state have no event to await here.
@@ -73,6 +108,7 @@ impl Stack {
 
     /// Creates the topic set under a fresh prefix on `brokers`.
     pub async fn on(brokers: String, partitions: i32) -> Stack {
+        capture_service_logs();
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let kafka = KafkaArgs::new(brokers, prefix);
         let mut set = TopicSet::shipped();
