@@ -128,8 +128,18 @@ impl Stack {
     }
 
     pub fn trigger(&self, data: &str) -> Service {
-        let config =
+        self.trigger_with(data, |_| {})
+    }
+
+    /// A trigger whose configuration `adjust` changes first.
+    pub fn trigger_with(
+        &self,
+        data: &str,
+        adjust: impl FnOnce(&mut kairos_trigger::Config),
+    ) -> Service {
+        let mut config =
             kairos_trigger::Config::new(self.kafka.clone(), self.data_dir(data), free_addr());
+        adjust(&mut config);
         Service::spawn(
             "trigger",
             Some(self.data_dir(data)),

@@ -36,7 +36,10 @@ impl Fire {
 /// `None` when the next slot is not due yet or the job has no more. Call repeatedly, advancing
 /// `cursor` to the returned slot, to work through a backlog.
 ///
-/// A slot is due at its fire time (the slot plus the job's jitter for it). A slot that a calendar
+/// A slot is due at its fire time (the slot plus the job's jitter for it), and is fired `lead`
+/// earlier: the trigger fires ahead so that the run is dispatched and on its worker, held there,
+/// by the time it starts. How late a slot is (for the misfire policy) is counted from its fire
+/// time, whatever the lead. A slot that a calendar
 /// excludes or that the DST policy drops is recorded as skipped when it comes due. One late by no
 /// more than the misfire grace always runs. A later one is a missed slot: `fire_once` runs it only
 /// if it is the latest runnable slot due by `now`, `skip` never runs it, and `catch_up` runs it if
@@ -47,13 +50,14 @@ pub fn next_fire(
     cursor: Timestamp,
     now: Timestamp,
     fired: u32,
+    lead: Duration,
 ) -> Option<Fire> {
     if job.max_runs.is_some_and(|max| fired >= max) {
         return None;
     }
     let slot = job.next_slot(cursor)?;
     let due = fire_time(job, slot.at);
-    if due > now {
+    if due > now + chrono::Duration::from_std(lead).unwrap_or_default() {
         return None;
     }
     if slot.is_dropped() {
@@ -97,6 +101,32 @@ pub fn fire_time(job: &JobDefinition, slot: Timestamp) -> Timestamp {
     let seed = RunId::derive(&job.id, slot, TriggerKind::Schedule).seed();
     let delay_ms = (jitter.as_millis() as f64 * unit_interval(seed)) as i64;
     slot + chrono::Duration::milliseconds(delay_ms)
+}
+
+/// When a run's task starts on its worker: a scheduled slot at its fire time (the slot plus the
+/// job's jitter), a run triggered by hand or backfilled at once. A task dispatched before then is
+/// held by the worker and started at this time by the worker's own clock.
+pub fn start_at(definition: &JobDefinition, run: &RunState) -> Timestamp {
+    match run.trigger {
+        TriggerKind::Schedule => fire_time(definition, run.scheduled_for),
+        _ => run.scheduled_for,
+    }
+}
+
+/// Whether the job as now defined would still fire the run's slot: it is not paused, and for a
+/// scheduled run the slot is one of its schedule's that no calendar excludes. A run fired ahead
+/// of its slot from an earlier definition is cancelled before it starts when this no longer holds,
+/// so a pause, a new schedule or a new calendar read before a slot's start is obeyed as if the
+/// slot had been fired at its start.
+fn still_fired_by(definition: &JobDefinition, run: &RunState) -> bool {
+    if definition.paused {
+        return false;
+    }
+    run.trigger != TriggerKind::Schedule
+        || definition
+            .next_slot(run.scheduled_for - chrono::Duration::milliseconds(1))
+            .is_some_and(|slot| slot.at == run.scheduled_for && !slot.is_dropped())
+            && definition.excluded_by(run.scheduled_for).is_none()
 }
 
 /// What the dispatcher knows of a run's job.
@@ -190,6 +220,10 @@ pub fn next_step(
             timeout: definition.timeout,
             definition_offset: offset,
             assigned_at: now,
+            // A scheduled slot's first attempt starts at the slot; a retry, or a run triggered
+            // by hand, as soon as it arrives.
+            start_at: (run.trigger == TriggerKind::Schedule && run.attempt <= 1)
+                .then(|| start_at(definition, run)),
             shard: None,
         };
         if definition.shards <= 1 {
@@ -215,15 +249,44 @@ pub fn next_step(
             reason: SkipReason::JobDeleted,
         })
     };
-    if let JobView::Defined { definition, .. } = job {
-        if superseded(run, definition, runs_of_job) && run.status != RunStatus::Scheduled {
+    // A definition read after the run was fired, before the run has started, fences it as if it
+    // had been read before the fire.
+    let not_started_yet = |definition: Option<&JobDefinition>| {
+        matches!(run.status, RunStatus::Scheduled | RunStatus::Dispatched)
+            && run.attempt <= 1
+            && now < definition.map_or(run.scheduled_for, |d| start_at(d, run))
+    };
+    match job {
+        JobView::Defined { definition, offset } => {
+            if superseded(run, definition, runs_of_job, now) && run.status != RunStatus::Scheduled {
+                return cancel_step(run);
+            }
+            if offset > fired_from
+                && not_started_yet(Some(definition))
+                && !still_fired_by(definition, run)
+            {
+                return cancel_step(run);
+            }
+        }
+        JobView::Deleted { offset }
+            if offset > fired_from
+                && run.status == RunStatus::Dispatched
+                && not_started_yet(None) =>
+        {
             return cancel_step(run);
         }
+        _ => {}
     }
     match (run.status, job) {
         (RunStatus::Scheduled, JobView::Defined { definition, offset }) if offset >= fired_from => {
-            overlap_step(run, definition, runs_of_job)
-                .unwrap_or_else(|| Some(dispatch(definition, offset)))
+            match overlap_step(run, definition, runs_of_job, now) {
+                None => Some(dispatch(definition, offset)),
+                // Fired ahead into a job that other runs hold: the overlap policy is decided at
+                // the run's start, when those runs may be over, exactly as if it had been fired
+                // then. (`wake_at` brings the dispatcher back.)
+                Some(_) if now < start_at(definition, run) => None,
+                Some(step) => step,
+            }
         }
         (RunStatus::Scheduled, JobView::Deleted { offset }) if offset >= fired_from => {
             Some(deleted())
@@ -280,6 +343,7 @@ fn overlap_step(
     run: &RunState,
     definition: &JobDefinition,
     runs_of_job: &[RunState],
+    now: Timestamp,
 ) -> Option<Option<Step>> {
     let others = || {
         runs_of_job
@@ -298,7 +362,7 @@ fn overlap_step(
     let skip = Some(Step::Record(RunEventKind::RunSkipped {
         reason: SkipReason::Overlap,
     }));
-    if superseded(run, definition, runs_of_job) {
+    if superseded(run, definition, runs_of_job, now) {
         return Some(skip);
     }
     if definition.overlap == OverlapPolicy::Allow || (!holding && ahead == 0) {
@@ -317,24 +381,34 @@ fn overlap_step(
 }
 
 /// Under `replace`, a run is superseded (to be cancelled, or skipped if it never started) as soon
-/// as a later run of the job is scheduled.
-fn superseded(run: &RunState, definition: &JobDefinition, runs_of_job: &[RunState]) -> bool {
+/// as a later run of the job is scheduled and due to start: a later run fired ahead replaces it
+/// only at its own start.
+fn superseded(
+    run: &RunState,
+    definition: &JobDefinition,
+    runs_of_job: &[RunState],
+    now: Timestamp,
+) -> bool {
     definition.overlap == OverlapPolicy::Replace
         && !run.status.is_final()
         && runs_of_job.iter().any(|r| {
             r.status == RunStatus::Scheduled
                 && (r.scheduled_for, r.run_id) > (run.scheduled_for, run.run_id)
+                && start_at(definition, r) <= now
         })
 }
 
-/// When the dispatcher must look at a run again without any new event: a retry's due time, or
-/// the deadline of an attempt that has not reported its outcome.
+/// When the dispatcher must look at a run again without any new event: the start of a run fired
+/// ahead that waits for its start to be decided, a retry's due time, or the deadline of an attempt
+/// that has not reported its outcome.
 pub fn wake_at(
     run: &RunState,
     definition: Option<&JobDefinition>,
     margin: Duration,
+    now: Timestamp,
 ) -> Option<Timestamp> {
     match run.status {
+        RunStatus::Scheduled => Some(start_at(definition?, run)).filter(|start| *start > now),
         RunStatus::RetryScheduled => run.retry_due_at,
         RunStatus::Dispatched | RunStatus::Started => attempt_deadline(run, definition?, margin),
         _ => None,
@@ -349,15 +423,15 @@ pub const DEADLINE_REPORTER: &str = "dispatcher";
 /// get its own `RunTimedOut` through.
 pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 
-/// The backstop deadline of the current attempt: dispatch time + task timeout + margin. Jobs
-/// without a timeout have none.
+/// The backstop deadline of the current attempt: its start (the dispatch, or the start a task
+/// dispatched ahead is held for) + task timeout + margin. Jobs without a timeout have none.
 fn attempt_deadline(
     run: &RunState,
     definition: &JobDefinition,
     margin: Duration,
 ) -> Option<Timestamp> {
     let budget = chrono::Duration::from_std(definition.timeout? + margin).ok()?;
-    Some(run.dispatched_at? + budget)
+    Some(run.dispatched_at?.max(start_at(definition, run)) + budget)
 }
 
 /// The delay before the attempt after `attempt`. The jitter is drawn from the run id and attempt,
@@ -426,7 +500,7 @@ mod tests {
     fn fires_of(job: &JobDefinition, mut cursor: Timestamp, now: Timestamp) -> Vec<Fire> {
         let mut out = vec![];
         let mut fired = 0;
-        while let Some(fire) = next_fire(job, cursor, now, fired) {
+        while let Some(fire) = next_fire(job, cursor, now, fired, Duration::ZERO) {
             fired += u32::from(matches!(fire, Fire::Run(_)));
             out.push(fire);
             cursor = fire.slot();
@@ -950,7 +1024,7 @@ mod tests {
         let mut kinds = failed_attempt(1);
         kinds.push(retry(2, due));
         let run = after(kinds);
-        assert_eq!(wake_at(&run, Some(&def), MARGIN), Some(due));
+        assert_eq!(wake_at(&run, Some(&def), MARGIN, t(0)), Some(due));
         assert_eq!(
             next_step(
                 &run,
@@ -1209,7 +1283,7 @@ mod tests {
         }]);
         // Dispatched at slot(1)+1s; timeout 3 s; margin 30 s.
         let deadline = slot(1) + chrono::Duration::seconds(34);
-        assert_eq!(wake_at(&run, Some(&def), MARGIN), Some(deadline));
+        assert_eq!(wake_at(&run, Some(&def), MARGIN, t(0)), Some(deadline));
         assert_eq!(
             next_step(
                 &run,
@@ -1241,7 +1315,7 @@ mod tests {
             attempt: 1,
             pool: "batch".into(),
         }]);
-        assert_eq!(wake_at(&run, Some(&def), MARGIN), None);
+        assert_eq!(wake_at(&run, Some(&def), MARGIN, t(0)), None);
         assert_eq!(next_step(&run, view, slot(1000), MARGIN, &[]), None);
     }
 
@@ -1303,6 +1377,15 @@ mod tests {
     }
 
     fn decide(policy: OverlapPolicy, runs: &[RunState], which: usize) -> Option<Step> {
+        decide_at(policy, runs, which, slot(9))
+    }
+
+    fn decide_at(
+        policy: OverlapPolicy,
+        runs: &[RunState],
+        which: usize,
+        now: Timestamp,
+    ) -> Option<Step> {
         let def = with_overlap(policy);
         next_step(
             &runs[which],
@@ -1310,7 +1393,7 @@ mod tests {
                 definition: &def,
                 offset: 4,
             },
-            slot(9),
+            now,
             MARGIN,
             runs,
         )
@@ -1390,8 +1473,10 @@ mod tests {
             None,
             "the 100th waits"
         );
+        // Decided at its start, once all of them are due.
+        let last_due = slot(MAX_QUEUED as i64 + 1);
         assert_eq!(
-            decide(OverlapPolicy::QueueAll, &runs, MAX_QUEUED + 1),
+            decide_at(OverlapPolicy::QueueAll, &runs, MAX_QUEUED + 1, last_due),
             skipped(),
             "the 101st is skipped"
         );
@@ -1476,7 +1561,7 @@ mod tests {
         job.max_runs = Some(2);
         let fired = fires_of(&job, slot(0), slot(3));
         assert_eq!(fired, vec![Fire::Run(slot(1)), Fire::Run(slot(2))]);
-        assert_eq!(next_fire(&job, slot(2), slot(9), 2), None);
+        assert_eq!(next_fire(&job, slot(2), slot(9), 2, Duration::ZERO), None);
     }
 
     #[test]
@@ -1494,9 +1579,235 @@ mod tests {
         assert_eq!(fire_time(&job, slot(7)), fire_time(&job, slot(7)));
         let due = fire_time(&job, slot(1));
         assert_eq!(
-            next_fire(&job, slot(0), due - chrono::Duration::milliseconds(1), 0),
+            next_fire(
+                &job,
+                slot(0),
+                due - chrono::Duration::milliseconds(1),
+                0,
+                Duration::ZERO
+            ),
             None
         );
-        assert_eq!(next_fire(&job, slot(0), due, 0), Some(Fire::Run(slot(1))));
+        assert_eq!(
+            next_fire(&job, slot(0), due, 0, Duration::ZERO),
+            Some(Fire::Run(slot(1)))
+        );
+    }
+
+    // Fire ahead, start on time: a slot is fired and dispatched a lead before it is due, held on
+    // its worker, and started at its slot; what depends on the moment is still decided by it.
+
+    const LEAD: Duration = Duration::from_secs(2);
+
+    fn before(at: Timestamp, seconds: i64) -> Timestamp {
+        at - chrono::Duration::seconds(seconds)
+    }
+
+    fn view(def: &JobDefinition, offset: i64) -> JobView<'_> {
+        JobView::Defined {
+            definition: def,
+            offset,
+        }
+    }
+
+    #[test]
+    fn given_a_lead_then_a_slot_fires_that_much_before_it_is_due_and_not_earlier() {
+        let job = definition();
+        assert_eq!(next_fire(&job, slot(0), before(slot(1), 3), 0, LEAD), None);
+        assert_eq!(
+            next_fire(&job, slot(0), before(slot(1), 2), 0, LEAD),
+            Some(Fire::Run(slot(1)))
+        );
+    }
+
+    #[test]
+    fn given_a_lead_then_lateness_for_the_misfire_policy_still_counts_from_the_slot() {
+        let mut job = definition();
+        job.misfire = policy(MisfireKind::Skip);
+        // 5 s of grace: 4 s past the slot it runs, 6 s past it is missed, whatever the lead.
+        let late = |seconds| slot(1) + chrono::Duration::seconds(seconds);
+        assert_eq!(
+            next_fire(&job, slot(0), late(4), 0, LEAD),
+            Some(Fire::Run(slot(1)))
+        );
+        assert_eq!(
+            next_fire(&job, slot(0), late(6), 0, LEAD),
+            Some(misfired(slot(1)))
+        );
+    }
+
+    #[test]
+    fn given_a_run_fired_ahead_then_it_is_dispatched_at_once_to_start_at_its_slot() {
+        let mut def = definition();
+        def.jitter = Some(Duration::from_secs(4));
+        let step = next_step(
+            &scheduled_run(4),
+            view(&def, 4),
+            before(slot(1), 2),
+            MARGIN,
+            &[],
+        );
+        let Some(Step::Dispatch(tasks)) = step else {
+            panic!("expected a dispatch, got {step:?}")
+        };
+        assert_eq!(tasks[0].start_at, Some(fire_time(&def, slot(1))));
+        assert!(tasks[0].start_at > Some(slot(1)), "the jitter is kept");
+    }
+
+    #[test]
+    fn given_a_retry_then_its_attempt_starts_as_soon_as_it_arrives() {
+        let def = definition();
+        let mut kinds = failed_attempt(1);
+        kinds.push(retry(2, slot(2)));
+        let step = next_step(&after(kinds), view(&def, 4), slot(3), MARGIN, &[]);
+        let Some(Step::Dispatch(tasks)) = step else {
+            panic!("expected a dispatch, got {step:?}")
+        };
+        assert_eq!((tasks[0].attempt, tasks[0].start_at), (2, None));
+    }
+
+    #[test]
+    fn given_forbid_and_a_run_fired_ahead_while_another_runs_then_it_is_decided_at_its_start() {
+        let def = with_overlap(OverlapPolicy::Forbid);
+        let runs = [running(1), run_at(2, vec![])];
+        // Before its start the run waits, and the dispatcher comes back at the start.
+        let early = before(slot(2), 2);
+        assert_eq!(
+            next_step(&runs[1], view(&def, 4), early, MARGIN, &runs),
+            None
+        );
+        assert_eq!(wake_at(&runs[1], Some(&def), MARGIN, early), Some(slot(2)));
+        // At its start: skipped if the other still runs, dispatched if it is over by then.
+        assert_eq!(
+            next_step(&runs[1], view(&def, 4), slot(2), MARGIN, &runs),
+            skipped()
+        );
+        let over = [succeeded(1), run_at(2, vec![])];
+        assert!(matches!(
+            next_step(&over[1], view(&def, 4), slot(2), MARGIN, &over),
+            Some(Step::Dispatch(_))
+        ));
+    }
+
+    #[test]
+    fn given_forbid_and_nothing_running_then_a_run_fired_ahead_is_dispatched_ahead() {
+        let def = with_overlap(OverlapPolicy::Forbid);
+        let runs = [succeeded(1), run_at(2, vec![])];
+        assert!(matches!(
+            next_step(&runs[1], view(&def, 4), before(slot(2), 2), MARGIN, &runs),
+            Some(Step::Dispatch(_))
+        ));
+    }
+
+    #[test]
+    fn given_replace_then_a_run_fired_ahead_replaces_the_running_one_only_at_its_start() {
+        let def = with_overlap(OverlapPolicy::Replace);
+        let runs = [running(1), run_at(2, vec![])];
+        let early = before(slot(2), 2);
+        assert_eq!(
+            next_step(&runs[0], view(&def, 4), early, MARGIN, &runs),
+            None
+        );
+        assert_eq!(
+            next_step(&runs[0], view(&def, 4), slot(2), MARGIN, &runs),
+            Some(Step::Cancel { attempt: 1 })
+        );
+    }
+
+    fn dispatched_ahead() -> RunState {
+        // scheduled_run is fired from offset 4 for slot(1); dispatched 2 s before it.
+        after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }])
+    }
+
+    #[test]
+    fn given_a_pause_read_before_the_start_then_the_run_fired_ahead_is_cancelled() {
+        let mut paused = definition();
+        paused.paused = true;
+        let early = before(slot(1), 1);
+        for run in [scheduled_run(4), dispatched_ahead()] {
+            assert_eq!(
+                next_step(&run, view(&paused, 5), early, MARGIN, &[]),
+                Some(Step::Cancel {
+                    attempt: run.attempt
+                }),
+                "{:?}",
+                run.status
+            );
+        }
+    }
+
+    #[test]
+    fn given_a_pause_read_after_the_start_then_the_run_goes_on() {
+        let mut paused = definition();
+        paused.paused = true;
+        let late = slot(1) + chrono::Duration::milliseconds(1);
+        assert_eq!(
+            next_step(&dispatched_ahead(), view(&paused, 5), late, MARGIN, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn given_a_new_schedule_without_the_slot_then_the_run_fired_ahead_is_cancelled() {
+        let mut moved = definition();
+        moved.schedule = Schedule::every(Duration::from_secs(7)).unwrap();
+        assert_eq!(
+            next_step(
+                &dispatched_ahead(),
+                view(&moved, 5),
+                before(slot(1), 1),
+                MARGIN,
+                &[]
+            ),
+            Some(Step::Cancel { attempt: 1 })
+        );
+    }
+
+    #[test]
+    fn given_a_deletion_read_before_the_start_then_the_run_fired_ahead_is_cancelled() {
+        let step = next_step(
+            &dispatched_ahead(),
+            JobView::Deleted { offset: 5 },
+            before(slot(1), 1),
+            MARGIN,
+            &[],
+        );
+        assert_eq!(step, Some(Step::Cancel { attempt: 1 }));
+    }
+
+    #[test]
+    fn given_an_edit_that_keeps_the_slot_then_the_run_fired_ahead_goes_on() {
+        let mut edited = definition();
+        edited.timeout = Some(Duration::from_secs(9));
+        assert_eq!(
+            next_step(
+                &dispatched_ahead(),
+                view(&edited, 5),
+                before(slot(1), 1),
+                MARGIN,
+                &[]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn given_a_task_dispatched_ahead_then_its_deadline_counts_from_its_start() {
+        let def = definition();
+        let run = dispatched_ahead();
+        // Dispatched 1 s after slot(1) by `after`; make it 2 s before instead.
+        let run = RunState {
+            dispatched_at: Some(before(slot(1), 2)),
+            ..run
+        };
+        let deadline =
+            slot(1) + chrono::Duration::seconds(3) + chrono::Duration::from_std(MARGIN).unwrap();
+        assert_eq!(
+            wake_at(&run, Some(&def), MARGIN, before(slot(1), 2)),
+            Some(deadline)
+        );
     }
 }

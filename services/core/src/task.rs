@@ -19,6 +19,10 @@ pub struct TaskAssigned {
     pub timeout: Option<Duration>,
     pub definition_offset: i64,
     pub assigned_at: Timestamp,
+    /// When the worker starts the attempt by its own clock (the slot plus the job's jitter): a
+    /// task dispatched ahead of its slot is held until then. `None`, or a time already past,
+    /// starts it at once.
+    pub start_at: Option<Timestamp>,
     /// For a sharded job: the one shard this task runs.
     pub shard: Option<ShardAssignment>,
 }

@@ -683,10 +683,11 @@ impl Dispatcher {
             if self.awaiting.contains_key(&runs[i].run_id) {
                 continue;
             }
-            if let Some(due) = wake_at(&runs[i], definition.as_ref(), self.deadline_margin) {
+            let now = kairos_runtime::now();
+            if let Some(due) = wake_at(&runs[i], definition.as_ref(), self.deadline_margin, now) {
                 // Timers come before records in the loop: one that is due at every turn (a run
                 // whose retry is overdue but whose pool is full) must leave room for reading.
-                let due = due.max(kairos_runtime::now() + MIN_TIMER_DELAY);
+                let due = due.max(now + MIN_TIMER_DELAY);
                 self.timers.insert((due, partition, job.to_string()));
             }
         }

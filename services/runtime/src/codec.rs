@@ -46,6 +46,7 @@ const JOB_STATUS_AVSC: &str = include_str!("../../../schemas/job_status.avsc");
 const JOB_DEFINITION_V1_AVSC: &str =
     include_str!("../../../schemas/released/job_definition.v1.avsc");
 const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_event.v1.avsc");
+const TASK_ASSIGNED_V1_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v1.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +174,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
             &[JOB_DEFINITION_V1_AVSC],
         ),
         run_event: evolved("RunEvent", RUN_EVENT_AVSC, &[RUN_EVENT_V1_AVSC]),
-        task_assigned: contract("TaskAssigned", TASK_ASSIGNED_AVSC),
+        task_assigned: evolved("TaskAssigned", TASK_ASSIGNED_AVSC, &[TASK_ASSIGNED_V1_AVSC]),
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
         control: contract("ControlCommand", CONTROL_AVSC),
@@ -1153,6 +1154,7 @@ pub fn encode_task(task: &TaskAssigned) -> Result<Vec<u8>, CodecError> {
             ("timeout_ms", opt(task.timeout, duration_ms)),
             ("definition_offset", Value::Long(task.definition_offset)),
             ("assigned_at", millis(task.assigned_at)),
+            ("start_at", opt(task.start_at, millis)),
             (
                 "shard",
                 opt(task.shard.as_ref(), |s| {
@@ -1181,6 +1183,7 @@ pub fn decode_task(bytes: &[u8]) -> Result<TaskAssigned, CodecError> {
         timeout: timeout_from(&f)?,
         definition_offset: f.long("definition_offset")?,
         assigned_at: f.timestamp("assigned_at")?,
+        start_at: f.opt_timestamp("start_at")?,
         shard: f
             .record("shard")?
             .map(|shard| -> Result<ShardAssignment, CodecError> {
@@ -1917,6 +1920,7 @@ mod tests {
             timeout: None,
             definition_offset: 7,
             assigned_at: t(3),
+            start_at: Some(t(4)),
             shard: None,
         };
         assert_eq!(decode_task(&encode_task(&task).unwrap()).unwrap(), task);
@@ -2120,6 +2124,29 @@ mod tests {
                 "event, earlier writer {version}"
             );
         }
+        // A v1 task (no start time) is started at once.
+        let task = TaskAssigned {
+            job_id: job_id.clone(),
+            run_id: skipped.run_id,
+            attempt: 1,
+            scheduled_for: t(0),
+            pool: "default".into(),
+            task: shell(),
+            timeout: None,
+            definition_offset: 7,
+            assigned_at: t(1),
+            start_at: Some(t(2)),
+            shard: None,
+        };
+        assert_eq!(CONTRACTS.task_assigned.earlier.len(), 3);
+        let v1 = written_with_earlier(&CONTRACTS.task_assigned, 2, &encode_task(&task).unwrap());
+        assert_eq!(
+            decode_task(&v1).unwrap(),
+            TaskAssigned {
+                start_at: None,
+                ..task
+            }
+        );
     }
 
     /// Every released version is one the current reader can read, by apache-avro's full
@@ -2128,7 +2155,11 @@ mod tests {
     #[test]
     fn the_current_schemas_read_every_released_version() {
         use apache_avro::schema_compatibility::SchemaCompatibility;
-        for contract in [&CONTRACTS.job, &CONTRACTS.run_event] {
+        for contract in [
+            &CONTRACTS.job,
+            &CONTRACTS.run_event,
+            &CONTRACTS.task_assigned,
+        ] {
             for (_, earlier) in &contract.earlier {
                 SchemaCompatibility::can_read(earlier, &contract.schema)
                     .unwrap_or_else(|e| panic!("{}: {e}", contract.name));

@@ -6,6 +6,11 @@
 //! `RunScheduled` (or `RunSkipped{misfire}`) to the ledger, then recording it in `trigger-state`;
 //! a crash between the two re-fires the same slot, which yields the same run_id and is dropped
 //! downstream. Nothing fires for a partition until it has caught up on both topics.
+//!
+//! Slots are fired `--fire-ahead` before they are due, so that the run is dispatched and held
+//! on its worker by then: the worker starts it at its slot by its own clock. Set the lead above
+//! the pipeline's latency from fire to worker (`kairos_worker_task_lead_seconds` shows how early
+//! tasks arrive; `kairos_worker_tasks_arrived_late_total` counts those that came too late).
 
 mod index;
 mod metrics_names;
@@ -55,9 +60,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9401")]
     pub metrics_addr: SocketAddr,
+    /// How long before a slot is due it is fired, so that its task is on its worker, waiting,
+    /// when the slot comes. 0 fires at the slot (the task then starts after the pipeline's
+    /// latency).
+    #[arg(long, env = "KAIROS_FIRE_AHEAD", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fire_ahead: Duration,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
+
+/// The default of `--fire-ahead`.
+pub const DEFAULT_FIRE_AHEAD: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Defaults for a broker and prefix, as tests and embedders need.
@@ -66,6 +79,7 @@ impl Config {
             kafka,
             data_dir,
             metrics_addr,
+            fire_ahead: DEFAULT_FIRE_AHEAD,
             telemetry: TelemetryArgs::default(),
         }
     }
@@ -137,6 +151,7 @@ pub async fn run(
         deadletters: parts.deadletters,
         index: DueIndex::default(),
         health: parts.health,
+        lead: config.fire_ahead,
     };
     let result = trigger.run(parts.shutdown).await;
     parts
@@ -153,6 +168,8 @@ struct Trigger {
     deadletters: DeadLetters,
     index: DueIndex,
     health: Arc<Health>,
+    /// How long before its fire time a slot is fired (`--fire-ahead`).
+    lead: Duration,
 }
 
 impl Trigger {
@@ -325,14 +342,20 @@ impl Trigger {
             .next_slot(loaded.cursor)
             .filter(|_| !job.paused && !exhausted)
         {
-            Some(next) => self
-                .index
-                .set(partition, job.id.as_str(), fire_time(job, next.at)),
+            Some(next) => self.index.set(
+                partition,
+                job.id.as_str(),
+                fire_time(job, next.at) - self.lead_delta(),
+            ),
             None => self.index.remove(job.id.as_str()),
         }
     }
 
     /// The job's validated definition and where its slots are counted from.
+    fn lead_delta(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.lead).unwrap_or_default()
+    }
+
     fn load(&self, partition: i32, job: &str) -> anyhow::Result<Option<Loaded>> {
         let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else {
             return Ok(None);
@@ -381,7 +404,7 @@ impl Trigger {
                 self.index.remove(&job);
                 continue;
             };
-            let fires = due_fires(&mut loaded, now);
+            let fires = due_fires(&mut loaded, now, self.lead);
             if fires.is_empty() {
                 self.schedule_next(partition, &loaded);
             } else {
@@ -393,14 +416,18 @@ impl Trigger {
             return Ok(());
         }
         let runs = self.topics.runs();
+        let lead = self.lead_delta();
         let sends = due.iter().map(|(_, loaded, fires)| {
-            let events: Vec<RunEvent> = fires
+            let events: Vec<(RunEvent, Timestamp)> = fires
                 .iter()
-                .map(|fire| fire_event(loaded, *fire, now))
+                .map(|fire| {
+                    let to_fire_at = fire_time(&loaded.definition, fire.slot()) - lead;
+                    (fire_event(loaded, *fire, now), to_fire_at)
+                })
                 .collect();
             let (producer, topic) = (&self.producer, &runs);
             async move {
-                for event in &events {
+                for (event, to_fire_at) in &events {
                     let record = LedgerRecord::of(event, "trigger")?;
                     producer
                         .send_with_headers(
@@ -410,7 +437,7 @@ impl Trigger {
                             &record.headers,
                         )
                         .await?;
-                    record_fire(event);
+                    record_fire(event, *to_fire_at);
                 }
                 anyhow::Ok(())
             }
@@ -451,11 +478,11 @@ impl Trigger {
 
 /// The job's due slots from its cursor on (at most [`MAX_SLOTS_PER_JOB`]), advancing the cursor
 /// and the count of runs past them.
-fn due_fires(loaded: &mut Loaded, now: Timestamp) -> Vec<Fire> {
+fn due_fires(loaded: &mut Loaded, now: Timestamp, lead: Duration) -> Vec<Fire> {
     let job = &loaded.definition;
     let mut fires = vec![];
     while fires.len() < MAX_SLOTS_PER_JOB && !job.paused {
-        let Some(fire) = next_fire(job, loaded.cursor, now, loaded.fired) else {
+        let Some(fire) = next_fire(job, loaded.cursor, now, loaded.fired, lead) else {
             break;
         };
         loaded.cursor = fire.slot();
@@ -486,11 +513,14 @@ fn fire_event(loaded: &Loaded, fire: Fire, now: Timestamp) -> RunEvent {
     }
 }
 
-/// Counts an acknowledged fire, and how late it came.
-fn record_fire(event: &RunEvent) {
+/// Counts an acknowledged fire, and how late it came: past the moment it was to be fired, its
+/// fire time less the lead.
+fn record_fire(event: &RunEvent, to_fire_at: Timestamp) {
     let slot = event.scheduled_for;
     if let RunEventKind::RunScheduled { .. } = event.kind {
-        let lateness = (chrono::Utc::now() - slot).to_std().unwrap_or_default();
+        let lateness = (chrono::Utc::now() - to_fire_at)
+            .to_std()
+            .unwrap_or_default();
         metrics::counter!(m::FIRES).increment(1);
         metrics::histogram!(m::LATENESS).record(lateness.as_secs_f64());
         tracing::debug!(job_id = %event.job_id, run_id = %event.run_id, %slot, "Fired.");

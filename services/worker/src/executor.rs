@@ -404,6 +404,7 @@ mod tests {
             definition_offset: 0,
             shard: None,
             assigned_at: now,
+            start_at: None,
         }
     }
 

@@ -8,6 +8,11 @@
 //! committed offset never passes its lowest unfinished task. A crash therefore re-delivers
 //! unfinished tasks (at-least-once); the ledger keeps the first outcome of an attempt.
 //!
+//! A task dispatched ahead of its slot (`start_at`) is held, without taking one of the
+//! `--max-concurrent` places, and started at its start time by this worker's own clock; its
+//! `RunStarted` is sent as it starts, not waited for first. A cancel or fence that arrives while
+//! it is held drops it unrun.
+//!
 //! Stopping (SIGTERM) drains: no new task starts, running ones get `--drain-timeout` to finish,
 //! and whatever is left is killed and handed back — not reported, not committed — so that the
 //! pool's next owner of the partition runs the same attempt again.
@@ -412,6 +417,15 @@ impl Worker {
     }
 
     fn enqueue(&mut self, partition: i32, offset: i64, task: TaskAssigned) {
+        if let Some(start_at) = task.start_at {
+            let pool = self.pool.clone();
+            match (start_at - chrono::Utc::now()).to_std() {
+                Ok(lead) => {
+                    metrics::histogram!(m::TASK_LEAD, "pool" => pool).record(lead.as_secs_f64())
+                }
+                Err(_) => metrics::counter!(m::ARRIVED_LATE, "pool" => pool).increment(1),
+            }
+        }
         let lane = lane(&task);
         let queue = self.queues.entry(lane.clone()).or_default();
         queue.push_back(Pending {
@@ -547,6 +561,17 @@ impl Worker {
         let finished = self.finished_tx.clone();
         let pool = self.pool.clone();
         self.executions.spawn(async move {
+            // Held until its start, without a place: only running tasks take one. A cancel, a
+            // fence or a hand-back ends the wait.
+            if let Some(wait) = task
+                .start_at
+                .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
@@ -599,14 +624,23 @@ impl Reporter {
             attempt: task.attempt,
             worker_id: self.worker_id.clone(),
         };
-        if !self.report(task, started).await {
-            return false;
-        }
+        let start_at = task.start_at.unwrap_or(task.assigned_at);
+        let lateness = (chrono::Utc::now() - start_at).to_std().unwrap_or_default();
+        metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
+            .record(lateness.as_secs_f64());
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
-        let execution = executor.execute(task, cancel).await;
+        // The start is reported while the task runs rather than before it, so the broker's round
+        // trip is not between the start time and the start. The outcome goes only after the
+        // start is recorded; if it cannot be, neither is the outcome, and the task is not
+        // committed: it runs again, as after a crash.
+        let (started, execution) =
+            tokio::join!(self.report(task, started), executor.execute(task, cancel));
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
+        if !started {
+            return false;
+        }
         metrics::histogram!(m::DURATION, "pool" => pool.to_string())
             .record(clock.elapsed().as_secs_f64());
         if hand_back.is_cancelled() && execution.outcome == Outcome::Cancelled {

@@ -4,6 +4,13 @@ pub(crate) const TASKS: &str = "kairos_worker_tasks_total";
 pub(crate) const DURATION: &str = "kairos_worker_task_duration_seconds";
 pub(crate) const IN_FLIGHT: &str = "kairos_worker_in_flight_tasks";
 pub(crate) const QUEUED: &str = "kairos_worker_queued_tasks";
+/// From a task's start time (its slot plus jitter) to its actual start, by `pool`.
+pub(crate) const START_LATENESS: &str = "kairos_worker_start_lateness_seconds";
+/// How long before its start time a task reached the worker, by `pool`: the margin the trigger's
+/// `--fire-ahead` leaves over the pipeline's latency.
+pub(crate) const TASK_LEAD: &str = "kairos_worker_task_lead_seconds";
+/// Tasks that reached the worker after their start time, by `pool`.
+pub(crate) const ARRIVED_LATE: &str = "kairos_worker_tasks_arrived_late_total";
 /// How many tasks this worker runs at once (`--max-concurrent`), by `pool`.
 pub(crate) const CAPACITY: &str = "kairos_worker_capacity_tasks";
 
@@ -12,4 +19,5 @@ pub(crate) fn register(pool: &str, capacity: usize) {
     metrics::gauge!(CAPACITY, "pool" => pool.to_string()).set(capacity as f64);
     metrics::gauge!(IN_FLIGHT, "pool" => pool.to_string()).set(0.0);
     metrics::gauge!(QUEUED, "pool" => pool.to_string()).set(0.0);
+    metrics::counter!(ARRIVED_LATE, "pool" => pool.to_string()).absolute(0);
 }

@@ -1,0 +1,169 @@
+//! Fire ahead, start on time: the trigger fires a slot `--fire-ahead` before it is due, the run
+//! is dispatched at once, and the worker holds the task and starts it at its slot by its own
+//! clock. What the moment decides is still decided by it: a pause or a deletion read before the
+//! slot's start cancels the run fired ahead, and the worker drops the held task unrun.
+
+use std::time::Duration;
+
+use kairos_core::job::JobSpec;
+use kairos_core::run::{RunEvent, RunEventKind};
+use kairos_core::Timestamp;
+use kairos_tests::{events_of, names, scrape, shell_job, stop_all, wait_for, Stack};
+
+fn first<'a>(events: &[&'a RunEvent], pick: fn(&RunEventKind) -> bool) -> Option<&'a RunEvent> {
+    events.iter().copied().find(|e| pick(&e.kind))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_is_fired_and_dispatched_ahead_and_its_task_starts_at_the_slot() {
+    let stack = Stack::new(3).await;
+    let services = stack.start_pipeline().await;
+    stack.apply_job(shell_job("ahead", "1s", "true")).await;
+
+    // The first slot may come before the trigger has read the definition; the ones after it
+    // are fired ahead.
+    let succeeded_after_the_first = |ledger: &[RunEvent]| -> Vec<RunEvent> {
+        let first_slot = ledger.iter().map(|e| e.scheduled_for).min();
+        ledger
+            .iter()
+            .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+            .filter(|e| Some(e.scheduled_for) > first_slot)
+            .cloned()
+            .collect()
+    };
+    let ledger = wait_for(
+        "three runs of `ahead` after its first to succeed",
+        Duration::from_secs(60),
+        || async {
+            let ledger = stack.job_ledger("ahead");
+            (succeeded_after_the_first(&ledger).len() >= 3).then_some(ledger)
+        },
+    )
+    .await;
+    let mut checked = 0;
+    for event in &succeeded_after_the_first(&ledger) {
+        let run: Vec<&RunEvent> = ledger.iter().filter(|e| e.run_id == event.run_id).collect();
+        let slot = event.scheduled_for;
+        let scheduled = first(&run, |k| matches!(k, RunEventKind::RunScheduled { .. }))
+            .expect("a RunScheduled");
+        let started =
+            first(&run, |k| matches!(k, RunEventKind::RunStarted { .. })).expect("a RunStarted");
+        // The default lead is a second: the fire is decided well before the slot (the trigger
+        // wakes for it, nothing else has to happen first).
+        assert!(
+            scheduled.at < slot,
+            "{} fired at {}, not ahead of its slot {slot}",
+            event.run_id,
+            scheduled.at
+        );
+        // ... and the worker does not start it before its time.
+        assert!(
+            started.at >= slot,
+            "{} started at {}, before its slot {slot}",
+            event.run_id,
+            started.at
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3);
+
+    // The worker measures how late it started tasks, and how early they reached it.
+    let metrics = scrape(services[2].metrics_addr).await;
+    for series in [
+        "kairos_worker_start_lateness_seconds_count",
+        "kairos_worker_task_lead_seconds_count",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(series)),
+            "{series} missing from the worker's metrics"
+        );
+    }
+    stop_all(services).await;
+}
+
+/// A one-off job due `in_secs` from now whose task leaves a mark if it runs.
+fn one_off(id: &str, due: Timestamp, mark: &std::path::Path) -> JobSpec {
+    let mut job = shell_job(id, "1s", &format!("touch {}", mark.display()));
+    job.schedule.every = None;
+    job.schedule.at = Some(due);
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() {
+    let stack = Stack::new(3).await;
+    // A long lead, so that there is time to change the jobs between the fire and the slot.
+    let trigger = stack.trigger_with("trigger", |c| c.fire_ahead = Duration::from_secs(20));
+    let services = vec![
+        trigger,
+        stack.dispatcher("dispatcher"),
+        stack.worker("w1"),
+        stack.aggregator("aggregator"),
+    ];
+    kairos_tests::wait_caught_up(&services).await;
+    let marks = tempfile::tempdir().unwrap();
+    let due = kairos_core::from_millis(
+        (chrono::Utc::now() + chrono::Duration::seconds(12)).timestamp_millis(),
+    )
+    .unwrap();
+    let jobs = ["paused", "deleted", "kept"];
+    for id in jobs {
+        stack
+            .apply_job(one_off(id, due, &marks.path().join(id)))
+            .await;
+    }
+    // All three are fired and dispatched at once, long before they are due.
+    wait_for(
+        "the three runs to be dispatched ahead",
+        Duration::from_secs(10),
+        || async {
+            let ledger = stack.ledger();
+            jobs.iter()
+                .all(|id| {
+                    events_of(&ledger, id)
+                        .iter()
+                        .any(|e| matches!(e.kind, RunEventKind::RunDispatched { .. }))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        chrono::Utc::now() < due,
+        "the runs were not dispatched ahead"
+    );
+
+    let mut paused = one_off("paused", due, &marks.path().join("paused"));
+    paused.paused = true;
+    stack.apply_job(paused).await;
+    stack
+        .produce(&stack.kafka.topics().jobs(), "deleted", None)
+        .await;
+
+    // The kept job runs at its slot; the other two are cancelled before it and never run.
+    wait_for("the kept job to run", Duration::from_secs(40), || async {
+        let ledger = stack.ledger();
+        events_of(&ledger, "kept")
+            .iter()
+            .any(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+            .then_some(())
+    })
+    .await;
+    let ledger = stack.ledger();
+    for id in ["paused", "deleted"] {
+        let events = events_of(&ledger, id);
+        assert_eq!(
+            names(&events),
+            ["RunScheduled", "RunDispatched(1)", "RunCancelled(1)"],
+            "{id}"
+        );
+        let cancelled = events.last().unwrap();
+        assert!(cancelled.at < due, "{id} was cancelled only after its slot");
+        assert!(
+            !marks.path().join(id).exists(),
+            "the task of {id} ran after it was cancelled"
+        );
+    }
+    assert!(marks.path().join("kept").exists());
+    stop_all(services).await;
+}
