@@ -21,6 +21,25 @@ case " $* " in
   *" --only"*|*" --smoke "*) ;;
   *) readme=(--readme README.md) ;;
 esac
+# The peer, BullMQ on Redis, in the same shapes and the same run (unless KAIROS_BENCH_PEER=0 or
+# --only names neither precision nor throughput): Kairos's figures are reported beside it.
+peer=()
+want_peer="${KAIROS_BENCH_PEER:-1}"
+case " $* " in
+  *" --only"*precision*|*" --only"*throughput*) ;;
+  *" --only"*) want_peer=0 ;;
+esac
+if [ "$want_peer" != 0 ]; then
+  case " $* " in
+    *" --smoke "*) peer_args=(--smoke) ;;
+    *) peer_args=() ;;
+  esac
+  if "$KAIROS_ROOT/scripts/bench/peer.sh" --out "$out.peer.json" "${peer_args[@]}" >/dev/null; then
+    peer=(--peer "$out.peer.json")
+  else
+    log "The peer benchmark failed; reporting Kairos alone"
+  fi
+fi
 log "Running the benchmark (report: $out.json, $out.md)"
 RUST_LOG="${RUST_LOG:-warn}" "$KAIROS_TEST_BIN_DIR/kairos-bench" --nisshi "$(command -v nisshi)" \
-  --out "$out" "${readme[@]}" "$@"
+  --out "$out" "${readme[@]}" "${peer[@]}" "$@"

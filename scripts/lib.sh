@@ -76,6 +76,31 @@ sys.exit(m.version('croniter') != '$CRONITER_VERSION' or m.version('fastavro') !
   fi
 }
 
+# The peer benchmark (scripts/bench/peer.sh): Debian's redis-server, and BullMQ with its Redis
+# client from the npm registry, pinned by scripts/bench/bullmq/package-lock.json and installed
+# under $KAIROS_CACHE (peer.mjs loads them from $BULLMQ_DIR), so the clone stays clean.
+BULLMQ_DIR="$KAIROS_CACHE/bullmq"
+ensure_redis() {
+  command -v redis-server >/dev/null && return
+  log "Installing redis-server (Debian package) for the peer benchmark"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+}
+ensure_bullmq() {
+  local src="$KAIROS_ROOT/scripts/bench/bullmq"
+  command -v npm >/dev/null || die "node and npm are needed for the peer benchmark"
+  if [ -d "$BULLMQ_DIR/node_modules" ] && cmp -s "$src/package-lock.json" "$BULLMQ_DIR/package-lock.json"; then
+    return
+  fi
+  log "Installing BullMQ ($src/package-lock.json) into $BULLMQ_DIR"
+  mkdir -p "$BULLMQ_DIR"
+  cp "$src/package.json" "$src/package-lock.json" "$BULLMQ_DIR/"
+  # A half-done install must not pass the check above next time.
+  (cd "$BULLMQ_DIR" && npm ci --no-audit --no-fund --loglevel=error </dev/null >&2) \
+    || { rm -rf "$BULLMQ_DIR/node_modules"; die "npm ci failed in $BULLMQ_DIR"; }
+}
+
 # The Kafka-protocol broker for local runs and tests (about 18 minutes to build the first time).
 ensure_nisshi() {
   if [ -x "$KAIROS_TOOLS/bin/nisshi" ] && "$KAIROS_TOOLS/bin/nisshi" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then

@@ -41,6 +41,10 @@ struct Args {
     /// Replaces the benchmark section of this README with the table.
     #[arg(long)]
     readme: Option<PathBuf>,
+    /// The peer's figures measured in the same run (`scripts/bench/peer.sh --out FILE`), set
+    /// beside Kairos's.
+    #[arg(long)]
+    peer: Option<PathBuf>,
     /// The commit measured, as the report names it.
     #[arg(long, env = "KAIROS_BENCH_COMMIT", default_value = "unknown")]
     commit: String,
@@ -77,7 +81,12 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "unknown".into());
-    let report = bench::run(config, args.commit, binaries).await?;
+    let mut report = bench::run(config, args.commit, binaries).await?;
+    if let Some(peer) = &args.peer {
+        let text = std::fs::read_to_string(peer)
+            .map_err(|e| anyhow::anyhow!("reading the peer's figures {}: {e}", peer.display()))?;
+        report.peer = Some(serde_json::from_str(&text)?);
+    }
     let markdown = report.to_markdown();
     println!("{markdown}");
     if let Some(out) = args.out {
