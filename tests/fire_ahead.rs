@@ -167,3 +167,80 @@ async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() 
     assert!(marks.path().join("kept").exists());
     stop_all(services).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_held_for_their_start_move_with_their_partition_and_run_once() {
+    let stack = Stack::new(3).await;
+    let trigger = stack.trigger_with("trigger", |c| c.fire_ahead = Duration::from_secs(20));
+    let mut services = vec![
+        trigger,
+        stack.dispatcher("dispatcher"),
+        stack.aggregator("aggregator"),
+        stack.worker("w1"),
+    ];
+    kairos_tests::wait_caught_up(&services).await;
+    let marks = tempfile::tempdir().unwrap();
+    let due = kairos_core::from_millis(
+        (chrono::Utc::now() + chrono::Duration::seconds(12)).timestamp_millis(),
+    )
+    .unwrap();
+    // Enough jobs to be spread over the three partitions, all held by w1.
+    let jobs: Vec<String> = (0..9).map(|n| format!("held-{n}")).collect();
+    for id in &jobs {
+        stack
+            .apply_job(one_off(id, due, &marks.path().join(id)))
+            .await;
+    }
+    wait_for(
+        "every run to be dispatched ahead",
+        Duration::from_secs(10),
+        || async {
+            let ledger = stack.ledger();
+            jobs.iter()
+                .all(|id| {
+                    events_of(&ledger, id)
+                        .iter()
+                        .any(|e| matches!(e.kind, RunEventKind::RunDispatched { .. }))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Two more workers join before the slot: the pool's partitions are shared out again, and
+    // w1's held tasks of the partitions it gives up go to their new owners.
+    services.push(stack.worker("w2"));
+    services.push(stack.worker("w3"));
+    kairos_tests::wait_caught_up(&services).await;
+    assert!(
+        chrono::Utc::now() < due,
+        "the workers joined only after the slot"
+    );
+
+    let ledger = wait_for("every run to succeed", Duration::from_secs(60), || async {
+        let ledger = stack.ledger();
+        jobs.iter()
+            .all(|id| {
+                events_of(&ledger, id)
+                    .iter()
+                    .any(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+            })
+            .then_some(ledger)
+    })
+    .await;
+    let mut workers = std::collections::BTreeSet::new();
+    for id in &jobs {
+        let starts: Vec<&RunEvent> = events_of(&ledger, id)
+            .into_iter()
+            .filter(|e| matches!(e.kind, RunEventKind::RunStarted { .. }))
+            .collect();
+        assert_eq!(starts.len(), 1, "{id} started {} times", starts.len());
+        if let RunEventKind::RunStarted { worker_id, .. } = &starts[0].kind {
+            workers.insert(worker_id.clone());
+        }
+    }
+    assert!(
+        workers.len() > 1,
+        "every task ran on {workers:?}: no partition moved, so nothing was tested"
+    );
+    stop_all(services).await;
+}

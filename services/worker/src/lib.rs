@@ -11,7 +11,8 @@
 //! A task dispatched ahead of its slot (`start_at`) is held, without taking one of the
 //! `--max-concurrent` places, and started at its start time by this worker's own clock; its
 //! `RunStarted` is sent as it starts, not waited for first. A cancel or fence that arrives while
-//! it is held drops it unrun.
+//! it is held drops it unrun; a revoked partition or a stop hands it back unrun (uncommitted), so
+//! that the partition's next owner runs it, once.
 //!
 //! Stopping (SIGTERM) drains: no new task starts, running ones get `--drain-timeout` to finish,
 //! and whatever is left is killed and handed back — not reported, not committed — so that the
@@ -138,11 +139,51 @@ fn lane(task: &TaskAssigned) -> Lane {
     (task.job_id.clone(), task.shard.as_ref().map(|s| s.index))
 }
 
-/// The attempt a lane has taken off its queue: waiting for a slot or running.
+/// The attempt a lane has taken off its queue: held until its start, waiting for a place, or
+/// running.
 struct Running {
     run_id: RunId,
     attempt: u32,
+    partition: i32,
     cancel: CancellationToken,
+    hold: Arc<Hold>,
+}
+
+/// Whether an attempt held until its start has started: exactly one of the execution (at the
+/// start time) and a revocation of its partition (which hands it to the partition's next owner
+/// unrun) gets to decide.
+#[derive(Default)]
+struct Hold {
+    state: std::sync::atomic::AtomicU8,
+    released: CancellationToken,
+}
+
+impl Hold {
+    const HELD: u8 = 0;
+    const STARTED: u8 = 1;
+    const RELEASED: u8 = 2;
+
+    fn settle(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering;
+        self.state
+            .compare_exchange(Self::HELD, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Called by the execution at the start time: false if the attempt was released.
+    fn start(&self) -> bool {
+        self.settle(Self::STARTED)
+    }
+
+    /// Called when the partition is revoked: true if the attempt had not started, and now
+    /// never will here.
+    fn release(&self) -> bool {
+        let released = self.settle(Self::RELEASED);
+        if released {
+            self.released.cancel();
+        }
+        released
+    }
 }
 
 /// How long a fence from the control topic is remembered: longer than a consumer-group
@@ -317,6 +358,8 @@ impl Worker {
     /// goodbye on the heartbeats topic. Offsets are committed by the caller as the consumer closes.
     async fn drain(&mut self) -> anyhow::Result<()> {
         self.draining = true;
+        // Tasks held for a start still to come have not started: not waited for.
+        self.release_held(|_| true);
         tracing::info!(
             running = self.running.len(),
             timeout = ?self.drain_timeout,
@@ -364,6 +407,7 @@ impl Worker {
             Input::Assigned(_) => {}
             Input::Revoked(partitions) => {
                 // Running attempts finish and report; their offsets belong to the new owner now.
+                let released = self.release_held(|p| partitions.contains(&p));
                 for partition in partitions {
                     self.tracker.forget(partition);
                     for queue in self.queues.values_mut() {
@@ -371,6 +415,12 @@ impl Worker {
                             queue.retain(|p| p.partition != partition);
                             queue.push_front(running);
                         }
+                    }
+                }
+                self.queues.retain(|_, queue| !queue.is_empty());
+                for lane in &released {
+                    if !self.draining && self.queues.contains_key(lane) {
+                        self.start_head(lane);
                     }
                 }
             }
@@ -438,6 +488,31 @@ impl Worker {
         }
         metrics::gauge!(m::QUEUED, "pool" => self.pool.clone())
             .set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
+    }
+
+    /// Hands back the attempts of the partitions `on` selects that are still held for their
+    /// start: they never start here, and the partition's next owner gets them again from the
+    /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
+    fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
+        let released: Vec<Lane> = self
+            .running
+            .iter()
+            .filter(|(_, r)| on(r.partition) && r.hold.release())
+            .map(|(lane, _)| lane.clone())
+            .collect();
+        for lane in &released {
+            self.running.remove(lane);
+            if let Some(queue) = self.queues.get_mut(lane) {
+                queue.pop_front();
+            }
+        }
+        if !released.is_empty() {
+            tracing::info!(
+                held = released.len(),
+                "Handed back tasks held for their start to the partitions' next owner."
+            );
+        }
+        released
     }
 
     fn commit_up_to(&mut self, partition: i32, offset: i64) {
@@ -547,12 +622,15 @@ impl Worker {
         // outcome unreported.
         let hand_back = self.hand_back.clone();
         let cancel = hand_back.child_token();
+        let hold = Arc::new(Hold::default());
         self.running.insert(
             lane.clone(),
             Running {
                 run_id: task.run_id,
                 attempt: task.attempt,
+                partition,
                 cancel: cancel.clone(),
+                hold: Arc::clone(&hold),
             },
         );
         let slots = Arc::clone(&self.slots);
@@ -570,7 +648,11 @@ impl Worker {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => {}
+                    _ = hold.released.cancelled() => {}
                 }
+            }
+            if !hold.start() {
+                return; // Its partition was revoked: the next owner runs it.
             }
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
@@ -624,10 +706,11 @@ impl Reporter {
             attempt: task.attempt,
             worker_id: self.worker_id.clone(),
         };
-        let start_at = task.start_at.unwrap_or(task.assigned_at);
-        let lateness = (chrono::Utc::now() - start_at).to_std().unwrap_or_default();
-        metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
-            .record(lateness.as_secs_f64());
+        if let Some(start_at) = task.start_at {
+            let lateness = (chrono::Utc::now() - start_at).to_std().unwrap_or_default();
+            metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
+                .record(lateness.as_secs_f64());
+        }
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
