@@ -615,15 +615,56 @@ pub struct Level {
     /// From `RunScheduled` to its `RunSucceeded` read back from the ledger.
     pub latency: Distribution,
     pub saturated: bool,
+    /// Records appended per completed run (the harness's own `RunScheduled` included).
+    pub records_per_run: f64,
+    /// CPU time (user + system) per completed run, in ms, by process: each service and the
+    /// broker.
+    pub cpu_ms_per_run: BTreeMap<String, f64>,
+}
+
+/// CPU time (user + system) a process has used so far, in ms, from `/proc/<pid>/stat`.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // utime and stime are fields 14 and 15; counted from after the command name, which is in
+    // parentheses and may hold spaces, they are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux reports them in USER_HZ, 100 on every architecture Kairos builds for.
+    Some(ticks * 10.0)
+}
+
+/// The CPU time of named processes, read at the start of a measurement.
+struct CpuMeter(Vec<(String, u32, f64)>);
+
+impl CpuMeter {
+    fn start(processes: &[(String, u32)]) -> CpuMeter {
+        CpuMeter(
+            processes
+                .iter()
+                .filter_map(|(name, pid)| Some((name.clone(), *pid, cpu_ms(*pid)?)))
+                .collect(),
+        )
+    }
+
+    /// CPU ms each process used since the start, per `runs`.
+    fn per_run(&self, runs: usize) -> BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .filter_map(|(name, pid, before)| {
+                let used = cpu_ms(*pid)? - before;
+                Some((name.clone(), used / runs.max(1) as f64))
+            })
+            .collect()
+    }
 }
 
 async fn throughput(
-    broker: &str,
+    broker: &Broker,
     config: &BenchConfig,
     problems: &mut Vec<String>,
     ceiling: Option<&Ceiling>,
 ) -> anyhow::Result<Throughput> {
-    let stack = Stack::on(broker.to_string(), config.partitions).await;
+    let stack = Stack::on(broker.address(), config.partitions).await;
     let far = kairos_core::from_millis(4_102_444_800_000).expect("2100-01-01");
     let jobs: Vec<JobDefinition> =
         spread_jobs("tp", config.throughput_jobs, far, Duration::ZERO).collect();
@@ -631,10 +672,16 @@ async fn throughput(
     let mut fleet = pipeline(&stack, false);
     start_all(&stack, &mut fleet).await;
     let tap = Tap::start(&stack)?;
+    let processes: Vec<(String, u32)> = fleet
+        .iter()
+        .filter_map(|i| Some((i.name.clone(), i.pid()?)))
+        .chain(broker.pid().map(|pid| ("broker".to_string(), pid)))
+        .collect();
     let mut levels = vec![];
     let mut sequence = 0;
     for &rate in &config.throughput_rates {
-        let level = offer(
+        let cpu = CpuMeter::start(&processes);
+        let mut level = offer(
             &stack,
             &tap,
             &jobs,
@@ -643,6 +690,7 @@ async fn throughput(
             &mut sequence,
         )
         .await?;
+        level.cpu_ms_per_run = cpu.per_run(level.completed);
         tracing::info!(?level, "Throughput level done.");
         let saturated = level.saturated;
         levels.push(level);
@@ -716,6 +764,8 @@ async fn offer(
         messages_per_sec: messages as f64 / elapsed,
         latency: Distribution::of(latencies),
         saturated: completed < total || runs_per_sec < 0.9 * f64::from(rate),
+        records_per_run: messages as f64 / completed.max(1) as f64,
+        cpu_ms_per_run: BTreeMap::new(),
     })
 }
 
@@ -1033,7 +1083,7 @@ pub async fn run(
         tracing::info!(ceiling = ?report.ceiling, "Broker ceiling measured.");
     }
     if wanted.contains(&Scenario::Throughput) {
-        let measured = throughput(&address, &config, problems, report.ceiling.as_ref()).await;
+        let measured = throughput(&broker, &config, problems, report.ceiling.as_ref()).await;
         report.throughput = noted(problems, "throughput", measured);
     }
     if wanted.contains(&Scenario::Precision) {
@@ -1159,6 +1209,35 @@ impl BenchReport {
                 format!("{:.0} runs/s", t.peak_runs_per_sec),
                 "",
             );
+            if let Some(peak) = t
+                .levels
+                .iter()
+                .max_by(|a, b| a.runs_per_sec.total_cmp(&b.runs_per_sec))
+            {
+                let kairos: f64 = peak
+                    .cpu_ms_per_run
+                    .iter()
+                    .filter(|(name, _)| *name != "broker")
+                    .map(|(_, ms)| ms)
+                    .sum();
+                let each: Vec<String> = peak
+                    .cpu_ms_per_run
+                    .iter()
+                    .map(|(name, ms)| format!("{name} {ms:.2}"))
+                    .collect();
+                row(
+                    format!(
+                        "CPU per run at the peak ({} offered/s), ms; records per run",
+                        peak.offered_per_sec
+                    ),
+                    format!(
+                        "Kairos {kairos:.2} ({}); {:.1} records",
+                        each.join(", "),
+                        peak.records_per_run
+                    ),
+                    "Kairos ≤ 0.5 ms",
+                );
+            }
             row(
                 "Pipeline messages/s at the peak, against the ceiling".into(),
                 format!(
@@ -1177,13 +1256,17 @@ impl BenchReport {
                 row(
                     format!("Peer, same run: {} peak runs/s, no-op jobs", peer.name()),
                     format!(
-                        "{best:.0} runs/s{}; Kairos ÷ peer = {:.2}",
+                        "{best:.0} runs/s{}; Kairos ÷ peer = {:.2}{}",
                         if peer.saturated() {
                             ""
                         } else {
                             " (not saturated: a lower bound)"
                         },
-                        t.peak_runs_per_sec / best
+                        t.peak_runs_per_sec / best,
+                        peer.0["redis_cpu_ms_per_job"]
+                            .as_f64()
+                            .map(|ms| format!("; Redis CPU {ms:.2} ms per job"))
+                            .unwrap_or_default()
                     ),
                     "ratio ≥ 0.5",
                 );

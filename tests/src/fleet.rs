@@ -30,6 +30,10 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(tokio::process::Child::id)
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let log = std::fs::OpenOptions::new()
