@@ -39,9 +39,8 @@ impl Fire {
 /// A slot is due at its fire time (the slot plus the job's jitter for it), and is fired `lead`
 /// earlier: the trigger fires ahead so that the run is dispatched and on its worker, held there,
 /// by the time it starts. How late a slot is (for the misfire policy) is counted from its fire
-/// time, whatever the lead. A slot that a calendar
-/// excludes or that the DST policy drops is recorded as skipped when it comes due. One late by no
-/// more than the misfire grace always runs. A later one is a missed slot: `fire_once` runs it only
+/// time, whatever the lead. A slot that a calendar excludes or that the DST policy drops is
+/// recorded as skipped when it comes due. One late by no more than the misfire grace always runs. A later one is a missed slot: `fire_once` runs it only
 /// if it is the latest runnable slot due by `now`, `skip` never runs it, and `catch_up` runs it if
 /// it is within the catch-up window. A missed slot that does not run is recorded as misfired, so
 /// every slot has exactly one decision on the ledger. Skipped slots do not count toward `max_runs`.
