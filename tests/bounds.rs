@@ -6,20 +6,25 @@ use kairos_core::decide::fire_time;
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_tests::{shell_job, stop_all, wait_caught_up, wait_for, Stack};
 
-fn fired(ledger: &[RunEvent], job: &str) -> Vec<RunEvent> {
+/// The job's events of one kind, in ledger order.
+fn of_kind(ledger: &[RunEvent], job: &str, kind: fn(&RunEventKind) -> bool) -> Vec<RunEvent> {
     ledger
         .iter()
-        .filter(|e| e.job_id.as_str() == job && matches!(e.kind, RunEventKind::RunScheduled { .. }))
+        .filter(|e| e.job_id.as_str() == job && kind(&e.kind))
         .cloned()
         .collect()
 }
 
+fn fired(ledger: &[RunEvent], job: &str) -> Vec<RunEvent> {
+    of_kind(ledger, job, |k| {
+        matches!(k, RunEventKind::RunScheduled { .. })
+    })
+}
+
 fn started(ledger: &[RunEvent], job: &str) -> Vec<RunEvent> {
-    ledger
-        .iter()
-        .filter(|e| e.job_id.as_str() == job && matches!(e.kind, RunEventKind::RunStarted { .. }))
-        .cloned()
-        .collect()
+    of_kind(ledger, job, |k| {
+        matches!(k, RunEventKind::RunStarted { .. })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

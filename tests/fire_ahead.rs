@@ -8,7 +8,9 @@ use std::time::Duration;
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_core::Timestamp;
-use kairos_tests::{events_of, names, scrape, shell_job, stop_all, wait_for, Stack};
+use kairos_tests::{
+    events_of, names, scrape, shell_job, stop_all, wait_caught_up, wait_for, Service, Stack,
+};
 
 fn first<'a>(events: &[&'a RunEvent], pick: fn(&RunEventKind) -> bool) -> Option<&'a RunEvent> {
     events.iter().copied().find(|e| pick(&e.kind))
@@ -89,32 +91,34 @@ fn one_off(id: &str, due: Timestamp, mark: &std::path::Path) -> JobSpec {
     job
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() {
-    let stack = Stack::new(3).await;
-    // A long lead, so that there is time to change the jobs between the fire and the slot.
-    let trigger = stack.trigger_with("trigger", |c| c.fire_ahead = Duration::from_secs(20));
-    let services = vec![
-        trigger,
-        stack.dispatcher("dispatcher"),
-        stack.worker("w1"),
-        stack.aggregator("aggregator"),
-    ];
-    kairos_tests::wait_caught_up(&services).await;
-    let marks = tempfile::tempdir().unwrap();
-    let due = kairos_core::from_millis(
+/// A slot 12 s from now, in whole milliseconds as the ledger carries it.
+fn twelve_seconds_ahead() -> Timestamp {
+    kairos_core::from_millis(
         (chrono::Utc::now() + chrono::Duration::seconds(12)).timestamp_millis(),
     )
-    .unwrap();
-    let jobs = ["paused", "deleted", "kept"];
+    .unwrap()
+}
+
+/// The pipeline with a trigger that fires 20 s ahead, so that there is time to act between the
+/// fire and the slot; `workers` of the default pool.
+async fn long_lead_pipeline(stack: &Stack, workers: &[&str]) -> Vec<Service> {
+    let mut services = vec![
+        stack.trigger_with("trigger", |c| c.fire_ahead = Duration::from_secs(20)),
+        stack.dispatcher("dispatcher"),
+        stack.aggregator("aggregator"),
+    ];
+    services.extend(workers.iter().map(|id| stack.worker(id)));
+    wait_caught_up(&services).await;
+    services
+}
+
+/// Puts one-off jobs due at `due` and waits until every one has its first attempt dispatched.
+async fn dispatched_ahead(stack: &Stack, jobs: &[&str], due: Timestamp, marks: &std::path::Path) {
     for id in jobs {
-        stack
-            .apply_job(one_off(id, due, &marks.path().join(id)))
-            .await;
+        stack.apply_job(one_off(id, due, &marks.join(id))).await;
     }
-    // All three are fired and dispatched at once, long before they are due.
     wait_for(
-        "the three runs to be dispatched ahead",
+        "every run to be dispatched ahead",
         Duration::from_secs(10),
         || async {
             let ledger = stack.ledger();
@@ -132,6 +136,15 @@ async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() 
         chrono::Utc::now() < due,
         "the runs were not dispatched ahead"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() {
+    let stack = Stack::new(3).await;
+    let services = long_lead_pipeline(&stack, &["w1"]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let due = twelve_seconds_ahead();
+    dispatched_ahead(&stack, &["paused", "deleted", "kept"], due, marks.path()).await;
 
     let mut paused = one_off("paused", due, &marks.path().join("paused"));
     paused.paused = true;
@@ -171,41 +184,13 @@ async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_held_for_their_start_move_with_their_partition_and_run_once() {
     let stack = Stack::new(3).await;
-    let trigger = stack.trigger_with("trigger", |c| c.fire_ahead = Duration::from_secs(20));
-    let mut services = vec![
-        trigger,
-        stack.dispatcher("dispatcher"),
-        stack.aggregator("aggregator"),
-        stack.worker("w1"),
-    ];
-    kairos_tests::wait_caught_up(&services).await;
+    let mut services = long_lead_pipeline(&stack, &["w1"]).await;
     let marks = tempfile::tempdir().unwrap();
-    let due = kairos_core::from_millis(
-        (chrono::Utc::now() + chrono::Duration::seconds(12)).timestamp_millis(),
-    )
-    .unwrap();
+    let due = twelve_seconds_ahead();
     // Enough jobs to be spread over the three partitions, all held by w1.
-    let jobs: Vec<String> = (0..9).map(|n| format!("held-{n}")).collect();
-    for id in &jobs {
-        stack
-            .apply_job(one_off(id, due, &marks.path().join(id)))
-            .await;
-    }
-    wait_for(
-        "every run to be dispatched ahead",
-        Duration::from_secs(10),
-        || async {
-            let ledger = stack.ledger();
-            jobs.iter()
-                .all(|id| {
-                    events_of(&ledger, id)
-                        .iter()
-                        .any(|e| matches!(e.kind, RunEventKind::RunDispatched { .. }))
-                })
-                .then_some(())
-        },
-    )
-    .await;
+    let names: Vec<String> = (0..9).map(|n| format!("held-{n}")).collect();
+    let jobs: Vec<&str> = names.iter().map(String::as_str).collect();
+    dispatched_ahead(&stack, &jobs, due, marks.path()).await;
     // Two more workers join before the slot: the pool's partitions are shared out again, and
     // w1's held tasks of the partitions it gives up go to their new owners.
     services.push(stack.worker("w2"));
