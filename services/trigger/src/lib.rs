@@ -351,11 +351,12 @@ impl Trigger {
         }
     }
 
-    /// The job's validated definition and where its slots are counted from.
+    /// The lead as a signed duration, to take from a fire time.
     fn lead_delta(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.lead).unwrap_or_default()
     }
 
+    /// The job's validated definition and where its slots are counted from.
     fn load(&self, partition: i32, job: &str) -> anyhow::Result<Option<Loaded>> {
         let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else {
             return Ok(None);
