@@ -18,8 +18,7 @@ async fn a_job_submitted_with_kafka_python_and_fastavro_runs() {
     let python = std::env::var("KAIROS_TEST_PYTHON").expect(
         "KAIROS_TEST_PYTHON is not set: run the suite with scripts/test.sh, which installs the client libraries",
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/clients/python/submit_job.py");
+    let script = kairos_tests::repo_path("examples/clients/python/submit_job.py");
     let out = tokio::process::Command::new(python)
         .arg(script)
         .args(["--brokers", &stack.kafka.brokers])

@@ -27,7 +27,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 /// Every query of every panel of the shipped dashboard, by panel title.
 fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/kairos.json");
+    let path = kairos_tests::repo_path("dashboards/kairos.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("dashboards/kairos.json"))
             .expect("the dashboard is JSON");

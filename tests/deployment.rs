@@ -5,7 +5,7 @@
 //! file runs. And the services' JSON logs carry job and run ids.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::CommandFactory as _;
@@ -13,7 +13,7 @@ use kairos_tests::{free_addr, shell_job, wait_for, Stack};
 use serde_yaml_ng::Value;
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    kairos_tests::repo_path(path)
 }
 
 fn yaml(path: &str) -> Value {

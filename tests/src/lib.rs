@@ -23,6 +23,16 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A path in the repository, from the test's working tree: `CARGO_MANIFEST_DIR` as cargo sets it
+/// when it runs the test, not as it was when the test was compiled (a build cache shared by two
+/// checkouts can hold a binary compiled in the other one).
+pub fn repo_path(relative: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
+        .join(relative)
+}
+
 /// The broker the suite runs against.
 pub fn brokers() -> String {
     std::env::var("KAIROS_TEST_BROKERS").expect(

@@ -57,8 +57,15 @@ fn env(name: &str) -> String {
     })
 }
 
+/// `tests/oracles`, found from the manifest directory cargo gives the running test (not the one
+/// compiled in: a shared build cache can hold a binary built in another checkout).
 fn oracle_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracles")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        )
+        .join("../../tests/oracles")
 }
 
 /// Feeds every case to an oracle process at once and reads one answer line per case.

@@ -43,7 +43,13 @@ fn ask_fastavro(query: serde_json::Map<String, serde_json::Value>) -> serde_json
     let python = std::env::var("KAIROS_TEST_PYTHON").expect(
         "KAIROS_TEST_PYTHON is not set: run the suite with scripts/test.sh, which installs fastavro",
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The manifest directory cargo gives the running test, not the one compiled in (a shared
+    // build cache can hold a binary built in another checkout).
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        )
         .join("../../tests/oracles/avro_roundtrip.py");
     let mut child = Command::new(python)
         .arg(script)
