@@ -112,6 +112,16 @@ async fn long_lead_pipeline(stack: &Stack, workers: &[&str]) -> Vec<Service> {
     services
 }
 
+/// Whether each of `jobs` has an event on `ledger` of the kind `pick` selects.
+fn every_job_has(ledger: &[RunEvent], jobs: &[&str], pick: fn(&RunEventKind) -> bool) -> bool {
+    jobs.iter()
+        .all(|id| events_of(ledger, id).iter().any(|e| pick(&e.kind)))
+}
+
+fn succeeded(kind: &RunEventKind) -> bool {
+    matches!(kind, RunEventKind::RunSucceeded { .. })
+}
+
 /// Puts one-off jobs due at `due` and waits until every one has its first attempt dispatched.
 async fn dispatched_ahead(stack: &Stack, jobs: &[&str], due: Timestamp, marks: &std::path::Path) {
     for id in jobs {
@@ -121,14 +131,8 @@ async fn dispatched_ahead(stack: &Stack, jobs: &[&str], due: Timestamp, marks: &
         "every run to be dispatched ahead",
         Duration::from_secs(10),
         || async {
-            let ledger = stack.ledger();
-            jobs.iter()
-                .all(|id| {
-                    events_of(&ledger, id)
-                        .iter()
-                        .any(|e| matches!(e.kind, RunEventKind::RunDispatched { .. }))
-                })
-                .then_some(())
+            let dispatched = |k: &RunEventKind| matches!(k, RunEventKind::RunDispatched { .. });
+            every_job_has(&stack.ledger(), jobs, dispatched).then_some(())
         },
     )
     .await;
@@ -155,11 +159,7 @@ async fn a_pause_or_deletion_read_before_the_slot_cancels_the_run_fired_ahead() 
 
     // The kept job runs at its slot; the other two are cancelled before it and never run.
     wait_for("the kept job to run", Duration::from_secs(40), || async {
-        let ledger = stack.ledger();
-        events_of(&ledger, "kept")
-            .iter()
-            .any(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
-            .then_some(())
+        every_job_has(&stack.ledger(), &["kept"], succeeded).then_some(())
     })
     .await;
     let ledger = stack.ledger();
@@ -195,7 +195,7 @@ async fn tasks_held_for_their_start_move_with_their_partition_and_run_once() {
     // w1's held tasks of the partitions it gives up go to their new owners.
     services.push(stack.worker("w2"));
     services.push(stack.worker("w3"));
-    kairos_tests::wait_caught_up(&services).await;
+    wait_caught_up(&services).await;
     assert!(
         chrono::Utc::now() < due,
         "the workers joined only after the slot"
@@ -203,13 +203,7 @@ async fn tasks_held_for_their_start_move_with_their_partition_and_run_once() {
 
     let ledger = wait_for("every run to succeed", Duration::from_secs(60), || async {
         let ledger = stack.ledger();
-        jobs.iter()
-            .all(|id| {
-                events_of(&ledger, id)
-                    .iter()
-                    .any(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
-            })
-            .then_some(ledger)
+        every_job_has(&ledger, &jobs, succeeded).then_some(ledger)
     })
     .await;
     let mut workers = std::collections::BTreeSet::new();

@@ -208,6 +208,11 @@ pub fn next_step(
     runs_of_job: &[RunState],
 ) -> Option<Step> {
     let fired_from = run.definition_offset.unwrap_or(i64::MIN);
+    // When the run starts on its worker (for a deleted job: its slot, jitter unknown).
+    let starts = match job {
+        JobView::Defined { definition, .. } => start_at(definition, run),
+        _ => run.scheduled_for,
+    };
     let dispatch = |definition: &JobDefinition, offset: i64| {
         let task = TaskAssigned {
             job_id: run.job_id.clone(),
@@ -221,8 +226,7 @@ pub fn next_step(
             assigned_at: now,
             // A scheduled slot's first attempt starts at the slot; a retry, or a run triggered
             // by hand, as soon as it arrives.
-            start_at: (run.trigger == TriggerKind::Schedule && run.attempt <= 1)
-                .then(|| start_at(definition, run)),
+            start_at: (run.trigger == TriggerKind::Schedule && run.attempt <= 1).then_some(starts),
             shard: None,
         };
         if definition.shards <= 1 {
@@ -250,27 +254,20 @@ pub fn next_step(
     };
     // A definition read after the run was fired, before the run has started, fences it as if it
     // had been read before the fire.
-    let not_started_yet = |definition: Option<&JobDefinition>| {
-        matches!(run.status, RunStatus::Scheduled | RunStatus::Dispatched)
-            && run.attempt <= 1
-            && now < definition.map_or(run.scheduled_for, |d| start_at(d, run))
-    };
+    let not_started_yet = matches!(run.status, RunStatus::Scheduled | RunStatus::Dispatched)
+        && run.attempt <= 1
+        && now < starts;
     match job {
         JobView::Defined { definition, offset } => {
             if superseded(run, definition, runs_of_job, now) && run.status != RunStatus::Scheduled {
                 return cancel_step(run);
             }
-            if offset > fired_from
-                && not_started_yet(Some(definition))
-                && !still_fired_by(definition, run)
-            {
+            if offset > fired_from && not_started_yet && !still_fired_by(definition, run) {
                 return cancel_step(run);
             }
         }
         JobView::Deleted { offset }
-            if offset > fired_from
-                && run.status == RunStatus::Dispatched
-                && not_started_yet(None) =>
+            if offset > fired_from && run.status == RunStatus::Dispatched && not_started_yet =>
         {
             return cancel_step(run);
         }
@@ -283,7 +280,7 @@ pub fn next_step(
                 // Fired ahead into a job that other runs hold: the overlap policy is decided at
                 // the run's start, when those runs may be over, exactly as if it had been fired
                 // then. (`wake_at` brings the dispatcher back.)
-                Some(_) if now < start_at(definition, run) => None,
+                Some(_) if now < starts => None,
                 Some(step) => step,
             }
         }

@@ -99,12 +99,7 @@ pub async fn schedule_run(
 ) -> Result<Delivered, WriteError> {
     let record = LedgerRecord::of(event, "operator")?;
     producer
-        .send_with_headers(
-            &kafka.topics().runs(),
-            &record.key,
-            Some(&record.payload),
-            &record.headers,
-        )
+        .append(&kafka.topics().runs(), &record)
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))
 }

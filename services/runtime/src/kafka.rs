@@ -25,6 +25,7 @@ use rdkafka::ClientContext;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::ledger::LedgerRecord;
 use crate::metrics_names as m;
 use crate::store::Store;
 
@@ -295,6 +296,16 @@ impl Producer {
         }
     }
 
+    /// Appends a run-ledger record to `topic` (the runs topic), headers and all.
+    pub async fn append(
+        &self,
+        topic: &str,
+        record: &LedgerRecord,
+    ) -> Result<Delivered, KafkaError> {
+        self.send_with_headers(topic, &record.key, Some(&record.payload), &record.headers)
+            .await
+    }
+
     /// Waits until every queued record is acknowledged (used on shutdown).
     pub fn flush(&self) {
         let _ = rdkafka::producer::Producer::flush(&self.inner, Duration::from_secs(10));
@@ -341,6 +352,12 @@ impl ReliableProducer {
         payload: Option<&[u8]>,
     ) -> Result<Delivered, SendError> {
         self.send_with_headers(topic, key, payload, &[]).await
+    }
+
+    /// [`Producer::append`], retried through outages like every send of this producer.
+    pub async fn append(&self, topic: &str, record: &LedgerRecord) -> Result<Delivered, SendError> {
+        self.send_with_headers(topic, &record.key, Some(&record.payload), &record.headers)
+            .await
     }
 
     /// [`ReliableProducer::send`] with record headers.

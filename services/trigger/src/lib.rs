@@ -430,14 +430,7 @@ impl Trigger {
             async move {
                 for (event, to_fire_at) in &events {
                     let record = LedgerRecord::of(event, "trigger")?;
-                    producer
-                        .send_with_headers(
-                            topic,
-                            &record.key,
-                            Some(&record.payload),
-                            &record.headers,
-                        )
-                        .await?;
+                    producer.append(topic, &record).await?;
                     record_fire(event, *to_fire_at);
                 }
                 anyhow::Ok(())

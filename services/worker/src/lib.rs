@@ -786,16 +786,7 @@ impl Reporter {
                 return false;
             }
         };
-        match self
-            .producer
-            .send_with_headers(
-                &self.topics.runs(),
-                &record.key,
-                Some(&record.payload),
-                &record.headers,
-            )
-            .await
-        {
+        match self.producer.append(&self.topics.runs(), &record).await {
             Ok(_) => true,
             Err(error) => {
                 tracing::warn!(%error, run_id = %task.run_id, "The attempt's event was not recorded.");
