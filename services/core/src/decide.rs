@@ -128,6 +128,11 @@ fn still_fired_by(definition: &JobDefinition, run: &RunState) -> bool {
             && definition.excluded_by(run.scheduled_for).is_none()
 }
 
+/// How long before a held run's start a change must be read to cancel it: room for the
+/// cancellation and the workers' stop to travel (two sends and a fetch), so that a stop does not
+/// reach a worker that has already started the run.
+pub const STOP_MARGIN: chrono::Duration = chrono::Duration::milliseconds(500);
+
 /// What the dispatcher knows of a run's job.
 #[derive(Clone, Copy, Debug)]
 pub enum JobView<'a> {
@@ -252,11 +257,16 @@ pub fn next_step(
             reason: SkipReason::JobDeleted,
         })
     };
-    // A definition read after the run was fired, before the run has started, fences it as if it
-    // had been read before the fire.
-    let not_started_yet = matches!(run.status, RunStatus::Scheduled | RunStatus::Dispatched)
-        && run.attempt <= 1
-        && now < starts;
+    // A definition read after the run was fired, early enough before the run's start, fences it
+    // as if it had been read before the fire. A run already dispatched is held by a worker, which
+    // must get the stop before the start: read later than that, the change comes too late for
+    // this run, as a change read after the fire did before runs were fired ahead.
+    let not_started_yet = run.attempt <= 1
+        && match run.status {
+            RunStatus::Scheduled => now < starts,
+            RunStatus::Dispatched => now + STOP_MARGIN < starts,
+            _ => false,
+        };
     match job {
         JobView::Defined { definition, offset } => {
             if superseded(run, definition, runs_of_job, now) && run.status != RunStatus::Scheduled {
@@ -1733,6 +1743,22 @@ mod tests {
                 run.status
             );
         }
+    }
+
+    #[test]
+    fn given_a_pause_read_too_close_to_the_start_then_the_dispatched_run_goes_on() {
+        let mut paused = definition();
+        paused.paused = true;
+        let close = slot(1) - STOP_MARGIN + chrono::Duration::milliseconds(1);
+        assert_eq!(
+            next_step(&dispatched_ahead(), view(&paused, 5), close, MARGIN, &[]),
+            None
+        );
+        // A run no worker holds yet is still stopped at once.
+        assert_eq!(
+            next_step(&scheduled_run(4), view(&paused, 5), close, MARGIN, &[]),
+            Some(Step::Cancel { attempt: 0 })
+        );
     }
 
     #[test]
