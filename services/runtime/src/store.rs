@@ -55,20 +55,28 @@ impl Store {
 
     /// All `(key, value)` pairs whose key starts with `prefix`, in key order.
     pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
-        let mode = rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
-        collect_prefix(self.db.iterator(mode), prefix, usize::MAX)
+        collect_prefix(
+            self.within(prefix, rocksdb::IteratorMode::Start),
+            usize::MAX,
+        )
+    }
+
+    /// An iterator over the keys starting with `prefix` only, from where `mode` says (`Start` is
+    /// the prefix's first key, `End` its last). The bounds matter: an iterator steps over deleted keys one by one,
+    /// and without them it would step over every deleted key after the prefix (finished runs'
+    /// index entries, say) looking for a live one, a cost that grows with the history.
+    fn within(&self, prefix: &str, mode: rocksdb::IteratorMode) -> rocksdb::DBIterator<'_> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_range(rocksdb::PrefixRange(prefix.as_bytes()));
+        self.db.iterator_opt(mode, options)
     }
 
     /// The keys starting with `prefix`, in key order, without reading their values: for callers
     /// that visit many entries one at a time and need not hold them all.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mode = rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
         let mut keys = Vec::new();
-        for item in self.db.iterator(mode) {
+        for item in self.within(prefix, rocksdb::IteratorMode::Start) {
             let (key, _) = item?;
-            if !key.starts_with(prefix.as_bytes()) {
-                break;
-            }
             keys.push(String::from_utf8_lossy(&key).into_owned());
         }
         Ok(keys)
@@ -80,10 +88,7 @@ impl Store {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let mut upper = prefix.as_bytes().to_vec();
-        upper.push(0xFF);
-        let mode = rocksdb::IteratorMode::From(&upper, rocksdb::Direction::Reverse);
-        collect_prefix(self.db.iterator(mode), prefix, limit)
+        collect_prefix(self.within(prefix, rocksdb::IteratorMode::End), limit)
     }
 
     /// Visits the keys starting with `prefix` and sorting before `before` (all of them when
@@ -94,15 +99,11 @@ impl Store {
         before: Option<&str>,
         mut visit: impl FnMut(&str) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut upper = prefix.as_bytes().to_vec();
-        upper.push(0xFF);
-        let start = before.map_or(upper, |b| b.as_bytes().to_vec());
-        let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Reverse);
-        for item in self.db.iterator(mode) {
+        let mode = before.map_or(rocksdb::IteratorMode::End, |b| {
+            rocksdb::IteratorMode::From(b.as_bytes(), rocksdb::Direction::Reverse)
+        });
+        for item in self.within(prefix, mode) {
             let (key, _) = item?;
-            if !key.starts_with(prefix.as_bytes()) {
-                break;
-            }
             if before.is_some_and(|b| key.as_ref() >= b.as_bytes()) {
                 continue;
             }
@@ -156,18 +157,14 @@ impl Store {
     }
 }
 
-/// Decodes the pairs an iterator yields while their keys start with `prefix`, up to `limit`.
+/// Decodes the pairs an iterator over one prefix yields, up to `limit`.
 fn collect_prefix<T: DeserializeOwned>(
     items: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
-    prefix: &str,
     limit: usize,
 ) -> Result<Vec<(String, T)>, StoreError> {
     let mut out = Vec::new();
-    for item in items {
+    for item in items.take(limit) {
         let (key, value) = item?;
-        if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
-            break;
-        }
         let key = String::from_utf8_lossy(&key).into_owned();
         let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
             key: key.clone(),
@@ -235,6 +232,37 @@ mod tests {
         assert_eq!(rev, vec![("run/b".into(), 2)]);
         assert_eq!(store.next_offset("kairos.runs", 3).unwrap(), Some(42));
         assert_eq!(store.next_offset("kairos.runs", 4).unwrap(), None);
+    }
+
+    /// Given the index entries of many finished runs deleted after a live prefix, when the live
+    /// prefix is scanned (forward or back), then the scan does not step over those deletions:
+    /// scans of a job's runs cost the same whatever the history after them.
+    #[test]
+    fn prefix_scans_do_not_step_over_deleted_keys_outside_the_prefix() {
+        use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put("active/a/run", &());
+        (0..1000).for_each(|i| batch.put(&format!("active/b/{i:04}"), &()));
+        store.write(batch).unwrap();
+        let mut batch = Batch::new();
+        (0..1000).for_each(|i| batch.delete(&format!("active/b/{i:04}")));
+        store.write(batch).unwrap();
+
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut perf = PerfContext::default();
+        perf.reset();
+        let forward: Vec<(String, ())> = store.scan("active/a/").unwrap();
+        let keys = store.keys("active/a/").unwrap();
+        let back: Vec<(String, ())> = store.scan_rev("active/a/", 10).unwrap();
+        let skipped = perf.metric(PerfMetric::InternalDeleteSkippedCount);
+        set_perf_stats(PerfStatsLevel::Disable);
+
+        assert_eq!(forward, vec![("active/a/run".to_string(), ())]);
+        assert_eq!(keys, ["active/a/run"]);
+        assert_eq!(back, forward);
+        assert_eq!(skipped, 0, "stepped over {skipped} deleted keys");
     }
 
     /// The store behaves like a sorted map (the model) under any sequence of puts and deletes, and
