@@ -791,7 +791,9 @@ pub struct Precision {
 struct Lateness {
     produced: Vec<f64>,
     visible: Vec<f64>,
-    started: Vec<f64>,
+    /// Per run, the start its outcome records, or else its `RunStarted` (from workers that
+    /// report every start, as before `--report-start-after`).
+    started: HashMap<RunId, f64>,
 }
 
 impl Lateness {
@@ -799,7 +801,7 @@ impl Lateness {
         Lateness {
             produced: vec![],
             visible: vec![],
-            started: vec![],
+            started: HashMap::new(),
         }
     }
 
@@ -816,7 +818,24 @@ impl Lateness {
                     self.visible.push(millis_between(slot, record.seen));
                 }
                 RunEventKind::RunStarted { attempt: 1, .. } if record.event.shard.is_none() => {
-                    self.started.push(millis_between(slot, record.event.at));
+                    let began = millis_between(slot, record.event.at);
+                    self.started.entry(record.event.run_id).or_insert(began);
+                }
+                // A short task reports no `RunStarted`; its outcome records when it began.
+                RunEventKind::RunSucceeded {
+                    attempt: 1,
+                    ref output,
+                    ..
+                }
+                | RunEventKind::RunFailed {
+                    attempt: 1,
+                    ref output,
+                    ..
+                } if record.event.shard.is_none() => {
+                    if let Some(began) = output.started_at {
+                        let began = millis_between(slot, began);
+                        self.started.insert(record.event.run_id, began);
+                    }
                 }
                 _ => {}
             }
@@ -875,7 +894,7 @@ async fn precision(
         not_started: count.saturating_sub(lateness.started.len()),
         to_scheduled_produced: Distribution::of(lateness.produced),
         to_scheduled_visible: Distribution::of(lateness.visible),
-        to_task_start: Distribution::of(lateness.started),
+        to_task_start: Distribution::of(lateness.started.into_values().collect()),
     })
 }
 

@@ -231,6 +231,9 @@ impl Stack {
         // Tests stop workers in the middle of long tasks; they hand them back soon.
         config.drain_timeout = Duration::from_secs(5);
         config.worker_id = Some(worker_id.to_string());
+        // The ledger sequences the tests assert include every start; `short_tasks.rs` covers
+        // the default, which reports a short task's start on its outcome alone.
+        config.report_start_after = Duration::ZERO;
         adjust(&mut config);
         config
     }

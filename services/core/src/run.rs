@@ -110,13 +110,17 @@ impl SkipReason {
     }
 }
 
-/// What a task produced, capped by the worker.
+/// What an execution produced, capped by the worker, and when it began.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskOutput {
     /// Process exit code (shell) or response status (http).
     pub exit_code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// When the worker began the execution, by its clock. A task that finishes before the
+    /// worker's `--report-start-after` reports no `RunStarted`: its outcome records the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
 }
 
 /// One record of the run ledger.
@@ -560,6 +564,11 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
                         _ => S::TimedOut,
                     };
                     next.worker_id = Some(worker_id.clone());
+                    // The worker that produced the outcome began it then (a redelivered attempt
+                    // may have been started before, by a worker that died).
+                    if let Some(started_at) = output.started_at {
+                        next.started_at = Some(started_at);
+                    }
                     next.output = Some(output.clone());
                     next.error = match &event.kind {
                         RunFailed { error, .. } => Some(error.clone()),
@@ -644,11 +653,19 @@ fn apply_shard(
     }
     let mut next = state.clone();
     next.updated_at = event.at;
+    let running = matches!(state.status, S::Dispatched | S::Started);
+    // A shard short enough to report no `RunStarted` records its start on its outcome.
+    if let RunSucceeded { output, .. } | RunFailed { output, .. } | RunTimedOut { output, .. } =
+        &event.kind
+    {
+        if running {
+            next.started_at = next.started_at.or(output.started_at);
+        }
+    }
     let progress = next.shards.get_or_insert_with(|| ShardProgress {
         total: shard.total,
         ..ShardProgress::default()
     });
-    let running = matches!(state.status, S::Dispatched | S::Started);
     match &event.kind {
         RunStarted { worker_id, .. } => {
             if !running || progress.running.get(&shard.index) == Some(worker_id) {
@@ -994,6 +1011,51 @@ pub(crate) mod tests {
             errors.as_slice(),
             [TransitionError::Duplicate { .. }]
         ));
+    }
+
+    /// Given a dispatched attempt, when its worker reports only the outcome (the task ended
+    /// before `--report-start-after`), then the run is over and records when it began; a worker
+    /// that ran a redelivered attempt again records its own start over the first one's.
+    #[test]
+    fn an_outcome_without_a_start_records_when_the_execution_began() {
+        let quick = |worker: &str, began: i64| RunEventKind::RunSucceeded {
+            attempt: 1,
+            worker_id: worker.into(),
+            output: TaskOutput {
+                started_at: Some(t(began)),
+                ..TaskOutput::default()
+            },
+        };
+        let (state, errors) = fold(vec![scheduled(), dispatched(1), quick("w1", 5)]);
+        let state = state.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.status, RunStatus::Succeeded);
+        assert_eq!(state.started_at, Some(t(5)));
+        assert_eq!(state.worker_id.as_deref(), Some("w1"));
+
+        let (state, _) = fold(vec![
+            scheduled(),
+            dispatched(1),
+            started(1, "w1"),
+            quick("w2", 9),
+        ]);
+        assert_eq!(state.unwrap().started_at, Some(t(9)));
+
+        let (state, errors) = fold_events(vec![
+            event(scheduled()),
+            event(dispatched(1)),
+            of_shard(0, quick("w1", 4)),
+            of_shard(1, quick("w2", 3)),
+            of_shard(2, quick("w1", 6)),
+        ]);
+        let state = state.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.status, RunStatus::Succeeded);
+        assert_eq!(
+            state.started_at,
+            Some(t(4)),
+            "the first shard read began it"
+        );
     }
 
     #[test]

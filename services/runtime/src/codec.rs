@@ -46,6 +46,7 @@ const JOB_STATUS_AVSC: &str = include_str!("../../../schemas/job_status.avsc");
 const JOB_DEFINITION_V1_AVSC: &str =
     include_str!("../../../schemas/released/job_definition.v1.avsc");
 const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_event.v1.avsc");
+const RUN_EVENT_V2_AVSC: &str = include_str!("../../../schemas/released/run_event.v2.avsc");
 const TASK_ASSIGNED_V1_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v1.avsc");
 
 /// Why bytes could not become a domain value.
@@ -173,7 +174,11 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
             JOB_DEFINITION_AVSC,
             &[JOB_DEFINITION_V1_AVSC],
         ),
-        run_event: evolved("RunEvent", RUN_EVENT_AVSC, &[RUN_EVENT_V1_AVSC]),
+        run_event: evolved(
+            "RunEvent",
+            RUN_EVENT_AVSC,
+            &[RUN_EVENT_V2_AVSC, RUN_EVENT_V1_AVSC],
+        ),
         task_assigned: evolved("TaskAssigned", TASK_ASSIGNED_AVSC, &[TASK_ASSIGNED_V1_AVSC]),
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
@@ -1024,6 +1029,7 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             ("due_at", due_at),
             ("shard_index", opt(event.shard.map(|s| s.index), int)),
             ("shard_total", opt(event.shard.map(|s| s.total), int)),
+            ("started_at", opt(output.and_then(|o| o.started_at), millis)),
         ]),
     )
 }
@@ -1049,6 +1055,7 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
             exit_code: f.opt_int("exit_code")?,
             stdout: f.opt_string("stdout")?.unwrap_or_default(),
             stderr: f.opt_string("stderr")?.unwrap_or_default(),
+            started_at: f.opt_timestamp("started_at")?,
         })
     };
     let kind = match f.string("type")?.as_str() {
@@ -1849,6 +1856,7 @@ mod tests {
             exit_code: Some(3),
             stdout: "out".into(),
             stderr: "err".into(),
+            started_at: Some(t(7)),
         };
         let kinds = vec![
             RunEventKind::RunScheduled {
@@ -2102,17 +2110,10 @@ mod tests {
             },
             shard: None,
         };
-        // The current version under its old fingerprint, v1 under both of its own.
+        // The current version under its old fingerprint, each earlier one under both of its own.
         assert_eq!(CONTRACTS.job.earlier.len(), 3);
-        assert_eq!(CONTRACTS.run_event.earlier.len(), 3);
-        for version in 0..3 {
-            let bytes = written_with_earlier(&CONTRACTS.job, version, &encode_job(&job).unwrap());
-            assert_ne!(bytes[2..10], CONTRACTS.job.fingerprint[..]);
-            assert_eq!(
-                decode_job(&bytes).unwrap(),
-                job,
-                "job, earlier writer {version}"
-            );
+        assert_eq!(CONTRACTS.run_event.earlier.len(), 5);
+        for version in 0..5 {
             let bytes = written_with_earlier(
                 &CONTRACTS.run_event,
                 version,
@@ -2122,6 +2123,15 @@ mod tests {
                 decode_run_event(&bytes).unwrap(),
                 skipped,
                 "event, earlier writer {version}"
+            );
+        }
+        for version in 0..3 {
+            let bytes = written_with_earlier(&CONTRACTS.job, version, &encode_job(&job).unwrap());
+            assert_ne!(bytes[2..10], CONTRACTS.job.fingerprint[..]);
+            assert_eq!(
+                decode_job(&bytes).unwrap(),
+                job,
+                "job, earlier writer {version}"
             );
         }
         // A v1 task (no start time) is started at once.

@@ -100,6 +100,7 @@ impl Executor {
                     exit_code: None,
                     stdout: capped(stdout),
                     stderr: String::new(),
+                    ..TaskOutput::default()
                 },
             },
             Ended::Finished(Ok(Err(error))) => Execution {
@@ -108,6 +109,7 @@ impl Executor {
                     exit_code: None,
                     stdout: String::new(),
                     stderr: capped(error),
+                    ..TaskOutput::default()
                 },
             },
             Ended::Finished(Err(join)) => failed(format!(
@@ -241,6 +243,7 @@ async fn run_shell(
                 exit_code: status.code(),
                 stdout,
                 stderr,
+                ..TaskOutput::default()
             };
             let outcome = if status.success() {
                 Outcome::Succeeded
@@ -258,6 +261,7 @@ async fn run_shell(
                 exit_code: None,
                 stdout,
                 stderr,
+                ..TaskOutput::default()
             },
         },
     }
@@ -368,6 +372,7 @@ async fn run_http(
                 exit_code: Some(i32::from(status)),
                 stdout: cap(body.to_vec(), limit),
                 stderr: String::new(),
+                ..TaskOutput::default()
             };
             let expected = if request.expected_status.is_empty() {
                 (200..300).contains(&status)

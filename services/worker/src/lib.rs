@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use kairos_core::run::RunId;
 use kairos_core::run::{RunEvent, RunEventKind};
-use kairos_core::{CancelRequest, JobId, TaskAssigned};
+use kairos_core::{CancelRequest, JobId, TaskAssigned, Timestamp};
 use kairos_runtime::codec::{self, WorkerHeartbeat};
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::ServiceKind;
@@ -87,6 +87,11 @@ pub struct Config {
     /// On SIGTERM, how long running tasks may take to finish before they are handed back.
     #[arg(long, env = "KAIROS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// How long a task runs before its start is reported as a `RunStarted` of its own. A task
+    /// that ends sooner reports only its outcome, which records when it began: one ledger record
+    /// fewer per run. 0 reports every start as the task starts.
+    #[arg(long, env = "KAIROS_REPORT_START_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub report_start_after: Duration,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
@@ -103,6 +108,7 @@ impl Config {
             output_limit: 64 * 1024,
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            report_start_after: DEFAULT_REPORT_START_AFTER,
             metrics_addr,
             telemetry: TelemetryArgs::default(),
         }
@@ -120,6 +126,9 @@ impl Config {
         })
     }
 }
+
+/// The default of `--report-start-after`.
+pub const DEFAULT_REPORT_START_AFTER: Duration = Duration::from_secs(1);
 
 /// The task types every worker executes; handlers registered in code add theirs.
 const BUILT_IN_TASK_TYPES: [&str; 2] = ["shell", "http"];
@@ -260,6 +269,7 @@ pub async fn run_with_handlers(
             producer: parts.producer.clone(),
             topics,
             worker_id,
+            report_start_after: config.report_start_after,
         },
         producer: parts.producer,
         heartbeats: topics_heartbeats,
@@ -689,6 +699,8 @@ struct Reporter {
     producer: ReliableProducer,
     topics: Topics,
     worker_id: String,
+    /// `--report-start-after`.
+    report_start_after: Duration,
 }
 
 impl Reporter {
@@ -706,24 +718,37 @@ impl Reporter {
             attempt: task.attempt,
             worker_id: self.worker_id.clone(),
         };
+        let began = kairos_runtime::now();
         if let Some(start_at) = task.start_at {
-            let lateness = (chrono::Utc::now() - start_at).to_std().unwrap_or_default();
+            let lateness = (began - start_at).to_std().unwrap_or_default();
             metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
                 .record(lateness.as_secs_f64());
         }
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
-        // The start is reported while the task runs rather than before it, so the broker's round
-        // trip is not between the start time and the start. The outcome goes only after the
-        // start is recorded; if it cannot be, neither is the outcome, and the task is not
-        // committed: it runs again, as after a crash.
-        let (started, execution) =
-            tokio::join!(self.report(task, started), executor.execute(task, cancel));
+        // The start is reported while the task runs, so the broker's round trip is not between
+        // the start time and the start, and only once it has run `--report-start-after`: a task
+        // that ends sooner reports its start on its outcome alone. Once a start is reported,
+        // the outcome goes only after it is recorded; if it cannot be, neither is the outcome,
+        // and the task is not committed: it runs again, as after a crash.
+        let execution = executor.execute(task, cancel);
+        tokio::pin!(execution);
+        let mut execution = tokio::select! {
+            biased;
+            execution = &mut execution, if !self.report_start_after.is_zero() => execution,
+            () = tokio::time::sleep(self.report_start_after) => {
+                let (started, execution) =
+                    tokio::join!(self.report(task, started, began), execution);
+                if !started {
+                    metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
+                    return false;
+                }
+                execution
+            }
+        };
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
-        if !started {
-            return false;
-        }
+        execution.output.started_at = Some(began);
         metrics::histogram!(m::DURATION, "pool" => pool.to_string())
             .record(clock.elapsed().as_secs_f64());
         if hand_back.is_cancelled() && execution.outcome == Outcome::Cancelled {
@@ -767,15 +792,16 @@ impl Reporter {
         };
         metrics::counter!(m::TASKS, "pool" => pool.to_string(), "outcome" => label).increment(1);
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, outcome = label, "Task finished.");
-        self.report(task, kind).await
+        self.report(task, kind, kairos_runtime::now()).await
     }
 
-    async fn report(&self, task: &TaskAssigned, kind: RunEventKind) -> bool {
+    /// Appends an event of the attempt that happened `at`.
+    async fn report(&self, task: &TaskAssigned, kind: RunEventKind, at: Timestamp) -> bool {
         let event = RunEvent {
             job_id: task.job_id.clone(),
             run_id: task.run_id,
             scheduled_for: task.scheduled_for,
-            at: kairos_runtime::now(),
+            at,
             kind,
             shard: task.shard_of(),
         };
