@@ -618,8 +618,11 @@ pub struct Level {
     /// Records appended per completed run (the harness's own `RunScheduled` included).
     pub records_per_run: f64,
     /// CPU time (user + system) per completed run, in ms, by process: each service and the
-    /// broker.
+    /// broker, until the aggregator has counted every run.
     pub cpu_ms_per_run: BTreeMap<String, f64>,
+    /// From the last `RunSucceeded` read until the aggregator had counted every run of the level
+    /// (`None`: not within the wait): how far its view lags behind the ledger.
+    pub aggregator_behind_secs: Option<f64>,
 }
 
 /// CPU time (user + system) a process has used so far, in ms, from `/proc/<pid>/stat`.
@@ -679,6 +682,7 @@ async fn throughput(
         .collect();
     let mut levels = vec![];
     let mut sequence = 0;
+    let mut succeeded = 0;
     for &rate in &config.throughput_rates {
         let cpu = CpuMeter::start(&processes);
         let mut level = offer(
@@ -690,6 +694,11 @@ async fn throughput(
             &mut sequence,
         )
         .await?;
+        succeeded += level.completed;
+        if let Some(aggregator) = fleet.iter().find(|i| i.name == "aggregator") {
+            level.aggregator_behind_secs =
+                aggregator_counted(aggregator, succeeded, Duration::from_secs(300)).await;
+        }
         level.cpu_ms_per_run = cpu.per_run(level.completed);
         tracing::info!(?level, "Throughput level done.");
         let saturated = level.saturated;
@@ -766,7 +775,27 @@ async fn offer(
         saturated: completed < total || runs_per_sec < 0.9 * f64::from(rate),
         records_per_run: messages as f64 / completed.max(1) as f64,
         cpu_ms_per_run: BTreeMap::new(),
+        aggregator_behind_secs: None,
     })
+}
+
+/// Waits (at most `wait`) until the aggregator has counted `succeeded` runs in all; the seconds
+/// it took.
+async fn aggregator_counted(
+    aggregator: &Instance,
+    succeeded: usize,
+    wait: Duration,
+) -> Option<f64> {
+    let began = Instant::now();
+    let series = r#"kairos_aggregator_runs_total{outcome="succeeded"}"#;
+    while began.elapsed() < wait {
+        let metrics = crate::scrape(aggregator.metrics_addr).await;
+        if crate::metric_value(&metrics, series).unwrap_or(0.0) >= succeeded as f64 {
+            return Some(began.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1364,17 +1393,19 @@ impl BenchReport {
         }
         if let Some(t) = &self.throughput {
             md.push_str("\nThroughput by offered load:\n\n");
-            md.push_str("| offered runs/s | completed | runs/s | pipeline msg/s | latency | saturated |\n|---|---|---|---|---|---|\n");
+            md.push_str("| offered runs/s | completed | runs/s | pipeline msg/s | latency | saturated | aggregator behind |\n|---|---|---|---|---|---|---|\n");
             for l in &t.levels {
                 md.push_str(&format!(
-                    "| {} | {}/{} | {:.0} | {:.0} | {} | {} |\n",
+                    "| {} | {}/{} | {:.0} | {:.0} | {} | {} | {} |\n",
                     l.offered_per_sec,
                     l.completed,
                     l.runs,
                     l.runs_per_sec,
                     l.messages_per_sec,
                     l.latency,
-                    if l.saturated { "yes" } else { "no" }
+                    if l.saturated { "yes" } else { "no" },
+                    l.aggregator_behind_secs
+                        .map_or("over 300 s".to_string(), |s| format!("{s:.1} s")),
                 ));
             }
         }

@@ -11,7 +11,7 @@ mod pending;
 mod status_page;
 mod workers;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -263,6 +263,22 @@ struct Outcome {
     status: Option<JobStatus>,
 }
 
+/// The `dead_lettered` alert for a new dead letter. A dead letter that does not decode is logged,
+/// not dead-lettered again: that could loop.
+fn dead_letter_alert(message: &OwnedMessage) -> Option<Alert> {
+    match message.payload().map(codec::decode_dead_letter) {
+        Some(Ok(letter)) => {
+            let job_id = record_key(message).and_then(|k| kairos_core::JobId::parse(&k).ok());
+            Some(Alert::dead_lettered(&letter, job_id, kairos_runtime::now()))
+        }
+        Some(Err(error)) => {
+            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "A dead letter does not decode; skipped.");
+            None
+        }
+        None => None,
+    }
+}
+
 /// The least time between two misfire alerts of one job.
 const MISFIRE_QUIET: Duration = Duration::from_secs(600);
 
@@ -279,16 +295,9 @@ impl Aggregator {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = check.tick() => self.check().await?,
                 input = self.consumer.next(Some(&self.store)) => {
-                    if let Input::Record(message) = input {
-                        let topic = message.topic();
-                        if topic == self.topics.heartbeats() {
-                            self.record_heartbeat(&message).await?;
-                        } else if topic == self.topics.deadletter() {
-                            self.apply_dead_letter(&message).await?;
-                        } else {
-                            self.apply(&message).await?;
-                        }
-                        self.consumer.applied(&message);
+                    if let Input::Records(messages) = input {
+                        self.apply(&messages).await?;
+                        self.consumer.applied(&messages);
                     }
                 }
             }
@@ -310,60 +319,42 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Raises a `dead_lettered` alert for a new dead letter. A dead letter that does not decode is
-    /// logged, not dead-lettered again: that could loop.
-    async fn apply_dead_letter(&self, message: &OwnedMessage) -> anyhow::Result<()> {
-        let live = self.consumer.is_caught_up(message.partition());
-        match message.payload().map(codec::decode_dead_letter) {
-            Some(Ok(letter)) if live => {
-                let job_id = record_key(message).and_then(|k| kairos_core::JobId::parse(&k).ok());
-                let alert = Alert::dead_lettered(&letter, job_id, kairos_runtime::now());
-                self.alerts.raise(&alert).await?;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => {
-                tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "A dead letter does not decode; skipped.");
-            }
-            None => {}
-        }
-        // Only once the alert is on its topic: a crash in between repeats it (with the same id)
-        // rather than losing it.
+    /// Applies a poll's records in one batch with their positions, after raising the alerts and
+    /// publishing the job statuses they call for, for the partitions that are live. Alerts and
+    /// statuses go out before the positions are stored: a crash in between repeats them (alerts
+    /// with the same ids; the status topic is compacted) rather than losing them.
+    async fn apply(&mut self, messages: &[OwnedMessage]) -> anyhow::Result<()> {
         let mut batch = Batch::new();
-        batch.consumed(message.topic(), message.partition(), message.offset());
-        self.store.write(batch)?;
-        Ok(())
-    }
-
-    /// Applies a definition or ledger event in one batch with its position, after raising the
-    /// alerts it calls for, if the partition is live.
-    #[tracing::instrument(skip_all, fields(
-        topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        job_id = record_key(message).unwrap_or_default(),
-    ))]
-    async fn apply(&mut self, message: &OwnedMessage) -> anyhow::Result<()> {
-        let mut batch = Batch::new();
-        // History replayed by a rebuild is neither counted nor alerted again.
-        let live = self.consumer.is_caught_up(message.partition());
-        let mut outcome = Outcome::default();
-        if message.topic() == self.topics.jobs() {
-            self.apply_definition(message, &mut batch);
-        } else {
-            outcome = self.apply_event(message, &mut batch, live).await?;
-        }
-        // Alerts and the job's status go out before the position is stored: a crash in between
-        // repeats them (alerts with the same ids; the status topic is compacted) rather than
-        // losing them.
-        if live {
-            for alert in outcome.alerts {
-                self.raise(alert).await?;
+        let mut alerts = vec![];
+        // The latest status of each job the records changed: one record each.
+        let mut statuses: BTreeMap<String, JobStatus> = BTreeMap::new();
+        for message in messages {
+            let topic = message.topic();
+            if topic == self.topics.heartbeats() {
+                self.record_heartbeat(message).await?;
+                continue;
             }
-            if let Some(status) = outcome.status {
-                self.publish_status(&status).await?;
+            // History replayed by a rebuild is neither counted nor alerted again.
+            let live = self.consumer.is_caught_up(message.partition());
+            if topic == self.topics.deadletter() {
+                alerts.extend(dead_letter_alert(message).filter(|_| live));
+            } else if topic == self.topics.jobs() {
+                self.apply_definition(message, &mut batch);
+            } else {
+                let outcome = self.apply_event(message, &mut batch, live).await?;
+                if live {
+                    alerts.extend(outcome.alerts);
+                    if let Some(status) = outcome.status {
+                        statuses.insert(status.job_id.to_string(), status);
+                    }
+                }
             }
+            batch.consumed(topic, message.partition(), message.offset());
         }
-        batch.consumed(message.topic(), message.partition(), message.offset());
+        for alert in alerts {
+            self.raise(alert).await?;
+        }
+        futures::future::try_join_all(statuses.values().map(|s| self.publish_status(s))).await?;
         self.store.write(batch)?;
         Ok(())
     }
@@ -403,7 +394,7 @@ impl Aggregator {
             return Ok(Outcome::default());
         };
         let run = event.run_id.to_string();
-        let current: Option<RunRecord> = self.store.get(&run_key(&run))?;
+        let current: Option<RunRecord> = batch.get(&self.store, &run_key(&run))?;
         let folded = apply(current.as_ref().map(|r| &r.state), &event);
         let entry = |effect: String| HistoryEntry {
             event: event.kind.name().to_string(),
@@ -438,7 +429,7 @@ impl Aggregator {
                     } = event.kind
                     {
                         let key = job_stats_key(state.job_id.as_str());
-                        let mut stats: JobStats = self.store.get(&key)?.unwrap_or_default();
+                        let mut stats: JobStats = batch.get(&self.store, &key)?.unwrap_or_default();
                         stats.scheduled += 1;
                         batch.put(&key, &stats);
                     }
@@ -486,7 +477,7 @@ impl Aggregator {
         batch: &mut Batch,
     ) -> anyhow::Result<(Vec<Alert>, Option<JobStatus>)> {
         let key = job_stats_key(state.job_id.as_str());
-        let mut stats: JobStats = self.store.get(&key)?.unwrap_or_default();
+        let mut stats: JobStats = batch.get(&self.store, &key)?.unwrap_or_default();
         let mut alerts = vec![];
         match state.status {
             RunStatus::Succeeded => {

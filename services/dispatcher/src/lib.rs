@@ -408,26 +408,29 @@ impl Dispatcher {
                 self.awaiting
                     .retain(|_, a| !partitions.contains(&a.partition));
             }
-            Input::Record(message) => {
-                let partition = message.partition();
+            Input::Records(messages) => {
+                // One write for all the records, then each job they touched reconciled once.
                 let mut batch = Batch::new();
-                let touched = if message.topic() == self.topics.jobs() {
-                    self.apply_definition(&message, &mut batch).await?
-                } else if message.topic() == self.topics.control() {
-                    self.apply_cancel(&message, &mut batch).await?
-                } else {
-                    self.apply_event(&message, &mut batch).await?
-                };
-                batch.consumed(message.topic(), partition, message.offset());
+                let mut touched = BTreeSet::new();
+                for message in &messages {
+                    let job = if message.topic() == self.topics.jobs() {
+                        self.apply_definition(message, &mut batch).await?
+                    } else if message.topic() == self.topics.control() {
+                        self.apply_cancel(message, &mut batch).await?
+                    } else {
+                        self.apply_event(message, &mut batch).await?
+                    };
+                    batch.consumed(message.topic(), message.partition(), message.offset());
+                    touched.extend(job.map(|job| (message.partition(), job)));
+                }
                 self.store.write(batch)?;
-                if let Some(caught_up) = self.consumer.applied(&message) {
-                    tracing::info!(
-                        partition = caught_up,
-                        "Partition caught up; reconciling its runs."
-                    );
-                    self.reconcile(caught_up, None).await?;
-                } else if self.consumer.is_caught_up(partition) {
-                    if let Some(job) = touched {
+                let caught_up = self.consumer.applied(&messages);
+                for &partition in &caught_up {
+                    tracing::info!(partition, "Partition caught up; reconciling its runs.");
+                    self.reconcile(partition, None).await?;
+                }
+                for (partition, job) in touched {
+                    if self.consumer.is_caught_up(partition) && !caught_up.contains(&partition) {
                         self.reconcile(partition, Some(&job)).await?;
                     }
                 }
@@ -550,7 +553,7 @@ impl Dispatcher {
     ) -> anyhow::Result<Option<RunState>> {
         let (job, run) = (event.job_id.as_str(), event.run_id.to_string());
         let key = run_key(partition, job, &run);
-        let current: Option<RunState> = self.store.get(&key)?;
+        let current: Option<RunState> = batch.get(&self.store, &key)?;
         match apply(current.as_ref(), event) {
             Ok(next) => {
                 if next.status.is_final() {

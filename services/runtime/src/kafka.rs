@@ -44,6 +44,9 @@ const PRODUCER_INVARIANTS: [(&str, &str); 3] = [
 pub const CONSUME_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// How often metadata is read while waiting for new topics to appear.
 const METADATA_POLL: Duration = Duration::from_millis(100);
+/// The most records one [`Input::Records`] holds: enough to fold a fetch's worth at a time,
+/// few enough that timers and heartbeats wait little behind them.
+pub const MAX_RECORDS_PER_INPUT: usize = 500;
 
 /// Broker connection settings every binary takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -523,7 +526,10 @@ impl ConsumerContext for KairosContext {
 /// What the service loop receives next.
 #[derive(Debug)]
 pub enum Input {
-    Record(OwnedMessage),
+    /// The records already fetched, in the order read (at least one, at most
+    /// [`MAX_RECORDS_PER_INPUT`]): a service folds them into one store write, sends what they
+    /// call for together, and reconciles what they touched once.
+    Records(Vec<OwnedMessage>),
     /// These partition numbers are now owned; their state is being rebuilt from the topics.
     Assigned(Vec<i32>),
     /// These partition numbers are no longer owned.
@@ -574,9 +580,11 @@ impl PartitionedConsumer {
         })
     }
 
-    /// The next record or ownership change. Ownership changes are delivered first, so no record of
-    /// a newly assigned partition is seen before its `Assigned`. Consumer errors (a broker outage)
-    /// are logged and waited out. Cancel-safe.
+    /// The next records or ownership change. Ownership changes are delivered first, so no record
+    /// of a newly assigned partition is seen before its `Assigned`. Once a record has come, the
+    /// records already fetched behind it come with it, without waiting for more. Consumer errors
+    /// (a broker outage) are logged and waited out. Cancel-safe: nothing is awaited once a
+    /// record has been taken.
     pub async fn next(&mut self, store: Option<&Store>) -> Input {
         loop {
             tokio::select! {
@@ -586,7 +594,7 @@ impl PartitionedConsumer {
                     Ok(message) => {
                         let message = message.detach();
                         if self.owned.contains(&message.partition()) {
-                            return Input::Record(message);
+                            return Input::Records(self.fetched_behind(message));
                         }
                     }
                     // librdkafka reconnects by itself; an outage must not stop the service.
@@ -597,6 +605,28 @@ impl PartitionedConsumer {
                 },
             }
         }
+    }
+
+    /// `first` and the records of owned partitions already fetched after it, until none is
+    /// ready, an ownership change is waiting (it must come before any record it concerns), or
+    /// the input is full.
+    fn fetched_behind(&self, first: OwnedMessage) -> Vec<OwnedMessage> {
+        use futures::FutureExt as _;
+        use futures::StreamExt as _;
+        let mut records = vec![first];
+        let mut stream = self.consumer.stream();
+        while records.len() < MAX_RECORDS_PER_INPUT && self.rebalances.is_empty() {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(message))) => {
+                    if self.owned.contains(&message.partition()) {
+                        records.push(message.detach());
+                    }
+                }
+                // An error is met again, and waited out, by the next call.
+                _ => break,
+            }
+        }
+        records
     }
 
     fn on_rebalance(&mut self, change: Rebalanced, store: Option<&Store>) -> Input {
@@ -653,26 +683,32 @@ impl PartitionedConsumer {
         }
     }
 
-    /// Marks the record as applied (its state is durable and its effects acknowledged): the group
-    /// may commit past it. Returns the partition number if this record completed its catch-up.
-    pub fn applied(&mut self, message: &OwnedMessage) -> Option<i32> {
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        self.store_position(topic, partition, offset + 1);
-        if let Some((_, records)) = self.rebuilding.get_mut(&partition) {
-            *records += 1;
-        }
-        let key = (topic.to_string(), partition);
-        match self.targets.get(&key) {
-            Some(target) if offset + 1 >= *target => {
-                self.targets.remove(&key);
-                let done = !self.targets.keys().any(|(_, p)| *p == partition);
-                if done {
-                    self.rebuilt(partition);
-                }
-                done.then_some(partition)
+    /// Marks the records as applied (their state is durable and their effects acknowledged): the
+    /// group may commit past them. Returns the partitions whose catch-up these records completed.
+    pub fn applied(&mut self, messages: &[OwnedMessage]) -> Vec<i32> {
+        let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for message in messages {
+            let next = next_offsets
+                .entry((message.topic(), message.partition()))
+                .or_default();
+            *next = (*next).max(message.offset() + 1);
+            if let Some((_, records)) = self.rebuilding.get_mut(&message.partition()) {
+                *records += 1;
             }
-            _ => None,
         }
+        let mut caught_up = vec![];
+        for ((topic, partition), next) in next_offsets {
+            self.store_position(topic, partition, next);
+            let key = (topic.to_string(), partition);
+            if self.targets.get(&key).is_some_and(|target| next >= *target) {
+                self.targets.remove(&key);
+                if !self.targets.keys().any(|(_, p)| *p == partition) {
+                    self.rebuilt(partition);
+                    caught_up.push(partition);
+                }
+            }
+        }
+        caught_up
     }
 
     fn rebuilt(&mut self, partition: i32) {

@@ -40,16 +40,9 @@ impl Store {
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.db.get(key.as_bytes())? {
+        match self.db.get_pinned(key.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        key: key.to_string(),
-                        reason: e.to_string(),
-                    })
-            }
+            Some(bytes) => decode(key, &bytes).map(Some),
         }
     }
 
@@ -166,23 +159,30 @@ fn collect_prefix<T: DeserializeOwned>(
     for item in items.take(limit) {
         let (key, value) = item?;
         let key = String::from_utf8_lossy(&key).into_owned();
-        let value = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let value = decode(&key, &value)?;
         out.push((key, value));
     }
     Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn offset_key(topic: &str, partition: i32) -> String {
     format!("{OFFSET_PREFIX}{topic}/{partition}")
 }
 
-/// Changes applied atomically by [`Store::write`].
+/// Changes applied atomically by [`Store::write`]. A batch that folds many records reads its own
+/// writes through [`Batch::get`], so a record sees what the records before it in the batch did.
 #[derive(Default)]
 pub struct Batch {
     inner: rocksdb::WriteBatch,
+    /// The value each key will have once written (`None`: deleted).
+    written: std::collections::HashMap<String, Option<Vec<u8>>>,
 }
 
 impl Batch {
@@ -193,11 +193,26 @@ impl Batch {
     pub fn put<T: Serialize>(&mut self, key: &str, value: &T) {
         // Serialising plain data structs to JSON cannot fail.
         let bytes = serde_json::to_vec(value).unwrap_or_default();
-        self.inner.put(key.as_bytes(), bytes);
+        self.inner.put(key.as_bytes(), &bytes);
+        self.written.insert(key.to_string(), Some(bytes));
     }
 
     pub fn delete(&mut self, key: &str) {
         self.inner.delete(key.as_bytes());
+        self.written.insert(key.to_string(), None);
+    }
+
+    /// The value under `key` as it will be once this batch is written to `store`.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        store: &Store,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.written.get(key) {
+            None => store.get(key),
+            Some(None) => Ok(None),
+            Some(Some(bytes)) => decode(key, bytes).map(Some),
+        }
     }
 
     /// Records that the record at `offset` has been applied: reading resumes after it.
@@ -232,6 +247,36 @@ mod tests {
         assert_eq!(rev, vec![("run/b".into(), 2)]);
         assert_eq!(store.next_offset("kairos.runs", 3).unwrap(), Some(42));
         assert_eq!(store.next_offset("kairos.runs", 4).unwrap(), None);
+    }
+
+    /// Given a batch not yet written, when a key is read through it, then the read sees the
+    /// batch's own puts and deletes over what the store holds.
+    #[test]
+    fn a_batch_reads_its_own_writes_over_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut written = Batch::new();
+        written.put("run/a", &1);
+        written.put("run/b", &2);
+        store.write(written).unwrap();
+
+        let mut batch = Batch::new();
+        batch.put("run/a", &10);
+        batch.delete("run/b");
+        batch.put("run/c", &3);
+        let read = |key| batch.get::<i32>(&store, key).unwrap();
+        assert_eq!(
+            [read("run/a"), read("run/b"), read("run/c"), read("run/d")],
+            [Some(10), None, Some(3), None]
+        );
+        assert_eq!(
+            store.get::<i32>("run/a").unwrap(),
+            Some(1),
+            "not written yet"
+        );
+        store.write(batch).unwrap();
+        assert_eq!(store.get::<i32>("run/a").unwrap(), Some(10));
+        assert_eq!(store.get::<i32>("run/b").unwrap(), None);
     }
 
     /// Given the index entries of many finished runs deleted after a live prefix, when the live

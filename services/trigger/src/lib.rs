@@ -15,6 +15,7 @@
 mod index;
 mod metrics_names;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -203,20 +204,26 @@ impl Trigger {
             Input::Revoked(partitions) => partitions
                 .into_iter()
                 .for_each(|p| self.index.drop_partition(p)),
-            Input::Record(message) => {
+            Input::Records(messages) => {
                 let mut batch = Batch::new();
-                if message.topic() == self.topics.jobs() {
-                    self.apply_definition(&message, &mut batch).await?;
-                } else {
-                    self.apply_cursor(&message, &mut batch).await?;
+                let mut touched = BTreeSet::new();
+                for message in &messages {
+                    if message.topic() == self.topics.jobs() {
+                        self.apply_definition(message, &mut batch).await?;
+                    } else {
+                        self.apply_cursor(message, &mut batch).await?;
+                    }
+                    batch.consumed(message.topic(), message.partition(), message.offset());
+                    touched.extend(record_key(message).map(|job| (message.partition(), job)));
                 }
-                batch.consumed(message.topic(), message.partition(), message.offset());
                 self.store.write(batch)?;
-                if let Some(partition) = self.consumer.applied(&message) {
+                let caught_up = self.consumer.applied(&messages);
+                for &partition in &caught_up {
                     self.caught_up(partition)?;
-                } else if self.consumer.is_caught_up(message.partition()) {
-                    if let Some(job) = record_key(&message) {
-                        self.reindex(message.partition(), &job)?;
+                }
+                for (partition, job) in touched {
+                    if self.consumer.is_caught_up(partition) && !caught_up.contains(&partition) {
+                        self.reindex(partition, &job)?;
                     }
                 }
             }
@@ -294,7 +301,7 @@ impl Trigger {
             return Ok(());
         };
         let key = cursor_key(message.partition(), state.job_id.as_str());
-        let current: Option<Cursor> = self.store.get(&key)?;
+        let current: Option<Cursor> = batch.get(&self.store, &key)?;
         if current.is_none_or(|c| c.schedule != state.schedule || c.last_slot < state.last_slot) {
             let cursor = Cursor {
                 last_slot: state.last_slot,

@@ -434,7 +434,11 @@ impl Worker {
                     }
                 }
             }
-            Input::Record(message) => self.take(message).await?,
+            Input::Records(messages) => {
+                for message in messages {
+                    self.take(message).await?;
+                }
+            }
         }
         Ok(())
     }
