@@ -137,3 +137,41 @@ async fn forbid_and_queue_never_run_two_runs_of_a_job_at_once() {
     }
     stop_all(services).await;
 }
+
+/// `allow` means concurrent: with one worker, a run whose task outlasts the job's period runs
+/// beside the next one instead of queueing behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allow_runs_overlapping_runs_side_by_side_on_one_worker() {
+    let stack = Stack::new(3).await;
+    let services = stack.start_pipeline().await;
+    // Every second, a task that takes 2.5 s (`allow` is the default).
+    let job = shell_job("overlapping", "1s", "sleep 2.5");
+    assert_eq!(job.overlap, OverlapPolicy::Allow);
+    stack.apply_job(job).await;
+    let executed = wait_for(
+        "four executions of `overlapping`",
+        Duration::from_secs(60),
+        || async {
+            let executed = executions(&runs_of(&stack.ledger(), "overlapping"));
+            (executed.len() >= 4).then_some(executed)
+        },
+    )
+    .await;
+    stack
+        .produce(&stack.kafka.topics().jobs(), "overlapping", None)
+        .await;
+    // One worker ran them all, each starting within a second of its slot although each ran
+    // 2.5 s: consecutive runs overlapped.
+    for (slot, _, started, _) in &executed {
+        assert!(
+            (*started - *slot).num_milliseconds() < 1000,
+            "a run of {slot} started at {started}, queued behind the one before: {executed:?}"
+        );
+    }
+    let overlapping = executed
+        .windows(2)
+        .filter(|pair| pair[1].2 < pair[0].3)
+        .count();
+    assert!(overlapping >= 3, "runs did not overlap: {executed:?}");
+    stop_all(services).await;
+}

@@ -233,6 +233,7 @@ pub fn next_step(
             // by hand, as soon as it arrives.
             start_at: (run.trigger == TriggerKind::Schedule && run.attempt <= 1).then_some(starts),
             shard: None,
+            concurrent_runs: definition.overlap == OverlapPolicy::Allow,
         };
         if definition.shards <= 1 {
             return Step::Dispatch(vec![task]);

@@ -25,6 +25,10 @@ pub struct TaskAssigned {
     pub start_at: Option<Timestamp>,
     /// For a sharded job: the one shard this task runs.
     pub shard: Option<ShardAssignment>,
+    /// The job's runs may run side by side (`overlap: allow`): the worker does not make this run
+    /// wait for the job's earlier runs. Under the other policies runs take turns on the worker
+    /// too, so that a replaced run's process is gone before its successor starts.
+    pub concurrent_runs: bool,
 }
 
 /// One shard of a sharded run, as its task carries it to the worker.

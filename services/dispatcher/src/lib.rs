@@ -34,7 +34,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
-use kairos_runtime::ledger::LedgerRecord;
+use kairos_runtime::ledger::{LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::{Liveness, Registry};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
@@ -798,9 +798,17 @@ impl Dispatcher {
             }
         }
         let producer = self.producer.clone();
+        let ledger = self.topics.runs();
         self.sends.spawn(async move {
-            for record in records {
-                producer
+            // A task names where its dispatch is on the ledger, for a worker it is redelivered to.
+            let mut dispatched_at = None;
+            for mut record in records {
+                if let (false, Some(offset)) = (record.topic == ledger, dispatched_at) {
+                    record
+                        .headers
+                        .push((DISPATCHED_AT_HEADER, format!("{offset}")));
+                }
+                let delivered = producer
                     .send_with_headers(
                         &record.topic,
                         &record.key,
@@ -808,6 +816,9 @@ impl Dispatcher {
                         &record.headers,
                     )
                     .await?;
+                if record.topic == ledger {
+                    dispatched_at = Some(delivered.offset);
+                }
             }
             Ok(())
         });

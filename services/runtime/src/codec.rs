@@ -48,6 +48,7 @@ const JOB_DEFINITION_V1_AVSC: &str =
 const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_event.v1.avsc");
 const RUN_EVENT_V2_AVSC: &str = include_str!("../../../schemas/released/run_event.v2.avsc");
 const TASK_ASSIGNED_V1_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v1.avsc");
+const TASK_ASSIGNED_V2_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v2.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +180,11 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
             RUN_EVENT_AVSC,
             &[RUN_EVENT_V2_AVSC, RUN_EVENT_V1_AVSC],
         ),
-        task_assigned: evolved("TaskAssigned", TASK_ASSIGNED_AVSC, &[TASK_ASSIGNED_V1_AVSC]),
+        task_assigned: evolved(
+            "TaskAssigned",
+            TASK_ASSIGNED_AVSC,
+            &[TASK_ASSIGNED_V2_AVSC, TASK_ASSIGNED_V1_AVSC],
+        ),
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
         control: contract("ControlCommand", CONTROL_AVSC),
@@ -1172,6 +1177,7 @@ pub fn encode_task(task: &TaskAssigned) -> Result<Vec<u8>, CodecError> {
                     ])
                 }),
             ),
+            ("concurrent_runs", Value::Boolean(task.concurrent_runs)),
         ]),
     )
 }
@@ -1201,6 +1207,7 @@ pub fn decode_task(bytes: &[u8]) -> Result<TaskAssigned, CodecError> {
                 })
             })
             .transpose()?,
+        concurrent_runs: matches!(f.get("concurrent_runs"), Some(Value::Boolean(true))),
     })
 }
 
@@ -1930,6 +1937,7 @@ mod tests {
             assigned_at: t(3),
             start_at: Some(t(4)),
             shard: None,
+            concurrent_runs: true,
         };
         assert_eq!(decode_task(&encode_task(&task).unwrap()).unwrap(), task);
         let shard = TaskAssigned {
@@ -2134,7 +2142,8 @@ mod tests {
                 "job, earlier writer {version}"
             );
         }
-        // A v1 task (no start time) is started at once.
+        // A v2 task runs after the job's earlier runs; a v1 task (no start time) also starts at
+        // once.
         let task = TaskAssigned {
             job_id: job_id.clone(),
             run_id: skipped.run_id,
@@ -2147,13 +2156,23 @@ mod tests {
             assigned_at: t(1),
             start_at: Some(t(2)),
             shard: None,
+            concurrent_runs: true,
         };
-        assert_eq!(CONTRACTS.task_assigned.earlier.len(), 3);
-        let v1 = written_with_earlier(&CONTRACTS.task_assigned, 2, &encode_task(&task).unwrap());
+        assert_eq!(CONTRACTS.task_assigned.earlier.len(), 5);
+        let v2 = written_with_earlier(&CONTRACTS.task_assigned, 2, &encode_task(&task).unwrap());
+        assert_eq!(
+            decode_task(&v2).unwrap(),
+            TaskAssigned {
+                concurrent_runs: false,
+                ..task.clone()
+            }
+        );
+        let v1 = written_with_earlier(&CONTRACTS.task_assigned, 4, &encode_task(&task).unwrap());
         assert_eq!(
             decode_task(&v1).unwrap(),
             TaskAssigned {
                 start_at: None,
+                concurrent_runs: false,
                 ..task
             }
         );

@@ -669,7 +669,7 @@ impl PartitionedConsumer {
     ///
     /// # Panics
     /// On a current-thread tokio runtime; every Kairos service runs on the multi-thread one.
-    fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
         let result = tokio::task::block_in_place(|| {
             self.consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))

@@ -410,6 +410,7 @@ mod tests {
             shard: None,
             assigned_at: now,
             start_at: None,
+            concurrent_runs: false,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! It consumes `tasks.<pool>` in the pool's consumer group. Tasks of different jobs run
 //! concurrently (up to `--max-concurrent`), tasks of one job run one after another in offset order
-//! (for a sharded job, the tasks of one shard).
+//! (for a sharded job, the tasks of one shard), except that runs of a job with `overlap: allow`
+//! run side by side.
 //! For each attempt it appends `RunStarted`, runs the task, and appends the outcome; a task's offset
 //! becomes committable only after its outcome is acknowledged by the broker, and a partition's
 //! committed offset never passes its lowest unfinished task. A crash therefore re-delivers
@@ -29,7 +30,7 @@ mod tracker;
 
 pub use handlers::{Handlers, TaskContext};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer,
 };
-use kairos_runtime::ledger::LedgerRecord;
+use kairos_runtime::ledger::{self, AttemptKey, LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
@@ -127,6 +128,26 @@ impl Config {
     }
 }
 
+/// How long a worker may take to read the ledger's tail for the tasks redelivered to it.
+const LEDGER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ledger offset of the task's dispatch, from its header.
+fn dispatched_at(message: &OwnedMessage) -> Option<i64> {
+    use rdkafka::message::Headers as _;
+    let header = message
+        .headers()?
+        .iter()
+        .find(|h| h.key == DISPATCHED_AT_HEADER)?;
+    std::str::from_utf8(header.value?).ok()?.parse().ok()
+}
+
+/// Whether the ledger records the task's attempt (or its shard of it) as over.
+fn is_over(over: &HashSet<AttemptKey>, task: &TaskAssigned) -> bool {
+    let shard = task.shard.as_ref().map(|s| s.index);
+    over.contains(&(task.run_id, task.attempt, shard))
+        || over.contains(&(task.run_id, task.attempt, None))
+}
+
 /// The default of `--report-start-after`.
 pub const DEFAULT_REPORT_START_AFTER: Duration = Duration::from_secs(1);
 
@@ -140,12 +161,24 @@ struct Pending {
     task: TaskAssigned,
 }
 
-/// Tasks that run one after another: a job's, or for a sharded job one shard's (the shards of a
-/// run run side by side).
-type Lane = (JobId, Option<u32>);
+/// Tasks that run one after another, in offset order: a job's runs take turns, unless the job lets
+/// them overlap (`overlap: allow`), when each run has a lane of its own; a sharded job's shards
+/// each have theirs. A run's own attempts always share one (a retry is dispatched only once the
+/// attempt before it is over).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Lane {
+    job_id: JobId,
+    /// Set when the job's runs may run side by side.
+    run_id: Option<RunId>,
+    shard: Option<u32>,
+}
 
 fn lane(task: &TaskAssigned) -> Lane {
-    (task.job_id.clone(), task.shard.as_ref().map(|s| s.index))
+    Lane {
+        job_id: task.job_id.clone(),
+        run_id: task.concurrent_runs.then_some(task.run_id),
+        shard: task.shard.as_ref().map(|s| s.index),
+    }
 }
 
 /// The attempt a lane has taken off its queue: held until its start, waiting for a place, or
@@ -298,6 +331,8 @@ pub async fn run_with_handlers(
         hand_back: CancellationToken::new(),
         drain_timeout: config.drain_timeout,
         health: parts.health,
+        kafka: config.kafka.clone(),
+        redelivered_below: HashMap::new(),
     };
     let result = worker.run(parts.shutdown).await;
     parts
@@ -340,6 +375,10 @@ struct Worker {
     hand_back: CancellationToken,
     drain_timeout: Duration,
     health: Arc<Health>,
+    kafka: KafkaArgs,
+    /// Per partition assigned to this worker, the end of its task topic at the assignment: a
+    /// task before it may have been run already by the partition's last owner.
+    redelivered_below: HashMap<i32, i64>,
 }
 
 impl Worker {
@@ -414,12 +453,18 @@ impl Worker {
 
     async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
         match input {
-            Input::Assigned(_) => {}
+            Input::Assigned(partitions) => {
+                for partition in partitions {
+                    let end = self.consumer.high_watermark(&self.input, partition);
+                    self.redelivered_below.insert(partition, end);
+                }
+            }
             Input::Revoked(partitions) => {
                 // Running attempts finish and report; their offsets belong to the new owner now.
                 let released = self.release_held(|p| partitions.contains(&p));
                 for partition in partitions {
                     self.tracker.forget(partition);
+                    self.redelivered_below.remove(&partition);
                     for queue in self.queues.values_mut() {
                         if let Some(running) = queue.pop_front() {
                             queue.retain(|p| p.partition != partition);
@@ -435,8 +480,9 @@ impl Worker {
                 }
             }
             Input::Records(messages) => {
+                let over = self.attempts_over(&messages).await;
                 for message in messages {
-                    self.take(message).await?;
+                    self.take(message, &over).await?;
                 }
             }
         }
@@ -449,13 +495,22 @@ impl Worker {
         offset = message.offset(),
         job_id = kairos_runtime::record_key(&message).unwrap_or_default(),
     ))]
-    async fn take(&mut self, message: OwnedMessage) -> anyhow::Result<()> {
+    async fn take(
+        &mut self,
+        message: OwnedMessage,
+        over: &HashSet<AttemptKey>,
+    ) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
         self.tracker.started(partition, offset);
         let rejection = match message.payload().map(codec::decode_task) {
             Some(Ok(task)) if self.is_fenced(&task) => {
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a stopped attempt.");
-                self.commit_up_to(partition, offset);
+                self.skip(partition, offset, "stopped");
+                return Ok(());
+            }
+            Some(Ok(task)) if is_over(over, &task) => {
+                tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a redelivered attempt the ledger records as over.");
+                self.skip(partition, offset, "already_over");
                 return Ok(());
             }
             Some(Ok(task)) if task.pool == self.pool => {
@@ -507,6 +562,49 @@ impl Worker {
     /// Hands back the attempts of the partitions `on` selects that are still held for their
     /// start: they never start here, and the partition's next owner gets them again from the
     /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
+    /// Leaves a task unrun: committable once every earlier task of the partition is done.
+    fn skip(&mut self, partition: i32, offset: i64, reason: &'static str) {
+        metrics::counter!(m::SKIPPED, "pool" => self.pool.clone(), "reason" => reason).increment(1);
+        self.commit_up_to(partition, offset);
+    }
+
+    /// The attempts already over among the tasks of `messages` redelivered to this worker (read
+    /// from before the end their partition had when it was assigned here): the ledger's tail
+    /// from each partition's earliest such dispatch, and no more. A task dispatched without its
+    /// dispatch's position (by an older dispatcher), or a ledger that cannot be read, is run
+    /// again, as before: at least once.
+    async fn attempts_over(&mut self, messages: &[OwnedMessage]) -> HashSet<AttemptKey> {
+        let mut from: BTreeMap<i32, i64> = BTreeMap::new();
+        for message in messages {
+            let partition = message.partition();
+            let Some(end) = self.redelivered_below.get(&partition).copied() else {
+                continue;
+            };
+            if message.offset() + 1 >= end {
+                self.redelivered_below.remove(&partition);
+            }
+            if message.offset() >= end {
+                continue;
+            }
+            if let Some(dispatched_at) = dispatched_at(message) {
+                let earliest = from.entry(partition).or_insert(dispatched_at);
+                *earliest = (*earliest).min(dispatched_at);
+            }
+        }
+        let mut over = HashSet::new();
+        for (partition, dispatched_at) in from {
+            match ledger::attempts_over(&self.kafka, partition, dispatched_at, LEDGER_READ_TIMEOUT)
+                .await
+            {
+                Ok(found) => over.extend(found),
+                Err(error) => {
+                    tracing::warn!(%error, partition, "Reading the ledger for redelivered tasks failed; they run again.");
+                }
+            }
+        }
+        over
+    }
+
     fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
         let released: Vec<Lane> = self
             .running
@@ -592,7 +690,7 @@ impl Worker {
         let lanes = self
             .queues
             .iter_mut()
-            .filter(|((job_id, _), _)| *job_id == request.job_id);
+            .filter(|(lane, _)| lane.job_id == request.job_id);
         for (_, queue) in lanes {
             dropped.extend(
                 queue

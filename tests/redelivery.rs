@@ -1,0 +1,113 @@
+//! A finished attempt is never executed again. A worker that dies before its group has committed
+//! the tasks it finished leaves them to be redelivered to the partition's next owner; that worker
+//! reads the ledger from the tasks' dispatch on, sees their attempts are over, and skips them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kairos_core::run::RunEventKind;
+use kairos_tests::{
+    events_of, metric_value, scrape, shell_job, stop_all, wait_caught_up, wait_for, Stack,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
+    let stack = Stack::new(2).await;
+    let services = vec![
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.aggregator("aggregator"),
+    ];
+    wait_caught_up(&services).await;
+    // A worker that never commits what it has done (its group commits an hour from now), as one
+    // killed in the second after finishing its tasks would leave them.
+    let (first, _) = stack.service_process(
+        "first",
+        "kairos-worker",
+        &[
+            "--worker-id=first",
+            "--heartbeat-interval=300ms",
+            "-X",
+            "auto.commit.interval.ms=3600000",
+        ],
+    );
+    let effects = stack.data_dir("effects");
+    let script = format!(
+        "echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}",
+        effects.display()
+    );
+    stack.apply_job(shell_job("side", "1s", &script)).await;
+    wait_for(
+        "four runs of `side` to succeed",
+        Duration::from_secs(60),
+        || async {
+            let succeeded = events_of(&stack.ledger(), "side")
+                .iter()
+                .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+                .count();
+            (succeeded >= 4).then_some(())
+        },
+    )
+    .await;
+    // No more runs; the ones fired ahead are cancelled. Then every run is over.
+    stack
+        .produce(&stack.kafka.topics().jobs(), "side", None)
+        .await;
+    let over = |kind: &RunEventKind| {
+        matches!(
+            kind,
+            RunEventKind::RunSucceeded { .. }
+                | RunEventKind::RunCancelled { .. }
+                | RunEventKind::RunSkipped { .. }
+        )
+    };
+    let runs = wait_for(
+        "every run of `side` to be over",
+        Duration::from_secs(60),
+        || async {
+            let ledger = stack.ledger();
+            let mut runs: BTreeMap<_, bool> = BTreeMap::new();
+            for event in events_of(&ledger, "side") {
+                *runs.entry(event.run_id).or_default() |= over(&event.kind);
+            }
+            runs.values().all(|over| *over).then_some(runs.len())
+        },
+    )
+    .await;
+    first.kill9().await;
+
+    let second = stack.worker("second");
+    wait_caught_up(std::slice::from_ref(&second)).await;
+    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
+    let count = wait_for(
+        "the second worker to skip the redelivered tasks",
+        Duration::from_secs(60),
+        || async {
+            let metrics = scrape(second.metrics_addr).await;
+            metric_value(&metrics, skipped).filter(|n| *n >= 4.0)
+        },
+    )
+    .await;
+    assert!(count as usize <= runs, "skipped {count} of {runs} runs");
+
+    let lines = std::fs::read_to_string(&effects).expect("the side-effect log");
+    let mut executions: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in lines.lines() {
+        *executions.entry(line).or_default() += 1;
+    }
+    assert!(executions.len() >= 4);
+    assert!(
+        executions.values().all(|n| *n == 1),
+        "an attempt ran twice: {executions:?}"
+    );
+    let by_second = stack
+        .ledger()
+        .into_iter()
+        .filter(|e| {
+            matches!(&e.kind, RunEventKind::RunStarted { worker_id, .. }
+                | RunEventKind::RunSucceeded { worker_id, .. } if worker_id == "second")
+        })
+        .count();
+    assert_eq!(by_second, 0, "the second worker ran a finished attempt");
+    stop_all(services.into_iter().chain([second])).await;
+}
