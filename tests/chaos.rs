@@ -9,6 +9,7 @@ use kairos_tests::chaos::{self, ChaosConfig};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_services_and_restarting_the_broker_loses_and_duplicates_nothing() {
     let seed = rand::random();
+    println!("chaos seed {seed}");
     let config = ChaosConfig {
         jobs: 6,
         load: Duration::from_secs(40),
@@ -19,7 +20,9 @@ async fn killing_services_and_restarting_the_broker_loses_and_duplicates_nothing
             .unwrap_or_else(|_| "nisshi".into())
             .into(),
     };
-    let report = chaos::run(config).await.expect("the chaos run");
+    let report = chaos::run(config)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: the chaos run failed: {e:#}"));
     println!("{report}");
     assert!(report.passed(), "seed {seed}:\n{report}");
     assert_eq!(report.broker_restarts, 1);

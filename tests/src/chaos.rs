@@ -1,8 +1,13 @@
 //! The fault-injection suite: the four service binaries (two dispatchers, two workers) on a broker
-//! of their own, a steady load of jobs, and `kill -9` of a random service instance again and
-//! again, each restarted after a moment, with one broker restart half-way. Then the ledger is
-//! checked: every due slot has exactly one scheduled run, every run is over, no attempt has two
-//! recorded outcomes; and each stateful service, rebuilt from scratch, has the state it had live.
+//! of their own, a steady load of jobs, and faults drawn from a seed: `kill -9` of a random
+//! service instance, each restarted after a moment; SIGTERM of a worker or a dispatcher, restarted;
+//! a worker stopped (SIGSTOP) past its session and resumed, as a network partition would cut it
+//! off; a third worker or dispatcher joining and later leaving; and one broker restart half-way.
+//! Then the ledger is checked: every due slot has exactly one scheduled run, every run is over, no
+//! attempt has two recorded outcomes; the side effects are checked: each task appends a line to a
+//! log when it starts and when it ends, and every due slot must have executed, none outside the
+//! schedule, with each repeated execution put down to its cause; and each stateful service,
+//! rebuilt from scratch, has the state it had live.
 //!
 //! `scripts/chaos.sh` runs a long form with `kairos-chaos`; the test suite runs a short one.
 
@@ -49,17 +54,37 @@ pub struct ChaosReport {
     pub max_recovery_ms: u128,
     pub recoveries_ms: Vec<(String, u128)>,
     pub ledger: LedgerCheck,
+    pub effects: EffectsCheck,
+    /// Graceful faults: SIGTERMs, partitions (SIGSTOP past the session), joins and leaves.
+    pub graceful: BTreeMap<String, usize>,
     /// Service name and, when its rebuilt state differs from its live one, how.
     pub rebuilds: Vec<(String, Option<String>)>,
     pub elapsed_secs: u64,
     /// When each fault happened, to line lost work up with its cause.
     pub timeline: Vec<(String, Timestamp)>,
+    /// Why the run could not finish (the harness failed or panicked), if it could not.
+    pub error: Option<String>,
 }
 
 impl ChaosReport {
-    /// Whether nothing was lost, duplicated or left unfinished, and every rebuild matched.
+    /// Whether nothing was lost, duplicated or left unfinished, every due slot executed and none
+    /// outside the schedule, and every rebuild matched.
     pub fn passed(&self) -> bool {
-        self.ledger.passed() && self.rebuilds.iter().all(|(_, diff)| diff.is_none())
+        self.error.is_none()
+            && self.ledger.passed()
+            && self.effects.passed()
+            && self.rebuilds.iter().all(|(_, diff)| diff.is_none())
+    }
+}
+
+impl ChaosReport {
+    /// The report of a run that could not finish.
+    pub fn failed(seed: u64, error: String) -> Self {
+        ChaosReport {
+            seed,
+            error: Some(error),
+            ..ChaosReport::default()
+        }
     }
 }
 
@@ -71,10 +96,13 @@ impl std::fmt::Display for ChaosReport {
             "chaos: seed {}, {} jobs, {} s of load, {} s in all",
             self.seed, self.jobs, self.load_secs, self.elapsed_secs
         )?;
+        if let Some(error) = &self.error {
+            writeln!(f, "  the run could not finish: {error}")?;
+        }
         writeln!(
             f,
-            "  cycles {}, kills {:?}, broker restarts {}",
-            self.cycles, self.kills, self.broker_restarts
+            "  cycles {}, kills {:?}, graceful faults {:?}, broker restarts {}",
+            self.cycles, self.kills, self.graceful, self.broker_restarts
         )?;
         writeln!(
             f,
@@ -110,6 +138,23 @@ impl std::fmt::Display for ChaosReport {
             "  outcomes recorded without effect {:?}",
             l.unaccepted_outcomes
         )?;
+        let e = &self.effects;
+        writeln!(
+            f,
+            "  side effects: executions {}, due slots not executed {}, executions outside the schedule {}, slots executed more than once {}",
+            e.executions,
+            e.slots_not_executed.len(),
+            e.outside_schedule,
+            e.slots_executed_more_than_once
+        )?;
+        writeln!(
+            f,
+            "  repeated executions by cause: attempt retried after one lost or timed out {}, attempt re-run after it was cut off running {}, after it finished but before its outcome was recorded {}, after its outcome was recorded {}",
+            e.retried_after_lost, e.reruns_cut_off, e.reruns_after_finish, e.reruns_after_outcome.len()
+        )?;
+        for (run, attempt) in e.reruns_after_outcome.iter().take(10) {
+            writeln!(f, "  re-run after its outcome: {run} attempt {attempt}")?;
+        }
         let named = [
             ("lost", &l.missing_slots),
             ("unexpected", &l.unexpected_slots),
@@ -170,6 +215,150 @@ impl LedgerCheck {
             && self.unfinished.is_empty()
             && self.attempts_with_two_outcomes.is_empty()
     }
+}
+
+/// What the tasks' side-effect log says: how often each due slot's task actually ran.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EffectsCheck {
+    /// Task executions (start lines).
+    pub executions: usize,
+    /// Due slots whose task never started.
+    pub slots_not_executed: Vec<(String, Timestamp)>,
+    /// Executions of runs that are no due slot's.
+    pub outside_schedule: usize,
+    pub slots_executed_more_than_once: usize,
+    /// Repeated executions, each put down to one cause: a new attempt after the one before was
+    /// recorded as lost or timed out (it was running when its worker died, or was cut off) ...
+    pub retried_after_lost: usize,
+    /// ... the same attempt again, the first execution having no end line (cut off while running)
+    pub reruns_cut_off: usize,
+    /// ... the same attempt again after it had ended, its outcome not yet on the ledger when the
+    /// re-run began (its worker died or lost the partition in between) ...
+    pub reruns_after_finish: usize,
+    /// ... and the same attempt again although the ledger already had its outcome: what the
+    /// worker's ledger check is there to prevent.
+    pub reruns_after_outcome: Vec<(RunId, u32)>,
+}
+
+impl EffectsCheck {
+    pub fn passed(&self) -> bool {
+        self.executions > 0 && self.slots_not_executed.is_empty() && self.outside_schedule == 0
+    }
+}
+
+/// The shell script of a chaos task: a line in `log` as it starts, `sleep`, and a line as it ends,
+/// each with the run, the attempt and the time in nanoseconds.
+fn effect_script(log: &std::path::Path, sleep: &str) -> String {
+    let line = |what: &str| {
+        format!(
+            "echo \"{what} $KAIROS_RUN_ID $KAIROS_ATTEMPT $(date +%s%N)\" >> '{}'",
+            log.display()
+        )
+    };
+    format!("{}; sleep {sleep}; {}", line("start"), line("end"))
+}
+
+/// Checks the side-effect log against the due slots and the ledger.
+pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> EffectsCheck {
+    let mut check = EffectsCheck::default();
+    let due: BTreeMap<RunId, (String, Timestamp)> = jobs
+        .iter()
+        .flat_map(|job| {
+            let from = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
+            job.slots_after(from).map(move |slot| {
+                let run = RunId::derive(&job.id, slot.at, TriggerKind::Schedule);
+                (run, (job.id.to_string(), slot.at))
+            })
+        })
+        .collect();
+    // When the ledger first had each attempt's outcome (the fold's first accepted one), and
+    // which attempts ended lost or timed out.
+    let mut states: BTreeMap<RunId, RunState> = BTreeMap::new();
+    let mut outcome_at: BTreeMap<(RunId, u32), Timestamp> = BTreeMap::new();
+    let mut given_up: BTreeSet<(RunId, u32)> = BTreeSet::new();
+    for event in ledger {
+        let Ok(next) = apply(states.get(&event.run_id), event) else {
+            continue;
+        };
+        if let Some(attempt) = event.kind.attempt() {
+            if next.status.is_outcome() && event.shard.is_none() {
+                outcome_at
+                    .entry((event.run_id, attempt))
+                    .or_insert(event.at);
+            }
+            if matches!(
+                event.kind,
+                RunEventKind::RunLost { .. } | RunEventKind::RunTimedOut { .. }
+            ) {
+                given_up.insert((event.run_id, attempt));
+            }
+        }
+        states.insert(event.run_id, next);
+    }
+    // Per run and attempt, its executions in time order: (start, end).
+    let mut runs: BTreeMap<RunId, BTreeMap<u32, Vec<(i64, Option<i64>)>>> = BTreeMap::new();
+    for line in log.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [what, run, attempt, nanos] = fields[..] else {
+            continue;
+        };
+        let (Some(run), Ok(attempt), Ok(nanos)) = (
+            RunId::parse(run),
+            attempt.parse::<u32>(),
+            nanos.parse::<i64>(),
+        ) else {
+            continue;
+        };
+        let executions = runs.entry(run).or_default().entry(attempt).or_default();
+        match what {
+            "start" => executions.push((nanos, None)),
+            // The end of the last execution of the attempt that started before it.
+            _ => {
+                if let Some(open) = executions
+                    .iter_mut()
+                    .rev()
+                    .find(|(start, end)| end.is_none() && *start <= nanos)
+                {
+                    open.1 = Some(nanos);
+                }
+            }
+        }
+    }
+    for (run, attempts) in &runs {
+        let executions: usize = attempts.values().map(Vec::len).sum();
+        check.executions += executions;
+        if !due.contains_key(run) {
+            check.outside_schedule += executions;
+            continue;
+        }
+        if executions > 1 {
+            check.slots_executed_more_than_once += 1;
+        }
+        for (attempt, runs_of_attempt) in attempts {
+            if *attempt > 1 && given_up.contains(&(*run, attempt - 1)) {
+                check.retried_after_lost += 1;
+            }
+            for pair in runs_of_attempt.windows(2) {
+                let (first, again) = (pair[0], pair[1]);
+                let outcome = outcome_at
+                    .get(&(*run, *attempt))
+                    .map(|at| at.timestamp_nanos_opt().unwrap_or(i64::MAX));
+                if outcome.is_some_and(|at| at < again.0) {
+                    check.reruns_after_outcome.push((*run, *attempt));
+                } else if first.1.is_some() {
+                    check.reruns_after_finish += 1;
+                } else {
+                    check.reruns_cut_off += 1;
+                }
+            }
+        }
+    }
+    check.slots_not_executed = due
+        .iter()
+        .filter(|(run, _)| !runs.contains_key(run))
+        .map(|(_, slot)| slot.clone())
+        .collect();
+    check
 }
 
 /// Checks a ledger (in per-partition order) against the scheduled jobs' definitions.
@@ -269,7 +458,12 @@ pub fn check_ledger(ledger: &[RunEvent], jobs: &[JobDefinition]) -> LedgerCheck 
 
 /// The jobs of the load: every second from `start` to `end`, a short shell task, caught up after
 /// any outage, retried generously so that lost attempts end in success.
-fn load_jobs(count: usize, start: Timestamp, end: Timestamp) -> Vec<JobDefinition> {
+fn load_jobs(
+    count: usize,
+    start: Timestamp,
+    end: Timestamp,
+    effects: &std::path::Path,
+) -> Vec<JobDefinition> {
     (0..count)
         .map(|n| {
             let spec = JobSpec {
@@ -282,7 +476,11 @@ fn load_jobs(count: usize, start: Timestamp, end: Timestamp) -> Vec<JobDefinitio
                 more_schedules: vec![],
                 calendars: vec![],
                 task: TaskSpec::Shell(ShellTask {
-                    command: vec!["sh".into(), "-c".into(), format!("sleep 0.{}", n % 5)],
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        effect_script(effects, &format!("0.{}", n % 5)),
+                    ],
                     env: BTreeMap::new(),
                     working_dir: None,
                 }),
@@ -374,12 +572,35 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     for instance in &fleet {
         instance.wait_caught_up(Duration::from_secs(60)).await;
     }
+    // Instances that join the fleet for a while and leave it gracefully.
+    let mut joiners = [
+        Instance::new(
+            &stack,
+            "worker-c",
+            "kairos-worker",
+            &[
+                "--worker-id=worker-c",
+                beat,
+                "--max-concurrent=8",
+                "--drain-timeout=2s",
+            ],
+            false,
+        ),
+        Instance::new(
+            &stack,
+            "dispatcher-c",
+            "kairos-dispatcher",
+            &["--deadline-margin=5s"],
+            true,
+        ),
+    ];
 
     // A job's schedule starts when its definition is written: the first slot must come after.
     let now = chrono::Utc::now();
     let start = kairos_core::from_millis((now.timestamp_millis() / 1000 + 3) * 1000).unwrap_or(now);
     let end = start + chrono::Duration::from_std(config.load)?;
-    let jobs = load_jobs(config.jobs, start, end);
+    let effects = stack.data_dir("effects.log");
+    let jobs = load_jobs(config.jobs, start, end, &effects);
     stack.apply_jobs(&jobs).await;
     anyhow::ensure!(
         chrono::Utc::now() < start,
@@ -416,21 +637,62 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
                 .push(("broker".into(), restarted.elapsed().as_millis()));
             continue;
         }
-        let victim = rng.random_range(0..fleet.len());
-        let instance = &mut fleet[victim];
-        report
-            .timeline
-            .push((format!("kill -9 {}", instance.name), chrono::Utc::now()));
-        instance.kill9().await;
-        *report.kills.entry(instance.name.clone()).or_default() += 1;
-        let down = Duration::from_millis(rng.random_range(0..2000));
-        tokio::time::sleep(down).await;
-        instance.start(&stack);
-        let restarted = Instant::now();
-        instance.wait_caught_up(Duration::from_secs(120)).await;
-        report
-            .recoveries_ms
-            .push((instance.name.clone(), restarted.elapsed().as_millis()));
+        let fault = rng.random_range(0..20);
+        if fault < 10 {
+            let victim = rng.random_range(0..fleet.len());
+            let instance = &mut fleet[victim];
+            report
+                .timeline
+                .push((format!("kill -9 {}", instance.name), chrono::Utc::now()));
+            instance.kill9().await;
+            *report.kills.entry(instance.name.clone()).or_default() += 1;
+            let down = Duration::from_millis(rng.random_range(0..2000));
+            tokio::time::sleep(down).await;
+            instance.start(&stack);
+            let restarted = Instant::now();
+            instance.wait_caught_up(Duration::from_secs(120)).await;
+            report
+                .recoveries_ms
+                .push((instance.name.clone(), restarted.elapsed().as_millis()));
+        } else if fault < 14 {
+            // A rolling restart: a worker or a dispatcher stopped with SIGTERM, started again.
+            let victim = [1, 2, 3, 4][rng.random_range(0..4)];
+            let instance = &mut fleet[victim];
+            let what = format!("SIGTERM {}", instance.name);
+            report.timeline.push((what.clone(), chrono::Utc::now()));
+            instance.stop().await?;
+            *report.graceful.entry(what).or_default() += 1;
+            instance.start(&stack);
+            instance.wait_caught_up(Duration::from_secs(120)).await;
+        } else if fault < 17 {
+            // A worker cut off from the broker past its session (6 s), then back.
+            let victim = [3, 4][rng.random_range(0..2)];
+            let instance = &fleet[victim];
+            let what = format!("SIGSTOP {} for 8 s", instance.name);
+            report.timeline.push((what.clone(), chrono::Utc::now()));
+            instance.signal(nix::sys::signal::Signal::SIGSTOP);
+            // The partition's length is the fault, not a wait for an event.
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            instance.signal(nix::sys::signal::Signal::SIGCONT);
+            *report.graceful.entry(what).or_default() += 1;
+            instance.wait_caught_up(Duration::from_secs(120)).await;
+        } else {
+            // A third worker or dispatcher joins the fleet, or the one that joined leaves it.
+            let joiner = &mut joiners[rng.random_range(0..2)];
+            let what = if joiner.pid().is_some() {
+                joiner.stop().await?;
+                format!("{} leaves", joiner.name)
+            } else {
+                joiner.start(&stack);
+                joiner.wait_caught_up(Duration::from_secs(120)).await;
+                format!("{} joins", joiner.name)
+            };
+            report.timeline.push((what.clone(), chrono::Utc::now()));
+            *report.graceful.entry(what).or_default() += 1;
+        }
+    }
+    for joiner in &mut joiners {
+        joiner.stop().await?;
     }
     report.max_recovery_ms = report
         .recoveries_ms
@@ -442,6 +704,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     // The faults are over: every due slot must come to a run that is over.
     let settled = wait_for_settled(&stack, &jobs, end).await;
     report.ledger = settled;
+    let log = std::fs::read_to_string(&effects).unwrap_or_default();
+    report.effects = check_effects(&log, &stack.ledger(), &jobs);
 
     // Rebuilds: one dispatcher takes every partition first, so that its live state covers them all.
     fleet[2].stop().await?;
@@ -539,9 +803,61 @@ mod tests {
         ]
     }
 
+    /// Given a ledger where every slot ran once, when the side-effect log shows an attempt run
+    /// again after its outcome, one cut off and run again, one run again after it ended but before
+    /// its outcome, and a run outside the schedule, then each is counted under its cause; and a
+    /// slot with no execution is named.
+    #[test]
+    fn side_effects_are_counted_per_slot_and_repeats_by_cause() {
+        let jobs = load_jobs(1, at(0), at(2), std::path::Path::new("/dev/null"));
+        let job = &jobs[0];
+        let ledger: Vec<RunEvent> = (0..=2).flat_map(|s| ran(job, at(s))).collect();
+        let run = |secs| RunId::derive(&job.id, at(secs), TriggerKind::Schedule);
+        let line = |what: &str, secs: i64, ms: i64| {
+            let nanos = (at(secs) + chrono::Duration::milliseconds(ms))
+                .timestamp_nanos_opt()
+                .unwrap();
+            format!("{what} {} 1 {nanos}\n", run(secs))
+        };
+        let slot_2 = [
+            line("start", 2, -900),
+            line("end", 2, -800),
+            line("start", 2, -500),
+            line("end", 2, -400),
+        ]
+        .concat();
+        let rest = [
+            // Slot 0: run again a second after its outcome was recorded.
+            line("start", 0, -500),
+            line("end", 0, -100),
+            line("start", 0, 1000),
+            // Slot 1: cut off while running, run again before any outcome.
+            line("start", 1, -500),
+            line("start", 1, -200),
+            line("end", 1, -100),
+            // A run the schedule does not have.
+            line("start", 9, 0),
+        ]
+        .concat();
+        let check = check_effects(&(rest.clone() + &slot_2), &ledger, &jobs);
+        assert_eq!(check.executions, 7);
+        assert_eq!(check.outside_schedule, 1);
+        assert_eq!(check.slots_executed_more_than_once, 3);
+        assert_eq!(check.reruns_after_outcome, [(run(0), 1)]);
+        assert_eq!((check.reruns_cut_off, check.reruns_after_finish), (1, 1));
+        assert!(check.slots_not_executed.is_empty());
+        assert!(
+            !check.passed(),
+            "an execution outside the schedule fails the run"
+        );
+
+        let check = check_effects(&rest, &ledger, &jobs);
+        assert_eq!(check.slots_not_executed, [(job.id.to_string(), at(2))]);
+    }
+
     #[test]
     fn a_complete_ledger_passes_and_each_defect_is_named() {
-        let jobs = load_jobs(1, at(0), at(2));
+        let jobs = load_jobs(1, at(0), at(2), std::path::Path::new("/dev/null"));
         let job = &jobs[0];
         let mut ledger: Vec<RunEvent> = (0..=2).flat_map(|s| ran(job, at(s))).collect();
         let check = check_ledger(&ledger, &jobs);

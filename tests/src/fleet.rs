@@ -130,6 +130,17 @@ impl Instance {
         self.process.as_ref().and_then(Process::pid)
     }
 
+    /// Sends `signal` to the process while it runs (SIGSTOP and SIGCONT, to cut it off for a
+    /// while as a network partition would).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            if let Err(error) = nix::sys::signal::kill(pid, signal) {
+                tracing::warn!(%error, instance = self.name, ?signal, "Signalling failed.");
+            }
+        }
+    }
+
     pub async fn kill9(&mut self) {
         if let Some(process) = self.process.take() {
             process.kill9().await;

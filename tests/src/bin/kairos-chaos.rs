@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use kairos_tests::chaos::{self, ChaosConfig};
+use kairos_tests::chaos::{self, ChaosConfig, ChaosReport};
 
 #[derive(Parser)]
 #[command(
@@ -42,22 +42,30 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(rand::random);
+    // First, so that any run can be replayed, however it ends.
+    eprintln!("kairos-chaos: seed {seed} (replay with --seed {seed})");
     let config = ChaosConfig {
         jobs: args.jobs,
         load: args.load,
         pause: (args.pause_min, args.pause_max),
         partitions: args.partitions,
-        seed: args.seed.unwrap_or_else(rand::random),
+        seed,
         nisshi: args.nisshi,
     };
-    let report = chaos::run(config).await?;
+    // A failure of the harness itself, even a panic, is a report too.
+    let report = match tokio::spawn(chaos::run(config)).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => ChaosReport::failed(seed, format!("{error:#}")),
+        Err(joined) => ChaosReport::failed(seed, format!("the harness panicked: {joined}")),
+    };
     println!("{report}");
     if let Some(path) = args.report {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     }
     anyhow::ensure!(
         report.passed(),
-        "the chaos run found lost, duplicated or unfinished work"
+        "the chaos run found lost, duplicated or unfinished work (seed {seed})"
     );
     Ok(())
 }
