@@ -152,8 +152,14 @@ impl std::fmt::Display for ChaosReport {
             "  repeated executions by cause: attempt retried after one lost or timed out {}, attempt re-run after it was cut off running {}, after it finished but before its outcome was recorded {}, after its outcome was recorded {}",
             e.retried_after_lost, e.reruns_cut_off, e.reruns_after_finish, e.reruns_after_outcome.len()
         )?;
-        for (run, attempt) in e.reruns_after_outcome.iter().take(10) {
-            writeln!(f, "  re-run after its outcome: {run} attempt {attempt}")?;
+        for r in e.reruns_after_outcome.iter().take(20) {
+            let ended = r.first_ended.map_or("never".to_string(), |t| t.to_string());
+            let outcome = r.outcome_at.map_or("none".to_string(), |t| t.to_string());
+            writeln!(
+                f,
+                "  re-run after its outcome: {} attempt {}: started {}, ended {ended}, outcome {outcome}, started again {}",
+                r.run_id, r.attempt, r.first_started, r.started_again
+            )?;
         }
         let named = [
             ("lost", &l.missing_slots),
@@ -237,7 +243,19 @@ pub struct EffectsCheck {
     pub reruns_after_finish: usize,
     /// ... and the same attempt again although the ledger already had its outcome: what the
     /// worker's ledger check is there to prevent.
-    pub reruns_after_outcome: Vec<(RunId, u32)>,
+    pub reruns_after_outcome: Vec<Rerun>,
+}
+
+/// An attempt executed again: when it first started and ended, when the ledger had its outcome,
+/// and when it started again.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Rerun {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub first_started: Timestamp,
+    pub first_ended: Option<Timestamp>,
+    pub outcome_at: Option<Timestamp>,
+    pub started_again: Timestamp,
 }
 
 impl EffectsCheck {
@@ -257,6 +275,13 @@ fn effect_script(log: &std::path::Path, sleep: &str) -> String {
     };
     format!("{}; sleep {sleep}; {}", line("start"), line("end"))
 }
+
+fn from_nanos(nanos: i64) -> Timestamp {
+    chrono::DateTime::from_timestamp_nanos(nanos)
+}
+
+/// The executions of one attempt, in time order: start and (if it ended) end, in nanoseconds.
+type Executions = Vec<(i64, Option<i64>)>;
 
 /// Checks the side-effect log against the due slots and the ledger.
 pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> EffectsCheck {
@@ -295,8 +320,8 @@ pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> 
         }
         states.insert(event.run_id, next);
     }
-    // Per run and attempt, its executions in time order: (start, end).
-    let mut runs: BTreeMap<RunId, BTreeMap<u32, Vec<(i64, Option<i64>)>>> = BTreeMap::new();
+    // Per run and attempt, its executions in time order.
+    let mut runs: BTreeMap<RunId, BTreeMap<u32, Executions>> = BTreeMap::new();
     for line in log.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [what, run, attempt, nanos] = fields[..] else {
@@ -344,7 +369,14 @@ pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> 
                     .get(&(*run, *attempt))
                     .map(|at| at.timestamp_nanos_opt().unwrap_or(i64::MAX));
                 if outcome.is_some_and(|at| at < again.0) {
-                    check.reruns_after_outcome.push((*run, *attempt));
+                    check.reruns_after_outcome.push(Rerun {
+                        run_id: *run,
+                        attempt: *attempt,
+                        first_started: from_nanos(first.0),
+                        first_ended: first.1.map(from_nanos),
+                        outcome_at: outcome_at.get(&(*run, *attempt)).copied(),
+                        started_again: from_nanos(again.0),
+                    });
                 } else if first.1.is_some() {
                     check.reruns_after_finish += 1;
                 } else {
@@ -843,7 +875,10 @@ mod tests {
         assert_eq!(check.executions, 7);
         assert_eq!(check.outside_schedule, 1);
         assert_eq!(check.slots_executed_more_than_once, 3);
-        assert_eq!(check.reruns_after_outcome, [(run(0), 1)]);
+        let rerun = &check.reruns_after_outcome[..];
+        assert_eq!(rerun.len(), 1);
+        assert_eq!((rerun[0].run_id, rerun[0].attempt), (run(0), 1));
+        assert_eq!(rerun[0].outcome_at, Some(at(0)));
         assert_eq!((check.reruns_cut_off, check.reruns_after_finish), (1, 1));
         assert!(check.slots_not_executed.is_empty());
         assert!(

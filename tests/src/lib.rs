@@ -126,10 +126,21 @@ impl Stack {
         apply_topics(&kafka, &set)
             .await
             .expect("creating the test topics");
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        // KAIROS_TEST_KEEP_DIRS=1 keeps the stores, side-effect logs and process logs of every
+        // stack after the test, to look into a failure.
+        if std::env::var_os("KAIROS_TEST_KEEP_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!(
+                "stack {} kept in {}",
+                kafka.topic_prefix,
+                dir.path().display()
+            );
+        }
         Stack {
             kafka,
             partitions,
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
         }
     }
 

@@ -141,11 +141,18 @@ fn dispatched_at(message: &OwnedMessage) -> Option<i64> {
     std::str::from_utf8(header.value?).ok()?.parse().ok()
 }
 
+/// The task's attempt (and shard) as the ledger's outcome events name it.
+fn attempt_key(task: &TaskAssigned) -> AttemptKey {
+    (
+        task.run_id,
+        task.attempt,
+        task.shard.as_ref().map(|s| s.index),
+    )
+}
+
 /// Whether the ledger records the task's attempt (or its shard of it) as over.
 fn is_over(over: &HashSet<AttemptKey>, task: &TaskAssigned) -> bool {
-    let shard = task.shard.as_ref().map(|s| s.index);
-    over.contains(&(task.run_id, task.attempt, shard))
-        || over.contains(&(task.run_id, task.attempt, None))
+    over.contains(&attempt_key(task)) || over.contains(&(task.run_id, task.attempt, None))
 }
 
 /// The default of `--report-start-after`.
@@ -159,6 +166,8 @@ struct Pending {
     partition: i32,
     offset: i64,
     task: TaskAssigned,
+    /// The ledger offset of the task's dispatch, from its header.
+    dispatched_at: Option<i64>,
 }
 
 /// Tasks that run one after another, in offset order: a job's runs take turns, unless the job lets
@@ -240,6 +249,7 @@ struct Finished {
     partition: i32,
     offset: i64,
     lane: Lane,
+    attempt: AttemptKey,
 }
 
 /// Runs the worker, with the built-in task types only, until `shutdown` resolves.
@@ -333,6 +343,7 @@ pub async fn run_with_handlers(
         health: parts.health,
         kafka: config.kafka.clone(),
         redelivered_below: HashMap::new(),
+        finished_here: HashMap::new(),
     };
     let result = worker.run(parts.shutdown).await;
     parts
@@ -379,17 +390,25 @@ struct Worker {
     /// Per partition assigned to this worker, the end of its task topic at the assignment: a
     /// task before it may have been run already by the partition's last owner.
     redelivered_below: HashMap<i32, i64>,
+    /// Attempts this worker has run and reported lately, and when: a copy redelivered here (the
+    /// partition left and came back while the attempt ran) is not run again.
+    finished_here: HashMap<AttemptKey, Instant>,
 }
 
 impl Worker {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut beat = tokio::time::interval(self.heartbeat_interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_beat = Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.drain().await,
-                _ = beat.tick() => self.beat(false).await?,
+                _ = beat.tick() => {
+                    self.after_silence(last_beat.elapsed());
+                    last_beat = Instant::now();
+                    self.beat(false).await?;
+                }
                 Some(done) = self.finished.recv() => self.on_finished(done),
                 Ok(message) = self.control.recv() => {
                     if let Some(request) = control_request(&message) {
@@ -508,13 +527,16 @@ impl Worker {
                 self.skip(partition, offset, "stopped");
                 return Ok(());
             }
-            Some(Ok(task)) if is_over(over, &task) => {
+            Some(Ok(task))
+                if is_over(over, &task) || self.finished_here.contains_key(&attempt_key(&task)) =>
+            {
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a redelivered attempt the ledger records as over.");
                 self.skip(partition, offset, "already_over");
                 return Ok(());
             }
             Some(Ok(task)) if task.pool == self.pool => {
-                self.enqueue(partition, offset, task);
+                let dispatched_at = dispatched_at(&message);
+                self.enqueue(partition, offset, task, dispatched_at);
                 return Ok(());
             }
             Some(Ok(task)) => (
@@ -535,7 +557,13 @@ impl Worker {
         Ok(())
     }
 
-    fn enqueue(&mut self, partition: i32, offset: i64, task: TaskAssigned) {
+    fn enqueue(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        task: TaskAssigned,
+        dispatched_at: Option<i64>,
+    ) {
         if let Some(start_at) = task.start_at {
             let pool = self.pool.clone();
             match (start_at - chrono::Utc::now()).to_std() {
@@ -551,6 +579,7 @@ impl Worker {
             partition,
             offset,
             task,
+            dispatched_at,
         });
         if queue.len() == 1 {
             self.start_head(&lane);
@@ -562,6 +591,25 @@ impl Worker {
     /// Hands back the attempts of the partitions `on` selects that are still held for their
     /// start: they never start here, and the partition's next owner gets them again from the
     /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
+    /// A worker silent for longer than the dispatcher waits before calling it lost (stopped,
+    /// suspended, cut off from the broker) may since have lost its partitions to another worker
+    /// that ran their tasks, without having heard of it yet: the tasks it had fetched before are
+    /// checked against the ledger, as redelivered ones are.
+    fn after_silence(&mut self, silent: Duration) {
+        if silent <= self.heartbeat_interval * 3 {
+            return;
+        }
+        tracing::warn!(
+            ?silent,
+            "This worker was silent; the tasks it reads next are checked against the ledger first."
+        );
+        let owned: Vec<i32> = self.consumer.owned().collect();
+        for partition in owned {
+            let end = self.consumer.high_watermark(&self.input, partition);
+            self.redelivered_below.insert(partition, end);
+        }
+    }
+
     /// Leaves a task unrun: committable once every earlier task of the partition is done.
     fn skip(&mut self, partition: i32, offset: i64, reason: &'static str) {
         metrics::counter!(m::SKIPPED, "pool" => self.pool.clone(), "reason" => reason).increment(1);
@@ -712,6 +760,9 @@ impl Worker {
     }
 
     fn on_finished(&mut self, done: Finished) {
+        self.finished_here
+            .retain(|_, reported| reported.elapsed() < FENCE_MEMORY);
+        self.finished_here.insert(done.attempt, Instant::now());
         self.running.remove(&done.lane);
         self.commit_up_to(done.partition, done.offset);
         if let Some(queue) = self.queues.get_mut(&done.lane) {
@@ -726,10 +777,28 @@ impl Worker {
 
     /// Starts the first queued task of a lane in the background.
     fn start_head(&mut self, lane: &Lane) {
+        // A redelivered copy of an attempt, queued behind the attempt itself (its partition was
+        // taken away and given back while it ran), is not run again once the attempt is over.
+        while let Some(pending) = self.queues.get(lane).and_then(|q| q.front()) {
+            if !self.finished_here.contains_key(&attempt_key(&pending.task)) {
+                break;
+            }
+            let (partition, offset) = (pending.partition, pending.offset);
+            tracing::info!(job_id = %pending.task.job_id, run_id = %pending.task.run_id, attempt = pending.task.attempt, "Skipping a redelivered copy of an attempt this worker has run.");
+            if let Some(queue) = self.queues.get_mut(lane) {
+                queue.pop_front();
+            }
+            self.skip(partition, offset, "already_over");
+        }
         let Some(pending) = self.queues.get(lane).and_then(|q| q.front()) else {
+            self.queues.remove(lane);
             return;
         };
         let (partition, offset, task) = (pending.partition, pending.offset, pending.task.clone());
+        // Where to read the ledger from if this worker sleeps through the task's start.
+        let recheck = pending
+            .dispatched_at
+            .map(|from| (self.kafka.clone(), from, self.heartbeat_interval * 3));
         // Handing back stops every attempt through its own token, like a cancel, but leaves the
         // outcome unreported.
         let hand_back = self.hand_back.clone();
@@ -766,6 +835,29 @@ impl Worker {
             if !hold.start() {
                 return; // Its partition was revoked: the next owner runs it.
             }
+            // Woken long after the start (the worker was stopped, suspended or cut off): its
+            // partition may meanwhile have gone to another worker that ran the attempt.
+            if let Some((kafka, from, silence)) = &recheck {
+                let late = task
+                    .start_at
+                    .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+                    .unwrap_or_default();
+                if late > *silence
+                    && ledger::attempts_over(kafka, partition, *from, LEDGER_READ_TIMEOUT)
+                        .await
+                        .is_ok_and(|over| is_over(&over, &task))
+                {
+                    tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, ?late, "Not starting an attempt held through a silence: the ledger records it as over.");
+                    metrics::counter!(m::SKIPPED, "pool" => pool.clone(), "reason" => "already_over").increment(1);
+                    let _ = finished.send(Finished {
+                        partition,
+                        offset,
+                        lane: self::lane(&task),
+                        attempt: attempt_key(&task),
+                    });
+                    return;
+                }
+            }
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
@@ -782,6 +874,7 @@ impl Worker {
                     partition,
                     offset,
                     lane: self::lane(&task),
+                    attempt: attempt_key(&task),
                 };
                 let _ = finished.send(done);
             }
