@@ -1,6 +1,8 @@
 //! The short form of the fault-injection suite, run by `scripts/test.sh`: 40 s of load
-//! with a service instance killed every few seconds and the broker restarted once; nothing may be
-//! lost, duplicated, left unfinished, or rebuilt differently. `scripts/chaos.sh` runs the long form.
+//! with a fault every few seconds (a service instance killed or stopped, a worker cut off, one
+//! joining or leaving) and the broker restarted once; nothing may be lost, duplicated, left
+//! unfinished, left unexecuted, executed outside the schedule, or rebuilt differently.
+//! `scripts/chaos.sh` runs the long form.
 
 use std::time::Duration;
 
@@ -26,8 +28,6 @@ async fn killing_services_and_restarting_the_broker_loses_and_duplicates_nothing
     println!("{report}");
     assert!(report.passed(), "seed {seed}:\n{report}");
     assert_eq!(report.broker_restarts, 1);
-    assert!(
-        report.kills.values().sum::<usize>() >= 3,
-        "too few faults to mean anything: {report}"
-    );
+    let faults = report.kills.values().sum::<usize>() + report.graceful.values().sum::<usize>();
+    assert!(faults >= 3, "too few faults to mean anything: {report}");
 }

@@ -554,48 +554,32 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let broker_dir = tempfile::tempdir()?;
     let mut broker = Broker::start(&config.nisshi, broker_dir.path()).await?;
     let stack = Stack::on(broker.address(), config.partitions).await;
-    let beat = "--heartbeat-interval=300ms";
     let http = format!("--http-addr={}", free_addr());
+    let dispatcher = |name: &str| {
+        Instance::new(
+            &stack,
+            name,
+            "kairos-dispatcher",
+            &["--deadline-margin=5s"],
+            true,
+        )
+    };
+    let worker = |name: &str| {
+        let id = format!("--worker-id={name}");
+        let args = [
+            id.as_str(),
+            "--heartbeat-interval=300ms",
+            "--max-concurrent=8",
+            "--drain-timeout=2s",
+        ];
+        Instance::new(&stack, name, "kairos-worker", &args, false)
+    };
     let mut fleet = vec![
         Instance::new(&stack, "trigger", "kairos-trigger", &[], true),
-        Instance::new(
-            &stack,
-            "dispatcher-a",
-            "kairos-dispatcher",
-            &["--deadline-margin=5s"],
-            true,
-        ),
-        Instance::new(
-            &stack,
-            "dispatcher-b",
-            "kairos-dispatcher",
-            &["--deadline-margin=5s"],
-            true,
-        ),
-        Instance::new(
-            &stack,
-            "worker-a",
-            "kairos-worker",
-            &[
-                "--worker-id=worker-a",
-                beat,
-                "--max-concurrent=8",
-                "--drain-timeout=2s",
-            ],
-            false,
-        ),
-        Instance::new(
-            &stack,
-            "worker-b",
-            "kairos-worker",
-            &[
-                "--worker-id=worker-b",
-                beat,
-                "--max-concurrent=8",
-                "--drain-timeout=2s",
-            ],
-            false,
-        ),
+        dispatcher("dispatcher-a"),
+        dispatcher("dispatcher-b"),
+        worker("worker-a"),
+        worker("worker-b"),
         Instance::new(&stack, "aggregator", "kairos-aggregator", &[&http], true),
     ];
     for instance in &mut fleet {
@@ -605,27 +589,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         instance.wait_caught_up(Duration::from_secs(60)).await;
     }
     // Instances that join the fleet for a while and leave it gracefully.
-    let mut joiners = [
-        Instance::new(
-            &stack,
-            "worker-c",
-            "kairos-worker",
-            &[
-                "--worker-id=worker-c",
-                beat,
-                "--max-concurrent=8",
-                "--drain-timeout=2s",
-            ],
-            false,
-        ),
-        Instance::new(
-            &stack,
-            "dispatcher-c",
-            "kairos-dispatcher",
-            &["--deadline-margin=5s"],
-            true,
-        ),
-    ];
+    let mut joiners = [worker("worker-c"), dispatcher("dispatcher-c")];
 
     // A job's schedule starts when its definition is written: the first slot must come after.
     let now = chrono::Utc::now();

@@ -7,7 +7,9 @@
 //! For each attempt it appends `RunStarted`, runs the task, and appends the outcome; a task's offset
 //! becomes committable only after its outcome is acknowledged by the broker, and a partition's
 //! committed offset never passes its lowest unfinished task. A crash therefore re-delivers
-//! unfinished tasks (at-least-once); the ledger keeps the first outcome of an attempt.
+//! unfinished tasks (at-least-once); the ledger keeps the first outcome of an attempt. A task
+//! redelivered here (or read after this worker was silent past three heartbeats) is first checked
+//! against the ledger's tail from its dispatch: an attempt already over is skipped, not run again.
 //!
 //! A task dispatched ahead of its slot (`start_at`) is held, without taking one of the
 //! `--max-concurrent` places, and started at its start time by this worker's own clock; its
@@ -588,9 +590,6 @@ impl Worker {
             .set(self.queues.values().map(VecDeque::len).sum::<usize>() as f64);
     }
 
-    /// Hands back the attempts of the partitions `on` selects that are still held for their
-    /// start: they never start here, and the partition's next owner gets them again from the
-    /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
     /// A worker silent for longer than the dispatcher waits before calling it lost (stopped,
     /// suspended, cut off from the broker) may since have lost its partitions to another worker
     /// that ran their tasks, without having heard of it yet: the tasks it had fetched before are
@@ -653,6 +652,9 @@ impl Worker {
         over
     }
 
+    /// Hands back the attempts of the partitions `on` selects that are still held for their
+    /// start: they never start here, and the partition's next owner gets them again from the
+    /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
     fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
         let released: Vec<Lane> = self
             .running
