@@ -32,8 +32,8 @@ export KAIROS_TEST_QUARTZ_CLASSPATH="$QUARTZ_CLASSPATH"
 log "Running the tests (broker on $KAIROS_TEST_BROKERS)"
 status=0
 # No doc tests (there are none). pipefail makes cargo's failure the status; tee keeps the output
-# so the totals can be summed.
-cargo test --workspace --lib --bins --tests -- --test-threads 2 2>&1 | tee "$broker_dir/test.log" || status=$?
+# so the totals can be summed. --no-fail-fast: one failing test binary must not hide the others.
+cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads 2 2>&1 | tee "$broker_dir/test.log" || status=$?
 if [ $status -ne 0 ]; then
   echo "--- last lines of the broker log ---" >&2
   tail -n 30 "$broker_dir/broker.log" >&2 || true

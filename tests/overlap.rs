@@ -160,18 +160,15 @@ async fn allow_runs_overlapping_runs_side_by_side_on_one_worker() {
     stack
         .produce(&stack.kafka.topics().jobs(), "overlapping", None)
         .await;
-    // One worker ran them all, each starting within a second of its slot although each ran
-    // 2.5 s: consecutive runs overlapped.
-    for (slot, _, started, _) in &executed {
-        assert!(
-            (*started - *slot).num_milliseconds() < 1000,
-            "a run of {slot} started at {started}, queued behind the one before: {executed:?}"
-        );
-    }
+    // One worker ran them all, each 2.5 s long, a second apart: with runs taking turns no two
+    // would overlap; side by side, every one overlaps the one before.
     let overlapping = executed
         .windows(2)
         .filter(|pair| pair[1].2 < pair[0].3)
         .count();
-    assert!(overlapping >= 3, "runs did not overlap: {executed:?}");
+    assert!(
+        overlapping >= 3,
+        "runs waited for the one before to finish: {executed:?}"
+    );
     stop_all(services).await;
 }
