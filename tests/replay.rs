@@ -1,12 +1,14 @@
 //! `kairosctl replay`: each stateful service, stopped, replayed from the earliest offsets and
 //! started again, rebuilds exactly the state it had (same digest); a worker pool replayed from a
-//! time runs its tasks again, and that changes no decision; a running service is refused.
+//! time gets its tasks again and skips those whose attempt is over, so nothing runs again and no
+//! decision changes; a running service is refused.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use kairos_tests::{
-    assert_same_state, free_addr, get_json, shell_job, stop_all, wait_for, Service, Stack,
+    assert_same_state, free_addr, get_json, metric_value, scrape, shell_job, stop_all, wait_for,
+    Service, Stack,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -167,7 +169,8 @@ async fn replaying_each_service_rebuilds_the_same_state() {
     );
 
     // The workers of a pool, replayed from a time before the jobs ran: every task is delivered
-    // and run again, and no decision changes (the second outcomes are recorded as duplicates).
+    // again, and the worker, finding on the ledger that its attempt is over, skips it: nothing
+    // runs again and no decision changes.
     let digest = |service: &Service| {
         let addr = service.metrics_addr;
         async move {
@@ -186,22 +189,28 @@ async fn replaying_each_service_rebuilds_the_same_state() {
         &["replay", "worker", "--pool", "default", "--to-time", &since],
     );
     let worker = stack.worker("w1");
+    worker.caught_up().await;
+    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
     wait_for(
-        "the replayed tasks to run again",
+        "the replayed tasks to be skipped as over",
         Duration::from_secs(60),
         || async {
-            let again: Vec<_> = stack.ledger().split_off(before_ledger);
-            (again
-                .iter()
-                .filter(|e| e.kind.name() == "RunSucceeded")
-                .count()
-                >= 5)
-                .then_some(())
+            let metrics = scrape(worker.metrics_addr).await;
+            metric_value(&metrics, skipped)
+                .filter(|n| *n >= 5.0)
+                .map(|_| ())
         },
     )
     .await;
+    let again: Vec<_> = stack.ledger().split_off(before_ledger);
+    assert!(
+        !again
+            .iter()
+            .any(|e| matches!(e.kind.name(), "RunStarted" | "RunSucceeded")),
+        "a replayed task ran again: {again:?}"
+    );
     wait_for(
-        "the dispatcher to read the repeated outcomes",
+        "the dispatcher to be caught up",
         Duration::from_secs(30),
         || async {
             let state =
@@ -213,7 +222,7 @@ async fn replaying_each_service_rebuilds_the_same_state() {
     assert_eq!(
         digest(&dispatcher).await,
         before,
-        "the repeated outcomes changed a decision"
+        "the replay changed a decision"
     );
     stop_all([trigger, dispatcher, worker]).await;
 }
