@@ -608,18 +608,22 @@ impl PartitionedConsumer {
     }
 
     /// `first` and the records of owned partitions already fetched after it, until none is
-    /// ready, an ownership change is waiting (it must come before any record it concerns), or
-    /// the input is full.
+    /// ready, an ownership change is waiting (it must come before any record it concerns), a
+    /// record completes its partition's catch-up (the records after it are live, which a service
+    /// can tell only once it has applied that one), or the input is full.
     fn fetched_behind(&self, first: OwnedMessage) -> Vec<OwnedMessage> {
         use futures::FutureExt as _;
         use futures::StreamExt as _;
+        let mut done = self.reaches_target(&first);
         let mut records = vec![first];
         let mut stream = self.consumer.stream();
-        while records.len() < MAX_RECORDS_PER_INPUT && self.rebalances.is_empty() {
+        while !done && records.len() < MAX_RECORDS_PER_INPUT && self.rebalances.is_empty() {
             match stream.next().now_or_never() {
                 Some(Some(Ok(message))) => {
                     if self.owned.contains(&message.partition()) {
-                        records.push(message.detach());
+                        let message = message.detach();
+                        done = self.reaches_target(&message);
+                        records.push(message);
                     }
                 }
                 // An error is met again, and waited out, by the next call.
@@ -627,6 +631,14 @@ impl PartitionedConsumer {
             }
         }
         records
+    }
+
+    /// Whether the record is the last one its topic partition has to catch up on.
+    fn reaches_target(&self, message: &OwnedMessage) -> bool {
+        let key = (message.topic().to_string(), message.partition());
+        self.targets
+            .get(&key)
+            .is_some_and(|target| message.offset() + 1 >= *target)
     }
 
     fn on_rebalance(&mut self, change: Rebalanced, store: Option<&Store>) -> Input {
