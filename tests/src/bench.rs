@@ -788,14 +788,12 @@ async fn aggregator_counted(
 ) -> Option<f64> {
     let began = Instant::now();
     let series = r#"kairos_aggregator_runs_total{outcome="succeeded"}"#;
-    while began.elapsed() < wait {
+    crate::poll_until(wait, || async {
         let metrics = crate::scrape(aggregator.metrics_addr).await;
-        if crate::metric_value(&metrics, series).unwrap_or(0.0) >= succeeded as f64 {
-            return Some(began.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
+        let counted = crate::metric_value(&metrics, series).unwrap_or(0.0);
+        (counted >= succeeded as f64).then(|| began.elapsed().as_secs_f64())
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

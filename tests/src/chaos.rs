@@ -661,14 +661,29 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             instance.start(&stack);
             instance.wait_caught_up(Duration::from_secs(120)).await;
         } else if fault < 17 {
-            // A worker cut off from the broker past its session (6 s), then back.
+            // A worker cut off from the broker past its session, then back: it is resumed once
+            // its group has expelled it.
             let victim = [3, 4][rng.random_range(0..2)];
             let instance = &fleet[victim];
-            let what = format!("SIGSTOP {} for 8 s", instance.name);
+            let what = format!("SIGSTOP {} past its session", instance.name);
             report.timeline.push((what.clone(), chrono::Utc::now()));
+            let group = stack.kafka.topics().group("workers-default");
+            let members = group_members(&stack, &group).await;
             instance.signal(nix::sys::signal::Signal::SIGSTOP);
-            // The partition's length is the fault, not a wait for an event.
-            tokio::time::sleep(Duration::from_secs(8)).await;
+            let expelled = crate::poll_until(Duration::from_secs(30), || async {
+                let now = group_members(&stack, &group).await;
+                (now.is_some() && now < members).then_some(())
+            })
+            .await;
+            if expelled.is_none() {
+                report.timeline.push((
+                    format!(
+                        "{} not seen expelled from {group} within 30 s",
+                        instance.name
+                    ),
+                    chrono::Utc::now(),
+                ));
+            }
             instance.signal(nix::sys::signal::Signal::SIGCONT);
             *report.graceful.entry(what).or_default() += 1;
             instance.wait_caught_up(Duration::from_secs(120)).await;
@@ -717,6 +732,23 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     }
     report.elapsed_secs = began.elapsed().as_secs();
     Ok(report)
+}
+
+/// How many members the consumer group has, as the broker describes it.
+async fn group_members(stack: &Stack, group: &str) -> Option<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let config = stack.kafka.client_config();
+    let group = group.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().ok()?;
+        let groups = consumer
+            .fetch_group_list(Some(&group), Duration::from_secs(5))
+            .ok()?;
+        groups.groups().first().map(|g| g.members().len())
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Waits (bounded) until the load's last slot has passed and every run in the ledger is over,

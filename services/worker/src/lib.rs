@@ -595,7 +595,7 @@ impl Worker {
     /// that ran their tasks, without having heard of it yet: the tasks it had fetched before are
     /// checked against the ledger, as redelivered ones are.
     fn after_silence(&mut self, silent: Duration) {
-        if silent <= self.heartbeat_interval * 3 {
+        if silent <= self.silence_limit() {
             return;
         }
         tracing::warn!(
@@ -607,6 +607,12 @@ impl Worker {
             let end = self.consumer.high_watermark(&self.input, partition);
             self.redelivered_below.insert(partition, end);
         }
+    }
+
+    /// How long this worker may go without a heartbeat before the dispatcher calls it lost, and
+    /// its attempts may be run elsewhere: three intervals.
+    fn silence_limit(&self) -> Duration {
+        self.heartbeat_interval * 3
     }
 
     /// Leaves a task unrun: committable once every earlier task of the partition is done.
@@ -800,7 +806,7 @@ impl Worker {
         // Where to read the ledger from if this worker sleeps through the task's start.
         let recheck = pending
             .dispatched_at
-            .map(|from| (self.kafka.clone(), from, self.heartbeat_interval * 3));
+            .map(|from| (self.kafka.clone(), from, self.silence_limit()));
         // Handing back stops every attempt through its own token, like a cancel, but leaves the
         // outcome unreported.
         let hand_back = self.hand_back.clone();
