@@ -687,7 +687,7 @@ pub async fn stop_all(services: impl IntoIterator<Item = Service>) {
     }
 }
 
-/// A stopped service's state: its digest and every entry but the stored positions.
+/// A stopped service's state: its digest and every entry but its progress (positions, cursors).
 pub type StoreState = (String, BTreeMap<String, serde_json::Value>);
 
 /// Reads the store of a stopped service.
@@ -697,7 +697,7 @@ pub fn read_state(dir: &std::path::Path) -> StoreState {
         .scan::<serde_json::Value>("")
         .expect("reading the store")
         .into_iter()
-        .filter(|(key, _)| !key.starts_with("offset/"))
+        .filter(|(key, _)| !kairos_runtime::store::is_progress(key.as_bytes()))
         .collect();
     (store.digest().expect("digest"), entries)
 }

@@ -28,7 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::alerts::Alerts;
-use crate::pending::{self, PendingRun};
+use crate::audit::{audit_key, JobAudit};
+use crate::unfinished::{self, PendingRun};
 use crate::workers::Workers;
 use crate::{job_key, job_stats_key, run_key, JobRecord, JobStats, RunRecord};
 
@@ -51,6 +52,8 @@ pub(crate) struct ApiState {
     pub(crate) workers: Workers,
     pub(crate) alerts: Alerts,
     pub(crate) writer: Writer,
+    /// The fire audit's grace period, which its findings are judged by.
+    pub(crate) audit_grace: std::time::Duration,
 }
 
 /// The write side: a producer of its own (an API request fails after the producer's timeout
@@ -108,6 +111,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/runs", get(job_runs))
         .route("/api/v1/jobs/{id}/next-fire-times", get(next_fire_times))
+        .route("/api/v1/jobs/{id}/audit", get(job_audit))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/pending", get(pending_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
@@ -321,6 +325,24 @@ async fn next_fire_times(
         "paused": definition.paused,
         "schedule_description": definition.describe_schedule(),
         "next_fire_times": upcoming(&definition, count, stats.scheduled),
+    })))
+}
+
+/// What the fire audit has checked of the job and what it found: slots with no decision on the
+/// ledger within the grace period, and runs whose next step was overdue.
+async fn job_audit(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = known_job(&state.store, &id)?;
+    let audit: JobAudit = state.store.get(&audit_key(&id))?.unwrap_or_default();
+    Ok(Json(json!({
+        "job_id": id,
+        "paused": job.spec.paused,
+        "grace_seconds": state.audit_grace.as_secs_f64(),
+        "checked_through": audit.checked_through,
+        "missed_slots": audit.missed,
+        "stuck_runs": audit.stuck,
     })))
 }
 
@@ -663,12 +685,12 @@ async fn get_run(
     State(state): State<ApiState>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(id) = kairos_core::RunId::parse(&run_id) else {
+    if kairos_core::RunId::parse(&run_id).is_none() {
         return Err(ApiError::bad_request(
             "invalid_run_id",
             format!("{run_id:?} is not a run id (a UUID)"),
         ));
-    };
+    }
     let record: RunRecord = state.store.get(&run_key(&run_id))?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -676,8 +698,9 @@ async fn get_run(
             format!("no run {run_id}"),
         )
     })?;
+    let waiting = PendingRun::of(&record.state);
     let mut body = serde_json::to_value(record).map_err(anyhow::Error::from)?;
-    if let Some(waiting) = pending::get(&state.store, id)? {
+    if let Some(waiting) = waiting {
         body["waiting_for_worker"] = json!(pending_json(&state, &waiting)?["unserved"]);
     }
     Ok(Json(body))
@@ -686,7 +709,7 @@ async fn get_run(
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
 /// serves its pool.
 async fn pending_runs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let mut waiting = pending::all(&state.store)?;
+    let mut waiting = unfinished::pending(&state.store)?;
     waiting.sort_by_key(|p| p.dispatched_at);
     let runs: Vec<_> = waiting
         .iter()
@@ -697,7 +720,7 @@ async fn pending_runs(State(state): State<ApiState>) -> Result<Json<Value>, ApiE
 
 fn pending_json(state: &ApiState, run: &PendingRun) -> Result<Value, ApiError> {
     let now = kairos_runtime::now();
-    let unserved = pending::unserved(&state.store, &state.workers.registry(), run, now)?;
+    let unserved = unfinished::unserved(&state.store, &state.workers.registry(), run, now)?;
     Ok(json!({
         "job_id": run.job_id,
         "run_id": run.run_id,

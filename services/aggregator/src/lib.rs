@@ -6,9 +6,10 @@
 
 mod alerts;
 mod api;
+mod audit;
 mod metrics_names;
-mod pending;
 mod status_page;
+mod unfinished;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,8 +36,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerts;
+use crate::audit::Audit;
 use crate::metrics_names as m;
-use crate::pending::PendingRun;
+use crate::unfinished::PendingRun;
 use crate::workers::Workers;
 
 /// History entries kept per run; a run that loops through more retries keeps its latest ones.
@@ -71,6 +73,12 @@ pub struct Config {
     /// `job_failing` alert; once per streak.
     #[arg(long, env = "KAIROS_ALERT_FAILURES_IN_A_ROW", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub alert_failures_in_a_row: u32,
+    /// How long after a slot's fire time the fire audit waits for its decision on the ledger,
+    /// and after a run's next step was due for it to be recorded, before raising `slot_missed` or
+    /// `run_stuck`. Longer than a trigger or dispatcher failover (the consumer session timeout
+    /// and a rebuild) and than the dispatcher's `--deadline-margin` over its default.
+    #[arg(long, env = "KAIROS_AUDIT_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub audit_grace: Duration,
     /// Where alerts are also POSTed as JSON, with retries; the alerts topic always has them.
     #[arg(long, env = "KAIROS_ALERT_WEBHOOK")]
     pub alert_webhook: Option<url::Url>,
@@ -96,6 +104,7 @@ impl Config {
             http_addr,
             pending_alert_after: Duration::from_secs(60),
             alert_failures_in_a_row: 3,
+            audit_grace: Duration::from_secs(60),
             alert_webhook: None,
             api_token: None,
             telemetry: TelemetryArgs::default(),
@@ -109,6 +118,9 @@ pub struct JobRecord {
     pub spec: JobSpec,
     pub offset: i64,
     pub updated_at: Option<Timestamp>,
+    /// The partition of the job's records (absent in stores of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
 }
 
 /// One ledger event of a run, and what it did to the run.
@@ -133,8 +145,10 @@ pub struct RunRecord {
     pub history: Vec<HistoryEntry>,
 }
 
+const JOB_PREFIX: &str = "job/";
+
 fn job_key(job: &str) -> String {
-    format!("job/{job}")
+    format!("{JOB_PREFIX}{job}")
 }
 fn run_key(run: &str) -> String {
     format!("run/{run}")
@@ -179,6 +193,8 @@ pub async fn run(
     check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
     let (group, inputs) = topics.consumes(&ServiceKind::Aggregator);
     let store = open_store(&config.data_dir)?;
+    unfinished::retire_old_index(&store)?;
+    let audit = Audit::load(&store, config.audit_grace, kairos_runtime::now())?;
     let spec = ServiceSpec {
         name: "aggregator",
         kafka: &config.kafka,
@@ -203,6 +219,7 @@ pub async fn run(
         workers: workers.clone(),
         alerts: alerts.clone(),
         writer,
+        audit_grace: config.audit_grace,
     });
     parts.ops.serve(config.http_addr, router).await?;
     tracing::info!(http_addr = %config.http_addr, "REST API listening.");
@@ -218,6 +235,7 @@ pub async fn run(
         pending_alert_after: config.pending_alert_after,
         failures_in_a_row: config.alert_failures_in_a_row,
         alerted: Alerted::default(),
+        audit,
     };
     let result = aggregator.run(parts.shutdown).await;
     parts
@@ -240,6 +258,7 @@ struct Aggregator {
     pending_alert_after: Duration,
     failures_in_a_row: u32,
     alerted: Alerted,
+    audit: Audit,
 }
 
 /// Conditions already alerted about, kept in memory: after a restart a condition that still holds
@@ -360,19 +379,24 @@ impl Aggregator {
     }
 
     /// Definitions that do not decode are the trigger's to dead-letter; here they are skipped.
-    fn apply_definition(&self, message: &OwnedMessage, batch: &mut Batch) {
+    fn apply_definition(&mut self, message: &OwnedMessage, batch: &mut Batch) {
         let Some(key) = record_key(message) else {
             return;
         };
         match message.payload().map(codec::decode_job) {
-            None => batch.delete(&job_key(&key)),
+            None => {
+                batch.delete(&job_key(&key));
+                self.audit.forget(&key, batch);
+            }
             Some(Ok(definition)) if definition.id.as_str() == key => {
                 let record = JobRecord {
                     spec: definition.to_spec(),
                     offset: message.offset(),
                     updated_at: record_time(message),
+                    partition: Some(message.partition()),
                 };
                 batch.put(&job_key(&key), &record);
+                self.audit.define(&key, &record);
             }
             Some(_) => {}
         }
@@ -463,7 +487,7 @@ impl Aggregator {
             &(),
         );
         batch.put(&slot_key(event.scheduled_for, &run), &());
-        pending::track(batch, &record.state);
+        unfinished::track(batch, message.partition(), &record.state);
         batch.put(&run_key(&run), &record);
         Ok(Outcome { alerts, status })
     }
@@ -538,16 +562,30 @@ impl Aggregator {
     }
 
     /// The periodic checks, once caught up (a rebuilding view would see stale dispatches): runs
-    /// waiting on a pool nobody serves, lost workers, pools without workers.
+    /// waiting on a pool nobody serves, lost workers, pools without workers, and the fire audit.
     async fn check(&mut self) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
-        let waiting = pending::all(&self.store)?;
+        let waiting = unfinished::pending(&self.store)?;
         self.export_live_workers(now);
         if !self.consumer.ready() {
             return Ok(());
         }
         self.alert_pending(&waiting, now).await?;
-        self.alert_workers(&waiting, now).await
+        self.alert_workers(&waiting, now).await?;
+        self.audit().await
+    }
+
+    /// A pass of the fire audit: its alerts go out before its cursors are stored, so that a crash
+    /// in between repeats them (with the same ids) rather than losing them.
+    async fn audit(&mut self) -> anyhow::Result<()> {
+        let findings = self
+            .audit
+            .pass(&self.store, &self.consumer, &self.topics.runs())?;
+        for alert in findings.alerts {
+            self.raise(alert).await?;
+        }
+        self.store.write(findings.batch)?;
+        Ok(())
     }
 
     /// Raises `run_pending` for each run that has waited past the threshold on a pool that no
@@ -566,7 +604,7 @@ impl Aggregator {
             if waited < self.pending_alert_after || self.alerted.pending.contains(&run.run_id) {
                 continue;
             }
-            let why = pending::unserved(&self.store, &self.workers.registry(), run, now)?;
+            let why = unfinished::unserved(&self.store, &self.workers.registry(), run, now)?;
             if let (Some(why), Ok(job_id)) = (why, kairos_core::JobId::parse(&run.job_id)) {
                 let alert = Alert::run_pending(job_id, run.run_id, waited, &why, now);
                 self.raise(alert).await?;

@@ -22,6 +22,13 @@ pub(crate) const UNAPPLIED_EVENTS: &str = "kairos_aggregator_unapplied_events_to
 pub(crate) const ALERTS: &str = "kairos_aggregator_alerts_total";
 /// Webhook deliveries, by `outcome` (delivered, retried, failed, dropped).
 pub(crate) const WEBHOOK_DELIVERIES: &str = "kairos_aggregator_webhook_deliveries_total";
+/// What the fire audit found, by `kind` (slot_missed, run_stuck).
+pub(crate) const AUDIT_FINDINGS: &str = "kairos_aggregator_audit_findings_total";
+/// Slots the fire audit checked for a decision on the ledger.
+pub(crate) const AUDIT_SLOTS_CHECKED: &str = "kairos_aggregator_audit_slots_checked_total";
+/// How far behind now the fire audit has judged, on its furthest-behind partition: grows when the
+/// aggregator lags the ledger or the broker does not answer.
+pub(crate) const AUDIT_BEHIND: &str = "kairos_aggregator_audit_behind_seconds";
 /// Live workers, by `pool`.
 pub(crate) const LIVE_WORKERS: &str = "kairos_aggregator_live_workers";
 
@@ -39,6 +46,10 @@ pub(crate) fn register() {
     for expected in ["true", "false"] {
         metrics::counter!(UNAPPLIED_EVENTS, "expected" => expected).absolute(0);
     }
+    for kind in [AlertKind::SlotMissed, AlertKind::RunStuck] {
+        metrics::counter!(AUDIT_FINDINGS, "kind" => kind.as_str()).absolute(0);
+    }
+    metrics::counter!(AUDIT_SLOTS_CHECKED).absolute(0);
     metrics::counter!(RETRIES).absolute(0);
     metrics::counter!(TIMEOUTS).absolute(0);
 }

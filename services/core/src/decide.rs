@@ -432,7 +432,7 @@ pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 
 /// The backstop deadline of the current attempt: its start (the dispatch, or the start a task
 /// dispatched ahead is held for) + task timeout + margin. Jobs without a timeout have none.
-fn attempt_deadline(
+pub(crate) fn attempt_deadline(
     run: &RunState,
     definition: &JobDefinition,
     margin: Duration,
@@ -463,7 +463,7 @@ fn unit_interval(seed: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::calendar::{Calendar, CalendarSpec};
     use crate::job::MisfirePolicy;
@@ -841,7 +841,7 @@ mod tests {
         assert_eq!(fires(&schedule, slot(1), slot(100)), vec![]);
     }
 
-    fn definition() -> JobDefinition {
+    pub(crate) fn definition() -> JobDefinition {
         JobSpec {
             id: "job-1".into(),
             description: None,

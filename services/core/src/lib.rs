@@ -4,6 +4,7 @@
 //! of the wall clock (time is always passed in). The services convert these types to and from Avro
 //! at their edges and decide what to emit by calling the pure functions in [`decide`].
 
+pub mod audit;
 pub mod calendar;
 pub mod decide;
 pub mod job;

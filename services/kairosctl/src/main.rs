@@ -156,7 +156,8 @@ enum JobCommand {
     Resume { id: String },
     /// Run a job now, as well as on schedule (its overlap policy applies).
     Trigger { id: String },
-    /// The job's latest decisions from the ledger, in words: why each run did or did not run.
+    /// The job's latest decisions from the ledger, in words: why each run did or did not run,
+    /// and what the fire audit found (slots with no decision, runs whose next step is overdue).
     Explain {
         id: String,
         /// How many runs, newest first.
@@ -614,7 +615,13 @@ async fn explain(out: &Out, api: &str, id: &str, limit: usize) -> anyhow::Result
             "story": story,
         }));
     }
-    out.print(&json!({"job_id": id, "runs": explained}), |value| {
+    // A deleted job has runs but no audit.
+    let audit = api_get(api, &format!("/api/v1/jobs/{id}/audit"))
+        .await
+        .unwrap_or(Value::Null);
+    let body = json!({"job_id": id, "audit": audit, "runs": explained});
+    out.print(&body, |value| {
+        print_audit(&value["audit"]);
         let runs = value["runs"].as_array().cloned().unwrap_or_default();
         if runs.is_empty() {
             println!("{id} has no runs yet");
@@ -632,6 +639,45 @@ async fn explain(out: &Out, api: &str, id: &str, limit: usize) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+/// The fire audit's word on a job: how far it has checked, and what it found.
+fn print_audit(audit: &Value) {
+    if audit.is_null() {
+        return;
+    }
+    let missed = audit["missed_slots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let stuck = audit["stuck_runs"].as_array().cloned().unwrap_or_default();
+    let through = match &audit["checked_through"] {
+        Value::Null => "not checked yet".to_string(),
+        at => format!("checked through {}", text(at)),
+    };
+    println!(
+        "audit: {through} (grace {}s): {} missed slot(s), {} stuck run(s)",
+        audit["grace_seconds"],
+        missed.len(),
+        stuck.len()
+    );
+    for slot in missed {
+        println!(
+            "  missed slot {}  run {}: no decision on the ledger by {}",
+            text(&slot["slot"]),
+            text(&slot["run_id"]),
+            text(&slot["due_by"])
+        );
+    }
+    for run in stuck {
+        println!(
+            "  stuck run {}: {} (attempt {}), its next step was due by {}",
+            text(&run["run_id"]),
+            text(&run["status"]),
+            run["attempt"],
+            text(&run["due_by"])
+        );
+    }
 }
 
 /// The most slots one backfill schedules; a larger range is split by the operator.

@@ -49,6 +49,7 @@ const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_even
 const RUN_EVENT_V2_AVSC: &str = include_str!("../../../schemas/released/run_event.v2.avsc");
 const TASK_ASSIGNED_V1_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v1.avsc");
 const TASK_ASSIGNED_V2_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v2.avsc");
+const ALERT_V1_AVSC: &str = include_str!("../../../schemas/released/alert.v1.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +189,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
         control: contract("ControlCommand", CONTROL_AVSC),
-        alert: contract("Alert", ALERT_AVSC),
+        alert: evolved("Alert", ALERT_AVSC, &[ALERT_V1_AVSC]),
         heartbeat: contract("WorkerHeartbeat", HEARTBEAT_AVSC),
         job_status: contract("JobStatus", JOB_STATUS_AVSC),
     }
@@ -1368,10 +1369,15 @@ pub enum AlertKind {
     PoolWithoutWorkers,
     /// A service dead-lettered a record it could not use.
     DeadLettered,
+    /// The fire audit found a due slot of an enabled job with no decision on the ledger within
+    /// the grace period.
+    SlotMissed,
+    /// The fire audit found a run whose next step is overdue by more than the grace period.
+    RunStuck,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 7] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::RunAbandoned,
         AlertKind::RunPending,
         AlertKind::JobFailing,
@@ -1379,6 +1385,8 @@ impl AlertKind {
         AlertKind::WorkerLost,
         AlertKind::PoolWithoutWorkers,
         AlertKind::DeadLettered,
+        AlertKind::SlotMissed,
+        AlertKind::RunStuck,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -1390,8 +1398,15 @@ impl AlertKind {
             AlertKind::WorkerLost => "worker_lost",
             AlertKind::PoolWithoutWorkers => "pool_without_workers",
             AlertKind::DeadLettered => "dead_lettered",
+            AlertKind::SlotMissed => "slot_missed",
+            AlertKind::RunStuck => "run_stuck",
         }
     }
+}
+
+/// A time as alert messages write it.
+fn rfc3339(t: Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Alert {
@@ -1475,16 +1490,58 @@ impl Alert {
     pub fn misfire(job_id: JobId, run_id: RunId, slot: Timestamp, at: Timestamp) -> Self {
         let message = format!(
             "job {job_id} missed its slot {}; its misfire policy skipped it",
-            slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            rfc3339(slot)
         );
         Alert::about_run(AlertKind::Misfire, job_id, run_id, message, at)
+    }
+
+    /// The alert that the slot of `run_id` had no decision on the ledger by `due_by`.
+    pub fn slot_missed(
+        job_id: JobId,
+        run_id: RunId,
+        slot: Timestamp,
+        due_by: Timestamp,
+        at: Timestamp,
+    ) -> Self {
+        let message = format!(
+            "job {job_id} has no decision on the ledger for its slot {} (due by {}): is its trigger partition served?",
+            rfc3339(slot),
+            rfc3339(due_by)
+        );
+        Alert::about_run(AlertKind::SlotMissed, job_id, run_id, message, at)
+    }
+
+    /// The alert that a run, `status` in its attempt `attempt`, owed its next step by `due_by`.
+    /// Once per state of the run: a run stuck again later is a new alert.
+    pub fn run_stuck(
+        job_id: JobId,
+        run_id: RunId,
+        status: &str,
+        attempt: u32,
+        due_by: Timestamp,
+        at: Timestamp,
+    ) -> Self {
+        let message = format!(
+            "run {run_id} of job {job_id} is {status} (attempt {attempt}) and its next step was due by {}: is its dispatcher partition served?",
+            rfc3339(due_by)
+        );
+        Alert {
+            job_id: Some(job_id),
+            run_id: Some(run_id),
+            ..Alert::new(
+                AlertKind::RunStuck,
+                &format!("{run_id}/{attempt}/{status}"),
+                message,
+                at,
+            )
+        }
     }
 
     /// The alert that a worker went silent; `last_seen` tells this loss from a later one.
     pub fn worker_lost(worker_id: &str, pool: &str, last_seen: Timestamp, at: Timestamp) -> Self {
         let message = format!(
             "worker {worker_id} of pool {pool} has not been heard from since {}",
-            last_seen.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            rfc3339(last_seen)
         );
         let about = format!("{worker_id}/{}", last_seen.timestamp_millis());
         Alert {
@@ -2188,6 +2245,7 @@ mod tests {
             &CONTRACTS.job,
             &CONTRACTS.run_event,
             &CONTRACTS.task_assigned,
+            &CONTRACTS.alert,
         ] {
             for (_, earlier) in &contract.earlier {
                 SchemaCompatibility::can_read(earlier, &contract.schema)

@@ -682,17 +682,23 @@ impl PartitionedConsumer {
     /// # Panics
     /// On a current-thread tokio runtime; every Kairos service runs on the multi-thread one.
     pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
-        let result = tokio::task::block_in_place(|| {
-            self.consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        });
-        match result {
-            Ok((_, high)) => high,
+        match self.fetch_high_watermark(topic, partition) {
+            Ok(high) => high,
             Err(error) => {
                 tracing::warn!(%error, topic, partition, "Fetching the high watermark failed; treating the partition as caught up.");
                 0
             }
         }
+    }
+
+    /// The partition's high watermark as the broker tells it now, blocking the calling worker
+    /// thread for the round trip (see [`PartitionedConsumer::high_watermark`]).
+    pub fn fetch_high_watermark(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        })
+        .map(|(_, high)| high)
     }
 
     /// Marks the records as applied (their state is durable and their effects acknowledged): the

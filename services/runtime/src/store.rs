@@ -14,6 +14,15 @@ use sha2::{Digest, Sha256};
 
 const OFFSET_PREFIX: &str = "offset/";
 
+/// Keys of a service's own progress that the topics do not determine (the fire audit's cursors):
+/// a rebuild starts them afresh, so they are left out of [`Store::digest`], as positions are.
+pub const LOCAL_PREFIX: &str = "local/";
+
+/// Whether a key is the service's progress rather than state folded from the topics.
+pub fn is_progress(key: &[u8]) -> bool {
+    key.starts_with(OFFSET_PREFIX.as_bytes()) || key.starts_with(LOCAL_PREFIX.as_bytes())
+}
+
 /// Why the store failed. RocksDB errors mean the disk or the directory is broken: stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +53,11 @@ impl Store {
             None => Ok(None),
             Some(bytes) => decode(key, &bytes).map(Some),
         }
+    }
+
+    /// Whether the store holds `key`, without decoding its value.
+    pub fn contains(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.db.get_pinned(key.as_bytes())?.is_some())
     }
 
     /// All `(key, value)` pairs whose key starts with `prefix`, in key order.
@@ -123,7 +137,7 @@ impl Store {
         let mut hasher = Sha256::new();
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
-            if key.starts_with(OFFSET_PREFIX.as_bytes()) {
+            if is_progress(&key) {
                 continue;
             }
             hasher.update((key.len() as u64).to_le_bytes());

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kairos_core::audit::slots_counted_from;
 use kairos_core::decide::{fire_time, next_fire, Fire};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
@@ -377,14 +378,12 @@ impl Trigger {
                 return Ok(None);
             }
         };
-        // Slots are counted from the last one handled for this schedule, so that a pause or any
-        // other edit leaves missed slots to the misfire policy; a new schedule starts when it was
-        // written.
-        let (cursor, fired) = match last {
-            Some(c) if c.schedule == definition.schedule_key() => (c.last_slot, c.fired),
-            Some(c) => (c.last_slot.max(stored.written_at), c.fired),
-            None => (stored.written_at, 0),
-        };
+        let cursor = slots_counted_from(
+            last.as_ref().map(|c| (c.schedule.as_str(), c.last_slot)),
+            &definition.schedule_key(),
+            stored.written_at,
+        );
+        let fired = last.map_or(0, |c| c.fired);
         Ok(Some(Loaded {
             definition,
             offset: stored.offset,

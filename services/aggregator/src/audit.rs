@@ -1,0 +1,324 @@
+//! The continuous fire audit: for every enabled job, each due slot has a decision on the ledger
+//! (`RunScheduled`, or `RunSkipped` with its reason) within a grace period after its fire time,
+//! and each run that is not over has its next step recorded within the grace period after it was
+//! due. A gap raises `slot_missed` or `run_stuck`, is counted, and is kept with the job for
+//! `GET /api/v1/jobs/{id}/audit` and `kairosctl job explain`.
+//!
+//! The rules (which slots, due by when) are `kairos_core::audit`'s, on the trigger's own schedule
+//! functions. What this module adds is when a judgement is sound: a slot is judged only once the
+//! aggregator has applied its runs partition up to a high watermark read from the broker after
+//! the slot's deadline, so an aggregator that lags or rebuilds never takes a decision it has not
+//! read yet for a missing one. A partition this aggregator does not own, or is still rebuilding,
+//! is not judged at all.
+//!
+//! Each job's cursor (`local/audit/<job>`) is progress, not a fold of the topics: a restart goes
+//! on from it, covering the time the aggregator was down; a rebuild from an empty store starts
+//! afresh from the moment it has caught up.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use kairos_core::audit::{next_step_due, slots_counted_from, slots_to_check};
+use kairos_core::decide::{fire_time, DEFAULT_DEADLINE_MARGIN};
+use kairos_core::run::{RunId, RunStatus};
+use kairos_core::{JobDefinition, Timestamp};
+use kairos_runtime::codec::{Alert, AlertKind};
+use kairos_runtime::store::LOCAL_PREFIX;
+use kairos_runtime::{Batch, PartitionedConsumer, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics_names as m;
+use crate::{job_stats_key, run_key, unfinished, JobRecord, JobStats};
+
+/// How often the audit looks at the broker and judges what it can.
+const AUDIT_INTERVAL: Duration = Duration::from_secs(5);
+/// The most slots of one job a pass checks: a long gap is worked off over several passes.
+const MAX_SLOTS_PER_PASS: usize = 1000;
+/// Findings kept per job, newest last.
+const MAX_FINDINGS: usize = 20;
+
+/// What the audit keeps of a job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct JobAudit {
+    /// The schedule the cursor belongs to: a new schedule is checked from when it was written.
+    pub schedule: String,
+    /// The last slot checked.
+    pub checked_through: Option<Timestamp>,
+    #[serde(default)]
+    pub missed: Vec<MissedSlot>,
+    #[serde(default)]
+    pub stuck: Vec<StuckRun>,
+}
+
+/// A due slot with no decision on the ledger by `due_by`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct MissedSlot {
+    pub slot: Timestamp,
+    pub run_id: RunId,
+    pub due_by: Timestamp,
+    pub found_at: Timestamp,
+}
+
+/// A run whose next step was due by `due_by` and was not recorded.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct StuckRun {
+    pub run_id: RunId,
+    pub status: String,
+    pub attempt: u32,
+    pub due_by: Timestamp,
+    pub found_at: Timestamp,
+}
+
+pub(crate) fn audit_key(job: &str) -> String {
+    format!("{LOCAL_PREFIX}audit/{job}")
+}
+
+/// A job the audit checks: where its runs are, and its validated definition.
+struct AuditedJob {
+    partition: i32,
+    definition: JobDefinition,
+    written_at: Timestamp,
+}
+
+/// At `taken_at`, the runs partition ended before `high`: once the aggregator has applied it up to
+/// there, every decision recorded before `taken_at` is in its store.
+#[derive(Clone, Copy)]
+struct Barrier {
+    taken_at: Timestamp,
+    high: i64,
+}
+
+/// What one pass found: alerts to raise, then cursors and findings to store.
+#[derive(Default)]
+pub(crate) struct Findings {
+    pub alerts: Vec<Alert>,
+    pub batch: Batch,
+}
+
+pub(crate) struct Audit {
+    grace: Duration,
+    jobs: HashMap<String, AuditedJob>,
+    barriers: HashMap<i32, Barrier>,
+    /// The moment up to which each partition was last judged.
+    judged_until: HashMap<i32, Timestamp>,
+    /// Runs already alerted as stuck, per partition, in the state they were stuck in.
+    stuck_alerted: HashMap<i32, HashSet<(RunId, u32, RunStatus)>>,
+    /// Where a job never audited by this store starts: not before this aggregator began.
+    started_at: Timestamp,
+    last_pass: Option<Instant>,
+}
+
+impl Audit {
+    /// The audit of the jobs already in the store; definitions applied later update it.
+    pub(crate) fn load(store: &Store, grace: Duration, now: Timestamp) -> anyhow::Result<Self> {
+        let mut audit = Audit {
+            grace,
+            jobs: HashMap::new(),
+            barriers: HashMap::new(),
+            judged_until: HashMap::new(),
+            stuck_alerted: HashMap::new(),
+            started_at: now,
+            last_pass: None,
+        };
+        for (key, record) in store.scan::<JobRecord>(crate::JOB_PREFIX)? {
+            if let Some(job) = key.strip_prefix(crate::JOB_PREFIX) {
+                audit.define(job, &record);
+            }
+        }
+        Ok(audit)
+    }
+
+    /// Checks the job as now defined. A definition that no longer validates, or one stored by a
+    /// release that did not record its partition, is not checked until it is written again.
+    pub(crate) fn define(&mut self, job: &str, record: &JobRecord) {
+        let (Some(partition), Ok(definition)) = (record.partition, record.spec.validate()) else {
+            self.jobs.remove(job);
+            return;
+        };
+        let written_at = record.updated_at.unwrap_or(self.started_at);
+        self.jobs.insert(
+            job.to_string(),
+            AuditedJob {
+                partition,
+                definition,
+                written_at,
+            },
+        );
+    }
+
+    /// Stops checking a deleted job, and forgets its cursor: a job created again under its id
+    /// is checked from when it is written.
+    pub(crate) fn forget(&mut self, job: &str, batch: &mut Batch) {
+        self.jobs.remove(job);
+        batch.delete(&audit_key(job));
+    }
+
+    /// Judges each owned, caught-up partition the aggregator has applied up to its barrier, then
+    /// takes a new barrier for it. At most once per [`AUDIT_INTERVAL`].
+    pub(crate) fn pass(
+        &mut self,
+        store: &Store,
+        consumer: &PartitionedConsumer,
+        runs_topic: &str,
+    ) -> anyhow::Result<Findings> {
+        let mut findings = Findings::default();
+        if self
+            .last_pass
+            .is_some_and(|last| last.elapsed() < AUDIT_INTERVAL)
+        {
+            return Ok(findings);
+        }
+        self.last_pass = Some(Instant::now());
+        let live: Vec<i32> = consumer
+            .owned()
+            .filter(|p| consumer.is_caught_up(*p))
+            .collect();
+        self.barriers.retain(|p, _| live.contains(p));
+        self.judged_until.retain(|p, _| live.contains(p));
+        self.stuck_alerted.retain(|p, _| live.contains(p));
+        for &partition in &live {
+            if let Some(barrier) = self.barriers.get(&partition).copied() {
+                let applied = store.next_offset(runs_topic, partition)?.unwrap_or(0);
+                if applied >= barrier.high {
+                    self.judge(partition, barrier.taken_at, store, &mut findings)?;
+                    self.judged_until.insert(partition, barrier.taken_at);
+                    self.barriers.remove(&partition);
+                }
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = self.barriers.entry(partition)
+            {
+                let taken_at = kairos_runtime::now();
+                match consumer.fetch_high_watermark(runs_topic, partition) {
+                    Ok(high) => {
+                        entry.insert(Barrier { taken_at, high });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, partition, "Reading the runs partition's end failed; its audit waits.");
+                    }
+                }
+            }
+        }
+        let now = kairos_runtime::now();
+        let behind = live
+            .iter()
+            .map(|p| self.judged_until.get(p).copied().unwrap_or(self.started_at))
+            .map(|until| (now - until).to_std().unwrap_or_default().as_secs_f64())
+            .fold(0.0, f64::max);
+        metrics::gauge!(m::AUDIT_BEHIND).set(behind);
+        Ok(findings)
+    }
+
+    /// Judges a partition's jobs and unfinished runs as of `until`, a moment all of whose records
+    /// the store holds.
+    fn judge(
+        &mut self,
+        partition: i32,
+        until: Timestamp,
+        store: &Store,
+        findings: &mut Findings,
+    ) -> anyhow::Result<()> {
+        let grace = chrono::Duration::from_std(self.grace).unwrap_or_default();
+        let mut stuck: HashMap<String, Vec<StuckRun>> = HashMap::new();
+        let alerted = self.stuck_alerted.entry(partition).or_default();
+        let mut still_stuck = HashSet::new();
+        for run in unfinished::of_partition(store, partition)? {
+            let definition = self.jobs.get(run.job_id.as_str()).map(|j| &j.definition);
+            let Some(due) = next_step_due(&run, definition, DEFAULT_DEADLINE_MARGIN) else {
+                continue;
+            };
+            let due_by = due + grace;
+            let state = (run.run_id, run.attempt, run.status);
+            if due_by > until {
+                continue;
+            }
+            still_stuck.insert(state);
+            if alerted.contains(&state) {
+                continue;
+            }
+            let status = run.status.as_str();
+            findings.alerts.push(Alert::run_stuck(
+                run.job_id.clone(),
+                run.run_id,
+                status,
+                run.attempt,
+                due_by,
+                until,
+            ));
+            metrics::counter!(m::AUDIT_FINDINGS, "kind" => AlertKind::RunStuck.as_str())
+                .increment(1);
+            stuck
+                .entry(run.job_id.to_string())
+                .or_default()
+                .push(StuckRun {
+                    run_id: run.run_id,
+                    status: status.to_string(),
+                    attempt: run.attempt,
+                    due_by,
+                    found_at: until,
+                });
+        }
+        *alerted = still_stuck;
+
+        for (id, job) in self.jobs.iter().filter(|(_, j)| j.partition == partition) {
+            let key = audit_key(id);
+            let previous: Option<JobAudit> = store.get(&key)?;
+            let schedule = job.definition.schedule_key();
+            let last = previous
+                .as_ref()
+                .and_then(|a| Some((a.schedule.as_str(), a.checked_through?)));
+            // A job this store never audited is checked from when this aggregator began, not
+            // from slots whose ledger may be gone.
+            let written_at = match last {
+                Some(_) => job.written_at,
+                None => job.written_at.max(self.started_at),
+            };
+            let from = slots_counted_from(last, &schedule, written_at);
+            let stats: JobStats = store.get(&job_stats_key(id))?.unwrap_or_default();
+            let check = slots_to_check(
+                &job.definition,
+                from,
+                until,
+                self.grace,
+                stats.scheduled,
+                MAX_SLOTS_PER_PASS,
+            );
+            metrics::counter!(m::AUDIT_SLOTS_CHECKED).increment(check.owed.len() as u64);
+            let mut audit = previous.clone().unwrap_or_default();
+            for (slot, run_id) in check.owed {
+                if store.contains(&run_key(&run_id.to_string()))? {
+                    continue;
+                }
+                let due_by = fire_time(&job.definition, slot) + grace;
+                findings.alerts.push(Alert::slot_missed(
+                    job.definition.id.clone(),
+                    run_id,
+                    slot,
+                    due_by,
+                    until,
+                ));
+                metrics::counter!(m::AUDIT_FINDINGS, "kind" => AlertKind::SlotMissed.as_str())
+                    .increment(1);
+                audit.missed.push(MissedSlot {
+                    slot,
+                    run_id,
+                    due_by,
+                    found_at: until,
+                });
+            }
+            audit.stuck.extend(stuck.remove(id).unwrap_or_default());
+            keep_latest(&mut audit.missed);
+            keep_latest(&mut audit.stuck);
+            audit.schedule = schedule;
+            audit.checked_through = Some(check.checked_through);
+            if previous.as_ref() != Some(&audit) {
+                findings.batch.put(&key, &audit);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn keep_latest<T>(findings: &mut Vec<T>) {
+    let excess = findings.len().saturating_sub(MAX_FINDINGS);
+    findings.drain(..excess);
+}
