@@ -6,8 +6,9 @@
 //! Then the ledger is checked: every due slot has exactly one scheduled run, every run is over, no
 //! attempt has two recorded outcomes; the side effects are checked: each task appends a line to a
 //! log when it starts and when it ends, and every due slot must have executed, none outside the
-//! schedule, with each repeated execution put down to its cause; and each stateful service,
-//! rebuilt from scratch, has the state it had live.
+//! schedule, with each repeated execution put down to its cause; the fire audit's alerts are
+//! checked against the ledger, none may be about a slot decided or a run moved on in time; and
+//! each stateful service, rebuilt from scratch, has the state it had live.
 //!
 //! `scripts/chaos.sh` runs a long form with `kairos-chaos`; the test suite runs a short one.
 
@@ -20,6 +21,7 @@ use kairos_core::job::{
 };
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
+use kairos_runtime::codec::{Alert, AlertKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -55,6 +57,7 @@ pub struct ChaosReport {
     pub recoveries_ms: Vec<(String, u128)>,
     pub ledger: LedgerCheck,
     pub effects: EffectsCheck,
+    pub audit: AuditCheck,
     /// Graceful faults: SIGTERMs, partitions (SIGSTOP past the session), joins and leaves.
     pub graceful: BTreeMap<String, usize>,
     /// Service name and, when its rebuilt state differs from its live one, how.
@@ -73,6 +76,7 @@ impl ChaosReport {
         self.error.is_none()
             && self.ledger.passed()
             && self.effects.passed()
+            && self.audit.passed()
             && self.rebuilds.iter().all(|(_, diff)| diff.is_none())
     }
 }
@@ -160,6 +164,19 @@ impl std::fmt::Display for ChaosReport {
                 "  re-run after its outcome: {} attempt {}: started {}, ended {ended}, outcome {outcome}, started again {}",
                 r.run_id, r.attempt, r.first_started, r.started_again
             )?;
+        }
+        let a = &self.audit;
+        writeln!(
+            f,
+            "  fire audit (grace {} s): slots checked {}, slot_missed {}, run_stuck {}, false alarms {}",
+            AUDIT_GRACE.as_secs(),
+            a.slots_checked,
+            a.slot_missed,
+            a.run_stuck.len(),
+            a.false_alarms.len()
+        )?;
+        for alarm in a.false_alarms.iter().chain(&a.run_stuck).take(20) {
+            writeln!(f, "  audit: {alarm}")?;
         }
         let named = [
             ("lost", &l.missing_slots),
@@ -264,6 +281,128 @@ impl EffectsCheck {
     }
 }
 
+/// The fire audit's grace in the chaos fleet: shorter than its default so that it judges most of
+/// a short run, longer than any recovery the faults cause.
+pub const AUDIT_GRACE: Duration = Duration::from_secs(30);
+
+/// What the fire audit raised during the run, against what the ledger shows.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct AuditCheck {
+    /// Due slots the audit had checked when the load was over.
+    pub slots_checked: usize,
+    pub slot_missed: usize,
+    /// The `run_stuck` alerts, as raised.
+    pub run_stuck: Vec<String>,
+    /// Alerts the ledger proves wrong: a slot alerted as missed that was decided within the
+    /// grace, a run alerted as stuck in a state it left before the grace was over.
+    pub false_alarms: Vec<String>,
+}
+
+impl AuditCheck {
+    pub fn passed(&self) -> bool {
+        self.false_alarms.is_empty()
+    }
+}
+
+/// Checks the audit's alerts against the ledger.
+pub fn check_audit(alerts: &[Alert], ledger: &[RunEvent], jobs: &[JobDefinition]) -> AuditCheck {
+    let grace = chrono::Duration::from_std(AUDIT_GRACE).unwrap_or_default();
+    let due = due_slots(jobs);
+    let mut check = AuditCheck::default();
+    for alert in alerts {
+        let Some(run) = alert.run_id else { continue };
+        let events: Vec<&RunEvent> = ledger.iter().filter(|e| e.run_id == run).collect();
+        match alert.kind {
+            AlertKind::SlotMissed => {
+                check.slot_missed += 1;
+                let decided = events.iter().find(|e| {
+                    matches!(
+                        e.kind,
+                        RunEventKind::RunScheduled { .. } | RunEventKind::RunSkipped { .. }
+                    )
+                });
+                if let (Some(decided), Some((job, slot))) = (decided, due.get(&run)) {
+                    if decided.at <= *slot + grace {
+                        check.false_alarms.push(format!(
+                            "slot_missed for {job} at {slot}, decided at {}",
+                            decided.at
+                        ));
+                    }
+                }
+            }
+            AlertKind::RunStuck => {
+                check.run_stuck.push(alert.message.clone());
+                if let Some(stayed) = time_in_alerted_state(&events, &alert.message) {
+                    if stayed < grace {
+                        check.false_alarms.push(format!(
+                            "run_stuck in a state left after {} ms: {}",
+                            stayed.num_milliseconds(),
+                            alert.message
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    check
+}
+
+/// How long a run stayed in the state a `run_stuck` alert names ("is <status> (attempt <n>)"),
+/// from the event that brought it there to the next one that changed it; `None` if it never
+/// left it.
+fn time_in_alerted_state(events: &[&RunEvent], message: &str) -> Option<chrono::Duration> {
+    let rest = &message[message.find(" is ")? + 4..];
+    let (status, rest) = rest.split_once(" (attempt ")?;
+    let attempt: u32 = rest.split(')').next()?.parse().ok()?;
+    let mut state: Option<RunState> = None;
+    let mut entered = None;
+    for event in events {
+        let Ok(next) = apply(state.as_ref(), event) else {
+            continue;
+        };
+        let alerted = next.status.as_str() == status && next.attempt == attempt;
+        match (entered, alerted) {
+            (None, true) => entered = Some(event.at),
+            (Some(since), false) => return Some(event.at - since),
+            _ => {}
+        }
+        state = Some(next);
+    }
+    None
+}
+
+/// Every slot of the jobs, by the id of the run the trigger derives for it.
+fn due_slots(jobs: &[JobDefinition]) -> BTreeMap<RunId, (String, Timestamp)> {
+    jobs.iter()
+        .flat_map(|job| {
+            let from = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
+            job.slots_after(from).map(move |slot| {
+                let run = RunId::derive(&job.id, slot.at, TriggerKind::Schedule);
+                (run, (job.id.to_string(), slot.at))
+            })
+        })
+        .collect()
+}
+
+/// How many due slots the aggregator's audit has checked, by the API.
+async fn audited_slots(api: &str, jobs: &[JobDefinition]) -> usize {
+    let mut checked = 0;
+    for job in jobs {
+        let audit = crate::get_json(&format!("{api}/api/v1/jobs/{}/audit", job.id)).await;
+        let through: Option<Timestamp> =
+            audit.and_then(|a| serde_json::from_value(a["checked_through"].clone()).ok());
+        if let Some(through) = through {
+            let from = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
+            checked += job
+                .slots_after(from)
+                .take_while(|s| s.at <= through)
+                .count();
+        }
+    }
+    checked
+}
+
 /// The shell script of a chaos task: a line in `log` as it starts, `sleep`, and a line as it ends,
 /// each with the run, the attempt and the time in nanoseconds.
 fn effect_script(log: &std::path::Path, sleep: &str) -> String {
@@ -286,16 +425,7 @@ type Executions = Vec<(i64, Option<i64>)>;
 /// Checks the side-effect log against the due slots and the ledger.
 pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> EffectsCheck {
     let mut check = EffectsCheck::default();
-    let due: BTreeMap<RunId, (String, Timestamp)> = jobs
-        .iter()
-        .flat_map(|job| {
-            let from = job.start_at.unwrap_or_default() - chrono::Duration::milliseconds(1);
-            job.slots_after(from).map(move |slot| {
-                let run = RunId::derive(&job.id, slot.at, TriggerKind::Schedule);
-                (run, (job.id.to_string(), slot.at))
-            })
-        })
-        .collect();
+    let due = due_slots(jobs);
     // When the ledger first had each attempt's outcome (the fold's first accepted one), and
     // which attempts ended lost or timed out.
     let mut states: BTreeMap<RunId, RunState> = BTreeMap::new();
@@ -554,7 +684,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let broker_dir = tempfile::tempdir()?;
     let mut broker = Broker::start(&config.nisshi, broker_dir.path()).await?;
     let stack = Stack::on(broker.address(), config.partitions).await;
-    let http = format!("--http-addr={}", free_addr());
+    let api_addr = free_addr();
+    let http = format!("--http-addr={api_addr}");
+    let audit_grace = format!("--audit-grace={}s", AUDIT_GRACE.as_secs());
     let dispatcher = |name: &str| {
         Instance::new(
             &stack,
@@ -580,7 +712,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         dispatcher("dispatcher-b"),
         worker("worker-a"),
         worker("worker-b"),
-        Instance::new(&stack, "aggregator", "kairos-aggregator", &[&http], true),
+        Instance::new(
+            &stack,
+            "aggregator",
+            "kairos-aggregator",
+            &[&http, &audit_grace],
+            true,
+        ),
     ];
     for instance in &mut fleet {
         instance.start(&stack);
@@ -717,6 +855,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     report.ledger = settled;
     let log = std::fs::read_to_string(&effects).unwrap_or_default();
     report.effects = check_effects(&log, &stack.ledger(), &jobs);
+    report.audit = check_audit(&stack.alerts(), &stack.ledger(), &jobs);
+    report.audit.slots_checked = audited_slots(&format!("http://{api_addr}"), &jobs).await;
 
     // Rebuilds: one dispatcher takes every partition first, so that its live state covers them all.
     fleet[2].stop().await?;
@@ -829,6 +969,48 @@ mod tests {
             ),
             event(job, slot, succeeded),
         ]
+    }
+
+    /// Given a ledger where slot 0 was decided in time, slot 1 late and slot 2 never, and a run
+    /// that left the scheduled state within a second, when the audit alerted all four, then only
+    /// the alerts about slot 0 and about that run are false alarms.
+    #[test]
+    fn audit_alerts_about_what_the_ledger_had_in_time_are_false_alarms() {
+        let jobs = load_jobs(1, at(0), at(100), std::path::Path::new("/dev/null"));
+        let job = &jobs[0];
+        let mut ledger = ran(job, at(0));
+        let mut late = ran(job, at(1));
+        for event in &mut late {
+            // Past slot 1's 30 s of grace.
+            event.at = at(32);
+        }
+        ledger.extend(late);
+        let run = |secs| RunId::derive(&job.id, at(secs), TriggerKind::Schedule);
+        let missed = |secs| {
+            Alert::slot_missed(
+                job.id.clone(),
+                run(secs),
+                at(secs),
+                at(secs + 30),
+                at(secs + 35),
+            )
+        };
+        let stuck = Alert::run_stuck(job.id.clone(), run(0), "scheduled", 0, at(30), at(35));
+        let check = check_audit(&[missed(0), missed(1), missed(2), stuck], &ledger, &jobs);
+        assert_eq!(check.slot_missed, 3);
+        assert_eq!(check.run_stuck.len(), 1);
+        assert_eq!(check.false_alarms.len(), 2, "{:?}", check.false_alarms);
+        assert!(
+            check.false_alarms[0].contains("slot_missed"),
+            "{:?}",
+            check.false_alarms
+        );
+        assert!(
+            check.false_alarms[1].contains("run_stuck"),
+            "{:?}",
+            check.false_alarms
+        );
+        assert!(!check.passed());
     }
 
     /// Given a ledger where every slot ran once, when the side-effect log shows an attempt run

@@ -9,28 +9,32 @@
 //! aggregator has applied its runs partition up to a high watermark read from the broker after
 //! the slot's deadline, so an aggregator that lags or rebuilds never takes a decision it has not
 //! read yet for a missing one. A partition this aggregator does not own, or is still rebuilding,
-//! is not judged at all.
+//! is not judged at all. The watermarks are read by a task of their own: a broker that does not
+//! answer holds up the audit, never the record loop.
 //!
 //! Each job's cursor (`local/audit/<job>`) is progress, not a fold of the topics: a restart goes
 //! on from it, covering the time the aggregator was down; a rebuild from an empty store starts
 //! afresh from the moment it has caught up.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kairos_core::audit::{next_step_due, slots_counted_from, slots_to_check};
 use kairos_core::decide::{fire_time, DEFAULT_DEADLINE_MARGIN};
 use kairos_core::run::{RunId, RunStatus};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{Alert, AlertKind};
+use kairos_runtime::kafka::WatermarkReader;
 use kairos_runtime::store::LOCAL_PREFIX;
 use kairos_runtime::{Batch, PartitionedConsumer, Store};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics_names as m;
 use crate::{job_stats_key, run_key, unfinished, JobRecord, JobStats};
 
-/// How often the audit looks at the broker and judges what it can.
+/// How often the audit reads the ends of the runs partitions, and so how often it judges.
 const AUDIT_INTERVAL: Duration = Duration::from_secs(5);
 /// The most slots of one job a pass checks: a long gap is worked off over several passes.
 const MAX_SLOTS_PER_PASS: usize = 1000;
@@ -98,14 +102,16 @@ pub(crate) struct Findings {
 pub(crate) struct Audit {
     grace: Duration,
     jobs: HashMap<String, AuditedJob>,
-    barriers: HashMap<i32, Barrier>,
+    /// The latest barrier of each probed partition, kept by the prober task.
+    barriers: Arc<Mutex<HashMap<i32, Barrier>>>,
+    /// The partitions the prober reads: those owned and caught up.
+    probed: Arc<Mutex<Vec<i32>>>,
     /// The moment up to which each partition was last judged.
     judged_until: HashMap<i32, Timestamp>,
     /// Runs already alerted as stuck, per partition, in the state they were stuck in.
     stuck_alerted: HashMap<i32, HashSet<(RunId, u32, RunStatus)>>,
     /// Where a job never audited by this store starts: not before this aggregator began.
     started_at: Timestamp,
-    last_pass: Option<Instant>,
 }
 
 impl Audit {
@@ -114,11 +120,11 @@ impl Audit {
         let mut audit = Audit {
             grace,
             jobs: HashMap::new(),
-            barriers: HashMap::new(),
+            barriers: Arc::default(),
+            probed: Arc::default(),
             judged_until: HashMap::new(),
             stuck_alerted: HashMap::new(),
             started_at: now,
-            last_pass: None,
         };
         for (key, record) in store.scan::<JobRecord>(crate::JOB_PREFIX)? {
             if let Some(job) = key.strip_prefix(crate::JOB_PREFIX) {
@@ -153,8 +159,43 @@ impl Audit {
         batch.delete(&audit_key(job));
     }
 
-    /// Judges each owned, caught-up partition the aggregator has applied up to its barrier, then
-    /// takes a new barrier for it. At most once per [`AUDIT_INTERVAL`].
+    /// Starts the task that reads, every [`AUDIT_INTERVAL`], where each probed runs partition
+    /// ends, until `shutdown`.
+    pub(crate) fn probe(
+        &self,
+        reader: WatermarkReader,
+        runs_topic: String,
+        shutdown: CancellationToken,
+    ) {
+        let (barriers, probed) = (self.barriers.clone(), self.probed.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AUDIT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let partitions = probed.lock().expect("audit lock").clone();
+                let mut read = HashMap::new();
+                for partition in partitions {
+                    let taken_at = kairos_runtime::now();
+                    match reader.high(&runs_topic, partition).await {
+                        Ok(high) => {
+                            read.insert(partition, Barrier { taken_at, high });
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, partition, "Reading where the runs partition ends failed; its audit waits.");
+                        }
+                    }
+                }
+                *barriers.lock().expect("audit lock") = read;
+            }
+        });
+    }
+
+    /// Judges each owned, caught-up partition that the aggregator has applied up to a barrier
+    /// newer than its last judgement.
     pub(crate) fn pass(
         &mut self,
         store: &Store,
@@ -162,40 +203,26 @@ impl Audit {
         runs_topic: &str,
     ) -> anyhow::Result<Findings> {
         let mut findings = Findings::default();
-        if self
-            .last_pass
-            .is_some_and(|last| last.elapsed() < AUDIT_INTERVAL)
-        {
-            return Ok(findings);
-        }
-        self.last_pass = Some(Instant::now());
         let live: Vec<i32> = consumer
             .owned()
             .filter(|p| consumer.is_caught_up(*p))
             .collect();
-        self.barriers.retain(|p, _| live.contains(p));
         self.judged_until.retain(|p, _| live.contains(p));
         self.stuck_alerted.retain(|p, _| live.contains(p));
+        *self.probed.lock().expect("audit lock") = live.clone();
+        let barriers = self.barriers.lock().expect("audit lock").clone();
         for &partition in &live {
-            if let Some(barrier) = self.barriers.get(&partition).copied() {
-                let applied = store.next_offset(runs_topic, partition)?.unwrap_or(0);
-                if applied >= barrier.high {
-                    self.judge(partition, barrier.taken_at, store, &mut findings)?;
-                    self.judged_until.insert(partition, barrier.taken_at);
-                    self.barriers.remove(&partition);
-                }
+            let Some(barrier) = barriers.get(&partition) else {
+                continue;
+            };
+            let judged = self.judged_until.get(&partition);
+            if judged.is_some_and(|until| *until >= barrier.taken_at) {
+                continue;
             }
-            if let std::collections::hash_map::Entry::Vacant(entry) = self.barriers.entry(partition)
-            {
-                let taken_at = kairos_runtime::now();
-                match consumer.fetch_high_watermark(runs_topic, partition) {
-                    Ok(high) => {
-                        entry.insert(Barrier { taken_at, high });
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, partition, "Reading the runs partition's end failed; its audit waits.");
-                    }
-                }
+            let applied = store.next_offset(runs_topic, partition)?.unwrap_or(0);
+            if applied >= barrier.high {
+                self.judge(partition, barrier.taken_at, store, &mut findings)?;
+                self.judged_until.insert(partition, barrier.taken_at);
             }
         }
         let now = kairos_runtime::now();

@@ -223,6 +223,11 @@ pub async fn run(
     });
     parts.ops.serve(config.http_addr, router).await?;
     tracing::info!(http_addr = %config.http_addr, "REST API listening.");
+    audit.probe(
+        parts.consumer.watermark_reader(),
+        topics.runs(),
+        parts.shutdown.clone(),
+    );
     let mut aggregator = Aggregator {
         topics,
         store,

@@ -682,8 +682,12 @@ impl PartitionedConsumer {
     /// # Panics
     /// On a current-thread tokio runtime; every Kairos service runs on the multi-thread one.
     pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
-        match self.fetch_high_watermark(topic, partition) {
-            Ok(high) => high,
+        let result = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+        });
+        match result {
+            Ok((_, high)) => high,
             Err(error) => {
                 tracing::warn!(%error, topic, partition, "Fetching the high watermark failed; treating the partition as caught up.");
                 0
@@ -691,14 +695,12 @@ impl PartitionedConsumer {
         }
     }
 
-    /// The partition's high watermark as the broker tells it now, blocking the calling worker
-    /// thread for the round trip (see [`PartitionedConsumer::high_watermark`]).
-    pub fn fetch_high_watermark(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
-        tokio::task::block_in_place(|| {
-            self.consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        })
-        .map(|(_, high)| high)
+    /// A reader of partitions' high watermarks over this member's connection, for a task off the
+    /// record loop.
+    pub fn watermark_reader(&self) -> WatermarkReader {
+        WatermarkReader {
+            consumer: self.consumer.clone(),
+        }
     }
 
     /// Marks the records as applied (their state is durable and their effects acknowledged): the
@@ -775,6 +777,29 @@ impl PartitionedConsumer {
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "Nothing committed on shutdown.");
         }
+    }
+}
+
+/// How long a high watermark may take to read before the read fails.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads partitions' high watermarks as the broker tells them now, on the blocking pool, so that a
+/// broker that does not answer delays only the caller.
+#[derive(Clone)]
+pub struct WatermarkReader {
+    consumer: Arc<StreamConsumer<KairosContext>>,
+}
+
+impl WatermarkReader {
+    pub async fn high(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        let (consumer, topic) = (self.consumer.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
+                .map(|(_, high)| high)
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
     }
 }
 
