@@ -40,6 +40,8 @@ const PRODUCER_INVARIANTS: [(&str, &str); 3] = [
     ("acks", "all"),
 ];
 
+/// The consumer session, in milliseconds (see [`KafkaArgs::session_timeout`]).
+const DEFAULT_SESSION_TIMEOUT_MS: &str = "6000";
 /// How long the consumer waits after an error before asking again (librdkafka reconnects itself).
 pub const CONSUME_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// How often metadata is read while waiting for new topics to appear.
@@ -121,7 +123,7 @@ impl KafkaArgs {
             // The least Apache Kafka accepts by default (group.min.session.timeout.ms): a member
             // killed without leaving holds its partitions this long. librdkafka heartbeats from a
             // thread of its own, so a busy service loop does not count as silence.
-            .set("session.timeout.ms", "6000")
+            .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "50")
             // How often the consumer lag metric is refreshed.
@@ -133,6 +135,18 @@ impl KafkaArgs {
             config.set(key, value);
         }
         config
+    }
+
+    /// How long the group waits for a silent member before it expels it and moves its
+    /// partitions: the default, or the `session.timeout.ms` given with `-X`.
+    pub fn session_timeout(&self) -> Duration {
+        let ms = self
+            .properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "session.timeout.ms")
+            .map_or(DEFAULT_SESSION_TIMEOUT_MS, |(_, value)| value.as_str());
+        Duration::from_millis(ms.parse().unwrap_or(6000))
     }
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {

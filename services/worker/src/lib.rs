@@ -152,9 +152,19 @@ fn attempt_key(task: &TaskAssigned) -> AttemptKey {
     )
 }
 
+/// How long after a task's start its worker's word on it (its outcome, or that it started) may
+/// take to reach the ledger, beyond `--report-start-after`: a produce's linger and round trip,
+/// with room to spare.
+const REPORT_MARGIN: Duration = Duration::from_secs(1);
+
 /// Whether the ledger records the task's attempt (or its shard of it) as over.
 fn is_over(over: &HashSet<AttemptKey>, task: &TaskAssigned) -> bool {
     over.contains(&attempt_key(task)) || over.contains(&(task.run_id, task.attempt, None))
+}
+
+/// When the task was to start: its slot's start, or its dispatch for a retry or a manual run.
+fn start_of(task: &TaskAssigned) -> Timestamp {
+    task.start_at.unwrap_or(task.assigned_at)
 }
 
 /// The default of `--report-start-after`.
@@ -170,6 +180,9 @@ struct Pending {
     task: TaskAssigned,
     /// The ledger offset of the task's dispatch, from its header.
     dispatched_at: Option<i64>,
+    /// Redelivered: read from before the end its partition had when it was assigned here, so
+    /// its partition's last owner may have run it, or may be running it.
+    redelivered: bool,
 }
 
 /// Tasks that run one after another, in offset order: a job's runs take turns, unless the job lets
@@ -245,6 +258,38 @@ const FENCE_MEMORY: Duration = Duration::from_secs(600);
 
 /// How long handed-back attempts get to die after they are killed, before the worker stops anyway.
 const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits while this worker is out of its consumer group, or may be without knowing it: its loop
+/// has not beaten within the silence limit (it was frozen or cut off, and has yet to look at what
+/// the silence means). A cancel or `released` ends the wait. Returns whether it waited.
+async fn until_in_group(
+    membership: &mut tokio::sync::watch::Receiver<Membership>,
+    silence: Duration,
+    cancel: &CancellationToken,
+    released: &CancellationToken,
+) -> bool {
+    let mut waited = false;
+    loop {
+        let now = *membership.borrow_and_update();
+        if !now.expelled && now.last_beat.elapsed() <= silence {
+            return waited;
+        }
+        waited = true;
+        tokio::select! {
+            changed = membership.changed() => if changed.is_err() { return waited },
+            _ = cancel.cancelled() => return waited,
+            _ = released.cancelled() => return waited,
+        }
+    }
+}
+
+/// The tasks of a poll that were redelivered, and what the ledger says of their attempts.
+#[derive(Default)]
+struct Redelivered {
+    offsets: HashSet<(i32, i64)>,
+    /// The attempts the ledger records as over.
+    over: HashSet<AttemptKey>,
+}
 
 /// Sent by an execution when its outcome is acknowledged.
 struct Finished {
@@ -346,6 +391,11 @@ pub async fn run_with_handlers(
         kafka: config.kafka.clone(),
         redelivered_below: HashMap::new(),
         finished_here: HashMap::new(),
+        membership: tokio::sync::watch::Sender::new(Membership {
+            expelled: false,
+            last_beat: Instant::now(),
+        }),
+        expelled_since: None,
     };
     let result = worker.run(parts.shutdown).await;
     parts
@@ -395,6 +445,21 @@ struct Worker {
     /// Attempts this worker has run and reported lately, and when: a copy redelivered here (the
     /// partition left and came back while the attempt ran) is not run again.
     finished_here: HashMap<AttemptKey, Instant>,
+    /// Whether this worker is in its consumer group, as its executions need to know before they
+    /// start an attempt (see [`Worker::after_silence`]).
+    membership: tokio::sync::watch::Sender<Membership>,
+    /// When this worker found it had been expelled, while it has not rejoined.
+    expelled_since: Option<Instant>,
+}
+
+/// What the executions know of the worker's place in its consumer group.
+#[derive(Clone, Copy, Debug)]
+struct Membership {
+    /// Silent past the group session: the group has expelled this worker, and another may own
+    /// its partitions and be running their tasks, until it has rejoined.
+    expelled: bool,
+    /// When the worker's loop last beat, having first looked at how long it had been silent.
+    last_beat: Instant,
 }
 
 impl Worker {
@@ -408,6 +473,7 @@ impl Worker {
                 _ = shutdown.cancelled() => return self.drain().await,
                 _ = beat.tick() => {
                     self.after_silence(last_beat.elapsed());
+                    self.rejoin_unless_expelled();
                     last_beat = Instant::now();
                     self.beat(false).await?;
                 }
@@ -475,6 +541,7 @@ impl Worker {
     async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
         match input {
             Input::Assigned(partitions) => {
+                self.rejoined();
                 for partition in partitions {
                     let end = self.consumer.high_watermark(&self.input, partition);
                     self.redelivered_below.insert(partition, end);
@@ -501,9 +568,9 @@ impl Worker {
                 }
             }
             Input::Records(messages) => {
-                let over = self.attempts_over(&messages).await;
+                let redelivered = self.redelivered(&messages).await;
                 for message in messages {
-                    self.take(message, &over).await?;
+                    self.take(message, &redelivered).await?;
                 }
             }
         }
@@ -519,7 +586,7 @@ impl Worker {
     async fn take(
         &mut self,
         message: OwnedMessage,
-        over: &HashSet<AttemptKey>,
+        redelivered: &Redelivered,
     ) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
         self.tracker.started(partition, offset);
@@ -530,15 +597,22 @@ impl Worker {
                 return Ok(());
             }
             Some(Ok(task))
-                if is_over(over, &task) || self.finished_here.contains_key(&attempt_key(&task)) =>
+                if is_over(&redelivered.over, &task)
+                    || self.finished_here.contains_key(&attempt_key(&task)) =>
             {
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a redelivered attempt the ledger records as over.");
                 self.skip(partition, offset, "already_over");
                 return Ok(());
             }
             Some(Ok(task)) if task.pool == self.pool => {
-                let dispatched_at = dispatched_at(&message);
-                self.enqueue(partition, offset, task, dispatched_at);
+                let pending = Pending {
+                    partition,
+                    offset,
+                    dispatched_at: dispatched_at(&message),
+                    redelivered: redelivered.offsets.contains(&(partition, offset)),
+                    task,
+                };
+                self.enqueue(pending);
                 return Ok(());
             }
             Some(Ok(task)) => (
@@ -559,13 +633,8 @@ impl Worker {
         Ok(())
     }
 
-    fn enqueue(
-        &mut self,
-        partition: i32,
-        offset: i64,
-        task: TaskAssigned,
-        dispatched_at: Option<i64>,
-    ) {
+    fn enqueue(&mut self, pending: Pending) {
+        let task = &pending.task;
         if let Some(start_at) = task.start_at {
             let pool = self.pool.clone();
             match (start_at - chrono::Utc::now()).to_std() {
@@ -575,14 +644,9 @@ impl Worker {
                 Err(_) => metrics::counter!(m::ARRIVED_LATE, "pool" => pool).increment(1),
             }
         }
-        let lane = lane(&task);
+        let lane = lane(task);
         let queue = self.queues.entry(lane.clone()).or_default();
-        queue.push_back(Pending {
-            partition,
-            offset,
-            task,
-            dispatched_at,
-        });
+        queue.push_back(pending);
         if queue.len() == 1 {
             self.start_head(&lane);
         }
@@ -594,18 +658,51 @@ impl Worker {
     /// suspended, cut off from the broker) may since have lost its partitions to another worker
     /// that ran their tasks, without having heard of it yet: the tasks it had fetched before are
     /// checked against the ledger, as redelivered ones are.
+    ///
+    /// Silent past the group session, it has certainly been expelled, and until its consumer
+    /// hears so (at its next group heartbeat) it still fetches tasks from partitions another
+    /// worker now owns, whose attempts that worker may be running: no attempt starts here until
+    /// the worker has rejoined, and the revocation that comes first hands them over unrun.
     fn after_silence(&mut self, silent: Duration) {
         if silent <= self.silence_limit() {
             return;
         }
+        let expelled = silent > self.kafka.session_timeout();
         tracing::warn!(
             ?silent,
-            "This worker was silent; the tasks it reads next are checked against the ledger first."
+            expelled,
+            "This worker was silent; the tasks it reads next are checked against the ledger first{}.",
+            if expelled { ", and none starts until it has rejoined its group" } else { "" }
         );
+        if expelled {
+            self.expelled_since = Some(Instant::now());
+            self.membership.send_modify(|m| m.expelled = true);
+        }
         let owned: Vec<i32> = self.consumer.owned().collect();
         for partition in owned {
             let end = self.consumer.high_watermark(&self.input, partition);
             self.redelivered_below.insert(partition, end);
+        }
+    }
+
+    /// The group has given this worker partitions again: attempts held for that may start.
+    fn rejoined(&mut self) {
+        if self.expelled_since.take().is_some() {
+            tracing::info!("Rejoined the group after an expulsion; held attempts may start.");
+            self.membership.send_modify(|m| m.expelled = false);
+        }
+    }
+
+    /// An expulsion the consumer has not acted on within a session is taken back: the group
+    /// must have kept this worker after all (its consumer heartbeats from a thread of its own,
+    /// which a stalled loop does not stop).
+    fn rejoin_unless_expelled(&mut self) {
+        if self
+            .expelled_since
+            .is_some_and(|since| since.elapsed() > self.kafka.session_timeout())
+        {
+            tracing::warn!("No rebalance came within a session of the silence; resuming.");
+            self.rejoined();
         }
     }
 
@@ -621,12 +718,13 @@ impl Worker {
         self.commit_up_to(partition, offset);
     }
 
-    /// The attempts already over among the tasks of `messages` redelivered to this worker (read
-    /// from before the end their partition had when it was assigned here): the ledger's tail
-    /// from each partition's earliest such dispatch, and no more. A task dispatched without its
-    /// dispatch's position (by an older dispatcher), or a ledger that cannot be read, is run
+    /// The tasks of `messages` redelivered to this worker (read from before the end their
+    /// partition had when it was assigned here), and what the ledger says of their attempts: its
+    /// tail from each partition's earliest such dispatch, and no more. A task dispatched without
+    /// its dispatch's position (by an older dispatcher), or a ledger that cannot be read, is run
     /// again, as before: at least once.
-    async fn attempts_over(&mut self, messages: &[OwnedMessage]) -> HashSet<AttemptKey> {
+    async fn redelivered(&mut self, messages: &[OwnedMessage]) -> Redelivered {
+        let mut redelivered = Redelivered::default();
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
         for message in messages {
             let partition = message.partition();
@@ -639,23 +737,23 @@ impl Worker {
             if message.offset() >= end {
                 continue;
             }
+            redelivered.offsets.insert((partition, message.offset()));
             if let Some(dispatched_at) = dispatched_at(message) {
                 let earliest = from.entry(partition).or_insert(dispatched_at);
                 *earliest = (*earliest).min(dispatched_at);
             }
         }
-        let mut over = HashSet::new();
         for (partition, dispatched_at) in from {
             match ledger::attempts_over(&self.kafka, partition, dispatched_at, LEDGER_READ_TIMEOUT)
                 .await
             {
-                Ok(found) => over.extend(found),
+                Ok(found) => redelivered.over.extend(found),
                 Err(error) => {
                     tracing::warn!(%error, partition, "Reading the ledger for redelivered tasks failed; they run again.");
                 }
             }
         }
-        over
+        redelivered
     }
 
     /// Hands back the attempts of the partitions `on` selects that are still held for their
@@ -691,6 +789,8 @@ impl Worker {
 
     /// Announces this worker, its capacity and the runs it executes on the heartbeats topic.
     async fn beat(&self, stopping: bool) -> anyhow::Result<()> {
+        self.membership
+            .send_modify(|m| m.last_beat = Instant::now());
         let heartbeat = WorkerHeartbeat {
             worker_id: self.reporter.worker_id.clone(),
             pool: self.pool.clone(),
@@ -807,6 +907,15 @@ impl Worker {
         let recheck = pending
             .dispatched_at
             .map(|from| (self.kafka.clone(), from, self.silence_limit()));
+        // A redelivered task that was due moments ago may be running on its partition's last
+        // owner, which has not had the time to say so: it is held until that owner's word would
+        // be on the ledger, and not run if it is.
+        let hear_from_last_owner = (pending.redelivered && recheck.is_some())
+            .then(|| {
+                let window = self.reporter.report_start_after + REPORT_MARGIN;
+                start_of(&task) + chrono::Duration::from_std(window).unwrap_or_default()
+            })
+            .filter(|at| *at > chrono::Utc::now());
         // Handing back stops every attempt through its own token, like a cancel, but leaves the
         // outcome unreported.
         let hand_back = self.hand_back.clone();
@@ -827,12 +936,25 @@ impl Worker {
         let executor = self.executor.clone();
         let finished = self.finished_tx.clone();
         let pool = self.pool.clone();
+        let mut membership = self.membership.subscribe();
+        let silence = self.silence_limit();
         self.executions.spawn(async move {
             // Held until its start, without a place: only running tasks take one. A cancel, a
             // fence or a hand-back ends the wait.
-            if let Some(wait) = task
+            let wait = task
                 .start_at
-                .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+                .and_then(|at| (at - chrono::Utc::now()).to_std().ok());
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => {}
+                    _ = hold.released.cancelled() => {}
+                }
+            }
+            // A revocation meanwhile hands the attempt over.
+            let mut waited = until_in_group(&mut membership, silence, &cancel, &hold.released).await;
+            if let Some(wait) =
+                hear_from_last_owner.and_then(|at| (at - chrono::Utc::now()).to_std().ok())
             {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -843,19 +965,29 @@ impl Worker {
             if !hold.start() {
                 return; // Its partition was revoked: the next owner runs it.
             }
-            // Woken long after the start (the worker was stopped, suspended or cut off): its
-            // partition may meanwhile have gone to another worker that ran the attempt.
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            if hand_back.is_cancelled() {
+                return;
+            }
+            // A last look, for a worker frozen between its start and now.
+            waited |= until_in_group(&mut membership, silence, &cancel, &hand_back).await;
+            // Woken long after the start, or held while out of the group (the worker was stopped,
+            // suspended or cut off): its partition may meanwhile have gone to another worker that
+            // ran the attempt. Or redelivered just after its start: its last owner may have run
+            // it, or be running it.
             if let Some((kafka, from, silence)) = &recheck {
                 let late = task
                     .start_at
                     .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
                     .unwrap_or_default();
-                if late > *silence
+                if (late > *silence || hear_from_last_owner.is_some() || waited)
                     && ledger::attempts_over(kafka, partition, *from, LEDGER_READ_TIMEOUT)
                         .await
                         .is_ok_and(|over| is_over(&over, &task))
                 {
-                    tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, ?late, "Not starting an attempt held through a silence: the ledger records it as over.");
+                    tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, ?late, "Not starting an attempt another worker ran, as the ledger records.");
                     metrics::counter!(m::SKIPPED, "pool" => pool.clone(), "reason" => "already_over").increment(1);
                     let _ = finished.send(Finished {
                         partition,
@@ -866,12 +998,7 @@ impl Worker {
                     return;
                 }
             }
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
-            };
-            if hand_back.is_cancelled() {
-                return;
-            }
+
             // Cancelled while waiting for a slot: nothing ran, and the dispatcher has recorded it.
             let reported = cancel.is_cancelled()
                 || reporter
