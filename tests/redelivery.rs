@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use kairos_core::run::RunEventKind;
 use kairos_tests::{
-    events_of, metric_value, scrape, shell_job, stop_all, wait_caught_up, wait_for, Stack,
+    events_of, metric_value, one_shot_job, scrape, shell_job, stop_all, wait_caught_up, wait_for,
+    Stack,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -196,4 +197,83 @@ async fn a_worker_frozen_past_its_session_starts_none_of_the_tasks_taken_over() 
     assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
     drop(frozen);
     stop_all(services.into_iter().chain([other])).await;
+}
+
+/// A worker joining the pool takes partitions over from a worker that is still running their
+/// tasks. Redelivered to the newcomer, a task whose attempt a live worker has said it started is
+/// left to that worker, which finishes it and reports: each attempt runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_running_when_a_join_moves_its_partition_is_not_run_again() {
+    let stack = Stack::new(2).await;
+    let mut services = vec![
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.aggregator("aggregator"),
+        stack.worker("first"),
+    ];
+    wait_caught_up(&services).await;
+    let effects = stack.data_dir("effects");
+    let script = format!(
+        "echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}; sleep 6",
+        effects.display()
+    );
+    // A long task in each partition, all running on the first worker.
+    let mut partitions = std::collections::BTreeSet::new();
+    let mut jobs = vec![];
+    for n in 0.. {
+        let id = format!("long-{n}");
+        let landed = stack.apply_job(one_shot_job(&id, &script, 2)).await;
+        partitions.insert(landed.partition);
+        jobs.push(id);
+        if partitions.len() == 2 {
+            break;
+        }
+    }
+    let started = |job: &str| {
+        events_of(&stack.ledger(), job)
+            .iter()
+            .any(|e| matches!(e.kind, RunEventKind::RunStarted { .. }))
+    };
+    wait_for(
+        "the long tasks to start",
+        Duration::from_secs(60),
+        || async { jobs.iter().all(|job| started(job)).then_some(()) },
+    )
+    .await;
+
+    let second = stack.worker("second");
+    wait_caught_up(std::slice::from_ref(&second)).await;
+    let running_elsewhere =
+        r#"kairos_worker_tasks_skipped_total{pool="default",reason="running_elsewhere"}"#;
+    wait_for(
+        "the second worker to leave the running attempt to the first",
+        Duration::from_secs(60),
+        || async {
+            let metrics = scrape(second.metrics_addr).await;
+            metric_value(&metrics, running_elsewhere).filter(|n| *n >= 1.0)
+        },
+    )
+    .await;
+    wait_for("every run to succeed", Duration::from_secs(60), || async {
+        jobs.iter()
+            .all(|job| {
+                events_of(&stack.ledger(), job)
+                    .iter()
+                    .any(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+            })
+            .then_some(())
+    })
+    .await;
+    let lines = std::fs::read_to_string(&effects).expect("the side-effect log");
+    let mut executions: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in lines.lines() {
+        *executions.entry(line).or_default() += 1;
+    }
+    assert_eq!(executions.len(), jobs.len(), "{executions:?}");
+    assert!(
+        executions.values().all(|n| *n == 1),
+        "an attempt ran twice: {executions:?}"
+    );
+    services.push(second);
+    stop_all(services).await;
 }

@@ -27,21 +27,19 @@ use kairos_core::decide::{
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
-use kairos_runtime::codec::{self, WorkerHeartbeat};
+use kairos_runtime::codec;
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
-    broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
-    ReliableProducer, CONSUME_RETRY_BACKOFF,
+    check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
+    CONSUME_RETRY_BACKOFF,
 };
 use kairos_runtime::ledger::{LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
-use kairos_runtime::workers::{Liveness, Registry};
+use kairos_runtime::workers::{HeartbeatFollower, Liveness};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -102,14 +100,8 @@ fn parse_limit(s: &str) -> Result<(String, usize), String> {
     Ok((pool.trim().to_string(), limit))
 }
 
-/// How long the dispatcher waits for the heartbeat topic's offsets at start.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The soonest a timer set by a reconcile fires.
 const MIN_TIMER_DELAY: chrono::Duration = chrono::Duration::milliseconds(20);
-
-/// A heartbeat record as read: its partition, offset and decoded beat (none for a tombstone).
-type HeartbeatRead = (i32, i64, Option<Result<WorkerHeartbeat, codec::CodecError>>);
 
 /// How often the dispatcher looks for attempts on workers that have gone silent.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -155,29 +147,7 @@ pub async fn run(
             topics.tasks("default"),
         ],
     )?;
-    // The heartbeats topic is keyed by worker, with a partition count of its own.
-    let heartbeat_partitions = check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
-    // Every dispatcher needs every worker's heartbeats: a run on any of its partitions may have
-    // been started by any worker. The compacted topic holds each worker's latest beat.
-    let heartbeats = broadcast_consumer(
-        &config.kafka,
-        &topics.heartbeats(),
-        heartbeat_partitions,
-        Offset::Beginning,
-    )?;
-    let mut heartbeats_behind = BTreeMap::new();
-    for partition in 0..heartbeat_partitions {
-        let topic = topics.heartbeats();
-        let (_, high) = tokio::task::block_in_place(|| {
-            heartbeats.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-        })?;
-        if high > 0 {
-            heartbeats_behind.insert(partition, high);
-        }
-    }
-    // Until the old beats are read, every worker looks silent.
-    let mut workers = Registry::default();
-    workers.deaf(kairos_runtime::now());
+    let heartbeats = HeartbeatFollower::start(&config.kafka)?;
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "dispatcher",
@@ -202,8 +172,6 @@ pub async fn run(
         deadline_margin: config.deadline_margin,
         pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
         heartbeats,
-        heartbeats_behind,
-        workers,
         attempts: Attempts::default(),
         awaiting: HashMap::new(),
         sends: JoinSet::new(),
@@ -231,12 +199,8 @@ struct Dispatcher {
     deadline_margin: Duration,
     /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
     pools: Pools,
-    /// Every worker's heartbeats, read from the beginning of the compacted topic.
-    heartbeats: StreamConsumer,
-    /// Heartbeat partitions not yet read up to their end as it was at start: until they are,
-    /// the registry holds old beats and must not call anyone lost.
-    heartbeats_behind: BTreeMap<i32, i64>,
-    workers: Registry,
+    /// Every worker's latest heartbeat.
+    heartbeats: HeartbeatFollower,
     /// The worker of each started attempt, to find a dead worker's attempts.
     attempts: Attempts,
     /// Runs with a step appended but not read back yet: the step, and the state it should give.
@@ -292,12 +256,8 @@ impl Dispatcher {
                 _ = check_workers.tick() => self.reconcile_lost_workers().await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
-                read = self.heartbeats.recv() => {
-                    let read = read.map(|m| {
-                        (m.partition(), m.offset(), m.payload().map(codec::decode_heartbeat))
-                    });
-                    if !self.on_heartbeat(read) {
-                        // A broker in trouble answers at once, again and again.
+                read = self.heartbeats.read() => {
+                    if !read {
                         tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
                     }
                 }
@@ -330,42 +290,12 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Keeps a worker's beat (the aggregator dead-letters one that does not decode; here it is
-    /// skipped). A failed read, or one of the old beats replayed at start, leaves the registry
-    /// deaf for a while. False when the read failed.
-    fn on_heartbeat(&mut self, read: Result<HeartbeatRead, rdkafka::error::KafkaError>) -> bool {
-        let now = kairos_runtime::now();
-        match read {
-            Ok((partition, offset, beat)) => {
-                if let Some(Ok(beat)) = beat {
-                    self.workers.record(beat);
-                }
-                if self
-                    .heartbeats_behind
-                    .get(&partition)
-                    .is_some_and(|end| offset + 1 >= *end)
-                {
-                    self.heartbeats_behind.remove(&partition);
-                }
-                if !self.heartbeats_behind.is_empty() {
-                    self.workers.deaf(now);
-                }
-                true
-            }
-            Err(error) => {
-                tracing::debug!(%error, "Reading heartbeats failed.");
-                self.workers.deaf(now);
-                false
-            }
-        }
-    }
-
     /// Reconciles the jobs with an attempt on a worker that has gone silent, so that the attempt
     /// is recorded as lost and retried.
     async fn reconcile_lost_workers(&mut self) -> anyhow::Result<()> {
         let lost = self
             .attempts
-            .on_lost_workers(&self.workers, kairos_runtime::now());
+            .on_lost_workers(&self.heartbeats.registry(), kairos_runtime::now());
         for (partition, job) in lost {
             if self.consumer.is_caught_up(partition) {
                 self.reconcile(partition, Some(&job)).await?;
@@ -653,10 +583,9 @@ impl Dispatcher {
             let cancelling = cancel_requested(&runs[i]);
             while !self.awaiting.contains_key(&runs[i].run_id) {
                 let now = kairos_runtime::now();
-                let worker_lost = runs[i]
-                    .workers()
-                    .into_iter()
-                    .any(|worker| self.workers.liveness(worker, now) == Some(Liveness::Lost));
+                let worker_lost = runs[i].workers().into_iter().any(|worker| {
+                    self.heartbeats.registry().liveness(worker, now) == Some(Liveness::Lost)
+                });
                 let step = if let Some(cancel) = cancelling.then(|| cancel_step(&runs[i])).flatten()
                 {
                     Some(cancel)

@@ -4,7 +4,7 @@
 //! tail of one ledger partition read back, for a worker that must know whether a redelivered
 //! attempt is already over. Must not decide anything: the event is decided before it gets here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use kairos_core::run::{RunEvent, RunEventKind, RunId};
@@ -46,16 +46,49 @@ pub const DISPATCHED_AT_HEADER: &str = "kairos_dispatched_offset";
 /// for the whole attempt).
 pub type AttemptKey = (RunId, u32, Option<u32>);
 
+/// What the tail of a ledger partition says about attempts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attempts {
+    /// Over: an outcome reported by a worker, or recorded for it (lost, timed out, cancelled).
+    pub over: HashSet<AttemptKey>,
+    /// The worker that said it started each attempt (one that ran past its
+    /// `--report-start-after`).
+    pub started_by: HashMap<AttemptKey, String>,
+    /// Where the read ended: a later read for news goes on from here.
+    pub read_to: i64,
+}
+
+impl Attempts {
+    /// Whether the attempt (or its shard) is over; an event about the whole attempt counts for
+    /// each of its shards.
+    pub fn is_over(&self, (run, attempt, shard): AttemptKey) -> bool {
+        self.over.contains(&(run, attempt, shard)) || self.over.contains(&(run, attempt, None))
+    }
+
+    /// The worker that said it started the attempt (or its shard).
+    pub fn started_by(&self, (run, attempt, shard): AttemptKey) -> Option<&str> {
+        self.started_by
+            .get(&(run, attempt, shard))
+            .or_else(|| self.started_by.get(&(run, attempt, None)))
+            .map(String::as_str)
+    }
+
+    pub fn extend(&mut self, other: Attempts) {
+        self.over.extend(other.over);
+        self.started_by.extend(other.started_by);
+        self.read_to = self.read_to.max(other.read_to);
+    }
+}
+
 /// Reads one partition of the runs topic from `from` up to its end as it is when the read begins,
-/// and returns the attempts it records as over: an outcome reported by a worker, or recorded for
-/// it (lost, timed out, cancelled). Only the tail after a dispatch is read, never the whole
-/// ledger. Fails if the end is not reached within `within`.
-pub async fn attempts_over(
+/// and returns what it records of attempts. Only the tail after a dispatch is read, never the
+/// whole ledger. Fails if the end is not reached within `within`.
+pub async fn read_attempts(
     args: &KafkaArgs,
     partition: i32,
     from: i64,
     within: Duration,
-) -> anyhow::Result<HashSet<AttemptKey>> {
+) -> anyhow::Result<Attempts> {
     let topic = args.topics().runs();
     let mut config = args.client_config();
     // Positions are the reader's own: nothing is ever committed for this group.
@@ -66,9 +99,12 @@ pub async fn attempts_over(
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create()?;
         let (_, end) = consumer.fetch_watermarks(&topic, partition, within)?;
-        let mut over = HashSet::new();
+        let mut attempts = Attempts {
+            read_to: from.max(end),
+            ..Attempts::default()
+        };
         if from >= end {
-            return Ok(over);
+            return Ok(attempts);
         }
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, partition, Offset::Offset(from))?;
@@ -90,16 +126,26 @@ pub async fn attempts_over(
                 continue;
             };
             use RunEventKind::*;
-            if let RunSucceeded { attempt, .. }
-            | RunFailed { attempt, .. }
-            | RunTimedOut { attempt, .. }
-            | RunCancelled { attempt }
-            | RunLost { attempt } = event.kind
-            {
-                over.insert((event.run_id, attempt, event.shard.map(|s| s.index)));
+            let shard = event.shard.map(|s| s.index);
+            match event.kind {
+                RunSucceeded { attempt, .. }
+                | RunFailed { attempt, .. }
+                | RunTimedOut { attempt, .. }
+                | RunCancelled { attempt }
+                | RunLost { attempt } => {
+                    attempts.over.insert((event.run_id, attempt, shard));
+                }
+                RunStarted {
+                    attempt, worker_id, ..
+                } => {
+                    attempts
+                        .started_by
+                        .insert((event.run_id, attempt, shard), worker_id);
+                }
+                _ => {}
             }
         }
-        Ok(over)
+        Ok(attempts)
     })
     .await?
 }

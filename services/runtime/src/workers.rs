@@ -1,13 +1,20 @@
 //! Which workers are alive: the latest heartbeat of each worker and what its silence means.
 //!
 //! The dispatcher reads it to record the attempts of a dead worker as lost, the aggregator to show
-//! the worker registry and to notice pools nobody serves; both must judge a worker the same way.
+//! the worker registry and to notice pools nobody serves, a worker to know whether the worker
+//! that started a redelivered attempt is still at it; all must judge a worker the same way.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use kairos_core::Timestamp;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::Offset;
 
-use crate::codec::WorkerHeartbeat;
+use crate::codec::{self, WorkerHeartbeat};
+use crate::kafka::{broadcast_consumer, check_co_partitioning, KafkaArgs};
 
 /// Heartbeats a worker may miss before it counts as lost.
 pub const MISSED_BEATS: u32 = 3;
@@ -116,6 +123,92 @@ impl Registry {
 
     pub fn beats(&self) -> impl Iterator<Item = &WorkerHeartbeat> {
         self.latest.values()
+    }
+}
+
+/// Every worker's latest heartbeat, followed from the beginning of the compacted heartbeats topic
+/// (every reader needs every worker's beats: a run on any partition may have been started by any
+/// worker).
+pub struct HeartbeatFollower {
+    consumer: StreamConsumer,
+    /// Partitions not yet read up to their end as it was at start: until they are, the registry
+    /// holds old beats and must not call anyone lost.
+    behind: BTreeMap<i32, i64>,
+    registry: Arc<RwLock<Registry>>,
+}
+
+impl HeartbeatFollower {
+    /// Starts reading every partition of the heartbeats topic. Until the old beats are read,
+    /// every worker looks silent, so the registry starts deaf.
+    pub fn start(args: &KafkaArgs) -> anyhow::Result<Self> {
+        let topic = args.topics().heartbeats();
+        // Keyed by worker, with a partition count of its own.
+        let partitions = check_co_partitioning(args, std::slice::from_ref(&topic))?;
+        let consumer = broadcast_consumer(args, &topic, partitions, Offset::Beginning)?;
+        let mut behind = BTreeMap::new();
+        for partition in 0..partitions {
+            let (_, high) = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            })?;
+            if high > 0 {
+                behind.insert(partition, high);
+            }
+        }
+        let mut registry = Registry::default();
+        registry.deaf(crate::now());
+        Ok(HeartbeatFollower {
+            consumer,
+            behind,
+            registry: Arc::new(RwLock::new(registry)),
+        })
+    }
+
+    /// Reads the next heartbeat into the registry (one that does not decode is the
+    /// aggregator's to dead-letter; here it is skipped). Cancel-safe. A failed read, or one of the
+    /// old beats replayed at start, leaves the registry deaf for a while. False when the read
+    /// failed: a broker in trouble answers at once, again and again, so the caller waits a moment.
+    pub async fn read(&mut self) -> bool {
+        let read = self.consumer.recv().await.map(|m| {
+            (
+                m.partition(),
+                m.offset(),
+                m.payload().map(codec::decode_heartbeat),
+            )
+        });
+        let now = crate::now();
+        let mut registry = self.registry.write().expect("registry lock");
+        match read {
+            Ok((partition, offset, beat)) => {
+                if let Some(Ok(beat)) = beat {
+                    registry.record(beat);
+                }
+                if self
+                    .behind
+                    .get(&partition)
+                    .is_some_and(|end| offset + 1 >= *end)
+                {
+                    self.behind.remove(&partition);
+                }
+                if !self.behind.is_empty() {
+                    registry.deaf(now);
+                }
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Reading heartbeats failed.");
+                registry.deaf(now);
+                false
+            }
+        }
+    }
+
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().expect("registry lock")
+    }
+
+    /// The registry, for readers on other tasks.
+    pub fn shared(&self) -> Arc<RwLock<Registry>> {
+        Arc::clone(&self.registry)
     }
 }
 

@@ -46,10 +46,11 @@ use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
-    ReliableProducer,
+    ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
-use kairos_runtime::ledger::{self, AttemptKey, LedgerRecord, DISPATCHED_AT_HEADER};
+use kairos_runtime::ledger::{self, AttemptKey, Attempts, LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
+use kairos_runtime::workers::{HeartbeatFollower, Liveness, Registry};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
 use rdkafka::consumer::StreamConsumer;
@@ -157,10 +158,34 @@ fn attempt_key(task: &TaskAssigned) -> AttemptKey {
 /// with room to spare.
 const REPORT_MARGIN: Duration = Duration::from_secs(1);
 
-/// Whether the ledger records the task's attempt (or its shard of it) as over.
-fn is_over(over: &HashSet<AttemptKey>, task: &TaskAssigned) -> bool {
-    over.contains(&attempt_key(task)) || over.contains(&(task.run_id, task.attempt, None))
+/// Why a redelivered attempt is not run here, if another worker ran it or is running it: the
+/// ledger records it as over, or another worker said it started it and is still alive (it reports
+/// the outcome) or lost (the dispatcher records the attempt lost, and a retry follows). One
+/// started by a worker that has since stopped was handed back unfinished, and runs here.
+fn taken_elsewhere(
+    seen: &Attempts,
+    task: &TaskAssigned,
+    me: &str,
+    workers: &Registry,
+    now: Timestamp,
+) -> Option<&'static str> {
+    let key = attempt_key(task);
+    if seen.is_over(key) {
+        return Some("already_over");
+    }
+    let starter = seen.started_by(key).filter(|worker| *worker != me)?;
+    match workers.liveness(starter, now)? {
+        Liveness::Live | Liveness::Lost => Some(RUNNING_ELSEWHERE),
+        Liveness::Stopped => None,
+    }
 }
+
+/// The skip reason of an attempt left to the worker running it, which recorded its outcome.
+const RUNNING_ELSEWHERE: &str = "running_elsewhere";
+/// How soon a redelivered task whose attempt another worker is running looks at the ledger again,
+/// and how far apart its looks grow.
+const RECHECK_FIRST: Duration = Duration::from_secs(1);
+const RECHECK_MAX: Duration = Duration::from_secs(15);
 
 /// When the task was to start: its slot's start, or its dispatch for a retry or a manual run.
 fn start_of(task: &TaskAssigned) -> Timestamp {
@@ -183,6 +208,8 @@ struct Pending {
     /// Redelivered: read from before the end its partition had when it was assigned here, so
     /// its partition's last owner may have run it, or may be running it.
     redelivered: bool,
+    /// Redelivered, and another worker has said it started the attempt.
+    started_elsewhere: bool,
 }
 
 /// Tasks that run one after another, in offset order: a job's runs take turns, unless the job lets
@@ -287,8 +314,7 @@ async fn until_in_group(
 #[derive(Default)]
 struct Redelivered {
     offsets: HashSet<(i32, i64)>,
-    /// The attempts the ledger records as over.
-    over: HashSet<AttemptKey>,
+    attempts: Attempts,
 }
 
 /// Sent by an execution when its outcome is acknowledged.
@@ -338,6 +364,7 @@ pub async fn run_with_handlers(
     let topics_heartbeats = topics.heartbeats();
     // Refuse to start, naming the topic, rather than retry heartbeats forever into nothing.
     check_co_partitioning(&config.kafka, std::slice::from_ref(&topics_heartbeats))?;
+    let others = HeartbeatFollower::start(&config.kafka)?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
     let task_types: Vec<String> = BUILT_IN_TASK_TYPES
@@ -396,6 +423,7 @@ pub async fn run_with_handlers(
             last_beat: Instant::now(),
         }),
         expelled_since: None,
+        others,
     };
     let result = worker.run(parts.shutdown).await;
     parts
@@ -450,6 +478,9 @@ struct Worker {
     membership: tokio::sync::watch::Sender<Membership>,
     /// When this worker found it had been expelled, while it has not rejoined.
     expelled_since: Option<Instant>,
+    /// Every worker's latest heartbeat: whether the worker that started a redelivered attempt is
+    /// still at it.
+    others: HeartbeatFollower,
 }
 
 /// What the executions know of the worker's place in its consumer group.
@@ -485,6 +516,11 @@ impl Worker {
                 }
                 Some(_) = self.executions.join_next() => {}
                 input = self.consumer.next(None) => self.handle(input).await?,
+                read = self.others.read() => {
+                    if !read {
+                        tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
+                    }
+                }
             }
             self.health.set_caught_up(self.consumer.ready());
         }
@@ -596,10 +632,12 @@ impl Worker {
                 self.skip(partition, offset, "stopped");
                 return Ok(());
             }
-            Some(Ok(task))
-                if is_over(&redelivered.over, &task)
-                    || self.finished_here.contains_key(&attempt_key(&task)) =>
-            {
+            Some(Ok(task)) if self.finished_here.contains_key(&attempt_key(&task)) => {
+                tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a redelivered copy of an attempt this worker has run.");
+                self.skip(partition, offset, "already_over");
+                return Ok(());
+            }
+            Some(Ok(task)) if redelivered.attempts.is_over(attempt_key(&task)) => {
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a redelivered attempt the ledger records as over.");
                 self.skip(partition, offset, "already_over");
                 return Ok(());
@@ -610,6 +648,10 @@ impl Worker {
                     offset,
                     dispatched_at: dispatched_at(&message),
                     redelivered: redelivered.offsets.contains(&(partition, offset)),
+                    started_elsewhere: redelivered
+                        .attempts
+                        .started_by(attempt_key(&task))
+                        .is_some_and(|worker| worker != self.reporter.worker_id),
                     task,
                 };
                 self.enqueue(pending);
@@ -744,10 +786,10 @@ impl Worker {
             }
         }
         for (partition, dispatched_at) in from {
-            match ledger::attempts_over(&self.kafka, partition, dispatched_at, LEDGER_READ_TIMEOUT)
+            match ledger::read_attempts(&self.kafka, partition, dispatched_at, LEDGER_READ_TIMEOUT)
                 .await
             {
-                Ok(found) => redelivered.over.extend(found),
+                Ok(found) => redelivered.attempts.extend(found),
                 Err(error) => {
                     tracing::warn!(%error, partition, "Reading the ledger for redelivered tasks failed; they run again.");
                 }
@@ -909,7 +951,7 @@ impl Worker {
             .map(|from| (self.kafka.clone(), from, self.silence_limit()));
         // A redelivered task that was due moments ago may be running on its partition's last
         // owner, which has not had the time to say so: it is held until that owner's word would
-        // be on the ledger, and not run if it is.
+        // be on the ledger.
         let hear_from_last_owner = (pending.redelivered && recheck.is_some())
             .then(|| {
                 let window = self.reporter.report_start_after + REPORT_MARGIN;
@@ -938,7 +980,20 @@ impl Worker {
         let pool = self.pool.clone();
         let mut membership = self.membership.subscribe();
         let silence = self.silence_limit();
+        let workers = self.others.shared();
+        let me = self.reporter.worker_id.clone();
+        let watch_last_owner = pending.started_elsewhere || hear_from_last_owner.is_some();
         self.executions.spawn(async move {
+            let skipped = |reason: &'static str| {
+                tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, reason, "Not starting an attempt another worker ran or is running.");
+                metrics::counter!(m::SKIPPED, "pool" => pool.clone(), "reason" => reason).increment(1);
+                let _ = finished.send(Finished {
+                    partition,
+                    offset,
+                    lane: self::lane(&task),
+                    attempt: attempt_key(&task),
+                });
+            };
             // Held until its start, without a place: only running tasks take one. A cancel, a
             // fence or a hand-back ends the wait.
             let wait = task
@@ -953,13 +1008,50 @@ impl Worker {
             }
             // A revocation meanwhile hands the attempt over.
             let mut waited = until_in_group(&mut membership, silence, &cancel, &hold.released).await;
-            if let Some(wait) =
-                hear_from_last_owner.and_then(|at| (at - chrono::Utc::now()).to_std().ok())
-            {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = cancel.cancelled() => {}
-                    _ = hold.released.cancelled() => {}
+            // Redelivered: its partition's last owner may have run it, or be running it. Held
+            // until the ledger and the heartbeats tell (a revocation meanwhile hands it over).
+            if let (true, Some((kafka, from, _))) = (watch_last_owner, &recheck) {
+                if let Some(wait) =
+                    hear_from_last_owner.and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+                {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => {}
+                        _ = hold.released.cancelled() => {}
+                    }
+                }
+                let mut seen = Attempts {
+                    read_to: *from,
+                    ..Attempts::default()
+                };
+                let mut pause = RECHECK_FIRST;
+                let mut left_to_its_worker = false;
+                loop {
+                    match ledger::read_attempts(kafka, partition, seen.read_to, LEDGER_READ_TIMEOUT).await {
+                        Ok(news) => seen.extend(news),
+                        Err(error) => {
+                            tracing::warn!(%error, partition, "Reading the ledger for a redelivered task failed; it runs again.");
+                            break;
+                        }
+                    }
+                    let verdict = {
+                        let workers = workers.read().expect("registry lock");
+                        taken_elsewhere(&seen, &task, &me, &workers, kairos_runtime::now())
+                    };
+                    match verdict {
+                        None => break,
+                        Some(RUNNING_ELSEWHERE) => {
+                            left_to_its_worker = true;
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = cancel.cancelled() => break,
+                                _ = hold.released.cancelled() => break,
+                            }
+                            pause = (pause * 2).min(RECHECK_MAX);
+                        }
+                        Some(_) if left_to_its_worker => return skipped(RUNNING_ELSEWHERE),
+                        Some(reason) => return skipped(reason),
+                    }
                 }
             }
             if !hold.start() {
@@ -975,27 +1067,18 @@ impl Worker {
             waited |= until_in_group(&mut membership, silence, &cancel, &hand_back).await;
             // Woken long after the start, or held while out of the group (the worker was stopped,
             // suspended or cut off): its partition may meanwhile have gone to another worker that
-            // ran the attempt. Or redelivered just after its start: its last owner may have run
-            // it, or be running it.
+            // ran the attempt.
             if let Some((kafka, from, silence)) = &recheck {
                 let late = task
                     .start_at
                     .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
                     .unwrap_or_default();
-                if (late > *silence || hear_from_last_owner.is_some() || waited)
-                    && ledger::attempts_over(kafka, partition, *from, LEDGER_READ_TIMEOUT)
+                if (late > *silence || waited)
+                    && ledger::read_attempts(kafka, partition, *from, LEDGER_READ_TIMEOUT)
                         .await
-                        .is_ok_and(|over| is_over(&over, &task))
+                        .is_ok_and(|seen| seen.is_over(attempt_key(&task)))
                 {
-                    tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, ?late, "Not starting an attempt another worker ran, as the ledger records.");
-                    metrics::counter!(m::SKIPPED, "pool" => pool.clone(), "reason" => "already_over").increment(1);
-                    let _ = finished.send(Finished {
-                        partition,
-                        offset,
-                        lane: self::lane(&task),
-                        attempt: attempt_key(&task),
-                    });
-                    return;
+                    return skipped("already_over");
                 }
             }
 
@@ -1149,5 +1232,79 @@ impl Reporter {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_runtime::codec::WorkerHeartbeat;
+
+    fn at(secs: i64) -> Timestamp {
+        kairos_core::from_millis(1_800_000_000_000 + secs * 1000).unwrap()
+    }
+
+    fn task() -> TaskAssigned {
+        let job_id = JobId::parse("job").unwrap();
+        TaskAssigned {
+            run_id: RunId::derive(&job_id, at(0), kairos_core::TriggerKind::Schedule),
+            job_id,
+            attempt: 1,
+            scheduled_for: at(0),
+            pool: "default".into(),
+            task: kairos_core::TaskSpec::Shell(kairos_core::ShellTask {
+                command: vec!["true".into()],
+                env: Default::default(),
+                working_dir: None,
+            }),
+            timeout: None,
+            definition_offset: 0,
+            assigned_at: at(0),
+            start_at: Some(at(0)),
+            shard: None,
+            concurrent_runs: false,
+        }
+    }
+
+    fn beat(worker: &str, stopping: bool) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            worker_id: worker.into(),
+            pool: "default".into(),
+            capacity: 1,
+            task_types: vec!["shell".into()],
+            in_flight: vec![],
+            interval: Duration::from_secs(1),
+            stopping,
+            at: at(1),
+        }
+    }
+
+    fn started_by(worker: &str) -> Attempts {
+        let mut seen = Attempts::default();
+        seen.started_by.insert(attempt_key(&task()), worker.into());
+        seen
+    }
+
+    #[test]
+    fn given_a_redelivered_attempt_then_it_is_left_to_a_live_or_lost_starter_and_run_otherwise() {
+        let mut workers = Registry::default();
+        workers.record(beat("live", false));
+        workers.record(beat("gone", true));
+        let verdict = |seen: &Attempts, now| taken_elsewhere(seen, &task(), "me", &workers, now);
+
+        let mut over = started_by("live");
+        over.over.insert((task().run_id, 1, None));
+        assert_eq!(verdict(&over, at(2)), Some("already_over"));
+        assert_eq!(verdict(&started_by("live"), at(2)), Some(RUNNING_ELSEWHERE));
+        // Silent for long enough to be lost: the dispatcher records the attempt lost.
+        assert_eq!(
+            verdict(&started_by("live"), at(30)),
+            Some(RUNNING_ELSEWHERE)
+        );
+        // Stopped: it handed the attempt back unfinished.
+        assert_eq!(verdict(&started_by("gone"), at(2)), None);
+        assert_eq!(verdict(&started_by("me"), at(2)), None);
+        assert_eq!(verdict(&started_by("never-heard-of"), at(2)), None);
+        assert_eq!(verdict(&Attempts::default(), at(2)), None);
     }
 }

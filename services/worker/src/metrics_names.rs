@@ -11,8 +11,9 @@ pub(crate) const START_LATENESS: &str = "kairos_worker_start_lateness_seconds";
 pub(crate) const TASK_LEAD: &str = "kairos_worker_task_lead_seconds";
 /// Tasks that reached the worker after their start time, by `pool`.
 pub(crate) const ARRIVED_LATE: &str = "kairos_worker_tasks_arrived_late_total";
-/// Tasks left unrun, by `pool` and `reason`: `stopped` (cancelled or fenced) or `already_over`
-/// (redelivered, and the ledger records their attempt as over).
+/// Tasks left unrun, by `pool` and `reason`: `stopped` (cancelled or fenced), `already_over`
+/// (redelivered, and the ledger records their attempt as over) or `running_elsewhere`
+/// (redelivered while another worker ran the attempt, and left to it until it was over).
 pub(crate) const SKIPPED: &str = "kairos_worker_tasks_skipped_total";
 /// How many tasks this worker runs at once (`--max-concurrent`), by `pool`.
 pub(crate) const CAPACITY: &str = "kairos_worker_capacity_tasks";
