@@ -62,7 +62,7 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
                 | RunEventKind::RunSkipped { .. }
         )
     };
-    let runs = wait_for(
+    wait_for(
         "every run of `side` to be over",
         Duration::from_secs(60),
         || async {
@@ -71,7 +71,7 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
             for event in events_of(&ledger, "side") {
                 *runs.entry(event.run_id).or_default() |= over(&event.kind);
             }
-            runs.values().all(|over| *over).then_some(runs.len())
+            runs.values().all(|over| *over).then_some(())
         },
     )
     .await;
@@ -80,7 +80,10 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
     let second = stack.worker("second");
     wait_caught_up(std::slice::from_ref(&second)).await;
     let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
-    let count = wait_for(
+    // The count is of skips, not tasks: a task skipped behind one held for its last owner is
+    // redelivered, and skipped, again if the group rebalances meanwhile (the first worker's
+    // session ending).
+    wait_for(
         "the second worker to skip the redelivered tasks",
         Duration::from_secs(60),
         || async {
@@ -89,17 +92,6 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
         },
     )
     .await;
-    // Each task skipped once at most: no more skips than dispatches (runs fired ahead may still
-    // have been dispatched, and cancelled, after the job was deleted).
-    let dispatched = events_of(&stack.ledger(), "side")
-        .iter()
-        .filter(|e| matches!(e.kind, RunEventKind::RunDispatched { .. }))
-        .count();
-    assert!(
-        count as usize <= dispatched,
-        "skipped {count} of {dispatched} dispatched tasks ({runs} runs over earlier)"
-    );
-
     let lines = std::fs::read_to_string(&effects).expect("the side-effect log");
     let mut executions: BTreeMap<&str, usize> = BTreeMap::new();
     for line in lines.lines() {
