@@ -242,9 +242,9 @@ struct Running {
     hold: Arc<Hold>,
 }
 
-/// Who settles an attempt taken off its queue: exactly one of the execution (which runs it, or
-/// skips it as run elsewhere) and a revocation of its partition (which hands it to the
-/// partition's next owner unrun, while it is held for its start or waits for a place).
+/// Whether an attempt held until its start has started: exactly one of the execution (at the
+/// start time) and a revocation of its partition (which hands it to the partition's next owner
+/// unrun) gets to decide.
 #[derive(Default)]
 struct Hold {
     state: std::sync::atomic::AtomicU8,
@@ -253,7 +253,7 @@ struct Hold {
 
 impl Hold {
     const HELD: u8 = 0;
-    const CLAIMED: u8 = 1;
+    const STARTED: u8 = 1;
     const RELEASED: u8 = 2;
 
     fn settle(&self, to: u8) -> bool {
@@ -263,14 +263,13 @@ impl Hold {
             .is_ok()
     }
 
-    /// Called by the execution right before it runs or skips the attempt: false if the attempt
-    /// was released.
-    fn claim(&self) -> bool {
-        self.settle(Self::CLAIMED)
+    /// Called by the execution at the start time: false if the attempt was released.
+    fn start(&self) -> bool {
+        self.settle(Self::STARTED)
     }
 
-    /// Called when the partition is revoked: true if the attempt had not been claimed, and now
-    /// never will be here.
+    /// Called when the partition is revoked: true if the attempt had not started, and now
+    /// never will here.
     fn release(&self) -> bool {
         let released = self.settle(Self::RELEASED);
         if released {
@@ -799,10 +798,9 @@ impl Worker {
         redelivered
     }
 
-    /// Hands back the attempts of the partitions `on` selects that have not run yet (held for
-    /// their start, or waiting for a place): they never run here, and the partition's next owner
-    /// gets them again from the uncommitted offset and runs them once. Returns their lanes, whose
-    /// queue heads are gone.
+    /// Hands back the attempts of the partitions `on` selects that are still held for their
+    /// start: they never start here, and the partition's next owner gets them again from the
+    /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
     fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
         let released: Vec<Lane> = self
             .running
@@ -987,9 +985,6 @@ impl Worker {
         let watch_last_owner = pending.started_elsewhere || hear_from_last_owner.is_some();
         self.executions.spawn(async move {
             let skipped = |reason: &'static str| {
-                if !hold.claim() {
-                    return; // Its partition was revoked: the next owner decides.
-                }
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, reason, "Not starting an attempt another worker ran or is running.");
                 metrics::counter!(m::SKIPPED, "pool" => pool.clone(), "reason" => reason).increment(1);
                 let _ = finished.send(Finished {
@@ -1059,13 +1054,11 @@ impl Worker {
                     }
                 }
             }
-            // Released by a revocation while it waits for a place: the next owner runs it.
-            let _slot = tokio::select! {
-                slot = slots.acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                },
-                _ = hold.released.cancelled() => return,
+            if !hold.start() {
+                return; // Its partition was revoked: the next owner runs it.
+            }
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
             };
             if hand_back.is_cancelled() {
                 return;
@@ -1089,9 +1082,6 @@ impl Worker {
                 }
             }
 
-            if !hold.claim() {
-                return; // Its partition was revoked: the next owner runs it.
-            }
             // Cancelled while waiting for a slot: nothing ran, and the dispatcher has recorded it.
             let reported = cancel.is_cancelled()
                 || reporter
