@@ -333,8 +333,8 @@ impl Audit {
                 });
             }
             audit.stuck.extend(stuck.remove(id).unwrap_or_default());
-            keep_latest(&mut audit.missed);
-            keep_latest(&mut audit.stuck);
+            crate::keep_latest(&mut audit.missed, MAX_FINDINGS);
+            crate::keep_latest(&mut audit.stuck, MAX_FINDINGS);
             audit.schedule = schedule;
             audit.checked_through = Some(check.checked_through);
             if previous.as_ref() != Some(&audit) {
@@ -343,9 +343,4 @@ impl Audit {
         }
         Ok(())
     }
-}
-
-fn keep_latest<T>(findings: &mut Vec<T>) {
-    let excess = findings.len().saturating_sub(MAX_FINDINGS);
-    findings.drain(..excess);
 }

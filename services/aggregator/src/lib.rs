@@ -485,8 +485,7 @@ impl Aggregator {
                 return Ok(Outcome::default());
             }
         };
-        let excess = record.history.len().saturating_sub(MAX_HISTORY);
-        record.history.drain(..excess);
+        keep_latest(&mut record.history, MAX_HISTORY);
         batch.put(
             &job_run_key(event.job_id.as_str(), event.scheduled_for, &run),
             &(),
@@ -570,11 +569,11 @@ impl Aggregator {
     /// waiting on a pool nobody serves, lost workers, pools without workers, and the fire audit.
     async fn check(&mut self) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
-        let waiting = unfinished::pending(&self.store)?;
         self.export_live_workers(now);
         if !self.consumer.ready() {
             return Ok(());
         }
+        let waiting = unfinished::pending(&self.store)?;
         self.alert_pending(&waiting, now).await?;
         self.alert_workers(&waiting, now).await?;
         self.audit().await
@@ -701,6 +700,12 @@ impl Aggregator {
         }
         self.alerts.raise(&alert).await
     }
+}
+
+/// Drops the oldest entries of a bounded list (a run's history, an audit's findings) beyond `max`.
+fn keep_latest<T>(entries: &mut Vec<T>, max: usize) {
+    let excess = entries.len().saturating_sub(max);
+    entries.drain(..excess);
 }
 
 /// Counts what an applied event says happened.

@@ -795,7 +795,7 @@ impl PartitionedConsumer {
 }
 
 /// How long a high watermark may take to read before the read fails.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads partitions' high watermarks as the broker tells them now, on the blocking pool, so that a
 /// broker that does not answer delays only the caller.

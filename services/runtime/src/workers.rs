@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
 
 use kairos_core::Timestamp;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -14,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::Offset;
 
 use crate::codec::{self, WorkerHeartbeat};
-use crate::kafka::{broadcast_consumer, check_co_partitioning, KafkaArgs};
+use crate::kafka::{broadcast_consumer, check_co_partitioning, KafkaArgs, WATERMARK_TIMEOUT};
 
 /// Heartbeats a worker may miss before it counts as lost.
 pub const MISSED_BEATS: u32 = 3;
@@ -148,7 +147,7 @@ impl HeartbeatFollower {
         let mut behind = BTreeMap::new();
         for partition in 0..partitions {
             let (_, high) = tokio::task::block_in_place(|| {
-                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
             })?;
             if high > 0 {
                 behind.insert(partition, high);

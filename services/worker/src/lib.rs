@@ -362,8 +362,7 @@ pub async fn run_with_handlers(
     };
     let control = broadcast_consumer(&config.kafka, &topics.control(), partitions, Offset::End)?;
     let topics_heartbeats = topics.heartbeats();
-    // Refuse to start, naming the topic, rather than retry heartbeats forever into nothing.
-    check_co_partitioning(&config.kafka, std::slice::from_ref(&topics_heartbeats))?;
+    // Refuses to start, naming the topic, rather than retry heartbeats forever into nothing.
     let others = HeartbeatFollower::start(&config.kafka)?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
