@@ -269,3 +269,74 @@ async fn an_attempt_running_when_a_join_moves_its_partition_is_not_run_again() {
     services.push(second);
     stop_all(services).await;
 }
+
+/// A saturated worker, when a second one joins, has short attempts running that have not said
+/// they started, and attempts waiting for a place. Before the group gives a partition to the
+/// newcomer, the revocation hands its attempts over: the ones running finish on the old owner
+/// only (their start is announced on the ledger, and the newcomer leaves them to it), the ones
+/// waiting run on the newcomer only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_moves_a_saturated_workers_attempts_without_running_any_twice() {
+    let stack = Stack::new(2).await;
+    let mut services = vec![
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.aggregator("aggregator"),
+        stack.worker_with("first", |config| config.max_concurrent = 1),
+    ];
+    wait_caught_up(&services).await;
+    let effects = stack.data_dir("effects");
+    let script = format!(
+        "echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}; sleep 0.4",
+        effects.display()
+    );
+    // One slot for all: a backlog of about 12 s on a worker that runs one task at a time.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let jobs: Vec<kairos_core::JobDefinition> = (0..30)
+        .map(|n| {
+            let mut job = shell_job(&format!("short-{n}"), "1s", &script);
+            job.schedule =
+                serde_json::from_value(serde_json::json!({ "at": at })).expect("an at schedule");
+            job.validate().expect("test job is valid")
+        })
+        .collect();
+    stack.apply_jobs(&jobs).await;
+    wait_for(
+        "the first worker to work through its backlog",
+        Duration::from_secs(60),
+        || async {
+            let lines = std::fs::read_to_string(&effects).unwrap_or_default();
+            (lines.lines().count() >= 2).then_some(())
+        },
+    )
+    .await;
+
+    let second = stack.worker("second");
+    let succeeded_on = |worker: &str| {
+        stack
+            .ledger()
+            .iter()
+            .filter(|e| {
+                matches!(&e.kind, RunEventKind::RunSucceeded { worker_id, .. } if worker_id == worker)
+            })
+            .count()
+    };
+    wait_for("every run to succeed", Duration::from_secs(90), || async {
+        (succeeded_on("first") + succeeded_on("second") >= jobs.len()).then_some(())
+    })
+    .await;
+    assert!(
+        succeeded_on("second") > 0,
+        "the second worker joined after the backlog was gone; the test proves nothing"
+    );
+    let lines = std::fs::read_to_string(&effects).expect("the side-effect log");
+    let mut executions: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in lines.lines() {
+        *executions.entry(line).or_default() += 1;
+    }
+    let twice: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "attempts ran more than once: {twice:?}");
+    assert_eq!(executions.len(), jobs.len(), "{executions:?}");
+    services.push(second);
+    stop_all(services).await;
+}

@@ -289,21 +289,7 @@ impl Producer {
         payload: Option<&[u8]>,
         headers: &[(&str, String)],
     ) -> Result<Delivered, KafkaError> {
-        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        if !headers.is_empty() {
-            let owned = headers
-                .iter()
-                .fold(OwnedHeaders::new(), |all, (name, value)| {
-                    all.insert(Header {
-                        key: name,
-                        value: Some(value.as_str()),
-                    })
-                });
-            record = record.headers(owned);
-        }
+        let record = future_record(topic, key, payload, headers);
         match self.inner.send(record, Duration::from_secs(30)).await {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
@@ -311,6 +297,40 @@ impl Producer {
             }),
             Err((error, _)) => Err(error),
         }
+    }
+
+    /// Appends run-ledger records and blocks the thread until every record this producer has
+    /// queued, these and any sent before, is acknowledged, or `timeout` has passed. For code
+    /// that cannot await (a rebalance callback). Returns how many of `records` were acknowledged.
+    pub fn append_blocking(
+        &self,
+        topic: &str,
+        records: &[LedgerRecord],
+        timeout: Duration,
+    ) -> usize {
+        use futures::FutureExt as _;
+        let deliveries: Vec<_> = records
+            .iter()
+            .filter_map(|record| {
+                let queued = self.inner.send_result(future_record(
+                    topic,
+                    &record.key,
+                    Some(&record.payload),
+                    &record.headers,
+                ));
+                queued
+                    .map_err(|(error, _)| tracing::warn!(%error, "Queueing a record failed."))
+                    .ok()
+            })
+            .collect();
+        if let Err(error) = rdkafka::producer::Producer::flush(&self.inner, timeout) {
+            tracing::warn!(%error, "Not every record was acknowledged in time.");
+        }
+        deliveries
+            .into_iter()
+            .map(|delivery| matches!(delivery.now_or_never(), Some(Ok(Ok(_)))))
+            .filter(|acknowledged| *acknowledged)
+            .count()
     }
 
     /// Appends a run-ledger record to `topic` (the runs topic), headers and all.
@@ -327,6 +347,31 @@ impl Producer {
     pub fn flush(&self) {
         let _ = rdkafka::producer::Producer::flush(&self.inner, Duration::from_secs(10));
     }
+}
+
+/// A keyed record with its headers, as the producer takes it.
+fn future_record<'a>(
+    topic: &'a str,
+    key: &'a str,
+    payload: Option<&'a [u8]>,
+    headers: &[(&str, String)],
+) -> FutureRecord<'a, str, [u8]> {
+    let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    if !headers.is_empty() {
+        let owned = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |all, (name, value)| {
+                all.insert(Header {
+                    key: name,
+                    value: Some(value.as_str()),
+                })
+            });
+        record = record.headers(owned);
+    }
+    record
 }
 
 /// Why a record could not be sent by a [`ReliableProducer`].
@@ -411,6 +456,16 @@ impl ReliableProducer {
     pub fn flush(&self) {
         self.producer.flush();
     }
+
+    /// [`Producer::append_blocking`]: one try, bounded, for code that cannot await.
+    pub fn append_blocking(
+        &self,
+        topic: &str,
+        records: &[LedgerRecord],
+        timeout: Duration,
+    ) -> usize {
+        self.producer.append_blocking(topic, records, timeout)
+    }
 }
 
 /// Errors no retry can fix: the record itself is unacceptable to the broker.
@@ -457,7 +512,14 @@ pub struct KairosContext {
     events: mpsc::UnboundedSender<Rebalanced>,
     /// The service it consumes for, in metrics.
     service: &'static str,
+    on_revoke: Arc<std::sync::OnceLock<RevokeHook>>,
 }
+
+/// Called with the partition numbers being revoked, and whether they were lost (this member was
+/// expelled, so another may own them already), before the revocation's commit and before the
+/// group may give them to another member: what it writes and stores there is what the next owner
+/// starts from. It runs on the consumer's thread and may block, briefly: the whole group waits.
+pub type RevokeHook = Box<dyn Fn(&[i32], bool) + Send + Sync>;
 
 impl ClientContext for KairosContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -523,6 +585,11 @@ impl ConsumerContext for KairosContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let partitions = partitions_of(tpl);
+                if let Some(hook) = self.on_revoke.get() {
+                    let numbers = partition_numbers(&partitions);
+                    let lost = consumer.assignment_lost();
+                    blocking(|| hook(&numbers, lost));
+                }
                 if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                     tracing::debug!(%error, "Nothing committed on revoke.");
                 }
@@ -534,6 +601,17 @@ impl ConsumerContext for KairosContext {
             }
             other => tracing::error!(error = ?other, "Rebalance failed."),
         }
+    }
+}
+
+/// Runs `work`, which blocks, without stalling the other tasks of a multi-thread runtime's worker.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
@@ -554,6 +632,7 @@ pub enum Input {
 pub struct PartitionedConsumer {
     consumer: Arc<StreamConsumer<KairosContext>>,
     rebalances: mpsc::UnboundedReceiver<Rebalanced>,
+    on_revoke: Arc<std::sync::OnceLock<RevokeHook>>,
     /// High watermarks to reach, per topic partition, before a partition counts as caught up.
     targets: HashMap<(String, i32), i64>,
     /// Partitions being rebuilt: when the rebuild began and how many records it has applied.
@@ -574,18 +653,21 @@ impl PartitionedConsumer {
         store: Option<Store>,
     ) -> Result<Self, KafkaError> {
         let (events, rebalances) = mpsc::unbounded_channel();
+        let on_revoke = Arc::new(std::sync::OnceLock::new());
         let consumer: StreamConsumer<KairosContext> = args
             .consumer_config(group)
             .create_with_context(KairosContext {
                 store,
                 events,
                 service,
+                on_revoke: Arc::clone(&on_revoke),
             })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         Ok(PartitionedConsumer {
             consumer: Arc::new(consumer),
             rebalances,
+            on_revoke,
             targets: HashMap::new(),
             rebuilding: HashMap::new(),
             owned: HashSet::new(),
@@ -707,6 +789,13 @@ impl PartitionedConsumer {
                 0
             }
         }
+    }
+
+    /// Has `hook` called on every revocation (see [`RevokeHook`]); a second hook is refused.
+    pub fn on_revoke(&self, hook: RevokeHook) -> anyhow::Result<()> {
+        self.on_revoke
+            .set(hook)
+            .map_err(|_| anyhow::anyhow!("a revoke hook is already set"))
     }
 
     /// A reader of partitions' high watermarks over this member's connection, for a task off the

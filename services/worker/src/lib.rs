@@ -14,8 +14,10 @@
 //! A task dispatched ahead of its slot (`start_at`) is held, without taking one of the
 //! `--max-concurrent` places, and started at its start time by this worker's own clock; its
 //! `RunStarted` is sent as it starts, not waited for first. A cancel or fence that arrives while
-//! it is held drops it unrun; a revoked partition or a stop hands it back unrun (uncommitted), so
-//! that the partition's next owner runs it, once.
+//! it is held drops it unrun; a stop hands it back unrun (uncommitted), so that the partition's
+//! next owner runs it, once. A revoked partition's attempts are handed over before the group may
+//! give the partition to another worker (see [`handover`]): those not begun are released, those
+//! begun are announced on the ledger, so that the next owner leaves them to this worker.
 //!
 //! Stopping (SIGTERM) drains: no new task starts, running ones get `--drain-timeout` to finish,
 //! and whatever is left is killed and handed back — not reported, not committed — so that the
@@ -27,12 +29,13 @@
 
 pub mod executor;
 mod handlers;
+mod handover;
 mod metrics_names;
 mod tracker;
 
 pub use handlers::{Handlers, TaskContext};
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +64,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, Outcome};
+use crate::handover::{Claim, Claims, HANDOVER_TIMEOUT};
 use crate::metrics_names as m;
 use crate::tracker::OffsetTracker;
 
@@ -153,11 +157,6 @@ fn attempt_key(task: &TaskAssigned) -> AttemptKey {
     )
 }
 
-/// How long after a task's start its worker's word on it (its outcome, or that it started) may
-/// take to reach the ledger, beyond `--report-start-after`: a produce's linger and round trip,
-/// with room to spare.
-const REPORT_MARGIN: Duration = Duration::from_secs(1);
-
 /// Why a redelivered attempt is not run here, if another worker ran it or is running it: the
 /// ledger records it as over, or another worker said it started it and is still alive (it reports
 /// the outcome) or lost (the dispatcher records the attempt lost, and a retry follows). One
@@ -187,11 +186,6 @@ const RUNNING_ELSEWHERE: &str = "running_elsewhere";
 const RECHECK_FIRST: Duration = Duration::from_secs(1);
 const RECHECK_MAX: Duration = Duration::from_secs(15);
 
-/// When the task was to start: its slot's start, or its dispatch for a retry or a manual run.
-fn start_of(task: &TaskAssigned) -> Timestamp {
-    task.start_at.unwrap_or(task.assigned_at)
-}
-
 /// The default of `--report-start-after`.
 pub const DEFAULT_REPORT_START_AFTER: Duration = Duration::from_secs(1);
 
@@ -205,10 +199,8 @@ struct Pending {
     task: TaskAssigned,
     /// The ledger offset of the task's dispatch, from its header.
     dispatched_at: Option<i64>,
-    /// Redelivered: read from before the end its partition had when it was assigned here, so
-    /// its partition's last owner may have run it, or may be running it.
-    redelivered: bool,
-    /// Redelivered, and another worker has said it started the attempt.
+    /// Redelivered (read from before the end its partition had when it was assigned here), and
+    /// its partition's last owner has said it started the attempt.
     started_elsewhere: bool,
 }
 
@@ -239,44 +231,7 @@ struct Running {
     attempt: u32,
     partition: i32,
     cancel: CancellationToken,
-    hold: Arc<Hold>,
-}
-
-/// Whether an attempt held until its start has started: exactly one of the execution (at the
-/// start time) and a revocation of its partition (which hands it to the partition's next owner
-/// unrun) gets to decide.
-#[derive(Default)]
-struct Hold {
-    state: std::sync::atomic::AtomicU8,
-    released: CancellationToken,
-}
-
-impl Hold {
-    const HELD: u8 = 0;
-    const STARTED: u8 = 1;
-    const RELEASED: u8 = 2;
-
-    fn settle(&self, to: u8) -> bool {
-        use std::sync::atomic::Ordering;
-        self.state
-            .compare_exchange(Self::HELD, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Called by the execution at the start time: false if the attempt was released.
-    fn start(&self) -> bool {
-        self.settle(Self::STARTED)
-    }
-
-    /// Called when the partition is revoked: true if the attempt had not started, and now
-    /// never will here.
-    fn release(&self) -> bool {
-        let released = self.settle(Self::RELEASED);
-        if released {
-            self.released.cancel();
-        }
-        released
-    }
+    claim: Arc<Claim>,
 }
 
 /// How long a fence from the control topic is remembered: longer than a consumer-group
@@ -308,13 +263,6 @@ async fn until_in_group(
             _ = released.cancelled() => return waited,
         }
     }
-}
-
-/// The tasks of a poll that were redelivered, and what the ledger says of their attempts.
-#[derive(Default)]
-struct Redelivered {
-    offsets: HashSet<(i32, i64)>,
-    attempts: Attempts,
 }
 
 /// Sent by an execution when its outcome is acknowledged.
@@ -423,7 +371,9 @@ pub async fn run_with_handlers(
         }),
         expelled_since: None,
         others,
+        claims: Arc::new(Claims::default()),
     };
+    worker.hand_over_on_revoke()?;
     let result = worker.run(parts.shutdown).await;
     parts
         .ops
@@ -480,6 +430,9 @@ struct Worker {
     /// Every worker's latest heartbeat: whether the worker that started a redelivered attempt is
     /// still at it.
     others: HeartbeatFollower,
+    /// The attempts taken off the lanes' queues, shared with the revocation's callback, which
+    /// hands them over (see [`handover`]).
+    claims: Arc<Claims>,
 }
 
 /// What the executions know of the worker's place in its consumer group.
@@ -493,6 +446,27 @@ struct Membership {
 }
 
 impl Worker {
+    /// Before the group may give a partition to another worker, this worker's attempts of it are
+    /// settled: those not begun released, those begun announced on the ledger.
+    fn hand_over_on_revoke(&self) -> anyhow::Result<()> {
+        let claims = Arc::clone(&self.claims);
+        let reporter = self.reporter.clone();
+        self.consumer.on_revoke(Box::new(move |partitions, lost| {
+            let handed = claims.revoke(partitions, lost);
+            if !handed.to_announce.is_empty() || handed.released > 0 {
+                tracing::info!(
+                    ?partitions,
+                    released = handed.released,
+                    announced = handed.to_announce.len(),
+                    lost,
+                    "Handing over the attempts of revoked partitions."
+                );
+            }
+            // Also waits for outcomes already sent: the next owner reads them.
+            reporter.announce_blocking(&handed.to_announce);
+        }))
+    }
+
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut beat = tokio::time::interval(self.heartbeat_interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -577,13 +551,17 @@ impl Worker {
         match input {
             Input::Assigned(partitions) => {
                 self.rejoined();
+                self.claims.assigned(&partitions);
                 for partition in partitions {
                     let end = self.consumer.high_watermark(&self.input, partition);
                     self.redelivered_below.insert(partition, end);
                 }
             }
             Input::Revoked(partitions) => {
-                // Running attempts finish and report; their offsets belong to the new owner now.
+                // Settled by the revocation's callback already, unless the partitions were
+                // assigned again in between: begun attempts finish and report, their offsets
+                // belong to the new owner now.
+                self.claims.revoke(&partitions, true);
                 let released = self.release_held(|p| partitions.contains(&p));
                 for partition in partitions {
                     self.tracker.forget(partition);
@@ -618,11 +596,7 @@ impl Worker {
         offset = message.offset(),
         job_id = kairos_runtime::record_key(&message).unwrap_or_default(),
     ))]
-    async fn take(
-        &mut self,
-        message: OwnedMessage,
-        redelivered: &Redelivered,
-    ) -> anyhow::Result<()> {
+    async fn take(&mut self, message: OwnedMessage, redelivered: &Attempts) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
         self.tracker.started(partition, offset);
         let rejection = match message.payload().map(codec::decode_task) {
@@ -636,7 +610,7 @@ impl Worker {
                 self.skip(partition, offset, "already_over");
                 return Ok(());
             }
-            Some(Ok(task)) if redelivered.attempts.is_over(attempt_key(&task)) => {
+            Some(Ok(task)) if redelivered.is_over(attempt_key(&task)) => {
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Skipping a redelivered attempt the ledger records as over.");
                 self.skip(partition, offset, "already_over");
                 return Ok(());
@@ -646,9 +620,7 @@ impl Worker {
                     partition,
                     offset,
                     dispatched_at: dispatched_at(&message),
-                    redelivered: redelivered.offsets.contains(&(partition, offset)),
                     started_elsewhere: redelivered
-                        .attempts
                         .started_by(attempt_key(&task))
                         .is_some_and(|worker| worker != self.reporter.worker_id),
                     task,
@@ -759,13 +731,13 @@ impl Worker {
         self.commit_up_to(partition, offset);
     }
 
-    /// The tasks of `messages` redelivered to this worker (read from before the end their
-    /// partition had when it was assigned here), and what the ledger says of their attempts: its
-    /// tail from each partition's earliest such dispatch, and no more. A task dispatched without
+    /// What the ledger says of the attempts of the tasks of `messages` redelivered to this worker
+    /// (read from before the end their partition had when it was assigned here): its tail from
+    /// each partition's earliest such dispatch, and no more. A task dispatched without
     /// its dispatch's position (by an older dispatcher), or a ledger that cannot be read, is run
     /// again, as before: at least once.
-    async fn redelivered(&mut self, messages: &[OwnedMessage]) -> Redelivered {
-        let mut redelivered = Redelivered::default();
+    async fn redelivered(&mut self, messages: &[OwnedMessage]) -> Attempts {
+        let mut redelivered = Attempts::default();
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
         for message in messages {
             let partition = message.partition();
@@ -778,7 +750,6 @@ impl Worker {
             if message.offset() >= end {
                 continue;
             }
-            redelivered.offsets.insert((partition, message.offset()));
             if let Some(dispatched_at) = dispatched_at(message) {
                 let earliest = from.entry(partition).or_insert(dispatched_at);
                 *earliest = (*earliest).min(dispatched_at);
@@ -788,7 +759,7 @@ impl Worker {
             match ledger::read_attempts(&self.kafka, partition, dispatched_at, LEDGER_READ_TIMEOUT)
                 .await
             {
-                Ok(found) => redelivered.attempts.extend(found),
+                Ok(found) => redelivered.extend(found),
                 Err(error) => {
                     tracing::warn!(%error, partition, "Reading the ledger for redelivered tasks failed; they run again.");
                 }
@@ -797,14 +768,15 @@ impl Worker {
         redelivered
     }
 
-    /// Hands back the attempts of the partitions `on` selects that are still held for their
-    /// start: they never start here, and the partition's next owner gets them again from the
+    /// Hands back the attempts of the partitions `on` selects that have not begun (held for
+    /// their start, waiting for a place or for the ledger), or were released by the revocation's
+    /// callback: they never run here, and the partition's next owner gets them again from the
     /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
     fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
         let released: Vec<Lane> = self
             .running
             .iter()
-            .filter(|(_, r)| on(r.partition) && r.hold.release())
+            .filter(|(_, r)| on(r.partition) && r.claim.release())
             .map(|(lane, _)| lane.clone())
             .collect();
         for lane in &released {
@@ -816,7 +788,7 @@ impl Worker {
         if !released.is_empty() {
             tracing::info!(
                 held = released.len(),
-                "Handed back tasks held for their start to the partitions' next owner."
+                "Handed back attempts not begun to the partitions' next owner."
             );
         }
         released
@@ -948,20 +920,11 @@ impl Worker {
         let recheck = pending
             .dispatched_at
             .map(|from| (self.kafka.clone(), from, self.silence_limit()));
-        // A redelivered task that was due moments ago may be running on its partition's last
-        // owner, which has not had the time to say so: it is held until that owner's word would
-        // be on the ledger.
-        let hear_from_last_owner = (pending.redelivered && recheck.is_some())
-            .then(|| {
-                let window = self.reporter.report_start_after + REPORT_MARGIN;
-                start_of(&task) + chrono::Duration::from_std(window).unwrap_or_default()
-            })
-            .filter(|at| *at > chrono::Utc::now());
         // Handing back stops every attempt through its own token, like a cancel, but leaves the
         // outcome unreported.
         let hand_back = self.hand_back.clone();
         let cancel = hand_back.child_token();
-        let hold = Arc::new(Hold::default());
+        let claim = self.claims.take(partition, task.clone());
         self.running.insert(
             lane.clone(),
             Running {
@@ -969,7 +932,7 @@ impl Worker {
                 attempt: task.attempt,
                 partition,
                 cancel: cancel.clone(),
-                hold: Arc::clone(&hold),
+                claim: Arc::clone(&claim),
             },
         );
         let slots = Arc::clone(&self.slots);
@@ -981,17 +944,21 @@ impl Worker {
         let silence = self.silence_limit();
         let workers = self.others.shared();
         let me = self.reporter.worker_id.clone();
-        let watch_last_owner = pending.started_elsewhere || hear_from_last_owner.is_some();
+        let started_elsewhere = pending.started_elsewhere;
         self.executions.spawn(async move {
+            let done = || Finished {
+                partition,
+                offset,
+                lane: self::lane(&task),
+                attempt: attempt_key(&task),
+            };
             let skipped = |reason: &'static str| {
+                if !claim.skip() {
+                    return; // Released: the partition's next owner decides.
+                }
                 tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, reason, "Not starting an attempt another worker ran or is running.");
                 metrics::counter!(m::SKIPPED, "pool" => pool.clone(), "reason" => reason).increment(1);
-                let _ = finished.send(Finished {
-                    partition,
-                    offset,
-                    lane: self::lane(&task),
-                    attempt: attempt_key(&task),
-                });
+                let _ = finished.send(done());
             };
             // Held until its start, without a place: only running tasks take one. A cancel, a
             // fence or a hand-back ends the wait.
@@ -1002,23 +969,14 @@ impl Worker {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => {}
-                    _ = hold.released.cancelled() => {}
+                    _ = claim.released.cancelled() => {}
                 }
             }
             // A revocation meanwhile hands the attempt over.
-            let mut waited = until_in_group(&mut membership, silence, &cancel, &hold.released).await;
-            // Redelivered: its partition's last owner may have run it, or be running it. Held
-            // until the ledger and the heartbeats tell (a revocation meanwhile hands it over).
-            if let (true, Some((kafka, from, _))) = (watch_last_owner, &recheck) {
-                if let Some(wait) =
-                    hear_from_last_owner.and_then(|at| (at - chrono::Utc::now()).to_std().ok())
-                {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = cancel.cancelled() => {}
-                        _ = hold.released.cancelled() => {}
-                    }
-                }
+            let mut waited = until_in_group(&mut membership, silence, &cancel, &claim.released).await;
+            // Redelivered, and its partition's last owner said it began it: held until the
+            // ledger and the heartbeats tell (a revocation meanwhile hands it over).
+            if let (true, Some((kafka, from, _))) = (started_elsewhere, &recheck) {
                 let mut seen = Attempts {
                     read_to: *from,
                     ..Attempts::default()
@@ -1044,7 +1002,7 @@ impl Worker {
                             tokio::select! {
                                 _ = tokio::time::sleep(pause) => {}
                                 _ = cancel.cancelled() => break,
-                                _ = hold.released.cancelled() => break,
+                                _ = claim.released.cancelled() => break,
                             }
                             pause = (pause * 2).min(RECHECK_MAX);
                         }
@@ -1053,17 +1011,19 @@ impl Worker {
                     }
                 }
             }
-            if !hold.start() {
-                return; // Its partition was revoked: the next owner runs it.
-            }
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
+            // Released by a revocation while it waits for a place: the next owner runs it.
+            let _slot = tokio::select! {
+                slot = slots.acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+                _ = claim.released.cancelled() => return,
             };
             if hand_back.is_cancelled() {
                 return;
             }
             // A last look, for a worker frozen between its start and now.
-            waited |= until_in_group(&mut membership, silence, &cancel, &hand_back).await;
+            waited |= until_in_group(&mut membership, silence, &cancel, &claim.released).await;
             // Woken long after the start, or held while out of the group (the worker was stopped,
             // suspended or cut off): its partition may meanwhile have gone to another worker that
             // ran the attempt.
@@ -1082,18 +1042,22 @@ impl Worker {
             }
 
             // Cancelled while waiting for a slot: nothing ran, and the dispatcher has recorded it.
-            let reported = cancel.is_cancelled()
-                || reporter
-                    .attempt(&task, &executor, &pool, &cancel, &hand_back)
-                    .await;
+            if cancel.is_cancelled() {
+                if claim.skip() {
+                    let _ = finished.send(done());
+                }
+                return;
+            }
+            let began = kairos_runtime::now();
+            if !claim.begin(began) {
+                return; // Its partition was revoked: the next owner runs it.
+            }
+            let reported = reporter
+                .attempt(&task, began, &claim, &executor, &pool, &cancel, &hand_back)
+                .await;
+            claim.end();
             if reported {
-                let done = Finished {
-                    partition,
-                    offset,
-                    lane: self::lane(&task),
-                    attempt: attempt_key(&task),
-                };
-                let _ = finished.send(done);
+                let _ = finished.send(done());
             }
         });
     }
@@ -1118,9 +1082,12 @@ struct Reporter {
 impl Reporter {
     /// Runs one attempt and reports it; false if the outcome was not recorded (shutdown, or the
     /// attempt was handed back).
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         task: &TaskAssigned,
+        began: Timestamp,
+        claim: &Claim,
         executor: &Executor,
         pool: &str,
         cancel: &CancellationToken,
@@ -1130,7 +1097,6 @@ impl Reporter {
             attempt: task.attempt,
             worker_id: self.worker_id.clone(),
         };
-        let began = kairos_runtime::now();
         if let Some(start_at) = task.start_at {
             let lateness = (began - start_at).to_std().unwrap_or_default();
             metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
@@ -1152,7 +1118,9 @@ impl Reporter {
             () = tokio::time::sleep(self.report_start_after) => {
                 let (started, execution) =
                     tokio::join!(self.report(task, started, began), execution);
-                if !started {
+                if started {
+                    claim.start_sent();
+                } else {
                     metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).decrement(1.0);
                     return false;
                 }
@@ -1207,8 +1175,13 @@ impl Reporter {
         self.report(task, kind, kairos_runtime::now()).await
     }
 
-    /// Appends an event of the attempt that happened `at`.
-    async fn report(&self, task: &TaskAssigned, kind: RunEventKind, at: Timestamp) -> bool {
+    /// The ledger record of an event of the attempt that happened `at`.
+    fn record(
+        &self,
+        task: &TaskAssigned,
+        kind: RunEventKind,
+        at: Timestamp,
+    ) -> Option<LedgerRecord> {
         let event = RunEvent {
             job_id: task.job_id.clone(),
             run_id: task.run_id,
@@ -1217,12 +1190,40 @@ impl Reporter {
             kind,
             shard: task.shard_of(),
         };
-        let record = match LedgerRecord::of(&event, "worker") {
-            Ok(record) => record,
-            Err(error) => {
-                tracing::error!(%error, run_id = %task.run_id, "Encoding a run event failed.");
-                return false;
-            }
+        LedgerRecord::of(&event, "worker")
+            .map_err(|error| tracing::error!(%error, run_id = %task.run_id, "Encoding a run event failed."))
+            .ok()
+    }
+
+    /// Appends the `RunStarted` of attempts begun here, blocking the thread until they (and every
+    /// record sent before them) are acknowledged or the handover's time is up.
+    fn announce_blocking(&self, begun: &[(TaskAssigned, Timestamp)]) {
+        let records: Vec<LedgerRecord> = begun
+            .iter()
+            .filter_map(|(task, began)| {
+                let started = RunEventKind::RunStarted {
+                    attempt: task.attempt,
+                    worker_id: self.worker_id.clone(),
+                };
+                self.record(task, started, *began)
+            })
+            .collect();
+        let acknowledged =
+            self.producer
+                .append_blocking(&self.topics.runs(), &records, HANDOVER_TIMEOUT);
+        if acknowledged < begun.len() {
+            tracing::warn!(
+                announced = acknowledged,
+                begun = begun.len(),
+                "Not every attempt running here could be announced before the handover; the partition's next owner may run them again."
+            );
+        }
+    }
+
+    /// Appends an event of the attempt that happened `at`.
+    async fn report(&self, task: &TaskAssigned, kind: RunEventKind, at: Timestamp) -> bool {
+        let Some(record) = self.record(task, kind, at) else {
+            return false;
         };
         match self.producer.append(&self.topics.runs(), &record).await {
             Ok(_) => true,
@@ -1235,7 +1236,7 @@ impl Reporter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kairos_runtime::codec::WorkerHeartbeat;
 
@@ -1243,7 +1244,7 @@ mod tests {
         kairos_core::from_millis(1_800_000_000_000 + secs * 1000).unwrap()
     }
 
-    fn task() -> TaskAssigned {
+    pub(crate) fn task() -> TaskAssigned {
         let job_id = JobId::parse("job").unwrap();
         TaskAssigned {
             run_id: RunId::derive(&job_id, at(0), kairos_core::TriggerKind::Schedule),
