@@ -157,13 +157,16 @@ impl std::fmt::Display for ChaosReport {
             e.retried_after_lost, e.reruns_cut_off, e.reruns_after_finish, e.reruns_after_outcome.len()
         )?;
         for r in e.reruns_after_outcome.iter().take(20) {
-            let ended = r.first_ended.map_or("never".to_string(), |t| t.to_string());
-            let outcome = r.outcome_at.map_or("none".to_string(), |t| t.to_string());
-            writeln!(
-                f,
-                "  re-run after its outcome: {} attempt {}: started {}, ended {ended}, outcome {outcome}, started again {}",
-                r.run_id, r.attempt, r.first_started, r.started_again
-            )?;
+            writeln!(f, "  re-run after its outcome: {r}")?;
+        }
+        writeln!(
+            f,
+            "  repeated executions by fault: {:?}, without a fault of the first execution's worker or of the broker {}",
+            e.repeats_after_a_fault,
+            e.repeats_without_a_fault.len()
+        )?;
+        for r in e.repeats_without_a_fault.iter().take(20) {
+            writeln!(f, "  repeated without a fault: {r}")?;
         }
         let a = &self.audit;
         writeln!(
@@ -261,6 +264,13 @@ pub struct EffectsCheck {
     /// ... and the same attempt again although the ledger already had its outcome: what the
     /// worker's ledger check is there to prevent.
     pub reruns_after_outcome: Vec<Rerun>,
+    /// Repeated executions put down to a fault between the execution before and the repeat:
+    /// its worker killed (`kill -9`) or cut off past its session (SIGSTOP), or the broker
+    /// restarted. Per fault kind.
+    pub repeats_after_a_fault: BTreeMap<String, usize>,
+    /// Repeated executions with no such fault: what graceful stops, joins and rebalances must
+    /// never cause.
+    pub repeats_without_a_fault: Vec<Rerun>,
 }
 
 /// An attempt executed again: when it first started and ended, when the ledger had its outcome,
@@ -273,6 +283,31 @@ pub struct Rerun {
     pub first_ended: Option<Timestamp>,
     pub outcome_at: Option<Timestamp>,
     pub started_again: Timestamp,
+    /// The workers of the two executions, as the tasks' environment named them.
+    pub first_worker: String,
+    pub again_worker: String,
+    /// The last fault of the run before the repeat, if any.
+    pub fault_before: Option<(String, Timestamp)>,
+}
+
+impl std::fmt::Display for Rerun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ended = self
+            .first_ended
+            .map_or("never".to_string(), |t| t.to_string());
+        let outcome = self
+            .outcome_at
+            .map_or("none".to_string(), |t| t.to_string());
+        let fault = self
+            .fault_before
+            .as_ref()
+            .map_or("none".to_string(), |(what, at)| format!("{what} at {at}"));
+        write!(
+            f,
+            "{} attempt {}: started {} on {}, ended {ended}, outcome {outcome}, started again {} on {}; last fault before: {fault}",
+            self.run_id, self.attempt, self.first_started, self.first_worker, self.started_again, self.again_worker
+        )
+    }
 }
 
 impl EffectsCheck {
@@ -408,7 +443,7 @@ async fn audited_slots(api: &str, jobs: &[JobDefinition]) -> usize {
 fn effect_script(log: &std::path::Path, sleep: &str) -> String {
     let line = |what: &str| {
         format!(
-            "echo \"{what} $KAIROS_RUN_ID $KAIROS_ATTEMPT $(date +%s%N)\" >> '{}'",
+            "echo \"{what} $KAIROS_RUN_ID $KAIROS_ATTEMPT $(date +%s%N) $KAIROS_WORKER_ID\" >> '{}'",
             log.display()
         )
     };
@@ -419,11 +454,51 @@ fn from_nanos(nanos: i64) -> Timestamp {
     chrono::DateTime::from_timestamp_nanos(nanos)
 }
 
-/// The executions of one attempt, in time order: start and (if it ended) end, in nanoseconds.
-type Executions = Vec<(i64, Option<i64>)>;
+/// The executions of one attempt, in time order: start and (if it ended) end, in nanoseconds,
+/// and the worker.
+type Executions = Vec<(i64, Option<i64>, String)>;
 
-/// Checks the side-effect log against the due slots and the ledger.
-pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> EffectsCheck {
+/// How early, before the execution it cut short, a fault may be put on the timeline: the
+/// timeline is written just before the fault is done.
+const FAULT_SLACK: chrono::Duration = chrono::Duration::seconds(1);
+
+/// The fault on the timeline, between `from` (less the slack) and `to`, that explains an
+/// execution of `worker` being repeated: the worker killed or cut off, or the broker restarted.
+fn fault_of(
+    timeline: &[(String, Timestamp)],
+    worker: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> Option<&'static str> {
+    timeline
+        .iter()
+        .filter(|(_, at)| *at >= from - FAULT_SLACK && *at <= to)
+        .find_map(|(what, _)| {
+            let names = |prefix: &str| {
+                what.strip_prefix(prefix)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    == Some(worker)
+            };
+            if what == "broker restart" {
+                Some("broker restart")
+            } else if names("kill -9 ") {
+                Some("its worker killed (kill -9)")
+            } else if names("SIGSTOP ") {
+                Some("its worker cut off past its session (SIGSTOP)")
+            } else {
+                None
+            }
+        })
+}
+
+/// Checks the side-effect log against the due slots and the ledger, and puts every repeated
+/// execution down to a fault of the `timeline`, or to none.
+pub fn check_effects(
+    log: &str,
+    ledger: &[RunEvent],
+    jobs: &[JobDefinition],
+    timeline: &[(String, Timestamp)],
+) -> EffectsCheck {
     let mut check = EffectsCheck::default();
     let due = due_slots(jobs);
     // When the ledger first had each attempt's outcome (the fold's first accepted one), and
@@ -454,8 +529,10 @@ pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> 
     let mut runs: BTreeMap<RunId, BTreeMap<u32, Executions>> = BTreeMap::new();
     for line in log.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [what, run, attempt, nanos] = fields[..] else {
-            continue;
+        let (what, run, attempt, nanos, worker) = match fields[..] {
+            [what, run, attempt, nanos, worker] => (what, run, attempt, nanos, worker),
+            [what, run, attempt, nanos] => (what, run, attempt, nanos, ""),
+            _ => continue,
         };
         let (Some(run), Ok(attempt), Ok(nanos)) = (
             RunId::parse(run),
@@ -466,13 +543,13 @@ pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> 
         };
         let executions = runs.entry(run).or_default().entry(attempt).or_default();
         match what {
-            "start" => executions.push((nanos, None)),
+            "start" => executions.push((nanos, None, worker.to_string())),
             // The end of the last execution of the attempt that started before it.
             _ => {
                 if let Some(open) = executions
                     .iter_mut()
                     .rev()
-                    .find(|(start, end)| end.is_none() && *start <= nanos)
+                    .find(|(start, end, _)| end.is_none() && *start <= nanos)
                 {
                     open.1 = Some(nanos);
                 }
@@ -494,7 +571,7 @@ pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> 
                 check.retried_after_lost += 1;
             }
             for pair in runs_of_attempt.windows(2) {
-                let (first, again) = (pair[0], pair[1]);
+                let (first, again) = (&pair[0], &pair[1]);
                 let outcome = outcome_at
                     .get(&(*run, *attempt))
                     .map(|at| at.timestamp_nanos_opt().unwrap_or(i64::MAX));
@@ -506,12 +583,44 @@ pub fn check_effects(log: &str, ledger: &[RunEvent], jobs: &[JobDefinition]) -> 
                         first_ended: first.1.map(from_nanos),
                         outcome_at: outcome_at.get(&(*run, *attempt)).copied(),
                         started_again: from_nanos(again.0),
+                        first_worker: first.2.clone(),
+                        again_worker: again.2.clone(),
+                        fault_before: None,
                     });
                 } else if first.1.is_some() {
                     check.reruns_after_finish += 1;
                 } else {
                     check.reruns_cut_off += 1;
                 }
+            }
+        }
+        // Every execution of the run after its first, across attempts, against the one before.
+        let mut in_order: Vec<(u32, &(i64, Option<i64>, String))> = attempts
+            .iter()
+            .flat_map(|(attempt, executions)| executions.iter().map(move |e| (*attempt, e)))
+            .collect();
+        in_order.sort_by_key(|(_, (start, _, _))| *start);
+        for pair in in_order.windows(2) {
+            let ((_, first), (attempt, again)) = (pair[0], pair[1]);
+            let (from, to) = (from_nanos(first.0), from_nanos(again.0));
+            match fault_of(timeline, &first.2, from, to) {
+                Some(fault) => {
+                    *check
+                        .repeats_after_a_fault
+                        .entry(fault.to_string())
+                        .or_default() += 1
+                }
+                None => check.repeats_without_a_fault.push(Rerun {
+                    run_id: *run,
+                    attempt,
+                    first_started: from,
+                    first_ended: first.1.map(from_nanos),
+                    outcome_at: outcome_at.get(&(*run, attempt)).copied(),
+                    started_again: to,
+                    first_worker: first.2.clone(),
+                    again_worker: again.2.clone(),
+                    fault_before: timeline.iter().rev().find(|(_, at)| *at <= to).cloned(),
+                }),
             }
         }
     }
@@ -854,7 +963,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let settled = wait_for_settled(&stack, &jobs, end).await;
     report.ledger = settled;
     let log = std::fs::read_to_string(&effects).unwrap_or_default();
-    report.effects = check_effects(&log, &stack.ledger(), &jobs);
+    report.effects = check_effects(&log, &stack.ledger(), &jobs, &report.timeline);
     report.audit = check_audit(&stack.alerts(), &stack.ledger(), &jobs);
     report.audit.slots_checked = audited_slots(&format!("http://{api_addr}"), &jobs).await;
 
@@ -1014,9 +1123,9 @@ mod tests {
     }
 
     /// Given a ledger where every slot ran once, when the side-effect log shows an attempt run
-    /// again after its outcome, one cut off and run again, one run again after it ended but before
-    /// its outcome, and a run outside the schedule, then each is counted under its cause; and a
-    /// slot with no execution is named.
+    /// again after its outcome, one cut off (its worker killed) and run again, one run again after
+    /// it ended but before its outcome, and a run outside the schedule, then each is counted under
+    /// its cause, only the kill explains a repeat, and a slot with no execution is named.
     #[test]
     fn side_effects_are_counted_per_slot_and_repeats_by_cause() {
         let jobs = load_jobs(1, at(0), at(2), std::path::Path::new("/dev/null"));
@@ -1027,8 +1136,17 @@ mod tests {
             let nanos = (at(secs) + chrono::Duration::milliseconds(ms))
                 .timestamp_nanos_opt()
                 .unwrap();
-            format!("{what} {} 1 {nanos}\n", run(secs))
+            // Slot 1 runs on the worker that is killed.
+            let worker = if secs == 1 { "worker-b" } else { "worker-a" };
+            format!("{what} {} 1 {nanos} {worker}\n", run(secs))
         };
+        let timeline = [
+            (
+                "kill -9 worker-b".to_string(),
+                at(1) - chrono::Duration::milliseconds(400),
+            ),
+            ("SIGTERM worker-a".to_string(), at(0)),
+        ];
         let slot_2 = [
             line("start", 2, -900),
             line("end", 2, -800),
@@ -1049,7 +1167,7 @@ mod tests {
             line("start", 9, 0),
         ]
         .concat();
-        let check = check_effects(&(rest.clone() + &slot_2), &ledger, &jobs);
+        let check = check_effects(&(rest.clone() + &slot_2), &ledger, &jobs, &timeline);
         assert_eq!(check.executions, 7);
         assert_eq!(check.outside_schedule, 1);
         assert_eq!(check.slots_executed_more_than_once, 3);
@@ -1058,13 +1176,30 @@ mod tests {
         assert_eq!((rerun[0].run_id, rerun[0].attempt), (run(0), 1));
         assert_eq!(rerun[0].outcome_at, Some(at(0)));
         assert_eq!((check.reruns_cut_off, check.reruns_after_finish), (1, 1));
+        assert_eq!(
+            check.repeats_after_a_fault,
+            BTreeMap::from([("its worker killed (kill -9)".to_string(), 1)])
+        );
+        let graceful: Vec<_> = check
+            .repeats_without_a_fault
+            .iter()
+            .map(|r| (r.run_id, r.first_worker.as_str()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            graceful,
+            BTreeSet::from([(run(0), "worker-a"), (run(2), "worker-a")])
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
         assert!(check.slots_not_executed.is_empty());
         assert!(
             !check.passed(),
             "an execution outside the schedule fails the run"
         );
 
-        let check = check_effects(&rest, &ledger, &jobs);
+        let check = check_effects(&rest, &ledger, &jobs, &timeline);
         assert_eq!(check.slots_not_executed, [(job.id.to_string(), at(2))]);
     }
 

@@ -4,7 +4,8 @@
 //! A shell task runs in its own process group, so that on timeout or cancel the whole group is
 //! killed and no child it started survives. The run id and attempt reach the task as its idempotency key:
 //! `KAIROS_RUN_ID` / `KAIROS_ATTEMPT` in the environment, `X-Kairos-Run-Id` / `X-Kairos-Attempt`
-//! as HTTP headers; a shard's index, total and parameter come the same way.
+//! as HTTP headers; a shard's index, total and parameter come the same way, and so does the
+//! worker's id, so that a task's own logs can say where it ran.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct Executor {
     pub output_limit: usize,
     pub http: reqwest::Client,
     pub handlers: Handlers,
+    /// This worker's name on the ledger.
+    pub worker_id: String,
 }
 
 impl Executor {
@@ -50,6 +53,7 @@ impl Executor {
             output_limit,
             http: reqwest::Client::new(),
             handlers: Handlers::new(),
+            worker_id: "worker".into(),
         }
     }
 
@@ -57,8 +61,10 @@ impl Executor {
     pub async fn execute(&self, task: &TaskAssigned, cancel: &CancellationToken) -> Execution {
         let limit = self.output_limit;
         match &task.task {
-            TaskSpec::Shell(shell) => run_shell(task, shell, limit, cancel).await,
-            TaskSpec::Http(request) => run_http(task, request, limit, &self.http, cancel).await,
+            TaskSpec::Shell(shell) => run_shell(task, shell, limit, &self.worker_id, cancel).await,
+            TaskSpec::Http(request) => {
+                run_http(task, request, limit, &self.http, &self.worker_id, cancel).await
+            }
             TaskSpec::Handler(handler) => self.run_handler(task, handler, cancel).await,
         }
     }
@@ -177,6 +183,7 @@ async fn run_shell(
     task: &TaskAssigned,
     shell: &ShellTask,
     limit: usize,
+    worker_id: &str,
     cancel: &CancellationToken,
 ) -> Execution {
     let Some((program, args)) = shell.command.split_first() else {
@@ -190,6 +197,7 @@ async fn run_shell(
         .env("KAIROS_RUN_ID", task.run_id.to_string())
         .env("KAIROS_ATTEMPT", task.attempt.to_string())
         .env("KAIROS_SCHEDULED_FOR", task.scheduled_for.to_rfc3339())
+        .env("KAIROS_WORKER_ID", worker_id)
         .envs(
             shard_fields(task)
                 .into_iter()
@@ -329,6 +337,7 @@ async fn run_http(
     request: &HttpTask,
     limit: usize,
     client: &reqwest::Client,
+    worker_id: &str,
     cancel: &CancellationToken,
 ) -> Execution {
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
@@ -339,7 +348,8 @@ async fn run_http(
         .request(method, &request.url)
         .header("X-Kairos-Job-Id", task.job_id.as_str())
         .header("X-Kairos-Run-Id", task.run_id.to_string())
-        .header("X-Kairos-Attempt", task.attempt.to_string());
+        .header("X-Kairos-Attempt", task.attempt.to_string())
+        .header("X-Kairos-Worker-Id", worker_id);
     for (name, value) in shard_fields(task) {
         builder = builder.header(format!("X-Kairos-Shard-{}", name.to_lowercase()), value);
     }
@@ -425,14 +435,14 @@ mod tests {
     #[tokio::test]
     async fn a_shell_task_sees_its_run_id_attempt_env_and_working_dir() {
         let t = task(
-            sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT; pwd; echo oops >&2"),
+            sh("echo $GREETING $KAIROS_RUN_ID $KAIROS_ATTEMPT $KAIROS_WORKER_ID; pwd; echo oops >&2"),
             None,
         );
         let run = Executor::new(1024)
             .execute(&t, &CancellationToken::new())
             .await;
         assert_eq!(run.outcome, Outcome::Succeeded);
-        assert_eq!(run.output.stdout, format!("hi {} 3\n/\n", t.run_id));
+        assert_eq!(run.output.stdout, format!("hi {} 3 worker\n/\n", t.run_id));
         assert_eq!(run.output.stderr, "oops\n");
         assert_eq!(run.output.exit_code, Some(0));
     }

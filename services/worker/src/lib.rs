@@ -332,7 +332,7 @@ pub async fn run_with_handlers(
         reporter: Reporter {
             producer: parts.producer.clone(),
             topics,
-            worker_id,
+            worker_id: worker_id.clone(),
             report_start_after: config.report_start_after,
         },
         producer: parts.producer,
@@ -348,6 +348,7 @@ pub async fn run_with_handlers(
             output_limit: config.output_limit,
             http: reqwest::Client::new(),
             handlers,
+            worker_id,
         },
         task_types,
         queues: HashMap::new(),
