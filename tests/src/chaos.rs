@@ -55,6 +55,9 @@ pub struct ChaosReport {
     pub broker_restarts: usize,
     pub max_recovery_ms: u128,
     pub recoveries_ms: Vec<(String, u128)>,
+    /// Instances not caught up within [`RECOVERY_LIMIT`] of a fault, and when: the run goes on
+    /// (its figures are still worth having), and fails.
+    pub stalls: Vec<(String, Timestamp)>,
     pub ledger: LedgerCheck,
     pub effects: EffectsCheck,
     pub audit: AuditCheck,
@@ -74,6 +77,7 @@ impl ChaosReport {
     /// outside the schedule, and every rebuild matched.
     pub fn passed(&self) -> bool {
         self.error.is_none()
+            && self.stalls.is_empty()
             && self.ledger.passed()
             && self.effects.passed()
             && self.audit.passed()
@@ -110,8 +114,10 @@ impl std::fmt::Display for ChaosReport {
         )?;
         writeln!(
             f,
-            "  max recovery {} ms (restart to caught up)",
-            self.max_recovery_ms
+            "  max recovery {} ms (restart to caught up), not caught up within {} s: {:?}",
+            self.max_recovery_ms,
+            RECOVERY_LIMIT.as_secs(),
+            self.stalls
         )?;
         writeln!(
             f,
@@ -454,9 +460,10 @@ fn from_nanos(nanos: i64) -> Timestamp {
     chrono::DateTime::from_timestamp_nanos(nanos)
 }
 
-/// The executions of one attempt, in time order: start and (if it ended) end, in nanoseconds,
-/// and the worker.
-type Executions = Vec<(i64, Option<i64>, String)>;
+/// An execution: its start and (if it ended) end, in nanoseconds, and its worker.
+type Execution = (i64, Option<i64>, String);
+/// The executions of one attempt, in time order.
+type Executions = Vec<Execution>;
 
 /// How early, before the execution it cut short, a fault may be put on the timeline: the
 /// timeline is written just before the fault is done.
@@ -595,7 +602,7 @@ pub fn check_effects(
             }
         }
         // Every execution of the run after its first, across attempts, against the one before.
-        let mut in_order: Vec<(u32, &(i64, Option<i64>, String))> = attempts
+        let mut in_order: Vec<(u32, &Execution)> = attempts
             .iter()
             .flat_map(|(attempt, executions)| executions.iter().map(move |e| (*attempt, e)))
             .collect();
@@ -873,7 +880,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             report.broker_restarts += 1;
             let restarted = Instant::now();
             for instance in &fleet {
-                instance.wait_caught_up(Duration::from_secs(120)).await;
+                recover(&mut report, instance).await;
             }
             report
                 .recoveries_ms
@@ -893,7 +900,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             tokio::time::sleep(down).await;
             instance.start(&stack);
             let restarted = Instant::now();
-            instance.wait_caught_up(Duration::from_secs(120)).await;
+            recover(&mut report, instance).await;
             report
                 .recoveries_ms
                 .push((instance.name.clone(), restarted.elapsed().as_millis()));
@@ -906,7 +913,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             instance.stop().await?;
             *report.graceful.entry(what).or_default() += 1;
             instance.start(&stack);
-            instance.wait_caught_up(Duration::from_secs(120)).await;
+            recover(&mut report, instance).await;
         } else if fault < 17 {
             // A worker cut off from the broker past its session, then back: it is resumed once
             // its group has expelled it.
@@ -933,7 +940,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             }
             instance.signal(nix::sys::signal::Signal::SIGCONT);
             *report.graceful.entry(what).or_default() += 1;
-            instance.wait_caught_up(Duration::from_secs(120)).await;
+            recover(&mut report, instance).await;
         } else {
             // A third worker or dispatcher joins the fleet, or the one that joined leaves it.
             let joiner = &mut joiners[rng.random_range(0..2)];
@@ -942,7 +949,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
                 format!("{} leaves", joiner.name)
             } else {
                 joiner.start(&stack);
-                joiner.wait_caught_up(Duration::from_secs(120)).await;
+                recover(&mut report, joiner).await;
                 format!("{} joins", joiner.name)
             };
             report.timeline.push((what.clone(), chrono::Utc::now()));
@@ -969,7 +976,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
 
     // Rebuilds: one dispatcher takes every partition first, so that its live state covers them all.
     fleet[2].stop().await?;
-    fleet[1].wait_caught_up(Duration::from_secs(60)).await;
+    recover(&mut report, &fleet[1]).await;
     for index in [0, 1, 5] {
         let difference = rebuild(&stack, &mut fleet[index]).await?;
         report
@@ -1017,6 +1024,25 @@ async fn wait_for_settled(stack: &Stack, jobs: &[JobDefinition], end: Timestamp)
     }
 }
 
+/// How long an instance may take to catch up after a fault before the run counts it stalled.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for the instance to catch up after a fault; if it does not within [`RECOVERY_LIMIT`],
+/// notes the stall and goes on.
+async fn recover(report: &mut ChaosReport, instance: &Instance) {
+    if !instance.caught_up_within(RECOVERY_LIMIT).await {
+        let stall = format!(
+            "{} not caught up within {} s",
+            instance.name,
+            RECOVERY_LIMIT.as_secs()
+        );
+        report.timeline.push((stall.clone(), chrono::Utc::now()));
+        report
+            .stalls
+            .push((instance.name.clone(), chrono::Utc::now()));
+    }
+}
+
 /// Stops the service cleanly, reads its state, starts it again from an empty store, lets it catch
 /// up, stops it, and compares.
 async fn rebuild(stack: &Stack, instance: &mut Instance) -> anyhow::Result<Option<String>> {
@@ -1025,11 +1051,16 @@ async fn rebuild(stack: &Stack, instance: &mut Instance) -> anyhow::Result<Optio
     let live = read_state(&dir);
     std::fs::remove_dir_all(&dir)?;
     instance.start(stack);
-    instance.wait_caught_up(Duration::from_secs(120)).await;
+    if !instance.caught_up_within(RECOVERY_LIMIT).await {
+        return Ok(Some(format!(
+            "the rebuild did not catch up within {} s",
+            RECOVERY_LIMIT.as_secs()
+        )));
+    }
     instance.stop().await?;
     let rebuilt = read_state(&dir);
     instance.start(stack);
-    instance.wait_caught_up(Duration::from_secs(120)).await;
+    instance.wait_caught_up(RECOVERY_LIMIT).await;
     Ok(state_difference(live, rebuilt))
 }
 

@@ -166,6 +166,13 @@ impl Instance {
         get_json(&url).await.is_some_and(|h| h["caught_up"] == true)
     }
 
+    /// Whether the instance says it has caught up, within `within`.
+    pub async fn caught_up_within(&self, within: Duration) -> bool {
+        crate::poll_until(within, || async { self.caught_up().await.then_some(()) })
+            .await
+            .is_some()
+    }
+
     pub async fn wait_caught_up(&self, within: Duration) {
         wait_for(&format!("{} to catch up", self.name), within, || async {
             self.caught_up().await.then_some(())
