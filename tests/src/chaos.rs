@@ -55,8 +55,9 @@ pub struct ChaosReport {
     pub broker_restarts: usize,
     pub max_recovery_ms: u128,
     pub recoveries_ms: Vec<(String, u128)>,
-    /// Instances not caught up within [`RECOVERY_LIMIT`] of a fault, and when: the run goes on
-    /// (its figures are still worth having), and fails.
+    /// Instances not caught up within [`RECOVERY_LIMIT`] of a fault (or the harness's read of the
+    /// ledger, not at its end in time), and when: the run goes on (its figures are still worth
+    /// having), and fails.
     pub stalls: Vec<(String, Timestamp)>,
     pub ledger: LedgerCheck,
     pub effects: EffectsCheck,
@@ -967,11 +968,21 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         .unwrap_or(0);
 
     // The faults are over: every due slot must come to a run that is over.
-    let settled = wait_for_settled(&stack, &jobs, end).await;
-    report.ledger = settled;
+    let mut ledger = stack.tail(&stack.kafka.topics().runs());
+    report.ledger = wait_for_settled(&mut ledger, &jobs, end).await;
+    if !tokio::task::block_in_place(|| ledger.catch_up(LEDGER_READ_LIMIT)) {
+        report.stalls.push((
+            format!(
+                "the ledger, not read to its end within {} s",
+                LEDGER_READ_LIMIT.as_secs()
+            ),
+            chrono::Utc::now(),
+        ));
+    }
+    let events = ledger.run_events();
     let log = std::fs::read_to_string(&effects).unwrap_or_default();
-    report.effects = check_effects(&log, &stack.ledger(), &jobs, &report.timeline);
-    report.audit = check_audit(&stack.alerts(), &stack.ledger(), &jobs);
+    report.effects = check_effects(&log, &events, &jobs, &report.timeline);
+    report.audit = check_audit(&stack.alerts(), &events, &jobs);
     report.audit.slots_checked = audited_slots(&format!("http://{api_addr}"), &jobs).await;
 
     // Rebuilds: one dispatcher takes every partition first, so that its live state covers them all.
@@ -1010,10 +1021,17 @@ async fn group_members(stack: &Stack, group: &str) -> Option<usize> {
 /// Waits (bounded) until the load's last slot has passed and every run in the ledger is over,
 /// then checks the ledger. A minute after the last slot, runs that are over but slots still
 /// missing mean lost fires: waiting longer would not bring them.
-async fn wait_for_settled(stack: &Stack, jobs: &[JobDefinition], end: Timestamp) -> LedgerCheck {
+async fn wait_for_settled(
+    ledger: &mut crate::TopicTail,
+    jobs: &[JobDefinition],
+    end: Timestamp,
+) -> LedgerCheck {
     let give_up = Instant::now() + Duration::from_secs(240);
     loop {
-        let check = check_ledger(&stack.ledger(), jobs);
+        // Read what is new since the last look (a long run's ledger is large, and the broker
+        // is busy); a slow read is looked at again on the next turn.
+        tokio::task::block_in_place(|| ledger.catch_up(LEDGER_READ_LIMIT));
+        let check = check_ledger(&ledger.run_events(), jobs);
         let now = chrono::Utc::now();
         let over = now > end + chrono::Duration::seconds(2);
         let stuck = now > end + chrono::Duration::seconds(60) && check.unfinished.is_empty();
@@ -1023,6 +1041,9 @@ async fn wait_for_settled(stack: &Stack, jobs: &[JobDefinition], end: Timestamp)
         tokio::time::sleep(crate::POLL * 5).await;
     }
 }
+
+/// How long one read of the ledger's new records may take.
+const LEDGER_READ_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long an instance may take to catch up after a fault before the run counts it stalled.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(120);

@@ -410,6 +410,17 @@ impl Stack {
 
     /// Every record of `topic`, with its headers too.
     pub fn read_records(&self, topic: &str) -> Vec<Record> {
+        let mut tail = self.tail(topic);
+        assert!(
+            tail.catch_up(Duration::from_secs(30)),
+            "reading {topic} to its end took over 30 s"
+        );
+        tail.records
+    }
+
+    /// A reader of `topic` from its beginning that keeps what it has read, so that reading it
+    /// again reads only what is new.
+    pub fn tail(&self, topic: &str) -> TopicTail {
         let consumer: BaseConsumer = self
             .kafka
             .client_config()
@@ -417,52 +428,20 @@ impl Stack {
             .set("enable.auto.commit", "false")
             .create()
             .expect("reader");
-        let mut ends = BTreeMap::new();
+        let partitions = self.partitions_of(topic);
         let mut tpl = TopicPartitionList::new();
-        for partition in 0..self.partitions_of(topic) {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .expect("watermarks");
-            if high > 0 {
-                ends.insert(partition, high);
-                tpl.add_partition_offset(topic, partition, Offset::Beginning)
-                    .expect("tpl");
-            }
-        }
-        if ends.is_empty() {
-            return vec![];
+        for partition in 0..partitions {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("tpl");
         }
         consumer.assign(&tpl).expect("assign");
-        let mut records = vec![];
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut done = BTreeMap::new();
-        while done.len() < ends.len() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reading {topic} to its end took over 30 s"
-            );
-            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-                let headers = message.headers().map_or(vec![], |headers| {
-                    headers
-                        .iter()
-                        .map(|h| {
-                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                            (h.key.to_string(), value.into_owned())
-                        })
-                        .collect()
-                });
-                records.push(Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-                if message.offset() + 1 >= ends[&message.partition()] {
-                    done.insert(message.partition(), ());
-                }
-            }
+        TopicTail {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            next: BTreeMap::new(),
+            records: vec![],
         }
-        records
     }
 
     fn partitions_of(&self, topic: &str) -> i32 {
@@ -503,9 +482,81 @@ impl Stack {
 
     /// The run ledger as decoded events, in per-partition order.
     pub fn ledger(&self) -> Vec<RunEvent> {
-        self.read_all(&self.kafka.topics().runs())
-            .into_iter()
-            .filter_map(|(_, _, payload)| payload.and_then(|p| codec::decode_run_event(&p).ok()))
+        let mut tail = self.tail(&self.kafka.topics().runs());
+        assert!(
+            tail.catch_up(Duration::from_secs(30)),
+            "reading the ledger to its end took over 30 s"
+        );
+        tail.run_events()
+    }
+}
+
+/// A topic read from its beginning, record by record as they come (see [`Stack::tail`]).
+pub struct TopicTail {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+    /// Per partition, the offset of the next record to read.
+    next: BTreeMap<i32, i64>,
+    /// Every record read so far, in the order read (each partition's in offset order).
+    pub records: Vec<Record>,
+}
+
+impl TopicTail {
+    /// Reads on to the topic's end as it is now; false if that takes longer than `within` (or
+    /// the end cannot be learnt), keeping what was read.
+    pub fn catch_up(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut ends = BTreeMap::new();
+        for partition in 0..self.partitions {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, partition, Duration::from_secs(10))
+            {
+                Ok((low, high)) => {
+                    // Records before the low watermark are gone (retention): none to wait for.
+                    let next = self.next.entry(partition).or_insert(low);
+                    *next = (*next).max(low);
+                    ends.insert(partition, high);
+                }
+                Err(_) => return false,
+            }
+        }
+        let behind = |next: &BTreeMap<i32, i64>| {
+            ends.iter()
+                .any(|(partition, end)| next.get(partition).copied().unwrap_or(0) < *end)
+        };
+        while behind(&self.next) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(200)) {
+                let headers = message.headers().map_or(vec![], |headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_string(), value.into_owned())
+                        })
+                        .collect()
+                });
+                self.next.insert(message.partition(), message.offset() + 1);
+                self.records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        true
+    }
+
+    /// The run events read so far (the topic being a runs topic), in the order read.
+    pub fn run_events(&self) -> Vec<RunEvent> {
+        self.records
+            .iter()
+            .filter_map(|r| codec::decode_run_event(r.payload.as_deref()?).ok())
             .collect()
     }
 }
