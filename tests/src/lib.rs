@@ -242,7 +242,8 @@ impl Stack {
         })
     }
 
-    /// A test worker's configuration: beating every 300 ms, draining for at most 5 s.
+    /// A test worker's configuration: beating every 300 ms, draining for at most 5 s, under the
+    /// test suite's policy.
     fn worker_config(
         &self,
         worker_id: &str,
@@ -256,6 +257,7 @@ impl Stack {
         // The ledger sequences the tests assert include every start; `short_tasks.rs` covers
         // the default, which reports a short task's start on its outcome alone.
         config.report_start_after = Duration::ZERO;
+        config.policy = Some(TEST_WORKER_POLICY.into());
         adjust(&mut config);
         config
     }
@@ -292,6 +294,8 @@ impl Stack {
             .args(args)
             .env("KAIROS_BROKERS", &self.kafka.brokers)
             .env("KAIROS_TOPIC_PREFIX", &self.kafka.topic_prefix)
+            // Read by workers only.
+            .env("KAIROS_WORKER_POLICY", TEST_WORKER_POLICY)
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .kill_on_drop(true)
@@ -873,6 +877,9 @@ pub fn exact_retries(max_attempts: u32, initial: Duration) -> kairos_core::job::
 }
 
 /// A shell job that fires once, `in_secs` seconds from now.
+/// The policy of the test suite's workers: shell scripts, and calls to local servers.
+pub const TEST_WORKER_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/worker-policy.yaml");
+
 pub fn one_shot_job(id: &str, script: &str, in_secs: i64) -> JobSpec {
     let mut job = shell_job(id, "1s", script);
     let at = chrono::Utc::now() + chrono::Duration::seconds(in_secs);

@@ -516,13 +516,24 @@ impl Aggregator {
                 stats.abandoned += 1;
                 stats.failures_in_a_row += 1;
                 let at = state.finished_at.unwrap_or(state.scheduled_for);
-                alerts.push(Alert::run_abandoned(
-                    state.job_id.clone(),
-                    state.run_id,
-                    state.attempt,
-                    state.error.as_deref(),
-                    at,
-                ));
+                alerts.push(if state.refused.is_some() {
+                    Alert::task_refused(
+                        state.job_id.clone(),
+                        state.run_id,
+                        state.worker_id.as_deref(),
+                        state.pool.as_deref(),
+                        state.error.as_deref(),
+                        at,
+                    )
+                } else {
+                    Alert::run_abandoned(
+                        state.job_id.clone(),
+                        state.run_id,
+                        state.attempt,
+                        state.error.as_deref(),
+                        at,
+                    )
+                });
                 if stats.failures_in_a_row == self.failures_in_a_row {
                     alerts.push(Alert::job_failing(
                         state.job_id.clone(),

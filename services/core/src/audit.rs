@@ -303,6 +303,7 @@ mod tests {
             worker_id: "w1".into(),
             error: "exit 1".into(),
             output: Default::default(),
+            refused: None,
         }
     }
 

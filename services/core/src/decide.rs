@@ -304,7 +304,8 @@ pub fn next_step(
         ) => {
             let failed_at = run.finished_at.unwrap_or(run.updated_at);
             Some(Step::Record(
-                if run.attempt < definition.retry.max_attempts {
+                // A refused attempt would be refused again.
+                if run.attempt < definition.retry.max_attempts && run.refused.is_none() {
                     RunEventKind::RetryScheduled {
                         attempt: run.attempt + 1,
                         due_at: failed_at
@@ -993,6 +994,7 @@ pub(crate) mod tests {
                 worker_id: "w".into(),
                 error: "exit 1".into(),
                 output: TaskOutput::default(),
+                refused: None,
             },
         ]
     }
@@ -1017,6 +1019,27 @@ pub(crate) mod tests {
                 2,
                 failed_at + chrono::Duration::seconds(2)
             )))
+        );
+    }
+
+    /// Given a first attempt the worker's policy refused, when the retry policy allows more,
+    /// then the run is abandoned at once: another attempt would be refused the same way.
+    #[test]
+    fn given_a_refused_attempt_then_the_run_is_abandoned_without_a_retry() {
+        let def = definition();
+        let view = JobView::Defined {
+            definition: &def,
+            offset: 4,
+        };
+        let mut kinds = failed_attempt(1);
+        if let Some(RunEventKind::RunFailed { refused, .. }) = kinds.last_mut() {
+            *refused = Some("program".into());
+        }
+        let run = after(kinds);
+        assert_eq!(run.refused.as_deref(), Some("program"));
+        assert_eq!(
+            next_step(&run, view, slot(5), MARGIN, &[]),
+            Some(Step::Record(RunEventKind::RunAbandoned { attempt: 1 }))
         );
     }
 
@@ -1237,6 +1260,7 @@ pub(crate) mod tests {
                     worker_id: "w".into(),
                     error: "exit 1".into(),
                     output: TaskOutput::default(),
+                    refused: None,
                 },
             ),
         ] {

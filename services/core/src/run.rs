@@ -204,6 +204,9 @@ pub enum RunEventKind {
         worker_id: String,
         error: String,
         output: TaskOutput,
+        /// The rule of the worker's policy that refused the task: it never ran, and the run
+        /// is not retried (another attempt would be refused the same way).
+        refused: Option<String>,
     },
     RunTimedOut {
         attempt: u32,
@@ -369,6 +372,10 @@ pub struct RunState {
     pub worker_id: Option<String>,
     pub skip_reason: Option<SkipReason>,
     pub error: Option<String>,
+    /// The rule of a worker's policy that refused the current attempt: it never ran, and the
+    /// run is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     pub output: Option<TaskOutput>,
     pub retry_due_at: Option<Timestamp>,
     /// When the current attempt was dispatched; its deadline is counted from here.
@@ -575,6 +582,9 @@ pub fn apply(state: Option<&RunState>, event: &RunEvent) -> Result<RunState, Tra
                         RunTimedOut { .. } => Some("timed out".to_string()),
                         _ => None,
                     };
+                    if let RunFailed { refused, .. } = &event.kind {
+                        next.refused = refused.clone();
+                    }
                     next.finished_at = Some(event.at);
                 }
                 status if status.is_outcome() => return Err(duplicate()),
@@ -714,6 +724,9 @@ fn apply_shard(
             };
             next.status = status;
             next.error = Some(format!("shard {}: {error}", shard.index));
+            if let RunFailed { refused, .. } = &event.kind {
+                next.refused = refused.clone();
+            }
             next.worker_id = Some(worker_id.clone());
             next.output = Some(output.clone());
             next.finished_at = Some(event.at);
@@ -768,6 +781,7 @@ fn new_run(
         worker_id: None,
         skip_reason: None,
         error: None,
+        refused: None,
         output: None,
         retry_due_at: None,
         dispatched_at: None,
@@ -847,6 +861,7 @@ pub(crate) mod tests {
             worker_id: "w".into(),
             error: "exit 1".into(),
             output: TaskOutput::default(),
+            refused: None,
         }
     }
 

@@ -47,9 +47,11 @@ const JOB_DEFINITION_V1_AVSC: &str =
     include_str!("../../../schemas/released/job_definition.v1.avsc");
 const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_event.v1.avsc");
 const RUN_EVENT_V2_AVSC: &str = include_str!("../../../schemas/released/run_event.v2.avsc");
+const RUN_EVENT_V3_AVSC: &str = include_str!("../../../schemas/released/run_event.v3.avsc");
 const TASK_ASSIGNED_V1_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v1.avsc");
 const TASK_ASSIGNED_V2_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v2.avsc");
 const ALERT_V1_AVSC: &str = include_str!("../../../schemas/released/alert.v1.avsc");
+const ALERT_V2_AVSC: &str = include_str!("../../../schemas/released/alert.v2.avsc");
 
 /// Why bytes could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +181,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         run_event: evolved(
             "RunEvent",
             RUN_EVENT_AVSC,
-            &[RUN_EVENT_V2_AVSC, RUN_EVENT_V1_AVSC],
+            &[RUN_EVENT_V3_AVSC, RUN_EVENT_V2_AVSC, RUN_EVENT_V1_AVSC],
         ),
         task_assigned: evolved(
             "TaskAssigned",
@@ -189,7 +191,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
         control: contract("ControlCommand", CONTROL_AVSC),
-        alert: evolved("Alert", ALERT_AVSC, &[ALERT_V1_AVSC]),
+        alert: evolved("Alert", ALERT_AVSC, &[ALERT_V2_AVSC, ALERT_V1_AVSC]),
         heartbeat: contract("WorkerHeartbeat", HEARTBEAT_AVSC),
         job_status: contract("JobStatus", JOB_STATUS_AVSC),
     }
@@ -969,6 +971,7 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
     let mut pool = Value::Null;
     let mut worker = Value::Null;
     let mut error = Value::Null;
+    let mut refused_by = Value::Null;
     let mut output: Option<&TaskOutput> = None;
     let mut due_at = Value::Null;
     match &event.kind {
@@ -1001,11 +1004,13 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             worker_id,
             error: e,
             output: o,
+            refused,
             ..
         } => {
             worker = string(worker_id);
             error = string(e);
             output = Some(o);
+            refused_by = opt(refused.clone(), string);
         }
         RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => {}
         RetryScheduled { due_at: d, .. } => due_at = millis(*d),
@@ -1036,6 +1041,7 @@ pub fn encode_run_event(event: &RunEvent) -> Result<Vec<u8>, CodecError> {
             ("shard_index", opt(event.shard.map(|s| s.index), int)),
             ("shard_total", opt(event.shard.map(|s| s.total), int)),
             ("started_at", opt(output.and_then(|o| o.started_at), millis)),
+            ("refused", refused_by),
         ]),
     )
 }
@@ -1103,6 +1109,7 @@ pub fn decode_run_event(bytes: &[u8]) -> Result<RunEvent, CodecError> {
             worker_id: worker()?,
             error: f.opt_string("error")?.unwrap_or_default(),
             output: output()?,
+            refused: f.opt_string("refused")?,
         },
         "RunTimedOut" => RunEventKind::RunTimedOut {
             attempt: f.attempt()?,
@@ -1374,10 +1381,12 @@ pub enum AlertKind {
     SlotMissed,
     /// The fire audit found a run whose next step is overdue by more than the grace period.
     RunStuck,
+    /// A worker's policy refused a run's task: it never ran, and the run is not retried.
+    TaskRefused,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 9] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::RunAbandoned,
         AlertKind::RunPending,
         AlertKind::JobFailing,
@@ -1387,6 +1396,7 @@ impl AlertKind {
         AlertKind::DeadLettered,
         AlertKind::SlotMissed,
         AlertKind::RunStuck,
+        AlertKind::TaskRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -1400,6 +1410,7 @@ impl AlertKind {
             AlertKind::DeadLettered => "dead_lettered",
             AlertKind::SlotMissed => "slot_missed",
             AlertKind::RunStuck => "run_stuck",
+            AlertKind::TaskRefused => "task_refused",
         }
     }
 }
@@ -1478,6 +1489,28 @@ impl Alert {
             error.unwrap_or("no error recorded")
         );
         Alert::about_run(AlertKind::RunAbandoned, job_id, run_id, message, at)
+    }
+
+    /// The alert that a worker's policy refused a run's task, `error` saying why.
+    pub fn task_refused(
+        job_id: JobId,
+        run_id: RunId,
+        worker_id: Option<&str>,
+        pool: Option<&str>,
+        error: Option<&str>,
+        at: Timestamp,
+    ) -> Self {
+        let message = format!(
+            "run {run_id} of job {job_id} was refused by worker {} of pool {}, and not retried: {}",
+            worker_id.unwrap_or("?"),
+            pool.unwrap_or("?"),
+            error.unwrap_or("no reason recorded")
+        );
+        Alert {
+            worker_id: worker_id.map(str::to_string),
+            pool: pool.map(str::to_string),
+            ..Alert::about_run(AlertKind::TaskRefused, job_id, run_id, message, at)
+        }
     }
 
     /// The alert that a job's last `failures` runs all failed, `run_id` being the latest.
@@ -1948,6 +1981,14 @@ mod tests {
                 worker_id: "w".into(),
                 error: "boom".into(),
                 output: out.clone(),
+                refused: None,
+            },
+            RunEventKind::RunFailed {
+                attempt: 2,
+                worker_id: "w".into(),
+                error: "refused by the worker's policy (program): /bin/rm".into(),
+                output: TaskOutput::default(),
+                refused: Some("program".into()),
             },
             RunEventKind::RunTimedOut {
                 attempt: 2,
@@ -2177,8 +2218,8 @@ mod tests {
         };
         // The current version under its old fingerprint, each earlier one under both of its own.
         assert_eq!(CONTRACTS.job.earlier.len(), 3);
-        assert_eq!(CONTRACTS.run_event.earlier.len(), 5);
-        for version in 0..5 {
+        assert_eq!(CONTRACTS.run_event.earlier.len(), 7);
+        for version in 0..7 {
             let bytes = written_with_earlier(
                 &CONTRACTS.run_event,
                 version,

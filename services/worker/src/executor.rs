@@ -8,6 +8,7 @@
 //! worker's id, so that a task's own logs can say where it ran.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::job::{HandlerTask, HttpTask, ShellTask, TaskSpec};
@@ -17,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{Handlers, TaskContext};
+use crate::policy::{Policy, Refusal};
 
 /// How an attempt ended on this worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +28,8 @@ pub enum Outcome {
     TimedOut,
     /// Stopped because the run was cancelled.
     Cancelled,
+    /// Not run: the worker's policy does not allow it.
+    Refused(Refusal),
 }
 
 /// The outcome and what the task printed or answered.
@@ -44,28 +48,84 @@ pub struct Executor {
     pub handlers: Handlers,
     /// This worker's name on the ledger.
     pub worker_id: String,
+    /// What this worker agrees to run.
+    pub policy: Arc<Policy>,
 }
 
 impl Executor {
-    /// Runs shell and http tasks, and no handlers.
+    /// Runs any shell and http task, and no handlers (development, and tests of execution).
     pub fn new(output_limit: usize) -> Self {
+        Self::with_policy(
+            output_limit,
+            Policy::AllowAny,
+            Handlers::new(),
+            "worker".into(),
+        )
+    }
+
+    /// Runs what `policy` allows, and the `handlers`.
+    pub fn with_policy(
+        output_limit: usize,
+        policy: Policy,
+        handlers: Handlers,
+        worker_id: String,
+    ) -> Self {
+        let policy = Arc::new(policy);
         Executor {
             output_limit,
-            http: reqwest::Client::new(),
-            handlers: Handlers::new(),
-            worker_id: "worker".into(),
+            http: http_client(&policy),
+            handlers,
+            worker_id,
+            policy,
+        }
+    }
+
+    /// Whether the policy lets `task` run, as far as can be told before it begins (the address
+    /// an HTTP host resolves to is checked as the request connects).
+    pub fn admit(&self, task: &TaskAssigned) -> Result<(), Refusal> {
+        match &task.task {
+            TaskSpec::Shell(shell) => self.policy.admit_shell(shell).map(|_| ()),
+            // A URL that does not parse fails as the request is made, like any bad request.
+            TaskSpec::Http(request) => match url::Url::parse(&request.url) {
+                Ok(url) => self.policy.admit_url(&url),
+                Err(_) => Ok(()),
+            },
+            TaskSpec::Handler(_) => Ok(()),
         }
     }
 
     /// Executes `task`; never panics, whatever the task does.
     pub async fn execute(&self, task: &TaskAssigned, cancel: &CancellationToken) -> Execution {
+        if let Err(refusal) = self.admit(task) {
+            return refused(refusal);
+        }
         let limit = self.output_limit;
+        let timeout = self.policy.timeout(task.timeout);
         match &task.task {
-            TaskSpec::Shell(shell) => run_shell(task, shell, limit, &self.worker_id, cancel).await,
+            TaskSpec::Shell(shell) => match self.policy.admit_shell(shell) {
+                Ok(program) => {
+                    let run = Run {
+                        task,
+                        limit,
+                        timeout,
+                        worker_id: &self.worker_id,
+                        cancel,
+                    };
+                    run_shell(run, shell, &program).await
+                }
+                Err(refusal) => refused(refusal),
+            },
             TaskSpec::Http(request) => {
-                run_http(task, request, limit, &self.http, &self.worker_id, cancel).await
+                let run = Run {
+                    task,
+                    limit,
+                    timeout,
+                    worker_id: &self.worker_id,
+                    cancel,
+                };
+                run_http(run, request, &self.http).await
             }
-            TaskSpec::Handler(handler) => self.run_handler(task, handler, cancel).await,
+            TaskSpec::Handler(handler) => self.run_handler(task, handler, timeout, cancel).await,
         }
     }
 
@@ -75,6 +135,7 @@ impl Executor {
         &self,
         task: &TaskAssigned,
         handler: &HandlerTask,
+        timeout: Option<Duration>,
         cancel: &CancellationToken,
     ) -> Execution {
         let Some(call) = self.handlers.get(&handler.name) else {
@@ -95,7 +156,7 @@ impl Executor {
         let stop = context.cancel.clone();
         let running = tokio::spawn(call(context));
         let abort = running.abort_handle();
-        let ended = bounded(running, task.timeout, cancel).await;
+        let ended = bounded(running, timeout, cancel).await;
         stop.cancel();
         abort.abort();
         let capped = |text: String| cap(text.into_bytes(), self.output_limit);
@@ -172,6 +233,86 @@ async fn bounded<T>(
     }
 }
 
+fn refused(refusal: Refusal) -> Execution {
+    Execution {
+        outcome: Outcome::Refused(refusal),
+        output: TaskOutput::default(),
+    }
+}
+
+/// What every kind of task runs with.
+struct Run<'a> {
+    task: &'a TaskAssigned,
+    /// Bytes of output kept.
+    limit: usize,
+    /// The job's timeout, capped by the policy.
+    timeout: Option<Duration>,
+    worker_id: &'a str,
+    cancel: &'a CancellationToken,
+}
+
+/// The client of HTTP tasks: under an enforced policy it connects only to addresses the policy
+/// allows (checked on every resolution, so a name cannot be made to point elsewhere after the
+/// check), follows only redirects the policy allows, and goes through no proxy.
+fn http_client(policy: &Arc<Policy>) -> reqwest::Client {
+    if matches!(**policy, Policy::AllowAny) {
+        return reqwest::Client::new();
+    }
+    let redirects = Arc::clone(policy);
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(PolicyResolver(Arc::clone(policy))))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error("too many redirects");
+            }
+            match redirects.admit_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(refusal) => attempt.error(refusal),
+            }
+        }))
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Resolves a host name, keeping only the addresses the policy allows.
+struct PolicyResolver(Arc<Policy>);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = Arc::clone(&self.0);
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let mut refusal = None;
+            let allowed: Vec<std::net::SocketAddr> = found
+                .filter(|address| match policy.admit_address(address.ip()) {
+                    Ok(()) => true,
+                    Err(refused) => {
+                        refusal.get_or_insert(refused);
+                        false
+                    }
+                })
+                .collect();
+            match refusal {
+                Some(refusal) if allowed.is_empty() => Err(Box::new(refusal) as _),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// The policy's refusal somewhere in an error's chain of causes.
+fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(refusal) = error.downcast_ref::<Refusal>() {
+            return Some(refusal.clone());
+        }
+        cause = error.source();
+    }
+    None
+}
+
 fn failed(reason: String) -> Execution {
     Execution {
         outcome: Outcome::Failed(reason),
@@ -179,18 +320,21 @@ fn failed(reason: String) -> Execution {
     }
 }
 
-async fn run_shell(
-    task: &TaskAssigned,
-    shell: &ShellTask,
-    limit: usize,
-    worker_id: &str,
-    cancel: &CancellationToken,
-) -> Execution {
-    let Some((program, args)) = shell.command.split_first() else {
+/// Runs `program`, the command's first word as the policy resolved it.
+async fn run_shell(run: Run<'_>, shell: &ShellTask, program: &std::path::Path) -> Execution {
+    let Run {
+        task,
+        limit,
+        timeout,
+        worker_id,
+        cancel,
+    } = run;
+    let Some((name, args)) = shell.command.split_first() else {
         return failed("empty command".into());
     };
     let mut command = tokio::process::Command::new(program);
     command
+        .arg0(name)
         .args(args)
         .envs(&shell.env)
         .env("KAIROS_JOB_ID", task.job_id.as_str())
@@ -226,7 +370,7 @@ async fn run_shell(
         );
         (status, stdout, stderr)
     };
-    let ended = bounded(finished, task.timeout, cancel).await;
+    let ended = bounded(finished, timeout, cancel).await;
     let outcome = match ended {
         Ended::Finished(result) => result,
         Ended::TimedOut | Ended::Cancelled => {
@@ -332,14 +476,14 @@ fn with_dropped(kept: &[u8], dropped: usize) -> String {
     text
 }
 
-async fn run_http(
-    task: &TaskAssigned,
-    request: &HttpTask,
-    limit: usize,
-    client: &reqwest::Client,
-    worker_id: &str,
-    cancel: &CancellationToken,
-) -> Execution {
+async fn run_http(run: Run<'_>, request: &HttpTask, client: &reqwest::Client) -> Execution {
+    let Run {
+        task,
+        limit,
+        timeout,
+        worker_id,
+        cancel,
+    } = run;
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(method) => method,
         Err(_) => return failed(format!("invalid HTTP method {:?}", request.method)),
@@ -365,7 +509,7 @@ async fn run_http(
         let body = response.bytes().await?;
         Ok::<_, reqwest::Error>((status, body))
     };
-    match bounded(send, task.timeout, cancel).await {
+    match bounded(send, timeout, cancel).await {
         Ended::TimedOut => Execution {
             outcome: Outcome::TimedOut,
             output: TaskOutput::default(),
@@ -374,9 +518,10 @@ async fn run_http(
             outcome: Outcome::Cancelled,
             output: TaskOutput::default(),
         },
-        Ended::Finished(Err(error)) => {
-            failed(format!("request to {} failed: {error}", request.url))
-        }
+        Ended::Finished(Err(error)) => match refusal_in(&error) {
+            Some(refusal) => refused(refusal),
+            None => failed(format!("request to {} failed: {error}", request.url)),
+        },
         Ended::Finished(Ok((status, body))) => {
             let output = TaskOutput {
                 exit_code: Some(i32::from(status)),

@@ -31,6 +31,7 @@ pub mod executor;
 mod handlers;
 mod handover;
 mod metrics_names;
+pub mod policy;
 mod tracker;
 
 pub use handlers::{Handlers, TaskContext};
@@ -66,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{Executor, Outcome};
 use crate::handover::{Claim, Claims, HANDOVER_TIMEOUT};
 use crate::metrics_names as m;
+use crate::policy::{Policy, Refusal};
 use crate::tracker::OffsetTracker;
 
 #[derive(clap::Parser, Clone, Debug)]
@@ -100,6 +102,14 @@ pub struct Config {
     /// fewer per run. 0 reports every start as the task starts.
     #[arg(long, env = "KAIROS_REPORT_START_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub report_start_after: Duration,
+    /// The worker's policy (YAML): which programs its shell tasks may run, which hosts its HTTP
+    /// tasks may call, how long any task may run. Without one it runs only the handlers
+    /// compiled into it.
+    #[arg(long, env = "KAIROS_WORKER_POLICY", conflicts_with = "allow_any_task")]
+    pub policy: Option<std::path::PathBuf>,
+    /// Development only: run every task, whatever it runs or calls.
+    #[arg(long, env = "KAIROS_ALLOW_ANY_TASK")]
+    pub allow_any_task: bool,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
@@ -117,8 +127,25 @@ impl Config {
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
             report_start_after: DEFAULT_REPORT_START_AFTER,
+            policy: None,
+            allow_any_task: false,
             metrics_addr,
             telemetry: TelemetryArgs::default(),
+        }
+    }
+
+    /// The policy the flags name; says loudly what an unguarded worker runs.
+    fn load_policy(&self) -> anyhow::Result<Policy> {
+        if self.allow_any_task {
+            tracing::warn!("--allow-any-task: this worker runs ANY shell command and calls ANY URL that appears on its task topic. For development only.");
+            return Ok(Policy::AllowAny);
+        }
+        match &self.policy {
+            Some(path) => Policy::load(path),
+            None => {
+                tracing::warn!("No --policy: this worker runs no shell or http task, only the handlers compiled into it.");
+                Ok(Policy::handlers_only())
+            }
         }
     }
 
@@ -288,6 +315,7 @@ pub async fn run_with_handlers(
     handlers: Handlers,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let policy = config.load_policy()?;
     let topics = config.kafka.topics();
     let input = topics.tasks(&config.pool);
     // A pool's task topic may not exist yet when its first worker starts; it is created
@@ -316,6 +344,7 @@ pub async fn run_with_handlers(
     let worker_id = config.worker_id();
     let task_types: Vec<String> = BUILT_IN_TASK_TYPES
         .into_iter()
+        .filter(|kind| policy.runs(kind))
         .chain(handlers.names())
         .map(str::to_string)
         .collect();
@@ -344,12 +373,7 @@ pub async fn run_with_handlers(
         pool: config.pool.clone(),
         consumer: parts.consumer,
         slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
-        executor: Executor {
-            output_limit: config.output_limit,
-            http: reqwest::Client::new(),
-            handlers,
-            worker_id,
-        },
+        executor: Executor::with_policy(config.output_limit, policy, handlers, worker_id),
         task_types,
         queues: HashMap::new(),
         tracker: OffsetTracker::default(),
@@ -1103,6 +1127,9 @@ impl Reporter {
             metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
                 .record(lateness.as_secs_f64());
         }
+        if let Err(refusal) = executor.admit(task) {
+            return self.refuse(task, pool, refusal).await;
+        }
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
@@ -1154,8 +1181,11 @@ impl Reporter {
                     worker_id: self.worker_id.clone(),
                     error,
                     output: execution.output,
+                    refused: None,
                 },
             ),
+            // Refused as it connected (the address its host resolved to).
+            Outcome::Refused(refusal) => return self.refuse(task, pool, refusal).await,
             Outcome::Cancelled => (
                 "cancelled",
                 RunEventKind::RunCancelled {
@@ -1173,6 +1203,23 @@ impl Reporter {
         };
         metrics::counter!(m::TASKS, "pool" => pool.to_string(), "outcome" => label).increment(1);
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, outcome = label, "Task finished.");
+        self.report(task, kind, kairos_runtime::now()).await
+    }
+
+    /// Records an attempt the policy refused: failed, with the rule, never run.
+    async fn refuse(&self, task: &TaskAssigned, pool: &str, refusal: Refusal) -> bool {
+        tracing::warn!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, rule = refusal.rule, reason = refusal.reason, "Task refused by this worker's policy.");
+        metrics::counter!(m::TASKS, "pool" => pool.to_string(), "outcome" => "refused")
+            .increment(1);
+        metrics::counter!(m::REFUSED, "pool" => pool.to_string(), "rule" => refusal.rule)
+            .increment(1);
+        let kind = RunEventKind::RunFailed {
+            attempt: task.attempt,
+            worker_id: self.worker_id.clone(),
+            error: refusal.to_string(),
+            output: kairos_core::run::TaskOutput::default(),
+            refused: Some(refusal.rule.to_string()),
+        };
         self.report(task, kind, kairos_runtime::now()).await
     }
 

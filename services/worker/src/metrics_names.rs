@@ -15,6 +15,9 @@ pub(crate) const ARRIVED_LATE: &str = "kairos_worker_tasks_arrived_late_total";
 /// (redelivered, and the ledger records their attempt as over) or `running_elsewhere`
 /// (redelivered while another worker ran the attempt, and left to it until it was over).
 pub(crate) const SKIPPED: &str = "kairos_worker_tasks_skipped_total";
+/// Tasks the worker's policy refused, by `pool` and `rule` (`task_type`, `program`, `shell`,
+/// `env`, `http_scheme`, `http_host`, `http_address`).
+pub(crate) const REFUSED: &str = "kairos_worker_tasks_refused_total";
 /// How many tasks this worker runs at once (`--max-concurrent`), by `pool`.
 pub(crate) const CAPACITY: &str = "kairos_worker_capacity_tasks";
 
