@@ -16,8 +16,9 @@
 //! `RunStarted` is sent as it starts, not waited for first. A cancel or fence that arrives while
 //! it is held drops it unrun; a stop hands it back unrun (uncommitted), so that the partition's
 //! next owner runs it, once. A revoked partition's attempts are handed over before the group may
-//! give the partition to another worker (see [`handover`]): those not begun are released, those
-//! begun are announced on the ledger, so that the next owner leaves them to this worker.
+//! give the partition to another worker (see [`handover`]): those not taken up are released,
+//! those taken up (waiting for a place, or running) are announced on the ledger, so that the
+//! next owner leaves them to this worker.
 //!
 //! Stopping (SIGTERM) drains: no new task starts, running ones get `--drain-timeout` to finish,
 //! and whatever is left is killed and handed back — not reported, not committed — so that the
@@ -472,7 +473,7 @@ struct Membership {
 
 impl Worker {
     /// Before the group may give a partition to another worker, this worker's attempts of it are
-    /// settled: those not begun released, those begun announced on the ledger.
+    /// settled: those not taken up released, those taken up announced on the ledger.
     fn hand_over_on_revoke(&self) -> anyhow::Result<()> {
         let claims = Arc::clone(&self.claims);
         let reporter = self.reporter.clone();
@@ -586,7 +587,7 @@ impl Worker {
                 // Settled by the revocation's callback already, unless the partitions were
                 // assigned again in between: begun attempts finish and report, their offsets
                 // belong to the new owner now.
-                self.claims.revoke(&partitions, true);
+                self.claims.forget(&partitions);
                 let released = self.release_held(|p| partitions.contains(&p));
                 for partition in partitions {
                     self.tracker.forget(partition);
@@ -793,15 +794,14 @@ impl Worker {
         redelivered
     }
 
-    /// Hands back the attempts of the partitions `on` selects that have not begun (held for
-    /// their start, waiting for a place or for the ledger), or were released by the revocation's
-    /// callback: they never run here, and the partition's next owner gets them again from the
+    /// Hands back the attempts of the partitions `on` selects that have not been taken up (held
+    /// for their start or for the ledger), or were released by the revocation's callback: they never run here, and the partition's next owner gets them again from the
     /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
     fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
         let released: Vec<Lane> = self
             .running
             .iter()
-            .filter(|(_, r)| on(r.partition) && r.claim.release())
+            .filter(|(_, r)| on(r.partition) && r.claim.release(false))
             .map(|(lane, _)| lane.clone())
             .collect();
         for lane in &released {
@@ -1036,16 +1036,21 @@ impl Worker {
                     }
                 }
             }
-            // Released by a revocation while it waits for a place: the next owner runs it.
+            // Taken up: from here a revocation no longer hands the attempt over but announces it,
+            // and the partition's next owner leaves it to this worker.
+            if !claim.take_up(kairos_runtime::now()) {
+                return; // Its partition was revoked: the next owner runs it.
+            }
+            // Released while it waits for a place only by a lost assignment.
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => match slot {
                     Ok(slot) => slot,
-                    Err(_) => return,
+                    Err(_) => return claim.end(),
                 },
                 _ = claim.released.cancelled() => return,
             };
             if hand_back.is_cancelled() {
-                return;
+                return claim.end();
             }
             // A last look, for a worker frozen between its start and now.
             waited |= until_in_group(&mut membership, silence, &cancel, &claim.released).await;
@@ -1073,10 +1078,10 @@ impl Worker {
                 }
                 return;
             }
-            let began = kairos_runtime::now();
-            if !claim.begin(began) {
-                return; // Its partition was revoked: the next owner runs it.
+            if !claim.begin() {
+                return; // Its assignment was lost: the partition's next owner runs it.
             }
+            let began = kairos_runtime::now();
             let reported = reporter
                 .attempt(&task, began, &claim, &executor, &pool, &cancel, &hand_back)
                 .await;

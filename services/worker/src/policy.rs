@@ -225,17 +225,24 @@ impl Policy {
         Ok(resolved)
     }
 
-    /// Whether the policy lets a request go to this URL (its scheme, host and port), and to the
-    /// address, when the host is one.
-    pub fn admit_url(&self, url: &url::Url) -> Result<(), Refusal> {
-        let rules = match self {
-            Policy::AllowAny => return Ok(()),
+    /// The rules of HTTP tasks; `None` when any request goes (development).
+    fn http_rules(&self) -> Result<Option<&HttpRules>, Refusal> {
+        match self {
+            Policy::AllowAny => Ok(None),
             Policy::Enforced(Rules { http: None, .. }) => {
-                return Err(refuse("task_type", "this worker runs no http tasks".into()))
+                Err(refuse("task_type", "this worker runs no http tasks".into()))
             }
             Policy::Enforced(Rules {
                 http: Some(rules), ..
-            }) => rules,
+            }) => Ok(Some(rules)),
+        }
+    }
+
+    /// Whether the policy lets a request go to this URL (its scheme, host and port), and to the
+    /// address, when the host is one.
+    pub fn admit_url(&self, url: &url::Url) -> Result<(), Refusal> {
+        let Some(rules) = self.http_rules()? else {
+            return Ok(());
         };
         if !rules.schemes.iter().any(|s| s == url.scheme()) {
             return Err(refuse(
@@ -268,14 +275,8 @@ impl Policy {
 
     /// Whether the policy lets a request connect to this address.
     pub fn admit_address(&self, address: IpAddr) -> Result<(), Refusal> {
-        let rules = match self {
-            Policy::AllowAny => return Ok(()),
-            Policy::Enforced(Rules { http: None, .. }) => {
-                return Err(refuse("task_type", "this worker runs no http tasks".into()))
-            }
-            Policy::Enforced(Rules {
-                http: Some(rules), ..
-            }) => rules,
+        let Some(rules) = self.http_rules()? else {
+            return Ok(());
         };
         let kind = AddressKind::of(address);
         let allowed = match kind {
