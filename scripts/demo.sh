@@ -33,7 +33,7 @@ start() {
 }
 start trigger    KAIROS_DATA_DIR="$KAIROS_RUN/data/trigger"
 start dispatcher KAIROS_DATA_DIR="$KAIROS_RUN/data/dispatcher"
-start worker     KAIROS_WORKER_POLICY="$KAIROS_ROOT/examples/worker-policy/demo.yaml"
+start worker     KAIROS_WORKER_POLICY="$KAIROS_ROOT/deploy/worker-policy.yaml"
 start aggregator KAIROS_DATA_DIR="$KAIROS_RUN/data/aggregator" KAIROS_HTTP_ADDR="127.0.0.1:$http_port"
 wait_for_port "$http_port" "the aggregator"
 
