@@ -945,15 +945,20 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         } else {
             // A third worker or dispatcher joins the fleet, or the one that joined leaves it.
             let joiner = &mut joiners[rng.random_range(0..2)];
-            let what = if joiner.pid().is_some() {
+            let leaves = joiner.pid().is_some();
+            let what = format!(
+                "{} {}",
+                joiner.name,
+                if leaves { "leaves" } else { "joins" }
+            );
+            // On the timeline as it begins, like every fault.
+            report.timeline.push((what.clone(), chrono::Utc::now()));
+            if leaves {
                 joiner.stop().await?;
-                format!("{} leaves", joiner.name)
             } else {
                 joiner.start(&stack);
                 recover(&mut report, joiner).await;
-                format!("{} joins", joiner.name)
-            };
-            report.timeline.push((what.clone(), chrono::Utc::now()));
+            }
             *report.graceful.entry(what).or_default() += 1;
         }
     }

@@ -97,11 +97,12 @@ impl Claim {
         self.start_sent.store(true, Ordering::Release);
     }
 
-    /// Releases the claim if it was not taken up (or, for a lost assignment, not begun): true
-    /// if it is released (now or before), and the attempt never runs here.
-    pub(crate) fn release(&self, lost: bool) -> bool {
+    /// Releases the claim if it was not taken up, or with `waiting_too` (a lost assignment, a
+    /// stop) if it was not begun: true if it is released (now or before), and the attempt never
+    /// runs here.
+    pub(crate) fn release(&self, waiting_too: bool) -> bool {
         if self.settle(Self::HELD, Self::RELEASED)
-            || (lost && self.settle(Self::TAKEN, Self::RELEASED))
+            || (waiting_too && self.settle(Self::TAKEN, Self::RELEASED))
         {
             self.released.cancel();
         }

@@ -187,8 +187,10 @@ fn attempt_key(task: &TaskAssigned) -> AttemptKey {
 
 /// Why a redelivered attempt is not run here, if another worker ran it or is running it: the
 /// ledger records it as over, or another worker said it started it and is still alive (it reports
-/// the outcome) or lost (the dispatcher records the attempt lost, and a retry follows). One
-/// started by a worker that has since stopped was handed back unfinished, and runs here.
+/// the outcome), lost (the dispatcher records the attempt lost, and a retry follows) or not yet
+/// heard of (this worker has just started and is still reading the heartbeats; every worker
+/// beats before it takes a task). One started by a worker that has since stopped was handed back
+/// unfinished, and runs here.
 fn taken_elsewhere(
     seen: &Attempts,
     task: &TaskAssigned,
@@ -201,9 +203,9 @@ fn taken_elsewhere(
         return Some("already_over");
     }
     let starter = seen.started_by(key).filter(|worker| *worker != me)?;
-    match workers.liveness(starter, now)? {
-        Liveness::Live | Liveness::Lost => Some(RUNNING_ELSEWHERE),
-        Liveness::Stopped => None,
+    match workers.liveness(starter, now) {
+        Some(Liveness::Live | Liveness::Lost) | None => Some(RUNNING_ELSEWHERE),
+        Some(Liveness::Stopped) => None,
     }
 }
 
@@ -488,8 +490,12 @@ impl Worker {
                     "Handing over the attempts of revoked partitions."
                 );
             }
-            // Also waits for outcomes already sent: the next owner reads them.
-            reporter.announce_blocking(&handed.to_announce);
+            // Also waits for outcomes already sent: the next owner reads them. With nothing to
+            // announce, no outcome is unaccounted for (an attempt whose outcome is in flight is
+            // still taken up), and the group is not held up.
+            if !handed.to_announce.is_empty() {
+                reporter.announce_blocking(&handed.to_announce);
+            }
         }))
     }
 
@@ -529,8 +535,10 @@ impl Worker {
     /// goodbye on the heartbeats topic. Offsets are committed by the caller as the consumer closes.
     async fn drain(&mut self) -> anyhow::Result<()> {
         self.draining = true;
-        // Tasks held for a start still to come have not started: not waited for.
-        self.release_held(|_| true);
+        // Attempts not begun (held for their start, or waiting for a place) never start: only
+        // those running are waited for, and a backlog does not keep starting until the timeout
+        // and then get killed and run again elsewhere.
+        self.release_held(|_| true, true);
         tracing::info!(
             running = self.running.len(),
             timeout = ?self.drain_timeout,
@@ -588,7 +596,7 @@ impl Worker {
                 // assigned again in between: begun attempts finish and report, their offsets
                 // belong to the new owner now.
                 self.claims.forget(&partitions);
-                let released = self.release_held(|p| partitions.contains(&p));
+                let released = self.release_held(|p| partitions.contains(&p), false);
                 for partition in partitions {
                     self.tracker.forget(partition);
                     self.redelivered_below.remove(&partition);
@@ -795,13 +803,14 @@ impl Worker {
     }
 
     /// Hands back the attempts of the partitions `on` selects that have not been taken up (held
-    /// for their start or for the ledger), or were released by the revocation's callback: they never run here, and the partition's next owner gets them again from the
+    /// for their start or for the ledger), with `waiting_too` those waiting for a place as well,
+    /// and those the revocation's callback released: they never run here, and the partition's next owner gets them again from the
     /// uncommitted offset and runs them once. Returns their lanes, whose queue heads are gone.
-    fn release_held(&mut self, on: impl Fn(i32) -> bool) -> Vec<Lane> {
+    fn release_held(&mut self, on: impl Fn(i32) -> bool, waiting_too: bool) -> Vec<Lane> {
         let released: Vec<Lane> = self
             .running
             .iter()
-            .filter(|(_, r)| on(r.partition) && r.claim.release(false))
+            .filter(|(_, r)| on(r.partition) && r.claim.release(waiting_too))
             .map(|(lane, _)| lane.clone())
             .collect();
         for lane in &released {
@@ -1357,7 +1366,11 @@ pub(crate) mod tests {
         // Stopped: it handed the attempt back unfinished.
         assert_eq!(verdict(&started_by("gone"), at(2)), None);
         assert_eq!(verdict(&started_by("me"), at(2)), None);
-        assert_eq!(verdict(&started_by("never-heard-of"), at(2)), None);
+        // Not yet heard of: its heartbeats are still being read.
+        assert_eq!(
+            verdict(&started_by("never-heard-of"), at(2)),
+            Some(RUNNING_ELSEWHERE)
+        );
         assert_eq!(verdict(&Attempts::default(), at(2)), None);
     }
 }
