@@ -299,40 +299,6 @@ impl Producer {
         }
     }
 
-    /// Appends run-ledger records and blocks the thread until every record this producer has
-    /// queued, these and any sent before, is acknowledged, or `timeout` has passed. For code
-    /// that cannot await (a rebalance callback). Returns how many of `records` were acknowledged.
-    pub fn append_blocking(
-        &self,
-        topic: &str,
-        records: &[LedgerRecord],
-        timeout: Duration,
-    ) -> usize {
-        use futures::FutureExt as _;
-        let deliveries: Vec<_> = records
-            .iter()
-            .filter_map(|record| {
-                let queued = self.inner.send_result(future_record(
-                    topic,
-                    &record.key,
-                    Some(&record.payload),
-                    &record.headers,
-                ));
-                queued
-                    .map_err(|(error, _)| tracing::warn!(%error, "Queueing a record failed."))
-                    .ok()
-            })
-            .collect();
-        if let Err(error) = rdkafka::producer::Producer::flush(&self.inner, timeout) {
-            tracing::warn!(%error, "Not every record was acknowledged in time.");
-        }
-        deliveries
-            .into_iter()
-            .map(|delivery| matches!(delivery.now_or_never(), Some(Ok(Ok(_)))))
-            .filter(|acknowledged| *acknowledged)
-            .count()
-    }
-
     /// Appends a run-ledger record to `topic` (the runs topic), headers and all.
     pub async fn append(
         &self,
@@ -457,14 +423,39 @@ impl ReliableProducer {
         self.producer.flush();
     }
 
-    /// [`Producer::append_blocking`]: one try, bounded, for code that cannot await.
+    /// Appends run-ledger records and blocks the thread until every record this producer has
+    /// queued, these and any sent before, is acknowledged, or `timeout` has passed: one try,
+    /// bounded, for code that cannot await (a rebalance callback). Returns how many of `records`
+    /// were acknowledged.
     pub fn append_blocking(
         &self,
         topic: &str,
         records: &[LedgerRecord],
         timeout: Duration,
     ) -> usize {
-        self.producer.append_blocking(topic, records, timeout)
+        use futures::FutureExt as _;
+        let deliveries: Vec<_> = records
+            .iter()
+            .filter_map(|record| {
+                let queued = self.producer.inner.send_result(future_record(
+                    topic,
+                    &record.key,
+                    Some(&record.payload),
+                    &record.headers,
+                ));
+                queued
+                    .map_err(|(error, _)| tracing::warn!(%error, "Queueing a record failed."))
+                    .ok()
+            })
+            .collect();
+        if let Err(error) = rdkafka::producer::Producer::flush(&self.producer.inner, timeout) {
+            tracing::warn!(%error, "Not every record was acknowledged in time.");
+        }
+        deliveries
+            .into_iter()
+            .map(|delivery| matches!(delivery.now_or_never(), Some(Ok(Ok(_)))))
+            .filter(|acknowledged| *acknowledged)
+            .count()
     }
 }
 

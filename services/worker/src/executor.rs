@@ -7,6 +7,7 @@
 //! as HTTP headers; a shard's index, total and parameter come the same way, and so does the
 //! worker's id, so that a task's own logs can say where it ran.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,63 +82,55 @@ impl Executor {
     }
 
     /// Whether the policy lets `task` run, as far as can be told before it begins (the address
-    /// an HTTP host resolves to is checked as the request connects).
-    pub fn admit(&self, task: &TaskAssigned) -> Result<(), Refusal> {
-        match &task.task {
-            TaskSpec::Shell(shell) => self.policy.admit_shell(shell).map(|_| ()),
+    /// an HTTP host resolves to is checked as the request connects), and what it runs.
+    pub fn admit(&self, task: &TaskAssigned) -> Result<Admitted, Refusal> {
+        let program = match &task.task {
+            TaskSpec::Shell(shell) => Some(self.policy.admit_shell(shell)?),
             // A URL that does not parse fails as the request is made, like any bad request.
-            TaskSpec::Http(request) => match url::Url::parse(&request.url) {
-                Ok(url) => self.policy.admit_url(&url),
-                Err(_) => Ok(()),
-            },
-            TaskSpec::Handler(_) => Ok(()),
+            TaskSpec::Http(request) => {
+                if let Ok(url) = url::Url::parse(&request.url) {
+                    self.policy.admit_url(&url)?;
+                }
+                None
+            }
+            TaskSpec::Handler(_) => None,
+        };
+        Ok(Admitted { program })
+    }
+
+    /// Executes `task` if the policy lets it; never panics, whatever the task does.
+    pub async fn execute(&self, task: &TaskAssigned, cancel: &CancellationToken) -> Execution {
+        match self.admit(task) {
+            Ok(admitted) => self.run(task, admitted, cancel).await,
+            Err(refusal) => refused(refusal),
         }
     }
 
-    /// Executes `task`; never panics, whatever the task does.
-    pub async fn execute(&self, task: &TaskAssigned, cancel: &CancellationToken) -> Execution {
-        if let Err(refusal) = self.admit(task) {
-            return refused(refusal);
-        }
-        let limit = self.output_limit;
-        let timeout = self.policy.timeout(task.timeout);
+    /// Executes `task` as [`Executor::admit`] let it; never panics, whatever the task does.
+    pub async fn run(
+        &self,
+        task: &TaskAssigned,
+        admitted: Admitted,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        let run = Run {
+            task,
+            limit: self.output_limit,
+            timeout: self.policy.timeout(task.timeout),
+            worker_id: &self.worker_id,
+            cancel,
+        };
         match &task.task {
-            TaskSpec::Shell(shell) => match self.policy.admit_shell(shell) {
-                Ok(program) => {
-                    let run = Run {
-                        task,
-                        limit,
-                        timeout,
-                        worker_id: &self.worker_id,
-                        cancel,
-                    };
-                    run_shell(run, shell, &program).await
-                }
-                Err(refusal) => refused(refusal),
-            },
-            TaskSpec::Http(request) => {
-                let run = Run {
-                    task,
-                    limit,
-                    timeout,
-                    worker_id: &self.worker_id,
-                    cancel,
-                };
-                run_http(run, request, &self.http).await
-            }
-            TaskSpec::Handler(handler) => self.run_handler(task, handler, timeout, cancel).await,
+            TaskSpec::Shell(shell) => run_shell(&run, shell, admitted.program).await,
+            TaskSpec::Http(request) => run_http(&run, request, &self.http).await,
+            TaskSpec::Handler(handler) => self.run_handler(&run, handler).await,
         }
     }
 
     /// Calls the registered handler in a task of its own, so that a panic fails the attempt and
     /// a timeout or cancel stops it.
-    async fn run_handler(
-        &self,
-        task: &TaskAssigned,
-        handler: &HandlerTask,
-        timeout: Option<Duration>,
-        cancel: &CancellationToken,
-    ) -> Execution {
+    async fn run_handler(&self, run: &Run<'_>, handler: &HandlerTask) -> Execution {
+        let (task, cancel) = (run.task, run.cancel);
         let Some(call) = self.handlers.get(&handler.name) else {
             return failed(format!(
                 "this worker has no handler {:?}; the workers of pool {:?} must register it",
@@ -156,7 +149,7 @@ impl Executor {
         let stop = context.cancel.clone();
         let running = tokio::spawn(call(context));
         let abort = running.abort_handle();
-        let ended = bounded(running, timeout, cancel).await;
+        let ended = bounded(running, run.timeout, cancel).await;
         stop.cancel();
         abort.abort();
         let capped = |text: String| cap(text.into_bytes(), self.output_limit);
@@ -240,6 +233,12 @@ fn refused(refusal: Refusal) -> Execution {
     }
 }
 
+/// What the policy let a task run: for a shell task, the program its first word resolved to.
+#[derive(Debug)]
+pub struct Admitted {
+    program: Option<PathBuf>,
+}
+
 /// What every kind of task runs with.
 struct Run<'a> {
     task: &'a TaskAssigned,
@@ -321,18 +320,13 @@ fn failed(reason: String) -> Execution {
 }
 
 /// Runs `program`, the command's first word as the policy resolved it.
-async fn run_shell(run: Run<'_>, shell: &ShellTask, program: &std::path::Path) -> Execution {
-    let Run {
-        task,
-        limit,
-        timeout,
-        worker_id,
-        cancel,
-    } = run;
+async fn run_shell(run: &Run<'_>, shell: &ShellTask, program: Option<PathBuf>) -> Execution {
+    let (task, limit, timeout, cancel) = (run.task, run.limit, run.timeout, run.cancel);
     let Some((name, args)) = shell.command.split_first() else {
         return failed("empty command".into());
     };
-    let mut command = tokio::process::Command::new(program);
+    let program = program.unwrap_or_else(|| name.into());
+    let mut command = tokio::process::Command::new(&program);
     command
         .arg0(name)
         .args(args)
@@ -341,7 +335,7 @@ async fn run_shell(run: Run<'_>, shell: &ShellTask, program: &std::path::Path) -
         .env("KAIROS_RUN_ID", task.run_id.to_string())
         .env("KAIROS_ATTEMPT", task.attempt.to_string())
         .env("KAIROS_SCHEDULED_FOR", task.scheduled_for.to_rfc3339())
-        .env("KAIROS_WORKER_ID", worker_id)
+        .env("KAIROS_WORKER_ID", run.worker_id)
         .envs(
             shard_fields(task)
                 .into_iter()
@@ -476,14 +470,8 @@ fn with_dropped(kept: &[u8], dropped: usize) -> String {
     text
 }
 
-async fn run_http(run: Run<'_>, request: &HttpTask, client: &reqwest::Client) -> Execution {
-    let Run {
-        task,
-        limit,
-        timeout,
-        worker_id,
-        cancel,
-    } = run;
+async fn run_http(run: &Run<'_>, request: &HttpTask, client: &reqwest::Client) -> Execution {
+    let (task, limit, timeout, cancel) = (run.task, run.limit, run.timeout, run.cancel);
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(method) => method,
         Err(_) => return failed(format!("invalid HTTP method {:?}", request.method)),
@@ -493,7 +481,7 @@ async fn run_http(run: Run<'_>, request: &HttpTask, client: &reqwest::Client) ->
         .header("X-Kairos-Job-Id", task.job_id.as_str())
         .header("X-Kairos-Run-Id", task.run_id.to_string())
         .header("X-Kairos-Attempt", task.attempt.to_string())
-        .header("X-Kairos-Worker-Id", worker_id);
+        .header("X-Kairos-Worker-Id", run.worker_id);
     for (name, value) in shard_fields(task) {
         builder = builder.header(format!("X-Kairos-Shard-{}", name.to_lowercase()), value);
     }

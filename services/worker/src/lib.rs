@@ -1141,9 +1141,10 @@ impl Reporter {
             metrics::histogram!(m::START_LATENESS, "pool" => pool.to_string())
                 .record(lateness.as_secs_f64());
         }
-        if let Err(refusal) = executor.admit(task) {
-            return self.refuse(task, pool, refusal).await;
-        }
+        let admitted = match executor.admit(task) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return self.refuse(task, pool, refusal).await,
+        };
         tracing::info!(job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, "Task started.");
         metrics::gauge!(m::IN_FLIGHT, "pool" => pool.to_string()).increment(1.0);
         let clock = std::time::Instant::now();
@@ -1152,7 +1153,7 @@ impl Reporter {
         // that ends sooner reports its start on its outcome alone. Once a start is reported,
         // the outcome goes only after it is recorded; if it cannot be, neither is the outcome,
         // and the task is not committed: it runs again, as after a crash.
-        let execution = executor.execute(task, cancel);
+        let execution = executor.run(task, admitted, cancel);
         tokio::pin!(execution);
         let mut execution = tokio::select! {
             biased;

@@ -66,7 +66,7 @@ pub struct Rules {
 pub struct ShellRules {
     /// Glob patterns of the programs that may run, matched against the absolute path the
     /// command's first word resolves to (`/usr/bin/pg_dump`, `/opt/jobs/*`).
-    pub programs: Vec<String>,
+    pub programs: Vec<ProgramPattern>,
     /// Lets a shell (`sh`, `bash`, ...) or a launcher that runs any program (`env`, `xargs`,
     /// ...) be the program: it runs any command it is given.
     #[serde(default)]
@@ -84,7 +84,7 @@ pub struct HttpRules {
     pub schemes: Vec<String>,
     /// Hosts allowed: `api.example.com`, `*.example.com` (any subdomain), an IP address; each
     /// with `:port`, or `:*` for any port, or neither for the scheme's default port.
-    pub hosts: Vec<String>,
+    pub hosts: Vec<HostPattern>,
     #[serde(default)]
     pub allow_loopback: bool,
     /// Private networks: 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7.
@@ -122,24 +122,9 @@ impl Policy {
         Self::parse(&text).map_err(|e| anyhow::anyhow!("the policy {}: {e}", path.display()))
     }
 
+    /// A policy from its YAML; its patterns are compiled as they are read.
     pub fn parse(text: &str) -> anyhow::Result<Policy> {
-        let rules: Rules = serde_yaml_ng::from_str(text)?;
-        if let Some(shell) = &rules.shell {
-            for pattern in &shell.programs {
-                anyhow::ensure!(
-                    pattern.starts_with('/'),
-                    "program pattern {pattern:?} is not an absolute path"
-                );
-                glob::Pattern::new(pattern)
-                    .map_err(|e| anyhow::anyhow!("program pattern {pattern:?}: {e}"))?;
-            }
-        }
-        if let Some(http) = &rules.http {
-            for host in &http.hosts {
-                HostPattern::parse(host)?;
-            }
-        }
-        Ok(Policy::Enforced(rules))
+        Ok(Policy::Enforced(serde_yaml_ng::from_str(text)?))
     }
 
     /// The policy of a worker given no policy: only handlers compiled into it run.
@@ -209,13 +194,10 @@ impl Policy {
                 ),
             ));
         }
-        let options = glob::MatchOptions {
-            require_literal_separator: true,
-            ..glob::MatchOptions::default()
-        };
-        let listed = rules.programs.iter().any(|pattern| {
-            glob::Pattern::new(pattern).is_ok_and(|p| p.matches_path_with(&resolved, options))
-        });
+        let listed = rules
+            .programs
+            .iter()
+            .any(|pattern| pattern.matches(&resolved));
         if !listed {
             return Err(refuse(
                 "program",
@@ -255,9 +237,10 @@ impl Policy {
         let default_port = url::Url::parse(&format!("{}://x", url.scheme()))
             .ok()
             .and_then(|u| u.port_or_known_default());
-        let listed = rules.hosts.iter().any(|entry| {
-            HostPattern::parse(entry).is_ok_and(|p| p.matches(host, port, default_port))
-        });
+        let listed = rules
+            .hosts
+            .iter()
+            .any(|entry| entry.matches(host, port, default_port));
         if !listed {
             return Err(refuse(
                 "http_host",
@@ -336,13 +319,52 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A program entry of a shell policy: a glob of absolute paths, whose `*` does not cross `/`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProgramPattern(glob::Pattern);
+
+impl TryFrom<String> for ProgramPattern {
+    type Error = String;
+
+    fn try_from(pattern: String) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!(
+                "program pattern {pattern:?} is not an absolute path"
+            ));
+        }
+        glob::Pattern::new(&pattern)
+            .map(ProgramPattern)
+            .map_err(|e| format!("program pattern {pattern:?}: {e}"))
+    }
+}
+
+impl ProgramPattern {
+    fn matches(&self, program: &Path) -> bool {
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::default()
+        };
+        self.0.matches_path_with(program, options)
+    }
+}
+
 /// A host entry of an HTTP policy.
-#[derive(Debug, PartialEq)]
-struct HostPattern {
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostPattern {
     /// Lower-case; with a leading `*.` for any subdomain.
     host: String,
     /// `None`: the scheme's default port; `Some(None)`: any port.
     port: Option<Option<u16>>,
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = anyhow::Error;
+
+    fn try_from(entry: String) -> anyhow::Result<Self> {
+        Self::parse(&entry)
+    }
 }
 
 impl HostPattern {
