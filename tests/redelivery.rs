@@ -114,6 +114,169 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
     stop_all(services.into_iter().chain([second])).await;
 }
 
+/// The worker's ledger reader: what a partition's tail records of attempts, from the position
+/// asked for, going on from where its last read ended; reads of several partitions at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_reader_reads_a_tail_and_goes_on_from_where_it_ended() {
+    use kairos_core::run::{RunEvent, RunId, TaskOutput};
+    use kairos_core::{JobId, TriggerKind};
+    use kairos_runtime::ledger::{LedgerReader, LedgerRecord};
+
+    let stack = &Stack::new(2).await;
+    let reader = LedgerReader::start(&stack.kafka, Duration::from_secs(30)).expect("a reader");
+    let job = JobId::parse("read-me").expect("a job id");
+    let slot = chrono::Utc::now();
+    let run = RunId::derive(&job, slot, TriggerKind::Schedule);
+    let append = |kind: RunEventKind| {
+        let event = RunEvent {
+            job_id: job.clone(),
+            run_id: run,
+            scheduled_for: slot,
+            at: slot,
+            kind,
+            shard: None,
+        };
+        let record = LedgerRecord::of(&event, "worker").expect("encodes");
+        let runs = stack.kafka.topics().runs();
+        async move {
+            stack
+                .produce(&runs, &record.key, Some(&record.payload))
+                .await
+        }
+    };
+    let started = |attempt: u32, worker: &str| RunEventKind::RunStarted {
+        attempt,
+        worker_id: worker.into(),
+    };
+    let first = append(started(1, "one")).await;
+    append(RunEventKind::RunSucceeded {
+        attempt: 1,
+        worker_id: "one".into(),
+        output: TaskOutput::default(),
+    })
+    .await;
+    let (partition, other) = (first.partition, 1 - first.partition);
+
+    let seen = reader
+        .read_attempts(partition, first.offset)
+        .await
+        .expect("the tail is read");
+    assert!(seen.is_over((run, 1, None)));
+    assert_eq!(seen.started_by((run, 1, None)), Some("one"));
+    assert!(!seen.is_over((run, 2, None)));
+    assert_eq!(seen.read_to, first.offset + 2);
+
+    let second = append(started(2, "two")).await;
+    let (again, nothing) = tokio::join!(
+        reader.read_attempts(partition, seen.read_to),
+        reader.read_attempts(other, 0)
+    );
+    let again = again.expect("the news is read");
+    assert_eq!(again.started_by((run, 2, None)), Some("two"));
+    assert!(!again.is_over((run, 2, None)));
+    assert!(again.is_over((run, 1, None)), "what was read before is kept");
+    assert_eq!(again.read_to, second.offset + 1);
+    let nothing = nothing.expect("an empty partition is read");
+    assert!(nothing.over.is_empty() && nothing.started_by.is_empty());
+}
+
+/// A worker that takes over a long uncommitted backlog (its last owner died before committing
+/// what it had done) reads the ledger's tail for it off its loop: it keeps beating the whole time
+/// (never silent past its limit, which would have its attempts recorded lost and every task it
+/// reads next checked again), and skips every attempt that is over. A loop that waited for the
+/// read went silent here and, under load, fell further behind with each batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_taking_over_a_long_backlog_keeps_beating_while_it_reads_the_ledger() {
+    let stack = Stack::new(2).await;
+    let services = vec![
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.aggregator("aggregator"),
+    ];
+    wait_caught_up(&services).await;
+    let (first, _) = stack.service_process(
+        "first",
+        "kairos-worker",
+        &[
+            "--worker-id=first",
+            "--max-concurrent=16",
+            "-X",
+            "auto.commit.interval.ms=3600000",
+        ],
+    );
+    let effects = stack.data_dir("effects");
+    let script = format!(
+        "echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}",
+        effects.display()
+    );
+    let jobs: Vec<String> = (0..60).map(|n| format!("backlog-{n}")).collect();
+    let definitions: Vec<kairos_core::JobDefinition> = jobs
+        .iter()
+        .map(|id| {
+            let spec = shell_job(id, "1s", &script);
+            spec.validate().expect("test job is valid")
+        })
+        .collect();
+    stack.apply_jobs(&definitions).await;
+    let executed = || {
+        std::fs::read_to_string(&effects)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_for(
+        "a backlog of 600 executions",
+        Duration::from_secs(90),
+        || async { (executed() >= 600).then_some(()) },
+    )
+    .await;
+    for id in &jobs {
+        stack.produce(&stack.kafka.topics().jobs(), id, None).await;
+    }
+    let all_over = || {
+        let mut runs: BTreeMap<_, bool> = BTreeMap::new();
+        for event in stack.ledger() {
+            *runs.entry(event.run_id).or_default() |= matches!(
+                event.kind,
+                RunEventKind::RunSucceeded { .. }
+                    | RunEventKind::RunCancelled { .. }
+                    | RunEventKind::RunSkipped { .. }
+            );
+        }
+        runs.values().all(|over| *over)
+    };
+    wait_for("every run to be over", Duration::from_secs(90), || async {
+        all_over().then_some(())
+    })
+    .await;
+    first.kill9().await;
+    let backlog = executed();
+
+    let second = stack.worker_with("second", |config| {
+        config.heartbeat_interval = Duration::from_millis(150)
+    });
+    wait_caught_up(std::slice::from_ref(&second)).await;
+    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
+    wait_for(
+        "the second worker to skip the backlog",
+        Duration::from_secs(120),
+        || async {
+            let metrics = scrape(second.metrics_addr).await;
+            metric_value(&metrics, skipped).filter(|n| *n >= backlog as f64)
+        },
+    )
+    .await;
+    let metrics = scrape(second.metrics_addr).await;
+    let silences = r#"kairos_worker_silences_total{pool="default"}"#;
+    assert_eq!(
+        metric_value(&metrics, silences),
+        Some(0.0),
+        "the second worker's loop went silent while it read the ledger"
+    );
+    assert_eq!(executed(), backlog, "the second worker ran a finished attempt");
+    stop_all(services.into_iter().chain([second])).await;
+}
+
 /// A worker frozen past its group session (as a network partition or a paused VM would leave it)
 /// is expelled, and its partition's tasks go to another worker. Resumed, it still fetches from
 /// that partition until its consumer hears of the expulsion: it must start none of those tasks,

@@ -80,72 +80,226 @@ impl Attempts {
     }
 }
 
-/// Reads one partition of the runs topic from `from` up to its end as it is when the read begins,
-/// and returns what it records of attempts. Only the tail after a dispatch is read, never the
-/// whole ledger. Fails if the end is not reached within `within`.
-pub async fn read_attempts(
-    args: &KafkaArgs,
+/// How many attempts a [`LedgerReader`] keeps in its cache before it starts afresh.
+const CACHE_LIMIT: usize = 200_000;
+
+/// A reader of the runs topic's partitions for one worker, living as long as the worker: one
+/// connection, on a thread of its own, so that a read creates no client and never waits on the
+/// caller's loop. Reads asked for together are served together (one fetch round for all their
+/// partitions), and what a partition's tail says is kept, so that the next read of it (a later
+/// batch of redelivered tasks, a recheck) goes on from where the last one ended instead of
+/// reading the tail again.
+#[derive(Clone)]
+pub struct LedgerReader {
+    requests: std::sync::mpsc::Sender<ReadRequest>,
+}
+
+struct ReadRequest {
     partition: i32,
     from: i64,
-    within: Duration,
-) -> anyhow::Result<Attempts> {
-    let topic = args.topics().runs();
-    let mut config = args.client_config();
-    // Positions are the reader's own: nothing is ever committed for this group.
-    config
-        .set("group.id", format!("{}-ledger-reader", args.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    tokio::task::spawn_blocking(move || {
+    reply: tokio::sync::oneshot::Sender<Result<Attempts, String>>,
+}
+
+impl LedgerReader {
+    /// Starts the reader's thread. Each read fails if the end it aims for is not reached within
+    /// `within`. The thread ends when the last clone of the reader is dropped.
+    pub fn start(args: &KafkaArgs, within: Duration) -> anyhow::Result<Self> {
+        let topic = args.topics().runs();
+        let mut config = args.client_config();
+        // Positions are the reader's own: nothing is ever committed for this group.
+        config
+            .set("group.id", format!("{}-ledger-reader", args.topic_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer = config.create()?;
-        let (_, end) = consumer.fetch_watermarks(&topic, partition, within)?;
-        let mut attempts = Attempts {
-            read_to: from.max(end),
-            ..Attempts::default()
+        let (requests, incoming) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ledger-reader".into())
+            .spawn(move || {
+                TailCache::default().serve(&consumer, &topic, &incoming, within);
+            })?;
+        Ok(LedgerReader { requests })
+    }
+
+    /// What the tail of `partition` from `from` up to its end (as it is when the read begins)
+    /// records of attempts. Only the tail is read, never the whole ledger; the answer may also
+    /// hold attempts recorded before `from`.
+    pub async fn read_attempts(&self, partition: i32, from: i64) -> anyhow::Result<Attempts> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(ReadRequest {
+                partition,
+                from,
+                reply,
+            })
+            .map_err(|_| anyhow::anyhow!("the ledger reader has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the ledger reader has stopped"))?
+            .map_err(|error| anyhow::anyhow!(error))
+    }
+}
+
+/// Per partition, what its tail from `from` on records, read up to `attempts.read_to`.
+#[derive(Default)]
+struct TailCache {
+    tails: HashMap<i32, (i64, Attempts)>,
+}
+
+impl TailCache {
+    /// Answers requests until every sender is gone: all the requests waiting are served by one
+    /// read of their partitions, each from where its cached tail ends, or from the earliest
+    /// position asked for where that lies before the cached tail.
+    fn serve(
+        &mut self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        incoming: &std::sync::mpsc::Receiver<ReadRequest>,
+        within: Duration,
+    ) {
+        while let Ok(first) = incoming.recv() {
+            let requests: Vec<ReadRequest> =
+                std::iter::once(first).chain(incoming.try_iter()).collect();
+            let mut asked: HashMap<i32, i64> = HashMap::new();
+            for request in &requests {
+                let earliest = asked.entry(request.partition).or_insert(request.from);
+                *earliest = (*earliest).min(request.from);
+            }
+            // Per partition, where the read starts, and whether the cached tail is kept.
+            let plan: HashMap<i32, (i64, bool)> = asked
+                .iter()
+                .map(|(&partition, &from)| match self.tails.get(&partition) {
+                    Some((cached_from, seen)) if from >= *cached_from => {
+                        (partition, (seen.read_to, true))
+                    }
+                    _ => (partition, (from, false)),
+                })
+                .collect();
+            let starts = plan.iter().map(|(&p, &(start, _))| (p, start)).collect();
+            let read = read_tails(consumer, topic, &starts, within).map(|news| {
+                if self.tails.values().map(|(_, seen)| seen.len()).sum::<usize>() > CACHE_LIMIT {
+                    self.tails.clear();
+                }
+                for (partition, news) in news {
+                    match (plan[&partition], self.tails.get_mut(&partition)) {
+                        ((_, true), Some((_, seen))) => seen.extend(news),
+                        _ => {
+                            self.tails.insert(partition, (asked[&partition], news));
+                        }
+                    }
+                }
+            });
+            for request in requests {
+                let answer = match &read {
+                    Ok(()) => Ok(self
+                        .tails
+                        .get(&request.partition)
+                        .map(|(_, seen)| seen.clone())
+                        .unwrap_or_default()),
+                    Err(error) => Err(error.clone()),
+                };
+                let _ = request.reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Reads each partition of `from` from its position up to its end as it is when the read begins,
+/// all at once, and returns what each tail records of attempts.
+fn read_tails(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: &HashMap<i32, i64>,
+    within: Duration,
+) -> Result<HashMap<i32, Attempts>, String> {
+    let deadline = Instant::now() + within;
+    let mut tails: HashMap<i32, Attempts> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut left: HashMap<i32, (i64, i64)> = HashMap::new();
+    for (&partition, &start) in from {
+        let (_, end) = consumer
+            .fetch_watermarks(topic, partition, within)
+            .map_err(|error| format!("reading the end of {topic}/{partition}: {error}"))?;
+        tails.insert(
+            partition,
+            Attempts {
+                read_to: start.max(end),
+                ..Attempts::default()
+            },
+        );
+        if start < end {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(start))
+                .map_err(|error| error.to_string())?;
+            left.insert(partition, (start, end));
+        }
+    }
+    if left.is_empty() {
+        return Ok(tails);
+    }
+    consumer.assign(&assignment).map_err(|error| error.to_string())?;
+    while !left.is_empty() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            let _ = consumer.unassign();
+            return Err(format!(
+                "reading {topic} partitions {:?} to their ends took longer than {within:?}",
+                left.keys().collect::<Vec<_>>()
+            ));
+        }
+        let Some(read) = consumer.poll(wait.min(Duration::from_millis(500))) else {
+            continue;
         };
-        if from >= end {
-            return Ok(attempts);
+        let message = read.map_err(|error| error.to_string())?;
+        let partition = message.partition();
+        // A record of an earlier assignment still in the queue is not this read's.
+        let Some((next, end)) = left.get_mut(&partition) else {
+            continue;
+        };
+        if message.offset() < *next {
+            continue;
         }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&topic, partition, Offset::Offset(from))?;
-        consumer.assign(&assignment)?;
-        let deadline = Instant::now() + within;
-        let mut next = from;
-        while next < end {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                anyhow::bail!("read {topic}/{partition} up to {next} of {end} in {within:?}");
-            }
-            let Some(read) = consumer.poll(left.min(Duration::from_millis(500))) else {
-                continue;
-            };
-            let message = read?;
-            next = message.offset() + 1;
-            // A record that does not decode is the aggregator's to dead-letter.
-            let Some(Ok(event)) = message.payload().map(codec::decode_run_event) else {
-                continue;
-            };
-            use RunEventKind::*;
-            let shard = event.shard.map(|s| s.index);
-            match event.kind {
-                RunSucceeded { attempt, .. }
-                | RunFailed { attempt, .. }
-                | RunTimedOut { attempt, .. }
-                | RunCancelled { attempt }
-                | RunLost { attempt } => {
-                    attempts.over.insert((event.run_id, attempt, shard));
-                }
-                RunStarted {
-                    attempt, worker_id, ..
-                } => {
-                    attempts
-                        .started_by
-                        .insert((event.run_id, attempt, shard), worker_id);
-                }
-                _ => {}
-            }
+        *next = message.offset() + 1;
+        if *next >= *end {
+            left.remove(&partition);
         }
-        Ok(attempts)
-    })
-    .await?
+        // A record that does not decode is the aggregator's to dead-letter.
+        let Some(Ok(event)) = message.payload().map(codec::decode_run_event) else {
+            continue;
+        };
+        if let Some(tail) = tails.get_mut(&partition) {
+            tail.record(event);
+        }
+    }
+    let _ = consumer.unassign();
+    Ok(tails)
+}
+
+impl Attempts {
+    /// Takes in what one ledger event says of an attempt.
+    fn record(&mut self, event: RunEvent) {
+        use RunEventKind::*;
+        let shard = event.shard.map(|s| s.index);
+        match event.kind {
+            RunSucceeded { attempt, .. }
+            | RunFailed { attempt, .. }
+            | RunTimedOut { attempt, .. }
+            | RunCancelled { attempt }
+            | RunLost { attempt } => {
+                self.over.insert((event.run_id, attempt, shard));
+            }
+            RunStarted {
+                attempt, worker_id, ..
+            } => {
+                self.started_by
+                    .insert((event.run_id, attempt, shard), worker_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// How many attempts it knows of.
+    fn len(&self) -> usize {
+        self.over.len() + self.started_by.len()
+    }
 }

@@ -30,6 +30,13 @@ pub fn record_key(message: &rdkafka::message::OwnedMessage) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The value of the record's header `name`, as UTF-8 text.
+pub fn record_header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{Headers as _, Message};
+    let header = message.headers()?.iter().find(|h| h.key == name)?;
+    std::str::from_utf8(header.value?).ok().map(str::to_string)
+}
+
 /// The record's timestamp (create or log-append time), if the broker or producer set one.
 pub fn record_time(message: &rdkafka::message::OwnedMessage) -> Option<kairos_core::Timestamp> {
     use rdkafka::Message;

@@ -10,6 +10,9 @@
 //! unfinished tasks (at-least-once); the ledger keeps the first outcome of an attempt. A task
 //! redelivered here (or read after this worker was silent past three heartbeats) is first checked
 //! against the ledger's tail from its dispatch: an attempt already over is skipped, not run again.
+//! That read runs off the loop, through one long-lived [`LedgerReader`]: the partition's tasks
+//! wait for it in order while the loop goes on beating, consuming other partitions and
+//! committing outcomes (a loop that waited went silent, and was taken for lost).
 //!
 //! A task dispatched ahead of its slot (`start_at`) is held, without taking one of the
 //! `--max-concurrent` places, and started at its start time by this worker's own clock; its
@@ -53,7 +56,7 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
-use kairos_runtime::ledger::{self, AttemptKey, Attempts, LedgerRecord, DISPATCHED_AT_HEADER};
+use kairos_runtime::ledger::{AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::{HeartbeatFollower, Liveness, Registry};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
@@ -168,12 +171,7 @@ const LEDGER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ledger offset of the task's dispatch, from its header.
 fn dispatched_at(message: &OwnedMessage) -> Option<i64> {
-    use rdkafka::message::Headers as _;
-    let header = message
-        .headers()?
-        .iter()
-        .find(|h| h.key == DISPATCHED_AT_HEADER)?;
-    std::str::from_utf8(header.value?).ok()?.parse().ok()
+    kairos_runtime::record_header(message, DISPATCHED_AT_HEADER)?.parse().ok()
 }
 
 /// The task's attempt (and shard) as the ledger's outcome events name it.
@@ -268,6 +266,9 @@ struct Running {
 /// rebalance takes to redeliver the fenced attempt's task.
 const FENCE_MEMORY: Duration = Duration::from_secs(600);
 
+/// Heartbeats sent and not yet acknowledged past which the next is left out.
+const MAX_BEATS_IN_FLIGHT: usize = 8;
+
 /// How long handed-back attempts get to die after they are killed, before the worker stops anyway.
 const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 
@@ -293,6 +294,24 @@ async fn until_in_group(
             _ = released.cancelled() => return waited,
         }
     }
+}
+
+/// A partition's tasks waiting for what the ledger says of its redelivered ones.
+struct Checking {
+    /// The read whose answer they wait for.
+    read: u64,
+    /// Where a further read must start, for redelivered tasks that came while the read ran.
+    again_from: Option<i64>,
+    /// What the reads answered so far.
+    seen: Attempts,
+    waiting: Vec<OwnedMessage>,
+}
+
+/// A ledger read's answer, for the tasks of `partition` that wait for it.
+struct Checked {
+    partition: i32,
+    read: u64,
+    attempts: anyhow::Result<Attempts>,
 }
 
 /// Sent by an execution when its outcome is acknowledged.
@@ -360,6 +379,7 @@ pub async fn run_with_handlers(
     );
     m::register(&config.pool, config.max_concurrent.max(1));
     let (finished_tx, finished) = mpsc::unbounded_channel();
+    let (checked_tx, checked) = mpsc::unbounded_channel();
     let mut worker = Worker {
         reporter: Reporter {
             producer: parts.producer.clone(),
@@ -391,6 +411,12 @@ pub async fn run_with_handlers(
         drain_timeout: config.drain_timeout,
         health: parts.health,
         kafka: config.kafka.clone(),
+        ledger: LedgerReader::start(&config.kafka, LEDGER_READ_TIMEOUT)?,
+        checking: HashMap::new(),
+        checks_started: 0,
+        checked_tx,
+        checked,
+        beating: Vec::new(),
         redelivered_below: HashMap::new(),
         finished_here: HashMap::new(),
         membership: tokio::sync::watch::Sender::new(Membership {
@@ -444,6 +470,17 @@ struct Worker {
     drain_timeout: Duration,
     health: Arc<Health>,
     kafka: KafkaArgs,
+    /// Reads the ledger's tail for redelivered tasks, off the loop.
+    ledger: LedgerReader,
+    /// Per partition whose redelivered tasks wait for the ledger: the tasks read since, in offset
+    /// order (none is taken before the ones ahead of it).
+    checking: HashMap<i32, Checking>,
+    /// Ledger reads started, to tell a read's answer from that of an earlier assignment.
+    checks_started: u64,
+    checked_tx: mpsc::UnboundedSender<Checked>,
+    checked: mpsc::UnboundedReceiver<Checked>,
+    /// Heartbeats being sent: the loop does not wait for the broker's acknowledgements.
+    beating: Vec<tokio::task::JoinHandle<()>>,
     /// Per partition assigned to this worker, the end of its task topic at the assignment: a
     /// task before it may have been run already by the partition's last owner.
     redelivered_below: HashMap<i32, i64>,
@@ -502,6 +539,10 @@ impl Worker {
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut beat = tokio::time::interval(self.heartbeat_interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Every worker beats before it takes a task: the others learn of it before they read a
+        // `RunStarted` of its. Later beats go without waiting for the broker.
+        beat.tick().await;
+        self.beat(false).await?;
         let mut last_beat = Instant::now();
         loop {
             tokio::select! {
@@ -511,9 +552,10 @@ impl Worker {
                     self.after_silence(last_beat.elapsed());
                     self.rejoin_unless_expelled();
                     last_beat = Instant::now();
-                    self.beat(false).await?;
+                    self.beat_in_background()?;
                 }
                 Some(done) = self.finished.recv() => self.on_finished(done),
+                Some(checked) = self.checked.recv() => self.on_checked(checked).await?,
                 Ok(message) = self.control.recv() => {
                     if let Some(request) = control_request(&message) {
                         self.cancel(&request);
@@ -551,7 +593,7 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                _ = beat.tick() => self.beat(false).await?,
+                _ = beat.tick() => self.beat_in_background()?,
                 Some(done) = self.finished.recv() => self.on_finished(done),
                 Ok(message) = self.control.recv() => {
                     if let Some(request) = control_request(&message) {
@@ -600,6 +642,8 @@ impl Worker {
                 for partition in partitions {
                     self.tracker.forget(partition);
                     self.redelivered_below.remove(&partition);
+                    // Tasks still waiting for the ledger were never taken: the next owner's.
+                    self.checking.remove(&partition);
                     for queue in self.queues.values_mut() {
                         if let Some(running) = queue.pop_front() {
                             queue.retain(|p| p.partition != partition);
@@ -615,11 +659,84 @@ impl Worker {
                 }
             }
             Input::Records(messages) => {
-                let redelivered = self.redelivered(&messages).await;
+                let reads = self.redelivered_from(&messages);
                 for message in messages {
-                    self.take(message, &redelivered).await?;
+                    let partition = message.partition();
+                    if let Some(checking) = self.checking.get_mut(&partition) {
+                        // Behind tasks waiting for the ledger: taken after them, in order.
+                        self.tracker.started(partition, message.offset());
+                        if let Some(from) = reads.get(&partition) {
+                            checking.again_from =
+                                Some(checking.again_from.map_or(*from, |f| f.min(*from)));
+                        }
+                        checking.waiting.push(message);
+                    } else if let Some(from) = reads.get(&partition) {
+                        self.tracker.started(partition, message.offset());
+                        let read = self.read_ledger(partition, *from);
+                        self.checking.insert(
+                            partition,
+                            Checking {
+                                read,
+                                again_from: None,
+                                seen: Attempts::default(),
+                                waiting: vec![message],
+                            },
+                        );
+                    } else {
+                        self.take(message, &Attempts::default()).await?;
+                    }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Asks the ledger reader for the tail of `partition` from `from`; the answer comes to the
+    /// loop as a [`Checked`]. Returns the read's number.
+    fn read_ledger(&mut self, partition: i32, from: i64) -> u64 {
+        self.checks_started += 1;
+        let read = self.checks_started;
+        let (ledger, checked) = (self.ledger.clone(), self.checked_tx.clone());
+        tokio::spawn(async move {
+            let attempts = ledger.read_attempts(partition, from).await;
+            let _ = checked.send(Checked {
+                partition,
+                read,
+                attempts,
+            });
+        });
+        read
+    }
+
+    /// Takes the tasks that waited for the ledger's answer, unless their partition has gone
+    /// meanwhile (they are its next owner's), or tasks that came while it was read need a
+    /// further read. A ledger that cannot be read lets them run, as before: at least once.
+    async fn on_checked(&mut self, checked: Checked) -> anyhow::Result<()> {
+        let Some(checking) = self
+            .checking
+            .get_mut(&checked.partition)
+            .filter(|c| c.read == checked.read)
+        else {
+            return Ok(());
+        };
+        match checked.attempts {
+            Ok(found) => checking.seen.extend(found),
+            Err(error) => {
+                tracing::warn!(%error, partition = checked.partition, "Reading the ledger for redelivered tasks failed; they run again.");
+            }
+        }
+        if let Some(from) = checking.again_from.take() {
+            let read = self.read_ledger(checked.partition, from);
+            if let Some(checking) = self.checking.get_mut(&checked.partition) {
+                checking.read = read;
+            }
+            return Ok(());
+        }
+        let Some(checking) = self.checking.remove(&checked.partition) else {
+            return Ok(());
+        };
+        for message in checking.waiting {
+            self.take(message, &checking.seen).await?;
         }
         Ok(())
     }
@@ -715,6 +832,7 @@ impl Worker {
             return;
         }
         let expelled = silent > self.kafka.session_timeout();
+        metrics::counter!(m::SILENCES, "pool" => self.pool.clone()).increment(1);
         tracing::warn!(
             ?silent,
             expelled,
@@ -765,13 +883,11 @@ impl Worker {
         self.commit_up_to(partition, offset);
     }
 
-    /// What the ledger says of the attempts of the tasks of `messages` redelivered to this worker
-    /// (read from before the end their partition had when it was assigned here): its tail from
-    /// each partition's earliest such dispatch, and no more. A task dispatched without
-    /// its dispatch's position (by an older dispatcher), or a ledger that cannot be read, is run
-    /// again, as before: at least once.
-    async fn redelivered(&mut self, messages: &[OwnedMessage]) -> Attempts {
-        let mut redelivered = Attempts::default();
+    /// Where the ledger must be read, per partition, for the tasks of `messages` redelivered to
+    /// this worker (read from before the end their partition had when it was assigned here): its
+    /// tail from each partition's earliest such dispatch, and no more. A task dispatched without
+    /// its dispatch's position (by an older dispatcher) is run again, as before: at least once.
+    fn redelivered_from(&mut self, messages: &[OwnedMessage]) -> BTreeMap<i32, i64> {
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
         for message in messages {
             let partition = message.partition();
@@ -789,17 +905,7 @@ impl Worker {
                 *earliest = (*earliest).min(dispatched_at);
             }
         }
-        for (partition, dispatched_at) in from {
-            match ledger::read_attempts(&self.kafka, partition, dispatched_at, LEDGER_READ_TIMEOUT)
-                .await
-            {
-                Ok(found) => redelivered.extend(found),
-                Err(error) => {
-                    tracing::warn!(%error, partition, "Reading the ledger for redelivered tasks failed; they run again.");
-                }
-            }
-        }
-        redelivered
+        from
     }
 
     /// Hands back the attempts of the partitions `on` selects that have not been taken up (held
@@ -834,8 +940,44 @@ impl Worker {
         }
     }
 
-    /// Announces this worker, its capacity and the runs it executes on the heartbeats topic.
+    /// Announces this worker, its capacity and the runs it executes on the heartbeats topic, and
+    /// waits for the broker to take it.
     async fn beat(&self, stopping: bool) -> anyhow::Result<()> {
+        let bytes = self.heartbeat(stopping)?;
+        self.producer
+            .send(&self.heartbeats, &self.reporter.worker_id, Some(&bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// [`Worker::beat`] without waiting: a broker slow to acknowledge must not hold up the loop
+    /// (its tasks, its outcomes' commits), nor thin out the beats the dispatchers judge this
+    /// worker's liveness by (readers keep the newest by time, so order does not matter). Only
+    /// while many are still on their way (a broker outage) is one left out.
+    fn beat_in_background(&mut self) -> anyhow::Result<()> {
+        self.beating.retain(|beat| !beat.is_finished());
+        if self.beating.len() >= MAX_BEATS_IN_FLIGHT {
+            tracing::debug!("Heartbeats are not acknowledged; skipping this one.");
+            self.membership
+                .send_modify(|m| m.last_beat = Instant::now());
+            return Ok(());
+        }
+        let bytes = self.heartbeat(false)?;
+        let (producer, topic, key) = (
+            self.producer.clone(),
+            self.heartbeats.clone(),
+            self.reporter.worker_id.clone(),
+        );
+        self.beating.push(tokio::spawn(async move {
+            if let Err(error) = producer.send(&topic, &key, Some(&bytes)).await {
+                tracing::warn!(%error, "Sending a heartbeat failed.");
+            }
+        }));
+        Ok(())
+    }
+
+    /// This worker's heartbeat, encoded; also marks the loop as awake for the executions.
+    fn heartbeat(&self, stopping: bool) -> anyhow::Result<Vec<u8>> {
         self.membership
             .send_modify(|m| m.last_beat = Instant::now());
         let heartbeat = WorkerHeartbeat {
@@ -854,11 +996,7 @@ impl Worker {
             stopping,
             at: kairos_runtime::now(),
         };
-        let bytes = codec::encode_heartbeat(&heartbeat)?;
-        self.producer
-            .send(&self.heartbeats, &heartbeat.worker_id, Some(&bytes))
-            .await?;
-        Ok(())
+        Ok(codec::encode_heartbeat(&heartbeat)?)
     }
 
     /// Whether a cancel or fence seen on the control topic stops this attempt.
@@ -953,7 +1091,7 @@ impl Worker {
         // Where to read the ledger from if this worker sleeps through the task's start.
         let recheck = pending
             .dispatched_at
-            .map(|from| (self.kafka.clone(), from, self.silence_limit()));
+            .map(|from| (self.ledger.clone(), from, self.silence_limit()));
         // Handing back stops every attempt through its own token, like a cancel, but leaves the
         // outcome unreported.
         let hand_back = self.hand_back.clone();
@@ -1010,7 +1148,7 @@ impl Worker {
             let mut waited = until_in_group(&mut membership, silence, &cancel, &claim.released).await;
             // Redelivered, and its partition's last owner said it began it: held until the
             // ledger and the heartbeats tell (a revocation meanwhile hands it over).
-            if let (true, Some((kafka, from, _))) = (started_elsewhere, &recheck) {
+            if let (true, Some((ledger, from, _))) = (started_elsewhere, &recheck) {
                 let mut seen = Attempts {
                     read_to: *from,
                     ..Attempts::default()
@@ -1018,7 +1156,7 @@ impl Worker {
                 let mut pause = RECHECK_FIRST;
                 let mut left_to_its_worker = false;
                 loop {
-                    match ledger::read_attempts(kafka, partition, seen.read_to, LEDGER_READ_TIMEOUT).await {
+                    match ledger.read_attempts(partition, seen.read_to).await {
                         Ok(news) => seen.extend(news),
                         Err(error) => {
                             tracing::warn!(%error, partition, "Reading the ledger for a redelivered task failed; it runs again.");
@@ -1066,13 +1204,14 @@ impl Worker {
             // Woken long after the start, or held while out of the group (the worker was stopped,
             // suspended or cut off): its partition may meanwhile have gone to another worker that
             // ran the attempt.
-            if let Some((kafka, from, silence)) = &recheck {
+            if let Some((ledger, from, silence)) = &recheck {
                 let late = task
                     .start_at
                     .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
                     .unwrap_or_default();
                 if (late > *silence || waited)
-                    && ledger::read_attempts(kafka, partition, *from, LEDGER_READ_TIMEOUT)
+                    && ledger
+                        .read_attempts(partition, *from)
                         .await
                         .is_ok_and(|seen| seen.is_over(attempt_key(&task)))
                 {

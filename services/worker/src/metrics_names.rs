@@ -18,6 +18,11 @@ pub(crate) const SKIPPED: &str = "kairos_worker_tasks_skipped_total";
 /// Tasks the worker's policy refused, by `pool` and `rule` (`task_type`, `program`, `shell`,
 /// `env`, `http_scheme`, `http_host`, `http_address`).
 pub(crate) const REFUSED: &str = "kairos_worker_tasks_refused_total";
+/// Times this worker's loop went silent for longer than the dispatcher waits before calling it
+/// lost (three heartbeat intervals), by `pool`: the process was stopped, suspended or cut off,
+/// or its loop stalled. Each one makes the worker check the tasks it reads next against the
+/// ledger, and may cost its attempts a retry elsewhere.
+pub(crate) const SILENCES: &str = "kairos_worker_silences_total";
 /// How many tasks this worker runs at once (`--max-concurrent`), by `pool`.
 pub(crate) const CAPACITY: &str = "kairos_worker_capacity_tasks";
 
@@ -27,4 +32,5 @@ pub(crate) fn register(pool: &str, capacity: usize) {
     metrics::gauge!(IN_FLIGHT, "pool" => pool.to_string()).set(0.0);
     metrics::gauge!(QUEUED, "pool" => pool.to_string()).set(0.0);
     metrics::counter!(ARRIVED_LATE, "pool" => pool.to_string()).absolute(0);
+    metrics::counter!(SILENCES, "pool" => pool.to_string()).absolute(0);
 }
