@@ -1,9 +1,9 @@
-//! The REST API end to end: every endpoint, the token on writes, and bad input answered with a
-//! JSON error and a code, never a crash or a write.
+//! The REST API end to end: every endpoint, tokens and their roles, the author of each write,
+//! and bad input answered with a JSON error and a code, never a crash or a write.
 
 use std::time::Duration;
 
-use kairos_tests::{get_json, shell_job, stop_all, wait_caught_up, wait_for, Stack};
+use kairos_tests::{shell_job, stop_all, wait_caught_up, wait_for, Stack};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -40,7 +40,12 @@ impl Api {
         (status, body)
     }
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None, None).await
+        self.call(Method::GET, path, Some(TOKEN), None).await
+    }
+    /// The body of a successful read, if it succeeds.
+    async fn json(&self, path: &str) -> Option<Value> {
+        let (status, body) = self.get(path).await;
+        status.is_success().then_some(body)
     }
     async fn write(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
         self.call(method, path, Some(TOKEN), body).await
@@ -100,7 +105,12 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
-    // Reads do not.
+    // So do reads, once a token is configured.
+    assert_error(
+        &api.call(Method::GET, "/api/v1/jobs", None, None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     assert_eq!(api.get("/api/v1/jobs").await.1["jobs"], json!([]));
 
     // Bad job bodies: nothing is written.
@@ -135,7 +145,7 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
     let job = wait_for(
         "the created job in the read model",
         Duration::from_secs(30),
-        || async { get_json(&format!("{}/api/v1/jobs/api-job", api.base)).await },
+        || async { api.json("/api/v1/jobs/api-job").await },
     )
     .await;
     assert_eq!(job["definition"]["schedule"]["every"], "1s");
@@ -176,7 +186,7 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
         "the replaced definition",
         Duration::from_secs(30),
         || async {
-            let job = get_json(&format!("{}/api/v1/jobs/api-job", api.base)).await?;
+            let job = api.json("/api/v1/jobs/api-job").await?;
             (job["definition"]["schedule"]["every"] == "2s").then_some(())
         },
     )
@@ -206,7 +216,7 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
 
     // Runs appear; filters and pages.
     wait_for("three succeeded runs", Duration::from_secs(60), || async {
-        let runs = get_json(&format!("{}/api/v1/runs?status=succeeded", api.base)).await?;
+        let runs = api.json("/api/v1/runs?status=succeeded").await?;
         (runs["runs"].as_array()?.len() >= 3).then_some(())
     })
     .await;
@@ -311,7 +321,7 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_for("the job paused", Duration::from_secs(30), || async {
-        let job = get_json(&format!("{}/api/v1/jobs/api-job", api.base)).await?;
+        let job = api.json("/api/v1/jobs/api-job").await?;
         (job["definition"]["paused"] == true).then_some(())
     })
     .await;
@@ -332,7 +342,7 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
         "the triggered run to succeed",
         Duration::from_secs(30),
         || async {
-            let run = get_json(&format!("{}/api/v1/runs/{manual}", api.base)).await?;
+            let run = api.json(&format!("/api/v1/runs/{manual}")).await?;
             (run["status"] == "succeeded").then_some(run)
         },
     )
@@ -364,7 +374,7 @@ async fn every_endpoint_answers_and_bad_input_gets_a_coded_json_error() {
         let concrete = path.replace("{id}", "api-job").replace("{run_id}", run_id);
         for method in methods.as_object().unwrap().keys() {
             let method: Method = method.to_uppercase().parse().unwrap();
-            // Without a token: served routes answer, writes with 401, nothing with "no such endpoint".
+            // Without a token: every route but /healthz and this document answers 401, none "no such endpoint".
             let response = api
                 .client
                 .request(method.clone(), format!("{}{concrete}", api.base))
@@ -441,5 +451,153 @@ async fn without_a_token_writes_are_open_and_the_api_binds_loopback_by_default()
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    stop_all([aggregator]).await;
+}
+
+/// Tokens with roles: each endpoint answers the roles that cover it (read < operate < admin),
+/// refuses the others with 403 and a missing or unknown token with 401; every write carries the
+/// name of the token that made it, as the author header on its record and in the job's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_does_what_it_covers_and_every_write_names_its_author() {
+    use sha2::{Digest as _, Sha256};
+    let stack = Stack::new(1).await;
+    let hex = |token: &str| -> String {
+        Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let tokens = stack.data_dir("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - {{name: grafana, role: read, sha256: {}}}\n  - {{name: oncall, role: operate, sha256: {}}}\n  - {{name: deployer, role: admin, sha256: {}}}\n",
+            hex("read-token"),
+            hex("operate-token"),
+            hex("admin-token")
+        ),
+    )
+    .unwrap();
+    let aggregator = stack.aggregator_with("aggregator", |c| c.api_tokens = Some(tokens));
+    aggregator.caught_up().await;
+    let api = Api {
+        base: format!("http://{}", aggregator.http_addr.unwrap()),
+        client: reqwest::Client::new(),
+    };
+    let body = job_body("roles", "1h");
+    let as_ = |token: &'static str| Some(token);
+
+    // What each role may do, and what it is refused.
+    let needs_admin = [
+        (Method::POST, "/api/v1/jobs", Some(body.as_str())),
+        (Method::PUT, "/api/v1/jobs/roles", Some(body.as_str())),
+        (Method::DELETE, "/api/v1/jobs/roles", None),
+    ];
+    let needs_operate = [
+        (Method::POST, "/api/v1/jobs/roles/pause", None),
+        (Method::POST, "/api/v1/jobs/roles/resume", None),
+        (Method::POST, "/api/v1/jobs/roles/trigger", None),
+    ];
+    let reads = [
+        "/",
+        "/api/v1/jobs",
+        "/api/v1/jobs/roles",
+        "/api/v1/jobs/roles/runs",
+        "/api/v1/jobs/roles/next-fire-times",
+        "/api/v1/jobs/roles/audit",
+        "/api/v1/runs",
+        "/api/v1/runs/pending",
+        "/api/v1/workers",
+        "/api/v1/alerts",
+    ];
+    let status_of = |method: Method, path: &'static str, token: Option<&'static str>, body: Option<&str>| {
+        let mut request = api.client.request(method, format!("{}{path}", api.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        async move { request.send().await.expect("the API answers").status() }
+    };
+    for path in reads {
+        assert_eq!(status_of(Method::GET, path, None, None).await, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(status_of(Method::GET, path, as_("wrong"), None).await, StatusCode::UNAUTHORIZED, "{path}");
+        assert_ne!(status_of(Method::GET, path, as_("read-token"), None).await, StatusCode::UNAUTHORIZED, "{path}");
+        assert_ne!(status_of(Method::GET, path, as_("read-token"), None).await, StatusCode::FORBIDDEN, "{path}");
+    }
+    for open in ["/healthz", "/api/v1/openapi.json"] {
+        assert_eq!(status_of(Method::GET, open, None, None).await, StatusCode::OK, "{open}");
+    }
+    for (method, path, body) in needs_operate.iter().chain(&needs_admin) {
+        assert_eq!(status_of(method.clone(), path, None, *body).await, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_error(
+            &api.call(method.clone(), path, as_("read-token"), *body).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+    for (method, path, body) in &needs_admin {
+        assert_error(
+            &api.call(method.clone(), path, as_("operate-token"), *body).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+
+    // The admin defines the job, the operator pauses it: each is the author of its change.
+    let (status, written) = api
+        .call(Method::POST, "/api/v1/jobs", as_("admin-token"), Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{written}");
+    let created = wait_for("the job in the read model", Duration::from_secs(30), || async {
+        let (status, job) = api.call(Method::GET, "/api/v1/jobs/roles", as_("read-token"), None).await;
+        status.is_success().then_some(job)
+    })
+    .await;
+    assert_eq!(created["author"], "api:deployer", "{created}");
+    let (status, paused) = api
+        .call(Method::POST, "/api/v1/jobs/roles/pause", as_("operate-token"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
+    let job = wait_for("the pause in the read model", Duration::from_secs(30), || async {
+        let (_, job) = api.call(Method::GET, "/api/v1/jobs/roles", as_("read-token"), None).await;
+        (job["definition"]["paused"] == json!(true)).then_some(job)
+    })
+    .await;
+    assert_eq!(job["author"], "api:oncall", "{job}");
+    let history: Vec<(String, String)> = job["changes"]
+        .as_array()
+        .expect("the job's changes")
+        .iter()
+        .map(|c| (c["change"].as_str().unwrap().into(), c["author"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("created".to_string(), "api:deployer".to_string()),
+            ("paused".to_string(), "api:oncall".to_string())
+        ]
+    );
+    // On the topic itself, for any other reader.
+    let authors: Vec<String> = stack
+        .read_records(&stack.kafka.topics().jobs())
+        .iter()
+        .filter_map(|r| r.header("kairos_author").map(str::to_string))
+        .collect();
+    assert_eq!(authors, ["api:deployer", "api:oncall"]);
+    // A manual run names who asked for it on the ledger.
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/jobs/roles/trigger", as_("operate-token"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let ledger_authors: Vec<String> = stack
+        .read_records(&stack.kafka.topics().runs())
+        .iter()
+        .filter_map(|r| r.header("kairos_author").map(str::to_string))
+        .collect();
+    assert_eq!(ledger_authors, ["api:oncall"]);
     stop_all([aggregator]).await;
 }

@@ -4,7 +4,8 @@
 //!
 //! Reads come from the read models; writes go to Kafka (the jobs topic, or the ledger for a
 //! triggered run) and are answered `202 Accepted`: the read models follow once the record is
-//! consumed. Writes need the bearer token when one is configured.
+//! consumed. With tokens configured, every endpoint but `/healthz` and the OpenAPI document needs
+//! one whose role covers it (see [`crate::access`]); every write carries its caller as author.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunStatus, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
@@ -27,6 +28,7 @@ use kairos_runtime::{KafkaArgs, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{Access, Caller, Denied, Role};
 use crate::alerts::Alerts;
 use crate::audit::{audit_key, JobAudit};
 use crate::unfinished::{self, PendingRun};
@@ -52,21 +54,22 @@ pub(crate) struct ApiState {
     pub(crate) workers: Workers,
     pub(crate) alerts: Alerts,
     pub(crate) writer: Writer,
+    /// Who may call which endpoint.
+    pub(crate) access: Arc<Access>,
     /// The fire audit's grace period, which its findings are judged by.
     pub(crate) audit_grace: std::time::Duration,
 }
 
 /// The write side: a producer of its own (an API request fails after the producer's timeout
-/// when the broker is down, instead of waiting for it like the pipeline does), and the token.
+/// when the broker is down, instead of waiting for it like the pipeline does).
 #[derive(Clone)]
 pub(crate) struct Writer {
     producer: Option<Producer>,
     kafka: KafkaArgs,
-    token: Option<Arc<str>>,
 }
 
 impl Writer {
-    pub(crate) fn new(kafka: KafkaArgs, token: Option<String>) -> Self {
+    pub(crate) fn new(kafka: KafkaArgs) -> Self {
         let producer = match kafka.producer() {
             Ok(producer) => Some(producer),
             Err(error) => {
@@ -74,11 +77,7 @@ impl Writer {
                 None
             }
         };
-        Writer {
-            producer,
-            kafka,
-            token: token.filter(|t| !t.is_empty()).map(Arc::from),
-        }
+        Writer { producer, kafka }
     }
 
     fn producer(&self) -> Result<&Producer, ApiError> {
@@ -93,20 +92,9 @@ impl Writer {
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
-    let writes = Router::new()
-        .route("/api/v1/jobs", post(create_job))
-        .route(
-            "/api/v1/jobs/{id}",
-            axum::routing::put(put_job).delete(delete_job),
-        )
-        .route("/api/v1/jobs/{id}/pause", post(pause_job))
-        .route("/api/v1/jobs/{id}/resume", post(resume_job))
-        .route("/api/v1/jobs/{id}/trigger", post(trigger_job))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+    let needs = |role: Role| middleware::from_fn_with_state((state.clone(), role), authorize);
+    let reads = Router::new()
         .route("/", get(crate::status_page::page))
-        .route("/healthz", get(healthz))
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/runs", get(job_runs))
@@ -117,7 +105,25 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))
         .route("/api/v1/alerts", get(list_alerts))
-        .merge(writes)
+        .route_layer(needs(Role::Read));
+    let operations = Router::new()
+        .route("/api/v1/jobs/{id}/pause", post(pause_job))
+        .route("/api/v1/jobs/{id}/resume", post(resume_job))
+        .route("/api/v1/jobs/{id}/trigger", post(trigger_job))
+        .route_layer(needs(Role::Operate));
+    let definitions = Router::new()
+        .route("/api/v1/jobs", post(create_job))
+        .route(
+            "/api/v1/jobs/{id}",
+            axum::routing::put(put_job).delete(delete_job),
+        )
+        .route_layer(needs(Role::Admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(reads)
+        .merge(operations)
+        .merge(definitions)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -204,38 +210,31 @@ impl From<WriteError> for ApiError {
     }
 }
 
-/// Lets a write through when no token is configured, or when it carries the token.
-async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.writer.token else {
-        return next.run(request).await;
-    };
+/// Lets a request through when its token's role covers the route's (or no token is
+/// configured), and hands the handler its caller.
+async fn authorize(
+    State((state, needs)): State<(ApiState, Role)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if same_secret(presented.as_bytes(), token.as_bytes()) => {
+    match state.access.check(presented, needs) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is wrong",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "writes need an Authorization: Bearer <token> header",
-        )
-        .into_response(),
+        Err(denied @ Denied::Forbidden { .. }) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()).into_response()
+        }
+        Err(denied) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
+                .into_response()
+        }
     }
-}
-
-/// Compares in time that does not depend on where the two differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz(State(state): State<ApiState>) -> Json<Value> {
@@ -288,6 +287,8 @@ pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError>
         "definition": job.spec,
         "definition_offset": job.offset,
         "updated_at": job.updated_at,
+        "author": job.author,
+        "changes": job.changes,
         "last_run": last_run,
         "stats": stats,
         "next_fire_times": next_fires,
@@ -384,10 +385,17 @@ fn job_from_body(body: Result<Bytes, BytesRejection>) -> Result<JobDefinition, A
 
 async fn write_job(
     state: &ApiState,
+    caller: &Caller,
     job: &JobDefinition,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let written = jobs::put_job(&state.writer.kafka, state.writer.producer()?, job).await?;
+    let written = jobs::put_job(
+        &state.writer.kafka,
+        state.writer.producer()?,
+        job,
+        &caller.author(),
+    )
+    .await?;
     if let Some(topic) = &written.created_pool_topic {
         tracing::info!(job_id = %job.id, topic, "Created the task topic of a new pool.");
     }
@@ -406,6 +414,7 @@ async fn write_job(
 /// Creates a job; refused if the job exists (use `PUT` to replace one).
 async fn create_job(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let job = job_from_body(body)?;
@@ -424,12 +433,13 @@ async fn create_job(
             ),
         ));
     }
-    write_job(&state, &job, StatusCode::ACCEPTED).await
+    write_job(&state, &caller, &job, StatusCode::ACCEPTED).await
 }
 
 /// Creates or replaces a job.
 async fn put_job(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -440,17 +450,24 @@ async fn put_job(
             format!("the path names job {id:?}, the body {:?}", job.id.as_str()),
         ));
     }
-    write_job(&state, &job, StatusCode::ACCEPTED).await
+    write_job(&state, &caller, &job, StatusCode::ACCEPTED).await
 }
 
 async fn delete_job(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = known_job(&state.store, &id)?;
     let id = JobId::parse(&job.spec.id)
         .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
-    let delivered = jobs::delete_job(&state.writer.kafka, state.writer.producer()?, &id).await?;
+    let delivered = jobs::delete_job(
+        &state.writer.kafka,
+        state.writer.producer()?,
+        &id,
+        &caller.author(),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"job_id": id.as_str(), "partition": delivered.partition, "offset": delivered.offset})),
@@ -468,38 +485,52 @@ fn current_definition(state: &ApiState, id: &str) -> Result<(JobDefinition, i64)
     Ok((definition, job.offset))
 }
 
-async fn set_paused(state: &ApiState, id: &str, paused: bool) -> Result<Response, ApiError> {
+async fn set_paused(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    paused: bool,
+) -> Result<Response, ApiError> {
     let (mut job, _) = current_definition(state, id)?;
     if job.paused == paused {
         return Ok(Json(json!({"job_id": id, "paused": paused, "changed": false})).into_response());
     }
     job.paused = paused;
-    write_job(state, &job, StatusCode::ACCEPTED).await
+    write_job(state, caller, &job, StatusCode::ACCEPTED).await
 }
 
 async fn pause_job(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_paused(&state, &id, true).await
+    set_paused(&state, &caller, &id, true).await
 }
 
 async fn resume_job(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_paused(&state, &id, false).await
+    set_paused(&state, &caller, &id, false).await
 }
 
 /// Runs the job now, as well as on schedule; its overlap policy applies.
 async fn trigger_job(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (job, offset) = current_definition(&state, &id)?;
     let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
     let delivered =
-        jobs::schedule_run(&state.writer.kafka, state.writer.producer()?, &event).await?;
+        jobs::schedule_run(
+            &state.writer.kafka,
+            state.writer.producer()?,
+            &event,
+            &caller.author(),
+        )
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

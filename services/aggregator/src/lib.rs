@@ -4,6 +4,7 @@
 //! `kairos_core::apply`) and its full event history including duplicates and stale events, and an
 //! index of runs by job in slot order. It never decides anything; it answers "what happened?".
 
+mod access;
 mod alerts;
 mod api;
 mod audit;
@@ -23,13 +24,14 @@ use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReas
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert, AlertKind, JobStatus};
 use kairos_runtime::deadletter::DeadLetters;
+use kairos_runtime::jobs::AUTHOR_HEADER;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::Liveness;
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
-    record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
+    record_header, record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -82,10 +84,17 @@ pub struct Config {
     /// Where alerts are also POSTed as JSON, with retries; the alerts topic always has them.
     #[arg(long, env = "KAIROS_ALERT_WEBHOOK")]
     pub alert_webhook: Option<url::Url>,
-    /// The bearer token the API's writes require. Without one, writes are open to anyone who
-    /// can reach the API address (which is why it binds 127.0.0.1 by default).
+    /// A bearer token with every right (role `admin`, named `api-token`). With any token
+    /// configured, every endpoint but `/healthz` and the OpenAPI document needs one; without
+    /// any, the API is open to anyone who can reach its address (which is why it binds
+    /// 127.0.0.1 by default).
     #[arg(long, env = "KAIROS_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// A YAML file of named tokens with roles (`read`, `operate`, `admin`), stored as SHA-256
+    /// digests: `tokens: [{name: grafana, role: read, sha256: <hex>}]`. The name is the author
+    /// of every change made with the token.
+    #[arg(long, env = "KAIROS_API_TOKENS")]
+    pub api_tokens: Option<PathBuf>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -107,6 +116,7 @@ impl Config {
             audit_grace: Duration::from_secs(60),
             alert_webhook: None,
             api_token: None,
+            api_tokens: None,
             telemetry: TelemetryArgs::default(),
         }
     }
@@ -121,7 +131,26 @@ pub struct JobRecord {
     /// The partition of the job's records (absent in stores of earlier releases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<i32>,
+    /// Who wrote the current definition (its record's author header), if the writer said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The latest changes of the definition, oldest first: who changed what, and when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<JobChange>,
 }
+
+/// One change of a job's definition, as the jobs topic records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobChange {
+    /// `created`, `updated`, `paused` or `resumed`.
+    pub change: String,
+    pub offset: i64,
+    pub at: Option<Timestamp>,
+    pub author: Option<String>,
+}
+
+/// Changes of a job's definition kept in its read model.
+const MAX_JOB_CHANGES: usize = 20;
 
 /// One ledger event of a run, and what it did to the run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -188,6 +217,10 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let access = access::Access::load(config.api_tokens.as_deref(), config.api_token.as_deref())?;
+    if access.is_open() {
+        tracing::warn!(http_addr = %config.http_addr, "No API token: anyone who can reach the API may read, define and delete jobs.");
+    }
     let topics = config.kafka.topics();
     check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs()])?;
     check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
@@ -212,13 +245,14 @@ pub async fn run(
         config.alert_webhook.clone(),
         parts.shutdown.clone(),
     );
-    let writer = api::Writer::new(config.kafka.clone(), config.api_token.clone());
+    let writer = api::Writer::new(config.kafka.clone());
     let router = api::router(api::ApiState {
         store: store.clone(),
         health: parts.health.clone(),
         workers: workers.clone(),
         alerts: alerts.clone(),
         writer,
+        access: Arc::new(access),
         audit_grace: config.audit_grace,
     });
     parts.ops.serve(config.http_addr, router).await?;
@@ -394,11 +428,29 @@ impl Aggregator {
                 self.audit.forget(&key, batch);
             }
             Some(Ok(definition)) if definition.id.as_str() == key => {
+                let before: Option<JobRecord> = batch.get(&self.store, &job_key(&key)).ok().flatten();
+                let author = record_header(message, AUTHOR_HEADER);
+                let change = match &before {
+                    None => "created",
+                    Some(b) if !b.spec.paused && definition.paused => "paused",
+                    Some(b) if b.spec.paused && !definition.paused => "resumed",
+                    Some(_) => "updated",
+                };
+                let mut changes = before.map(|b| b.changes).unwrap_or_default();
+                changes.push(JobChange {
+                    change: change.to_string(),
+                    offset: message.offset(),
+                    at: record_time(message),
+                    author: author.clone(),
+                });
+                keep_latest(&mut changes, MAX_JOB_CHANGES);
                 let record = JobRecord {
                     spec: definition.to_spec(),
                     offset: message.offset(),
                     updated_at: record_time(message),
                     partition: Some(message.partition()),
+                    author,
+                    changes,
                 };
                 batch.put(&job_key(&key), &record);
                 self.audit.define(&key, &record);

@@ -36,6 +36,13 @@ struct Cli {
         global = true
     )]
     api: String,
+    /// The bearer token presented to the API, when the aggregator is configured with tokens.
+    #[arg(long, env = "KAIROS_API_TOKEN", hide_env_values = true, global = true)]
+    api_token: Option<String>,
+    /// Who makes the changes this command writes, recorded with each (the `kairos_author`
+    /// header); defaults to the user and host name.
+    #[arg(long, env = "KAIROS_AUTHOR", global = true)]
+    author: Option<String>,
     /// Print one JSON document instead of a table or text.
     #[arg(long, global = true)]
     json: bool,
@@ -264,23 +271,30 @@ impl Out {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Out { json: cli.json };
-    let (kafka, api) = (&cli.kafka, cli.api.as_str());
+    let (kafka, api) = (
+        &cli.kafka,
+        &Api {
+            base: cli.api.clone(),
+            token: cli.api_token.clone(),
+        },
+    );
+    let author = &cli.author.clone().unwrap_or_else(default_author);
     match cli.command {
         Command::Topics(TopicsCommand::Apply {
             file,
             partitions,
             replication_factor,
         }) => topics_apply(&out, kafka, file.as_deref(), partitions, replication_factor).await,
-        Command::Job(JobCommand::Apply { file }) => job_apply(&out, kafka, &file).await,
-        Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, &id).await,
+        Command::Job(JobCommand::Apply { file }) => job_apply(&out, kafka, author, &file).await,
+        Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, author, &id).await,
         Command::Job(JobCommand::Explain { id, limit }) => explain(&out, api, &id, limit).await,
-        Command::Job(JobCommand::Pause { id }) => set_paused(&out, kafka, api, &id, true).await,
-        Command::Job(JobCommand::Resume { id }) => set_paused(&out, kafka, api, &id, false).await,
+        Command::Job(JobCommand::Pause { id }) => set_paused(&out, kafka, author, api, &id, true).await,
+        Command::Job(JobCommand::Resume { id }) => set_paused(&out, kafka, author, api, &id, false).await,
         Command::Job(JobCommand::Trigger { id }) => {
             let now = chrono::Utc::now();
-            schedule_runs(&out, kafka, api, &id, &[now], TriggerKind::Manual).await
+            schedule_runs(&out, kafka, author, api, &id, &[now], TriggerKind::Manual).await
         }
-        Command::Backfill { id, from, to } => backfill(&out, kafka, api, &id, from, to).await,
+        Command::Backfill { id, from, to } => backfill(&out, kafka, author, api, &id, from, to).await,
         Command::Job(JobCommand::Get { id }) => {
             let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
             out.print(&job, print_job);
@@ -384,7 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(RunCommand::Cancel { run_id, reason }) => {
-            run_cancel(&out, kafka, api, &run_id, reason).await
+            run_cancel(&out, kafka, author, api, &run_id, reason).await
         }
         Command::Run(RunCommand::Get { run_id }) => {
             let run = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
@@ -518,7 +532,12 @@ fn reach_broker(kafka: &KafkaArgs, error: impl Into<anyhow::Error>) -> anyhow::E
     ))
 }
 
-async fn job_apply(out: &Out, kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::Result<()> {
+async fn job_apply(
+    out: &Out,
+    kafka: &KafkaArgs,
+    author: &str,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
     // Validate everything before producing anything.
     let mut definitions: Vec<JobDefinition> = vec![];
     for file in files {
@@ -533,7 +552,7 @@ async fn job_apply(out: &Out, kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::R
     let producer = kafka.producer()?;
     let mut applied = vec![];
     for job in &definitions {
-        let written = jobs::put_job(kafka, &producer, job)
+        let written = jobs::put_job(kafka, &producer, job, author)
             .await
             .map_err(|e| reach_broker(kafka, e))?;
         if !out.json {
@@ -559,7 +578,8 @@ async fn job_apply(out: &Out, kafka: &KafkaArgs, files: &[PathBuf]) -> anyhow::R
 async fn run_cancel(
     out: &Out,
     kafka: &KafkaArgs,
-    api: &str,
+    author: &str,
+    api: &Api,
     run_id: &str,
     reason: Option<String>,
 ) -> anyhow::Result<()> {
@@ -585,7 +605,12 @@ async fn run_cancel(
     let bytes = codec::encode_cancel(&request)?;
     let producer = kafka.producer()?;
     producer
-        .send(&kafka.topics().control(), job_id.as_str(), Some(&bytes))
+        .send_with_headers(
+            &kafka.topics().control(),
+            job_id.as_str(),
+            Some(&bytes),
+            &[(jobs::AUTHOR_HEADER, author.to_string())],
+        )
         .await
         .map_err(|e| reach_broker(kafka, e))?;
     out.print(
@@ -595,7 +620,7 @@ async fn run_cancel(
     Ok(())
 }
 
-async fn explain(out: &Out, api: &str, id: &str, limit: usize) -> anyhow::Result<()> {
+async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result<()> {
     let runs = api_get(api, &format!("/api/v1/jobs/{id}/runs?limit={limit}")).await?;
     let mut explained = vec![];
     for run in runs["runs"].as_array().cloned().unwrap_or_default() {
@@ -684,7 +709,7 @@ fn print_audit(audit: &Value) {
 const MAX_BACKFILL_SLOTS: usize = 10_000;
 
 /// The job's current definition and its offset, as the aggregator has it.
-async fn current_job(api: &str, id: &str) -> anyhow::Result<(JobDefinition, i64)> {
+async fn current_job(api: &Api, id: &str) -> anyhow::Result<(JobDefinition, i64)> {
     let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
     let spec: JobSpec = serde_json::from_value(job["definition"].clone())
         .context("the API returned a definition this kairosctl cannot read")?;
@@ -697,7 +722,8 @@ async fn current_job(api: &str, id: &str) -> anyhow::Result<(JobDefinition, i64)
 async fn set_paused(
     out: &Out,
     kafka: &KafkaArgs,
-    api: &str,
+    author: &str,
+    api: &Api,
     id: &str,
     paused: bool,
 ) -> anyhow::Result<()> {
@@ -715,7 +741,7 @@ async fn set_paused(
         return Ok(());
     }
     job.paused = paused;
-    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job)
+    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job, author)
         .await
         .map_err(|e| reach_broker(kafka, e))?
         .delivered;
@@ -815,7 +841,8 @@ fn schedule_next(
 async fn backfill(
     out: &Out,
     kafka: &KafkaArgs,
-    api: &str,
+    author: &str,
+    api: &Api,
     id: &str,
     from: Timestamp,
     to: Timestamp,
@@ -840,7 +867,7 @@ async fn backfill(
         !slots.is_empty(),
         "the schedule has no slot between {from} and {to}"
     );
-    schedule_runs(out, kafka, api, id, &slots, TriggerKind::Backfill).await
+    schedule_runs(out, kafka, author, api, id, &slots, TriggerKind::Backfill).await
 }
 
 /// Appends `RunScheduled` for each slot; run ids are derived from (job, slot, kind), so a slot
@@ -848,7 +875,8 @@ async fn backfill(
 async fn schedule_runs(
     out: &Out,
     kafka: &KafkaArgs,
-    api: &str,
+    author: &str,
+    api: &Api,
     id: &str,
     slots: &[Timestamp],
     kind: TriggerKind,
@@ -863,7 +891,7 @@ async fn schedule_runs(
     let mut runs = vec![];
     for slot in slots {
         let event = jobs::requested_run(&job, definition_offset, *slot, kind);
-        jobs::schedule_run(kafka, &producer, &event)
+        jobs::schedule_run(kafka, &producer, &event, author)
             .await
             .map_err(|e| reach_broker(kafka, e))?;
         runs.push(json!({"run_id": event.run_id, "scheduled_for": event.scheduled_for}));
@@ -889,9 +917,9 @@ async fn schedule_runs(
     Ok(())
 }
 
-async fn job_delete(out: &Out, kafka: &KafkaArgs, id: &str) -> anyhow::Result<()> {
+async fn job_delete(out: &Out, kafka: &KafkaArgs, author: &str, id: &str) -> anyhow::Result<()> {
     let id = kairos_core::JobId::parse(id)?;
-    let delivered = jobs::delete_job(kafka, &kafka.producer()?, &id)
+    let delivered = jobs::delete_job(kafka, &kafka.producer()?, &id, author)
         .await
         .map_err(|e| reach_broker(kafka, e))?;
     let value = json!({"deleted": id.as_str(), "partition": delivered.partition, "offset": delivered.offset});
@@ -904,9 +932,40 @@ async fn job_delete(out: &Out, kafka: &KafkaArgs, id: &str) -> anyhow::Result<()
     Ok(())
 }
 
-async fn api_get(api: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", api.trim_end_matches('/'));
-    let response = reqwest::get(&url).await.with_context(|| {
+/// The aggregator's REST API, and the token presented to it.
+struct Api {
+    base: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+/// The author of changes made from this shell: `cli:<user>@<host>`.
+fn default_author() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("cli:{user}@{host}")
+}
+
+async fn api_get(api: &Api, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", api.base.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = &api.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| {
         format!("cannot reach the aggregator at {api} (is it running? set --api or KAIROS_API)")
     })?;
     let status = response.status();
@@ -1047,6 +1106,23 @@ fn print_job(job: &Value) {
     println!("meaning:      {}", text(&job["schedule_description"]));
     println!("pool:         {}", text(&job["definition"]["pool"]));
     println!("definition:   offset {}", text(&job["definition_offset"]));
+    println!(
+        "changed by:   {} at {}",
+        text(&job["author"]),
+        text(&job["updated_at"])
+    );
+    if let Some(changes) = job["changes"].as_array().filter(|c| c.len() > 1) {
+        println!("changes:");
+        for change in changes {
+            println!(
+                "  {}  {:<8} by {} (offset {})",
+                text(&change["at"]),
+                text(&change["change"]),
+                text(&change["author"]),
+                text(&change["offset"])
+            );
+        }
+    }
     println!(
         "last run:     {} {}",
         text(&job["last_run"]["status"]),

@@ -1,5 +1,7 @@
 //! Writing jobs and manual runs: the one path `kairosctl` and the aggregator's REST API share.
-//! Writes go to Kafka, never around it; the read models follow from the topics.
+//! Writes go to Kafka, never around it; the read models follow from the topics. Every write
+//! carries its author (the API's token name, or the CLI's user) in the [`AUTHOR_HEADER`] record
+//! header, so that "who changed this job?" has an answer on the topic itself.
 
 use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
@@ -20,6 +22,9 @@ pub enum WriteError {
     Codec(#[from] codec::CodecError),
 }
 
+/// The record header that names who made a change: `api:<token name>`, `cli:<user>@<host>`.
+pub const AUTHOR_HEADER: &str = "kairos_author";
+
 /// A job written to the jobs topic.
 pub struct Written {
     pub delivered: Delivered,
@@ -33,6 +38,7 @@ pub async fn put_job(
     kafka: &KafkaArgs,
     producer: &Producer,
     job: &JobDefinition,
+    author: &str,
 ) -> Result<Written, WriteError> {
     let topics = kafka.topics();
     // A metadata round trip; rare enough (one per write) to block this worker thread for.
@@ -47,7 +53,12 @@ pub async fn put_job(
         .map_err(|e| WriteError::Broker(format!("{e:#}")))?;
     let bytes = codec::encode_job(job)?;
     let delivered = producer
-        .send(&topics.jobs(), job.id.as_str(), Some(&bytes))
+        .send_with_headers(
+            &topics.jobs(),
+            job.id.as_str(),
+            Some(&bytes),
+            &[(AUTHOR_HEADER, author.to_string())],
+        )
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))?;
     Ok(Written {
@@ -61,9 +72,15 @@ pub async fn delete_job(
     kafka: &KafkaArgs,
     producer: &Producer,
     id: &JobId,
+    author: &str,
 ) -> Result<Delivered, WriteError> {
     producer
-        .send(&kafka.topics().jobs(), id.as_str(), None)
+        .send_with_headers(
+            &kafka.topics().jobs(),
+            id.as_str(),
+            None,
+            &[(AUTHOR_HEADER, author.to_string())],
+        )
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))
 }
@@ -91,13 +108,15 @@ pub fn requested_run(
     }
 }
 
-/// Appends a requested run to the ledger.
+/// Appends a requested run to the ledger, with who asked for it.
 pub async fn schedule_run(
     kafka: &KafkaArgs,
     producer: &Producer,
     event: &RunEvent,
+    author: &str,
 ) -> Result<Delivered, WriteError> {
-    let record = LedgerRecord::of(event, "operator")?;
+    let mut record = LedgerRecord::of(event, "operator")?;
+    record.headers.push((AUTHOR_HEADER, author.to_string()));
     producer
         .append(&kafka.topics().runs(), &record)
         .await
