@@ -33,7 +33,9 @@ use crate::alerts::Alerts;
 use crate::audit::{audit_key, JobAudit};
 use crate::unfinished::{self, PendingRun};
 use crate::workers::Workers;
-use crate::{job_key, job_stats_key, run_key, JobRecord, JobStats, RunRecord};
+use crate::{
+    job_changes_key, job_key, job_stats_key, run_key, JobChange, JobRecord, JobStats, RunRecord,
+};
 
 /// Most runs one request returns.
 const MAX_LIMIT: usize = 1000;
@@ -276,6 +278,9 @@ pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError>
         .into_iter()
         .next();
     let stats: JobStats = store.get(&job_stats_key(&job.spec.id))?.unwrap_or_default();
+    let changes: Vec<JobChange> = store
+        .get(&job_changes_key(&job.spec.id))?
+        .unwrap_or_default();
     let definition = job.spec.validate();
     let next_fires = definition
         .as_ref()
@@ -288,7 +293,7 @@ pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError>
         "definition_offset": job.offset,
         "updated_at": job.updated_at,
         "author": job.author,
-        "changes": job.changes,
+        "changes": changes,
         "last_run": last_run,
         "stats": stats,
         "next_fire_times": next_fires,

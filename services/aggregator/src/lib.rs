@@ -134,12 +134,11 @@ pub struct JobRecord {
     /// Who wrote the current definition (its record's author header), if the writer said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
-    /// The latest changes of the definition, oldest first: who changed what, and when.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<JobChange>,
 }
 
-/// One change of a job's definition, as the jobs topic records it.
+/// One change of a job's definition, as the jobs topic records it. The changes a job has had are
+/// kept as they are read, under `local/`: the compacted jobs topic keeps only a job's latest
+/// definition for good, so a rebuild starts its history afresh from that one.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct JobChange {
     /// `created`, `updated`, `paused` or `resumed`.
@@ -151,6 +150,11 @@ pub struct JobChange {
 
 /// Changes of a job's definition kept in its read model.
 const MAX_JOB_CHANGES: usize = 20;
+
+/// Where a job's latest changes are kept.
+pub(crate) fn job_changes_key(job: &str) -> String {
+    format!("{}jobchanges/{job}", kairos_runtime::store::LOCAL_PREFIX)
+}
 
 /// One ledger event of a run, and what it did to the run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -425,6 +429,7 @@ impl Aggregator {
         match message.payload().map(codec::decode_job) {
             None => {
                 batch.delete(&job_key(&key));
+                batch.delete(&job_changes_key(&key));
                 self.audit.forget(&key, batch);
             }
             Some(Ok(definition)) if definition.id.as_str() == key => {
@@ -436,7 +441,11 @@ impl Aggregator {
                     Some(b) if b.spec.paused && !definition.paused => "resumed",
                     Some(_) => "updated",
                 };
-                let mut changes = before.map(|b| b.changes).unwrap_or_default();
+                let mut changes: Vec<JobChange> = batch
+                    .get(&self.store, &job_changes_key(&key))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
                 changes.push(JobChange {
                     change: change.to_string(),
                     offset: message.offset(),
@@ -444,13 +453,13 @@ impl Aggregator {
                     author: author.clone(),
                 });
                 keep_latest(&mut changes, MAX_JOB_CHANGES);
+                batch.put(&job_changes_key(&key), &changes);
                 let record = JobRecord {
                     spec: definition.to_spec(),
                     offset: message.offset(),
                     updated_at: record_time(message),
                     partition: Some(message.partition()),
                     author,
-                    changes,
                 };
                 batch.put(&job_key(&key), &record);
                 self.audit.define(&key, &record);
