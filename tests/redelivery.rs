@@ -174,8 +174,15 @@ async fn the_ledger_reader_reads_a_tail_and_goes_on_from_where_it_ended() {
     let again = again.expect("the news is read");
     assert_eq!(again.started_by((run, 2, None)), Some("two"));
     assert!(!again.is_over((run, 2, None)));
-    assert!(again.is_over((run, 1, None)), "what was read before is kept");
+    assert!(!again.is_over((run, 1, None)), "only the tail from the position asked");
     assert_eq!(again.read_to, second.offset + 1);
+    // Asked again from the first record: what was read before is kept, and the news with it.
+    let whole = reader
+        .read_attempts(partition, first.offset)
+        .await
+        .expect("the whole tail");
+    assert!(whole.is_over((run, 1, None)));
+    assert_eq!(whole.started_by((run, 2, None)), Some("two"));
     let nothing = nothing.expect("an empty partition is read");
     assert!(nothing.over.is_empty() && nothing.started_by.is_empty());
 }

@@ -80,8 +80,9 @@ impl Attempts {
     }
 }
 
-/// How many attempts a [`LedgerReader`] keeps in its cache before it starts afresh.
-const CACHE_LIMIT: usize = 200_000;
+/// How many facts a [`LedgerReader`] keeps of one partition's tail before it forgets those
+/// that no read waiting asks for.
+const TAIL_LIMIT: usize = 20_000;
 
 /// A reader of the runs topic's partitions for one worker, living as long as the worker: one
 /// connection, on a thread of its own, so that a read creates no client and never waits on the
@@ -122,8 +123,7 @@ impl LedgerReader {
     }
 
     /// What the tail of `partition` from `from` up to its end (as it is when the read begins)
-    /// records of attempts. Only the tail is read, never the whole ledger; the answer may also
-    /// hold attempts recorded before `from`.
+    /// records of attempts. Only the tail is read, never the whole ledger.
     pub async fn read_attempts(&self, partition: i32, from: i64) -> anyhow::Result<Attempts> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.requests
@@ -140,16 +140,55 @@ impl LedgerReader {
     }
 }
 
-/// Per partition, what its tail from `from` on records, read up to `attempts.read_to`.
+/// What one ledger record says of an attempt.
+#[derive(Clone, Debug)]
+enum Fact {
+    Over(AttemptKey),
+    StartedBy(AttemptKey, String),
+}
+
+/// What a partition's tail says from `from` on, each fact with its offset, read up to `read_to`.
+#[derive(Default)]
+struct Tail {
+    from: i64,
+    read_to: i64,
+    facts: std::collections::VecDeque<(i64, Fact)>,
+}
+
+impl Tail {
+    /// What the tail records of attempts from `from` on: an answer costs what the reader asked
+    /// for, not all the tail kept.
+    fn answer(&self, from: i64) -> Attempts {
+        let mut attempts = Attempts {
+            read_to: self.read_to,
+            ..Attempts::default()
+        };
+        let first = self.facts.partition_point(|(offset, _)| *offset < from);
+        for (_, fact) in self.facts.range(first..) {
+            attempts.take(fact.clone());
+        }
+        attempts
+    }
+
+    /// Forgets the facts before `from`.
+    fn trim(&mut self, from: i64) {
+        while self.facts.front().is_some_and(|(offset, _)| *offset < from) {
+            self.facts.pop_front();
+        }
+        self.from = self.from.max(from);
+    }
+}
+
+/// Per partition, the tail read last.
 #[derive(Default)]
 struct TailCache {
-    tails: HashMap<i32, (i64, Attempts)>,
+    tails: HashMap<i32, Tail>,
 }
 
 impl TailCache {
     /// Answers requests until every sender is gone: all the requests waiting are served by one
-    /// read of their partitions, each from where its cached tail ends, or from the earliest
-    /// position asked for where that lies before the cached tail.
+    /// read of their partitions, each from where its kept tail ends, or from the earliest
+    /// position asked for where that lies before the kept tail.
     fn serve(
         &mut self,
         consumer: &BaseConsumer,
@@ -165,27 +204,28 @@ impl TailCache {
                 let earliest = asked.entry(request.partition).or_insert(request.from);
                 *earliest = (*earliest).min(request.from);
             }
-            // Per partition, where the read starts, and whether the cached tail is kept.
+            // Per partition, where the read starts, and whether the kept tail goes on.
             let plan: HashMap<i32, (i64, bool)> = asked
                 .iter()
                 .map(|(&partition, &from)| match self.tails.get(&partition) {
-                    Some((cached_from, seen)) if from >= *cached_from => {
-                        (partition, (seen.read_to, true))
-                    }
+                    Some(tail) if from >= tail.from => (partition, (tail.read_to, true)),
                     _ => (partition, (from, false)),
                 })
                 .collect();
             let starts = plan.iter().map(|(&p, &(start, _))| (p, start)).collect();
             let read = read_tails(consumer, topic, &starts, within).map(|news| {
-                if self.tails.values().map(|(_, seen)| seen.len()).sum::<usize>() > CACHE_LIMIT {
-                    self.tails.clear();
-                }
-                for (partition, news) in news {
-                    match (plan[&partition], self.tails.get_mut(&partition)) {
-                        ((_, true), Some((_, seen))) => seen.extend(news),
-                        _ => {
-                            self.tails.insert(partition, (asked[&partition], news));
-                        }
+                for (partition, (read_to, facts)) in news {
+                    let tail = self.tails.entry(partition).or_default();
+                    if !plan[&partition].1 {
+                        *tail = Tail {
+                            from: asked[&partition],
+                            ..Tail::default()
+                        };
+                    }
+                    tail.facts.extend(facts);
+                    tail.read_to = tail.read_to.max(read_to);
+                    if tail.facts.len() > TAIL_LIMIT {
+                        tail.trim(asked[&partition]);
                     }
                 }
             });
@@ -194,7 +234,7 @@ impl TailCache {
                     Ok(()) => Ok(self
                         .tails
                         .get(&request.partition)
-                        .map(|(_, seen)| seen.clone())
+                        .map(|tail| tail.answer(request.from))
                         .unwrap_or_default()),
                     Err(error) => Err(error.clone()),
                 };
@@ -204,6 +244,9 @@ impl TailCache {
     }
 }
 
+/// The end read to, and the facts read with their offsets, of one partition's tail.
+type TailRead = (i64, Vec<(i64, Fact)>);
+
 /// Reads each partition of `from` from its position up to its end as it is when the read begins,
 /// all at once, and returns what each tail records of attempts.
 fn read_tails(
@@ -211,22 +254,16 @@ fn read_tails(
     topic: &str,
     from: &HashMap<i32, i64>,
     within: Duration,
-) -> Result<HashMap<i32, Attempts>, String> {
+) -> Result<HashMap<i32, TailRead>, String> {
     let deadline = Instant::now() + within;
-    let mut tails: HashMap<i32, Attempts> = HashMap::new();
+    let mut tails: HashMap<i32, TailRead> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     let mut left: HashMap<i32, (i64, i64)> = HashMap::new();
     for (&partition, &start) in from {
         let (_, end) = consumer
             .fetch_watermarks(topic, partition, within)
             .map_err(|error| format!("reading the end of {topic}/{partition}: {error}"))?;
-        tails.insert(
-            partition,
-            Attempts {
-                read_to: start.max(end),
-                ..Attempts::default()
-            },
-        );
+        tails.insert(partition, (start.max(end), Vec::new()));
         if start < end {
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(start))
@@ -267,17 +304,17 @@ fn read_tails(
         let Some(Ok(event)) = message.payload().map(codec::decode_run_event) else {
             continue;
         };
-        if let Some(tail) = tails.get_mut(&partition) {
-            tail.record(event);
+        if let (Some((_, facts)), Some(fact)) = (tails.get_mut(&partition), Fact::of(event)) {
+            facts.push((message.offset(), fact));
         }
     }
     let _ = consumer.unassign();
     Ok(tails)
 }
 
-impl Attempts {
-    /// Takes in what one ledger event says of an attempt.
-    fn record(&mut self, event: RunEvent) {
+impl Fact {
+    /// What a ledger event says of an attempt, if anything.
+    fn of(event: RunEvent) -> Option<Fact> {
         use RunEventKind::*;
         let shard = event.shard.map(|s| s.index);
         match event.kind {
@@ -285,21 +322,24 @@ impl Attempts {
             | RunFailed { attempt, .. }
             | RunTimedOut { attempt, .. }
             | RunCancelled { attempt }
-            | RunLost { attempt } => {
-                self.over.insert((event.run_id, attempt, shard));
-            }
+            | RunLost { attempt } => Some(Fact::Over((event.run_id, attempt, shard))),
             RunStarted {
                 attempt, worker_id, ..
-            } => {
-                self.started_by
-                    .insert((event.run_id, attempt, shard), worker_id);
-            }
-            _ => {}
+            } => Some(Fact::StartedBy((event.run_id, attempt, shard), worker_id)),
+            _ => None,
         }
     }
+}
 
-    /// How many attempts it knows of.
-    fn len(&self) -> usize {
-        self.over.len() + self.started_by.len()
+impl Attempts {
+    fn take(&mut self, fact: Fact) {
+        match fact {
+            Fact::Over(key) => {
+                self.over.insert(key);
+            }
+            Fact::StartedBy(key, worker) => {
+                self.started_by.insert(key, worker);
+            }
+        }
     }
 }
