@@ -16,13 +16,14 @@ struct Api {
 }
 
 impl Api {
-    async fn call(
+    /// One request, answered whatever its body.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         token: Option<&str>,
         body: Option<&str>,
-    ) -> (StatusCode, Value) {
+    ) -> reqwest::Response {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -32,7 +33,17 @@ impl Api {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let response = request.send().await.expect("the API answers");
+        request.send().await.expect("the API answers")
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let response = self.send(method, path, token, body).await;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let body =
@@ -510,38 +521,61 @@ async fn each_role_does_what_it_covers_and_every_write_names_its_author() {
         "/api/v1/workers",
         "/api/v1/alerts",
     ];
-    let status_of = |method: Method, path: &'static str, token: Option<&'static str>, body: Option<&str>| {
-        let mut request = api.client.request(method, format!("{}{path}", api.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        async move { request.send().await.expect("the API answers").status() }
-    };
+    let status_of =
+        |method: Method, path: &'static str, token: Option<&'static str>, body: Option<&str>| {
+            let (api, body) = (&api, body.map(str::to_string));
+            async move {
+                api.send(method, path, token, body.as_deref())
+                    .await
+                    .status()
+            }
+        };
     for path in reads {
-        assert_eq!(status_of(Method::GET, path, None, None).await, StatusCode::UNAUTHORIZED, "{path}");
-        assert_eq!(status_of(Method::GET, path, as_("wrong"), None).await, StatusCode::UNAUTHORIZED, "{path}");
-        assert_ne!(status_of(Method::GET, path, as_("read-token"), None).await, StatusCode::UNAUTHORIZED, "{path}");
-        assert_ne!(status_of(Method::GET, path, as_("read-token"), None).await, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            status_of(Method::GET, path, None, None).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            status_of(Method::GET, path, as_("wrong"), None).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_ne!(
+            status_of(Method::GET, path, as_("read-token"), None).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_ne!(
+            status_of(Method::GET, path, as_("read-token"), None).await,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
     }
     for open in ["/healthz", "/api/v1/openapi.json"] {
-        assert_eq!(status_of(Method::GET, open, None, None).await, StatusCode::OK, "{open}");
+        assert_eq!(
+            status_of(Method::GET, open, None, None).await,
+            StatusCode::OK,
+            "{open}"
+        );
     }
     for (method, path, body) in needs_operate.iter().chain(&needs_admin) {
-        assert_eq!(status_of(method.clone(), path, None, *body).await, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            status_of(method.clone(), path, None, *body).await,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
         assert_error(
-            &api.call(method.clone(), path, as_("read-token"), *body).await,
+            &api.call(method.clone(), path, as_("read-token"), *body)
+                .await,
             StatusCode::FORBIDDEN,
             "forbidden",
         );
     }
     for (method, path, body) in &needs_admin {
         assert_error(
-            &api.call(method.clone(), path, as_("operate-token"), *body).await,
+            &api.call(method.clone(), path, as_("operate-token"), *body)
+                .await,
             StatusCode::FORBIDDEN,
             "forbidden",
         );
@@ -549,30 +583,57 @@ async fn each_role_does_what_it_covers_and_every_write_names_its_author() {
 
     // The admin defines the job, the operator pauses it: each is the author of its change.
     let (status, written) = api
-        .call(Method::POST, "/api/v1/jobs", as_("admin-token"), Some(&body))
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            as_("admin-token"),
+            Some(&body),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{written}");
-    let created = wait_for("the job in the read model", Duration::from_secs(30), || async {
-        let (status, job) = api.call(Method::GET, "/api/v1/jobs/roles", as_("read-token"), None).await;
-        status.is_success().then_some(job)
-    })
+    let created = wait_for(
+        "the job in the read model",
+        Duration::from_secs(30),
+        || async {
+            let (status, job) = api
+                .call(Method::GET, "/api/v1/jobs/roles", as_("read-token"), None)
+                .await;
+            status.is_success().then_some(job)
+        },
+    )
     .await;
     assert_eq!(created["author"], "api:deployer", "{created}");
     let (status, paused) = api
-        .call(Method::POST, "/api/v1/jobs/roles/pause", as_("operate-token"), None)
+        .call(
+            Method::POST,
+            "/api/v1/jobs/roles/pause",
+            as_("operate-token"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{paused}");
-    let job = wait_for("the pause in the read model", Duration::from_secs(30), || async {
-        let (_, job) = api.call(Method::GET, "/api/v1/jobs/roles", as_("read-token"), None).await;
-        (job["definition"]["paused"] == json!(true)).then_some(job)
-    })
+    let job = wait_for(
+        "the pause in the read model",
+        Duration::from_secs(30),
+        || async {
+            let (_, job) = api
+                .call(Method::GET, "/api/v1/jobs/roles", as_("read-token"), None)
+                .await;
+            (job["definition"]["paused"] == json!(true)).then_some(job)
+        },
+    )
     .await;
     assert_eq!(job["author"], "api:oncall", "{job}");
     let history: Vec<(String, String)> = job["changes"]
         .as_array()
         .expect("the job's changes")
         .iter()
-        .map(|c| (c["change"].as_str().unwrap().into(), c["author"].as_str().unwrap().into()))
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().into(),
+                c["author"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         history,
@@ -590,7 +651,12 @@ async fn each_role_does_what_it_covers_and_every_write_names_its_author() {
     assert_eq!(authors, ["api:deployer", "api:oncall"]);
     // A manual run names who asked for it on the ledger.
     let (status, _) = api
-        .call(Method::POST, "/api/v1/jobs/roles/trigger", as_("operate-token"), None)
+        .call(
+            Method::POST,
+            "/api/v1/jobs/roles/trigger",
+            as_("operate-token"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let ledger_authors: Vec<String> = stack

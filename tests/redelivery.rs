@@ -174,7 +174,10 @@ async fn the_ledger_reader_reads_a_tail_and_goes_on_from_where_it_ended() {
     let again = again.expect("the news is read");
     assert_eq!(again.started_by((run, 2, None)), Some("two"));
     assert!(!again.is_over((run, 2, None)));
-    assert!(!again.is_over((run, 1, None)), "only the tail from the position asked");
+    assert!(
+        !again.is_over((run, 1, None)),
+        "only the tail from the position asked"
+    );
     assert_eq!(again.read_to, second.offset + 1);
     // Asked again from the first record: what was read before is kept, and the news with it.
     let whole = reader
@@ -280,7 +283,11 @@ async fn a_worker_taking_over_a_long_backlog_keeps_beating_while_it_reads_the_le
         Some(0.0),
         "the second worker's loop went silent while it read the ledger"
     );
-    assert_eq!(executed(), backlog, "the second worker ran a finished attempt");
+    assert_eq!(
+        executed(),
+        backlog,
+        "the second worker ran a finished attempt"
+    );
     stop_all(services.into_iter().chain([second])).await;
 }
 

@@ -255,14 +255,26 @@ mod tests {
         let access = Access::load(None, Some("s3cret")).unwrap();
         let caller = access.check(Some("s3cret"), Role::Admin).unwrap();
         assert_eq!(caller.name, "api-token");
-        assert!(!Access::load(None, Some("")).unwrap().check(None, Role::Read).is_err());
+        assert!(!Access::load(None, Some(""))
+            .unwrap()
+            .check(None, Role::Read)
+            .is_err());
     }
 
     #[test]
     fn given_a_bad_tokens_file_then_loading_says_what_is_wrong() {
-        let error = |file: &str| access_with(file, None).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error("tokens:\n  - {name: a, role: read, sha256: abc}\n").contains("64 hex digits"));
-        assert!(error("tokens:\n  - {name: a, role: root, sha256: abc}\n").contains("unknown variant"));
+        let error = |file: &str| {
+            access_with(file, None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            error("tokens:\n  - {name: a, role: read, sha256: abc}\n").contains("64 hex digits")
+        );
+        assert!(
+            error("tokens:\n  - {name: a, role: root, sha256: abc}\n").contains("unknown variant")
+        );
         assert!(error("tokens:\n  - {name: a, role: read, token: x}\n").contains("unknown field"));
         let twice = format!(
             "tokens:\n  - {{name: a, role: read, sha256: {0}}}\n  - {{name: a, role: admin, sha256: {0}}}\n",

@@ -232,10 +232,8 @@ async fn authorize(
         Err(denied @ Denied::Forbidden { .. }) => {
             ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()).into_response()
         }
-        Err(denied) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
-                .into_response()
-        }
+        Err(denied) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", denied.to_string())
+            .into_response(),
     }
 }
 
@@ -528,14 +526,13 @@ async fn trigger_job(
 ) -> Result<Response, ApiError> {
     let (job, offset) = current_definition(&state, &id)?;
     let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
-    let delivered =
-        jobs::schedule_run(
-            &state.writer.kafka,
-            state.writer.producer()?,
-            &event,
-            &caller.author(),
-        )
-        .await?;
+    let delivered = jobs::schedule_run(
+        &state.writer.kafka,
+        state.writer.producer()?,
+        &event,
+        &caller.author(),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

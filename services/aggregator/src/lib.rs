@@ -433,7 +433,8 @@ impl Aggregator {
                 self.audit.forget(&key, batch);
             }
             Some(Ok(definition)) if definition.id.as_str() == key => {
-                let before: Option<JobRecord> = batch.get(&self.store, &job_key(&key)).ok().flatten();
+                let before: Option<JobRecord> =
+                    batch.get(&self.store, &job_key(&key)).ok().flatten();
                 let author = record_header(message, AUTHOR_HEADER);
                 let change = match &before {
                     None => "created",

@@ -288,13 +288,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(JobCommand::Apply { file }) => job_apply(&out, kafka, author, &file).await,
         Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, author, &id).await,
         Command::Job(JobCommand::Explain { id, limit }) => explain(&out, api, &id, limit).await,
-        Command::Job(JobCommand::Pause { id }) => set_paused(&out, kafka, author, api, &id, true).await,
-        Command::Job(JobCommand::Resume { id }) => set_paused(&out, kafka, author, api, &id, false).await,
+        Command::Job(JobCommand::Pause { id }) => {
+            set_paused(&out, kafka, author, api, &id, true).await
+        }
+        Command::Job(JobCommand::Resume { id }) => {
+            set_paused(&out, kafka, author, api, &id, false).await
+        }
         Command::Job(JobCommand::Trigger { id }) => {
             let now = chrono::Utc::now();
             schedule_runs(&out, kafka, author, api, &id, &[now], TriggerKind::Manual).await
         }
-        Command::Backfill { id, from, to } => backfill(&out, kafka, author, api, &id, from, to).await,
+        Command::Backfill { id, from, to } => {
+            backfill(&out, kafka, author, api, &id, from, to).await
+        }
         Command::Job(JobCommand::Get { id }) => {
             let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
             out.print(&job, print_job);
@@ -950,12 +956,7 @@ fn default_author() -> String {
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| "unknown".into());
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
+    let host = kairos_runtime::host_name().unwrap_or_else(|| "localhost".into());
     format!("cli:{user}@{host}")
 }
 

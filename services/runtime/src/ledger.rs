@@ -274,7 +274,9 @@ fn read_tails(
     if left.is_empty() {
         return Ok(tails);
     }
-    consumer.assign(&assignment).map_err(|error| error.to_string())?;
+    consumer
+        .assign(&assignment)
+        .map_err(|error| error.to_string())?;
     while !left.is_empty() {
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {

@@ -30,6 +30,16 @@ pub fn record_key(message: &rdkafka::message::OwnedMessage) -> Option<String> {
         .map(str::to_string)
 }
 
+/// This machine's host name (`HOSTNAME`, else `/etc/hostname`), if it has one: part of a
+/// worker's default id and of the CLI's default author.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 /// The value of the record's header `name`, as UTF-8 text.
 pub fn record_header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::{Headers as _, Message};

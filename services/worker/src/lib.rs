@@ -56,7 +56,9 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
     ReliableProducer, CONSUME_RETRY_BACKOFF,
 };
-use kairos_runtime::ledger::{AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER};
+use kairos_runtime::ledger::{
+    AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER,
+};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
 use kairos_runtime::workers::{HeartbeatFollower, Liveness, Registry};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
@@ -155,12 +157,7 @@ impl Config {
 
     fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "worker".into());
+            let host = kairos_runtime::host_name().unwrap_or_else(|| "worker".into());
             format!("{host}-{}", std::process::id())
         })
     }
@@ -171,7 +168,9 @@ const LEDGER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ledger offset of the task's dispatch, from its header.
 fn dispatched_at(message: &OwnedMessage) -> Option<i64> {
-    kairos_runtime::record_header(message, DISPATCHED_AT_HEADER)?.parse().ok()
+    kairos_runtime::record_header(message, DISPATCHED_AT_HEADER)?
+        .parse()
+        .ok()
 }
 
 /// The task's attempt (and shard) as the ledger's outcome events name it.
