@@ -19,10 +19,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use kairos_core::job::JobSpec;
+use kairos_core::run::RunEvent;
 use kairos_core::run::{RunStatus, TriggerKind};
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::jobs::{self, WriteError};
-use kairos_runtime::kafka::Producer;
+use kairos_runtime::kafka::{Delivered, Producer};
 use kairos_runtime::telemetry::Health;
 use kairos_runtime::{KafkaArgs, Store};
 use serde::Deserialize;
@@ -80,6 +81,25 @@ impl Writer {
             }
         };
         Writer { producer, kafka }
+    }
+
+    /// Puts a definition on the jobs topic, written by `caller`.
+    async fn put_job(
+        &self,
+        job: &JobDefinition,
+        caller: &Caller,
+    ) -> Result<jobs::Written, ApiError> {
+        Ok(jobs::put_job(&self.kafka, self.producer()?, job, &caller.author()).await?)
+    }
+
+    /// Deletes a job, by `caller`.
+    async fn delete_job(&self, id: &JobId, caller: &Caller) -> Result<Delivered, ApiError> {
+        Ok(jobs::delete_job(&self.kafka, self.producer()?, id, &caller.author()).await?)
+    }
+
+    /// Appends a run `caller` asked for to the ledger.
+    async fn schedule_run(&self, event: &RunEvent, caller: &Caller) -> Result<Delivered, ApiError> {
+        Ok(jobs::schedule_run(&self.kafka, self.producer()?, event, &caller.author()).await?)
     }
 
     fn producer(&self) -> Result<&Producer, ApiError> {
@@ -392,13 +412,7 @@ async fn write_job(
     job: &JobDefinition,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let written = jobs::put_job(
-        &state.writer.kafka,
-        state.writer.producer()?,
-        job,
-        &caller.author(),
-    )
-    .await?;
+    let written = state.writer.put_job(job, caller).await?;
     if let Some(topic) = &written.created_pool_topic {
         tracing::info!(job_id = %job.id, topic, "Created the task topic of a new pool.");
     }
@@ -464,13 +478,7 @@ async fn delete_job(
     let job = known_job(&state.store, &id)?;
     let id = JobId::parse(&job.spec.id)
         .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
-    let delivered = jobs::delete_job(
-        &state.writer.kafka,
-        state.writer.producer()?,
-        &id,
-        &caller.author(),
-    )
-    .await?;
+    let delivered = state.writer.delete_job(&id, &caller).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"job_id": id.as_str(), "partition": delivered.partition, "offset": delivered.offset})),
@@ -526,13 +534,7 @@ async fn trigger_job(
 ) -> Result<Response, ApiError> {
     let (job, offset) = current_definition(&state, &id)?;
     let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
-    let delivered = jobs::schedule_run(
-        &state.writer.kafka,
-        state.writer.producer()?,
-        &event,
-        &caller.author(),
-    )
-    .await?;
+    let delivered = state.writer.schedule_run(&event, &caller).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

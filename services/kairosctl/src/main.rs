@@ -13,7 +13,6 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
 use kairos_core::{JobDefinition, Timestamp};
-use kairos_runtime::codec;
 use kairos_runtime::jobs;
 use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicSet};
 use kairos_runtime::KafkaArgs;
@@ -608,15 +607,7 @@ async fn run_cancel(
         attempt: None,
         at: chrono::Utc::now(),
     };
-    let bytes = codec::encode_cancel(&request)?;
-    let producer = kafka.producer()?;
-    producer
-        .send_with_headers(
-            &kafka.topics().control(),
-            job_id.as_str(),
-            Some(&bytes),
-            &[(jobs::AUTHOR_HEADER, author.to_string())],
-        )
+    jobs::request_cancel(kafka, &kafka.producer()?, &request, author)
         .await
         .map_err(|e| reach_broker(kafka, e))?;
     out.print(

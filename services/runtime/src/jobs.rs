@@ -1,4 +1,5 @@
-//! Writing jobs and manual runs: the one path `kairosctl` and the aggregator's REST API share.
+//! Writing jobs, manual runs and cancel requests: the one path `kairosctl` and the aggregator's
+//! REST API share.
 //! Writes go to Kafka, never around it; the read models follow from the topics. Every write
 //! carries its author (the API's token name, or the CLI's user) in the [`AUTHOR_HEADER`] record
 //! header, so that "who changed this job?" has an answer on the topic itself.
@@ -24,6 +25,11 @@ pub enum WriteError {
 
 /// The record header that names who made a change: `api:<token name>`, `cli:<user>@<host>`.
 pub const AUTHOR_HEADER: &str = "kairos_author";
+
+/// The headers of a record `author` wrote.
+fn authored(author: &str) -> [(&'static str, String); 1] {
+    [(AUTHOR_HEADER, author.to_string())]
+}
 
 /// A job written to the jobs topic.
 pub struct Written {
@@ -57,7 +63,7 @@ pub async fn put_job(
             &topics.jobs(),
             job.id.as_str(),
             Some(&bytes),
-            &[(AUTHOR_HEADER, author.to_string())],
+            &authored(author),
         )
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))?;
@@ -75,12 +81,7 @@ pub async fn delete_job(
     author: &str,
 ) -> Result<Delivered, WriteError> {
     producer
-        .send_with_headers(
-            &kafka.topics().jobs(),
-            id.as_str(),
-            None,
-            &[(AUTHOR_HEADER, author.to_string())],
-        )
+        .send_with_headers(&kafka.topics().jobs(), id.as_str(), None, &authored(author))
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))
 }
@@ -116,9 +117,29 @@ pub async fn schedule_run(
     author: &str,
 ) -> Result<Delivered, WriteError> {
     let mut record = LedgerRecord::of(event, "operator")?;
-    record.headers.push((AUTHOR_HEADER, author.to_string()));
+    record.headers.extend(authored(author));
     producer
         .append(&kafka.topics().runs(), &record)
+        .await
+        .map_err(|e| WriteError::Broker(e.to_string()))
+}
+
+/// Asks every worker and the dispatcher to stop a run: a cancel request on the control topic,
+/// keyed by job so that it lands in the partition of the job's runs.
+pub async fn request_cancel(
+    kafka: &KafkaArgs,
+    producer: &Producer,
+    request: &kairos_core::CancelRequest,
+    author: &str,
+) -> Result<Delivered, WriteError> {
+    let bytes = codec::encode_cancel(request)?;
+    producer
+        .send_with_headers(
+            &kafka.topics().control(),
+            request.job_id.as_str(),
+            Some(&bytes),
+            &authored(author),
+        )
         .await
         .map_err(|e| WriteError::Broker(e.to_string()))
 }

@@ -661,28 +661,34 @@ impl Worker {
                 let reads = self.redelivered_from(&messages);
                 for message in messages {
                     let partition = message.partition();
-                    if let Some(checking) = self.checking.get_mut(&partition) {
-                        // Behind tasks waiting for the ledger: taken after them, in order.
-                        self.tracker.started(partition, message.offset());
-                        if let Some(from) = reads.get(&partition) {
-                            checking.again_from =
-                                Some(checking.again_from.map_or(*from, |f| f.min(*from)));
+                    if let Some(from) = reads.get(&partition).copied() {
+                        match self.checking.get_mut(&partition) {
+                            // Redelivered tasks that came while a read ran: one more read.
+                            Some(checking) => {
+                                checking.again_from =
+                                    Some(checking.again_from.map_or(from, |f| f.min(from)))
+                            }
+                            None => {
+                                let read = self.read_ledger(partition, from);
+                                self.checking.insert(
+                                    partition,
+                                    Checking {
+                                        read,
+                                        again_from: None,
+                                        seen: Attempts::default(),
+                                        waiting: vec![],
+                                    },
+                                );
+                            }
                         }
-                        checking.waiting.push(message);
-                    } else if let Some(from) = reads.get(&partition) {
-                        self.tracker.started(partition, message.offset());
-                        let read = self.read_ledger(partition, *from);
-                        self.checking.insert(
-                            partition,
-                            Checking {
-                                read,
-                                again_from: None,
-                                seen: Attempts::default(),
-                                waiting: vec![message],
-                            },
-                        );
-                    } else {
-                        self.take(message, &Attempts::default()).await?;
+                    }
+                    match self.checking.get_mut(&partition) {
+                        // Behind tasks waiting for the ledger: taken after them, in order.
+                        Some(checking) => {
+                            self.tracker.started(partition, message.offset());
+                            checking.waiting.push(message);
+                        }
+                        None => self.take(message, &Attempts::default()).await?,
                     }
                 }
             }
