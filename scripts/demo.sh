@@ -20,7 +20,13 @@ scripts/broker.sh start "$broker_port"
 log "Creating topics"
 "$bin/kairosctl" topics apply
 
-mkdir -p "$KAIROS_RUN/pids" "$KAIROS_RUN/logs" "$KAIROS_RUN/data"
+mkdir -p "$KAIROS_RUN/pids" "$KAIROS_RUN/logs" "$KAIROS_RUN/data" "$KAIROS_RUN/keys"
+# The demo signs what it defines: the worker runs only job definitions signed by this key.
+if [ ! -f "$KAIROS_RUN/keys/demo.key" ]; then
+  log "Generating the demo's signing key"
+  "$bin/kairosctl" keys generate "$KAIROS_RUN/keys/demo"
+fi
+export KAIROS_SIGNING_KEY="$KAIROS_RUN/keys/demo.key"
 start() {
   local name=$1; shift
   local pidfile="$KAIROS_RUN/pids/$name.pid"
@@ -33,7 +39,7 @@ start() {
 }
 start trigger    KAIROS_DATA_DIR="$KAIROS_RUN/data/trigger"
 start dispatcher KAIROS_DATA_DIR="$KAIROS_RUN/data/dispatcher"
-start worker     KAIROS_WORKER_POLICY="$KAIROS_ROOT/deploy/worker-policy.yaml"
+start worker     KAIROS_WORKER_POLICY="$KAIROS_ROOT/deploy/worker-policy.yaml" KAIROS_TRUSTED_KEYS="$KAIROS_RUN/keys/demo.pub"
 start aggregator KAIROS_DATA_DIR="$KAIROS_RUN/data/aggregator" KAIROS_HTTP_ADDR="127.0.0.1:$http_port"
 wait_for_port "$http_port" "the aggregator"
 

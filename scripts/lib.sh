@@ -26,6 +26,8 @@ ensure_packages() {
   command -v g++ >/dev/null || missing+=(g++)
   command -v make >/dev/null || missing+=(make)
   command -v curl >/dev/null || missing+=(curl)
+  # The independent implementation the signing keys and signatures are tested against.
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     log "Installing Debian packages: ${missing[*]}"
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

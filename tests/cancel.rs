@@ -63,16 +63,26 @@ async fn cancelling_stops_a_running_task_and_removes_a_queued_run() {
         "one run started and one waiting",
         Duration::from_secs(60),
         || async {
-            let runs = runs_of(&stack.ledger(), "long");
+            let ledger = stack.ledger();
+            let runs = runs_of(&ledger, "long");
             let started = runs
                 .iter()
                 .find(|(_, k)| has(k, |k| matches!(k, RunEventKind::RunStarted { .. })))?
                 .0;
-            let queued = runs
+            // Slots are fired a second ahead, so a later slot also shows only its
+            // `RunScheduled` until its start, when `queue` skips it. The run that waits is the
+            // oldest one scheduled and nothing more, once its start has come.
+            let queued = ledger
                 .iter()
-                .find(|(_, k)| k.len() == 1 && matches!(k[0], RunEventKind::RunScheduled { .. }))?
-                .0;
-            Some((*started, *queued))
+                .filter(|e| {
+                    e.job_id.as_str() == "long"
+                        && runs[&e.run_id].len() == 1
+                        && matches!(e.kind, RunEventKind::RunScheduled { .. })
+                })
+                .min_by_key(|e| (e.scheduled_for, e.run_id))
+                .filter(|e| e.scheduled_for <= chrono::Utc::now())?
+                .run_id;
+            Some((*started, queued))
         },
     )
     .await;

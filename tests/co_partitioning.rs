@@ -58,7 +58,10 @@ async fn every_service_refuses_mismatched_partition_counts_and_names_the_topics(
             tokio::time::timeout(
                 within,
                 kairos_worker::run(
-                    kairos_worker::Config::new(kafka.clone(), free_addr()),
+                    kairos_worker::Config {
+                        allow_unsigned: true,
+                        ..kairos_worker::Config::new(kafka.clone(), free_addr())
+                    },
                     pending(),
                 ),
             )

@@ -746,6 +746,7 @@ fn load_jobs(
     (0..count)
         .map(|n| {
             let spec = JobSpec {
+                signature: None,
                 id: format!("chaos-{n:03}"),
                 description: None,
                 schedule: ScheduleSpec {
@@ -755,6 +756,7 @@ fn load_jobs(
                 more_schedules: vec![],
                 calendars: vec![],
                 task: TaskSpec::Shell(ShellTask {
+                    env_from: Default::default(),
                     command: vec![
                         "sh".into(),
                         "-c".into(),

@@ -258,6 +258,8 @@ impl Stack {
         // the default, which reports a short task's start on its outcome alone.
         config.report_start_after = Duration::ZERO;
         config.policy = Some(TEST_WORKER_POLICY.into());
+        // The suite's jobs are unsigned; `tests/security.rs` tests signed ones.
+        config.allow_unsigned = true;
         adjust(&mut config);
         config
     }
@@ -296,6 +298,7 @@ impl Stack {
             .env("KAIROS_TOPIC_PREFIX", &self.kafka.topic_prefix)
             // Read by workers only.
             .env("KAIROS_WORKER_POLICY", TEST_WORKER_POLICY)
+            .env("KAIROS_ALLOW_UNSIGNED", "true")
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .kill_on_drop(true)

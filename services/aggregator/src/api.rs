@@ -21,9 +21,11 @@ use axum::{Extension, Json, Router};
 use kairos_core::job::JobSpec;
 use kairos_core::run::RunEvent;
 use kairos_core::run::{RunStatus, TriggerKind};
+use kairos_core::secrets::masked;
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::jobs::{self, WriteError};
 use kairos_runtime::kafka::{Delivered, Producer};
+use kairos_runtime::keys::SigningKey;
 use kairos_runtime::telemetry::Health;
 use kairos_runtime::{KafkaArgs, Store};
 use serde::Deserialize;
@@ -69,10 +71,12 @@ pub(crate) struct ApiState {
 pub(crate) struct Writer {
     producer: Option<Producer>,
     kafka: KafkaArgs,
+    /// Signs every definition written.
+    signing_key: Option<Arc<SigningKey>>,
 }
 
 impl Writer {
-    pub(crate) fn new(kafka: KafkaArgs) -> Self {
+    pub(crate) fn new(kafka: KafkaArgs, signing_key: Option<SigningKey>) -> Self {
         let producer = match kafka.producer() {
             Ok(producer) => Some(producer),
             Err(error) => {
@@ -80,7 +84,11 @@ impl Writer {
                 None
             }
         };
-        Writer { producer, kafka }
+        Writer {
+            producer,
+            kafka,
+            signing_key: signing_key.map(Arc::new),
+        }
     }
 
     /// Puts a definition on the jobs topic, written by `caller`.
@@ -89,7 +97,8 @@ impl Writer {
         job: &JobDefinition,
         caller: &Caller,
     ) -> Result<jobs::Written, ApiError> {
-        Ok(jobs::put_job(&self.kafka, self.producer()?, job, &caller.author()).await?)
+        let key = self.signing_key.as_deref();
+        Ok(jobs::put_job(&self.kafka, self.producer()?, job, key, &caller.author()).await?)
     }
 
     /// Deletes a job, by `caller`.
@@ -227,6 +236,9 @@ impl From<WriteError> for ApiError {
             WriteError::NoJobsTopic(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_jobs_topic"),
             WriteError::Broker(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
             WriteError::Codec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_job"),
+            WriteError::CredentialInClear(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "credential_in_clear")
+            }
         };
         ApiError::new(status, code, error.to_string())
     }
@@ -307,7 +319,11 @@ pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError>
     Ok(json!({
         "id": job.spec.id,
         "schedule_description": definition.as_ref().map(JobDefinition::describe_schedule).ok(),
-        "definition": job.spec,
+        // A credential a producer wrote in clear is not served back.
+        "definition": JobSpec {
+            task: masked(&job.spec.task),
+            ..job.spec
+        },
         "definition_offset": job.offset,
         "updated_at": job.updated_at,
         "author": job.author,

@@ -95,6 +95,10 @@ pub struct Config {
     /// of every change made with the token.
     #[arg(long, env = "KAIROS_API_TOKENS")]
     pub api_tokens: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM, `kairosctl keys generate`) that signs the job definitions
+    /// written through the API; workers run only definitions signed by a key they trust.
+    #[arg(long, env = "KAIROS_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -117,6 +121,7 @@ impl Config {
             alert_webhook: None,
             api_token: None,
             api_tokens: None,
+            signing_key: None,
             telemetry: TelemetryArgs::default(),
         }
     }
@@ -249,7 +254,15 @@ pub async fn run(
         config.alert_webhook.clone(),
         parts.shutdown.clone(),
     );
-    let writer = api::Writer::new(config.kafka.clone());
+    let signing_key = config
+        .signing_key
+        .as_deref()
+        .map(kairos_runtime::keys::load_signing_key)
+        .transpose()?;
+    if signing_key.is_none() {
+        tracing::warn!("No --signing-key: job definitions written through the API are unsigned, and workers that require signatures will not run them.");
+    }
+    let writer = api::Writer::new(config.kafka.clone(), signing_key);
     let router = api::router(api::ApiState {
         store: store.clone(),
         health: parts.health.clone(),

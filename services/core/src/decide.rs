@@ -234,6 +234,7 @@ pub fn next_step(
             start_at: (run.trigger == TriggerKind::Schedule && run.attempt <= 1).then_some(starts),
             shard: None,
             concurrent_runs: definition.overlap == OverlapPolicy::Allow,
+            signature: definition.signature.clone(),
         };
         if definition.shards <= 1 {
             return Step::Dispatch(vec![task]);
@@ -844,6 +845,7 @@ pub(crate) mod tests {
 
     pub(crate) fn definition() -> JobDefinition {
         JobSpec {
+            signature: None,
             id: "job-1".into(),
             description: None,
             schedule: ScheduleSpec {
@@ -853,6 +855,7 @@ pub(crate) mod tests {
             more_schedules: vec![],
             calendars: vec![],
             task: TaskSpec::Shell(ShellTask {
+                env_from: Default::default(),
                 command: vec!["true".into()],
                 env: Default::default(),
                 working_dir: None,

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Calendar, CalendarError, CalendarSpec};
 use crate::schedule::{DstGap, Schedule, ScheduleError, Slot};
+use crate::secrets::{valid_secret_name, SecretRef};
+use crate::signing::Signature;
 use crate::Timestamp;
 
 /// The largest HTTP body or environment a job may carry; larger payloads belong in storage the
@@ -117,6 +119,10 @@ pub struct JobSpec {
     /// The parameter each shard receives, by index (`KAIROS_SHARD_PARAM`); empty or one per shard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_params: Vec<String>,
+    /// The writer's signature of the job's task (see [`crate::signing`]); kairosctl and the API
+    /// add it, a job file need not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -433,6 +439,9 @@ pub struct ShellTask {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secrets the worker looks up as the task starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_from: BTreeMap<String, SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
 }
@@ -446,6 +455,9 @@ pub struct HttpTask {
     pub url: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Headers whose values are secrets the worker looks up as the request is made.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_from: BTreeMap<String, SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// Statuses that count as success; any 2xx when empty.
@@ -480,6 +492,7 @@ pub struct JobDefinition {
     /// 1 for a job that is not sharded.
     pub shards: u32,
     pub shard_params: Vec<String>,
+    pub signature: Option<Signature>,
 }
 
 /// Why a job was rejected. Each message names the field and the offending value.
@@ -538,6 +551,10 @@ pub enum ValidationError {
     ZeroMaxRuns,
     #[error("jitter must be shorter than a day, got {0:?}")]
     InvalidJitter(Duration),
+    #[error("{field}: {name:?} is not a secret name: use 1-100 characters from A-Z a-z 0-9 . _ - (not starting with .)")]
+    InvalidSecretName { field: String, name: String },
+    #[error("{field}: {name:?} is given both a value and a secret")]
+    ValueAndSecret { field: &'static str, name: String },
 }
 
 impl JobSpec {
@@ -629,6 +646,7 @@ impl JobSpec {
             priority: self.priority,
             shards,
             shard_params: self.shard_params.clone(),
+            signature: self.signature.clone(),
         })
     }
 }
@@ -683,7 +701,8 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
                 return Err(ValidationError::EmptyCommand);
             }
             let env_size: usize = shell.env.iter().map(|(k, v)| k.len() + v.len()).sum();
-            check_size("task.shell.env", env_size)
+            check_size("task.shell.env", env_size)?;
+            check_secrets("task.shell", "env", &shell.env, &shell.env_from, false)
         }
         TaskSpec::Http(http) => {
             let invalid = |reason: &str| ValidationError::InvalidUrl {
@@ -708,6 +727,13 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
             }
             let headers: usize = http.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
             check_size("task.http.headers", headers)?;
+            check_secrets(
+                "task.http",
+                "headers",
+                &http.headers,
+                &http.headers_from,
+                true,
+            )?;
             check_size("task.http.body", http.body.as_ref().map_or(0, String::len))
         }
         TaskSpec::Handler(handler) => {
@@ -725,6 +751,42 @@ fn to_the_millisecond(t: Timestamp) -> Timestamp {
     use chrono::DurationRound;
     t.duration_trunc(chrono::Duration::milliseconds(1))
         .unwrap_or(t)
+}
+
+/// Secret references name secrets, and a variable or header is given a value or a secret, not
+/// both (header names compare without case, as HTTP does).
+fn check_secrets(
+    task: &str,
+    values_field: &'static str,
+    values: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, SecretRef>,
+    ignore_case: bool,
+) -> Result<(), ValidationError> {
+    for (name, reference) in secrets {
+        if !valid_secret_name(&reference.secret) {
+            return Err(ValidationError::InvalidSecretName {
+                field: format!("{task}.{values_field}_from.{name}"),
+                name: reference.secret.clone(),
+            });
+        }
+        let same = |other: &String| match ignore_case {
+            true => other.eq_ignore_ascii_case(name),
+            false => other == name,
+        };
+        if values.keys().any(same) {
+            return Err(ValidationError::ValueAndSecret {
+                field: values_field,
+                name: name.clone(),
+            });
+        }
+    }
+    check_size(
+        "secret references",
+        secrets
+            .iter()
+            .map(|(k, r)| k.len() + r.secret.len() + r.prefix.len())
+            .sum(),
+    )
 }
 
 fn check_size(field: &'static str, size: usize) -> Result<(), ValidationError> {
@@ -849,6 +911,7 @@ impl JobDefinition {
             priority: self.priority,
             shards: (self.shards > 1).then_some(self.shards),
             shard_params: self.shard_params.clone(),
+            signature: self.signature.clone(),
         }
     }
 }

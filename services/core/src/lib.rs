@@ -10,6 +10,8 @@ pub mod decide;
 pub mod job;
 pub mod run;
 pub mod schedule;
+pub mod secrets;
+pub mod signing;
 pub mod task;
 
 pub use job::{HandlerTask, HttpTask, JobDefinition, JobId, ShellTask, TaskSpec, ValidationError};

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::job::{JobId, TaskSpec};
 use crate::run::RunId;
+use crate::signing::Signature;
 use crate::Timestamp;
 
 /// One attempt of one run, as a worker receives it on its pool's task topic.
@@ -29,6 +30,8 @@ pub struct TaskAssigned {
     /// wait for the job's earlier runs. Under the other policies runs take turns on the worker
     /// too, so that a replaced run's process is gone before its successor starts.
     pub concurrent_runs: bool,
+    /// The job definition's signature of the task, which the worker verifies before it runs it.
+    pub signature: Option<Signature>,
 }
 
 /// One shard of a sharded run, as its task carries it to the worker.

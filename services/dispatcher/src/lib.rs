@@ -628,9 +628,13 @@ impl Dispatcher {
         for (key, ()) in &cancels {
             let run = key.rsplit('/').next().unwrap_or_default();
             let state: Option<RunState> = self.store.get(&run_key(partition, job, run))?;
-            if state.is_some_and(|r| r.status.is_final()) {
-                done.delete(key);
+            let Some(state) = state.filter(|r| r.status.is_final()) else {
+                continue;
+            };
+            if state.status != RunStatus::Cancelled {
+                tracing::info!(job_id = job, run_id = run, status = ?state.status, "Cancel request dropped: the run was over before it was read.");
             }
+            done.delete(key);
         }
         self.store.write(done)?;
         Ok(())

@@ -15,6 +15,7 @@ use kairos_core::schedule::{DstGap, Schedule, Slot};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::jobs;
 use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicSet};
+use kairos_runtime::keys::SigningKey;
 use kairos_runtime::KafkaArgs;
 use serde_json::{json, Value};
 
@@ -42,6 +43,10 @@ struct Cli {
     /// header); defaults to the user and host name.
     #[arg(long, env = "KAIROS_AUTHOR", global = true)]
     author: Option<String>,
+    /// The private key (PKCS#8 PEM, `kairosctl keys generate`) that signs the job definitions
+    /// this command writes; workers run only definitions signed by a key they trust.
+    #[arg(long, env = "KAIROS_SIGNING_KEY", global = true)]
+    signing_key: Option<PathBuf>,
     /// Print one JSON document instead of a table or text.
     #[arg(long, global = true)]
     json: bool,
@@ -96,6 +101,9 @@ enum Command {
     /// Make a stopped service read its inputs again from a point and rebuild its state: resets
     /// its consumer group and drops its local state (the service must be stopped).
     Replay(ReplayArgs),
+    /// Signing keys for job definitions.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print a shell completion script, e.g. `kairosctl completions bash > /etc/bash_completion.d/kairosctl`.
     Completions { shell: clap_complete::Shell },
 }
@@ -141,6 +149,13 @@ enum TopicsCommand {
         #[arg(long)]
         replication_factor: Option<i32>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new Ed25519 key pair: NAME.key, the private key for `--signing-key` (readable by
+    /// its owner only), and NAME.pub, the public key for the workers' `--trusted-keys`.
+    Generate { name: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -278,20 +293,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     );
     let author = &cli.author.clone().unwrap_or_else(default_author);
+    let key = cli
+        .signing_key
+        .as_deref()
+        .map(kairos_runtime::keys::load_signing_key)
+        .transpose()?;
+    let key = key.as_ref();
     match cli.command {
         Command::Topics(TopicsCommand::Apply {
             file,
             partitions,
             replication_factor,
         }) => topics_apply(&out, kafka, file.as_deref(), partitions, replication_factor).await,
-        Command::Job(JobCommand::Apply { file }) => job_apply(&out, kafka, author, &file).await,
+        Command::Job(JobCommand::Apply { file }) => {
+            job_apply(&out, kafka, author, key, &file).await
+        }
         Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, author, &id).await,
         Command::Job(JobCommand::Explain { id, limit }) => explain(&out, api, &id, limit).await,
         Command::Job(JobCommand::Pause { id }) => {
-            set_paused(&out, kafka, author, api, &id, true).await
+            set_paused(&out, kafka, author, key, api, &id, true).await
         }
         Command::Job(JobCommand::Resume { id }) => {
-            set_paused(&out, kafka, author, api, &id, false).await
+            set_paused(&out, kafka, author, key, api, &id, false).await
         }
         Command::Job(JobCommand::Trigger { id }) => {
             let now = chrono::Utc::now();
@@ -427,6 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => tail::tail(kafka, args, out.json).await,
         Command::Schemas { name, fingerprint } => schemas(&out, name.as_deref(), fingerprint),
         Command::Replay(args) => replay(&out, kafka, args).await,
+        Command::Keys(KeysCommand::Generate { name }) => keys_generate(&out, &name),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -537,10 +561,42 @@ fn reach_broker(kafka: &KafkaArgs, error: impl Into<anyhow::Error>) -> anyhow::E
     ))
 }
 
+/// Writes a new key pair, the private key readable by its owner only.
+fn keys_generate(out: &Out, name: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (private, public, id) = kairos_runtime::keys::generate()?;
+    let private_path = name.with_extension("key");
+    let public_path = name.with_extension("pub");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private_path)
+        .and_then(|mut file| file.write_all(private.as_bytes()))
+        .with_context(|| format!("writing {} (it must not exist yet)", private_path.display()))?;
+    std::fs::write(&public_path, public)
+        .with_context(|| format!("writing {}", public_path.display()))?;
+    let value = json!({"key_id": id, "private_key": private_path, "public_key": public_path});
+    out.print(&value, |_| {
+        println!("key {id}");
+        println!(
+            "  sign with:  kairosctl --signing-key {}",
+            private_path.display()
+        );
+        println!(
+            "  trust with: kairos-worker --trusted-keys {}",
+            public_path.display()
+        );
+    });
+    Ok(())
+}
+
 async fn job_apply(
     out: &Out,
     kafka: &KafkaArgs,
     author: &str,
+    key: Option<&SigningKey>,
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
     // Validate everything before producing anything.
@@ -557,7 +613,7 @@ async fn job_apply(
     let producer = kafka.producer()?;
     let mut applied = vec![];
     for job in &definitions {
-        let written = jobs::put_job(kafka, &producer, job, author)
+        let written = jobs::put_job(kafka, &producer, job, key, author)
             .await
             .map_err(|e| reach_broker(kafka, e))?;
         if !out.json {
@@ -720,6 +776,7 @@ async fn set_paused(
     out: &Out,
     kafka: &KafkaArgs,
     author: &str,
+    key: Option<&SigningKey>,
     api: &Api,
     id: &str,
     paused: bool,
@@ -738,7 +795,7 @@ async fn set_paused(
         return Ok(());
     }
     job.paused = paused;
-    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job, author)
+    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job, key, author)
         .await
         .map_err(|e| reach_broker(kafka, e))?
         .delivered;

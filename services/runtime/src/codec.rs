@@ -22,6 +22,8 @@ use kairos_core::job::{
 use kairos_core::run::{
     RunEvent, RunEventKind, RunId, ShardOf, SkipReason, TaskOutput, TriggerKind,
 };
+use kairos_core::secrets::SecretRef;
+use kairos_core::signing::Signature;
 use kairos_core::{
     from_millis, to_millis, CancelRequest, DstGap, JobDefinition, JobId, ShardAssignment,
     TaskAssigned, Timestamp, ValidationError,
@@ -43,6 +45,11 @@ const ALERT_AVSC: &str = include_str!("../../../schemas/alert.avsc");
 const HEARTBEAT_AVSC: &str = include_str!("../../../schemas/worker_heartbeat.avsc");
 const JOB_STATUS_AVSC: &str = include_str!("../../../schemas/job_status.avsc");
 /// Versions released before the current one, kept so that records written with them still decode.
+/// Every released version of a record that holds a task was written with task v1.
+const TASK_V1_AVSC: &str = include_str!("../../../schemas/released/task.v1.avsc");
+const JOB_DEFINITION_V2_AVSC: &str =
+    include_str!("../../../schemas/released/job_definition.v2.avsc");
+const TASK_ASSIGNED_V3_AVSC: &str = include_str!("../../../schemas/released/task_assigned.v3.avsc");
 const JOB_DEFINITION_V1_AVSC: &str =
     include_str!("../../../schemas/released/job_definition.v1.avsc");
 const RUN_EVENT_V1_AVSC: &str = include_str!("../../../schemas/released/run_event.v1.avsc");
@@ -136,23 +143,29 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
     apache_avro::max_allocation_bytes(MAX_RECORD_BYTES);
     let task: serde_json::Value =
         serde_json::from_str(TASK_AVSC).expect("schemas/task.avsc is JSON");
-    let self_contained = |avsc: &str| {
+    let task_v1: serde_json::Value =
+        serde_json::from_str(TASK_V1_AVSC).expect("schemas/released/task.v1.avsc is JSON");
+    let with_task = |avsc: &str, task: &serde_json::Value| {
         let mut json: serde_json::Value =
             serde_json::from_str(avsc).expect("embedded schema is JSON");
-        inline_named(&mut json, "io.kairos.Task", &task);
+        inline_named(&mut json, "io.kairos.Task", task);
         json
     };
-    let parse = |name: &'static str, avsc: &str| {
-        Schema::parse(&self_contained(avsc))
-            .unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"))
+    let self_contained = |avsc: &str| with_task(avsc, &task);
+    let parse_json = |name: &'static str, json: &serde_json::Value| {
+        Schema::parse(json).unwrap_or_else(|e| panic!("embedded schema {name} is invalid: {e}"))
     };
+    let parse = |name: &'static str, avsc: &str| parse_json(name, &self_contained(avsc));
     let evolved = |name: &'static str, avsc: &str, earlier: &[&str]| {
         let schema = parse(name, avsc);
         // Every version is read under its specification fingerprint and under the one Kairos
         // wrote before it followed the specification (the apache-avro crate's own), so topics
         // written until then still decode.
-        let versions =
-            std::iter::once(schema.clone()).chain(earlier.iter().map(|a| parse(name, a)));
+        let versions = std::iter::once(schema.clone()).chain(
+            earlier
+                .iter()
+                .map(|a| parse_json(name, &with_task(a, &task_v1))),
+        );
         let mut readable: Vec<(Vec<u8>, Schema)> = vec![];
         for version in versions {
             for fingerprint in [fingerprint(&version), version.fingerprint::<Rabin>().bytes] {
@@ -176,7 +189,7 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         job: evolved(
             "JobDefinition",
             JOB_DEFINITION_AVSC,
-            &[JOB_DEFINITION_V1_AVSC],
+            &[JOB_DEFINITION_V2_AVSC, JOB_DEFINITION_V1_AVSC],
         ),
         run_event: evolved(
             "RunEvent",
@@ -186,7 +199,11 @@ static CONTRACTS: LazyLock<Contracts> = LazyLock::new(|| {
         task_assigned: evolved(
             "TaskAssigned",
             TASK_ASSIGNED_AVSC,
-            &[TASK_ASSIGNED_V2_AVSC, TASK_ASSIGNED_V1_AVSC],
+            &[
+                TASK_ASSIGNED_V3_AVSC,
+                TASK_ASSIGNED_V2_AVSC,
+                TASK_ASSIGNED_V1_AVSC,
+            ],
         ),
         trigger_state: contract("TriggerState", TRIGGER_STATE_AVSC),
         dead_letter: contract("DeadLetter", DEAD_LETTER_AVSC),
@@ -325,6 +342,29 @@ fn millis(t: Timestamp) -> Value {
 
 fn string_map(map: &BTreeMap<String, String>) -> Value {
     Value::Map(map.iter().map(|(k, v)| (k.clone(), string(v))).collect())
+}
+
+fn secret_map(map: &BTreeMap<String, SecretRef>) -> Value {
+    Value::Map(
+        map.iter()
+            .map(|(k, r)| {
+                let secret = record(vec![
+                    ("secret", string(&r.secret)),
+                    ("prefix", string(&r.prefix)),
+                ]);
+                (k.clone(), secret)
+            })
+            .collect(),
+    )
+}
+
+fn signature_value(signature: &Option<Signature>) -> Value {
+    opt(signature.as_ref(), |s| {
+        record(vec![
+            ("key_id", string(&s.key_id)),
+            ("value", string(&s.value)),
+        ])
+    })
 }
 
 fn duration_ms(d: Duration) -> Value {
@@ -500,6 +540,42 @@ impl<'a> Fields<'a> {
     fn record(&self, field: &'static str) -> Result<Option<Fields<'a>>, CodecError> {
         self.get(field).map(|v| Fields::of(v, field)).transpose()
     }
+
+    /// A map of secret references; none when absent (written before the field existed).
+    fn secret_map(&self, field: &'static str) -> Result<BTreeMap<String, SecretRef>, CodecError> {
+        match self.get(field) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Map(map)) => map
+                .iter()
+                .map(|(k, v)| {
+                    let r = Fields::of(v, field)?;
+                    Ok((
+                        k.clone(),
+                        SecretRef {
+                            secret: r.string("secret")?,
+                            prefix: r.opt_string("prefix")?.unwrap_or_default(),
+                        },
+                    ))
+                })
+                .collect(),
+            Some(other) => Err(CodecError::Field {
+                field,
+                reason: format!("expected a map, got {other:?}"),
+            }),
+        }
+    }
+
+    /// The writer's signature; none when absent (unsigned, or written before the field existed).
+    fn signature(&self) -> Result<Option<Signature>, CodecError> {
+        self.record("signature")?
+            .map(|s| {
+                Ok(Signature {
+                    key_id: s.string("key_id")?,
+                    value: s.string("value")?,
+                })
+            })
+            .transpose()
+    }
 }
 
 fn missing(field: &'static str) -> CodecError {
@@ -534,6 +610,7 @@ fn task_value(task: &TaskSpec) -> Value {
                 ),
                 ("env", string_map(&s.env)),
                 ("working_dir", opt(s.working_dir.clone(), string)),
+                ("env_from", secret_map(&s.env_from)),
             ]);
         }
         TaskSpec::Http(h) => {
@@ -551,6 +628,7 @@ fn task_value(task: &TaskSpec) -> Value {
                             .collect(),
                     ),
                 ),
+                ("headers_from", secret_map(&h.headers_from)),
             ]);
         }
         TaskSpec::Handler(h) => {
@@ -573,12 +651,14 @@ fn task_from(fields: &Fields<'_>) -> Result<TaskSpec, CodecError> {
         (Some(shell), None, None) => Ok(TaskSpec::Shell(ShellTask {
             command: shell.strings("command")?,
             env: shell.string_map("env")?,
+            env_from: shell.secret_map("env_from")?,
             working_dir: shell.opt_string("working_dir")?,
         })),
         (None, Some(http), None) => Ok(TaskSpec::Http(HttpTask {
             method: http.string("method")?,
             url: http.string("url")?,
             headers: http.string_map("headers")?,
+            headers_from: http.secret_map("headers_from")?,
             body: http.opt_string("body")?,
             expected_status: match http.get("expected_status") {
                 Some(Value::Array(items)) => items
@@ -654,6 +734,7 @@ pub fn encode_job(job: &JobDefinition) -> Result<Vec<u8>, CodecError> {
                 "calendars",
                 Value::Array(spec.calendars.iter().map(calendar_value).collect()),
             ),
+            ("signature", signature_value(&spec.signature)),
         ]),
     )
 }
@@ -931,6 +1012,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobDefinition, CodecError> {
         priority: f.opt_int("priority")?.unwrap_or_default(),
         shards: f.opt_u32("shards")?,
         shard_params: f.strings("shard_params")?,
+        signature: f.signature()?,
     };
     Ok(spec.validate()?)
 }
@@ -1186,6 +1268,7 @@ pub fn encode_task(task: &TaskAssigned) -> Result<Vec<u8>, CodecError> {
                 }),
             ),
             ("concurrent_runs", Value::Boolean(task.concurrent_runs)),
+            ("signature", signature_value(&task.signature)),
         ]),
     )
 }
@@ -1216,6 +1299,7 @@ pub fn decode_task(bytes: &[u8]) -> Result<TaskAssigned, CodecError> {
             })
             .transpose()?,
         concurrent_runs: matches!(f.get("concurrent_runs"), Some(Value::Boolean(true))),
+        signature: f.signature()?,
     })
 }
 
@@ -1820,6 +1904,7 @@ mod tests {
 
     fn job(yaml_task: TaskSpec, schedule: ScheduleSpec) -> JobDefinition {
         JobSpec {
+            signature: None,
             id: "report.daily".into(),
             description: Some("daily report".into()),
             schedule,
@@ -1854,6 +1939,7 @@ mod tests {
 
     fn shell() -> TaskSpec {
         TaskSpec::Shell(ShellTask {
+            env_from: BTreeMap::from([("PGPASSWORD".into(), SecretRef::named("db-password"))]),
             command: vec!["sh".into(), "-c".into(), "echo hi".into()],
             env: BTreeMap::from([("A".into(), "1".into())]),
             working_dir: Some("/tmp".into()),
@@ -1886,6 +1972,13 @@ mod tests {
     #[test]
     fn job_definitions_round_trip_for_every_schedule_and_task_kind() {
         let http = TaskSpec::Http(HttpTask {
+            headers_from: BTreeMap::from([(
+                "Authorization".into(),
+                SecretRef {
+                    secret: "hook-token".into(),
+                    prefix: "Bearer ".into(),
+                },
+            )]),
             method: "POST".into(),
             url: "http://127.0.0.1:9/hook".into(),
             headers: BTreeMap::from([("X-A".into(), "b".into())]),
@@ -1909,7 +2002,12 @@ mod tests {
         ];
         for schedule in schedules {
             for task in [shell(), http.clone()] {
-                let def = job(task, schedule.clone());
+                let mut def = job(task, schedule.clone());
+                assert_eq!(decode_job(&encode_job(&def).unwrap()).unwrap(), def);
+                def.signature = Some(Signature {
+                    key_id: "0123456789abcdef".into(),
+                    value: "cd".repeat(64),
+                });
                 let bytes = encode_job(&def).unwrap();
                 assert_eq!(&bytes[..2], &MAGIC);
                 assert_eq!(decode_job(&bytes).unwrap(), def);
@@ -2024,6 +2122,7 @@ mod tests {
     fn tasks_trigger_state_and_dead_letters_round_trip() {
         let job_id = JobId::parse("j").unwrap();
         let task = TaskAssigned {
+            signature: None,
             job_id: job_id.clone(),
             run_id: RunId::derive(&job_id, t(0), TriggerKind::Schedule),
             attempt: 2,
@@ -2197,8 +2296,16 @@ mod tests {
     /// fingerprint Kairos wrote before it followed the specification.
     #[test]
     fn records_written_with_earlier_versions_and_fingerprints_still_decode() {
+        // Secret references came with the current version; earlier writers could not write them.
+        let TaskSpec::Shell(shell) = shell() else {
+            unreachable!()
+        };
+        let shell = TaskSpec::Shell(ShellTask {
+            env_from: BTreeMap::new(),
+            ..shell
+        });
         let job = job(
-            shell(),
+            shell.clone(),
             ScheduleSpec {
                 cron: Some("0 0 3 * * *".into()),
                 timezone: Some("Europe/Berlin".into()),
@@ -2217,7 +2324,7 @@ mod tests {
             shard: None,
         };
         // The current version under its old fingerprint, each earlier one under both of its own.
-        assert_eq!(CONTRACTS.job.earlier.len(), 3);
+        assert_eq!(CONTRACTS.job.earlier.len(), 5);
         assert_eq!(CONTRACTS.run_event.earlier.len(), 7);
         for version in 0..7 {
             let bytes = written_with_earlier(
@@ -2231,7 +2338,7 @@ mod tests {
                 "event, earlier writer {version}"
             );
         }
-        for version in 0..3 {
+        for version in 0..5 {
             let bytes = written_with_earlier(&CONTRACTS.job, version, &encode_job(&job).unwrap());
             assert_ne!(bytes[2..10], CONTRACTS.job.fingerprint[..]);
             assert_eq!(
@@ -2240,15 +2347,19 @@ mod tests {
                 "job, earlier writer {version}"
             );
         }
-        // A v2 task runs after the job's earlier runs; a v1 task (no start time) also starts at
-        // once.
+        // A v3 task is unsigned; a v2 task runs after the job's earlier runs; a v1 task (no
+        // start time) also starts at once.
         let task = TaskAssigned {
+            signature: Some(Signature {
+                key_id: "0123456789abcdef".into(),
+                value: "ab".repeat(64),
+            }),
             job_id: job_id.clone(),
             run_id: skipped.run_id,
             attempt: 1,
             scheduled_for: t(0),
             pool: "default".into(),
-            task: shell(),
+            task: shell,
             timeout: None,
             definition_offset: 7,
             assigned_at: t(1),
@@ -2256,21 +2367,32 @@ mod tests {
             shard: None,
             concurrent_runs: true,
         };
-        assert_eq!(CONTRACTS.task_assigned.earlier.len(), 5);
-        let v2 = written_with_earlier(&CONTRACTS.task_assigned, 2, &encode_task(&task).unwrap());
+        assert_eq!(CONTRACTS.task_assigned.earlier.len(), 7);
+        assert_eq!(decode_task(&encode_task(&task).unwrap()).unwrap(), task);
+        let v3 = written_with_earlier(&CONTRACTS.task_assigned, 2, &encode_task(&task).unwrap());
+        assert_eq!(
+            decode_task(&v3).unwrap(),
+            TaskAssigned {
+                signature: None,
+                ..task.clone()
+            }
+        );
+        let v2 = written_with_earlier(&CONTRACTS.task_assigned, 4, &encode_task(&task).unwrap());
         assert_eq!(
             decode_task(&v2).unwrap(),
             TaskAssigned {
                 concurrent_runs: false,
+                signature: None,
                 ..task.clone()
             }
         );
-        let v1 = written_with_earlier(&CONTRACTS.task_assigned, 4, &encode_task(&task).unwrap());
+        let v1 = written_with_earlier(&CONTRACTS.task_assigned, 6, &encode_task(&task).unwrap());
         assert_eq!(
             decode_task(&v1).unwrap(),
             TaskAssigned {
                 start_at: None,
                 concurrent_runs: false,
+                signature: None,
                 ..task
             }
         );
@@ -2355,7 +2477,9 @@ mod tests {
             },
         ))
         .unwrap();
-        for cut in [11, valid.len() / 2, valid.len() - 1] {
+        // (Not the last byte: apache-avro reads a union cut off at its end as null, which is
+        // what the last field, an absent signature, is.)
+        for cut in [11, valid.len() / 2, valid.len() - 2] {
             assert!(decode_job(&valid[..cut]).is_err(), "truncated at {cut}");
         }
         assert!(

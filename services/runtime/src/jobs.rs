@@ -4,7 +4,10 @@
 //! carries its author (the API's token name, or the CLI's user) in the [`AUTHOR_HEADER`] record
 //! header, so that "who changed this job?" has an answer on the topic itself.
 
+use ed25519_dalek::SigningKey;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
+use kairos_core::secrets::credentials_in_clear;
+use kairos_core::signing::sign;
 use kairos_core::{JobDefinition, JobId, Timestamp};
 
 use crate::codec;
@@ -21,6 +24,8 @@ pub enum WriteError {
     Broker(String),
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
+    #[error("{} holds a credential in clear, which would be kept on the jobs topic and shown by the API; name a secret instead (task.shell.env_from, task.http.headers_from) that the workers look up when the task runs", .0.join(", "))]
+    CredentialInClear(Vec<String>),
 }
 
 /// The record header that names who made a change: `api:<token name>`, `cli:<user>@<host>`.
@@ -38,14 +43,31 @@ pub struct Written {
     pub created_pool_topic: Option<String>,
 }
 
-/// Puts a validated definition on the jobs topic, creating its pool's task topic first if the
-/// pool is new (workers of a new pool need a topic to subscribe to).
+/// Puts a validated definition on the jobs topic, signed with `key` if there is one (else as it
+/// comes, signed or not), creating its pool's task topic first if the pool is new (workers of a
+/// new pool need a topic to subscribe to). A definition with a credential in clear is refused.
 pub async fn put_job(
     kafka: &KafkaArgs,
     producer: &Producer,
     job: &JobDefinition,
+    key: Option<&SigningKey>,
     author: &str,
 ) -> Result<Written, WriteError> {
+    let in_clear = credentials_in_clear(&job.task);
+    if !in_clear.is_empty() {
+        return Err(WriteError::CredentialInClear(in_clear));
+    }
+    let signed;
+    let job = match key {
+        Some(key) => {
+            signed = JobDefinition {
+                signature: Some(sign(key, job.id.as_str(), &job.pool, &job.task)),
+                ..job.clone()
+            };
+            &signed
+        }
+        None => job,
+    };
     let topics = kafka.topics();
     // A metadata round trip; rare enough (one per write) to block this worker thread for.
     let counts = tokio::task::block_in_place(|| partition_counts(kafka))

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod deadletter;
 pub mod jobs;
 pub mod kafka;
+pub mod keys;
 pub mod ledger;
 pub mod metrics_names;
 pub mod service;

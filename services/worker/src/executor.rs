@@ -14,12 +14,15 @@ use std::time::Duration;
 
 use kairos_core::job::{HandlerTask, HttpTask, ShellTask, TaskSpec};
 use kairos_core::run::TaskOutput;
+use kairos_core::secrets::mask_values;
+use kairos_core::signing::Trust;
 use kairos_core::TaskAssigned;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{Handlers, TaskContext};
 use crate::policy::{Policy, Refusal};
+use crate::secrets::{Resolved, SecretSource};
 
 /// How an attempt ended on this worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +43,27 @@ pub struct Execution {
     pub output: TaskOutput,
 }
 
+/// What a worker checks before it runs a task, and where it finds the task's secrets.
+#[derive(Clone, Debug)]
+pub struct Safeguards {
+    /// What this worker agrees to run.
+    pub policy: Policy,
+    /// Whose signed definitions it runs.
+    pub trust: Trust,
+    pub secrets: SecretSource,
+}
+
+impl Safeguards {
+    /// Development: every task runs, signed or not; secrets come from the environment.
+    pub fn none() -> Self {
+        Safeguards {
+            policy: Policy::AllowAny,
+            trust: Trust::default().allowing_unsigned(),
+            secrets: SecretSource::default(),
+        }
+    }
+}
+
 /// Runs tasks of every type this worker knows.
 #[derive(Clone)]
 pub struct Executor {
@@ -51,39 +75,55 @@ pub struct Executor {
     pub worker_id: String,
     /// What this worker agrees to run.
     pub policy: Arc<Policy>,
+    pub trust: Arc<Trust>,
+    pub secrets: SecretSource,
 }
 
 impl Executor {
     /// Runs any shell and http task, and no handlers (development, and tests of execution).
     pub fn new(output_limit: usize) -> Self {
-        Self::with_policy(
+        Self::with_safeguards(
             output_limit,
-            Policy::AllowAny,
+            Safeguards::none(),
             Handlers::new(),
             "worker".into(),
         )
     }
 
-    /// Runs what `policy` allows, and the `handlers`.
-    pub fn with_policy(
+    /// Runs what the safeguards let through, and the `handlers`.
+    pub fn with_safeguards(
         output_limit: usize,
-        policy: Policy,
+        safeguards: Safeguards,
         handlers: Handlers,
         worker_id: String,
     ) -> Self {
-        let policy = Arc::new(policy);
+        let policy = Arc::new(safeguards.policy);
         Executor {
             output_limit,
             http: http_client(&policy),
             handlers,
             worker_id,
             policy,
+            trust: Arc::new(safeguards.trust),
+            secrets: safeguards.secrets,
         }
     }
 
-    /// Whether the policy lets `task` run, as far as can be told before it begins (the address
-    /// an HTTP host resolves to is checked as the request connects), and what it runs.
+    /// Whether `task` may run, as far as can be told before it begins (the address an HTTP
+    /// host resolves to is checked as the request connects), and what it runs with: its
+    /// definition's signature verifies, the policy allows it, and its secrets are here.
     pub fn admit(&self, task: &TaskAssigned) -> Result<Admitted, Refusal> {
+        self.trust
+            .verify(
+                task.signature.as_ref(),
+                task.job_id.as_str(),
+                &task.pool,
+                &task.task,
+            )
+            .map_err(|error| Refusal {
+                rule: "signature",
+                reason: error.to_string(),
+            })?;
         let program = match &task.task {
             TaskSpec::Shell(shell) => Some(self.policy.admit_shell(shell)?),
             // A URL that does not parse fails as the request is made, like any bad request.
@@ -95,7 +135,8 @@ impl Executor {
             }
             TaskSpec::Handler(_) => None,
         };
-        Ok(Admitted { program })
+        let secrets = self.secrets.resolve(&task.task)?;
+        Ok(Admitted { program, secrets })
     }
 
     /// Executes `task` if the policy lets it; never panics, whatever the task does.
@@ -120,11 +161,15 @@ impl Executor {
             worker_id: &self.worker_id,
             cancel,
         };
-        match &task.task {
-            TaskSpec::Shell(shell) => run_shell(&run, shell, admitted.program).await,
-            TaskSpec::Http(request) => run_http(&run, request, &self.http).await,
+        let secrets = admitted.secrets;
+        let execution = match &task.task {
+            TaskSpec::Shell(shell) => {
+                run_shell(&run, shell, admitted.program, &secrets.fields).await
+            }
+            TaskSpec::Http(request) => run_http(&run, request, &self.http, &secrets.fields).await,
             TaskSpec::Handler(handler) => self.run_handler(&run, handler).await,
-        }
+        };
+        masked(execution, &secrets)
     }
 
     /// Calls the registered handler in a task of its own, so that a panic fails the attempt and
@@ -233,10 +278,27 @@ fn refused(refusal: Refusal) -> Execution {
     }
 }
 
-/// What the policy let a task run: for a shell task, the program its first word resolved to.
+/// What the safeguards let a task run: for a shell task, the program its first word resolved
+/// to; and the task's secrets.
 #[derive(Debug)]
 pub struct Admitted {
     program: Option<PathBuf>,
+    secrets: Resolved,
+}
+
+/// The execution with every secret value the task received masked in what it printed,
+/// answered or failed with, so that none reaches the ledger.
+fn masked(mut execution: Execution, secrets: &Resolved) -> Execution {
+    if secrets.values.is_empty() {
+        return execution;
+    }
+    let mask = |text: &mut String| *text = mask_values(text, &secrets.values);
+    mask(&mut execution.output.stdout);
+    mask(&mut execution.output.stderr);
+    if let Outcome::Failed(reason) = &mut execution.outcome {
+        mask(reason);
+    }
+    execution
 }
 
 /// What every kind of task runs with.
@@ -320,7 +382,12 @@ fn failed(reason: String) -> Execution {
 }
 
 /// Runs `program`, the command's first word as the policy resolved it.
-async fn run_shell(run: &Run<'_>, shell: &ShellTask, program: Option<PathBuf>) -> Execution {
+async fn run_shell(
+    run: &Run<'_>,
+    shell: &ShellTask,
+    program: Option<PathBuf>,
+    secret_env: &[(String, String)],
+) -> Execution {
     let (task, limit, timeout, cancel) = (run.task, run.limit, run.timeout, run.cancel);
     let Some((name, args)) = shell.command.split_first() else {
         return failed("empty command".into());
@@ -331,6 +398,7 @@ async fn run_shell(run: &Run<'_>, shell: &ShellTask, program: Option<PathBuf>) -
         .arg0(name)
         .args(args)
         .envs(&shell.env)
+        .envs(secret_env.iter().map(|(name, value)| (name, value)))
         .env("KAIROS_JOB_ID", task.job_id.as_str())
         .env("KAIROS_RUN_ID", task.run_id.to_string())
         .env("KAIROS_ATTEMPT", task.attempt.to_string())
@@ -470,7 +538,12 @@ fn with_dropped(kept: &[u8], dropped: usize) -> String {
     text
 }
 
-async fn run_http(run: &Run<'_>, request: &HttpTask, client: &reqwest::Client) -> Execution {
+async fn run_http(
+    run: &Run<'_>,
+    request: &HttpTask,
+    client: &reqwest::Client,
+    secret_headers: &[(String, String)],
+) -> Execution {
     let (task, limit, timeout, cancel) = (run.task, run.limit, run.timeout, run.cancel);
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(method) => method,
@@ -485,7 +558,11 @@ async fn run_http(run: &Run<'_>, request: &HttpTask, client: &reqwest::Client) -
     for (name, value) in shard_fields(task) {
         builder = builder.header(format!("X-Kairos-Shard-{}", name.to_lowercase()), value);
     }
-    for (name, value) in &request.headers {
+    for (name, value) in request
+        .headers
+        .iter()
+        .chain(secret_headers.iter().map(|(name, value)| (name, value)))
+    {
         builder = builder.header(name, value);
     }
     if let Some(body) = &request.body {
@@ -542,6 +619,7 @@ mod tests {
         let job_id = JobId::parse("exec-test").unwrap();
         let now = chrono::Utc::now();
         TaskAssigned {
+            signature: None,
             run_id: RunId::derive(&job_id, now, TriggerKind::Manual),
             job_id,
             attempt: 3,
@@ -559,6 +637,7 @@ mod tests {
 
     fn sh(script: &str) -> TaskSpec {
         TaskSpec::Shell(ShellTask {
+            env_from: Default::default(),
             command: vec!["sh".into(), "-c".into(), script.into()],
             env: [("GREETING".to_string(), "hi".to_string())].into(),
             working_dir: Some("/".into()),
@@ -587,6 +666,7 @@ mod tests {
             .await;
         assert_eq!(run.outcome, Outcome::Failed("exited with status 7".into()));
         let missing = TaskSpec::Shell(ShellTask {
+            env_from: Default::default(),
             command: vec!["/no/such/program".into()],
             env: Default::default(),
             working_dir: None,
@@ -697,6 +777,7 @@ mod tests {
 
     fn post(url: &str, expected_status: Vec<u16>) -> TaskSpec {
         TaskSpec::Http(HttpTask {
+            headers_from: Default::default(),
             method: "POST".into(),
             url: url.into(),
             headers: [("X-Team".to_string(), "data".to_string())].into(),

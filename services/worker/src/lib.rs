@@ -36,6 +36,7 @@ mod handlers;
 mod handover;
 mod metrics_names;
 pub mod policy;
+pub mod secrets;
 mod tracker;
 
 pub use handlers::{Handlers, TaskContext};
@@ -70,10 +71,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Executor, Outcome};
+use crate::executor::{Executor, Outcome, Safeguards};
 use crate::handover::{Claim, Claims, HANDOVER_TIMEOUT};
 use crate::metrics_names as m;
 use crate::policy::{Policy, Refusal};
+use crate::secrets::SecretSource;
 use crate::tracker::OffsetTracker;
 
 #[derive(clap::Parser, Clone, Debug)]
@@ -116,6 +118,18 @@ pub struct Config {
     /// Development only: run every task, whatever it runs or calls.
     #[arg(long, env = "KAIROS_ALLOW_ANY_TASK")]
     pub allow_any_task: bool,
+    /// The public keys (PEM files, or directories of `*.pem`/`*.pub`) whose signed job
+    /// definitions this worker runs; several, to rotate a key.
+    #[arg(long, env = "KAIROS_TRUSTED_KEYS", value_delimiter = ',')]
+    pub trusted_keys: Vec<std::path::PathBuf>,
+    /// Also run unsigned job definitions: for development, or while the writers are being
+    /// given keys (a signed definition must still verify).
+    #[arg(long, env = "KAIROS_ALLOW_UNSIGNED")]
+    pub allow_unsigned: bool,
+    /// The directory whose files are the secrets tasks name (`env_from`, `headers_from`), as
+    /// Kubernetes mounts a Secret; a secret not there is read from `KAIROS_SECRET_<NAME>`.
+    #[arg(long, env = "KAIROS_SECRETS_DIR")]
+    pub secrets_dir: Option<std::path::PathBuf>,
     #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
@@ -135,6 +149,9 @@ impl Config {
             report_start_after: DEFAULT_REPORT_START_AFTER,
             policy: None,
             allow_any_task: false,
+            trusted_keys: vec![],
+            allow_unsigned: false,
+            secrets_dir: None,
             metrics_addr,
             telemetry: TelemetryArgs::default(),
         }
@@ -153,6 +170,17 @@ impl Config {
                 Ok(Policy::handlers_only())
             }
         }
+    }
+
+    /// The policy, the trusted keys and the secrets directory the flags name.
+    fn safeguards(&self) -> anyhow::Result<Safeguards> {
+        Ok(Safeguards {
+            policy: self.load_policy()?,
+            trust: kairos_runtime::keys::trust(&self.trusted_keys, self.allow_unsigned)?,
+            secrets: SecretSource {
+                dir: self.secrets_dir.clone(),
+            },
+        })
     }
 
     fn worker_id(&self) -> String {
@@ -336,7 +364,7 @@ pub async fn run_with_handlers(
     handlers: Handlers,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let policy = config.load_policy()?;
+    let safeguards = config.safeguards()?;
     let topics = config.kafka.topics();
     let input = topics.tasks(&config.pool);
     // A pool's task topic may not exist yet when its first worker starts; it is created
@@ -365,7 +393,7 @@ pub async fn run_with_handlers(
     let worker_id = config.worker_id();
     let task_types: Vec<String> = BUILT_IN_TASK_TYPES
         .into_iter()
-        .filter(|kind| policy.runs(kind))
+        .filter(|kind| safeguards.policy.runs(kind))
         .chain(handlers.names())
         .map(str::to_string)
         .collect();
@@ -395,7 +423,7 @@ pub async fn run_with_handlers(
         pool: config.pool.clone(),
         consumer: parts.consumer,
         slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
-        executor: Executor::with_policy(config.output_limit, policy, handlers, worker_id),
+        executor: Executor::with_safeguards(config.output_limit, safeguards, handlers, worker_id),
         task_types,
         queues: HashMap::new(),
         tracker: OffsetTracker::default(),
@@ -1454,12 +1482,14 @@ pub(crate) mod tests {
     pub(crate) fn task() -> TaskAssigned {
         let job_id = JobId::parse("job").unwrap();
         TaskAssigned {
+            signature: None,
             run_id: RunId::derive(&job_id, at(0), kairos_core::TriggerKind::Schedule),
             job_id,
             attempt: 1,
             scheduled_for: at(0),
             pool: "default".into(),
             task: kairos_core::TaskSpec::Shell(kairos_core::ShellTask {
+                env_from: Default::default(),
                 command: vec!["true".into()],
                 env: Default::default(),
                 working_dir: None,

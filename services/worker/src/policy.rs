@@ -19,7 +19,8 @@ use serde::Deserialize;
 /// Why a task was refused: the rule it broke, and the details.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    /// `task_type`, `program`, `shell`, `env`, `http_scheme`, `http_host` or `http_address`.
+    /// `signature`, `task_type`, `program`, `shell`, `env`, `http_scheme`, `http_host`, `http_address`
+    /// or `secret`.
     pub rule: &'static str,
     pub reason: String,
 }
@@ -483,6 +484,7 @@ mod tests {
 
     fn shell(command: &[&str]) -> ShellTask {
         ShellTask {
+            env_from: Default::default(),
             command: command.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             working_dir: None,
