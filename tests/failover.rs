@@ -217,3 +217,101 @@ async fn a_stopping_worker_finishes_within_its_drain_timeout_and_hands_back_the_
     ));
     stop_all(services.into_iter().chain([next])).await;
 }
+
+/// A dispatcher reading a long backlog on one partition still hears the heartbeats of the
+/// workers running attempts on its other partitions, and so records none of them lost. (It once
+/// read heartbeats only when no record was waiting: a rebalance that handed it a partition with
+/// minutes of ledger to catch up left it deaf, and after fifteen beat intervals it called every
+/// worker lost and retried everything they were running, the collapse of the 10-minute chaos run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispatcher_catching_up_one_partition_loses_no_live_worker_on_another() {
+    use kairos_core::run::{RunEvent, RunId, SkipReason, TriggerKind};
+    use kairos_core::JobId;
+    use kairos_runtime::ledger::LedgerRecord;
+
+    let stack = Stack::new(2).await;
+    let mut services = vec![stack.trigger("trigger"), stack.dispatcher("dispatcher")];
+    let worker = stack.worker("steady");
+    wait_caught_up(&services).await;
+    // An attempt that runs for a minute, on a worker that beats every 300 ms throughout.
+    let mut job = one_shot_job("long", "sleep 60", 1);
+    job.timeout = Some(Duration::from_secs(120));
+    stack.apply_job(job).await;
+    let long_partition = wait_for("`long` to start", Duration::from_secs(30), || async {
+        let runs = stack.read_records(&stack.kafka.topics().runs());
+        runs.iter()
+            .find(|r| {
+                r.payload
+                    .as_deref()
+                    .and_then(|p| kairos_runtime::codec::decode_run_event(p).ok())
+                    .is_some_and(|e| {
+                        e.job_id.as_str() == "long"
+                            && matches!(e.kind, RunEventKind::RunStarted { .. })
+                    })
+            })
+            .map(|r| r.partition)
+    })
+    .await;
+    let dispatcher = services.remove(1);
+    dispatcher.stop().await.unwrap();
+
+    // Meanwhile the other partition's ledger grows by a long backlog of finished slots of
+    // another job, which the dispatcher reads when it is back.
+    let producer = stack.kafka.producer().unwrap();
+    let runs = stack.kafka.topics().runs();
+    let skipped = |job: &JobId, n: i64| {
+        let slot = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + n).unwrap();
+        RunEvent {
+            job_id: job.clone(),
+            run_id: RunId::derive(job, slot, TriggerKind::Schedule),
+            scheduled_for: slot,
+            at: slot,
+            kind: RunEventKind::RunSkipped {
+                reason: SkipReason::Overlap,
+            },
+            shard: None,
+        }
+    };
+    let mut filler = None;
+    for i in 0.. {
+        let job = JobId::parse(&format!("filler-{i}")).unwrap();
+        let record = LedgerRecord::of(&skipped(&job, 0), "trigger").unwrap();
+        if producer.append(&runs, &record).await.unwrap().partition != long_partition {
+            filler = Some(job);
+            break;
+        }
+    }
+    let filler = filler.unwrap();
+    const BACKLOG: i64 = 80_000;
+    for chunk in (1..BACKLOG).collect::<Vec<_>>().chunks(5_000) {
+        let sends = chunk.iter().map(|n| {
+            let record = LedgerRecord::of(&skipped(&filler, *n), "trigger").unwrap();
+            let (producer, runs) = (&producer, &runs);
+            async move { producer.append(runs, &record).await }
+        });
+        futures::future::try_join_all(sends).await.unwrap();
+    }
+
+    // The dispatcher comes back: `long`'s partition is caught up at once, the other is not.
+    let started = std::time::Instant::now();
+    let dispatcher = stack.dispatcher("dispatcher");
+    dispatcher.caught_up().await;
+    let catch_up = started.elapsed();
+    // Fifteen 300 ms beats: the silence after which a deaf dispatcher called a worker lost.
+    assert!(
+        catch_up > Duration::from_secs(6),
+        "the backlog was read in {catch_up:?}: too fast to show anything; make it longer"
+    );
+    let lost: Vec<RunEvent> = events_of(&stack.ledger(), "long")
+        .into_iter()
+        .filter(|e| matches!(e.kind, RunEventKind::RunLost { .. }))
+        .cloned()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "a live worker's attempt was recorded lost while the dispatcher caught up ({catch_up:?}): {lost:?}"
+    );
+    services.push(dispatcher);
+    services.push(worker);
+    stop_all(services).await;
+}

@@ -32,11 +32,10 @@ use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
     check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
-    CONSUME_RETRY_BACKOFF,
 };
 use kairos_runtime::ledger::{LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
-use kairos_runtime::workers::{HeartbeatFollower, Liveness};
+use kairos_runtime::workers::{Heartbeats, Liveness};
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
 use rdkafka::message::{Message, OwnedMessage};
@@ -147,7 +146,7 @@ pub async fn run(
             topics.tasks("default"),
         ],
     )?;
-    let heartbeats = HeartbeatFollower::start(&config.kafka)?;
+    let heartbeats = Heartbeats::follow(&config.kafka)?;
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "dispatcher",
@@ -200,7 +199,7 @@ struct Dispatcher {
     /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
     pools: Pools,
     /// Every worker's latest heartbeat.
-    heartbeats: HeartbeatFollower,
+    heartbeats: Heartbeats,
     /// The worker of each started attempt, to find a dead worker's attempts.
     attempts: Attempts,
     /// Runs with a step appended but not read back yet: the step, and the state it should give.
@@ -251,16 +250,11 @@ impl Dispatcher {
                 biased;
                 _ = shutdown.cancelled() => return self.finish_sends().await,
                 Some(sent) = self.sends.join_next() => sent??,
-                // Timers first: a busy ledger or a flood of heartbeats (or of errors reading them)
-                // is always ready, and would otherwise starve retries, deadlines and lost checks.
+                // Timers first: a busy ledger is always ready, and would otherwise starve
+                // retries, deadlines and lost checks. (Heartbeats are read on a task of their own.)
                 _ = check_workers.tick() => self.reconcile_lost_workers().await?,
                 _ = tokio::time::sleep(wake) => self.wake_due().await?,
                 input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
-                read = self.heartbeats.read() => {
-                    if !read {
-                        tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
-                    }
-                }
             }
             self.drain_pools().await?;
             self.health.set_caught_up(self.consumer.ready());

@@ -13,7 +13,9 @@ use rdkafka::message::Message;
 use rdkafka::Offset;
 
 use crate::codec::{self, WorkerHeartbeat};
-use crate::kafka::{broadcast_consumer, check_co_partitioning, KafkaArgs, WATERMARK_TIMEOUT};
+use crate::kafka::{
+    broadcast_consumer, check_co_partitioning, KafkaArgs, CONSUME_RETRY_BACKOFF, WATERMARK_TIMEOUT,
+};
 
 /// Heartbeats a worker may miss before it counts as lost.
 pub const MISSED_BEATS: u32 = 3;
@@ -127,8 +129,46 @@ impl Registry {
 
 /// Every worker's latest heartbeat, followed from the beginning of the compacted heartbeats topic
 /// (every reader needs every worker's beats: a run on any partition may have been started by any
-/// worker).
-pub struct HeartbeatFollower {
+/// worker), on a task of its own: a service busy with its records (a dispatcher catching up a
+/// partition it was just given) must not stop hearing the workers, or their silence is its own.
+pub struct Heartbeats {
+    registry: Arc<RwLock<Registry>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeats {
+    /// Starts following the heartbeats topic; refuses to start, naming it, when it is missing.
+    pub fn follow(args: &KafkaArgs) -> anyhow::Result<Self> {
+        let mut follower = HeartbeatFollower::start(args)?;
+        let registry = follower.shared();
+        let reader = tokio::spawn(async move {
+            loop {
+                if !follower.read().await {
+                    tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
+                }
+            }
+        });
+        Ok(Heartbeats { registry, reader })
+    }
+
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().expect("registry lock")
+    }
+
+    /// The registry, for readers on other tasks.
+    pub fn shared(&self) -> Arc<RwLock<Registry>> {
+        Arc::clone(&self.registry)
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads heartbeats into a registry, one at a time; [`Heartbeats`] runs one on a task of its own.
+struct HeartbeatFollower {
     consumer: StreamConsumer,
     /// Partitions not yet read up to their end as it was at start: until they are, the registry
     /// holds old beats and must not call anyone lost.
@@ -139,7 +179,7 @@ pub struct HeartbeatFollower {
 impl HeartbeatFollower {
     /// Starts reading every partition of the heartbeats topic. Until the old beats are read,
     /// every worker looks silent, so the registry starts deaf.
-    pub fn start(args: &KafkaArgs) -> anyhow::Result<Self> {
+    fn start(args: &KafkaArgs) -> anyhow::Result<Self> {
         let topic = args.topics().heartbeats();
         // Keyed by worker, with a partition count of its own.
         let partitions = check_co_partitioning(args, std::slice::from_ref(&topic))?;
@@ -166,7 +206,7 @@ impl HeartbeatFollower {
     /// aggregator's to dead-letter; here it is skipped). Cancel-safe. A failed read, or one of the
     /// old beats replayed at start, leaves the registry deaf for a while. False when the read
     /// failed: a broker in trouble answers at once, again and again, so the caller waits a moment.
-    pub async fn read(&mut self) -> bool {
+    async fn read(&mut self) -> bool {
         let read = self.consumer.recv().await.map(|m| {
             (
                 m.partition(),
@@ -201,12 +241,7 @@ impl HeartbeatFollower {
         }
     }
 
-    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry.read().expect("registry lock")
-    }
-
-    /// The registry, for readers on other tasks.
-    pub fn shared(&self) -> Arc<RwLock<Registry>> {
+    fn shared(&self) -> Arc<RwLock<Registry>> {
         Arc::clone(&self.registry)
     }
 }

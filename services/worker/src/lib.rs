@@ -55,13 +55,13 @@ use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
-    ReliableProducer, CONSUME_RETRY_BACKOFF,
+    ReliableProducer,
 };
 use kairos_runtime::ledger::{
     AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER,
 };
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
-use kairos_runtime::workers::{HeartbeatFollower, Liveness, Registry};
+use kairos_runtime::workers::{Heartbeats, Liveness, Registry};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
 use kairos_runtime::{ServiceParts, ServiceSpec};
 use rdkafka::consumer::StreamConsumer;
@@ -388,7 +388,7 @@ pub async fn run_with_handlers(
     let control = broadcast_consumer(&config.kafka, &topics.control(), partitions, Offset::End)?;
     let topics_heartbeats = topics.heartbeats();
     // Refuses to start, naming the topic, rather than retry heartbeats forever into nothing.
-    let others = HeartbeatFollower::start(&config.kafka)?;
+    let others = Heartbeats::follow(&config.kafka)?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
     let task_types: Vec<String> = BUILT_IN_TASK_TYPES
@@ -521,7 +521,7 @@ struct Worker {
     expelled_since: Option<Instant>,
     /// Every worker's latest heartbeat: whether the worker that started a redelivered attempt is
     /// still at it.
-    others: HeartbeatFollower,
+    others: Heartbeats,
     /// The attempts taken off the lanes' queues, shared with the revocation's callback, which
     /// hands them over (see [`handover`]).
     claims: Arc<Claims>,
@@ -590,11 +590,6 @@ impl Worker {
                 }
                 Some(_) = self.executions.join_next() => {}
                 input = self.consumer.next(None) => self.handle(input).await?,
-                read = self.others.read() => {
-                    if !read {
-                        tokio::time::sleep(CONSUME_RETRY_BACKOFF).await;
-                    }
-                }
             }
             self.health.set_caught_up(self.consumer.ready());
         }
