@@ -53,18 +53,21 @@ CRONITER_VERSION="7.0.0"
 FASTAVRO_VERSION="1.13.1"
 KAFKA_PYTHON_VERSION="3.0.12"
 AVRO_VERSION="1.12.2"
+# The property-based tester the REST API is checked with against its OpenAPI document.
+SCHEMATHESIS_VERSION="4.32.5"
 KAIROS_VENV="$KAIROS_CACHE/venv"
 QUARTZ_CLASSPATH="/usr/share/java/quartz2.jar"
 ensure_oracles() {
   local wanted="import importlib.metadata as m, sys
 sys.exit(m.version('croniter') != '$CRONITER_VERSION' or m.version('fastavro') != '$FASTAVRO_VERSION'
-         or m.version('kafka-python') != '$KAFKA_PYTHON_VERSION' or m.version('avro') != '$AVRO_VERSION')"
+         or m.version('kafka-python') != '$KAFKA_PYTHON_VERSION' or m.version('avro') != '$AVRO_VERSION'
+         or m.version('schemathesis') != '$SCHEMATHESIS_VERSION')"
   if ! "$KAIROS_VENV/bin/python" -c "$wanted" 2>/dev/null; then
-    log "Installing croniter, fastavro and kafka-python into $KAIROS_VENV (test oracles and the Python client)"
+    log "Installing croniter, fastavro, avro, kafka-python and schemathesis into $KAIROS_VENV (test oracles and the Python client)"
     python3 -m venv "$KAIROS_VENV"
     "$KAIROS_VENV/bin/pip" install --quiet --disable-pip-version-check \
       "croniter==$CRONITER_VERSION" "fastavro==$FASTAVRO_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION" \
-      "avro==$AVRO_VERSION"
+      "avro==$AVRO_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
   fi
   local missing=()
   # javac too: the oracle runs as a single source file, which needs the JDK's compiler module.

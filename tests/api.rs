@@ -667,3 +667,65 @@ async fn each_role_does_what_it_covers_and_every_write_names_its_author() {
     assert_eq!(ledger_authors, ["api:oncall"]);
     stop_all([aggregator]).await;
 }
+
+/// With a certificate and key the API speaks TLS only, with that certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_serves_tls_with_the_certificate_it_is_given() {
+    let stack = Stack::new(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .expect("running openssl (scripts/lib.sh installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let aggregator = stack.aggregator_with("aggregator", |config| {
+        config.tls_cert = Some(cert.clone());
+        config.tls_key = Some(key.clone());
+    });
+    let addr = aggregator.http_addr.unwrap();
+    let services = vec![aggregator];
+    wait_caught_up(&services).await;
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/api/v1/jobs"] {
+        let response = trusting
+            .get(format!("https://{addr}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} over TLS: {e}"));
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    // Plain HTTP gets no answer, and a client that does not trust the certificate refuses it.
+    assert!(reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .is_err());
+    assert!(reqwest::get(format!("https://{addr}/healthz"))
+        .await
+        .is_err());
+    stop_all(services).await;
+}

@@ -163,6 +163,30 @@ async fn only_definitions_signed_by_a_trusted_key_run_and_the_others_are_refused
     for job in ["signed-by-api", "signed-by-cli"] {
         assert!(ran.join(job).exists(), "{job} did not run");
     }
+    // Pausing through the API (which has a key) keeps a definition's signature as it is: it
+    // never signs one it did not check.
+    let response = reqwest::Client::new()
+        .post(format!("{api}/api/v1/jobs/unsigned/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    let unsigned: Vec<_> = stack
+        .read_records(&stack.kafka.topics().jobs())
+        .into_iter()
+        .filter_map(|r| kairos_runtime::codec::decode_job(&r.payload?).ok())
+        .filter(|job| job.id.as_str() == "unsigned")
+        .collect();
+    assert_eq!(unsigned.len(), 2, "applied, then paused: {unsigned:?}");
+    assert!(unsigned[1].paused, "{unsigned:?}");
+    assert!(
+        unsigned.iter().all(|job| job.signature.is_none()),
+        "{unsigned:?}"
+    );
     for job in refused {
         assert!(!ran.join(job).exists(), "{job} ran");
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +65,16 @@ pub(crate) struct ApiState {
     pub(crate) audit_grace: std::time::Duration,
 }
 
+/// Whether a write signs the definition with the API's key.
+#[derive(Clone, Copy)]
+enum Signing {
+    /// A definition the caller gave: signed, if the API has a key.
+    Anew,
+    /// The definition as it is on the topic, paused or resumed: its signature (which does not
+    /// cover `paused`) is kept, so that pausing never signs what the API did not check.
+    Keep,
+}
+
 /// The write side: a producer of its own (an API request fails after the producer's timeout
 /// when the broker is down, instead of waiting for it like the pipeline does).
 #[derive(Clone)]
@@ -91,13 +101,17 @@ impl Writer {
         }
     }
 
-    /// Puts a definition on the jobs topic, written by `caller`.
+    /// Puts a definition on the jobs topic, written by `caller`, signed as `signing` says.
     async fn put_job(
         &self,
         job: &JobDefinition,
+        signing: Signing,
         caller: &Caller,
     ) -> Result<jobs::Written, ApiError> {
-        let key = self.signing_key.as_deref();
+        let key = match signing {
+            Signing::Anew => self.signing_key.as_deref(),
+            Signing::Keep => None,
+        };
         Ok(jobs::put_job(&self.kafka, self.producer()?, job, key, &caller.author()).await?)
     }
 
@@ -172,6 +186,24 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+}
+
+/// A query string, refused with the API's JSON error (`400 invalid_query`) rather than axum's
+/// plain-text one.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(query)| ApiQuery(query))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
 }
 
 impl ApiError {
@@ -351,7 +383,7 @@ struct CountQuery {
 async fn next_fire_times(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(query): Query<CountQuery>,
+    ApiQuery(query): ApiQuery<CountQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let count = bounded("count", query.count.as_deref(), 5, MAX_FIRE_TIMES)?;
     let job = known_job(&state.store, &id)?;
@@ -426,9 +458,10 @@ async fn write_job(
     state: &ApiState,
     caller: &Caller,
     job: &JobDefinition,
+    signing: Signing,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let written = state.writer.put_job(job, caller).await?;
+    let written = state.writer.put_job(job, signing, caller).await?;
     if let Some(topic) = &written.created_pool_topic {
         tracing::info!(job_id = %job.id, topic, "Created the task topic of a new pool.");
     }
@@ -466,7 +499,7 @@ async fn create_job(
             ),
         ));
     }
-    write_job(&state, &caller, &job, StatusCode::ACCEPTED).await
+    write_job(&state, &caller, &job, Signing::Anew, StatusCode::ACCEPTED).await
 }
 
 /// Creates or replaces a job.
@@ -483,7 +516,7 @@ async fn put_job(
             format!("the path names job {id:?}, the body {:?}", job.id.as_str()),
         ));
     }
-    write_job(&state, &caller, &job, StatusCode::ACCEPTED).await
+    write_job(&state, &caller, &job, Signing::Anew, StatusCode::ACCEPTED).await
 }
 
 async fn delete_job(
@@ -523,7 +556,7 @@ async fn set_paused(
         return Ok(Json(json!({"job_id": id, "paused": paused, "changed": false})).into_response());
     }
     job.paused = paused;
-    write_job(state, caller, &job, StatusCode::ACCEPTED).await
+    write_job(state, caller, &job, Signing::Keep, StatusCode::ACCEPTED).await
 }
 
 async fn pause_job(
@@ -700,7 +733,7 @@ impl RunFilter {
 /// Runs of every job, newest slot first, filtered and paged.
 async fn list_runs(
     State(state): State<ApiState>,
-    Query(query): Query<RunsQuery>,
+    ApiQuery(query): ApiQuery<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = RunFilter::parse(query)?;
     let (runs, next_cursor) = filter.page(&state.store, "slot/")?;
@@ -711,7 +744,7 @@ async fn list_runs(
 async fn job_runs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(query): Query<RunsQuery>,
+    ApiQuery(query): ApiQuery<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = RunFilter::parse(query)?;
     let (runs, next_cursor) = filter.page(&state.store, &format!("jobrun/{id}/"))?;

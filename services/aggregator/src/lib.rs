@@ -27,7 +27,7 @@ use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::jobs::AUTHOR_HEADER;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
-use kairos_runtime::telemetry::{Health, TelemetryArgs};
+use kairos_runtime::telemetry::{Health, TelemetryArgs, TlsFiles};
 use kairos_runtime::workers::Liveness;
 use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
 use kairos_runtime::{
@@ -99,6 +99,12 @@ pub struct Config {
     /// written through the API; workers run only definitions signed by a key they trust.
     #[arg(long, env = "KAIROS_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, env = "KAIROS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "KAIROS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -122,6 +128,8 @@ impl Config {
             api_token: None,
             api_tokens: None,
             signing_key: None,
+            tls_cert: None,
+            tls_key: None,
             telemetry: TelemetryArgs::default(),
         }
     }
@@ -272,8 +280,17 @@ pub async fn run(
         access: Arc::new(access),
         audit_grace: config.audit_grace,
     });
-    parts.ops.serve(config.http_addr, router).await?;
-    tracing::info!(http_addr = %config.http_addr, "REST API listening.");
+    let tls = config
+        .tls_cert
+        .clone()
+        .zip(config.tls_key.clone())
+        .map(|(cert, key)| TlsFiles { cert, key });
+    parts
+        .ops
+        .serve(config.http_addr, router, tls.as_ref())
+        .await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(http_addr = %config.http_addr, scheme, "REST API listening.");
     audit.probe(
         parts.consumer.watermark_reader(),
         topics.runs(),

@@ -71,6 +71,7 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
             "Last run",
             "Failures in a row",
             "Next fire",
+            "Changed by",
         ],
     );
     for (_, job) in jobs.iter().take(MAX_JOBS) {
@@ -112,6 +113,7 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
                     .map_or(Cell::text("—"), |r| Cell::status(r.status)),
                 Cell::text(&stats.failures_in_a_row.to_string()),
                 Cell::text(&next),
+                Cell::text(&changed_by(job)),
             ],
         );
     }
@@ -333,6 +335,15 @@ fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// Who wrote the job's current definition, and when.
+fn changed_by(job: &JobRecord) -> String {
+    let author = job.author.as_deref().unwrap_or("unknown");
+    match job.updated_at {
+        Some(at) => format!("{author}, {}", at.format("%Y-%m-%d %H:%M")),
+        None => author.to_string(),
+    }
 }
 
 const STYLE: &str = "

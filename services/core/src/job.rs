@@ -553,6 +553,8 @@ pub enum ValidationError {
     InvalidJitter(Duration),
     #[error("{field}: {name:?} is not a secret name: use 1-100 characters from A-Z a-z 0-9 . _ - (not starting with .)")]
     InvalidSecretName { field: String, name: String },
+    #[error("task.shell: {0:?} is not an environment variable name (empty, or with = or NUL)")]
+    InvalidVariable(String),
     #[error("{field}: {name:?} is given both a value and a secret")]
     ValueAndSecret { field: &'static str, name: String },
 }
@@ -699,6 +701,13 @@ fn validate_task(task: &TaskSpec) -> Result<(), ValidationError> {
         TaskSpec::Shell(shell) => {
             if shell.command.first().is_none_or(|p| p.trim().is_empty()) {
                 return Err(ValidationError::EmptyCommand);
+            }
+            let variables = shell.env.keys().chain(shell.env_from.keys());
+            if let Some(bad) = variables
+                .into_iter()
+                .find(|name| name.is_empty() || name.contains(['=', '\0']))
+            {
+                return Err(ValidationError::InvalidVariable(bad.clone()));
             }
             let env_size: usize = shell.env.iter().map(|(k, v)| k.len() + v.len()).sum();
             check_size("task.shell.env", env_size)?;

@@ -100,34 +100,58 @@ pub fn referenced(task: &TaskSpec) -> Vec<&str> {
     names
 }
 
-/// Header names that carry credentials, lower case; any header whose name contains `token`,
-/// `secret`, `password` or `api-key`/`apikey` does too.
+/// Header names that carry credentials, lower case.
 const CREDENTIAL_HEADERS: [&str; 4] = [
     "authorization",
     "proxy-authorization",
     "cookie",
     "x-api-key",
 ];
-const CREDENTIAL_WORDS: [&str; 9] = [
+/// Words of a name that say its value is a credential (or end it: `PGPASSWORD`)…
+const CREDENTIAL_WORDS: [&str; 7] = [
     "token",
     "secret",
     "password",
     "passwd",
-    "api-key",
-    "api_key",
     "apikey",
     "credential",
-    "private-key",
+    "pat",
+];
+/// …and pairs of words that do.
+const CREDENTIAL_PAIRS: [(&str, &str); 3] = [("api", "key"), ("private", "key"), ("access", "key")];
+/// A last word that says the value is about a credential, not one: `PASSWORD_FILE`,
+/// `TOKEN_URL`, `X-Request-Token-Id`, `PASSWORD_MIN_LENGTH`.
+const NOT_THE_CREDENTIAL: [&str; 12] = [
+    "file", "path", "dir", "url", "uri", "id", "name", "length", "len", "type", "ttl", "expiry",
 ];
 
+/// Whether a variable or header named `name` holds a credential, by the words of its name
+/// (split at `_`, `-` and `.`), so that `TOKENIZERS_PARALLELISM` or `SECRETARY` do not.
 fn names_a_credential(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    let dashed = lower.replace('_', "-");
-    CREDENTIAL_HEADERS.contains(&dashed.as_str())
-        || CREDENTIAL_WORDS
+    if CREDENTIAL_HEADERS.contains(&lower.as_str()) {
+        return true;
+    }
+    let words: Vec<&str> = lower
+        .split(['_', '-', '.'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words
+        .last()
+        .is_some_and(|last| NOT_THE_CREDENTIAL.contains(last))
+    {
+        return false;
+    }
+    // `PGPASSWORD`, `MYTOKEN`: a word that ends in one counts (not `pat`, too short for that).
+    let credential = |word: &&str| {
+        CREDENTIAL_WORDS
             .iter()
-            .any(|word| dashed.contains(&word.replace('_', "-")))
-        || dashed.ends_with("access-key")
+            .any(|c| word == c || (c.len() > 3 && word.ends_with(c)))
+    };
+    words.iter().any(credential)
+        || words
+            .windows(2)
+            .any(|pair| CREDENTIAL_PAIRS.contains(&(pair[0], pair[1])))
 }
 
 /// The fields of `task` that hold a literal credential: a header or environment variable whose
@@ -291,6 +315,35 @@ mod tests {
         let plain = task(r#"{"shell": {"command": ["true"], "env": {"MODE": "full"}}}"#);
         assert!(credentials_in_clear(&plain).is_empty());
         assert_eq!(masked(&plain), plain);
+    }
+
+    #[test]
+    fn a_name_is_a_credential_by_its_words_not_by_what_it_contains() {
+        for name in [
+            "GITHUB_TOKEN",
+            "PGPASSWORD",
+            "DB_PASSWORD",
+            "AWS_SECRET_ACCESS_KEY",
+            "STRIPE_API_KEY",
+            "X-Auth-Token",
+            "Cookie",
+            "gitlab-pat",
+        ] {
+            assert!(names_a_credential(name), "{name}");
+        }
+        for name in [
+            "TOKENIZERS_PARALLELISM",
+            "MAX_TOKENS",
+            "SECRETARY_NAME",
+            "POSTGRES_PASSWORD_FILE",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "PASSWORD_MIN_LENGTH",
+            "X-Request-Token-Id",
+            "VAULT_SECRET_PATH",
+            "Accept",
+        ] {
+            assert!(!names_a_credential(name), "{name}");
+        }
     }
 
     #[test]

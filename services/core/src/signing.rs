@@ -5,7 +5,9 @@
 //! the job's id, its pool and its task (the program, its arguments and environment, the URL and
 //! headers, the names of the secrets it receives), so none of them can be changed, nor the task
 //! moved to another job or pool, without the change being refused. It does not cover scheduling
-//! (a topic writer can still change when a signed task runs, or replay an older signed version).
+//! (a topic writer can still change when a signed task runs, or replay an older signed version),
+//! the timeout (the worker's policy caps it), nor a sharded job's `shard_params`, which reach the
+//! task as `KAIROS_SHARD_PARAM`: a signed task must treat that as untrusted input.
 //!
 //! The signed message is `kairos-task-signature-v1\n` followed by the JSON document
 //! `{"job_id": ..., "pool": ..., "task": ...}` with object keys sorted and no whitespace; `task`
@@ -37,11 +39,31 @@ pub fn key_id(key: &VerifyingKey) -> String {
 
 /// The bytes a job's signature is over.
 pub fn signed_message(job_id: &str, pool: &str, task: &TaskSpec) -> Vec<u8> {
-    // `serde_json::Value` keeps object keys sorted, which makes the document canonical.
     let document = serde_json::json!({ "job_id": job_id, "pool": pool, "task": task });
     let mut message = CONTEXT.to_vec();
-    message.extend_from_slice(document.to_string().as_bytes());
+    message.extend_from_slice(sorted(document).to_string().as_bytes());
     message
+}
+
+/// `value` with every object's keys in order, whatever order the map type keeps (serde_json's
+/// `preserve_order` feature, which any crate in a build can turn on, keeps insertion order).
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key, sorted(value)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 /// Signs a job's task.

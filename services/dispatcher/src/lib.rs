@@ -287,6 +287,7 @@ impl Dispatcher {
     /// Reconciles the jobs with an attempt on a worker that has gone silent, so that the attempt
     /// is recorded as lost and retried.
     async fn reconcile_lost_workers(&mut self) -> anyhow::Result<()> {
+        self.heartbeats.check()?;
         let lost = self
             .attempts
             .on_lost_workers(&self.heartbeats.registry(), kairos_runtime::now());

@@ -311,10 +311,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(JobCommand::Delete { id }) => job_delete(&out, kafka, author, &id).await,
         Command::Job(JobCommand::Explain { id, limit }) => explain(&out, api, &id, limit).await,
         Command::Job(JobCommand::Pause { id }) => {
-            set_paused(&out, kafka, author, key, api, &id, true).await
+            set_paused(&out, kafka, author, api, &id, true).await
         }
         Command::Job(JobCommand::Resume { id }) => {
-            set_paused(&out, kafka, author, key, api, &id, false).await
+            set_paused(&out, kafka, author, api, &id, false).await
         }
         Command::Job(JobCommand::Trigger { id }) => {
             let now = chrono::Utc::now();
@@ -604,10 +604,12 @@ async fn job_apply(
     for file in files {
         for spec in read_jobs(file)? {
             let id = spec.id.clone();
-            definitions.push(
-                spec.validate()
-                    .with_context(|| format!("{}: job {id:?}", file.display()))?,
-            );
+            let definition = spec
+                .validate()
+                .with_context(|| format!("{}: job {id:?}", file.display()))?;
+            jobs::refuse_credentials_in_clear(&definition)
+                .with_context(|| format!("{}: job {id:?}", file.display()))?;
+            definitions.push(definition);
         }
     }
     let producer = kafka.producer()?;
@@ -697,8 +699,19 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
     let audit = api_get(api, &format!("/api/v1/jobs/{id}/audit"))
         .await
         .unwrap_or(Value::Null);
-    let body = json!({"job_id": id, "audit": audit, "runs": explained});
+    // A deleted job has runs but no definition, nor its changes.
+    let job = api_get(api, &format!("/api/v1/jobs/{id}"))
+        .await
+        .unwrap_or(Value::Null);
+    let body = json!({
+        "job_id": id,
+        "author": job["author"],
+        "changes": job["changes"],
+        "audit": audit,
+        "runs": explained,
+    });
     out.print(&body, |value| {
+        print_changes(value);
         print_audit(&value["audit"]);
         let runs = value["runs"].as_array().cloned().unwrap_or_default();
         if runs.is_empty() {
@@ -717,6 +730,24 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+/// Who changed the job's definition, newest last.
+fn print_changes(explained: &Value) {
+    let changes = explained["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() && explained["author"].is_null() {
+        return;
+    }
+    println!("definition by {}", text(&explained["author"]));
+    for change in changes {
+        println!(
+            "  {}  {} by {} (offset {})",
+            text(&change["at"]),
+            text(&change["change"]),
+            text(&change["author"]),
+            text(&change["offset"])
+        );
+    }
 }
 
 /// The fire audit's word on a job: how far it has checked, and what it found.
@@ -776,7 +807,6 @@ async fn set_paused(
     out: &Out,
     kafka: &KafkaArgs,
     author: &str,
-    key: Option<&SigningKey>,
     api: &Api,
     id: &str,
     paused: bool,
@@ -795,7 +825,9 @@ async fn set_paused(
         return Ok(());
     }
     job.paused = paused;
-    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job, key, author)
+    // Not signed anew: the signature, which does not cover `paused`, stays as it is, so that
+    // pausing never signs a definition nobody checked.
+    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job, None, author)
         .await
         .map_err(|e| reach_broker(kafka, e))?
         .delivered;

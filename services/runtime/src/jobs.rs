@@ -43,6 +43,15 @@ pub struct Written {
     pub created_pool_topic: Option<String>,
 }
 
+/// Refuses a definition that holds a credential in clear (see [`credentials_in_clear`]).
+pub fn refuse_credentials_in_clear(job: &JobDefinition) -> Result<(), WriteError> {
+    let in_clear = credentials_in_clear(&job.task);
+    match in_clear.is_empty() {
+        true => Ok(()),
+        false => Err(WriteError::CredentialInClear(in_clear)),
+    }
+}
+
 /// Puts a validated definition on the jobs topic, signed with `key` if there is one (else as it
 /// comes, signed or not), creating its pool's task topic first if the pool is new (workers of a
 /// new pool need a topic to subscribe to). A definition with a credential in clear is refused.
@@ -53,10 +62,7 @@ pub async fn put_job(
     key: Option<&SigningKey>,
     author: &str,
 ) -> Result<Written, WriteError> {
-    let in_clear = credentials_in_clear(&job.task);
-    if !in_clear.is_empty() {
-        return Err(WriteError::CredentialInClear(in_clear));
-    }
+    refuse_credentials_in_clear(job)?;
     let signed;
     let job = match key {
         Some(key) => {

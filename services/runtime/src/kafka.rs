@@ -61,7 +61,7 @@ pub struct KafkaArgs {
     pub topic_prefix: String,
     /// Any librdkafka property, e.g. `-X security.protocol=SASL_SSL` (repeatable; the environment
     /// variable takes a comma-separated list).
-    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", env = "KAIROS_KAFKA_PROPERTIES",
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", env = "KAIROS_KAFKA_PROPERTIES", hide_env_values = true,
           value_delimiter = ',', value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
 }

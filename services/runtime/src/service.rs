@@ -81,6 +81,7 @@ impl ServiceParts {
         ops.serve(
             spec.metrics_addr,
             telemetry::ops_router(spec.name, health.clone(), spec.store),
+            None,
         )
         .await?;
         // After the ops router, which installs the recorder.
@@ -98,10 +99,19 @@ impl ServiceParts {
 }
 
 impl Ops {
-    /// Serves another router (the aggregator's API) until the service stops.
-    pub async fn serve(&mut self, addr: SocketAddr, router: axum::Router) -> anyhow::Result<()> {
-        self.servers
-            .push(telemetry::serve(addr, router, self.shutdown.clone().cancelled_owned()).await?);
+    /// Serves another router (the aggregator's API) until the service stops, over TLS when
+    /// `tls` names a certificate and key.
+    pub async fn serve(
+        &mut self,
+        addr: SocketAddr,
+        router: axum::Router,
+        tls: Option<&telemetry::TlsFiles>,
+    ) -> anyhow::Result<()> {
+        let stopped = self.shutdown.clone().cancelled_owned();
+        self.servers.push(match tls {
+            Some(tls) => telemetry::serve_tls(addr, router, stopped, tls).await?,
+            None => telemetry::serve(addr, router, stopped).await?,
+        });
         Ok(())
     }
 

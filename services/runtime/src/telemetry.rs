@@ -226,6 +226,50 @@ pub async fn serve(
     }))
 }
 
+/// The certificate chain and private key (PEM files) a server presents.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Serves `router` over TLS on `addr` until `shutdown` resolves, then lets requests in flight
+/// finish for up to 5 s. A certificate or key that does not load, or an address that cannot be
+/// listened on, is an error now, not in the spawned server.
+pub async fn serve_tls(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    tls: &TlsFiles,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load the TLS certificate {} and key {}: {e}",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let handle = axum_server::Handle::new();
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let server = axum_server::from_tcp_rustls(listener, config)
+        .map_err(|e| anyhow::anyhow!("cannot serve TLS on {addr}: {e}"))?
+        .handle(handle);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = server.serve(router.into_make_service()).await {
+            tracing::error!(%error, "HTTPS server failed.");
+        }
+    }))
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let terminate = async {

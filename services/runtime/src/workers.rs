@@ -159,6 +159,15 @@ impl Heartbeats {
     pub fn shared(&self) -> Arc<RwLock<Registry>> {
         Arc::clone(&self.registry)
     }
+
+    /// An error once the reader has stopped (it only stops by panicking): a registry no longer
+    /// read would soon call every worker lost, so the service stops instead.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.reader.is_finished() {
+            false => Ok(()),
+            true => Err(anyhow::anyhow!("the heartbeat reader stopped")),
+        }
+    }
 }
 
 impl Drop for Heartbeats {

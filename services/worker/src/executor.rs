@@ -70,6 +70,9 @@ pub struct Executor {
     /// Bytes of stdout and of stderr kept per attempt.
     pub output_limit: usize,
     pub http: reqwest::Client,
+    /// The client of requests that carry secrets: it follows a redirect only to the same
+    /// origin, so that no secret header goes to a host the job did not name.
+    pub http_with_secrets: reqwest::Client,
     pub handlers: Handlers,
     /// This worker's name on the ledger.
     pub worker_id: String,
@@ -100,7 +103,8 @@ impl Executor {
         let policy = Arc::new(safeguards.policy);
         Executor {
             output_limit,
-            http: http_client(&policy),
+            http: http_client(&policy, Redirects::Any),
+            http_with_secrets: http_client(&policy, Redirects::SameOrigin),
             handlers,
             worker_id,
             policy,
@@ -156,6 +160,7 @@ impl Executor {
     ) -> Execution {
         let run = Run {
             task,
+            limited: self.policy.limited(),
             limit: self.output_limit,
             timeout: self.policy.timeout(task.timeout),
             worker_id: &self.worker_id,
@@ -166,7 +171,13 @@ impl Executor {
             TaskSpec::Shell(shell) => {
                 run_shell(&run, shell, admitted.program, &secrets.fields).await
             }
-            TaskSpec::Http(request) => run_http(&run, request, &self.http, &secrets.fields).await,
+            TaskSpec::Http(request) => {
+                let client = match secrets.fields.is_empty() {
+                    true => &self.http,
+                    false => &self.http_with_secrets,
+                };
+                run_http(&run, request, client, &secrets.fields).await
+            }
             TaskSpec::Handler(handler) => self.run_handler(&run, handler).await,
         };
         masked(execution, &secrets)
@@ -279,7 +290,7 @@ fn refused(refusal: Refusal) -> Execution {
 }
 
 /// What the safeguards let a task run: for a shell task, the program its first word resolved
-/// to; and the task's secrets.
+/// to; and the task's secrets (which its `Debug` does not show).
 #[derive(Debug)]
 pub struct Admitted {
     program: Option<PathBuf>,
@@ -304,6 +315,8 @@ fn masked(mut execution: Execution, secrets: &Resolved) -> Execution {
 /// What every kind of task runs with.
 struct Run<'a> {
     task: &'a TaskAssigned,
+    /// `prlimit` and its arguments, when the policy limits a shell task's resources.
+    limited: Option<(PathBuf, Vec<String>)>,
     /// Bytes of output kept.
     limit: usize,
     /// The job's timeout, capped by the policy.
@@ -312,25 +325,47 @@ struct Run<'a> {
     cancel: &'a CancellationToken,
 }
 
+/// Which redirects an HTTP task's client follows (besides what the policy allows).
+#[derive(Clone, Copy, PartialEq)]
+enum Redirects {
+    Any,
+    /// Only to the scheme, host and port of the request: reqwest drops `Authorization` and
+    /// cookies on a redirect elsewhere, but not the other headers a secret may be in.
+    SameOrigin,
+}
+
 /// The client of HTTP tasks: under an enforced policy it connects only to addresses the policy
 /// allows (checked on every resolution, so a name cannot be made to point elsewhere after the
 /// check), follows only redirects the policy allows, and goes through no proxy.
-fn http_client(policy: &Arc<Policy>) -> reqwest::Client {
+fn http_client(policy: &Arc<Policy>, redirects: Redirects) -> reqwest::Client {
+    let allowed = Arc::clone(policy);
+    let follow = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            return attempt.error("too many redirects");
+        }
+        let first = attempt.previous().first();
+        if redirects == Redirects::SameOrigin
+            && first.is_some_and(|first| first.origin() != attempt.url().origin())
+        {
+            let elsewhere = attempt.url().origin().ascii_serialization();
+            return attempt.error(format!(
+                "a request carrying secrets is not redirected to another origin ({elsewhere})"
+            ));
+        }
+        match allowed.admit_url(attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(refusal) => attempt.error(refusal),
+        }
+    });
     if matches!(**policy, Policy::AllowAny) {
-        return reqwest::Client::new();
+        return reqwest::Client::builder()
+            .redirect(follow)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
     }
-    let redirects = Arc::clone(policy);
     reqwest::Client::builder()
         .dns_resolver(Arc::new(PolicyResolver(Arc::clone(policy))))
-        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 10 {
-                return attempt.error("too many redirects");
-            }
-            match redirects.admit_url(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(refusal) => attempt.error(refusal),
-            }
-        }))
+        .redirect(follow)
         .no_proxy()
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
@@ -393,9 +428,27 @@ async fn run_shell(
         return failed("empty command".into());
     };
     let program = program.unwrap_or_else(|| name.into());
-    let mut command = tokio::process::Command::new(&program);
+    // Under the policy's resource limits, `prlimit` sets them and then becomes the program.
+    let mut command = match &run.limited {
+        Some((prlimit, limits)) => {
+            let mut command = tokio::process::Command::new(prlimit);
+            command.args(limits).arg(&program);
+            command
+        }
+        None => {
+            let mut command = tokio::process::Command::new(&program);
+            command.arg0(name);
+            command
+        }
+    };
+    // The worker's own settings stay with it: its `KAIROS_SECRET_*` values (a task receives only
+    // the secrets it names) and its Kafka properties, SASL password among them.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KAIROS_") {
+            command.env_remove(name);
+        }
+    }
     command
-        .arg0(name)
         .args(args)
         .envs(&shell.env)
         .envs(secret_env.iter().map(|(name, value)| (name, value)))
@@ -676,6 +729,50 @@ mod tests {
             .await;
         assert!(
             matches!(&run.outcome, Outcome::Failed(reason) if reason.contains("/no/such/program")),
+            "{run:?}"
+        );
+    }
+
+    /// Given a policy with memory and CPU limits, when a task allocates past the one or spins
+    /// past the other, then it fails, where the same task without limits does not.
+    #[tokio::test]
+    async fn the_policy_limits_a_shell_tasks_memory_and_cpu() {
+        let python = |code: &str| {
+            TaskSpec::Shell(ShellTask {
+                env_from: Default::default(),
+                command: vec!["python3".into(), "-c".into(), code.into()],
+                env: Default::default(),
+                working_dir: None,
+            })
+        };
+        let limited = Executor::with_safeguards(
+            1024,
+            Safeguards {
+                policy: Policy::parse(
+                    "shell:\n  programs: ['/usr/bin/*', '/bin/*']\n  max_memory: 256MiB\n  max_cpu: 1s\n",
+                )
+                .unwrap(),
+                ..Safeguards::none()
+            },
+            Handlers::new(),
+            "limited".into(),
+        );
+        let allocate = task(python("bytearray(1024 * 1024 * 1024)"), None);
+        let unlimited = Executor::new(1024)
+            .execute(&allocate, &CancellationToken::new())
+            .await;
+        assert_eq!(unlimited.outcome, Outcome::Succeeded, "{unlimited:?}");
+        let run = limited.execute(&allocate, &CancellationToken::new()).await;
+        assert!(
+            matches!(run.outcome, Outcome::Failed(_)) && run.output.stderr.contains("MemoryError"),
+            "{run:?}"
+        );
+        // Killed by SIGXCPU after a second of CPU, long before its timeout.
+        let spin = task(python("while True: pass"), Some(Duration::from_secs(60)));
+        let run = limited.execute(&spin, &CancellationToken::new()).await;
+        assert_eq!(
+            run.outcome,
+            Outcome::Failed("killed by a signal".into()),
             "{run:?}"
         );
     }

@@ -576,6 +576,7 @@ impl Worker {
                 biased;
                 _ = shutdown.cancelled() => return self.drain().await,
                 _ = beat.tick() => {
+                    self.others.check()?;
                     self.after_silence(last_beat.elapsed());
                     self.rejoin_unless_expelled();
                     last_beat = Instant::now();

@@ -75,7 +75,16 @@ pub struct ShellRules {
     /// Where a bare program name is looked up; never the task's own `PATH`.
     #[serde(default = "default_search_path")]
     pub path: String,
+    /// The most memory (address space) a task's process may map: beyond it, allocations fail.
+    #[serde(default)]
+    pub max_memory: Option<bytesize::ByteSize>,
+    /// The most CPU time a task's process may use: beyond it, it is killed (SIGXCPU).
+    #[serde(default, with = "humantime_serde")]
+    pub max_cpu: Option<Duration>,
 }
+
+/// Where `prlimit` (util-linux), which applies a shell task's resource limits, is looked up.
+const PRLIMIT_PATH: &str = "/usr/bin:/bin";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,9 +132,44 @@ impl Policy {
         Self::parse(&text).map_err(|e| anyhow::anyhow!("the policy {}: {e}", path.display()))
     }
 
-    /// A policy from its YAML; its patterns are compiled as they are read.
+    /// A policy from its YAML; its patterns are compiled as they are read. Resource limits need
+    /// `prlimit`: a policy that sets them on a machine without it is refused.
     pub fn parse(text: &str) -> anyhow::Result<Policy> {
-        Ok(Policy::Enforced(serde_yaml_ng::from_str(text)?))
+        let rules: Rules = serde_yaml_ng::from_str(text)?;
+        if rules
+            .shell
+            .as_ref()
+            .is_some_and(|shell| shell.max_memory.is_some() || shell.max_cpu.is_some())
+        {
+            resolve("prlimit", PRLIMIT_PATH).map_err(|_| {
+                anyhow::anyhow!("shell.max_memory and shell.max_cpu need prlimit (util-linux) in {PRLIMIT_PATH}")
+            })?;
+        }
+        Ok(Policy::Enforced(rules))
+    }
+
+    /// The program and arguments that start a shell task's program under the policy's resource
+    /// limits; `None` without limits.
+    pub fn limited(&self) -> Option<(PathBuf, Vec<String>)> {
+        let Policy::Enforced(Rules {
+            shell: Some(shell), ..
+        }) = self
+        else {
+            return None;
+        };
+        let mut limits = vec![];
+        if let Some(memory) = shell.max_memory {
+            limits.push(format!("--as={}", memory.as_u64()));
+        }
+        if let Some(cpu) = shell.max_cpu {
+            limits.push(format!("--cpu={}", cpu.as_secs().max(1)));
+        }
+        if limits.is_empty() {
+            return None;
+        }
+        let prlimit = resolve("prlimit", PRLIMIT_PATH).ok()?;
+        limits.push("--".into());
+        Some((prlimit, limits))
     }
 
     /// The policy of a worker given no policy: only handlers compiled into it run.
@@ -172,7 +216,8 @@ impl Policy {
                 shell: Some(rules), ..
             }) => rules,
         };
-        if let Some(name) = shell.env.keys().find(|name| is_loader_variable(name)) {
+        let variables = shell.env.keys().chain(shell.env_from.keys());
+        if let Some(name) = variables.into_iter().find(|name| is_loader_variable(name)) {
             return Err(refuse(
                 "env",
                 format!("the task sets {name}, which changes what the program loads"),
@@ -534,6 +579,13 @@ mod tests {
             .env
             .insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
         assert_eq!(p.admit_shell(&preload).unwrap_err().rule, "env");
+        // Nor through a secret.
+        let mut secret_preload = shell(&["true"]);
+        secret_preload.env_from.insert(
+            "LD_PRELOAD".into(),
+            kairos_core::secrets::SecretRef::named("evil"),
+        );
+        assert_eq!(p.admit_shell(&secret_preload).unwrap_err().rule, "env");
         // The task's PATH is not where the program is looked up.
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("true");

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use kairos_core::job::TaskSpec;
-use kairos_core::secrets::{secret_variable, SecretRef};
+use kairos_core::secrets::{secret_variable, valid_secret_name, SecretRef};
 
 use crate::policy::Refusal;
 
@@ -18,15 +18,28 @@ pub struct SecretSource {
 
 /// The secrets of one task, looked up: the variables or headers they fill, and the values to
 /// mask in its output.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Resolved {
     pub fields: Vec<(String, String)>,
     pub values: Vec<String>,
 }
 
+/// Names only: a value printed by mistake would be a value leaked.
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.fields.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Resolved").field("fields", &names).finish()
+    }
+}
+
 impl SecretSource {
     /// The value of secret `name`; a missing one refuses the task, naming both places looked.
     pub fn value(&self, name: &str) -> Result<String, Refusal> {
+        // Checked again here: a task written to its topic by hand was never validated, and a
+        // name with a `/` would read any file the worker can.
+        if !valid_secret_name(name) {
+            return Err(missing(name, "that is not a secret name".into()));
+        }
         if let Some(dir) = &self.dir {
             match std::fs::read_to_string(dir.join(name)) {
                 // A mounted file often ends with a newline that is not part of the secret.
