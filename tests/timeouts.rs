@@ -128,3 +128,69 @@ async fn the_dispatcher_times_out_attempts_nobody_reports_on_and_retries_them() 
     }
     stop_all(services).await;
 }
+
+/// A task queued on a busy pool is not timed out while its worker lives: it waits its turn. (The
+/// dispatcher once timed out every task queued past its deadline and retried it, onto the same
+/// queue, which made the queue longer and more tasks late: the retry storm of the chaos runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_queued_behind_others_on_a_live_worker_are_not_timed_out_while_they_wait() {
+    let stack = Stack::new(2).await;
+    let margin = Duration::from_secs(1);
+    let services = [
+        stack.trigger("trigger"),
+        stack.dispatcher_with_margin("dispatcher", margin),
+        stack.worker_with("alone", |config| config.max_concurrent = 1),
+    ];
+    wait_caught_up(&services).await;
+    // A run a second that takes 1.5 s, on a worker that runs one task at a time: the queue
+    // grows by half a second a second, past each task's deadline (2 s + 1 s) within seconds.
+    let mut job = kairos_tests::shell_job("busy", "1s", "sleep 1.5");
+    job.timeout = Some(Duration::from_secs(2));
+    job.retry = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    let applied_at = chrono::Utc::now();
+    stack.apply_job(job).await;
+    // Ten runs have finished: the last ones waited far longer than their deadline.
+    let ledger = wait_for(
+        "ten runs of `busy` to succeed",
+        Duration::from_secs(60),
+        || async {
+            let ledger = stack.job_ledger("busy");
+            let succeeded = ledger
+                .iter()
+                .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+                .count();
+            (succeeded >= 10).then_some(ledger)
+        },
+    )
+    .await;
+    let waited = ledger
+        .iter()
+        .filter_map(|e| match &e.kind {
+            RunEventKind::RunSucceeded { output, .. } => output.started_at,
+            _ => None,
+        })
+        .zip(
+            ledger
+                .iter()
+                .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. })),
+        )
+        .map(|(started, e)| (started - e.scheduled_for).to_std().unwrap_or_default())
+        .max()
+        .unwrap();
+    assert!(
+        waited > Duration::from_secs(3),
+        "no task waited past its deadline ({waited:?} at most): the test shows nothing"
+    );
+    let timed_out: Vec<_> = ledger
+        .iter()
+        .filter(|e| matches!(&e.kind, RunEventKind::RunTimedOut { worker_id, .. } if worker_id == DEADLINE_REPORTER))
+        .collect();
+    assert!(
+        timed_out.is_empty(),
+        "the dispatcher timed out tasks a live worker had queued (applied {applied_at}): {timed_out:?}"
+    );
+    stop_all(services).await;
+}

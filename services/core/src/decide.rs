@@ -424,6 +424,58 @@ pub fn wake_at(
     }
 }
 
+/// Whether anyone alive is on a run's attempt, as the workers' heartbeats tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attendance {
+    /// The worker that started the attempt is alive, or, not started yet, live workers serve its
+    /// pool and task type: its outcome will come, however late.
+    Attended,
+    /// Nobody alive could report on it.
+    Unattended,
+}
+
+/// [`next_step`] for a run whose attempt is `attendance`: the deadline backstop times out only
+/// an attempt nobody attends. One a live worker attends waits for its outcome: that worker
+/// enforces the task's timeout itself, and a task queued behind others on a busy pool starts when
+/// its turn comes. Timing such attempts out only added retries to the queues that made them late,
+/// which then made more late: the retry storm of the 10-minute chaos runs.
+pub fn next_step_given(
+    run: &RunState,
+    job: JobView<'_>,
+    now: Timestamp,
+    deadline_margin: Duration,
+    runs_of_job: &[RunState],
+    attendance: Attendance,
+) -> Option<Step> {
+    match next_step(run, job, now, deadline_margin, runs_of_job) {
+        Some(Step::Record(RunEventKind::RunTimedOut { .. }))
+            if attendance == Attendance::Attended =>
+        {
+            None
+        }
+        step => step,
+    }
+}
+
+/// [`wake_at`] for a run whose attempt is `attendance`: past its deadline, an attended attempt is
+/// looked at again every `margin`, to time it out should its worker die or its pool empty.
+pub fn wake_at_given(
+    run: &RunState,
+    definition: Option<&JobDefinition>,
+    margin: Duration,
+    now: Timestamp,
+    attendance: Attendance,
+) -> Option<Timestamp> {
+    let wake = wake_at(run, definition, margin, now)?;
+    let attended_past_deadline = attendance == Attendance::Attended
+        && matches!(run.status, RunStatus::Dispatched | RunStatus::Started)
+        && wake <= now;
+    match attended_past_deadline {
+        true => Some(now + chrono::Duration::from_std(margin).ok()?),
+        false => Some(wake),
+    }
+}
+
 /// Who `RunTimedOut` names when the deadline backstop fires before any worker started the attempt.
 pub const DEADLINE_REPORTER: &str = "dispatcher";
 
@@ -1335,6 +1387,43 @@ pub(crate) mod tests {
             output: TaskOutput::default(),
         };
         assert_eq!(step, Some(Step::Record(expected)));
+    }
+
+    #[test]
+    fn given_an_attempt_a_live_worker_attends_then_its_deadline_waits_and_is_looked_at_again() {
+        let job = definition();
+        let view = JobView::Defined {
+            definition: &job,
+            offset: 4,
+        };
+        let run = after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }]);
+        // Given an attempt past its deadline (dispatched at slot(1)+1s; timeout 3 s; margin 30 s)
+        let past = slot(1) + chrono::Duration::seconds(60);
+        assert!(matches!(
+            next_step(&run, view, past, MARGIN, &[]),
+            Some(Step::Record(RunEventKind::RunTimedOut { .. }))
+        ));
+        // When a live worker attends it, then it waits, and is looked at again a margin later
+        assert_eq!(
+            next_step_given(&run, view, past, MARGIN, &[], Attendance::Attended),
+            None
+        );
+        assert_eq!(
+            wake_at_given(&run, Some(&job), MARGIN, past, Attendance::Attended),
+            Some(past + chrono::Duration::from_std(MARGIN).unwrap())
+        );
+        // When nobody attends it, then the backstop times it out as before
+        assert!(matches!(
+            next_step_given(&run, view, past, MARGIN, &[], Attendance::Unattended),
+            Some(Step::Record(RunEventKind::RunTimedOut { .. }))
+        ));
+        assert_eq!(
+            wake_at_given(&run, Some(&job), MARGIN, past, Attendance::Unattended),
+            wake_at(&run, Some(&job), MARGIN, past)
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::decide::{
-    cancel_step, lost_step, next_step, wake_at, JobView, Step, DEFAULT_DEADLINE_MARGIN,
+    cancel_step, lost_step, next_step_given, wake_at_given, Attendance, JobView, Step,
+    DEFAULT_DEADLINE_MARGIN,
 };
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
@@ -282,6 +283,24 @@ impl Dispatcher {
             metrics::gauge!(m::WAITING, "pool" => pool).set(waiting as f64);
         }
         Ok(())
+    }
+
+    /// Whether a live worker is on the run's attempt (see [`Attendance`]).
+    fn attendance(
+        &self,
+        run: &RunState,
+        definition: Option<&JobDefinition>,
+        now: Timestamp,
+    ) -> Attendance {
+        match definition {
+            Some(definition) => self.heartbeats.registry().attendance(
+                run,
+                &definition.pool,
+                definition.task.kind(),
+                now,
+            ),
+            None => Attendance::Unattended,
+        }
     }
 
     /// Reconciles the jobs with an attempt on a worker that has gone silent, so that the attempt
@@ -588,7 +607,8 @@ impl Dispatcher {
                     tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, workers = ?runs[i].workers(), "A worker of the attempt is lost.");
                     Some(lost)
                 } else {
-                    next_step(&runs[i], view, now, self.deadline_margin, &runs)
+                    let attendance = self.attendance(&runs[i], definition.as_ref(), now);
+                    next_step_given(&runs[i], view, now, self.deadline_margin, &runs, attendance)
                 };
                 let Some(step) = step else { break };
                 if let Some(pool) = step.pool() {
@@ -611,7 +631,15 @@ impl Dispatcher {
                 continue;
             }
             let now = kairos_runtime::now();
-            if let Some(due) = wake_at(&runs[i], definition.as_ref(), self.deadline_margin, now) {
+            let attendance = self.attendance(&runs[i], definition.as_ref(), now);
+            let wake = wake_at_given(
+                &runs[i],
+                definition.as_ref(),
+                self.deadline_margin,
+                now,
+                attendance,
+            );
+            if let Some(due) = wake {
                 // Timers come before records in the loop: one that is due at every turn (a run
                 // whose retry is overdue but whose pool is full) must leave room for reading.
                 let due = due.max(now + MIN_TIMER_DELAY);

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use kairos_core::decide::Attendance;
+use kairos_core::run::{RunState, RunStatus};
 use kairos_core::Timestamp;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -124,6 +126,33 @@ impl Registry {
 
     pub fn beats(&self) -> impl Iterator<Item = &WorkerHeartbeat> {
         self.latest.values()
+    }
+
+    /// Whether a live worker is on the run's attempt: the worker that started it (every shard's,
+    /// for a sharded run) is alive, or, not started yet, a live worker serves `pool` and
+    /// `task_type`.
+    pub fn attendance(
+        &self,
+        run: &RunState,
+        pool: &str,
+        task_type: &str,
+        now: Timestamp,
+    ) -> Attendance {
+        let attended = match run.status {
+            RunStatus::Started => {
+                let workers = run.workers();
+                !workers.is_empty()
+                    && workers
+                        .iter()
+                        .all(|worker| self.liveness(worker, now) == Some(Liveness::Live))
+            }
+            RunStatus::Dispatched => self.serves(pool, Some(task_type), now),
+            _ => false,
+        };
+        match attended {
+            true => Attendance::Attended,
+            false => Attendance::Unattended,
+        }
     }
 }
 
