@@ -285,9 +285,14 @@ pub struct EffectsCheck {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Rerun {
     pub run_id: RunId,
+    /// The attempt of the first execution, and the one of the execution again (the same, or a
+    /// retry of it).
+    pub first_attempt: u32,
     pub attempt: u32,
     pub first_started: Timestamp,
     pub first_ended: Option<Timestamp>,
+    /// When the ledger first had the first execution's attempt over (its outcome, or its loss or
+    /// timeout recorded by the dispatcher).
     pub outcome_at: Option<Timestamp>,
     pub started_again: Timestamp,
     /// The workers of the two executions, as the tasks' environment named them.
@@ -311,8 +316,8 @@ impl std::fmt::Display for Rerun {
             .map_or("none".to_string(), |(what, at)| format!("{what} at {at}"));
         write!(
             f,
-            "{} attempt {}: started {} on {}, ended {ended}, outcome {outcome}, started again {} on {}; last fault before: {fault}",
-            self.run_id, self.attempt, self.first_started, self.first_worker, self.started_again, self.again_worker
+            "{} attempt {}: started {} on {}, ended {ended}, over on the ledger {outcome}; attempt {} started {} on {}; last fault before: {fault}",
+            self.run_id, self.first_attempt, self.first_started, self.first_worker, self.attempt, self.started_again, self.again_worker
         )
     }
 }
@@ -586,6 +591,7 @@ pub fn check_effects(
                 if outcome.is_some_and(|at| at < again.0) {
                     check.reruns_after_outcome.push(Rerun {
                         run_id: *run,
+                        first_attempt: *attempt,
                         attempt: *attempt,
                         first_started: from_nanos(first.0),
                         first_ended: first.1.map(from_nanos),
@@ -609,7 +615,7 @@ pub fn check_effects(
             .collect();
         in_order.sort_by_key(|(_, (start, _, _))| *start);
         for pair in in_order.windows(2) {
-            let ((_, first), (attempt, again)) = (pair[0], pair[1]);
+            let ((first_attempt, first), (attempt, again)) = (pair[0], pair[1]);
             let (from, to) = (from_nanos(first.0), from_nanos(again.0));
             match fault_of(timeline, &first.2, from, to) {
                 Some(fault) => {
@@ -620,10 +626,11 @@ pub fn check_effects(
                 }
                 None => check.repeats_without_a_fault.push(Rerun {
                     run_id: *run,
+                    first_attempt,
                     attempt,
                     first_started: from,
                     first_ended: first.1.map(from_nanos),
-                    outcome_at: outcome_at.get(&(*run, attempt)).copied(),
+                    outcome_at: outcome_at.get(&(*run, first_attempt)).copied(),
                     started_again: to,
                     first_worker: first.2.clone(),
                     again_worker: again.2.clone(),
