@@ -315,3 +315,47 @@ async fn a_dispatcher_catching_up_one_partition_loses_no_live_worker_on_another(
     services.push(worker);
     stop_all(services).await;
 }
+
+/// A worker's beats do not wait behind the records queued in its producer: with its producer
+/// holding every record for 3 s (as a broker slow to answer would), its beats still arrive
+/// within the silence the dispatcher allows, and it is never judged lost. (Beats once shared the
+/// producer, and the connection, of outcomes and handovers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_producer_is_backed_up_still_beats_on_time() {
+    use kairos_runtime::workers::{Heartbeats, Liveness};
+
+    let stack = Stack::new(2).await;
+    let slow = stack.worker_with("slow", |config| {
+        config
+            .kafka
+            .properties
+            .push(("linger.ms".into(), "3000".into()));
+    });
+    let steady = stack.worker("steady");
+    let heartbeats = Heartbeats::follow(&stack.kafka).unwrap();
+    wait_for(
+        "both workers to be heard",
+        Duration::from_secs(30),
+        || async {
+            let now = kairos_runtime::now();
+            let registry = heartbeats.registry();
+            let live = |worker| registry.liveness(worker, now) == Some(Liveness::Live);
+            (live("slow") && live("steady")).then_some(())
+        },
+    )
+    .await;
+    // Two of the slow producer's 3 s holds, judged every 50 ms as a dispatcher would.
+    let mut judge = tokio::time::interval(Duration::from_millis(50));
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        judge.tick().await;
+        let now = kairos_runtime::now();
+        let registry = heartbeats.registry();
+        assert_ne!(
+            registry.liveness("slow", now),
+            Some(Liveness::Lost),
+            "the slow worker was judged lost: its beats waited in its producer"
+        );
+    }
+    stop_all(vec![slow, steady]).await;
+}

@@ -111,6 +111,30 @@ impl KafkaArgs {
         })
     }
 
+    /// The producer of a worker's regular heartbeats. A connection of its own, so that a beat
+    /// never waits behind the outcomes and handovers queued on the main producer (the broker
+    /// answers a connection's requests one at a time), sent at once (no linger), and given up
+    /// once older than `stale_after`: a beat that late would only say the worker was alive then,
+    /// and the next one is fresh. Not idempotent: a lost or repeated beat is harmless, readers
+    /// keep each worker's newest by time.
+    pub fn heartbeat_producer(&self, stale_after: Duration) -> Result<Producer, KafkaError> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        let timeout_ms = stale_after.as_millis().max(1000);
+        config
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", timeout_ms.to_string())
+            .set("enable.idempotence", "false")
+            .set("partitioner", "murmur2_random")
+            .set("acks", "all");
+        Ok(Producer {
+            inner: config.create()?,
+        })
+    }
+
     fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config

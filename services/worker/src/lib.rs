@@ -444,6 +444,9 @@ pub async fn run_with_handlers(
         checked_tx,
         checked,
         beating: Vec::new(),
+        beat_producer: config.kafka.heartbeat_producer(
+            config.heartbeat_interval * kairos_runtime::workers::MISSED_BEATS,
+        )?,
         redelivered_below: HashMap::new(),
         finished_here: HashMap::new(),
         membership: tokio::sync::watch::Sender::new(Membership {
@@ -508,6 +511,9 @@ struct Worker {
     checked: mpsc::UnboundedReceiver<Checked>,
     /// Heartbeats being sent: the loop does not wait for the broker's acknowledgements.
     beating: Vec<tokio::task::JoinHandle<()>>,
+    /// The producer of the regular beats (see [`KafkaArgs::heartbeat_producer`]); the first and
+    /// the last beat go through the main producer, retried until acknowledged.
+    beat_producer: kairos_runtime::kafka::Producer,
     /// Per partition assigned to this worker, the end of its task topic at the assignment: a
     /// task before it may have been run already by the partition's last owner.
     redelivered_below: HashMap<i32, i64>,
@@ -642,6 +648,10 @@ impl Worker {
         }
         while let Ok(done) = self.finished.try_recv() {
             self.on_finished(done);
+        }
+        // The goodbye lands after every regular beat, so that the compacted topic keeps it.
+        for beat in self.beating.drain(..) {
+            let _ = beat.await;
         }
         self.beat(true).await
     }
@@ -993,13 +1003,13 @@ impl Worker {
         }
         let bytes = self.heartbeat(false)?;
         let (producer, topic, key) = (
-            self.producer.clone(),
+            self.beat_producer.clone(),
             self.heartbeats.clone(),
             self.reporter.worker_id.clone(),
         );
         self.beating.push(tokio::spawn(async move {
             if let Err(error) = producer.send(&topic, &key, Some(&bytes)).await {
-                tracing::warn!(%error, "Sending a heartbeat failed.");
+                tracing::debug!(%error, "Sending a heartbeat failed; the next one goes on time.");
             }
         }));
         Ok(())
