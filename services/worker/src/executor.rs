@@ -80,6 +80,12 @@ pub struct Executor {
     pub policy: Arc<Policy>,
     pub trust: Arc<Trust>,
     pub secrets: SecretSource,
+    /// `prlimit` and its arguments when the policy limits a shell task's resources: resolved
+    /// once, not for every task.
+    limited: Option<(PathBuf, Vec<String>)>,
+    /// The worker's own `KAIROS_*` variables (its secrets, its Kafka properties), which a shell
+    /// task does not inherit; read once, as the worker's environment does not change.
+    own_variables: Arc<Vec<std::ffi::OsString>>,
 }
 
 impl Executor {
@@ -101,6 +107,7 @@ impl Executor {
         worker_id: String,
     ) -> Self {
         let policy = Arc::new(safeguards.policy);
+        let limited = policy.limited();
         Executor {
             output_limit,
             http: http_client(&policy, Redirects::Any),
@@ -110,6 +117,13 @@ impl Executor {
             policy,
             trust: Arc::new(safeguards.trust),
             secrets: safeguards.secrets,
+            limited,
+            own_variables: Arc::new(
+                std::env::vars_os()
+                    .map(|(name, _)| name)
+                    .filter(|name| name.to_string_lossy().starts_with("KAIROS_"))
+                    .collect(),
+            ),
         }
     }
 
@@ -160,7 +174,8 @@ impl Executor {
     ) -> Execution {
         let run = Run {
             task,
-            limited: self.policy.limited(),
+            limited: self.limited.as_ref(),
+            own_variables: &self.own_variables,
             limit: self.output_limit,
             timeout: self.policy.timeout(task.timeout),
             worker_id: &self.worker_id,
@@ -316,7 +331,9 @@ fn masked(mut execution: Execution, secrets: &Resolved) -> Execution {
 struct Run<'a> {
     task: &'a TaskAssigned,
     /// `prlimit` and its arguments, when the policy limits a shell task's resources.
-    limited: Option<(PathBuf, Vec<String>)>,
+    limited: Option<&'a (PathBuf, Vec<String>)>,
+    /// Variables of the worker's that a shell task does not inherit.
+    own_variables: &'a [std::ffi::OsString],
     /// Bytes of output kept.
     limit: usize,
     /// The job's timeout, capped by the policy.
@@ -429,7 +446,7 @@ async fn run_shell(
     };
     let program = program.unwrap_or_else(|| name.into());
     // Under the policy's resource limits, `prlimit` sets them and then becomes the program.
-    let mut command = match &run.limited {
+    let mut command = match run.limited {
         Some((prlimit, limits)) => {
             let mut command = tokio::process::Command::new(prlimit);
             command.args(limits).arg(&program);
@@ -443,10 +460,8 @@ async fn run_shell(
     };
     // The worker's own settings stay with it: its `KAIROS_SECRET_*` values (a task receives only
     // the secrets it names) and its Kafka properties, SASL password among them.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KAIROS_") {
-            command.env_remove(name);
-        }
+    for name in run.own_variables {
+        command.env_remove(name);
     }
     command
         .args(args)
