@@ -174,14 +174,8 @@ impl Access {
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
     let mut digest = [0u8; 32];
-    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    hex::decode_to_slice(hex.trim(), &mut digest).ok()?;
     Some(digest)
 }
 
@@ -195,10 +189,7 @@ mod tests {
     use super::*;
 
     fn hex(token: &str) -> String {
-        Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(Sha256::digest(token.as_bytes()))
     }
 
     fn access_with(file: &str, admin: Option<&str>) -> anyhow::Result<Access> {

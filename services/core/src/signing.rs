@@ -34,7 +34,7 @@ pub struct Signature {
 
 /// A public key's id: the first 16 hex digits of the SHA-256 of its 32 bytes.
 pub fn key_id(key: &VerifyingKey) -> String {
-    hex(&Sha256::digest(key.as_bytes())[..8])
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
 /// The bytes a job's signature is over.
@@ -71,7 +71,7 @@ pub fn sign(key: &SigningKey, job_id: &str, pool: &str, task: &TaskSpec) -> Sign
     let signature = key.sign(&signed_message(job_id, pool, task));
     Signature {
         key_id: key_id(&key.verifying_key()),
-        value: hex(&signature.to_bytes()),
+        value: hex::encode(signature.to_bytes()),
     }
 }
 
@@ -149,7 +149,8 @@ impl Trust {
             });
         };
         let invalid = || SignatureError::Invalid(signature.key_id.clone());
-        let bytes: [u8; 64] = unhex(&signature.value)
+        let bytes: [u8; 64] = hex::decode(&signature.value)
+            .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(invalid)?;
         key.verify(
@@ -158,20 +159,6 @@ impl Trust {
         )
         .map_err(|_| invalid())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ pub fn wire_schemas() -> Vec<WireSchema> {
     .map(|contract| WireSchema {
         name: contract.name,
         schema: contract.json.clone(),
-        fingerprint: hex(&contract.fingerprint),
+        fingerprint: hex::encode(&contract.fingerprint),
     })
     .collect()
 }
@@ -300,7 +300,7 @@ fn decode(contract: &Contract, bytes: &[u8]) -> Result<Value, CodecError> {
             .earlier
             .iter()
             .find(|(earlier, _)| earlier == fingerprint)
-            .ok_or_else(|| CodecError::UnknownSchema(hex(fingerprint), contract.name))?;
+            .ok_or_else(|| CodecError::UnknownSchema(hex::encode(fingerprint), contract.name))?;
         apache_avro::from_avro_datum(writer, &mut datum, Some(&contract.schema))?
     };
     if !datum.is_empty() {
@@ -310,10 +310,6 @@ fn decode(contract: &Contract, bytes: &[u8]) -> Result<Value, CodecError> {
         )));
     }
     Ok(value)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

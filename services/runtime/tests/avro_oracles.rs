@@ -14,17 +14,6 @@ use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::JobId;
 use kairos_runtime::codec;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
 /// Asks fastavro about each (record name, schema file, bytes Kairos wrote).
 fn fastavro(records: &[(&str, &str, &[u8])]) -> serde_json::Value {
     let query = records
@@ -32,7 +21,7 @@ fn fastavro(records: &[(&str, &str, &[u8])]) -> serde_json::Value {
         .map(|(name, schema, bytes)| {
             (
                 name.to_string(),
-                serde_json::json!({"schema": schema, "bytes": hex(bytes)}),
+                serde_json::json!({"schema": schema, "bytes": hex::encode(bytes)}),
             )
         })
         .collect();
@@ -117,11 +106,12 @@ fn fastavro_computes_kairos_fingerprints_and_both_libraries_round_trip_its_recor
         assert!(answer.get("error").is_none(), "{name}: {answer}");
         assert_eq!(
             answer["fingerprint"],
-            hex(&written[2..10]),
+            hex::encode(&written[2..10]),
             "{name}: the fingerprint Kairos writes"
         );
     }
-    let reencoded = |name: &str| unhex(answers[name]["reencoded"].as_str().unwrap());
+    let reencoded =
+        |name: &str| hex::decode(answers[name]["reencoded"].as_str().unwrap()).expect("hex");
     assert_eq!(codec::decode_job(&reencoded("JobDefinition")).unwrap(), job);
     assert_eq!(
         codec::decode_run_event(&reencoded("RunEvent")).unwrap(),
