@@ -26,6 +26,9 @@ pub const MISSED_BEATS: u32 = 3;
 /// that heartbeats are flowing (a lone worker).
 pub const MISSED_BEATS_ALONE: u32 = 15;
 
+/// The workers' heartbeat interval when none is known yet (the worker's default).
+pub const DEFAULT_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a worker's latest heartbeat says about it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Liveness {
@@ -114,13 +117,28 @@ impl Registry {
         Some(if lost { Liveness::Lost } else { Liveness::Live })
     }
 
-    /// Whether some live worker serves `pool` and accepts tasks of `task_type` (of any type when
-    /// `None`).
+    /// Whether some live worker (judged as [`Registry::liveness`] does) serves `pool` and accepts
+    /// tasks of `task_type` (of any type when `None`).
     pub fn serves(&self, pool: &str, task_type: Option<&str>, now: Timestamp) -> bool {
         self.latest.values().any(|beat| {
             beat.pool == pool
                 && task_type.is_none_or(|kind| beat.task_types.iter().any(|t| t == kind))
-                && Liveness::of(beat, now) == Liveness::Live
+                && self.liveness(&beat.worker_id, now) == Some(Liveness::Live)
+        })
+    }
+
+    /// Whether the registry may not know every live worker yet: it is still reading the old
+    /// beats, or it could not read for a while (the broker was unreachable), and the workers have
+    /// not yet had the time to be heard since.
+    pub fn still_listening(&self, now: Timestamp) -> bool {
+        let interval = self
+            .latest
+            .values()
+            .map(|beat| beat.interval)
+            .max()
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        self.deaf_at.is_some_and(|deaf| {
+            (now - deaf).to_std().unwrap_or_default() <= interval * MISSED_BEATS
         })
     }
 
@@ -130,7 +148,9 @@ impl Registry {
 
     /// Whether a live worker is on the run's attempt: the worker that started it (every shard's,
     /// for a sharded run) is alive, or, not started yet, a live worker serves `pool` and
-    /// `task_type`.
+    /// `task_type`. Judged with the care [`Registry::liveness`] takes: a worker whose beats are
+    /// late while nobody else's flow, or not yet heard of while the registry is still listening
+    /// (a dispatcher that has just started), attends.
     pub fn attendance(
         &self,
         run: &RunState,
@@ -144,9 +164,14 @@ impl Registry {
                 !workers.is_empty()
                     && workers
                         .iter()
-                        .all(|worker| self.liveness(worker, now) == Some(Liveness::Live))
+                        .all(|worker| match self.liveness(worker, now) {
+                            Some(liveness) => liveness == Liveness::Live,
+                            None => self.still_listening(now),
+                        })
             }
-            RunStatus::Dispatched => self.serves(pool, Some(task_type), now),
+            RunStatus::Dispatched => {
+                self.serves(pool, Some(task_type), now) || self.still_listening(now)
+            }
             _ => false,
         };
         match attended {
@@ -364,6 +389,114 @@ mod tests {
         assert!(!registry.serves("gpu", Some("http"), at(10_500)));
         assert!(!registry.serves("cpu", Some("shell"), at(10_500)));
         assert!(!registry.serves("cpu", None, at(10_500)));
-        assert!(!registry.serves("gpu", Some("shell"), at(20_000)));
+        // Alone, "a" is lost only after fifteen silent intervals, as `liveness` judges.
+        assert!(registry.serves("gpu", Some("shell"), at(25_000)));
+        assert!(!registry.serves("gpu", Some("shell"), at(25_001)));
+    }
+
+    fn run(status: RunStatus, worker: Option<&str>) -> RunState {
+        let job_id = kairos_core::JobId::parse("job").unwrap();
+        let scheduled_for = at(9_000);
+        RunState {
+            run_id: kairos_core::run::RunId::derive(
+                &job_id,
+                scheduled_for,
+                kairos_core::run::TriggerKind::Schedule,
+            ),
+            job_id,
+            scheduled_for,
+            trigger: kairos_core::run::TriggerKind::Schedule,
+            definition_offset: None,
+            status,
+            attempt: 1,
+            pool: Some("p".into()),
+            worker_id: worker.map(str::to_string),
+            skip_reason: None,
+            error: None,
+            refused: None,
+            output: None,
+            retry_due_at: None,
+            dispatched_at: Some(scheduled_for),
+            shards: None,
+            created_at: scheduled_for,
+            started_at: None,
+            finished_at: None,
+            updated_at: scheduled_for,
+        }
+    }
+
+    /// Given a lone worker whose beats are late (a rebalance held them, or the broker is slow)
+    /// and nobody else's flowing, when the attempts it holds and those waiting for its pool are
+    /// judged, then they are attended: late beats are not a dead worker. (Before, a dispatched
+    /// attempt was judged by the worker's bare silence and timed out while the worker had it
+    /// queued, which ran it after the ledger had given it up.)
+    #[test]
+    fn a_lone_worker_with_late_beats_attends_its_attempts_until_it_counts_as_lost() {
+        let mut registry = Registry::default();
+        registry.record(beat("w", "p", 10_000, false));
+        let started = run(RunStatus::Started, Some("w"));
+        let dispatched = run(RunStatus::Dispatched, None);
+        for at_ms in [14_000, 25_000] {
+            assert_eq!(
+                registry.attendance(&started, "p", "shell", at(at_ms)),
+                Attendance::Attended
+            );
+            assert_eq!(
+                registry.attendance(&dispatched, "p", "shell", at(at_ms)),
+                Attendance::Attended
+            );
+        }
+        assert_eq!(
+            registry.attendance(&started, "p", "shell", at(25_001)),
+            Attendance::Unattended
+        );
+        assert_eq!(
+            registry.attendance(&dispatched, "p", "shell", at(25_001)),
+            Attendance::Unattended
+        );
+        // With another worker's beats flowing, its silence is its own.
+        registry.record(beat("other", "q", 13_500, false));
+        assert_eq!(
+            registry.attendance(&started, "p", "shell", at(14_000)),
+            Attendance::Unattended
+        );
+    }
+
+    /// Given a registry still reading the old beats (a dispatcher just started), when an attempt
+    /// started by a worker it has not heard of yet, or waiting for a pool it knows no worker of,
+    /// is judged, then it is attended until the workers have had the time to be heard; a worker
+    /// still unheard of then attends nothing.
+    #[test]
+    fn a_registry_still_listening_takes_no_unheard_worker_for_absent() {
+        let mut registry = Registry::default();
+        registry.deaf(at(10_000));
+        let started = run(RunStatus::Started, Some("w"));
+        let dispatched = run(RunStatus::Dispatched, None);
+        let listening = at(10_000 + 3 * 2_000);
+        let heard = at(10_001 + 3 * 2_000);
+        assert!(registry.still_listening(listening));
+        assert_eq!(
+            registry.attendance(&started, "p", "shell", listening),
+            Attendance::Attended
+        );
+        assert_eq!(
+            registry.attendance(&dispatched, "p", "shell", listening),
+            Attendance::Attended
+        );
+        assert!(!registry.still_listening(heard));
+        assert_eq!(
+            registry.attendance(&started, "p", "shell", heard),
+            Attendance::Unattended
+        );
+        assert_eq!(
+            registry.attendance(&dispatched, "p", "shell", heard),
+            Attendance::Unattended
+        );
+        // A finished run is attended by nobody, listening or not.
+        let over = run(RunStatus::Succeeded, None);
+        assert_eq!(
+            registry.attendance(&over, "p", "shell", listening),
+            Attendance::Unattended
+        );
     }
 }
