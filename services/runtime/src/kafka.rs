@@ -758,7 +758,9 @@ impl PartitionedConsumer {
                 self.assigned_once = true;
                 // Without a store there is no state to rebuild, so nothing to catch up on.
                 for (topic, partition) in partitions.iter().filter(|_| store.is_some()) {
-                    let high = self.high_watermark(topic, *partition);
+                    // Unknown, the partition is taken for caught up: its records are applied as
+                    // they come.
+                    let high = self.high_watermark(topic, *partition).unwrap_or(0);
                     let position = store
                         .and_then(|s| s.next_offset(topic, *partition).ok().flatten())
                         .unwrap_or(0);
@@ -786,22 +788,23 @@ impl PartitionedConsumer {
         }
     }
 
-    /// The partition's high watermark. Blocks the calling worker thread for the metadata round
-    /// trip (rare: once per partition per rebalance) rather than awaiting, so that `next` stays
-    /// cancel-safe in a `select!`.
+    /// The partition's high watermark, `None` (and a warning) if the broker did not say: the
+    /// caller decides what an unknown end means. Blocks the calling worker thread for the
+    /// metadata round trip (rare: once per partition per rebalance) rather than awaiting, so that
+    /// `next` stays cancel-safe in a `select!`.
     ///
     /// # Panics
     /// On a current-thread tokio runtime; every Kairos service runs on the multi-thread one.
-    pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
         let result = tokio::task::block_in_place(|| {
             self.consumer
                 .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
         });
         match result {
-            Ok((_, high)) => high,
+            Ok((_, high)) => Some(high),
             Err(error) => {
-                tracing::warn!(%error, topic, partition, "Fetching the high watermark failed; treating the partition as caught up.");
-                0
+                tracing::warn!(%error, topic, partition, "Fetching the high watermark failed.");
+                None
             }
         }
     }

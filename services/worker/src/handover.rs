@@ -196,6 +196,19 @@ impl Claims {
         handed
     }
 
+    /// The runs of the attempts this worker holds (held for their start, waiting for a place, or
+    /// running), as its heartbeats announce them.
+    pub(crate) fn in_flight(&self) -> Vec<kairos_core::run::RunId> {
+        let owned = self.inner.lock().expect("claims lock");
+        let runs: std::collections::BTreeSet<_> = owned
+            .claims
+            .iter()
+            .filter(|c| !c.is_settled())
+            .map(|c| c.task.run_id)
+            .collect();
+        runs.into_iter().collect()
+    }
+
     /// The loop has heard of the partitions' revocation: a claim taken after the callback (the
     /// loop had not heard yet) is released at once, and nothing else changes.
     pub(crate) fn forget(&self, partitions: &[i32]) {

@@ -11,8 +11,9 @@
 //! redelivered here (or read after this worker was silent past three heartbeats) is first checked
 //! against the ledger's tail from its dispatch: an attempt already over is skipped, not run again.
 //! That read runs off the loop, through one long-lived [`LedgerReader`]: the partition's tasks
-//! wait for it in order while the loop goes on beating, consuming other partitions and
-//! committing outcomes (a loop that waited went silent, and was taken for lost).
+//! wait for it in order while the loop goes on consuming other partitions and committing
+//! outcomes. Heartbeats come from a task of their own (see [`beats`]): a loop waiting on the
+//! broker (a ledger read, a rebalance) went silent, and its worker was taken for lost.
 //!
 //! A task dispatched ahead of its slot (`start_at`) is held, without taking one of the
 //! `--max-concurrent` places, and started at its start time by this worker's own clock; its
@@ -31,6 +32,7 @@
 //! dispatcher has recorded as lost or timed out (fences). A fence is remembered for a while, so
 //! that the attempt is not run again when its task is redelivered here after a rebalance.
 
+mod beats;
 pub mod executor;
 mod handlers;
 mod handover;
@@ -50,7 +52,7 @@ use std::time::Instant;
 use kairos_core::run::RunId;
 use kairos_core::run::{RunEvent, RunEventKind};
 use kairos_core::{CancelRequest, JobId, TaskAssigned, Timestamp};
-use kairos_runtime::codec::{self, WorkerHeartbeat};
+use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
@@ -71,6 +73,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::beats::{Announcement, Beater, LoopClock, Silence};
 use crate::executor::{Executor, Outcome, Safeguards};
 use crate::handover::{Claim, Claims, HANDOVER_TIMEOUT};
 use crate::metrics_names as m;
@@ -293,14 +296,17 @@ struct Running {
 /// rebalance takes to redeliver the fenced attempt's task.
 const FENCE_MEMORY: Duration = Duration::from_secs(600);
 
-/// Heartbeats sent and not yet acknowledged past which the next is left out.
-const MAX_BEATS_IN_FLIGHT: usize = 8;
+/// How long a worker beating every `interval` may go without a heartbeat before a dispatcher
+/// calls it lost, and its attempts may be run elsewhere.
+fn silence_limit(interval: Duration) -> Duration {
+    interval * kairos_runtime::workers::MISSED_BEATS
+}
 
 /// How long handed-back attempts get to die after they are killed, before the worker stops anyway.
 const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 
-/// Waits while this worker is out of its consumer group, or may be without knowing it: its loop
-/// has not beaten within the silence limit (it was frozen or cut off, and has yet to look at what
+/// Waits while this worker is out of its consumer group, or may be without knowing it: it has not
+/// beaten within the silence limit (it was frozen or cut off, and has yet to look at what
 /// the silence means). A cancel or `released` ends the wait. Returns whether it waited.
 async fn until_in_group(
     membership: &mut tokio::sync::watch::Receiver<Membership>,
@@ -407,6 +413,34 @@ pub async fn run_with_handlers(
     m::register(&config.pool, config.max_concurrent.max(1));
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let (checked_tx, checked) = mpsc::unbounded_channel();
+    let (silences_tx, silences) = mpsc::unbounded_channel();
+    let announcement = Announcement {
+        worker_id: worker_id.clone(),
+        pool: config.pool.clone(),
+        capacity: u32::try_from(config.max_concurrent.max(1)).unwrap_or(u32::MAX),
+        task_types,
+        interval: config.heartbeat_interval,
+    };
+    let membership = tokio::sync::watch::Sender::new(Membership {
+        expelled: false,
+        last_beat: Instant::now(),
+    });
+    let claims = Arc::new(Claims::default());
+    let loop_clock = LoopClock::new();
+    let beater = Beater {
+        producer: config.kafka.heartbeat_producer(
+            config.heartbeat_interval * kairos_runtime::workers::MISSED_BEATS,
+        )?,
+        topic: topics_heartbeats.clone(),
+        announcement: announcement.clone(),
+        claims: Arc::clone(&claims),
+        membership: membership.clone(),
+        silences: silences_tx,
+        silence_limit: silence_limit(config.heartbeat_interval),
+        session_timeout: config.kafka.session_timeout(),
+        loop_clock: Arc::clone(&loop_clock),
+        stall_limit: beats::LOOP_STALL_LIMIT,
+    };
     let mut worker = Worker {
         reporter: Reporter {
             producer: parts.producer.clone(),
@@ -417,14 +451,13 @@ pub async fn run_with_handlers(
         producer: parts.producer,
         heartbeats: topics_heartbeats,
         heartbeat_interval: config.heartbeat_interval,
-        capacity: config.max_concurrent.max(1),
+        announcement,
         deadletters: parts.deadletters,
         input,
         pool: config.pool.clone(),
         consumer: parts.consumer,
         slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
         executor: Executor::with_safeguards(config.output_limit, safeguards, handlers, worker_id),
-        task_types,
         queues: HashMap::new(),
         tracker: OffsetTracker::default(),
         finished_tx,
@@ -443,19 +476,16 @@ pub async fn run_with_handlers(
         checks_started: 0,
         checked_tx,
         checked,
-        beating: Vec::new(),
-        beat_producer: config.kafka.heartbeat_producer(
-            config.heartbeat_interval * kairos_runtime::workers::MISSED_BEATS,
-        )?,
+        beater: Some(beater),
+        beating: None,
+        silences,
+        loop_clock,
         redelivered_below: HashMap::new(),
         finished_here: HashMap::new(),
-        membership: tokio::sync::watch::Sender::new(Membership {
-            expelled: false,
-            last_beat: Instant::now(),
-        }),
+        membership,
         expelled_since: None,
         others,
-        claims: Arc::new(Claims::default()),
+        claims,
     };
     worker.hand_over_on_revoke()?;
     let result = worker.run(parts.shutdown).await;
@@ -470,7 +500,8 @@ struct Worker {
     producer: ReliableProducer,
     heartbeats: String,
     heartbeat_interval: Duration,
-    capacity: usize,
+    /// What the heartbeats say of this worker.
+    announcement: Announcement,
     input: String,
     pool: String,
     consumer: PartitionedConsumer,
@@ -478,8 +509,6 @@ struct Worker {
     reporter: Reporter,
     slots: Arc<Semaphore>,
     executor: Executor,
-    /// Announced in heartbeats: what this worker can run.
-    task_types: Vec<String>,
     /// Per lane: tasks taken but not finished, the first one running.
     queues: HashMap<Lane, VecDeque<Pending>>,
     tracker: OffsetTracker,
@@ -509,11 +538,14 @@ struct Worker {
     checks_started: u64,
     checked_tx: mpsc::UnboundedSender<Checked>,
     checked: mpsc::UnboundedReceiver<Checked>,
-    /// Heartbeats being sent: the loop does not wait for the broker's acknowledgements.
-    beating: Vec<tokio::task::JoinHandle<()>>,
-    /// The producer of the regular beats (see [`KafkaArgs::heartbeat_producer`]); the first and
-    /// the last beat go through the main producer, retried until acknowledged.
-    beat_producer: kairos_runtime::kafka::Producer,
+    /// The regular beats, on a task of their own once the first is sent (see [`beats`]); the
+    /// first and the last beat go through the main producer, retried until acknowledged.
+    beater: Option<Beater>,
+    beating: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The beater's word that this worker was silent.
+    silences: mpsc::UnboundedReceiver<Silence>,
+    /// Turned by the loop, watched by the beater.
+    loop_clock: Arc<LoopClock>,
     /// Per partition assigned to this worker, the end of its task topic at the assignment: a
     /// task before it may have been run already by the partition's last owner.
     redelivered_below: HashMap<i32, i64>,
@@ -533,13 +565,22 @@ struct Worker {
     claims: Arc<Claims>,
 }
 
+impl Drop for Worker {
+    /// A worker that stops on an error stops beating too (in a test, the process goes on).
+    fn drop(&mut self) {
+        if let Some((_, beater)) = &self.beating {
+            beater.abort();
+        }
+    }
+}
+
 /// What the executions know of the worker's place in its consumer group.
 #[derive(Clone, Copy, Debug)]
 struct Membership {
     /// Silent past the group session: the group has expelled this worker, and another may own
     /// its partitions and be running their tasks, until it has rejoined.
     expelled: bool,
-    /// When the worker's loop last beat, having first looked at how long it had been silent.
+    /// When the worker last beat, its beater having first looked at how long it had been silent.
     last_beat: Instant,
 }
 
@@ -570,24 +611,28 @@ impl Worker {
     }
 
     async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut beat = tokio::time::interval(self.heartbeat_interval);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Every worker beats before it takes a task: the others learn of it before they read a
-        // `RunStarted` of its. Later beats go without waiting for the broker.
-        beat.tick().await;
+        // `RunStarted` of its. Later beats come from the beater, without waiting for the broker.
         self.beat(false).await?;
-        let mut last_beat = Instant::now();
+        if let Some(beater) = self.beater.take() {
+            let stop = CancellationToken::new();
+            self.beating = Some((stop.clone(), tokio::spawn(beater.run(stop))));
+        }
+        let mut look = tokio::time::interval(self.heartbeat_interval);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.loop_clock.turned();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.drain().await,
-                _ = beat.tick() => {
+                _ = look.tick() => {
                     self.others.check()?;
-                    self.after_silence(last_beat.elapsed());
+                    if self.beating.as_ref().is_some_and(|(_, task)| task.is_finished()) {
+                        anyhow::bail!("the heartbeat task stopped");
+                    }
                     self.rejoin_unless_expelled();
-                    last_beat = Instant::now();
-                    self.beat_in_background()?;
                 }
+                Some(silence) = self.silences.recv() => self.after_silence(silence),
                 Some(done) = self.finished.recv() => self.on_finished(done),
                 Some(checked) = self.checked.recv() => self.on_checked(checked).await?,
                 Ok(message) = self.control.recv() => {
@@ -617,12 +662,11 @@ impl Worker {
         );
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let mut give_up = deadline + HAND_BACK_GRACE;
-        // A draining worker is alive: silence would have its attempts recorded as lost.
-        let mut beat = tokio::time::interval(self.heartbeat_interval);
+        // A draining worker is alive, and the beater goes on saying so.
         loop {
+            self.loop_clock.turned();
             tokio::select! {
                 biased;
-                _ = beat.tick() => self.beat_in_background()?,
                 Some(done) = self.finished.recv() => self.on_finished(done),
                 Ok(message) = self.control.recv() => {
                     if let Some(request) = control_request(&message) {
@@ -650,8 +694,9 @@ impl Worker {
             self.on_finished(done);
         }
         // The goodbye lands after every regular beat, so that the compacted topic keeps it.
-        for beat in self.beating.drain(..) {
-            let _ = beat.await;
+        if let Some((stop, beater)) = self.beating.take() {
+            stop.cancel();
+            let _ = beater.await;
         }
         self.beat(true).await
     }
@@ -661,10 +706,7 @@ impl Worker {
             Input::Assigned(partitions) => {
                 self.rejoined();
                 self.claims.assigned(&partitions);
-                for partition in partitions {
-                    let end = self.consumer.high_watermark(&self.input, partition);
-                    self.redelivered_below.insert(partition, end);
-                }
+                self.check_tasks_read_before_now(&partitions);
             }
             Input::Revoked(partitions) => {
                 // Settled by the revocation's callback already, unless the partitions were
@@ -865,26 +907,34 @@ impl Worker {
     /// Silent past the group session, it has certainly been expelled, and until its consumer
     /// hears so (at its next group heartbeat) it still fetches tasks from partitions another
     /// worker now owns, whose attempts that worker may be running: no attempt starts here until
-    /// the worker has rejoined, and the revocation that comes first hands them over unrun.
-    fn after_silence(&mut self, silent: Duration) {
-        if silent <= self.silence_limit() {
-            return;
-        }
-        let expelled = silent > self.kafka.session_timeout();
+    /// the worker has rejoined (the beater has told the executions already), and the revocation
+    /// that comes first hands them over unrun.
+    fn after_silence(&mut self, silence: Silence) {
+        let Silence { lasted, expelled } = silence;
         metrics::counter!(m::SILENCES, "pool" => self.pool.clone()).increment(1);
         tracing::warn!(
-            ?silent,
+            silent = ?lasted,
             expelled,
             "This worker was silent; the tasks it reads next are checked against the ledger first{}.",
             if expelled { ", and none starts until it has rejoined its group" } else { "" }
         );
         if expelled {
             self.expelled_since = Some(Instant::now());
-            self.membership.send_modify(|m| m.expelled = true);
         }
         let owned: Vec<i32> = self.consumer.owned().collect();
-        for partition in owned {
-            let end = self.consumer.high_watermark(&self.input, partition);
+        self.check_tasks_read_before_now(&owned);
+    }
+
+    /// Has the tasks of `partitions` up to their current end checked against the ledger before
+    /// they run: they may have run elsewhere already. An end the broker does not tell is taken
+    /// as endless (every task checked until the next assignment): a check too many delays a
+    /// task, one too few runs it twice.
+    fn check_tasks_read_before_now(&mut self, partitions: &[i32]) {
+        for &partition in partitions {
+            let end = self
+                .consumer
+                .high_watermark(&self.input, partition)
+                .unwrap_or(i64::MAX);
             self.redelivered_below.insert(partition, end);
         }
     }
@@ -910,10 +960,8 @@ impl Worker {
         }
     }
 
-    /// How long this worker may go without a heartbeat before the dispatcher calls it lost, and
-    /// its attempts may be run elsewhere: three intervals.
     fn silence_limit(&self) -> Duration {
-        self.heartbeat_interval * 3
+        silence_limit(self.heartbeat_interval)
     }
 
     /// Leaves a task unrun: committable once every earlier task of the partition is done.
@@ -980,62 +1028,15 @@ impl Worker {
     }
 
     /// Announces this worker, its capacity and the runs it executes on the heartbeats topic, and
-    /// waits for the broker to take it.
+    /// waits for the broker to take it: the first beat and the goodbye.
     async fn beat(&self, stopping: bool) -> anyhow::Result<()> {
-        let bytes = self.heartbeat(stopping)?;
+        self.membership
+            .send_modify(|m| m.last_beat = Instant::now());
+        let bytes = self.announcement.beat(&self.claims, stopping)?;
         self.producer
             .send(&self.heartbeats, &self.reporter.worker_id, Some(&bytes))
             .await?;
         Ok(())
-    }
-
-    /// [`Worker::beat`] without waiting: a broker slow to acknowledge must not hold up the loop
-    /// (its tasks, its outcomes' commits), nor thin out the beats the dispatchers judge this
-    /// worker's liveness by (readers keep the newest by time, so order does not matter). Only
-    /// while many are still on their way (a broker outage) is one left out.
-    fn beat_in_background(&mut self) -> anyhow::Result<()> {
-        self.beating.retain(|beat| !beat.is_finished());
-        if self.beating.len() >= MAX_BEATS_IN_FLIGHT {
-            tracing::debug!("Heartbeats are not acknowledged; skipping this one.");
-            self.membership
-                .send_modify(|m| m.last_beat = Instant::now());
-            return Ok(());
-        }
-        let bytes = self.heartbeat(false)?;
-        let (producer, topic, key) = (
-            self.beat_producer.clone(),
-            self.heartbeats.clone(),
-            self.reporter.worker_id.clone(),
-        );
-        self.beating.push(tokio::spawn(async move {
-            if let Err(error) = producer.send(&topic, &key, Some(&bytes)).await {
-                tracing::debug!(%error, "Sending a heartbeat failed; the next one goes on time.");
-            }
-        }));
-        Ok(())
-    }
-
-    /// This worker's heartbeat, encoded; also marks the loop as awake for the executions.
-    fn heartbeat(&self, stopping: bool) -> anyhow::Result<Vec<u8>> {
-        self.membership
-            .send_modify(|m| m.last_beat = Instant::now());
-        let heartbeat = WorkerHeartbeat {
-            worker_id: self.reporter.worker_id.clone(),
-            pool: self.pool.clone(),
-            capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
-            task_types: self.task_types.clone(),
-            in_flight: self
-                .running
-                .values()
-                .map(|r| r.run_id)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            interval: self.heartbeat_interval,
-            stopping,
-            at: kairos_runtime::now(),
-        };
-        Ok(codec::encode_heartbeat(&heartbeat)?)
     }
 
     /// Whether a cancel or fence seen on the control topic stops this attempt.
