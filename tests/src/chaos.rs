@@ -294,6 +294,8 @@ pub struct Rerun {
     /// When the ledger first had the first execution's attempt over (its outcome, or its loss or
     /// timeout recorded by the dispatcher).
     pub outcome_at: Option<Timestamp>,
+    /// What that record was (`RunSucceeded`, `RunLost`, `RunTimedOut`, …).
+    pub outcome: Option<&'static str>,
     pub started_again: Timestamp,
     /// The workers of the two executions, as the tasks' environment named them.
     pub first_worker: String,
@@ -307,9 +309,10 @@ impl std::fmt::Display for Rerun {
         let ended = self
             .first_ended
             .map_or("never".to_string(), |t| t.to_string());
-        let outcome = self
-            .outcome_at
-            .map_or("none".to_string(), |t| t.to_string());
+        let outcome = match (self.outcome, self.outcome_at) {
+            (Some(kind), Some(at)) => format!("{kind} at {at}"),
+            _ => "none".to_string(),
+        };
         let fault = self
             .fault_before
             .as_ref()
@@ -517,7 +520,7 @@ pub fn check_effects(
     // When the ledger first had each attempt's outcome (the fold's first accepted one), and
     // which attempts ended lost or timed out.
     let mut states: BTreeMap<RunId, RunState> = BTreeMap::new();
-    let mut outcome_at: BTreeMap<(RunId, u32), Timestamp> = BTreeMap::new();
+    let mut outcome_at: BTreeMap<(RunId, u32), (Timestamp, &'static str)> = BTreeMap::new();
     let mut given_up: BTreeSet<(RunId, u32)> = BTreeSet::new();
     for event in ledger {
         let Ok(next) = apply(states.get(&event.run_id), event) else {
@@ -527,7 +530,7 @@ pub fn check_effects(
             if next.status.is_outcome() && event.shard.is_none() {
                 outcome_at
                     .entry((event.run_id, attempt))
-                    .or_insert(event.at);
+                    .or_insert((event.at, event.kind.name()));
             }
             if matches!(
                 event.kind,
@@ -585,9 +588,8 @@ pub fn check_effects(
             }
             for pair in runs_of_attempt.windows(2) {
                 let (first, again) = (&pair[0], &pair[1]);
-                let outcome = outcome_at
-                    .get(&(*run, *attempt))
-                    .map(|at| at.timestamp_nanos_opt().unwrap_or(i64::MAX));
+                let over = outcome_at.get(&(*run, *attempt)).copied();
+                let outcome = over.map(|(at, _)| at.timestamp_nanos_opt().unwrap_or(i64::MAX));
                 if outcome.is_some_and(|at| at < again.0) {
                     check.reruns_after_outcome.push(Rerun {
                         run_id: *run,
@@ -595,7 +597,8 @@ pub fn check_effects(
                         attempt: *attempt,
                         first_started: from_nanos(first.0),
                         first_ended: first.1.map(from_nanos),
-                        outcome_at: outcome_at.get(&(*run, *attempt)).copied(),
+                        outcome_at: over.map(|(at, _)| at),
+                        outcome: over.map(|(_, kind)| kind),
                         started_again: from_nanos(again.0),
                         first_worker: first.2.clone(),
                         again_worker: again.2.clone(),
@@ -630,7 +633,10 @@ pub fn check_effects(
                     attempt,
                     first_started: from,
                     first_ended: first.1.map(from_nanos),
-                    outcome_at: outcome_at.get(&(*run, first_attempt)).copied(),
+                    outcome_at: outcome_at.get(&(*run, first_attempt)).map(|(at, _)| *at),
+                    outcome: outcome_at
+                        .get(&(*run, first_attempt))
+                        .map(|(_, kind)| *kind),
                     started_again: to,
                     first_worker: first.2.clone(),
                     again_worker: again.2.clone(),
