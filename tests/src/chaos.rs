@@ -453,6 +453,17 @@ async fn audited_slots(api: &str, jobs: &[JobDefinition]) -> usize {
     checked
 }
 
+/// SIGTERM, and a clean exit expected: one that does not come within a minute (the instance is
+/// then killed) is a stall of the run, which goes on, its figures still worth having.
+async fn stop_gracefully(report: &mut ChaosReport, instance: &mut Instance) {
+    if let Err(error) = instance.stop().await {
+        report.stalls.push((error.to_string(), chrono::Utc::now()));
+        report
+            .timeline
+            .push((error.to_string(), chrono::Utc::now()));
+    }
+}
+
 /// The shell script of a chaos task: a line in `log` as it starts, `sleep`, and a line as it ends,
 /// each with the run, the attempt and the time in nanoseconds.
 fn effect_script(log: &std::path::Path, sleep: &str) -> String {
@@ -926,7 +937,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             let instance = &mut fleet[victim];
             let what = format!("SIGTERM {}", instance.name);
             report.timeline.push((what.clone(), chrono::Utc::now()));
-            instance.stop().await?;
+            stop_gracefully(&mut report, instance).await;
             *report.graceful.entry(what).or_default() += 1;
             instance.start(&stack);
             recover(&mut report, instance).await;
@@ -969,7 +980,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             // On the timeline as it begins, like every fault.
             report.timeline.push((what.clone(), chrono::Utc::now()));
             if leaves {
-                joiner.stop().await?;
+                stop_gracefully(&mut report, joiner).await;
             } else {
                 joiner.start(&stack);
                 recover(&mut report, joiner).await;
@@ -978,7 +989,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
     }
     for joiner in &mut joiners {
-        joiner.stop().await?;
+        stop_gracefully(&mut report, joiner).await;
     }
     report.max_recovery_ms = report
         .recoveries_ms

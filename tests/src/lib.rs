@@ -630,12 +630,32 @@ impl Process {
             .unwrap_or_else(|| panic!("{name} kept running for {within:?}"))
     }
 
-    /// Waits for the process to exit on its own; if it is still running after `within`, kills it
-    /// (`kill -9`) and returns `None`.
+    /// Waits for the process to exit on its own; if it is still running after `within`, prints
+    /// the stacks of its threads (where it hangs, when gdb is installed) and kills it
+    /// (`kill -9`), and returns `None`.
     pub async fn exit_or_kill(mut self, within: Duration) -> Option<std::process::ExitStatus> {
         match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => Some(status.expect("waiting for the process")),
             Err(_) => {
+                if let Some(pid) = self.child.id() {
+                    let stacks = tokio::process::Command::new("gdb")
+                        .args([
+                            "-p",
+                            &pid.to_string(),
+                            "-batch",
+                            "-ex",
+                            "thread apply all bt",
+                        ])
+                        .output()
+                        .await;
+                    if let Ok(stacks) = stacks {
+                        eprintln!(
+                            "--- {} still running after {within:?}; its threads ---\n{}",
+                            self.name,
+                            String::from_utf8_lossy(&stacks.stdout)
+                        );
+                    }
+                }
                 self.child.kill().await.expect("killing the process");
                 None
             }
