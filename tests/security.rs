@@ -29,6 +29,16 @@ fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (key, pub_)
 }
 
+/// Sends `request`, and fails the test with the answer's body unless it succeeds.
+async fn succeeds(request: reqwest::RequestBuilder) {
+    let response = request.send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
 /// A job due every second whose task leaves a file named after the job in `dir` if it runs.
 fn marking_job(id: &str, dir: &Path) -> JobSpec {
     shell_job(id, "1s", &format!("touch {}/{id}", dir.display()))
@@ -74,17 +84,12 @@ async fn only_definitions_signed_by_a_trusted_key_run_and_the_others_are_refused
     wait_caught_up(&services).await;
 
     // Signed by the API's key, and by kairosctl's: both run.
-    let response = reqwest::Client::new()
-        .put(format!("{api}/api/v1/jobs/signed-by-api"))
-        .json(&marking_job("signed-by-api", &ran))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{:?}",
-        response.text().await
-    );
+    succeeds(
+        reqwest::Client::new()
+            .put(format!("{api}/api/v1/jobs/signed-by-api"))
+            .json(&marking_job("signed-by-api", &ran)),
+    )
+    .await;
     let file = dir.path().join("cli.json");
     std::fs::write(
         &file,
@@ -165,16 +170,7 @@ async fn only_definitions_signed_by_a_trusted_key_run_and_the_others_are_refused
     }
     // Pausing through the API (which has a key) keeps a definition's signature as it is: it
     // never signs one it did not check.
-    let response = reqwest::Client::new()
-        .post(format!("{api}/api/v1/jobs/unsigned/pause"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{:?}",
-        response.text().await
-    );
+    succeeds(reqwest::Client::new().post(format!("{api}/api/v1/jobs/unsigned/pause"))).await;
     let unsigned: Vec<_> = stack
         .read_records(&stack.kafka.topics().jobs())
         .into_iter()
@@ -258,17 +254,12 @@ async fn a_secret_reaches_its_task_and_no_topic_api_response_log_or_stored_outpu
         .env_from
         .insert("PGPASSWORD".into(), SecretRef::named("db-password"));
     let client = reqwest::Client::new();
-    let response = client
-        .put(format!("{api}/api/v1/jobs/uses-secret"))
-        .json(&job)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{:?}",
-        response.text().await
-    );
+    succeeds(
+        client
+            .put(format!("{api}/api/v1/jobs/uses-secret"))
+            .json(&job),
+    )
+    .await;
 
     // A literal credential is refused by the API, with the hint…
     let mut literal = shell_job("literal", "1h", "true");

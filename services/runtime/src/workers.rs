@@ -425,6 +425,16 @@ mod tests {
         }
     }
 
+    /// How the registry judges, at `now`, an attempt `w` started and one waiting for pool `p`.
+    fn judged(registry: &Registry, now: Timestamp) -> (Attendance, Attendance) {
+        let started = run(RunStatus::Started, Some("w"));
+        let dispatched = run(RunStatus::Dispatched, None);
+        (
+            registry.attendance(&started, "p", "shell", now),
+            registry.attendance(&dispatched, "p", "shell", now),
+        )
+    }
+
     /// Given a lone worker whose beats are late (a rebalance held them, or the broker is slow)
     /// and nobody else's flowing, when the attempts it holds and those waiting for its pool are
     /// judged, then they are attended: late beats are not a dead worker. (Before, a dispatched
@@ -432,34 +442,16 @@ mod tests {
     /// queued, which ran it after the ledger had given it up.)
     #[test]
     fn a_lone_worker_with_late_beats_attends_its_attempts_until_it_counts_as_lost() {
+        use Attendance::{Attended, Unattended};
         let mut registry = Registry::default();
         registry.record(beat("w", "p", 10_000, false));
-        let started = run(RunStatus::Started, Some("w"));
-        let dispatched = run(RunStatus::Dispatched, None);
         for at_ms in [14_000, 25_000] {
-            assert_eq!(
-                registry.attendance(&started, "p", "shell", at(at_ms)),
-                Attendance::Attended
-            );
-            assert_eq!(
-                registry.attendance(&dispatched, "p", "shell", at(at_ms)),
-                Attendance::Attended
-            );
+            assert_eq!(judged(&registry, at(at_ms)), (Attended, Attended));
         }
-        assert_eq!(
-            registry.attendance(&started, "p", "shell", at(25_001)),
-            Attendance::Unattended
-        );
-        assert_eq!(
-            registry.attendance(&dispatched, "p", "shell", at(25_001)),
-            Attendance::Unattended
-        );
+        assert_eq!(judged(&registry, at(25_001)), (Unattended, Unattended));
         // With another worker's beats flowing, its silence is its own.
         registry.record(beat("other", "q", 13_500, false));
-        assert_eq!(
-            registry.attendance(&started, "p", "shell", at(14_000)),
-            Attendance::Unattended
-        );
+        assert_eq!(judged(&registry, at(14_000)).0, Unattended);
     }
 
     /// Given a registry still reading the old beats (a dispatcher just started), when an attempt
@@ -468,35 +460,20 @@ mod tests {
     /// still unheard of then attends nothing.
     #[test]
     fn a_registry_still_listening_takes_no_unheard_worker_for_absent() {
+        use Attendance::{Attended, Unattended};
         let mut registry = Registry::default();
         registry.deaf(at(10_000));
-        let started = run(RunStatus::Started, Some("w"));
-        let dispatched = run(RunStatus::Dispatched, None);
         let listening = at(10_000 + 3 * 2_000);
         let heard = at(10_001 + 3 * 2_000);
         assert!(registry.still_listening(listening));
-        assert_eq!(
-            registry.attendance(&started, "p", "shell", listening),
-            Attendance::Attended
-        );
-        assert_eq!(
-            registry.attendance(&dispatched, "p", "shell", listening),
-            Attendance::Attended
-        );
+        assert_eq!(judged(&registry, listening), (Attended, Attended));
         assert!(!registry.still_listening(heard));
-        assert_eq!(
-            registry.attendance(&started, "p", "shell", heard),
-            Attendance::Unattended
-        );
-        assert_eq!(
-            registry.attendance(&dispatched, "p", "shell", heard),
-            Attendance::Unattended
-        );
+        assert_eq!(judged(&registry, heard), (Unattended, Unattended));
         // A finished run is attended by nobody, listening or not.
         let over = run(RunStatus::Succeeded, None);
         assert_eq!(
             registry.attendance(&over, "p", "shell", listening),
-            Attendance::Unattended
+            Unattended
         );
     }
 }
