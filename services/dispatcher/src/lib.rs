@@ -14,6 +14,7 @@
 mod attempts;
 mod metrics_names;
 mod pools;
+mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::attempts::Attempts;
 use crate::metrics_names as m;
 use crate::pools::Pools;
+use crate::timers::Timers;
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -168,7 +170,7 @@ pub async fn run(
         consumer: parts.consumer,
         deadletters: parts.deadletters,
         known_pools: HashSet::new(),
-        timers: BTreeSet::new(),
+        timers: Timers::default(),
         deadline_margin: config.deadline_margin,
         pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
         heartbeats,
@@ -194,8 +196,8 @@ struct Dispatcher {
     deadletters: DeadLetters,
     /// Pools whose task topic is known to exist.
     known_pools: HashSet<String>,
-    /// When to look at a job again without a new event: (due, partition, job).
-    timers: BTreeSet<(Timestamp, i32, String)>,
+    /// When to look at a job again without a new event.
+    timers: Timers,
     deadline_margin: Duration,
     /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
     pools: Pools,
@@ -238,15 +240,12 @@ impl Dispatcher {
         let mut check_workers = tokio::time::interval(WORKER_CHECK_INTERVAL);
         check_workers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let wake = self
-                .timers
-                .first()
-                .map_or(Duration::from_secs(1), |(due, _, _)| {
-                    (*due - chrono::Utc::now())
-                        .to_std()
-                        .unwrap_or_default()
-                        .min(Duration::from_secs(1))
-                });
+            let wake = self.timers.next().map_or(Duration::from_secs(1), |due| {
+                (due - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(Duration::from_secs(1))
+            });
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.finish_sends().await,
@@ -322,13 +321,8 @@ impl Dispatcher {
     /// Only the timers due when it begins: one that a reconcile sets again, already due, waits
     /// for the next turn of the loop, so records keep being read in between.
     async fn wake_due(&mut self) -> anyhow::Result<()> {
-        let now = kairos_runtime::now();
-        let mut due = vec![];
-        while let Some(timer) = self.timers.first().filter(|(at, _, _)| *at <= now) {
-            due.push(timer.clone());
-            self.timers.pop_first();
-        }
-        for (_, partition, job) in due {
+        let due = self.timers.take_due(kairos_runtime::now());
+        for (partition, job) in due {
             if self.consumer.is_caught_up(partition) {
                 self.reconcile(partition, Some(&job)).await?;
             }
@@ -346,7 +340,7 @@ impl Dispatcher {
                 }
             }
             Input::Revoked(partitions) => {
-                self.timers.retain(|(_, p, _)| !partitions.contains(p));
+                self.timers.forget(&partitions);
                 self.pools.forget(&partitions);
                 self.attempts.forget(&partitions);
                 self.awaiting
@@ -643,7 +637,7 @@ impl Dispatcher {
                 // Timers come before records in the loop: one that is due at every turn (a run
                 // whose retry is overdue but whose pool is full) must leave room for reading.
                 let due = due.max(now + MIN_TIMER_DELAY);
-                self.timers.insert((due, partition, job.to_string()));
+                self.timers.set(due, partition, job);
             }
         }
         // A request is done with once its run is over; one for a run not read yet is kept.
