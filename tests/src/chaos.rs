@@ -1017,7 +1017,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     report.audit.slots_checked = audited_slots(&format!("http://{api_addr}"), &jobs).await;
 
     // Rebuilds: one dispatcher takes every partition first, so that its live state covers them all.
-    fleet[2].stop().await?;
+    stop_gracefully(&mut report, &mut fleet[2]).await;
     recover(&mut report, &fleet[1]).await;
     for index in [0, 1, 5] {
         let difference = rebuild(&stack, &mut fleet[index]).await?;
@@ -1026,7 +1026,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             .push((fleet[index].name.clone(), difference));
     }
     for instance in &mut fleet {
-        instance.stop().await?;
+        stop_gracefully(&mut report, instance).await;
     }
     report.elapsed_secs = began.elapsed().as_secs();
     Ok(report)
