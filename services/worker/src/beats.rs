@@ -170,6 +170,7 @@ impl Beater {
         self.membership.send_modify(|m| {
             m.last_beat = Instant::now();
             m.expelled |= silence.is_some_and(|s| s.expelled);
+            m.silences += u64::from(silence.is_some());
         });
         if let Some(silence) = silence {
             let _ = self.silences.send(silence);
@@ -196,6 +197,7 @@ mod tests {
         let membership = watch::Sender::new(Membership {
             expelled: false,
             last_beat: Instant::now(),
+            silences: 0,
         });
         let (silences_tx, silences) = mpsc::unbounded_channel();
         let loop_clock = LoopClock::new();
@@ -274,6 +276,10 @@ mod tests {
             .unwrap();
         assert!(silence.lasted >= INTERVAL * 4, "{silence:?}");
         assert!(!silence.expelled && !membership.borrow().expelled);
+        assert!(
+            membership.borrow().silences >= 1,
+            "the executions hear of the silence"
+        );
         assert!(membership.borrow().last_beat > silent_from);
         stop.cancel();
         task.await.unwrap();

@@ -424,6 +424,7 @@ pub async fn run_with_handlers(
     let membership = tokio::sync::watch::Sender::new(Membership {
         expelled: false,
         last_beat: Instant::now(),
+        silences: 0,
     });
     let claims = Arc::new(Claims::default());
     let loop_clock = LoopClock::new();
@@ -582,6 +583,10 @@ struct Membership {
     expelled: bool,
     /// When the worker last beat, its beater having first looked at how long it had been silent.
     last_beat: Instant,
+    /// How many silences past the limit the worker has had: an attempt taken before one (held
+    /// for its start, or waiting for a place, and woken after the beats resumed) may have been
+    /// recorded lost meanwhile, and looks at the ledger before it begins.
+    silences: u64,
 }
 
 impl Worker {
@@ -1153,6 +1158,7 @@ impl Worker {
         let finished = self.finished_tx.clone();
         let pool = self.pool.clone();
         let mut membership = self.membership.subscribe();
+        let silences_when_taken = membership.borrow().silences;
         let silence = self.silence_limit();
         let workers = self.others.shared();
         let me = self.reporter.worker_id.clone();
@@ -1241,6 +1247,9 @@ impl Worker {
             }
             // A last look, for a worker frozen between its start and now.
             waited |= until_in_group(&mut membership, silence, &cancel, &claim.released).await;
+            // Silent since it was taken (a freeze it slept through): the dispatchers may have
+            // recorded it lost, and a retry be on its way.
+            waited |= membership.borrow().silences != silences_when_taken;
             // Woken long after the start, or held while out of the group (the worker was stopped,
             // suspended or cut off): its partition may meanwhile have gone to another worker that
             // ran the attempt.
