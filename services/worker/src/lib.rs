@@ -429,9 +429,9 @@ pub async fn run_with_handlers(
     let claims = Arc::new(Claims::default());
     let loop_clock = LoopClock::new();
     let beater = Beater {
-        producer: config.kafka.heartbeat_producer(
-            config.heartbeat_interval * kairos_runtime::workers::MISSED_BEATS,
-        )?,
+        producer: config
+            .kafka
+            .heartbeat_producer(silence_limit(config.heartbeat_interval))?,
         topic: topics_heartbeats.clone(),
         announcement: announcement.clone(),
         claims: Arc::clone(&claims),
@@ -451,7 +451,6 @@ pub async fn run_with_handlers(
         },
         producer: parts.producer,
         heartbeats: topics_heartbeats,
-        heartbeat_interval: config.heartbeat_interval,
         announcement,
         deadletters: parts.deadletters,
         input,
@@ -500,8 +499,7 @@ struct Worker {
     /// Kept for a clean stop: the reporter and dead letters produce through it.
     producer: ReliableProducer,
     heartbeats: String,
-    heartbeat_interval: Duration,
-    /// What the heartbeats say of this worker.
+    /// What the heartbeats say of this worker, its beat interval among it.
     announcement: Announcement,
     input: String,
     pool: String,
@@ -623,7 +621,7 @@ impl Worker {
             let stop = CancellationToken::new();
             self.beating = Some((stop.clone(), tokio::spawn(beater.run(stop))));
         }
-        let mut look = tokio::time::interval(self.heartbeat_interval);
+        let mut look = tokio::time::interval(self.announcement.interval);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.loop_clock.turned();
@@ -966,7 +964,7 @@ impl Worker {
     }
 
     fn silence_limit(&self) -> Duration {
-        silence_limit(self.heartbeat_interval)
+        silence_limit(self.announcement.interval)
     }
 
     /// Leaves a task unrun: committable once every earlier task of the partition is done.
