@@ -359,3 +359,88 @@ async fn a_worker_whose_producer_is_backed_up_still_beats_on_time() {
     }
     stop_all(vec![slow, steady]).await;
 }
+
+/// A dispatcher that dies between recording a dispatch on the ledger and sending its task leaves
+/// an attempt no worker will ever be given (found in the chaos runs: runs dispatched just before
+/// a dispatcher's kill stayed dispatched to the end). Reproduced by writing such a dispatch onto
+/// the ledger by hand: once no live worker of the pool has held its task for the unclaimed
+/// limit, the dispatcher records the attempt lost, and the retry runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispatch_whose_task_never_reached_the_workers_is_lost_and_retried() {
+    use kairos_core::run::{RunEvent, RunId, TriggerKind};
+    use kairos_core::JobId;
+    use kairos_runtime::ledger::LedgerRecord;
+
+    let stack = Stack::new(2).await;
+    let mut job = one_shot_job("orphaned", "echo ran", 3600);
+    job.retry = exact_retries(3, Duration::from_millis(100));
+    let definition = stack.apply_job(job).await;
+    // A run asked for by hand, recorded dispatched, whose task never went out.
+    let job_id = JobId::parse("orphaned").unwrap();
+    let asked_at = chrono::Utc::now();
+    let run_id = RunId::derive(&job_id, asked_at, TriggerKind::Manual);
+    for kind in [
+        RunEventKind::RunScheduled {
+            trigger: TriggerKind::Manual,
+            definition_offset: definition.offset,
+        },
+        RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "default".into(),
+        },
+    ] {
+        let event = RunEvent {
+            job_id: job_id.clone(),
+            run_id,
+            scheduled_for: asked_at,
+            at: asked_at,
+            kind,
+            shard: None,
+        };
+        let record = LedgerRecord::of(&event, "dispatcher").unwrap();
+        stack
+            .produce(&stack.kafka.topics().runs(), &record.key, Some(&record.payload))
+            .await;
+    }
+
+    let limit = Duration::from_secs(3);
+    let services = [
+        stack.dispatcher_with("dispatcher", |config| config.unclaimed_limit = limit),
+        stack.worker("w"),
+    ];
+    let ledger = wait_for(
+        "the orphaned run to succeed",
+        Duration::from_secs(60),
+        || async {
+            let ledger = stack.job_ledger("orphaned");
+            ledger
+                .iter()
+                .any(|e| matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+                .then_some(ledger)
+        },
+    )
+    .await;
+    // (The retry reports its start only if it runs for longer than `--report-start-after`.)
+    let events: Vec<_> = ledger
+        .iter()
+        .filter(|e| !matches!(e.kind, RunEventKind::RunStarted { .. }))
+        .collect();
+    assert_eq!(
+        names(&events),
+        [
+            "RunScheduled",
+            "RunDispatched(1)",
+            "RunLost(1)",
+            "RetryScheduled(2)",
+            "RunDispatched(2)",
+            "RunSucceeded(2)",
+        ],
+        "the unclaimed attempt is lost once, and its retry runs"
+    );
+    let lost_at = events[2].at;
+    assert!(
+        lost_at - asked_at >= chrono::Duration::from_std(limit).unwrap(),
+        "not lost before the limit: {lost_at} vs {asked_at}"
+    );
+    stop_all(services).await;
+}

@@ -427,29 +427,54 @@ pub fn wake_at(
 /// Whether anyone alive is on a run's attempt, as the workers' heartbeats tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attendance {
-    /// The worker that started the attempt is alive, or, not started yet, live workers serve its
-    /// pool and task type: its outcome will come, however late.
+    /// The worker that started the attempt is alive, or, not started yet, a live worker holds its
+    /// task (or the workers have not all been heard yet): its outcome will come, however late.
     Attended,
+    /// Dispatched, and live workers serve its pool, but none says it holds the task. The task may
+    /// be on its way (a worker reading a backlog), or may never reach a worker: a dispatcher that
+    /// died between recording the dispatch and sending the task, a broker that lost the record.
+    Unclaimed {
+        /// When a worker last said it held a task of the run (of this attempt or an earlier one).
+        last_held: Option<Timestamp>,
+    },
     /// Nobody alive could report on it.
     Unattended,
 }
 
-/// [`next_step`] for a run whose attempt is `attendance`: the deadline backstop times out only
-/// an attempt nobody attends. One a live worker attends waits for its outcome: that worker
-/// enforces the task's timeout itself, and a task queued behind others on a busy pool starts when
-/// its turn comes. Timing such attempts out only added retries to the queues that made them late,
-/// which then made more late: the retry storm of the 10-minute chaos runs.
+/// [`next_step`] for a run whose attempt is `attendance`.
+///
+/// The deadline backstop times out only an attempt nobody attends. One a live worker attends
+/// waits for its outcome: that worker enforces the task's timeout itself, and a task queued behind
+/// others on a busy pool starts when its turn comes. Timing such attempts out only added retries
+/// to the queues that made them late, which then made more late: the retry storm of the 10-minute
+/// chaos runs.
+///
+/// A dispatched attempt whose task no worker has held for `unclaimed_limit` since its start (or
+/// since a worker last held it) is recorded lost, and retried as the job's policy says: without
+/// this, a task that never reached the tasks topic left its run dispatched forever.
 pub fn next_step_given(
     run: &RunState,
     job: JobView<'_>,
     now: Timestamp,
     deadline_margin: Duration,
+    unclaimed_limit: Duration,
     runs_of_job: &[RunState],
     attendance: Attendance,
 ) -> Option<Step> {
+    if let (Attendance::Unclaimed { last_held }, JobView::Defined { definition, .. }) =
+        (attendance, job)
+    {
+        let overdue = claim_deadline(run, definition, unclaimed_limit, last_held)
+            .is_some_and(|deadline| deadline <= now);
+        if run.status == RunStatus::Dispatched && overdue {
+            return Some(Step::Record(RunEventKind::RunLost {
+                attempt: run.attempt,
+            }));
+        }
+    }
     match next_step(run, job, now, deadline_margin, runs_of_job) {
         Some(Step::Record(RunEventKind::RunTimedOut { .. }))
-            if attendance == Attendance::Attended =>
+            if attendance != Attendance::Unattended =>
         {
             None
         }
@@ -457,23 +482,50 @@ pub fn next_step_given(
     }
 }
 
-/// [`wake_at`] for a run whose attempt is `attendance`: past its deadline, an attended attempt is
-/// looked at again every `margin`, to time it out should its worker die or its pool empty.
+/// [`wake_at`], and for a dispatched attempt the time its task must have been claimed by (see
+/// [`next_step_given`]). Past both, a run still waiting on a worker (attended, or its task held
+/// for a place) is looked at again every `margin`, to act should its worker die or its task go
+/// unclaimed.
 pub fn wake_at_given(
     run: &RunState,
     definition: Option<&JobDefinition>,
     margin: Duration,
+    unclaimed_limit: Duration,
     now: Timestamp,
     attendance: Attendance,
 ) -> Option<Timestamp> {
-    let wake = wake_at(run, definition, margin, now)?;
-    let attended_past_deadline = attendance == Attendance::Attended
-        && matches!(run.status, RunStatus::Dispatched | RunStatus::Started)
-        && wake <= now;
-    match attended_past_deadline {
+    let last_held = match attendance {
+        Attendance::Unclaimed { last_held } => last_held,
+        Attendance::Attended | Attendance::Unattended => None,
+    };
+    let claim_by = definition
+        .filter(|_| run.status == RunStatus::Dispatched)
+        .and_then(|definition| claim_deadline(run, definition, unclaimed_limit, last_held));
+    let wake = wake_at(run, definition, margin, now).into_iter().chain(claim_by).min()?;
+    let waiting_past_it =
+        matches!(run.status, RunStatus::Dispatched | RunStatus::Started) && wake <= now;
+    match waiting_past_it {
         true => Some(now + chrono::Duration::from_std(margin).ok()?),
         false => Some(wake),
     }
+}
+
+/// How long a dispatched attempt's task may go unheld by any worker before the dispatcher records
+/// the attempt lost, unless it is configured otherwise: far longer than a worker takes to read a
+/// task and announce it (a heartbeat interval), and than a rebalance takes to hand it over.
+pub const DEFAULT_UNCLAIMED_LIMIT: Duration = Duration::from_secs(60);
+
+/// When a dispatched attempt's task must have been held by a worker: `limit` after the attempt's
+/// start, or after a worker last said it held it, whichever is later.
+fn claim_deadline(
+    run: &RunState,
+    definition: &JobDefinition,
+    limit: Duration,
+    last_held: Option<Timestamp>,
+) -> Option<Timestamp> {
+    let start = attempt_start(run, definition)?;
+    let since = last_held.map_or(start, |held| held.max(start));
+    Some(since + chrono::Duration::from_std(limit).ok()?)
 }
 
 /// Who `RunTimedOut` names when the deadline backstop fires before any worker started the attempt.
@@ -492,7 +544,13 @@ pub(crate) fn attempt_deadline(
     margin: Duration,
 ) -> Option<Timestamp> {
     let budget = chrono::Duration::from_std(definition.timeout? + margin).ok()?;
-    Some(run.dispatched_at?.max(start_at(definition, run)) + budget)
+    Some(attempt_start(run, definition)? + budget)
+}
+
+/// When the current attempt is due to start: its dispatch, or the start a task dispatched ahead
+/// is held for.
+fn attempt_start(run: &RunState, definition: &JobDefinition) -> Option<Timestamp> {
+    Some(run.dispatched_at?.max(start_at(definition, run)))
 }
 
 /// The delay before the attempt after `attempt`. The jitter is drawn from the run id and attempt,
@@ -526,6 +584,7 @@ pub(crate) mod tests {
     use crate::run::{apply, RunEvent, RunId, TriggerKind};
     use crate::schedule::{DstGap, Schedule};
 
+    const LIMIT: Duration = Duration::from_secs(60);
     const MARGIN: Duration = Duration::from_secs(30);
 
     fn policy(policy: MisfireKind) -> MisfirePolicy {
@@ -1407,22 +1466,136 @@ pub(crate) mod tests {
             Some(Step::Record(RunEventKind::RunTimedOut { .. }))
         ));
         // When a live worker attends it, then it waits, and is looked at again a margin later
+        let given = |attendance| next_step_given(&run, view, past, MARGIN, LIMIT, &[], attendance);
+        let wake = |attendance| wake_at_given(&run, Some(&job), MARGIN, LIMIT, past, attendance);
+        assert_eq!(given(Attendance::Attended), None);
         assert_eq!(
-            next_step_given(&run, view, past, MARGIN, &[], Attendance::Attended),
-            None
-        );
-        assert_eq!(
-            wake_at_given(&run, Some(&job), MARGIN, past, Attendance::Attended),
+            wake(Attendance::Attended),
             Some(past + chrono::Duration::from_std(MARGIN).unwrap())
         );
         // When nobody attends it, then the backstop times it out as before
         assert!(matches!(
-            next_step_given(&run, view, past, MARGIN, &[], Attendance::Unattended),
+            given(Attendance::Unattended),
             Some(Step::Record(RunEventKind::RunTimedOut { .. }))
         ));
+    }
+
+    #[test]
+    fn given_a_dispatched_task_no_worker_holds_then_it_is_lost_once_the_limit_has_passed() {
+        // (A job without a timeout, so that no deadline comes first.)
+        let mut job = definition();
+        job.timeout = None;
+        let view = JobView::Defined {
+            definition: &job,
+            offset: 4,
+        };
+        // Given an attempt dispatched at slot(1)+1s, on a pool live workers serve, whose task no
+        // worker has said it holds
+        let run = after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }]);
+        let dispatched = slot(1) + chrono::Duration::seconds(1);
+        let limit = chrono::Duration::from_std(LIMIT).unwrap();
+        let unclaimed = Attendance::Unclaimed { last_held: None };
+        let given = |now| next_step_given(&run, view, now, MARGIN, LIMIT, &[], unclaimed);
+        // When the limit has not passed, then it waits, and is looked at again when it has
+        assert_eq!(given(dispatched + limit - chrono::Duration::seconds(1)), None);
         assert_eq!(
-            wake_at_given(&run, Some(&job), MARGIN, past, Attendance::Unattended),
-            wake_at(&run, Some(&job), MARGIN, past)
+            wake_at_given(&run, Some(&job), MARGIN, LIMIT, dispatched, unclaimed),
+            Some(dispatched + limit)
+        );
+        // When it has, then the attempt is recorded lost (and retried as the policy says)
+        let lost = Some(Step::Record(RunEventKind::RunLost { attempt: 1 }));
+        assert_eq!(given(dispatched + limit), lost);
+        // With a timeout whose deadline passed first, it is lost all the same, not timed out
+        let timed = definition();
+        let view = JobView::Defined {
+            definition: &timed,
+            offset: 4,
+        };
+        assert_eq!(
+            next_step_given(&run, view, dispatched + limit, MARGIN, LIMIT, &[], unclaimed),
+            lost
+        );
+    }
+
+    #[test]
+    fn given_a_dispatched_task_a_worker_held_lately_then_the_limit_counts_from_then() {
+        // (A job without a timeout, so that no deadline comes first.)
+        let mut job = definition();
+        job.timeout = None;
+        let view = JobView::Defined {
+            definition: &job,
+            offset: 4,
+        };
+        let run = after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }]);
+        let dispatched = slot(1) + chrono::Duration::seconds(1);
+        let limit = chrono::Duration::from_std(LIMIT).unwrap();
+        // Given a worker held the task until 50 s after the dispatch (it finished the task, or
+        // died with it, and its outcome or its redelivery is still on the way)
+        let held = dispatched + chrono::Duration::seconds(50);
+        let unclaimed = Attendance::Unclaimed {
+            last_held: Some(held),
+        };
+        let given = |now| next_step_given(&run, view, now, MARGIN, LIMIT, &[], unclaimed);
+        // When the limit has passed since the dispatch but not since the hold, then it waits
+        assert_eq!(given(dispatched + limit + chrono::Duration::seconds(1)), None);
+        assert_eq!(
+            wake_at_given(&run, Some(&job), MARGIN, LIMIT, dispatched, unclaimed),
+            Some(held + limit)
+        );
+        // When it has passed since the hold too, then the attempt is lost
+        assert_eq!(
+            given(held + limit),
+            Some(Step::Record(RunEventKind::RunLost { attempt: 1 }))
+        );
+        // And a hold from before the dispatch (an earlier attempt's) does not defer it
+        let earlier = Attendance::Unclaimed {
+            last_held: Some(dispatched - chrono::Duration::seconds(30)),
+        };
+        assert_eq!(
+            next_step_given(&run, view, dispatched + limit, MARGIN, LIMIT, &[], earlier),
+            Some(Step::Record(RunEventKind::RunLost { attempt: 1 }))
+        );
+    }
+
+    #[test]
+    fn given_a_held_or_started_attempt_then_the_unclaimed_limit_never_applies() {
+        let job = definition();
+        let view = JobView::Defined {
+            definition: &job,
+            offset: 4,
+        };
+        let dispatched = after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }]);
+        let started = after(vec![
+            RunEventKind::RunDispatched {
+                attempt: 1,
+                pool: "batch".into(),
+            },
+            RunEventKind::RunStarted {
+                attempt: 1,
+                worker_id: "w".into(),
+            },
+        ]);
+        let late = slot(1) + chrono::Duration::from_std(LIMIT).unwrap() * 2;
+        // Given a task a live worker holds, when the limit has long passed, then it waits
+        assert_eq!(
+            next_step_given(&dispatched, view, late, MARGIN, LIMIT, &[], Attendance::Attended),
+            None
+        );
+        // Given a started attempt, when it is judged unclaimed, then the rule does not apply:
+        // a started attempt is its worker's, and is lost only with its worker
+        let unclaimed = Attendance::Unclaimed { last_held: None };
+        assert_eq!(
+            next_step_given(&started, view, late, MARGIN, LIMIT, &[], unclaimed),
+            None
         );
     }
 

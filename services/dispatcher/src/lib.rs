@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use kairos_core::decide::{
     cancel_step, lost_step, next_step_given, wake_at_given, Attendance, JobView, Step,
-    DEFAULT_DEADLINE_MARGIN,
+    DEFAULT_DEADLINE_MARGIN, DEFAULT_UNCLAIMED_LIMIT,
 };
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
@@ -75,6 +75,11 @@ pub struct Config {
     /// How long past its task timeout an attempt that never reported is recorded as timed out.
     #[arg(long, env = "KAIROS_DEADLINE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub deadline_margin: Duration,
+    /// How long a dispatched task may go unheld by any live worker of its pool (none announces it
+    /// in its heartbeats) before the attempt is recorded lost and retried: the backstop for a
+    /// task that never reached the tasks topic.
+    #[arg(long, env = "KAIROS_UNCLAIMED_LIMIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub unclaimed_limit: Duration,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -86,6 +91,7 @@ impl Config {
             data_dir,
             metrics_addr,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            unclaimed_limit: DEFAULT_UNCLAIMED_LIMIT,
             max_in_flight: vec![],
             telemetry: TelemetryArgs::default(),
         }
@@ -172,6 +178,7 @@ pub async fn run(
         known_pools: HashSet::new(),
         timers: Timers::default(),
         deadline_margin: config.deadline_margin,
+        unclaimed_limit: config.unclaimed_limit,
         pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
         heartbeats,
         attempts: Attempts::default(),
@@ -199,6 +206,7 @@ struct Dispatcher {
     /// When to look at a job again without a new event.
     timers: Timers,
     deadline_margin: Duration,
+    unclaimed_limit: Duration,
     /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
     pools: Pools,
     /// Every worker's latest heartbeat.
@@ -602,7 +610,20 @@ impl Dispatcher {
                     Some(lost)
                 } else {
                     let attendance = self.attendance(&runs[i], definition.as_ref(), now);
-                    next_step_given(&runs[i], view, now, self.deadline_margin, &runs, attendance)
+                    let step = next_step_given(
+                        &runs[i],
+                        view,
+                        now,
+                        self.deadline_margin,
+                        self.unclaimed_limit,
+                        &runs,
+                        attendance,
+                    );
+                    if let (Attendance::Unclaimed { last_held }, Some(Step::Record(RunEventKind::RunLost { .. }))) = (attendance, &step) {
+                        tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, ?last_held, "No live worker holds the dispatched task; recording the attempt lost.");
+                        metrics::counter!(m::UNCLAIMED, "pool" => runs[i].pool.clone().unwrap_or_default()).increment(1);
+                    }
+                    step
                 };
                 let Some(step) = step else { break };
                 if let Some(pool) = step.pool() {
@@ -630,6 +651,7 @@ impl Dispatcher {
                 &runs[i],
                 definition.as_ref(),
                 self.deadline_margin,
+                self.unclaimed_limit,
                 now,
                 attendance,
             );

@@ -4,11 +4,11 @@
 //! the worker registry and to notice pools nobody serves, a worker to know whether the worker
 //! that started a redelivered attempt is still at it; all must judge a worker the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use kairos_core::decide::Attendance;
-use kairos_core::run::{RunState, RunStatus};
+use kairos_core::run::{RunId, RunState, RunStatus};
 use kairos_core::Timestamp;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -68,13 +68,27 @@ pub struct Registry {
     newest: Option<Timestamp>,
     /// When the reader last failed to read heartbeats (the broker was unreachable).
     deaf_at: Option<Timestamp>,
+    /// When a worker last said it held a task of each run, for the runs held lately (see
+    /// [`HELD_MEMORY`]).
+    last_held: HashMap<RunId, Timestamp>,
+    /// When `last_held` was last rid of what it no longer needs to remember.
+    last_pruned: Option<Timestamp>,
 }
+
+/// How long the registry remembers that a worker held a run's task: longer than any dispatcher's
+/// unclaimed limit.
+pub const HELD_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Registry {
     /// Keeps `beat` unless a newer one of its worker is known (heartbeats of one worker share a
     /// partition, but a compacted topic read again may interleave with live ones).
     pub fn record(&mut self, beat: WorkerHeartbeat) {
         self.newest = self.newest.max(Some(beat.at));
+        for run in &beat.in_flight {
+            let held = self.last_held.entry(*run).or_insert(beat.at);
+            *held = (*held).max(beat.at);
+        }
+        self.forget_old_holds(beat.at);
         if self
             .latest
             .get(&beat.worker_id)
@@ -82,6 +96,19 @@ impl Registry {
         {
             self.latest.insert(beat.worker_id.clone(), beat);
         }
+    }
+
+    /// Forgets holds older than [`HELD_MEMORY`], once per such period: the compacted topic read
+    /// from its start, and every run ever held, would otherwise all be kept.
+    fn forget_old_holds(&mut self, now: Timestamp) {
+        let Ok(memory) = chrono::Duration::from_std(HELD_MEMORY) else {
+            return;
+        };
+        if self.last_pruned.is_some_and(|pruned| now - pruned < memory) {
+            return;
+        }
+        self.last_pruned = Some(now);
+        self.last_held.retain(|_, held| now - *held < memory);
     }
 
     /// Notes that reading heartbeats failed at `now`: silence heard through a broken connection
@@ -147,10 +174,11 @@ impl Registry {
     }
 
     /// Whether a live worker is on the run's attempt: the worker that started it (every shard's,
-    /// for a sharded run) is alive, or, not started yet, a live worker serves `pool` and
-    /// `task_type`. Judged with the care [`Registry::liveness`] takes: a worker whose beats are
-    /// late while nobody else's flow, or not yet heard of while the registry is still listening
-    /// (a dispatcher that has just started), attends.
+    /// for a sharded run) is alive, or, not started yet, a live worker holds its task. Judged
+    /// with the care [`Registry::liveness`] takes: a worker whose beats are late while nobody
+    /// else's flow, or not yet heard of while the registry is still listening (a dispatcher that
+    /// has just started), attends. A task nobody holds while live workers serve `pool` and
+    /// `task_type` is [`Attendance::Unclaimed`].
     pub fn attendance(
         &self,
         run: &RunState,
@@ -158,26 +186,39 @@ impl Registry {
         task_type: &str,
         now: Timestamp,
     ) -> Attendance {
-        let attended = match run.status {
+        match run.status {
             RunStatus::Started => {
                 let workers = run.workers();
-                !workers.is_empty()
+                let attended = !workers.is_empty()
                     && workers
                         .iter()
                         .all(|worker| match self.liveness(worker, now) {
                             Some(liveness) => liveness == Liveness::Live,
                             None => self.still_listening(now),
-                        })
+                        });
+                match attended {
+                    true => Attendance::Attended,
+                    false => Attendance::Unattended,
+                }
             }
-            RunStatus::Dispatched => {
-                self.serves(pool, Some(task_type), now) || self.still_listening(now)
+            RunStatus::Dispatched if self.holds(run.run_id, now) || self.still_listening(now) => {
+                Attendance::Attended
             }
-            _ => false,
-        };
-        match attended {
-            true => Attendance::Attended,
-            false => Attendance::Unattended,
+            RunStatus::Dispatched if self.serves(pool, Some(task_type), now) => {
+                Attendance::Unclaimed {
+                    last_held: self.last_held.get(&run.run_id).copied(),
+                }
+            }
+            _ => Attendance::Unattended,
         }
+    }
+
+    /// Whether a live worker says, in its latest beat, that it holds a task of `run`.
+    fn holds(&self, run: RunId, now: Timestamp) -> bool {
+        self.latest.values().any(|beat| {
+            beat.in_flight.contains(&run)
+                && self.liveness(&beat.worker_id, now) == Some(Liveness::Live)
+        })
     }
 }
 
@@ -425,6 +466,13 @@ mod tests {
         }
     }
 
+    /// The run [`judged`] looks at dispatched, and a beat of `worker` saying it holds its task.
+    fn holding(worker: &str, at_ms: i64) -> WorkerHeartbeat {
+        let mut beat = beat(worker, "p", at_ms, false);
+        beat.in_flight = vec![run(RunStatus::Dispatched, None).run_id];
+        beat
+    }
+
     /// How the registry judges, at `now`, an attempt `w` started and one waiting for pool `p`.
     fn judged(registry: &Registry, now: Timestamp) -> (Attendance, Attendance) {
         let started = run(RunStatus::Started, Some("w"));
@@ -444,7 +492,7 @@ mod tests {
     fn a_lone_worker_with_late_beats_attends_its_attempts_until_it_counts_as_lost() {
         use Attendance::{Attended, Unattended};
         let mut registry = Registry::default();
-        registry.record(beat("w", "p", 10_000, false));
+        registry.record(holding("w", 10_000));
         for at_ms in [14_000, 25_000] {
             assert_eq!(judged(&registry, at(at_ms)), (Attended, Attended));
         }
@@ -475,5 +523,43 @@ mod tests {
             registry.attendance(&over, "p", "shell", listening),
             Unattended
         );
+    }
+
+    /// Given live workers serving the pool, when a dispatched attempt's task is in none of their
+    /// latest beats, then it is unclaimed, with the time a worker last held it; while one holds
+    /// it, it is attended; with nobody serving the pool, nobody attends it.
+    #[test]
+    fn a_dispatched_task_no_live_worker_holds_is_unclaimed_since_it_was_last_held() {
+        use Attendance::{Attended, Unattended, Unclaimed};
+        let mut registry = Registry::default();
+        registry.record(beat("w", "p", 10_000, false));
+        assert_eq!(
+            judged(&registry, at(10_500)).1,
+            Unclaimed { last_held: None }
+        );
+        registry.record(holding("w", 11_000));
+        assert_eq!(judged(&registry, at(11_500)).1, Attended);
+        // It ran and ended (or was handed back): the next beat no longer lists it.
+        registry.record(beat("w", "p", 12_000, false));
+        assert_eq!(
+            judged(&registry, at(12_500)).1,
+            Unclaimed {
+                last_held: Some(at(11_000))
+            }
+        );
+        // A worker that holds it but is lost does not attend it.
+        let mut lost_holder = Registry::default();
+        lost_holder.record(holding("gone", 10_000));
+        lost_holder.record(beat("w", "p", 20_000, false));
+        assert_eq!(
+            judged(&lost_holder, at(20_500)).1,
+            Unclaimed {
+                last_held: Some(at(10_000))
+            }
+        );
+        // Nobody serves the pool: the task waits on the topic for a worker, unattended.
+        let mut elsewhere = Registry::default();
+        elsewhere.record(beat("w", "q", 10_000, false));
+        assert_eq!(judged(&elsewhere, at(10_500)).1, Unattended);
     }
 }
