@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kairos_core::run::RunEventKind;
 use kairos_tests::{
-    events_of, metric_value, one_shot_job, scrape, shell_job, stop_all, wait_caught_up, wait_for,
-    Stack,
+    events_of, exact_retries, metric_value, one_shot_job, scrape, shell_job, stop_all,
+    wait_caught_up, wait_for, Stack,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -521,6 +521,112 @@ async fn a_join_moves_a_saturated_workers_attempts_without_running_any_twice() {
     let twice: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "attempts ran more than once: {twice:?}");
     assert_eq!(executions.len(), jobs.len(), "{executions:?}");
+    services.push(second);
+    stop_all(services).await;
+}
+
+/// A saturated worker announces, at a handover, the start of the attempts waiting for its place.
+/// From then on the ledger shows them as this worker's, and a dispatcher that judges the worker
+/// lost (in the chaos runs: its beats delivered late by a busy broker) records them lost and
+/// retries them. The worker must not begin one of them afterwards: it reads the ledger before it
+/// begins an attempt it announced, and skips those that are over. (Before, it ran them when their
+/// place came, and their retries ran too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_announced_at_a_handover_and_then_recorded_lost_is_not_begun() {
+    use kairos_core::run::RunEvent;
+    use kairos_runtime::ledger::LedgerRecord;
+
+    let stack = Stack::new(2).await;
+    // A heartbeat interval long enough that neither the lateness of the attempts nor their wait
+    // for a place passes the silence limit: only the announcement can have them checked.
+    let mut services = vec![
+        stack.trigger("trigger"),
+        stack.dispatcher("dispatcher"),
+        stack.worker_with("first", |config| {
+            config.max_concurrent = 1;
+            config.heartbeat_interval = Duration::from_secs(10);
+        }),
+    ];
+    wait_caught_up(&services).await;
+    let effects = stack.data_dir("effects");
+    let record = format!("echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}", effects.display());
+    let now = chrono::Utc::now();
+    let at = |secs| {
+        serde_json::from_value(serde_json::json!({ "at": now + chrono::Duration::seconds(secs) }))
+            .expect("an at schedule")
+    };
+    // The blocker takes the only place for 15 s; three short jobs wait behind it.
+    let mut blocker = shell_job("blocker", "1s", &format!("{record}; sleep 15"));
+    blocker.schedule = at(2);
+    blocker.timeout = Some(Duration::from_secs(60));
+    let mut jobs = vec![blocker.validate().expect("a valid job")];
+    for n in 0..3 {
+        let mut job = shell_job(&format!("behind-{n}"), "1s", &record);
+        job.schedule = at(4);
+        job.retry = exact_retries(3, Duration::from_millis(100));
+        jobs.push(job.validate().expect("a valid job"));
+    }
+    stack.apply_jobs(&jobs).await;
+    let executions = || std::fs::read_to_string(&effects).unwrap_or_default();
+    wait_for("the blocker to run", Duration::from_secs(30), || async {
+        (!executions().is_empty()).then_some(())
+    })
+    .await;
+    // Once the short attempts wait for the place, a second worker joins: the handover announces
+    // them as started by `first`. The worker takes them up at their start, which nothing outside
+    // it shows, so the test waits for that time; joining too early fails the wait for the
+    // announcements below, it cannot pass the test.
+    let taken_up = (now + chrono::Duration::seconds(5) - chrono::Utc::now()).to_std();
+    tokio::time::sleep(taken_up.unwrap_or_default()).await;
+    let second = stack.worker("second");
+    let announced: Vec<RunEvent> = wait_for(
+        "the waiting attempts to be announced",
+        Duration::from_secs(30),
+        || async {
+            let started: Vec<RunEvent> = stack
+                .ledger()
+                .into_iter()
+                .filter(|e| e.job_id.as_str().starts_with("behind-"))
+                .filter(|e| matches!(&e.kind, RunEventKind::RunStarted { worker_id, .. } if worker_id == "first"))
+                .collect();
+            (started.len() == 3).then_some(started)
+        },
+    )
+    .await;
+    assert!(
+        executions().lines().count() == 1,
+        "only the blocker has run so far: {}",
+        executions()
+    );
+    // Recorded lost while they wait, as a dispatcher that took `first` for dead would.
+    for started in &announced {
+        let lost = RunEvent {
+            kind: RunEventKind::RunLost { attempt: 1 },
+            at: chrono::Utc::now(),
+            ..started.clone()
+        };
+        let record = LedgerRecord::of(&lost, "dispatcher").expect("encodes");
+        stack
+            .produce(&stack.kafka.topics().runs(), &record.key, Some(&record.payload))
+            .await;
+    }
+    wait_for("the retries to succeed", Duration::from_secs(90), || async {
+        let succeeded = stack
+            .ledger()
+            .iter()
+            .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { attempt: 2, .. }))
+            .count();
+        (succeeded == 3).then_some(())
+    })
+    .await;
+    let lines = executions();
+    for started in &announced {
+        let first_attempt = format!("{} 1", started.run_id);
+        assert!(
+            !lines.lines().any(|line| line == first_attempt),
+            "an attempt recorded lost was begun afterwards: {first_attempt}\n{lines}"
+        );
+    }
     services.push(second);
     stop_all(services).await;
 }

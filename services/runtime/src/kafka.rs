@@ -42,6 +42,8 @@ const PRODUCER_INVARIANTS: [(&str, &str); 3] = [
 
 /// The consumer session, in milliseconds (see [`KafkaArgs::session_timeout`]).
 const DEFAULT_SESSION_TIMEOUT_MS: &str = "6000";
+/// How often the consumer's own thread beats to its group, in milliseconds.
+const DEFAULT_GROUP_HEARTBEAT_INTERVAL_MS: &str = "1000";
 /// How long the consumer waits after an error before asking again (librdkafka reconnects itself).
 pub const CONSUME_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// How often metadata is read while waiting for new topics to appear.
@@ -148,7 +150,7 @@ impl KafkaArgs {
             // killed without leaving holds its partitions this long. librdkafka heartbeats from a
             // thread of its own, so a busy service loop does not count as silence.
             .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
-            .set("heartbeat.interval.ms", "1000")
+            .set("heartbeat.interval.ms", DEFAULT_GROUP_HEARTBEAT_INTERVAL_MS)
             .set("fetch.wait.max.ms", "50")
             // How often the consumer lag metric is refreshed.
             .set("statistics.interval.ms", "5000");
@@ -164,13 +166,28 @@ impl KafkaArgs {
     /// How long the group waits for a silent member before it expels it and moves its
     /// partitions: the default, or the `session.timeout.ms` given with `-X`.
     pub fn session_timeout(&self) -> Duration {
+        self.duration_property("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
+    }
+
+    /// How long a member may be silent before its group may have expelled it: the session less
+    /// two of the consumer's group heartbeat intervals, since the session runs from the member's
+    /// last group heartbeat, which the consumer's own thread sent up to an interval (and its
+    /// scheduling) before the member fell silent.
+    pub fn expulsion_after(&self) -> Duration {
+        let interval =
+            self.duration_property("heartbeat.interval.ms", DEFAULT_GROUP_HEARTBEAT_INTERVAL_MS);
+        self.session_timeout().saturating_sub(interval * 2)
+    }
+
+    /// A property given with `-X` (the last one given wins), in milliseconds, or `default`.
+    fn duration_property(&self, key: &str, default: &str) -> Duration {
         let ms = self
             .properties
             .iter()
             .rev()
-            .find(|(key, _)| key == "session.timeout.ms")
-            .map_or(DEFAULT_SESSION_TIMEOUT_MS, |(_, value)| value.as_str());
-        Duration::from_millis(ms.parse().unwrap_or(6000))
+            .find(|(given, _)| given == key)
+            .map_or(default, |(_, value)| value.as_str());
+        Duration::from_millis(ms.parse().unwrap_or_else(|_| default.parse().unwrap_or(0)))
     }
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
@@ -1185,6 +1202,20 @@ pub fn check_co_partitioning(args: &KafkaArgs, topics: &[String]) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Given the default session (6 s) and group heartbeat (1 s), a silence of 4 s may already
+    /// have expelled a member; given a session and heartbeat set with `-X`, those count.
+    #[test]
+    fn a_member_may_be_expelled_two_group_heartbeats_before_its_session_ends() {
+        let mut args = KafkaArgs::new("127.0.0.1:9092", "kairos");
+        assert_eq!(args.expulsion_after(), Duration::from_secs(4));
+        args.properties = vec![
+            ("session.timeout.ms".into(), "45000".into()),
+            ("heartbeat.interval.ms".into(), "3000".into()),
+        ];
+        assert_eq!(args.session_timeout(), Duration::from_secs(45));
+        assert_eq!(args.expulsion_after(), Duration::from_secs(39));
+    }
 
     #[test]
     fn the_shipped_topic_set_is_valid_and_co_partitions_the_job_keyed_topics() {

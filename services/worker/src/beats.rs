@@ -63,7 +63,9 @@ impl Announcement {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Silence {
     pub(crate) lasted: Duration,
-    /// Longer than the group session: the group has expelled this worker.
+    /// Long enough for the group to have expelled this worker (nearly its session: see
+    /// [`kairos_runtime::KafkaArgs::expulsion_after`]). Taken as expelled: a silence judged too
+    /// short ran attempts on partitions the group had already given to another worker.
     pub(crate) expelled: bool,
 }
 
@@ -95,7 +97,9 @@ pub(crate) struct Beater {
     pub(crate) silences: mpsc::UnboundedSender<Silence>,
     /// How long the worker may be silent before a dispatcher may call it lost.
     pub(crate) silence_limit: Duration,
-    pub(crate) session_timeout: Duration,
+    /// How long the worker may be silent before its group may have expelled it (see
+    /// [`kairos_runtime::KafkaArgs::expulsion_after`]).
+    pub(crate) expulsion_after: Duration,
     pub(crate) loop_clock: Arc<LoopClock>,
     /// [`LOOP_STALL_LIMIT`].
     pub(crate) stall_limit: Duration,
@@ -165,7 +169,7 @@ impl Beater {
     fn heard(&self, silent: Duration) {
         let silence = (silent > self.silence_limit).then_some(Silence {
             lasted: silent,
-            expelled: silent > self.session_timeout,
+            expelled: silent > self.expulsion_after,
         });
         self.membership.send_modify(|m| {
             m.last_beat = Instant::now();
@@ -215,7 +219,7 @@ mod tests {
             membership: membership.clone(),
             silences: silences_tx,
             silence_limit: INTERVAL * 3,
-            session_timeout: Duration::from_secs(30),
+            expulsion_after: Duration::from_secs(30),
             loop_clock: Arc::clone(&loop_clock),
             stall_limit: STALL_LIMIT,
         };

@@ -97,6 +97,12 @@ impl Claim {
         self.start_sent.store(true, Ordering::Release);
     }
 
+    /// Whether its `RunStarted` has been sent: by its execution, or at a handover while it
+    /// waited for a place.
+    pub(crate) fn was_start_sent(&self) -> bool {
+        self.start_sent.load(Ordering::Acquire)
+    }
+
     /// Releases the claim if it was not taken up, or with `waiting_too` (a lost assignment, a
     /// stop) if it was not begun: true if it is released (now or before), and the attempt never
     /// runs here.

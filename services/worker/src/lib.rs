@@ -438,7 +438,7 @@ pub async fn run_with_handlers(
         membership: membership.clone(),
         silences: silences_tx,
         silence_limit: silence_limit(config.heartbeat_interval),
-        session_timeout: config.kafka.session_timeout(),
+        expulsion_after: config.kafka.expulsion_after(),
         loop_clock: Arc::clone(&loop_clock),
         stall_limit: beats::LOOP_STALL_LIMIT,
     };
@@ -576,8 +576,9 @@ impl Drop for Worker {
 /// What the executions know of the worker's place in its consumer group.
 #[derive(Clone, Copy, Debug)]
 struct Membership {
-    /// Silent past the group session: the group has expelled this worker, and another may own
-    /// its partitions and be running their tasks, until it has rejoined.
+    /// Silent for nearly the group session or longer: the group may have expelled this worker,
+    /// and another may own its partitions and be running their tasks, until it has rejoined (or a
+    /// session has passed without a rebalance).
     expelled: bool,
     /// When the worker last beat, its beater having first looked at how long it had been silent.
     last_beat: Instant,
@@ -907,9 +908,9 @@ impl Worker {
     /// that ran their tasks, without having heard of it yet: the tasks it had fetched before are
     /// checked against the ledger, as redelivered ones are.
     ///
-    /// Silent past the group session, it has certainly been expelled, and until its consumer
-    /// hears so (at its next group heartbeat) it still fetches tasks from partitions another
-    /// worker now owns, whose attempts that worker may be running: no attempt starts here until
+    /// Silent for nearly its group session or longer, it may have been expelled, and until its
+    /// consumer hears so (at its next group heartbeat) it still fetches tasks from partitions
+    /// another worker now owns, whose attempts that worker may be running: no attempt starts here until
     /// the worker has rejoined (the beater has told the executions already), and the revocation
     /// that comes first hands them over unrun.
     fn after_silence(&mut self, silence: Silence) {
@@ -1232,6 +1233,7 @@ impl Worker {
             if !claim.take_up(kairos_runtime::now()) {
                 return; // Its partition was revoked: the next owner runs it.
             }
+            let taken_up = std::time::Instant::now();
             // Released while it waits for a place only by a lost assignment.
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => match slot {
@@ -1248,6 +1250,11 @@ impl Worker {
             // Silent since it was taken (a freeze it slept through): the dispatchers may have
             // recorded it lost, and a retry be on its way.
             waited |= membership.borrow().silences != silences_when_taken;
+            // Held for a place past the silence limit, or announced as started at a handover
+            // while it waited: the ledger has shown it as this worker's for a while, and the
+            // dispatchers may have recorded it lost meanwhile (in the chaos runs, beats that a
+            // busy broker delivered late had a worker's whole backlog lost, then run twice).
+            waited |= taken_up.elapsed() > silence || claim.was_start_sent();
             // Woken long after the start, or held while out of the group (the worker was stopped,
             // suspended or cut off): its partition may meanwhile have gone to another worker that
             // ran the attempt.
