@@ -1245,31 +1245,43 @@ impl Worker {
             if hand_back.is_cancelled() {
                 return claim.end();
             }
-            // A last look, for a worker frozen between its start and now.
-            waited |= until_in_group(&mut membership, silence, &cancel, &claim.released).await;
-            // Silent since it was taken (a freeze it slept through): the dispatchers may have
-            // recorded it lost, and a retry be on its way.
-            waited |= membership.borrow().silences != silences_when_taken;
-            // Held for a place past the silence limit, or announced as started at a handover
-            // while it waited: the ledger has shown it as this worker's for a while, and the
-            // dispatchers may have recorded it lost meanwhile (in the chaos runs, beats that a
-            // busy broker delivered late had a worker's whole backlog lost, then run twice).
-            waited |= taken_up.elapsed() > silence || claim.was_start_sent();
-            // Woken long after the start, or held while out of the group (the worker was stopped,
-            // suspended or cut off): its partition may meanwhile have gone to another worker that
-            // ran the attempt.
-            if let Some((ledger, from, silence)) = &recheck {
-                let late = task
-                    .start_at
-                    .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
-                    .unwrap_or_default();
-                if (late > *silence || waited)
-                    && ledger
-                        .read_attempts(partition, *from)
-                        .await
-                        .is_ok_and(|seen| seen.is_over(attempt_key(&task)))
-                {
-                    return skipped("already_over");
+            // A last look, for a worker frozen between its start and now; looked again should
+            // the worker fall silent while it looks (a freeze that catches the ledger read in
+            // flight has it answered with what the ledger held before: in the chaos runs, a
+            // worker resumed from a SIGSTOP began attempts recorded lost while it was stopped).
+            loop {
+                let silences_before = membership.borrow().silences;
+                waited |= until_in_group(&mut membership, silence, &cancel, &claim.released).await;
+                // Silent since it was taken (a freeze it slept through): the dispatchers may have
+                // recorded it lost, and a retry be on its way.
+                waited |= membership.borrow().silences != silences_when_taken;
+                // Held for a place past the silence limit, or announced as started at a
+                // handover while it waited: the ledger has shown it as this worker's for a
+                // while, and the dispatchers may have recorded it lost meanwhile (in the chaos
+                // runs, beats that a busy broker delivered late had a worker's whole backlog
+                // lost, then run twice).
+                waited |= taken_up.elapsed() > silence || claim.was_start_sent();
+                // Woken long after the start, or held while out of the group (the worker was
+                // stopped, suspended or cut off): its partition may meanwhile have gone to
+                // another worker that ran the attempt.
+                if let Some((ledger, from, silence)) = &recheck {
+                    let late = task
+                        .start_at
+                        .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+                        .unwrap_or_default();
+                    if (late > *silence || waited)
+                        && ledger
+                            .read_attempts(partition, *from)
+                            .await
+                            .is_ok_and(|seen| seen.is_over(attempt_key(&task)))
+                    {
+                        return skipped("already_over");
+                    }
+                }
+                let now = *membership.borrow();
+                let undisturbed = now.silences == silences_before && !now.expelled;
+                if undisturbed || cancel.is_cancelled() || claim.released.is_cancelled() {
+                    break;
                 }
             }
 
