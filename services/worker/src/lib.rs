@@ -199,9 +199,12 @@ const LEDGER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ledger offset of the task's dispatch, from its header.
 fn dispatched_at(message: &OwnedMessage) -> Option<i64> {
+    // A negative one (earlier dispatchers wrote the offset of a send acknowledged as a duplicate,
+    // which has none) is no position, as if there were no header.
     kairos_runtime::record_header(message, DISPATCHED_AT_HEADER)?
         .parse()
         .ok()
+        .filter(|offset| *offset >= 0)
 }
 
 /// The task's attempt (and shard) as the ledger's outcome events name it.
@@ -1233,7 +1236,6 @@ impl Worker {
             if !claim.take_up(kairos_runtime::now()) {
                 return; // Its partition was revoked: the next owner runs it.
             }
-            let taken_up = std::time::Instant::now();
             // Released while it waits for a place only by a lost assignment.
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => match slot {
@@ -1255,12 +1257,15 @@ impl Worker {
                 // Silent since it was taken (a freeze it slept through): the dispatchers may have
                 // recorded it lost, and a retry be on its way.
                 waited |= membership.borrow().silences != silences_when_taken;
-                // Held for a place past the silence limit, or announced as started at a
-                // handover while it waited: the ledger has shown it as this worker's for a
-                // while, and the dispatchers may have recorded it lost meanwhile (in the chaos
-                // runs, beats that a busy broker delivered late had a worker's whole backlog
-                // lost, then run twice).
-                waited |= taken_up.elapsed() > silence || claim.was_start_sent();
+                // Announced as started at a handover while it waited for a place: the ledger
+                // shows it as this worker's, and the dispatchers may have recorded it lost
+                // meanwhile (in the chaos runs, a worker whose beats came late had its whole
+                // backlog lost, then run twice). The stop that goes with such a loss is on a
+                // control partition this worker no longer reads, since the handover gave the
+                // partition away. (Reading the ledger for every attempt that merely waited long
+                // for a place held the places through the reads, and a loaded worker fell
+                // further and further behind: a chaos run ended with 3,199 runs unfinished.)
+                waited |= claim.was_start_sent();
                 // Woken long after the start, or held while out of the group (the worker was
                 // stopped, suspended or cut off): its partition may meanwhile have gone to
                 // another worker that ran the attempt.
