@@ -736,7 +736,8 @@ impl Dispatcher {
                 (dispatched, records)
             }
         };
-        self.send_in_order(records).await?;
+        let read_to = self.store.next_offset(&self.topics.runs(), partition)?;
+        self.send_in_order(records, read_to).await?;
         let expected = match apply(Some(run), &event) {
             Ok(expected) => expected,
             Err(error) => {
@@ -762,8 +763,13 @@ impl Dispatcher {
     /// Sends records one after another, in the background: the dispatcher goes on with other
     /// runs meanwhile, and this run's next step waits for this one to be read back anyway. At
     /// most [`MAX_SENDS_IN_FLIGHT`] such sequences are under way; a send the broker refuses ends
-    /// the service, as it would have in the loop.
-    async fn send_in_order(&mut self, records: Vec<Outgoing>) -> anyhow::Result<()> {
+    /// the service, as it would have in the loop. `read_to` is where this dispatcher has read the
+    /// ledger partition the records go to: whatever it appends lands there or later.
+    async fn send_in_order(
+        &mut self,
+        records: Vec<Outgoing>,
+        read_to: Option<i64>,
+    ) -> anyhow::Result<()> {
         while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
             if let Some(sent) = self.sends.join_next().await {
                 sent??;
@@ -789,7 +795,11 @@ impl Dispatcher {
                     )
                     .await?;
                 if record.topic == ledger {
-                    dispatched_at = Some(delivered.offset);
+                    // A send retried after a broker restart can be acknowledged as a duplicate
+                    // (librdkafka counts DUPLICATE_SEQUENCE_NUMBER as delivered) with no offset,
+                    // a negative one: the dispatch is then somewhere past `read_to`, which is all
+                    // a worker needs to find it.
+                    dispatched_at = Some(delivered.offset).filter(|at| *at >= 0).or(read_to);
                 }
             }
             Ok(())
