@@ -29,11 +29,12 @@ pub(crate) struct WorkerView {
 }
 
 impl Workers {
+    /// Records a beat read now (see [`Registry::hear`]).
     pub(crate) fn record(&self, beat: WorkerHeartbeat) {
         self.registry
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(beat);
+            .hear(beat, kairos_runtime::now());
     }
 
     pub(crate) fn registry(&self) -> RwLockReadGuard<'_, Registry> {

@@ -111,6 +111,21 @@ impl Registry {
         self.last_held.retain(|_, held| now - *held < memory);
     }
 
+    /// [`Registry::record`]s a beat read at `now`. A beat older than a worker may be silent when it
+    /// is read shows the reader behind (its task starved of CPU, or the beats held up on their
+    /// way), and a reader behind reads the partitions in no particular order: it may have one
+    /// worker's latest beat and not yet another's. Until it has been current for a while, its
+    /// silence is its own, as after a broker outage (in the chaos runs, dispatchers busy with a
+    /// burst of records took a live worker for lost, its whole backlog with it).
+    pub fn hear(&mut self, beat: WorkerHeartbeat, now: Timestamp) {
+        let age = (now - beat.at).to_std().unwrap_or_default();
+        let behind = age > beat.interval * MISSED_BEATS;
+        self.record(beat);
+        if behind {
+            self.deaf(now);
+        }
+    }
+
     /// Notes that reading heartbeats failed at `now`: silence heard through a broken connection
     /// says nothing about the workers.
     pub fn deaf(&mut self, now: Timestamp) {
@@ -323,7 +338,7 @@ impl HeartbeatFollower {
         match read {
             Ok((partition, offset, beat)) => {
                 if let Some(Ok(beat)) = beat {
-                    registry.record(beat);
+                    registry.hear(beat, now);
                 }
                 if self
                     .behind
@@ -561,5 +576,23 @@ mod tests {
         let mut elsewhere = Registry::default();
         elsewhere.record(beat("w", "q", 10_000, false));
         assert_eq!(judged(&elsewhere, at(10_500)).1, Unattended);
+    }
+
+    /// Given a reader that reads another worker's fresh beat, when the next beat it reads is
+    /// older than the loss threshold (it was behind), then nobody is lost until it has heard
+    /// for that long again: the silent worker's newer beats may be still unread.
+    #[test]
+    fn a_reader_reading_old_beats_takes_nobody_for_lost_until_it_is_current() {
+        let mut registry = Registry::default();
+        registry.hear(beat("w", "p", 10_000, false), at(10_100));
+        registry.hear(beat("other", "p", 13_500, false), at(13_600));
+        assert_eq!(registry.liveness("w", at(13_600)), Some(Liveness::Lost));
+        // The same, but the reader reads a beat 4 s old first: it is behind.
+        let mut behind = Registry::default();
+        behind.hear(beat("w", "p", 10_000, false), at(14_000));
+        behind.hear(beat("other", "p", 13_500, false), at(14_000));
+        assert_eq!(behind.liveness("w", at(14_000)), Some(Liveness::Live));
+        assert_eq!(behind.liveness("w", at(17_000)), Some(Liveness::Live));
+        assert_eq!(behind.liveness("w", at(17_001)), Some(Liveness::Lost));
     }
 }
