@@ -399,7 +399,11 @@ async fn a_dispatch_whose_task_never_reached_the_workers_is_lost_and_retried() {
         };
         let record = LedgerRecord::of(&event, "dispatcher").unwrap();
         stack
-            .produce(&stack.kafka.topics().runs(), &record.key, Some(&record.payload))
+            .produce(
+                &stack.kafka.topics().runs(),
+                &record.key,
+                Some(&record.payload),
+            )
             .await;
     }
 

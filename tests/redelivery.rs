@@ -549,7 +549,10 @@ async fn an_attempt_announced_at_a_handover_and_then_recorded_lost_is_not_begun(
     ];
     wait_caught_up(&services).await;
     let effects = stack.data_dir("effects");
-    let record = format!("echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}", effects.display());
+    let record = format!(
+        "echo $KAIROS_RUN_ID $KAIROS_ATTEMPT >> {}",
+        effects.display()
+    );
     let now = chrono::Utc::now();
     let at = |secs| {
         serde_json::from_value(serde_json::json!({ "at": now + chrono::Duration::seconds(secs) }))
@@ -607,17 +610,25 @@ async fn an_attempt_announced_at_a_handover_and_then_recorded_lost_is_not_begun(
         };
         let record = LedgerRecord::of(&lost, "dispatcher").expect("encodes");
         stack
-            .produce(&stack.kafka.topics().runs(), &record.key, Some(&record.payload))
+            .produce(
+                &stack.kafka.topics().runs(),
+                &record.key,
+                Some(&record.payload),
+            )
             .await;
     }
-    wait_for("the retries to succeed", Duration::from_secs(90), || async {
-        let succeeded = stack
-            .ledger()
-            .iter()
-            .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { attempt: 2, .. }))
-            .count();
-        (succeeded == 3).then_some(())
-    })
+    wait_for(
+        "the retries to succeed",
+        Duration::from_secs(90),
+        || async {
+            let succeeded = stack
+                .ledger()
+                .iter()
+                .filter(|e| matches!(e.kind, RunEventKind::RunSucceeded { attempt: 2, .. }))
+                .count();
+            (succeeded == 3).then_some(())
+        },
+    )
     .await;
     let lines = executions();
     for started in &announced {

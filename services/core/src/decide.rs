@@ -501,7 +501,10 @@ pub fn wake_at_given(
     let claim_by = definition
         .filter(|_| run.status == RunStatus::Dispatched)
         .and_then(|definition| claim_deadline(run, definition, unclaimed_limit, last_held));
-    let wake = wake_at(run, definition, margin, now).into_iter().chain(claim_by).min()?;
+    let wake = wake_at(run, definition, margin, now)
+        .into_iter()
+        .chain(claim_by)
+        .min()?;
     let waiting_past_it =
         matches!(run.status, RunStatus::Dispatched | RunStatus::Started) && wake <= now;
     match waiting_past_it {
@@ -1500,7 +1503,10 @@ pub(crate) mod tests {
         let unclaimed = Attendance::Unclaimed { last_held: None };
         let given = |now| next_step_given(&run, view, now, MARGIN, LIMIT, &[], unclaimed);
         // When the limit has not passed, then it waits, and is looked at again when it has
-        assert_eq!(given(dispatched + limit - chrono::Duration::seconds(1)), None);
+        assert_eq!(
+            given(dispatched + limit - chrono::Duration::seconds(1)),
+            None
+        );
         assert_eq!(
             wake_at_given(&run, Some(&job), MARGIN, LIMIT, dispatched, unclaimed),
             Some(dispatched + limit)
@@ -1515,7 +1521,15 @@ pub(crate) mod tests {
             offset: 4,
         };
         assert_eq!(
-            next_step_given(&run, view, dispatched + limit, MARGIN, LIMIT, &[], unclaimed),
+            next_step_given(
+                &run,
+                view,
+                dispatched + limit,
+                MARGIN,
+                LIMIT,
+                &[],
+                unclaimed
+            ),
             lost
         );
     }
@@ -1543,7 +1557,10 @@ pub(crate) mod tests {
         };
         let given = |now| next_step_given(&run, view, now, MARGIN, LIMIT, &[], unclaimed);
         // When the limit has passed since the dispatch but not since the hold, then it waits
-        assert_eq!(given(dispatched + limit + chrono::Duration::seconds(1)), None);
+        assert_eq!(
+            given(dispatched + limit + chrono::Duration::seconds(1)),
+            None
+        );
         assert_eq!(
             wake_at_given(&run, Some(&job), MARGIN, LIMIT, dispatched, unclaimed),
             Some(held + limit)
@@ -1587,7 +1604,15 @@ pub(crate) mod tests {
         let late = slot(1) + chrono::Duration::from_std(LIMIT).unwrap() * 2;
         // Given a task a live worker holds, when the limit has long passed, then it waits
         assert_eq!(
-            next_step_given(&dispatched, view, late, MARGIN, LIMIT, &[], Attendance::Attended),
+            next_step_given(
+                &dispatched,
+                view,
+                late,
+                MARGIN,
+                LIMIT,
+                &[],
+                Attendance::Attended
+            ),
             None
         );
         // Given a started attempt, when it is judged unclaimed, then the rule does not apply:

@@ -619,7 +619,11 @@ impl Dispatcher {
                         &runs,
                         attendance,
                     );
-                    if let (Attendance::Unclaimed { last_held }, Some(Step::Record(RunEventKind::RunLost { .. }))) = (attendance, &step) {
+                    if let (
+                        Attendance::Unclaimed { last_held },
+                        Some(Step::Record(RunEventKind::RunLost { .. })),
+                    ) = (attendance, &step)
+                    {
                         tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, ?last_held, "No live worker holds the dispatched task; recording the attempt lost.");
                         metrics::counter!(m::UNCLAIMED, "pool" => runs[i].pool.clone().unwrap_or_default()).increment(1);
                     }
