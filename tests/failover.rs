@@ -369,7 +369,6 @@ async fn a_worker_whose_producer_is_backed_up_still_beats_on_time() {
 async fn a_dispatch_whose_task_never_reached_the_workers_is_lost_and_retried() {
     use kairos_core::run::{RunEvent, RunId, TriggerKind};
     use kairos_core::JobId;
-    use kairos_runtime::ledger::LedgerRecord;
 
     let stack = Stack::new(2).await;
     let mut job = one_shot_job("orphaned", "echo ran", 3600);
@@ -397,14 +396,7 @@ async fn a_dispatch_whose_task_never_reached_the_workers_is_lost_and_retried() {
             kind,
             shard: None,
         };
-        let record = LedgerRecord::of(&event, "dispatcher").unwrap();
-        stack
-            .produce(
-                &stack.kafka.topics().runs(),
-                &record.key,
-                Some(&record.payload),
-            )
-            .await;
+        stack.append_to_ledger(&event, "dispatcher").await;
     }
 
     let limit = Duration::from_secs(3);

@@ -120,7 +120,7 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
 async fn the_ledger_reader_reads_a_tail_and_goes_on_from_where_it_ended() {
     use kairos_core::run::{RunEvent, RunId, TaskOutput};
     use kairos_core::{JobId, TriggerKind};
-    use kairos_runtime::ledger::{LedgerReader, LedgerRecord};
+    use kairos_runtime::ledger::LedgerReader;
 
     let stack = &Stack::new(2).await;
     let reader = LedgerReader::start(&stack.kafka, Duration::from_secs(30)).expect("a reader");
@@ -136,13 +136,7 @@ async fn the_ledger_reader_reads_a_tail_and_goes_on_from_where_it_ended() {
             kind,
             shard: None,
         };
-        let record = LedgerRecord::of(&event, "worker").expect("encodes");
-        let runs = stack.kafka.topics().runs();
-        async move {
-            stack
-                .produce(&runs, &record.key, Some(&record.payload))
-                .await
-        }
+        async move { stack.append_to_ledger(&event, "worker").await }
     };
     let started = |attempt: u32, worker: &str| RunEventKind::RunStarted {
         attempt,
@@ -534,7 +528,6 @@ async fn a_join_moves_a_saturated_workers_attempts_without_running_any_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_attempt_announced_at_a_handover_and_then_recorded_lost_is_not_begun() {
     use kairos_core::run::RunEvent;
-    use kairos_runtime::ledger::LedgerRecord;
 
     let stack = Stack::new(2).await;
     // A heartbeat interval long enough that neither the lateness of the attempts nor their wait
@@ -608,14 +601,7 @@ async fn an_attempt_announced_at_a_handover_and_then_recorded_lost_is_not_begun(
             at: chrono::Utc::now(),
             ..started.clone()
         };
-        let record = LedgerRecord::of(&lost, "dispatcher").expect("encodes");
-        stack
-            .produce(
-                &stack.kafka.topics().runs(),
-                &record.key,
-                Some(&record.payload),
-            )
-            .await;
+        stack.append_to_ledger(&lost, "dispatcher").await;
     }
     wait_for(
         "the retries to succeed",

@@ -399,6 +399,18 @@ impl Stack {
     }
 
     /// Produces raw bytes (or a tombstone); returns where the record landed.
+    /// Appends `event` to the run ledger as `service` would (a dispatcher's decision, a worker's
+    /// report), for a test that needs the ledger to say what no service said.
+    pub async fn append_to_ledger(&self, event: &RunEvent, service: &str) -> Delivered {
+        let record = kairos_runtime::ledger::LedgerRecord::of(event, service).expect("encodes");
+        self.produce(
+            &self.kafka.topics().runs(),
+            &record.key,
+            Some(&record.payload),
+        )
+        .await
+    }
+
     pub async fn produce(&self, topic: &str, key: &str, payload: Option<&[u8]>) -> Delivered {
         let producer = self.kafka.producer().expect("producer");
         producer

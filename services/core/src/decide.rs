@@ -1483,21 +1483,31 @@ pub(crate) mod tests {
         ));
     }
 
-    #[test]
-    fn given_a_dispatched_task_no_worker_holds_then_it_is_lost_once_the_limit_has_passed() {
-        // (A job without a timeout, so that no deadline comes first.)
+    /// A job without a timeout, so that no deadline comes before the unclaimed limit.
+    fn untimed() -> JobDefinition {
         let mut job = definition();
         job.timeout = None;
+        job
+    }
+
+    /// The scheduled run, dispatched (attempt 1) at slot(1)+1s.
+    fn dispatched_once() -> RunState {
+        after(vec![RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "batch".into(),
+        }])
+    }
+
+    #[test]
+    fn given_a_dispatched_task_no_worker_holds_then_it_is_lost_once_the_limit_has_passed() {
+        let job = untimed();
         let view = JobView::Defined {
             definition: &job,
             offset: 4,
         };
         // Given an attempt dispatched at slot(1)+1s, on a pool live workers serve, whose task no
         // worker has said it holds
-        let run = after(vec![RunEventKind::RunDispatched {
-            attempt: 1,
-            pool: "batch".into(),
-        }]);
+        let run = dispatched_once();
         let dispatched = slot(1) + chrono::Duration::seconds(1);
         let limit = chrono::Duration::from_std(LIMIT).unwrap();
         let unclaimed = Attendance::Unclaimed { last_held: None };
@@ -1536,17 +1546,12 @@ pub(crate) mod tests {
 
     #[test]
     fn given_a_dispatched_task_a_worker_held_lately_then_the_limit_counts_from_then() {
-        // (A job without a timeout, so that no deadline comes first.)
-        let mut job = definition();
-        job.timeout = None;
+        let job = untimed();
         let view = JobView::Defined {
             definition: &job,
             offset: 4,
         };
-        let run = after(vec![RunEventKind::RunDispatched {
-            attempt: 1,
-            pool: "batch".into(),
-        }]);
+        let run = dispatched_once();
         let dispatched = slot(1) + chrono::Duration::seconds(1);
         let limit = chrono::Duration::from_std(LIMIT).unwrap();
         // Given a worker held the task until 50 s after the dispatch (it finished the task, or
@@ -1587,10 +1592,7 @@ pub(crate) mod tests {
             definition: &job,
             offset: 4,
         };
-        let dispatched = after(vec![RunEventKind::RunDispatched {
-            attempt: 1,
-            pool: "batch".into(),
-        }]);
+        let dispatched = dispatched_once();
         let started = after(vec![
             RunEventKind::RunDispatched {
                 attempt: 1,

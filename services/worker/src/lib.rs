@@ -246,6 +246,9 @@ const RUNNING_ELSEWHERE: &str = "running_elsewhere";
 /// and how far apart its looks grow.
 const RECHECK_FIRST: Duration = Duration::from_secs(1);
 const RECHECK_MAX: Duration = Duration::from_secs(15);
+/// How many times the last look before an attempt begins tries to read the ledger: a read that
+/// keeps failing (the broker gone) lets the attempt run, at least once, rather than never.
+const LAST_LOOK_READS: u32 = 3;
 
 /// The default of `--report-start-after`.
 pub const DEFAULT_REPORT_START_AFTER: Duration = Duration::from_secs(1);
@@ -1248,9 +1251,10 @@ impl Worker {
                 return claim.end();
             }
             // A last look, for a worker frozen between its start and now; looked again should
-            // the worker fall silent while it looks (a freeze that catches the ledger read in
+            // the ledger read fail, or the worker fall silent while it looks (a freeze that catches the ledger read in
             // flight has it answered with what the ledger held before: in the chaos runs, a
             // worker resumed from a SIGSTOP began attempts recorded lost while it was stopped).
+            let mut reads_failed = 0;
             loop {
                 let silences_before = membership.borrow().silences;
                 waited |= until_in_group(&mut membership, silence, &cancel, &claim.released).await;
@@ -1269,24 +1273,42 @@ impl Worker {
                 // Woken long after the start, or held while out of the group (the worker was
                 // stopped, suspended or cut off): its partition may meanwhile have gone to
                 // another worker that ran the attempt.
+                let mut read_failed = false;
                 if let Some((ledger, from, silence)) = &recheck {
                     let late = task
                         .start_at
                         .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
                         .unwrap_or_default();
-                    if (late > *silence || waited)
-                        && ledger
-                            .read_attempts(partition, *from)
-                            .await
-                            .is_ok_and(|seen| seen.is_over(attempt_key(&task)))
-                    {
-                        return skipped("already_over");
+                    if late > *silence || waited {
+                        match ledger.read_attempts(partition, *from).await {
+                            Ok(seen) if seen.is_over(attempt_key(&task)) => {
+                                return skipped("already_over")
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                reads_failed += 1;
+                                read_failed = reads_failed < LAST_LOOK_READS;
+                                tracing::warn!(%error, job_id = %task.job_id, run_id = %task.run_id, attempt = task.attempt, again = read_failed, "Reading the ledger before an attempt begins failed.");
+                            }
+                        }
                     }
                 }
+                // Undisturbed: no silence began or ended while it looked (the beater may not
+                // have heard of one yet, the executions of a resumed worker running first).
                 let now = *membership.borrow();
-                let undisturbed = now.silences == silences_before && !now.expelled;
+                let undisturbed = now.silences == silences_before
+                    && !now.expelled
+                    && now.last_beat.elapsed() <= silence
+                    && !read_failed;
                 if undisturbed || cancel.is_cancelled() || claim.released.is_cancelled() {
                     break;
+                }
+                if read_failed {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECHECK_FIRST) => {}
+                        _ = cancel.cancelled() => {}
+                        _ = claim.released.cancelled() => {}
+                    }
                 }
             }
 
