@@ -11,6 +11,11 @@ use kairos_tests::{
     wait_process_gone, Stack,
 };
 
+/// Held by the test that floods the broker with a backlog and by the one that times beats: the
+/// flood delays one worker's beats more than another's (the broker takes the connections' writes
+/// in turn), and the timing test, sharing the broker, once took that for a lost worker.
+static FLOODING_THE_BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn live_workers(api: &str) -> Option<Vec<String>> {
     let workers = get_json(&format!("{api}/api/v1/workers")).await?;
     Some(
@@ -225,6 +230,7 @@ async fn a_stopping_worker_finishes_within_its_drain_timeout_and_hands_back_the_
 /// worker lost and retried everything they were running, the collapse of the 10-minute chaos run.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dispatcher_catching_up_one_partition_loses_no_live_worker_on_another() {
+    let _alone = FLOODING_THE_BROKER.lock().await;
     use kairos_core::run::{RunEvent, RunId, SkipReason, TriggerKind};
     use kairos_core::JobId;
     use kairos_runtime::ledger::LedgerRecord;
@@ -322,6 +328,7 @@ async fn a_dispatcher_catching_up_one_partition_loses_no_live_worker_on_another(
 /// producer, and the connection, of outcomes and handovers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_whose_producer_is_backed_up_still_beats_on_time() {
+    let _alone = FLOODING_THE_BROKER.lock().await;
     use kairos_runtime::workers::{Heartbeats, Liveness};
 
     let stack = Stack::new(2).await;

@@ -275,6 +275,8 @@ pub struct EffectsCheck {
     /// its worker killed (`kill -9`) or cut off past its session (SIGSTOP), or the broker
     /// restarted. Per fault kind.
     pub repeats_after_a_fault: BTreeMap<String, usize>,
+    /// The same, each with the fault it is put down to.
+    pub each_repeat_after_a_fault: Vec<Rerun>,
     /// Repeated executions with no such fault: what graceful stops, joins and rebalances must
     /// never cause.
     pub repeats_without_a_fault: Vec<Rerun>,
@@ -300,7 +302,8 @@ pub struct Rerun {
     /// The workers of the two executions, as the tasks' environment named them.
     pub first_worker: String,
     pub again_worker: String,
-    /// The last fault of the run before the repeat, if any.
+    /// The fault the repeat is put down to; for a repeat with none, the last fault of the run
+    /// before it, if any.
     pub fault_before: Option<(String, Timestamp)>,
 }
 
@@ -491,30 +494,32 @@ const FAULT_SLACK: chrono::Duration = chrono::Duration::seconds(1);
 
 /// The fault on the timeline, between `from` (less the slack) and `to`, that explains an
 /// execution of `worker` being repeated: the worker killed or cut off, or the broker restarted.
-fn fault_of(
-    timeline: &[(String, Timestamp)],
+fn fault_of<'t>(
+    timeline: &'t [(String, Timestamp)],
     worker: &str,
     from: Timestamp,
     to: Timestamp,
-) -> Option<&'static str> {
+) -> Option<(&'static str, &'t (String, Timestamp))> {
     timeline
         .iter()
         .filter(|(_, at)| *at >= from - FAULT_SLACK && *at <= to)
-        .find_map(|(what, _)| {
+        .find_map(|entry| {
+            let what = &entry.0;
             let names = |prefix: &str| {
                 what.strip_prefix(prefix)
                     .and_then(|rest| rest.split_whitespace().next())
                     == Some(worker)
             };
-            if what == "broker restart" {
-                Some("broker restart")
+            let kind = if what == "broker restart" {
+                "broker restart"
             } else if names("kill -9 ") {
-                Some("its worker killed (kill -9)")
+                "its worker killed (kill -9)"
             } else if names("SIGSTOP ") {
-                Some("its worker cut off past its session (SIGSTOP)")
+                "its worker cut off past its session (SIGSTOP)"
             } else {
-                None
-            }
+                return None;
+            };
+            Some((kind, entry))
         })
 }
 
@@ -631,28 +636,34 @@ pub fn check_effects(
         for pair in in_order.windows(2) {
             let ((first_attempt, first), (attempt, again)) = (pair[0], pair[1]);
             let (from, to) = (from_nanos(first.0), from_nanos(again.0));
+            let rerun = |fault_before| Rerun {
+                run_id: *run,
+                first_attempt,
+                attempt,
+                first_started: from,
+                first_ended: first.1.map(from_nanos),
+                outcome_at: outcome_at.get(&(*run, first_attempt)).map(|(at, _)| *at),
+                outcome: outcome_at
+                    .get(&(*run, first_attempt))
+                    .map(|(_, kind)| *kind),
+                started_again: to,
+                first_worker: first.2.clone(),
+                again_worker: again.2.clone(),
+                fault_before,
+            };
             match fault_of(timeline, &first.2, from, to) {
-                Some(fault) => {
+                Some((kind, fault)) => {
                     *check
                         .repeats_after_a_fault
-                        .entry(fault.to_string())
-                        .or_default() += 1
+                        .entry(kind.to_string())
+                        .or_default() += 1;
+                    check
+                        .each_repeat_after_a_fault
+                        .push(rerun(Some(fault.clone())));
                 }
-                None => check.repeats_without_a_fault.push(Rerun {
-                    run_id: *run,
-                    first_attempt,
-                    attempt,
-                    first_started: from,
-                    first_ended: first.1.map(from_nanos),
-                    outcome_at: outcome_at.get(&(*run, first_attempt)).map(|(at, _)| *at),
-                    outcome: outcome_at
-                        .get(&(*run, first_attempt))
-                        .map(|(_, kind)| *kind),
-                    started_again: to,
-                    first_worker: first.2.clone(),
-                    again_worker: again.2.clone(),
-                    fault_before: timeline.iter().rev().find(|(_, at)| *at <= to).cloned(),
-                }),
+                None => check.repeats_without_a_fault.push(rerun(
+                    timeline.iter().rev().find(|(_, at)| *at <= to).cloned(),
+                )),
             }
         }
     }
@@ -1262,6 +1273,16 @@ mod tests {
         assert_eq!(
             check.repeats_after_a_fault,
             BTreeMap::from([("its worker killed (kill -9)".to_string(), 1)])
+        );
+        let listed: Vec<_> = check
+            .each_repeat_after_a_fault
+            .iter()
+            .map(|r| r.fault_before.as_ref().map(|(what, _)| what.as_str()))
+            .collect();
+        assert_eq!(listed.len(), 1, "each repeat after a fault is listed");
+        assert!(
+            listed[0].is_some_and(|what| what.starts_with("kill -9 ")),
+            "with the fault it is put down to: {listed:?}"
         );
         let graceful: Vec<_> = check
             .repeats_without_a_fault
