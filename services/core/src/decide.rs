@@ -433,6 +433,8 @@ pub enum Attendance {
     /// Dispatched, and live workers serve its pool, but none says it holds the task. The task may
     /// be on its way (a worker reading a backlog), or may never reach a worker: a dispatcher that
     /// died between recording the dispatch and sending the task, a broker that lost the record.
+    /// Or started, its worker live but no longer saying it holds the run: restarted under the
+    /// same id.
     Unclaimed {
         /// When a worker last said it held a task of the run (of this attempt or an earlier one).
         last_held: Option<Timestamp>,
@@ -449,9 +451,10 @@ pub enum Attendance {
 /// to the queues that made them late, which then made more late: the retry storm of the 10-minute
 /// chaos runs.
 ///
-/// A dispatched attempt whose task no worker has held for `unclaimed_limit` since its start (or
-/// since a worker last held it) is recorded lost, and retried as the job's policy says: without
-/// this, a task that never reached the tasks topic left its run dispatched forever.
+/// An attempt whose task no live worker has held for `unclaimed_limit` since its start (or since
+/// a worker last held it) is recorded lost, and retried as the job's policy says: without this, a
+/// task that never reached the tasks topic left its run dispatched forever, and an attempt started
+/// by a worker since restarted under the same id left its run started forever.
 pub fn next_step_given(
     run: &RunState,
     job: JobView<'_>,
@@ -466,7 +469,7 @@ pub fn next_step_given(
     {
         let overdue = claim_deadline(run, definition, unclaimed_limit, last_held)
             .is_some_and(|deadline| deadline <= now);
-        if run.status == RunStatus::Dispatched && overdue {
+        if matches!(run.status, RunStatus::Dispatched | RunStatus::Started) && overdue {
             return Some(Step::Record(RunEventKind::RunLost {
                 attempt: run.attempt,
             }));
@@ -499,7 +502,7 @@ pub fn wake_at_given(
         Attendance::Attended | Attendance::Unattended => None,
     };
     let claim_by = definition
-        .filter(|_| run.status == RunStatus::Dispatched)
+        .filter(|_| matches!(run.status, RunStatus::Dispatched | RunStatus::Started))
         .and_then(|definition| claim_deadline(run, definition, unclaimed_limit, last_held));
     let wake = wake_at(run, definition, margin, now)
         .into_iter()
@@ -1501,10 +1504,7 @@ pub(crate) mod tests {
     #[test]
     fn given_a_dispatched_task_no_worker_holds_then_it_is_lost_once_the_limit_has_passed() {
         let job = untimed();
-        let view = JobView::Defined {
-            definition: &job,
-            offset: 4,
-        };
+        let view = view(&job, 4);
         // Given an attempt dispatched at slot(1)+1s, on a pool live workers serve, whose task no
         // worker has said it holds
         let run = dispatched_once();
@@ -1526,14 +1526,10 @@ pub(crate) mod tests {
         assert_eq!(given(dispatched + limit), lost);
         // With a timeout whose deadline passed first, it is lost all the same, not timed out
         let timed = definition();
-        let view = JobView::Defined {
-            definition: &timed,
-            offset: 4,
-        };
         assert_eq!(
             next_step_given(
                 &run,
-                view,
+                self::view(&timed, 4),
                 dispatched + limit,
                 MARGIN,
                 LIMIT,
@@ -1547,10 +1543,7 @@ pub(crate) mod tests {
     #[test]
     fn given_a_dispatched_task_a_worker_held_lately_then_the_limit_counts_from_then() {
         let job = untimed();
-        let view = JobView::Defined {
-            definition: &job,
-            offset: 4,
-        };
+        let view = view(&job, 4);
         let run = dispatched_once();
         let dispatched = slot(1) + chrono::Duration::seconds(1);
         let limit = chrono::Duration::from_std(LIMIT).unwrap();
@@ -1586,12 +1579,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn given_a_held_or_started_attempt_then_the_unclaimed_limit_never_applies() {
+    fn given_a_held_attempt_then_it_waits_and_given_a_started_one_no_longer_held_then_it_is_lost() {
         let job = definition();
-        let view = JobView::Defined {
-            definition: &job,
-            offset: 4,
-        };
+        let view = view(&job, 4);
         let dispatched = dispatched_once();
         let started = after(vec![
             RunEventKind::RunDispatched {
@@ -1617,11 +1607,20 @@ pub(crate) mod tests {
             ),
             None
         );
-        // Given a started attempt, when it is judged unclaimed, then the rule does not apply:
-        // a started attempt is its worker's, and is lost only with its worker
-        let unclaimed = Attendance::Unclaimed { last_held: None };
+        // Given a started attempt whose live worker last listed it a limit ago (restarted under
+        // the same id), then it is lost
+        let held_until = late - chrono::Duration::from_std(LIMIT).unwrap();
+        let unclaimed = Attendance::Unclaimed {
+            last_held: Some(held_until),
+        };
         assert_eq!(
             next_step_given(&started, view, late, MARGIN, LIMIT, &[], unclaimed),
+            Some(Step::Record(RunEventKind::RunLost { attempt: 1 }))
+        );
+        // and not a moment before
+        let sooner = late - chrono::Duration::seconds(1);
+        assert_eq!(
+            next_step_given(&started, view, sooner, MARGIN, LIMIT, &[], unclaimed),
             None
         );
     }

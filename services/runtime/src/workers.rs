@@ -189,7 +189,8 @@ impl Registry {
     }
 
     /// Whether a live worker is on the run's attempt: the worker that started it (every shard's,
-    /// for a sharded run) is alive, or, not started yet, a live worker holds its task. Judged
+    /// for a sharded run) is alive and still lists the run among its runs in flight, or, not
+    /// started yet, a live worker holds its task. Judged
     /// with the care [`Registry::liveness`] takes: a worker whose beats are late while nobody
     /// else's flow, or not yet heard of while the registry is still listening (a dispatcher that
     /// has just started), attends. A task nobody holds while live workers serve `pool` and
@@ -204,16 +205,27 @@ impl Registry {
         match run.status {
             RunStatus::Started => {
                 let workers = run.workers();
-                let attended = !workers.is_empty()
+                let alive = !workers.is_empty()
                     && workers
                         .iter()
                         .all(|worker| match self.liveness(worker, now) {
                             Some(liveness) => liveness == Liveness::Live,
                             None => self.still_listening(now),
                         });
-                match attended {
-                    true => Attendance::Attended,
-                    false => Attendance::Unattended,
+                // A worker restarted under the same id is live, but holds nothing of what it
+                // ran before: the attempts its last life started are unclaimed.
+                let held = self.still_listening(now)
+                    || workers.iter().all(|worker| {
+                        self.latest
+                            .get(*worker)
+                            .is_some_and(|beat| beat.in_flight.contains(&run.run_id))
+                    });
+                match (alive, held) {
+                    (true, true) => Attendance::Attended,
+                    (true, false) => Attendance::Unclaimed {
+                        last_held: self.last_held.get(&run.run_id).copied(),
+                    },
+                    (false, _) => Attendance::Unattended,
                 }
             }
             RunStatus::Dispatched if self.holds(run.run_id, now) || self.still_listening(now) => {
@@ -594,5 +606,24 @@ mod tests {
         assert_eq!(behind.liveness("w", at(14_000)), Some(Liveness::Live));
         assert_eq!(behind.liveness("w", at(17_000)), Some(Liveness::Live));
         assert_eq!(behind.liveness("w", at(17_001)), Some(Liveness::Lost));
+    }
+
+    /// Given a worker killed and restarted under the same id (live again, holding nothing of its
+    /// last life), when an attempt its last life started is judged, then it is unclaimed since
+    /// that life last listed it, not attended: in a chaos run 2,915 such attempts waited to the
+    /// end, the dispatcher and the partition's new owner both leaving them to the new life.
+    #[test]
+    fn a_started_attempt_its_live_worker_no_longer_lists_is_unclaimed() {
+        use Attendance::{Attended, Unclaimed};
+        let mut registry = Registry::default();
+        registry.record(holding("w", 10_000));
+        assert_eq!(judged(&registry, at(10_500)).0, Attended);
+        registry.record(beat("w", "p", 11_000, false));
+        assert_eq!(
+            judged(&registry, at(11_500)).0,
+            Unclaimed {
+                last_held: Some(at(10_000))
+            }
+        );
     }
 }
