@@ -916,9 +916,9 @@ impl Worker {
     ///
     /// Silent for nearly its group session or longer, it may have been expelled, and until its
     /// consumer hears so (at its next group heartbeat) it still fetches tasks from partitions
-    /// another worker now owns, whose attempts that worker may be running: no attempt starts here until
-    /// the worker has rejoined (the beater has told the executions already), and the revocation
-    /// that comes first hands them over unrun.
+    /// another worker now owns, whose attempts that worker may be running: no attempt starts
+    /// here until the worker has rejoined (the beater has told the executions already), and the
+    /// revocation that comes first hands them over unrun.
     fn after_silence(&mut self, silence: Silence) {
         let Silence { lasted, expelled } = silence;
         metrics::counter!(m::SILENCES, "pool" => self.pool.clone()).increment(1);
@@ -1251,9 +1251,10 @@ impl Worker {
                 return claim.end();
             }
             // A last look, for a worker frozen between its start and now; looked again should
-            // the ledger read fail, or the worker fall silent while it looks (a freeze that catches the ledger read in
-            // flight has it answered with what the ledger held before: in the chaos runs, a
-            // worker resumed from a SIGSTOP began attempts recorded lost while it was stopped).
+            // the ledger read fail, or the worker fall silent while it looks (a freeze that
+            // catches the ledger read in flight has it answered with what the ledger held
+            // before: in the chaos runs, a worker resumed from a SIGSTOP began attempts recorded
+            // lost while it was stopped).
             let mut reads_failed = 0;
             loop {
                 let silences_before = membership.borrow().silences;
@@ -1264,9 +1265,9 @@ impl Worker {
                 // Announced as started at a handover while it waited for a place: the ledger
                 // shows it as this worker's, and the dispatchers may have recorded it lost
                 // meanwhile (in the chaos runs, a worker whose beats came late had its whole
-                // backlog lost, then run twice). The stop that goes with such a loss is on a
-                // control partition this worker no longer reads, since the handover gave the
-                // partition away. (Reading the ledger for every attempt that merely waited long
+                // backlog lost, then run twice). The stop that goes with such a loss came
+                // seconds late, behind the worker's loop busy with the handover's aftermath.
+                // (Reading the ledger for every attempt that merely waited long
                 // for a place held the places through the reads, and a loaded worker fell
                 // further and further behind: a chaos run ended with 3,199 runs unfinished.)
                 waited |= claim.was_start_sent();
