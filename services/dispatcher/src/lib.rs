@@ -740,7 +740,13 @@ impl Dispatcher {
                 (dispatched, records)
             }
         };
-        let read_to = self.store.next_offset(&self.topics.runs(), partition)?;
+        // Only a dispatch sends a task, whose header may need where the ledger was read to.
+        let read_to = match event.kind {
+            RunEventKind::RunDispatched { .. } => {
+                self.store.next_offset(&self.topics.runs(), partition)?
+            }
+            _ => None,
+        };
         self.send_in_order(records, read_to).await?;
         let expected = match apply(Some(run), &event) {
             Ok(expected) => expected,

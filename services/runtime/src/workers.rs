@@ -4,7 +4,7 @@
 //! the worker registry and to notice pools nobody serves, a worker to know whether the worker
 //! that started a redelivered attempt is still at it; all must judge a worker the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use kairos_core::decide::Attendance;
@@ -71,6 +71,9 @@ pub struct Registry {
     /// When a worker last said it held a task of each run, for the runs held lately (see
     /// [`HELD_MEMORY`]).
     last_held: HashMap<RunId, Timestamp>,
+    /// The runs each worker's latest beat lists, as a set: attendance asks of every run a
+    /// dispatcher reconciles, and a worker may list thousands.
+    listed: HashMap<String, HashSet<RunId>>,
     /// When `last_held` was last rid of what it no longer needs to remember.
     last_pruned: Option<Timestamp>,
 }
@@ -94,6 +97,8 @@ impl Registry {
             .get(&beat.worker_id)
             .is_none_or(|known| known.at <= beat.at)
         {
+            let runs = beat.in_flight.iter().copied().collect();
+            self.listed.insert(beat.worker_id.clone(), runs);
             self.latest.insert(beat.worker_id.clone(), beat);
         }
     }
@@ -215,16 +220,10 @@ impl Registry {
                 // A worker restarted under the same id is live, but holds nothing of what it
                 // ran before: the attempts its last life started are unclaimed.
                 let held = self.still_listening(now)
-                    || workers.iter().all(|worker| {
-                        self.latest
-                            .get(*worker)
-                            .is_some_and(|beat| beat.in_flight.contains(&run.run_id))
-                    });
+                    || workers.iter().all(|worker| self.lists(worker, run.run_id));
                 match (alive, held) {
                     (true, true) => Attendance::Attended,
-                    (true, false) => Attendance::Unclaimed {
-                        last_held: self.last_held.get(&run.run_id).copied(),
-                    },
+                    (true, false) => self.unclaimed(run.run_id),
                     (false, _) => Attendance::Unattended,
                 }
             }
@@ -232,9 +231,7 @@ impl Registry {
                 Attendance::Attended
             }
             RunStatus::Dispatched if self.serves(pool, Some(task_type), now) => {
-                Attendance::Unclaimed {
-                    last_held: self.last_held.get(&run.run_id).copied(),
-                }
+                self.unclaimed(run.run_id)
             }
             _ => Attendance::Unattended,
         }
@@ -242,10 +239,23 @@ impl Registry {
 
     /// Whether a live worker says, in its latest beat, that it holds a task of `run`.
     fn holds(&self, run: RunId, now: Timestamp) -> bool {
-        self.latest.values().any(|beat| {
-            beat.in_flight.contains(&run)
-                && self.liveness(&beat.worker_id, now) == Some(Liveness::Live)
+        self.listed.iter().any(|(worker, runs)| {
+            runs.contains(&run) && self.liveness(worker, now) == Some(Liveness::Live)
         })
+    }
+
+    /// Whether `worker`'s latest beat lists `run` among its runs in flight.
+    fn lists(&self, worker: &str, run: RunId) -> bool {
+        self.listed
+            .get(worker)
+            .is_some_and(|runs| runs.contains(&run))
+    }
+
+    /// Nobody holds the run's task: since when, as far as the registry remembers.
+    fn unclaimed(&self, run: RunId) -> Attendance {
+        Attendance::Unclaimed {
+            last_held: self.last_held.get(&run).copied(),
+        }
     }
 }
 
