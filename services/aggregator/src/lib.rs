@@ -733,8 +733,7 @@ impl Aggregator {
         let mut pools: HashMap<String, (bool, Option<Timestamp>)> = HashMap::new();
         {
             let registry = self.workers.registry();
-            for beat in registry.beats() {
-                let liveness = Liveness::of(beat, now);
+            for (beat, liveness) in registry.workers(now) {
                 let pool = pools.entry(beat.pool.clone()).or_default();
                 pool.0 |= liveness == Liveness::Live;
                 pool.1 = pool.1.max(Some(beat.at));
@@ -774,9 +773,9 @@ impl Aggregator {
 
     fn export_live_workers(&self, now: Timestamp) {
         let mut live: HashMap<String, u32> = HashMap::new();
-        for beat in self.workers.registry().beats() {
+        for (beat, liveness) in self.workers.registry().workers(now) {
             let count = live.entry(beat.pool.clone()).or_default();
-            if Liveness::of(beat, now) == Liveness::Live {
+            if liveness == Liveness::Live {
                 *count += 1;
             }
         }

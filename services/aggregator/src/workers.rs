@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use kairos_core::Timestamp;
 use kairos_runtime::codec::WorkerHeartbeat;
-use kairos_runtime::workers::{Liveness, Registry};
+use kairos_runtime::workers::Registry;
 use serde::Serialize;
 
 #[derive(Clone, Default)]
@@ -45,11 +45,11 @@ impl Workers {
 
     pub(crate) fn view(&self, now: Timestamp) -> Vec<WorkerView> {
         self.registry()
-            .beats()
-            .map(|beat| WorkerView {
+            .workers(now)
+            .map(|(beat, liveness)| WorkerView {
                 worker_id: beat.worker_id.clone(),
                 pool: beat.pool.clone(),
-                status: Liveness::of(beat, now).as_str(),
+                status: liveness.as_str(),
                 capacity: beat.capacity,
                 task_types: beat.task_types.clone(),
                 in_flight: beat.in_flight.iter().map(ToString::to_string).collect(),

@@ -40,7 +40,8 @@ pub enum Liveness {
 }
 
 impl Liveness {
-    pub fn of(beat: &WorkerHeartbeat, now: Timestamp) -> Self {
+    /// What the beat alone says; [`Registry::liveness`] judges silence with the care it needs.
+    fn of(beat: &WorkerHeartbeat, now: Timestamp) -> Self {
         let silent_for = (now - beat.at).to_std().unwrap_or_default();
         if beat.stopping {
             Liveness::Stopped
@@ -68,14 +69,21 @@ pub struct Registry {
     newest: Option<Timestamp>,
     /// When the reader last failed to read heartbeats (the broker was unreachable).
     deaf_at: Option<Timestamp>,
-    /// When a worker last said it held a task of each run, for the runs held lately (see
+    /// When each worker last said it held a task of each run, for the runs held lately (see
     /// [`HELD_MEMORY`]).
-    last_held: HashMap<RunId, Timestamp>,
+    last_held: HashMap<RunId, Vec<Hold>>,
     /// The runs each worker's latest beat lists, as a set: attendance asks of every run a
     /// dispatcher reconciles, and a worker may list thousands.
     listed: HashMap<String, HashSet<RunId>>,
     /// When `last_held` was last rid of what it no longer needs to remember.
     last_pruned: Option<Timestamp>,
+}
+
+/// A worker's latest beat listing a run.
+#[derive(Clone, Debug)]
+struct Hold {
+    worker: String,
+    at: Timestamp,
 }
 
 /// How long the registry remembers that a worker held a run's task: longer than any dispatcher's
@@ -88,8 +96,14 @@ impl Registry {
     pub fn record(&mut self, beat: WorkerHeartbeat) {
         self.newest = self.newest.max(Some(beat.at));
         for run in &beat.in_flight {
-            let held = self.last_held.entry(*run).or_insert(beat.at);
-            *held = (*held).max(beat.at);
+            let holds = self.last_held.entry(*run).or_default();
+            match holds.iter_mut().find(|hold| hold.worker == beat.worker_id) {
+                Some(hold) => hold.at = hold.at.max(beat.at),
+                None => holds.push(Hold {
+                    worker: beat.worker_id.clone(),
+                    at: beat.at,
+                }),
+            }
         }
         self.forget_old_holds(beat.at);
         if self
@@ -113,7 +127,10 @@ impl Registry {
             return;
         }
         self.last_pruned = Some(now);
-        self.last_held.retain(|_, held| now - *held < memory);
+        self.last_held.retain(|_, holds| {
+            holds.retain(|hold| now - hold.at < memory);
+            !holds.is_empty()
+        });
     }
 
     /// [`Registry::record`]s a beat read at `now`. A beat older than a worker may be silent when it
@@ -189,8 +206,15 @@ impl Registry {
         })
     }
 
-    pub fn beats(&self) -> impl Iterator<Item = &WorkerHeartbeat> {
-        self.latest.values()
+    /// Every worker's latest beat, and its liveness as [`Registry::liveness`] judges it: what the
+    /// registry shows, alerts on and counts must be what the dispatchers act on.
+    pub fn workers(&self, now: Timestamp) -> impl Iterator<Item = (&WorkerHeartbeat, Liveness)> {
+        self.latest.values().map(move |beat| {
+            let liveness = self
+                .liveness(&beat.worker_id, now)
+                .unwrap_or(Liveness::Lost);
+            (beat, liveness)
+        })
     }
 
     /// Whether a live worker is on the run's attempt: the worker that started it (every shard's,
@@ -223,7 +247,9 @@ impl Registry {
                     || workers.iter().all(|worker| self.lists(worker, run.run_id));
                 match (alive, held) {
                     (true, true) => Attendance::Attended,
-                    (true, false) => self.unclaimed(run.run_id),
+                    // Only its own workers' holds count: the partition's next owner lists the
+                    // run too while it leaves the attempt to them, and would keep it waiting.
+                    (true, false) => self.unclaimed(run.run_id, Some(&workers)),
                     (false, _) => Attendance::Unattended,
                 }
             }
@@ -231,7 +257,7 @@ impl Registry {
                 Attendance::Attended
             }
             RunStatus::Dispatched if self.serves(pool, Some(task_type), now) => {
-                self.unclaimed(run.run_id)
+                self.unclaimed(run.run_id, None)
             }
             _ => Attendance::Unattended,
         }
@@ -251,11 +277,18 @@ impl Registry {
             .is_some_and(|runs| runs.contains(&run))
     }
 
-    /// Nobody holds the run's task: since when, as far as the registry remembers.
-    fn unclaimed(&self, run: RunId) -> Attendance {
-        Attendance::Unclaimed {
-            last_held: self.last_held.get(&run).copied(),
-        }
+    /// Nobody holds the run's task: since when one of `by` (any worker when `None`) last held it,
+    /// as far as the registry remembers.
+    fn unclaimed(&self, run: RunId, by: Option<&[&str]>) -> Attendance {
+        let last_held = self
+            .last_held
+            .get(&run)
+            .into_iter()
+            .flatten()
+            .filter(|hold| by.is_none_or(|workers| workers.contains(&hold.worker.as_str())))
+            .map(|hold| hold.at)
+            .max();
+        Attendance::Unclaimed { last_held }
     }
 }
 
@@ -634,6 +667,35 @@ mod tests {
             Unclaimed {
                 last_held: Some(at(10_000))
             }
+        );
+    }
+
+    /// Given an attempt started by a worker since restarted under the same id, when the
+    /// partition's next owner holds the redelivered task (it leaves the attempt to its starter,
+    /// alive) and lists the run in every beat, then the attempt is still unclaimed since its
+    /// starter last listed it: in a chaos run 2,253 runs stayed started to the end, the new
+    /// owner's holds pushing the limit back for ever while it waited on the starter.
+    #[test]
+    fn another_workers_hold_does_not_keep_a_started_attempt_claimed() {
+        use Attendance::Unclaimed;
+        let mut registry = Registry::default();
+        registry.record(holding("w", 10_000));
+        registry.record(beat("w", "p", 11_000, false));
+        for at_ms in [11_000, 70_000, 130_000] {
+            registry.record(holding("next-owner", at_ms));
+            registry.record(beat("w", "p", at_ms, false));
+            assert_eq!(
+                judged(&registry, at(at_ms + 500)).0,
+                Unclaimed {
+                    last_held: Some(at(10_000))
+                }
+            );
+        }
+        // A dispatched attempt counts any worker's hold.
+        assert_eq!(
+            judged(&registry, at(130_500)).1,
+            Attendance::Attended,
+            "a live worker holds the dispatched task"
         );
     }
 }
