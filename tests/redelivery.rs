@@ -627,3 +627,113 @@ async fn an_attempt_announced_at_a_handover_and_then_recorded_lost_is_not_begun(
     services.push(second);
     stop_all(services).await;
 }
+
+/// A task fetched long after its dispatch (behind a backlog, a rebalance, a ledger read) may
+/// belong to an attempt the dispatchers have since recorded lost because no worker held it, a
+/// retry on its way: the worker reads the ledger before it takes such a task up, and skips it. In
+/// a chaos run, five attempts recorded lost this way were begun seconds later by the worker that
+/// finally fetched them, and their retries ran too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_fetched_after_its_attempt_was_recorded_lost_is_not_begun() {
+    use kairos_core::run::{RunEvent, RunId, TriggerKind};
+    use kairos_core::TaskAssigned;
+
+    let stack = Stack::new(1).await;
+    let worker = stack.worker("late");
+    wait_caught_up(std::slice::from_ref(&worker)).await;
+    let effects = stack.data_dir("effects");
+    let script = format!("echo $KAIROS_RUN_ID >> {}", effects.display());
+    let job = shell_job("late", "1h", &script)
+        .validate()
+        .expect("a valid job");
+    let producer = stack.kafka.producer().expect("producer");
+    let now = chrono::Utc::now();
+    // Two runs' tasks reach the worker one after the other: the first dispatched 40 s ago and
+    // recorded lost since, the second dispatched just now.
+    let mut runs = vec![];
+    for (slot_secs, age_secs) in [(100, 40), (99, 0)] {
+        let slot = now - chrono::Duration::seconds(slot_secs);
+        let dispatched_at = now - chrono::Duration::seconds(age_secs);
+        let run_id = RunId::derive(&job.id, slot, TriggerKind::Schedule);
+        let event = |kind| RunEvent {
+            job_id: job.id.clone(),
+            run_id,
+            scheduled_for: slot,
+            at: dispatched_at,
+            kind,
+            shard: None,
+        };
+        let scheduled = RunEventKind::RunScheduled {
+            trigger: TriggerKind::Schedule,
+            definition_offset: 0,
+        };
+        stack.append_to_ledger(&event(scheduled), "trigger").await;
+        let dispatch = RunEventKind::RunDispatched {
+            attempt: 1,
+            pool: "default".into(),
+        };
+        let dispatch = stack.append_to_ledger(&event(dispatch), "dispatcher").await;
+        if age_secs > 0 {
+            let lost = RunEventKind::RunLost { attempt: 1 };
+            stack.append_to_ledger(&event(lost), "dispatcher").await;
+        }
+        let task = TaskAssigned {
+            job_id: job.id.clone(),
+            run_id,
+            attempt: 1,
+            scheduled_for: slot,
+            pool: "default".into(),
+            task: job.task.clone(),
+            timeout: job.timeout,
+            definition_offset: 0,
+            assigned_at: dispatched_at,
+            start_at: None,
+            shard: None,
+            concurrent_runs: true,
+            signature: None,
+        };
+        let payload = kairos_runtime::codec::encode_task(&task).expect("encodes");
+        let header = (
+            kairos_runtime::ledger::DISPATCHED_AT_HEADER,
+            dispatch.offset.to_string(),
+        );
+        producer
+            .send_with_headers(
+                &stack.kafka.topics().tasks("default"),
+                &task.key(),
+                Some(&payload),
+                &[header],
+            )
+            .await
+            .expect("producing the task");
+        runs.push(run_id);
+    }
+    wait_for(
+        "the fresh task to succeed",
+        Duration::from_secs(60),
+        || async {
+            stack
+                .ledger()
+                .iter()
+                .any(|e| e.run_id == runs[1] && matches!(e.kind, RunEventKind::RunSucceeded { .. }))
+                .then_some(())
+        },
+    )
+    .await;
+    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
+    wait_for(
+        "the stale task to be skipped",
+        Duration::from_secs(30),
+        || async {
+            let metrics = scrape(worker.metrics_addr).await;
+            metric_value(&metrics, skipped).filter(|n| *n >= 1.0)
+        },
+    )
+    .await;
+    let executions = std::fs::read_to_string(&effects).unwrap_or_default();
+    assert!(
+        !executions.contains(&runs[0].to_string()),
+        "the attempt recorded lost was begun: {executions}"
+    );
+    stop_all([worker]).await;
+}

@@ -77,7 +77,9 @@ pub struct Config {
     pub deadline_margin: Duration,
     /// How long a dispatched task may go unheld by any live worker of its pool (none announces it
     /// in its heartbeats) before the attempt is recorded lost and retried: the backstop for a
-    /// task that never reached the tasks topic.
+    /// task that never reached the tasks topic, or an attempt whose worker restarted under the
+    /// same id. Workers read the ledger before they take up a task older than half the default
+    /// (30 s), so a shorter limit lets a task fetched late run after its attempt was given up.
     #[arg(long, env = "KAIROS_UNCLAIMED_LIMIT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub unclaimed_limit: Duration,
     #[command(flatten)]

@@ -250,6 +250,13 @@ const RECHECK_MAX: Duration = Duration::from_secs(15);
 /// keeps failing (the broker gone) lets the attempt run, at least once, rather than never.
 const LAST_LOOK_READS: u32 = 3;
 
+/// How long after its dispatch a task may be taken up before the ledger is read for it: half the
+/// dispatchers' unclaimed limit, after which they record an attempt no worker holds as lost (its
+/// task was fetched late, behind a backlog or a rebalance). Younger tasks are taken as they come:
+/// reading the ledger for every late task made a loaded worker fall further behind.
+const STALE_TASK_AGE: Duration =
+    Duration::from_secs(kairos_core::decide::DEFAULT_UNCLAIMED_LIMIT.as_secs() / 2);
+
 /// The default of `--report-start-after`.
 pub const DEFAULT_REPORT_START_AFTER: Duration = Duration::from_secs(1);
 
@@ -1167,7 +1174,12 @@ impl Worker {
         let silence = self.silence_limit();
         let workers = self.others.shared();
         let me = self.reporter.worker_id.clone();
-        let started_elsewhere = pending.started_elsewhere;
+        // Taken long after its dispatch (behind a backlog, a rebalance, a ledger read): the
+        // dispatchers may have recorded it lost as unclaimed, a retry on its way.
+        let stale = (kairos_runtime::now() - task.assigned_at)
+            .to_std()
+            .is_ok_and(|waited| waited > STALE_TASK_AGE);
+        let check_ledger_first = pending.started_elsewhere || stale;
         self.executions.spawn(async move {
             let done = || Finished {
                 partition,
@@ -1197,9 +1209,10 @@ impl Worker {
             }
             // A revocation meanwhile hands the attempt over.
             let mut waited = until_in_group(&mut membership, silence, &cancel, &claim.released).await;
-            // Redelivered, and its partition's last owner said it began it: held until the
-            // ledger and the heartbeats tell (a revocation meanwhile hands it over).
-            if let (true, Some((ledger, from, _))) = (started_elsewhere, &recheck) {
+            // Redelivered, and its partition's last owner said it began it, or stale: held until
+            // the ledger and the heartbeats tell (a revocation meanwhile hands it over). Before
+            // it is taken up, so that no place is held through the read.
+            if let (true, Some((ledger, from, _))) = (check_ledger_first, &recheck) {
                 let mut seen = Attempts {
                     read_to: *from,
                     ..Attempts::default()
