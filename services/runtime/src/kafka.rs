@@ -108,9 +108,7 @@ impl KafkaArgs {
         for (key, value) in PRODUCER_INVARIANTS {
             config.set(key, value);
         }
-        Ok(Producer {
-            inner: config.create()?,
-        })
+        Producer::create(config)
     }
 
     /// The producer of a worker's regular heartbeats. A connection of its own, so that a beat
@@ -132,9 +130,7 @@ impl KafkaArgs {
             .set("enable.idempotence", "false")
             .set("partitioner", "murmur2_random")
             .set("acks", "all");
-        Ok(Producer {
-            inner: config.create()?,
-        })
+        Producer::create(config)
     }
 
     fn consumer_config(&self, group: &str) -> ClientConfig {
@@ -298,9 +294,15 @@ impl ServiceKind {
 }
 
 /// A producer whose sends complete when the broker has acknowledged the record.
+///
+/// An idempotent producer can fail for good (librdkafka's "fatal error": its sequence numbers
+/// out of step with the broker's, e.g. around a broker restart), after which every send fails at
+/// once. Such a producer is replaced by a new one from the same configuration, shared by every
+/// clone, so that a service does not retry a dead producer for ever.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<std::sync::RwLock<FutureProducer>>,
+    config: Arc<ClientConfig>,
 }
 
 /// Where an acknowledged record landed.
@@ -311,6 +313,53 @@ pub struct Delivered {
 }
 
 impl Producer {
+    fn create(config: ClientConfig) -> Result<Producer, KafkaError> {
+        let inner = config.create()?;
+        Ok(Producer {
+            inner: Arc::new(std::sync::RwLock::new(inner)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The current librdkafka producer.
+    fn current(&self) -> FutureProducer {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `failed` with a new producer if it has failed for good; whether it had. Records
+    /// it held unacknowledged fail; their senders retry them on the new one.
+    fn renew_if_fatal(&self, failed: &FutureProducer) -> bool {
+        use rdkafka::producer::Producer as _;
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return false;
+        };
+        let mut current = self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another sender may have replaced it already.
+        if current.client().fatal_error().is_some() {
+            match self.config.create() {
+                Ok(renewed) => {
+                    tracing::error!(
+                        ?code,
+                        reason,
+                        "The producer failed for good; replaced by a new one."
+                    );
+                    metrics::counter!(m::PRODUCERS_RENEWED).increment(1);
+                    *current = renewed;
+                }
+                Err(error) => {
+                    tracing::error!(?code, reason, %error, "The producer failed for good and no new one could be made.");
+                }
+            }
+        }
+        true
+    }
+
     /// Sends one keyed record (a `None` payload is a tombstone) and waits for the acknowledgement.
     /// Retries while the local queue is full; any other error is the caller's to classify.
     pub async fn send(
@@ -331,12 +380,16 @@ impl Producer {
         headers: &[(&str, String)],
     ) -> Result<Delivered, KafkaError> {
         let record = future_record(topic, key, payload, headers);
-        match self.inner.send(record, Duration::from_secs(30)).await {
+        let producer = self.current();
+        match producer.send(record, Duration::from_secs(30)).await {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((error, _)) => Err(error),
+            Err((error, _)) => {
+                self.renew_if_fatal(&producer);
+                Err(error)
+            }
         }
     }
 
@@ -352,7 +405,7 @@ impl Producer {
 
     /// Waits until every queued record is acknowledged (used on shutdown).
     pub fn flush(&self) {
-        let _ = rdkafka::producer::Producer::flush(&self.inner, Duration::from_secs(10));
+        let _ = rdkafka::producer::Producer::flush(&self.current(), Duration::from_secs(10));
     }
 }
 
@@ -475,10 +528,11 @@ impl ReliableProducer {
         timeout: Duration,
     ) -> usize {
         use futures::FutureExt as _;
+        let producer = self.producer.current();
         let deliveries: Vec<_> = records
             .iter()
             .filter_map(|record| {
-                let queued = self.producer.inner.send_result(future_record(
+                let queued = producer.send_result(future_record(
                     topic,
                     &record.key,
                     Some(&record.payload),
@@ -489,9 +543,10 @@ impl ReliableProducer {
                     .ok()
             })
             .collect();
-        if let Err(error) = rdkafka::producer::Producer::flush(&self.producer.inner, timeout) {
+        if let Err(error) = rdkafka::producer::Producer::flush(&producer, timeout) {
             tracing::warn!(%error, "Not every record was acknowledged in time.");
         }
+        self.producer.renew_if_fatal(&producer);
         deliveries
             .into_iter()
             .map(|delivery| matches!(delivery.now_or_never(), Some(Ok(Ok(_)))))

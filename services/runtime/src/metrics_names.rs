@@ -6,6 +6,8 @@
 
 /// Produce attempts that failed and are retried (broker down or slow), by `service` and `topic`.
 pub const PRODUCE_RETRIES: &str = "kairos_produce_retries_total";
+/// Producers replaced after failing for good (librdkafka's fatal idempotence errors).
+pub const PRODUCERS_RENEWED: &str = "kairos_producers_renewed_total";
 /// Records sent to the dead-letter topic, by `service`, source `topic` and `reason`.
 pub const DEADLETTERED: &str = "kairos_deadlettered_records_total";
 /// Records on the broker not yet applied by this instance, by `service` and `topic`.
