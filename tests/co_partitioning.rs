@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kairos_runtime::kafka::ensure_topic;
+use kairos_runtime::kafka::TopicAdmin;
 use kairos_runtime::KafkaArgs;
 use kairos_tests::{brokers, free_addr};
 
@@ -12,6 +12,7 @@ async fn every_service_refuses_mismatched_partition_counts_and_names_the_topics(
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let kafka = KafkaArgs::new(brokers(), &prefix);
     let topics = kafka.topics();
+    let admin = TopicAdmin::new(&kafka).unwrap();
     for (name, partitions) in [
         (topics.jobs(), 3),
         (topics.runs(), 2),
@@ -19,7 +20,8 @@ async fn every_service_refuses_mismatched_partition_counts_and_names_the_topics(
         (topics.tasks("default"), 3),
         (topics.control(), 3),
     ] {
-        ensure_topic(&kafka, &name, partitions, &BTreeMap::new())
+        admin
+            .ensure_topic(&name, partitions, &BTreeMap::new())
             .await
             .unwrap();
     }

@@ -118,7 +118,8 @@ async fn only_definitions_signed_by_a_trusted_key_run_and_the_others_are_refused
     let producer = stack.kafka.producer().unwrap();
     let stranger = load_signing_key(&stranger_key).unwrap();
     let forged = marking_job("forged", &ran).validate().unwrap();
-    jobs::put_job(&stack.kafka, &producer, &forged, Some(&stranger), "test")
+    let admin = kairos_runtime::kafka::TopicAdmin::new(&stack.kafka).unwrap();
+    jobs::put_job(&admin, &producer, &forged, Some(&stranger), "test")
         .await
         .unwrap();
     // Signed by the trusted key, then its command changed.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use kairos_runtime::kafka::{apply_topics, ensure_topic, partition_counts, TopicSet};
+use kairos_runtime::kafka::{apply_topics, partition_counts, TopicAdmin, TopicSet};
 use kairos_runtime::KafkaArgs;
 use kairos_tests::brokers;
 
@@ -11,7 +11,9 @@ async fn applying_the_topic_set_is_idempotent_and_reports_drift() {
     let kafka = KafkaArgs::new(brokers(), format!("t{}", uuid::Uuid::new_v4().simple()));
     let topics = kafka.topics();
     // An existing installation whose ledger has the wrong partition count.
-    ensure_topic(&kafka, &topics.runs(), 2, &BTreeMap::new())
+    TopicAdmin::new(&kafka)
+        .unwrap()
+        .ensure_topic(&topics.runs(), 2, &BTreeMap::new())
         .await
         .unwrap();
     let mut set = TopicSet::shipped();

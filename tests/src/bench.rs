@@ -25,7 +25,7 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec;
-use kairos_runtime::kafka::{broadcast_consumer, ensure_topic, partition_counts, Producer};
+use kairos_runtime::kafka::{broadcast_consumer, partition_counts, Producer, TopicAdmin};
 use kairos_runtime::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -498,7 +498,9 @@ async fn ceiling(broker: &str, config: &BenchConfig) -> anyhow::Result<Ceiling> 
     let stack = Stack::on(broker.to_string(), config.partitions).await;
     let topic = stack.kafka.topics().name("bench-ceiling");
     let runs_config = kairos_runtime::kafka::TopicSet::shipped().config_of("runs");
-    ensure_topic(&stack.kafka, &topic, config.partitions, &runs_config).await?;
+    TopicAdmin::new(&stack.kafka)?
+        .ensure_topic(&topic, config.partitions, &runs_config)
+        .await?;
     let payload_bytes = ledger_record(&manual_run(&sample_job(0), 0))?.1.len();
 
     let total = config.ceiling_messages;
@@ -535,7 +537,9 @@ const LATENCY_PROBE_RATE: u32 = 200;
 /// under any lateness Kairos can show on it.
 async fn broker_latency(stack: &Stack, config: &BenchConfig) -> anyhow::Result<Distribution> {
     let topic = stack.kafka.topics().name("bench-latency");
-    ensure_topic(&stack.kafka, &topic, config.partitions, &BTreeMap::new()).await?;
+    TopicAdmin::new(&stack.kafka)?
+        .ensure_topic(&topic, config.partitions, &BTreeMap::new())
+        .await?;
     let tap = Tap::start_on(stack, &topic)?;
     let count = (LATENCY_PROBE_RATE * 5) as usize;
     // One record first, so that the reader's connection and first fetch are not measured.

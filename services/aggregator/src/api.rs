@@ -24,7 +24,7 @@ use kairos_core::run::{RunStatus, TriggerKind};
 use kairos_core::secrets::masked;
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::jobs::{self, WriteError};
-use kairos_runtime::kafka::{Delivered, Producer};
+use kairos_runtime::kafka::{Delivered, Producer, TopicAdmin};
 use kairos_runtime::keys::SigningKey;
 use kairos_runtime::telemetry::Health;
 use kairos_runtime::{KafkaArgs, Store};
@@ -33,12 +33,10 @@ use serde_json::{json, Value};
 
 use crate::access::{Access, Caller, Denied, Role};
 use crate::alerts::Alerts;
-use crate::audit::{audit_key, JobAudit};
-use crate::unfinished::{self, PendingRun};
+use crate::audit::JobAudit;
+use crate::read_model::unfinished::{self, PendingRun};
+use crate::read_model::{self as model, JobRecord, RunIndex};
 use crate::workers::Workers;
-use crate::{
-    job_changes_key, job_key, job_stats_key, run_key, JobChange, JobRecord, JobStats, RunRecord,
-};
 
 /// Most runs one request returns.
 const MAX_LIMIT: usize = 1000;
@@ -80,6 +78,7 @@ enum Signing {
 #[derive(Clone)]
 pub(crate) struct Writer {
     producer: Option<Producer>,
+    admin: Option<TopicAdmin>,
     kafka: KafkaArgs,
     /// Signs every definition written.
     signing_key: Option<Arc<SigningKey>>,
@@ -94,8 +93,16 @@ impl Writer {
                 None
             }
         };
+        let admin = match TopicAdmin::new(&kafka) {
+            Ok(admin) => Some(admin),
+            Err(error) => {
+                tracing::error!(%error, "Cannot create the API's admin client; job writes will fail.");
+                None
+            }
+        };
         Writer {
             producer,
+            admin,
             kafka,
             signing_key: signing_key.map(Arc::new),
         }
@@ -112,7 +119,7 @@ impl Writer {
             Signing::Anew => self.signing_key.as_deref(),
             Signing::Keep => None,
         };
-        Ok(jobs::put_job(&self.kafka, self.producer()?, job, key, &caller.author()).await?)
+        Ok(jobs::put_job(self.admin()?, self.producer()?, job, key, &caller.author()).await?)
     }
 
     /// Deletes a job, by `caller`.
@@ -126,14 +133,25 @@ impl Writer {
     }
 
     fn producer(&self) -> Result<&Producer, ApiError> {
-        self.producer.as_ref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
-                "the API has no producer (see the aggregator's log)",
-            )
-        })
+        self.producer
+            .as_ref()
+            .ok_or_else(|| unavailable("producer"))
     }
+
+    fn admin(&self) -> Result<&TopicAdmin, ApiError> {
+        self.admin
+            .as_ref()
+            .ok_or_else(|| unavailable("admin client"))
+    }
+}
+
+/// A write refused because the API could not make the broker `client` it needs.
+fn unavailable(client: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        format!("the API has no {client} (see the aggregator's log)"),
+    )
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
@@ -309,15 +327,29 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// Runs a read that scans the store on the blocking pool: a scan of thousands of keys would hold
+/// a runtime thread, and with it other requests and the aggregator's own loop.
+pub(crate) async fn scanning<T: Send + 'static>(
+    state: &ApiState,
+    read: impl FnOnce(&ApiState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || read(&state))
+        .await
+        .map_err(|error| ApiError::from(anyhow::Error::from(error)))?
+}
+
 // ---------------------------------------------------------------------------------------------
 // Jobs: reads.
 
 async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let jobs: Vec<(String, JobRecord)> = state.store.scan("job/")?;
-    let jobs: Vec<_> = jobs
-        .into_iter()
-        .map(|(_, job)| job_json(&state.store, job))
-        .collect::<Result<_, _>>()?;
+    let jobs: Vec<_> = scanning(&state, |state| {
+        model::jobs(&state.store)?
+            .into_iter()
+            .map(|(_, job)| job_json(&state.store, job))
+            .collect::<Result<_, _>>()
+    })
+    .await?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
@@ -329,20 +361,16 @@ async fn get_job(
 }
 
 fn known_job(store: &Store, id: &str) -> Result<JobRecord, ApiError> {
-    store
-        .get(&job_key(id))?
-        .ok_or_else(|| ApiError::job_not_found(id))
+    model::job(store, id)?.ok_or_else(|| ApiError::job_not_found(id))
 }
 
 /// A job with its latest run, its outcome statistics and its next fire times.
 pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError> {
-    let last_run = crate::runs_of_job(store, &job.spec.id, 1)?
+    let last_run = model::runs_of_job(store, &job.spec.id, 1)?
         .into_iter()
         .next();
-    let stats: JobStats = store.get(&job_stats_key(&job.spec.id))?.unwrap_or_default();
-    let changes: Vec<JobChange> = store
-        .get(&job_changes_key(&job.spec.id))?
-        .unwrap_or_default();
+    let stats = model::job_stats(store, &job.spec.id)?;
+    let changes = model::job_changes(store, &job.spec.id)?;
     let definition = job.spec.validate();
     let next_fires = definition
         .as_ref()
@@ -391,7 +419,7 @@ async fn next_fire_times(
         .spec
         .validate()
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
-    let stats: JobStats = state.store.get(&job_stats_key(&id))?.unwrap_or_default();
+    let stats = model::job_stats(&state.store, &id)?;
     Ok(Json(json!({
         "job_id": id,
         "paused": definition.paused,
@@ -407,7 +435,7 @@ async fn job_audit(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job = known_job(&state.store, &id)?;
-    let audit: JobAudit = state.store.get(&audit_key(&id))?.unwrap_or_default();
+    let audit = JobAudit::of(&state.store, &id)?;
     Ok(Json(json!({
         "job_id": id,
         "paused": job.spec.paused,
@@ -484,11 +512,7 @@ async fn create_job(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let job = job_from_body(body)?;
-    if state
-        .store
-        .get::<JobRecord>(&job_key(job.id.as_str()))?
-        .is_some()
-    {
+    if model::job(&state.store, job.id.as_str())?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "job_exists",
@@ -682,28 +706,26 @@ impl RunFilter {
         Ok(filter)
     }
 
-    /// One page of the runs under an index prefix (`slot/` or `jobrun/<job>/`, whose keys end in
-    /// `<slot millis>/<run>`), newest slot first, and the cursor of the next page if there may be
-    /// one.
-    fn page(&self, store: &Store, prefix: &str) -> Result<(Vec<Value>, Option<String>), ApiError> {
-        // Keys sort by slot: start below the cursor, or just past `to`.
+    /// One page of the index's runs, newest slot first, and the cursor of the next page if there
+    /// may be one.
+    fn page(
+        &self,
+        store: &Store,
+        index: RunIndex,
+    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        // Positions sort by slot: start below the cursor, or just past `to`.
         let before = match (&self.cursor, self.to) {
-            (Some(cursor), _) => Some(format!("{prefix}{cursor}")),
-            (None, Some(to)) => Some(format!(
-                "{prefix}{}",
-                crate::slot_millis(to + chrono::Duration::milliseconds(1))
-            )),
+            (Some(cursor), _) => Some(cursor.clone()),
+            (None, Some(to)) => Some(model::slot_millis(to + chrono::Duration::milliseconds(1))),
             (None, None) => None,
         };
-        let from = self
-            .from
-            .map(|from| format!("{prefix}{}", crate::slot_millis(from)));
+        let from = self.from.map(model::slot_millis);
         let mut runs = vec![];
         let mut scanned = 0;
         let mut last = None;
         let mut more = false;
-        store.visit_keys_rev(prefix, before.as_deref(), |key| {
-            if from.as_deref().is_some_and(|from| key < from) {
+        index.visit_rev(store, before.as_deref(), |position, record| {
+            if from.as_deref().is_some_and(|from| position < from) {
                 return Ok(false);
             }
             if runs.len() == self.limit || scanned == MAX_SCANNED {
@@ -711,11 +733,8 @@ impl RunFilter {
                 return Ok(false);
             }
             scanned += 1;
-            last = Some(key[prefix.len()..].to_string());
-            let Some(run) = key.rsplit('/').next() else {
-                return Ok(true);
-            };
-            if let Some(record) = store.get::<RunRecord>(&run_key(run))? {
+            last = Some(position.to_string());
+            if let Some(record) = record {
                 if self
                     .statuses
                     .as_ref()
@@ -736,7 +755,10 @@ async fn list_runs(
     ApiQuery(query): ApiQuery<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = RunFilter::parse(query)?;
-    let (runs, next_cursor) = filter.page(&state.store, "slot/")?;
+    let (runs, next_cursor) = scanning(&state, move |state| {
+        filter.page(&state.store, RunIndex::All)
+    })
+    .await?;
     Ok(Json(json!({ "runs": runs, "next_cursor": next_cursor })))
 }
 
@@ -747,11 +769,16 @@ async fn job_runs(
     ApiQuery(query): ApiQuery<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = RunFilter::parse(query)?;
-    let (runs, next_cursor) = filter.page(&state.store, &format!("jobrun/{id}/"))?;
-    let known = !runs.is_empty()
-        || next_cursor.is_some()
-        || state.store.get::<JobRecord>(&job_key(&id))?.is_some()
-        || !crate::runs_of_job(&state.store, &id, 1)?.is_empty();
+    let job = id.clone();
+    let (runs, next_cursor, known) = scanning(&state, move |state| {
+        let (runs, next_cursor) = filter.page(&state.store, RunIndex::OfJob(&job))?;
+        let known = !runs.is_empty()
+            || next_cursor.is_some()
+            || model::job(&state.store, &job)?.is_some()
+            || !model::runs_of_job(&state.store, &job, 1)?.is_empty();
+        Ok((runs, next_cursor, known))
+    })
+    .await?;
     if !known {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -775,7 +802,7 @@ async fn get_run(
             format!("{run_id:?} is not a run id (a UUID)"),
         ));
     }
-    let record: RunRecord = state.store.get(&run_key(&run_id))?.ok_or_else(|| {
+    let record = model::run_record(&state.store, &run_id)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "run_not_found",
@@ -793,12 +820,15 @@ async fn get_run(
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
 /// serves its pool.
 async fn pending_runs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let mut waiting = unfinished::pending(&state.store)?;
-    waiting.sort_by_key(|p| p.dispatched_at);
-    let runs: Vec<_> = waiting
-        .iter()
-        .map(|p| pending_json(&state, p))
-        .collect::<Result<_, _>>()?;
+    let runs: Vec<_> = scanning(&state, |state| {
+        let mut waiting = unfinished::pending(&state.store)?;
+        waiting.sort_by_key(|p| p.dispatched_at);
+        waiting
+            .iter()
+            .map(|p| pending_json(state, p))
+            .collect::<Result<_, _>>()
+    })
+    .await?;
     Ok(Json(json!({ "runs": runs })))
 }
 

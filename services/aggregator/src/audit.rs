@@ -26,13 +26,12 @@ use kairos_core::run::{RunId, RunStatus};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{Alert, AlertKind};
 use kairos_runtime::kafka::WatermarkReader;
-use kairos_runtime::store::LOCAL_PREFIX;
 use kairos_runtime::{Batch, PartitionedConsumer, Store};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics_names as m;
-use crate::{job_stats_key, run_key, unfinished, JobRecord, JobStats};
+use crate::read_model::{self as model, audit_key, unfinished, JobRecord};
 
 /// How often the audit reads the ends of the runs partitions, and so how often it judges.
 const AUDIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -54,6 +53,13 @@ pub(crate) struct JobAudit {
     pub stuck: Vec<StuckRun>,
 }
 
+impl JobAudit {
+    /// What the audit keeps of the job; empty for a job it never checked.
+    pub(crate) fn of(store: &Store, job: &str) -> anyhow::Result<JobAudit> {
+        Ok(store.get(&audit_key(job))?.unwrap_or_default())
+    }
+}
+
 /// A due slot with no decision on the ledger by `due_by`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct MissedSlot {
@@ -71,10 +77,6 @@ pub(crate) struct StuckRun {
     pub attempt: u32,
     pub due_by: Timestamp,
     pub found_at: Timestamp,
-}
-
-pub(crate) fn audit_key(job: &str) -> String {
-    format!("{LOCAL_PREFIX}audit/{job}")
 }
 
 /// A job the audit checks: where its runs are, and its validated definition.
@@ -126,10 +128,8 @@ impl Audit {
             stuck_alerted: HashMap::new(),
             started_at: now,
         };
-        for (key, record) in store.scan::<JobRecord>(crate::JOB_PREFIX)? {
-            if let Some(job) = key.strip_prefix(crate::JOB_PREFIX) {
-                audit.define(job, &record);
-            }
+        for (job, record) in model::jobs(store)? {
+            audit.define(&job, &record);
         }
         Ok(audit)
     }
@@ -300,7 +300,7 @@ impl Audit {
                 None => job.written_at.max(self.started_at),
             };
             let from = slots_counted_from(last, &schedule, written_at);
-            let stats: JobStats = store.get(&job_stats_key(id))?.unwrap_or_default();
+            let stats = model::job_stats(store, id)?;
             let check = slots_to_check(
                 &job.definition,
                 from,
@@ -312,7 +312,7 @@ impl Audit {
             metrics::counter!(m::AUDIT_SLOTS_CHECKED).increment(check.owed.len() as u64);
             let mut audit = previous.clone().unwrap_or_default();
             for (slot, run_id) in check.owed {
-                if store.contains(&run_key(&run_id.to_string()))? {
+                if model::has_run(store, &run_id.to_string())? {
                     continue;
                 }
                 let due_by = fire_time(&job.definition, slot) + grace;

@@ -9,8 +9,8 @@ mod alerts;
 mod api;
 mod audit;
 mod metrics_names;
+mod read_model;
 mod status_page;
-mod unfinished;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason, TriggerKind};
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert, AlertKind, JobStatus};
@@ -34,17 +33,22 @@ use kairos_runtime::{
     record_header, record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
 use rdkafka::message::{Message, OwnedMessage};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerts;
 use crate::audit::Audit;
 use crate::metrics_names as m;
-use crate::unfinished::PendingRun;
+use crate::read_model::unfinished::{self, PendingRun};
+use crate::read_model::{
+    job_changes_key, job_key, job_run_key, job_stats_key, run_key, slot_key, HistoryEntry,
+    JobChange, JobRecord, JobStats, RunRecord,
+};
 use crate::workers::Workers;
 
 /// History entries kept per run; a run that loops through more retries keeps its latest ones.
 const MAX_HISTORY: usize = 200;
+/// Changes of a job's definition kept in its read model.
+const MAX_JOB_CHANGES: usize = 20;
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -133,100 +137,6 @@ impl Config {
             telemetry: TelemetryArgs::default(),
         }
     }
-}
-
-/// A job as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct JobRecord {
-    pub spec: JobSpec,
-    pub offset: i64,
-    pub updated_at: Option<Timestamp>,
-    /// The partition of the job's records (absent in stores of earlier releases).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partition: Option<i32>,
-    /// Who wrote the current definition (its record's author header), if the writer said.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-}
-
-/// One change of a job's definition, as the jobs topic records it. The changes a job has had are
-/// kept as they are read, under `local/`: the compacted jobs topic keeps only a job's latest
-/// definition for good, so a rebuild starts its history afresh from that one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct JobChange {
-    /// `created`, `updated`, `paused` or `resumed`.
-    pub change: String,
-    pub offset: i64,
-    pub at: Option<Timestamp>,
-    pub author: Option<String>,
-}
-
-/// Changes of a job's definition kept in its read model.
-const MAX_JOB_CHANGES: usize = 20;
-
-/// Where a job's latest changes are kept.
-pub(crate) fn job_changes_key(job: &str) -> String {
-    format!("{}jobchanges/{job}", kairos_runtime::store::LOCAL_PREFIX)
-}
-
-/// One ledger event of a run, and what it did to the run.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HistoryEntry {
-    pub event: String,
-    pub at: Timestamp,
-    pub attempt: Option<u32>,
-    pub offset: i64,
-    /// `applied`, or why it changed nothing (a duplicate, a stale attempt, ...).
-    pub effect: String,
-    /// What the event says beyond its type: the skip reason, pool, worker, error or due time.
-    #[serde(default)]
-    pub detail: Option<String>,
-}
-
-/// A run's state and how it got there.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RunRecord {
-    #[serde(flatten)]
-    pub state: RunState,
-    pub history: Vec<HistoryEntry>,
-}
-
-const JOB_PREFIX: &str = "job/";
-
-fn job_key(job: &str) -> String {
-    format!("{JOB_PREFIX}{job}")
-}
-fn run_key(run: &str) -> String {
-    format!("run/{run}")
-}
-/// Runs of a job in slot order: `jobrun/<job>/<slot millis, zero-padded>/<run>`.
-fn job_run_key(job: &str, slot: Timestamp, run: &str) -> String {
-    format!("jobrun/{job}/{}/{run}", slot_millis(slot))
-}
-/// All runs in slot order: `slot/<slot millis, zero-padded>/<run>`.
-fn slot_key(slot: Timestamp, run: &str) -> String {
-    format!("slot/{}/{run}", slot_millis(slot))
-}
-fn slot_millis(slot: Timestamp) -> String {
-    format!("{:015}", slot.timestamp_millis().max(0))
-}
-fn job_stats_key(job: &str) -> String {
-    format!("jobstats/{job}")
-}
-
-/// What the aggregator keeps about a job's outcomes.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct JobStats {
-    /// Runs the schedule fired (not manual or backfill runs, not skipped slots): what `max_runs`
-    /// counts.
-    #[serde(default)]
-    pub scheduled: u32,
-    pub succeeded: u64,
-    pub abandoned: u64,
-    /// Runs abandoned since the last success.
-    pub failures_in_a_row: u32,
-    pub last_outcome: Option<String>,
-    pub last_finished_at: Option<Timestamp>,
 }
 
 /// Runs the aggregator until `shutdown` resolves.
@@ -832,18 +742,4 @@ fn count(kind: &RunEventKind, state: &RunState, before: Option<&RunState>) {
             .as_secs_f64();
         metrics::histogram!(m::RUN_DURATION, "outcome" => state.status.as_str()).record(seconds);
     }
-}
-
-/// Reads for the API, shared with tests.
-pub(crate) fn runs_of_job(store: &Store, job: &str, limit: usize) -> anyhow::Result<Vec<RunState>> {
-    let keys: Vec<(String, ())> = store.scan_rev(&format!("jobrun/{job}/"), limit)?;
-    let mut runs = Vec::with_capacity(keys.len());
-    for (key, ()) in keys {
-        if let Some(run) = key.rsplit('/').next() {
-            if let Some(record) = store.get::<RunRecord>(&run_key(run))? {
-                runs.push(record.state);
-            }
-        }
-    }
-    Ok(runs)
 }

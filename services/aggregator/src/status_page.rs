@@ -7,10 +7,9 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::response::Html;
 use kairos_core::run::{RunState, RunStatus};
-use kairos_runtime::Store;
 
-use crate::api::{ApiError, ApiState};
-use crate::{job_stats_key, run_key, JobRecord, JobStats, RunRecord};
+use crate::api::{scanning, ApiError, ApiState};
+use crate::read_model::{self as model, JobRecord, RunIndex};
 
 /// Jobs listed on the page; the rest are counted.
 const MAX_JOBS: usize = 200;
@@ -21,9 +20,14 @@ const MAX_FAILURES: usize = 15;
 const REFRESH_SECONDS: u32 = 5;
 
 pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, ApiError> {
+    Ok(Html(scanning(&state, render).await?))
+}
+
+/// The page, from the store's scans (on the blocking pool).
+fn render(state: &ApiState) -> Result<String, ApiError> {
     let now = chrono::Utc::now();
-    let jobs: Vec<(String, JobRecord)> = state.store.scan("job/")?;
-    let recent = newest_runs(&state.store, FAILURE_WINDOW)?;
+    let jobs = model::jobs(&state.store)?;
+    let recent = RunIndex::All.newest(&state.store, FAILURE_WINDOW)?;
     let failures: Vec<&RunState> = recent
         .iter()
         .filter(|r| is_failure(r.status))
@@ -76,11 +80,8 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
     );
     for (_, job) in jobs.iter().take(MAX_JOBS) {
         let spec = &job.spec;
-        let stats: JobStats = state
-            .store
-            .get(&job_stats_key(&spec.id))?
-            .unwrap_or_default();
-        let last = crate::runs_of_job(&state.store, &spec.id, 1)?
+        let stats = model::job_stats(&state.store, &spec.id)?;
+        let last = model::runs_of_job(&state.store, &spec.id, 1)?
             .into_iter()
             .next();
         let definition = spec.validate().ok();
@@ -191,7 +192,7 @@ pub(crate) async fn page(State(state): State<ApiState>) -> Result<Html<String>, 
     }
     end_section(&mut html, 0, "");
     html.push_str("<footer>API: <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a></footer></body></html>\n");
-    Ok(Html(html))
+    Ok(html)
 }
 
 /// An RFC 3339 time as the rest of the page shows times.
@@ -206,20 +207,6 @@ fn is_failure(status: RunStatus) -> bool {
         status,
         RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost | RunStatus::Abandoned
     )
-}
-
-/// The runs with the latest slots, newest first.
-fn newest_runs(store: &Store, limit: usize) -> Result<Vec<RunState>, ApiError> {
-    let mut runs = Vec::new();
-    store.visit_keys_rev("slot/", None, |key| {
-        if let Some(run) = key.rsplit('/').next() {
-            if let Some(record) = store.get::<RunRecord>(&run_key(run))? {
-                runs.push(record.state);
-            }
-        }
-        Ok(runs.len() < limit)
-    })?;
-    Ok(runs)
 }
 
 fn run_row(html: &mut String, run: &RunState, with_error: bool) {

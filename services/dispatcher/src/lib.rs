@@ -33,7 +33,7 @@ use kairos_runtime::codec;
 use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
-    check_co_partitioning, ensure_topic, task_topic_config, Input, ReliableProducer,
+    check_co_partitioning, task_topic_config, Input, ReliableProducer, TopicAdmin,
 };
 use kairos_runtime::ledger::{LedgerRecord, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::{Health, TelemetryArgs};
@@ -170,7 +170,7 @@ pub async fn run(
     let parts = ServiceParts::start(spec, shutdown).await?;
     m::register();
     let mut dispatcher = Dispatcher {
-        kafka: config.kafka.clone(),
+        admin: TopicAdmin::new(&config.kafka)?,
         topics,
         partitions,
         store,
@@ -196,7 +196,7 @@ pub async fn run(
 }
 
 struct Dispatcher {
-    kafka: KafkaArgs,
+    admin: TopicAdmin,
     topics: Topics,
     partitions: i32,
     store: Store,
@@ -858,7 +858,11 @@ impl Dispatcher {
         if !self.known_pools.contains(&task.pool) {
             // Co-partitioned with the ledger, so that any producer of job definitions can name a
             // new pool.
-            if ensure_topic(&self.kafka, &topic, self.partitions, &task_topic_config()).await? {
+            let created = self
+                .admin
+                .ensure_topic(&topic, self.partitions, &task_topic_config())
+                .await?;
+            if created {
                 tracing::info!(topic, "Created the task topic of a new pool.");
             }
             self.known_pools.insert(task.pool.clone());

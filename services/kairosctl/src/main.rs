@@ -14,7 +14,7 @@ use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::jobs;
-use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicSet};
+use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicAdmin, TopicSet};
 use kairos_runtime::keys::SigningKey;
 use kairos_runtime::KafkaArgs;
 use serde_json::{json, Value};
@@ -613,9 +613,10 @@ async fn job_apply(
         }
     }
     let producer = kafka.producer()?;
+    let admin = TopicAdmin::new(kafka)?;
     let mut applied = vec![];
     for job in &definitions {
-        let written = jobs::put_job(kafka, &producer, job, key, author)
+        let written = jobs::put_job(&admin, &producer, job, key, author)
             .await
             .map_err(|e| reach_broker(kafka, e))?;
         if !out.json {
@@ -827,10 +828,16 @@ async fn set_paused(
     job.paused = paused;
     // Not signed anew: the signature, which does not cover `paused`, stays as it is, so that
     // pausing never signs a definition nobody checked.
-    let delivered = jobs::put_job(kafka, &kafka.producer()?, &job, None, author)
-        .await
-        .map_err(|e| reach_broker(kafka, e))?
-        .delivered;
+    let delivered = jobs::put_job(
+        &TopicAdmin::new(kafka)?,
+        &kafka.producer()?,
+        &job,
+        None,
+        author,
+    )
+    .await
+    .map_err(|e| reach_broker(kafka, e))?
+    .delivered;
     let verb = if paused { "paused" } else { "resumed" };
     let value = json!({"job_id": id, "paused": paused, "changed": true, "partition": delivered.partition, "offset": delivered.offset});
     out.print(&value, |_| {

@@ -11,7 +11,7 @@ use kairos_core::signing::sign;
 use kairos_core::{JobDefinition, JobId, Timestamp};
 
 use crate::codec;
-use crate::kafka::{ensure_topic, partition_counts, task_topic_config, Delivered, Producer};
+use crate::kafka::{task_topic_config, Delivered, Producer, TopicAdmin};
 use crate::ledger::LedgerRecord;
 use crate::KafkaArgs;
 
@@ -56,7 +56,7 @@ pub fn refuse_credentials_in_clear(job: &JobDefinition) -> Result<(), WriteError
 /// comes, signed or not), creating its pool's task topic first if the pool is new (workers of a
 /// new pool need a topic to subscribe to). A definition with a credential in clear is refused.
 pub async fn put_job(
-    kafka: &KafkaArgs,
+    admin: &TopicAdmin,
     producer: &Producer,
     job: &JobDefinition,
     key: Option<&SigningKey>,
@@ -74,15 +74,17 @@ pub async fn put_job(
         }
         None => job,
     };
-    let topics = kafka.topics();
-    // A metadata round trip; rare enough (one per write) to block this worker thread for.
-    let counts = tokio::task::block_in_place(|| partition_counts(kafka))
-        .map_err(|e| WriteError::Broker(e.to_string()))?;
+    let topics = admin.kafka().topics();
+    let counts = admin
+        .partition_counts()
+        .await
+        .map_err(|e| WriteError::Broker(format!("{e:#}")))?;
     let partitions = *counts
         .get(&topics.jobs())
         .ok_or_else(|| WriteError::NoJobsTopic(topics.jobs()))?;
     let pool_topic = topics.tasks(&job.pool);
-    let created = ensure_topic(kafka, &pool_topic, partitions, &task_topic_config())
+    let created = admin
+        .ensure_topic(&pool_topic, partitions, &task_topic_config())
         .await
         .map_err(|e| WriteError::Broker(format!("{e:#}")))?;
     let bytes = codec::encode_job(job)?;

@@ -1104,8 +1104,8 @@ pub struct ApplyReport {
 /// existing ones. Never deletes or alters.
 pub async fn apply_topics(args: &KafkaArgs, set: &TopicSet) -> anyhow::Result<ApplyReport> {
     let topics = args.topics();
-    let admin = args.admin()?;
-    let existing = partition_counts(args)?;
+    let admin = TopicAdmin::new(args)?;
+    let existing = admin.partition_counts().await?;
     let mut report = ApplyReport::default();
     let mut to_create = vec![];
     for def in &set.topics {
@@ -1137,80 +1137,120 @@ pub async fn apply_topics(args: &KafkaArgs, set: &TopicSet) -> anyhow::Result<Ap
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for result in admin.create_topics(&new_topics, &options).await? {
+        for result in admin.admin.create_topics(&new_topics, &options).await? {
             match result {
                 Ok(name) => report.created.push(name),
                 Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => report.unchanged.push(name),
                 Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
             }
         }
-        wait_for_topics(args, &report.created).await?;
+        admin.wait_for_topics(&report.created).await?;
     }
     Ok(report)
 }
 
-/// Creates one topic with `partitions` partitions unless it exists (used for new pools' task topics).
-pub async fn ensure_topic(
-    args: &KafkaArgs,
-    name: &str,
-    partitions: i32,
-    config: &BTreeMap<String, String>,
-) -> anyhow::Result<bool> {
-    if partition_counts(args)?.contains_key(name) {
-        return Ok(false);
-    }
-    let admin = args.admin()?;
-    // As replicated as the ledger, so a new pool's tasks are as safe as its runs.
-    let replication = replication_of(args, &args.topics().runs())?;
-    let topic = config.iter().fold(
-        NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
-        |t, (k, v)| t.set(k, v),
-    );
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics([&topic], &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
-        }
-    }
-    wait_for_topics(args, &[name.to_string()]).await?;
-    Ok(true)
+/// The cluster's metadata and topic creation for a running service: one admin client and one
+/// metadata client for its life, and every metadata round trip on the blocking pool, so that
+/// neither a service loop nor an API request blocks the async runtime while the broker answers.
+#[derive(Clone)]
+pub struct TopicAdmin {
+    args: KafkaArgs,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    metadata: Arc<BaseConsumer>,
 }
 
-/// How many replicas `topic` has (those of its first partition); 1 if it does not exist.
-fn replication_of(args: &KafkaArgs, topic: &str) -> Result<i32, KafkaError> {
-    let consumer: BaseConsumer = args.client_config().create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().first())
-        .map(|p| i32::try_from(p.replicas().len()).unwrap_or(1).max(1))
-        .next()
-        .unwrap_or(1))
-}
+impl TopicAdmin {
+    pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
+        Ok(TopicAdmin {
+            args: args.clone(),
+            admin: Arc::new(args.admin()?),
+            metadata: Arc::new(args.client_config().create()?),
+        })
+    }
 
-/// Waits until metadata shows the topics, so that the caller can produce to them at once.
-async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let counts = partition_counts(args)?;
-        if names.iter().all(|n| counts.get(n).is_some_and(|c| *c > 0)) {
-            return Ok(());
+    pub fn kafka(&self) -> &KafkaArgs {
+        &self.args
+    }
+
+    /// Partition count of every topic in the cluster.
+    pub async fn partition_counts(&self) -> anyhow::Result<HashMap<String, i32>> {
+        let client = self.metadata.clone();
+        Ok(tokio::task::spawn_blocking(move || counts_of(&client)).await??)
+    }
+
+    /// How many replicas `topic` has (those of its first partition); 1 if it does not exist.
+    async fn replication_of(&self, topic: &str) -> anyhow::Result<i32> {
+        let client = self.metadata.clone();
+        let topic = topic.to_string();
+        let metadata = tokio::task::spawn_blocking(move || {
+            client.fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+        })
+        .await??;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().first())
+            .map(|p| i32::try_from(p.replicas().len()).unwrap_or(1).max(1))
+            .next()
+            .unwrap_or(1))
+    }
+
+    /// Creates one topic with `partitions` partitions unless it exists (used for new pools' task
+    /// topics); whether it created it.
+    pub async fn ensure_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: &BTreeMap<String, String>,
+    ) -> anyhow::Result<bool> {
+        if self.partition_counts().await?.contains_key(name) {
+            return Ok(false);
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "topics {names:?} did not appear in metadata within 30 s"
+        // As replicated as the ledger, so a new pool's tasks are as safe as its runs.
+        let replication = self.replication_of(&self.args.topics().runs()).await?;
+        let topic = config.iter().fold(
+            NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
+            |t, (k, v)| t.set(k, v),
         );
-        tokio::time::sleep(METADATA_POLL).await;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in self.admin.create_topics([&topic], &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
+            }
+        }
+        self.wait_for_topics(&[name.to_string()]).await?;
+        Ok(true)
+    }
+
+    /// Waits until metadata shows the topics, so that the caller can produce to them at once.
+    async fn wait_for_topics(&self, names: &[String]) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let counts = self.partition_counts().await?;
+            if names.iter().all(|n| counts.get(n).is_some_and(|c| *c > 0)) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "topics {names:?} did not appear in metadata within 30 s"
+            );
+            tokio::time::sleep(METADATA_POLL).await;
+        }
     }
 }
 
-/// Partition count of every topic in the cluster.
+/// Partition count of every topic in the cluster, read once at start or by a command.
 pub fn partition_counts(args: &KafkaArgs) -> Result<HashMap<String, i32>, KafkaError> {
-    let consumer: BaseConsumer = args.client_config().create()?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    counts_of(&args.client_config().create()?)
+}
+
+/// How long a metadata request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn counts_of(client: &BaseConsumer) -> Result<HashMap<String, i32>, KafkaError> {
+    let metadata = client.fetch_metadata(None, METADATA_TIMEOUT)?;
     Ok(metadata
         .topics()
         .iter()

@@ -56,8 +56,8 @@ use kairos_runtime::codec;
 use kairos_runtime::deadletter::{reason_label, DeadLetters};
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
-    broadcast_consumer, check_co_partitioning, ensure_topic, task_topic_config, Input,
-    ReliableProducer,
+    broadcast_consumer, check_co_partitioning, task_topic_config, Input, ReliableProducer,
+    TopicAdmin,
 };
 use kairos_runtime::ledger::{
     AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER,
@@ -389,7 +389,11 @@ pub async fn run_with_handlers(
     // A pool's task topic may not exist yet when its first worker starts; it is created
     // co-partitioned with the ledger, as the dispatcher would on the pool's first task.
     let partitions = check_co_partitioning(&config.kafka, &[topics.runs()])?;
-    if ensure_topic(&config.kafka, &input, partitions, &task_topic_config()).await? {
+    let admin = TopicAdmin::new(&config.kafka)?;
+    if admin
+        .ensure_topic(&input, partitions, &task_topic_config())
+        .await?
+    {
         tracing::info!(topic = input, "Created the task topic of a new pool.");
     }
     check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;

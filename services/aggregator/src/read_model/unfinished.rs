@@ -15,7 +15,7 @@ use kairos_runtime::workers::Registry;
 use kairos_runtime::{Batch, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::{job_key, JobRecord};
+use super::{job, JobRecord};
 
 /// A dispatched run no worker has started.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,7 +113,7 @@ pub(crate) fn unserved(
     run: &PendingRun,
     now: Timestamp,
 ) -> anyhow::Result<Option<String>> {
-    let job: Option<JobRecord> = store.get(&job_key(&run.job_id))?;
+    let job: Option<JobRecord> = job(store, &run.job_id)?;
     // A deleted job's run still needs a worker of its pool, of whatever task type.
     let task_type = job.as_ref().map(|j| j.spec.task.kind());
     Ok(

@@ -1,0 +1,213 @@
+//! The aggregator's store, its one owner: every key it writes and every query the API, the
+//! status page, the pending-run check and the fire audit make. Nothing outside this module spells
+//! a key.
+//!
+//! - `job/<job>`: the job's latest definition ([`JobRecord`]); `local/jobchanges/<job>`: its
+//!   latest changes; `jobstats/<job>`: its outcome counts ([`JobStats`]).
+//! - `run/<run>`: a run's state and history ([`RunRecord`]).
+//! - `slot/<slot millis>/<run>` and `jobrun/<job>/<slot millis>/<run>`: runs in slot order, of
+//!   all jobs and of one ([`RunIndex`]).
+//! - `unfinished/<partition>/<run>`: runs not over ([`unfinished`]).
+//! - `local/audit/<job>`: the fire audit's cursor and findings.
+
+pub(crate) mod unfinished;
+
+use kairos_core::job::JobSpec;
+use kairos_core::run::RunState;
+use kairos_core::Timestamp;
+use kairos_runtime::store::StoreError;
+use kairos_runtime::store::LOCAL_PREFIX;
+use kairos_runtime::Store;
+use serde::{Deserialize, Serialize};
+
+/// What a read of the store gives.
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct JobRecord {
+    pub spec: JobSpec,
+    pub offset: i64,
+    pub updated_at: Option<Timestamp>,
+    /// The partition of the job's records (absent in stores of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// Who wrote the current definition (its record's author header), if the writer said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+}
+
+/// One change of a job's definition, as the jobs topic records it. The changes a job has had are
+/// kept as they are read, under `local/`: the compacted jobs topic keeps only a job's latest
+/// definition for good, so a rebuild starts its history afresh from that one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct JobChange {
+    /// `created`, `updated`, `paused` or `resumed`.
+    pub change: String,
+    pub offset: i64,
+    pub at: Option<Timestamp>,
+    pub author: Option<String>,
+}
+
+/// Where a job's latest changes are kept.
+pub(crate) fn job_changes_key(job: &str) -> String {
+    format!("{LOCAL_PREFIX}jobchanges/{job}")
+}
+
+/// One ledger event of a run, and what it did to the run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct HistoryEntry {
+    pub event: String,
+    pub at: Timestamp,
+    pub attempt: Option<u32>,
+    pub offset: i64,
+    /// `applied`, or why it changed nothing (a duplicate, a stale attempt, ...).
+    pub effect: String,
+    /// What the event says beyond its type: the skip reason, pool, worker, error or due time.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// A run's state and how it got there.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RunRecord {
+    #[serde(flatten)]
+    pub state: RunState,
+    pub history: Vec<HistoryEntry>,
+}
+
+const JOB_PREFIX: &str = "job/";
+const RUN_PREFIX: &str = "run/";
+const SLOT_PREFIX: &str = "slot/";
+
+pub(crate) fn job_key(job: &str) -> String {
+    format!("{JOB_PREFIX}{job}")
+}
+pub(crate) fn run_key(run: &str) -> String {
+    format!("{RUN_PREFIX}{run}")
+}
+/// Runs of a job in slot order: `jobrun/<job>/<slot millis, zero-padded>/<run>`.
+pub(crate) fn job_run_key(job: &str, slot: Timestamp, run: &str) -> String {
+    format!(
+        "{}{}/{run}",
+        RunIndex::OfJob(job).prefix(),
+        slot_millis(slot)
+    )
+}
+/// All runs in slot order: `slot/<slot millis, zero-padded>/<run>`.
+pub(crate) fn slot_key(slot: Timestamp, run: &str) -> String {
+    format!("{SLOT_PREFIX}{}/{run}", slot_millis(slot))
+}
+pub(crate) fn slot_millis(slot: Timestamp) -> String {
+    format!("{:015}", slot.timestamp_millis().max(0))
+}
+pub(crate) fn job_stats_key(job: &str) -> String {
+    format!("jobstats/{job}")
+}
+
+/// What the aggregator keeps about a job's outcomes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct JobStats {
+    /// Runs the schedule fired (not manual or backfill runs, not skipped slots): what `max_runs`
+    /// counts.
+    #[serde(default)]
+    pub scheduled: u32,
+    pub succeeded: u64,
+    pub abandoned: u64,
+    /// Runs abandoned since the last success.
+    pub failures_in_a_row: u32,
+    pub last_outcome: Option<String>,
+    pub last_finished_at: Option<Timestamp>,
+}
+
+pub(crate) fn audit_key(job: &str) -> String {
+    format!("{LOCAL_PREFIX}audit/{job}")
+}
+
+/// An index of runs in slot order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RunIndex<'a> {
+    /// The runs of every job.
+    All,
+    /// The runs of one job.
+    OfJob(&'a str),
+}
+
+impl RunIndex<'_> {
+    /// The index's keys, each followed by `<slot millis>/<run>`.
+    pub(crate) fn prefix(&self) -> String {
+        match self {
+            RunIndex::All => SLOT_PREFIX.to_string(),
+            RunIndex::OfJob(job) => format!("jobrun/{job}/"),
+        }
+    }
+
+    /// Visits the index's runs newest slot first, from below `before` (a position within the
+    /// index: a slot's millis, or a cursor this function gave), while `visit` returns true;
+    /// `visit` gets each run's position and record (none for a run no longer stored).
+    pub(crate) fn visit_rev(
+        &self,
+        store: &Store,
+        before: Option<&str>,
+        mut visit: impl FnMut(&str, Option<RunRecord>) -> Result<bool>,
+    ) -> Result<()> {
+        let prefix = self.prefix();
+        let before = before.map(|position| format!("{prefix}{position}"));
+        store.visit_keys_rev(&prefix, before.as_deref(), |key| {
+            let position = &key[prefix.len()..];
+            let record = match key.rsplit('/').next() {
+                Some(run) => run_record(store, run)?,
+                None => None,
+            };
+            visit(position, record)
+        })
+    }
+
+    /// The index's newest `limit` runs.
+    pub(crate) fn newest(&self, store: &Store, limit: usize) -> Result<Vec<RunState>> {
+        let mut runs = Vec::new();
+        if limit == 0 {
+            return Ok(runs);
+        }
+        self.visit_rev(store, None, |_, record| {
+            runs.extend(record.map(|r| r.state));
+            Ok(runs.len() < limit)
+        })?;
+        Ok(runs)
+    }
+}
+
+/// Every job's latest definition, by id.
+pub(crate) fn jobs(store: &Store) -> Result<Vec<(String, JobRecord)>> {
+    Ok(store
+        .scan::<JobRecord>(JOB_PREFIX)?
+        .into_iter()
+        .filter_map(|(key, job)| Some((key.strip_prefix(JOB_PREFIX)?.to_string(), job)))
+        .collect())
+}
+
+pub(crate) fn job(store: &Store, job: &str) -> Result<Option<JobRecord>> {
+    store.get(&job_key(job))
+}
+
+pub(crate) fn job_stats(store: &Store, job: &str) -> Result<JobStats> {
+    Ok(store.get(&job_stats_key(job))?.unwrap_or_default())
+}
+
+pub(crate) fn job_changes(store: &Store, job: &str) -> Result<Vec<JobChange>> {
+    Ok(store.get(&job_changes_key(job))?.unwrap_or_default())
+}
+
+pub(crate) fn run_record(store: &Store, run: &str) -> Result<Option<RunRecord>> {
+    store.get(&run_key(run))
+}
+
+/// Whether the run has a record: whether any event of it was read.
+pub(crate) fn has_run(store: &Store, run: &str) -> Result<bool> {
+    store.contains(&run_key(run))
+}
+
+/// The job's latest `limit` runs, newest slot first.
+pub(crate) fn runs_of_job(store: &Store, job: &str, limit: usize) -> Result<Vec<RunState>> {
+    RunIndex::OfJob(job).newest(store, limit)
+}
