@@ -334,6 +334,7 @@ async fn a_worker_whose_producer_is_backed_up_still_beats_on_time() {
     let stack = Stack::new(2).await;
     let slow = stack.worker_with("slow", |config| {
         config
+            .service
             .kafka
             .properties
             .push(("linger.ms".into(), "3000".into()));

@@ -150,7 +150,7 @@ async fn replaying_each_service_rebuilds_the_same_state() {
         .unwrap()
         .unwrap_or_default();
     assert!(first.starts_with("reset"), "{first}");
-    aggregator = stack.aggregator_with("aggregator", |c| c.metrics_addr = ops);
+    aggregator = stack.aggregator_with("aggregator", |c| c.service.metrics_addr = ops);
     let mut rest = vec![];
     while let Some(line) = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
         .await

@@ -175,7 +175,7 @@ impl Stack {
         Service::spawn(
             "trigger",
             Some(self.data_dir(data)),
-            config.metrics_addr,
+            config.service.metrics_addr,
             None,
             |stop| kairos_trigger::run(config, stop),
         )
@@ -197,7 +197,7 @@ impl Stack {
         Service::spawn(
             "dispatcher",
             Some(self.data_dir(data)),
-            config.metrics_addr,
+            config.service.metrics_addr,
             None,
             |stop| kairos_dispatcher::run(config, stop),
         )
@@ -224,7 +224,7 @@ impl Stack {
         adjust: impl FnOnce(&mut kairos_worker::Config),
     ) -> Service {
         let config = self.worker_config(worker_id, adjust);
-        Service::spawn("worker", None, config.metrics_addr, None, |stop| {
+        Service::spawn("worker", None, config.service.metrics_addr, None, |stop| {
             kairos_worker::run(config, stop)
         })
     }
@@ -237,7 +237,7 @@ impl Stack {
         handlers: kairos_worker::Handlers,
     ) -> Service {
         let config = self.worker_config(worker_id, |config| config.pool = pool.to_string());
-        Service::spawn("worker", None, config.metrics_addr, None, |stop| {
+        Service::spawn("worker", None, config.service.metrics_addr, None, |stop| {
             kairos_worker::run_with_handlers(config, handlers, stop)
         })
     }
@@ -350,7 +350,7 @@ impl Stack {
         Service::spawn(
             "aggregator",
             Some(self.data_dir(data)),
-            config.metrics_addr,
+            config.service.metrics_addr,
             Some(http),
             |stop| kairos_aggregator::run(config, stop),
         )

@@ -25,7 +25,8 @@ async fn word_count(task: TaskContext) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = kairos_worker::Config::parse();
-    let _tracing = kairos_runtime::telemetry::init_tracing(&config.telemetry, "word-count-worker");
+    let _tracing =
+        kairos_runtime::telemetry::init_tracing(&config.service.telemetry, "word-count-worker");
     let handlers = Handlers::new().register("word-count", word_count);
     let shutdown = kairos_runtime::telemetry::shutdown_signal();
     kairos_worker::run_with_handlers(config, handlers, shutdown).await

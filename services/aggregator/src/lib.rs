@@ -26,9 +26,9 @@ use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::jobs::AUTHOR_HEADER;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
-use kairos_runtime::telemetry::{Health, TelemetryArgs, TlsFiles};
+use kairos_runtime::telemetry::{Health, TlsFiles};
 use kairos_runtime::workers::Liveness;
-use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
+use kairos_runtime::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
 use kairos_runtime::{
     record_header, record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
@@ -54,11 +54,12 @@ const MAX_JOB_CHANGES: usize = 20;
 #[command(
     name = "kairos-aggregator",
     version,
-    about = "Read models of the run ledger and the REST API."
+    about = "Read models of the run ledger and the REST API.",
+    mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9404")),
 )]
 pub struct Config {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub service: ServiceArgs,
     /// RocksDB directory (a cache: delete it and the aggregator rebuilds from the topics).
     #[arg(
         long,
@@ -66,8 +67,6 @@ pub struct Config {
         default_value = ".kairos/data/aggregator"
     )]
     pub data_dir: PathBuf,
-    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9404")]
-    pub metrics_addr: SocketAddr,
     /// Where the REST API listens.
     #[arg(long, env = "KAIROS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -109,8 +108,6 @@ pub struct Config {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, env = "KAIROS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
@@ -121,9 +118,8 @@ impl Config {
         http_addr: SocketAddr,
     ) -> Self {
         Config {
-            kafka,
+            service: ServiceArgs::new(kafka, metrics_addr),
             data_dir,
-            metrics_addr,
             http_addr,
             pending_alert_after: Duration::from_secs(60),
             alert_failures_in_a_row: 3,
@@ -134,7 +130,6 @@ impl Config {
             signing_key: None,
             tls_cert: None,
             tls_key: None,
-            telemetry: TelemetryArgs::default(),
         }
     }
 }
@@ -148,20 +143,19 @@ pub async fn run(
     if access.is_open() {
         tracing::warn!(http_addr = %config.http_addr, "No API token: anyone who can reach the API may read, define and delete jobs.");
     }
-    let topics = config.kafka.topics();
-    check_co_partitioning(&config.kafka, &[topics.jobs(), topics.runs()])?;
-    check_co_partitioning(&config.kafka, &[topics.heartbeats()])?;
+    let topics = config.service.kafka.topics();
+    check_co_partitioning(&config.service.kafka, &[topics.jobs(), topics.runs()])?;
+    check_co_partitioning(&config.service.kafka, &[topics.heartbeats()])?;
     let (group, inputs) = topics.consumes(&ServiceKind::Aggregator);
     let store = open_store(&config.data_dir)?;
     unfinished::retire_old_index(&store)?;
     let audit = Audit::load(&store, config.audit_grace, kairos_runtime::now())?;
     let spec = ServiceSpec {
         name: "aggregator",
-        kafka: &config.kafka,
+        args: &config.service,
         group,
         inputs: &inputs,
         store: Some(store.clone()),
-        metrics_addr: config.metrics_addr,
     };
     let mut parts = ServiceParts::start(spec, shutdown).await?;
     m::register();
@@ -180,7 +174,7 @@ pub async fn run(
     if signing_key.is_none() {
         tracing::warn!("No --signing-key: job definitions written through the API are unsigned, and workers that require signatures will not run them.");
     }
-    let writer = api::Writer::new(config.kafka.clone(), signing_key);
+    let writer = api::Writer::new(config.service.kafka.clone(), signing_key);
     let router = api::router(api::ApiState {
         store: store.clone(),
         health: parts.health.clone(),

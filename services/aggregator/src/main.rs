@@ -3,6 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = kairos_aggregator::Config::parse();
-    let _tracing = kairos_runtime::telemetry::init_tracing(&config.telemetry, "kairos-aggregator");
+    let _tracing =
+        kairos_runtime::telemetry::init_tracing(&config.service.telemetry, "kairos-aggregator");
     kairos_aggregator::run(config, kairos_runtime::telemetry::shutdown_signal()).await
 }

@@ -36,9 +36,9 @@ use kairos_runtime::kafka::{
     check_co_partitioning, task_topic_config, Input, ReliableProducer, TopicAdmin,
 };
 use kairos_runtime::ledger::{LedgerRecord, DISPATCHED_AT_HEADER};
-use kairos_runtime::telemetry::{Health, TelemetryArgs};
+use kairos_runtime::telemetry::Health;
 use kairos_runtime::workers::{Heartbeats, Liveness};
-use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
+use kairos_runtime::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
 use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -54,11 +54,12 @@ use crate::timers::Timers;
 #[command(
     name = "kairos-dispatcher",
     version,
-    about = "Dispatches scheduled runs to worker pools."
+    about = "Dispatches scheduled runs to worker pools.",
+    mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9402")),
 )]
 pub struct Config {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub service: ServiceArgs,
     /// RocksDB directory (a cache: delete it and the dispatcher rebuilds from the topics).
     #[arg(
         long,
@@ -66,8 +67,6 @@ pub struct Config {
         default_value = ".kairos/data/dispatcher"
     )]
     pub data_dir: PathBuf,
-    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9402")]
-    pub metrics_addr: SocketAddr,
     /// Most attempts of a pool in flight at once on this dispatcher's partitions, as POOL=N
     /// (repeatable); pools not named have no limit.
     #[arg(long = "max-in-flight", value_name = "POOL=N", env = "KAIROS_MAX_IN_FLIGHT", value_delimiter = ',', value_parser = parse_limit)]
@@ -82,20 +81,16 @@ pub struct Config {
     /// (30 s), so a shorter limit lets a task fetched late run after its attempt was given up.
     #[arg(long, env = "KAIROS_UNCLAIMED_LIMIT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub unclaimed_limit: Duration,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
     pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
         Config {
-            kafka,
+            service: ServiceArgs::new(kafka, metrics_addr),
             data_dir,
-            metrics_addr,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             unclaimed_limit: DEFAULT_UNCLAIMED_LIMIT,
             max_in_flight: vec![],
-            telemetry: TelemetryArgs::default(),
         }
     }
 }
@@ -146,10 +141,10 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let topics = config.kafka.topics();
+    let topics = config.service.kafka.topics();
     let (group, inputs) = topics.consumes(&ServiceKind::Dispatcher);
     let partitions = check_co_partitioning(
-        &config.kafka,
+        &config.service.kafka,
         &[
             topics.jobs(),
             topics.runs(),
@@ -157,20 +152,19 @@ pub async fn run(
             topics.tasks("default"),
         ],
     )?;
-    let heartbeats = Heartbeats::follow(&config.kafka)?;
+    let heartbeats = Heartbeats::follow(&config.service.kafka)?;
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "dispatcher",
-        kafka: &config.kafka,
+        args: &config.service,
         group,
         inputs: &inputs,
         store: Some(store.clone()),
-        metrics_addr: config.metrics_addr,
     };
     let parts = ServiceParts::start(spec, shutdown).await?;
     m::register();
     let mut dispatcher = Dispatcher {
-        admin: TopicAdmin::new(&config.kafka)?,
+        admin: TopicAdmin::new(&config.service.kafka)?,
         topics,
         partitions,
         store,

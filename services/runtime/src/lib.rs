@@ -19,7 +19,7 @@ pub mod telemetry;
 pub mod workers;
 
 pub use kafka::{KafkaArgs, PartitionedConsumer, Producer, Topics};
-pub use service::{open_store, ServiceParts, ServiceSpec};
+pub use service::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
 pub use store::{Batch, Store};
 
 /// Reads the key of a record as a job id string; Kairos keys are UTF-8 job ids.

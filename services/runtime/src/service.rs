@@ -17,19 +17,43 @@ use tokio_util::sync::CancellationToken;
 use crate::deadletter::DeadLetters;
 use crate::kafka::{clean_exit, KafkaArgs, PartitionedConsumer, ReliableProducer};
 use crate::store::Store;
-use crate::telemetry::{self, Health};
+use crate::telemetry::{self, Health, TelemetryArgs};
+
+/// What every service binary takes: its broker connection, where it serves its metrics and
+/// health, and its logging and tracing. Each service's `Config` flattens it and sets its own
+/// default metrics address (`#[command(mut_arg("metrics_addr", ...))]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Where `/metrics`, `/healthz` and `/debug/state` are served.
+    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9400")]
+    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl ServiceArgs {
+    /// A broker and a metrics address, with default telemetry, as tests and embedders need.
+    pub fn new(kafka: KafkaArgs, metrics_addr: SocketAddr) -> Self {
+        ServiceArgs {
+            kafka,
+            metrics_addr,
+            telemetry: TelemetryArgs::default(),
+        }
+    }
+}
 
 /// What a service consumes and where it reports.
 pub struct ServiceSpec<'a> {
     /// The service's name in dead letters and logs, e.g. `trigger`.
     pub name: &'static str,
-    pub kafka: &'a KafkaArgs,
+    pub args: &'a ServiceArgs,
     /// The consumer group, e.g. `kairos-trigger`.
     pub group: String,
     pub inputs: &'a [String],
     /// The service's state; positions are resumed from it (see [`PartitionedConsumer`]).
     pub store: Option<Store>,
-    pub metrics_addr: SocketAddr,
 }
 
 /// The shared parts of a running service.
@@ -60,17 +84,18 @@ impl ServiceParts {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
         let shutdown = telemetry::shutdown_token(shutdown);
-        let producer = ReliableProducer::new(spec.kafka.producer()?, shutdown.clone(), spec.name);
+        let producer =
+            ReliableProducer::new(spec.args.kafka.producer()?, shutdown.clone(), spec.name);
         let consumer = PartitionedConsumer::new(
             spec.name,
-            spec.kafka,
+            &spec.args.kafka,
             &spec.group,
             spec.inputs,
             spec.store.clone(),
         )?;
         let deadletters = DeadLetters::new(
             producer.clone(),
-            spec.kafka.topics().deadletter(),
+            spec.args.kafka.topics().deadletter(),
             spec.name,
         );
         let health = Arc::new(Health::default());
@@ -79,7 +104,7 @@ impl ServiceParts {
             servers: vec![],
         };
         ops.serve(
-            spec.metrics_addr,
+            spec.args.metrics_addr,
             telemetry::ops_router(spec.name, health.clone(), spec.store),
             None,
         )

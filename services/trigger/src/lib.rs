@@ -31,8 +31,8 @@ use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
 use kairos_runtime::ledger::LedgerRecord;
-use kairos_runtime::telemetry::{Health, TelemetryArgs};
-use kairos_runtime::{open_store, ServiceParts, ServiceSpec};
+use kairos_runtime::telemetry::Health;
+use kairos_runtime::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
 use kairos_runtime::{
     record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
 };
@@ -52,23 +52,20 @@ const MAX_FIRES_PER_PASS: usize = 5000;
 #[command(
     name = "kairos-trigger",
     version,
-    about = "Fires due job slots onto the run ledger."
+    about = "Fires due job slots onto the run ledger.",
+    mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9401")),
 )]
 pub struct Config {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub service: ServiceArgs,
     /// RocksDB directory (a cache: delete it and the trigger rebuilds from the topics).
     #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/trigger")]
     pub data_dir: PathBuf,
-    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9401")]
-    pub metrics_addr: SocketAddr,
     /// How long before a slot is due it is fired, so that its task is on its worker, waiting,
     /// when the slot comes. 0 fires at the slot (the task then starts after the pipeline's
     /// latency).
     #[arg(long, env = "KAIROS_FIRE_AHEAD", default_value = "1s", value_parser = humantime::parse_duration)]
     pub fire_ahead: Duration,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 }
 
 /// The default of `--fire-ahead`.
@@ -78,11 +75,9 @@ impl Config {
     /// Defaults for a broker and prefix, as tests and embedders need.
     pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
         Config {
-            kafka,
+            service: ServiceArgs::new(kafka, metrics_addr),
             data_dir,
-            metrics_addr,
             fire_ahead: DEFAULT_FIRE_AHEAD,
-            telemetry: TelemetryArgs::default(),
         }
     }
 }
@@ -128,20 +123,19 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let topics = config.kafka.topics();
+    let topics = config.service.kafka.topics();
     let (group, inputs) = topics.consumes(&ServiceKind::Trigger);
     check_co_partitioning(
-        &config.kafka,
+        &config.service.kafka,
         &[topics.jobs(), topics.trigger_state(), topics.runs()],
     )?;
     let store = open_store(&config.data_dir)?;
     let spec = ServiceSpec {
         name: "trigger",
-        kafka: &config.kafka,
+        args: &config.service,
         group,
         inputs: &inputs,
         store: Some(store.clone()),
-        metrics_addr: config.metrics_addr,
     };
     let parts = ServiceParts::start(spec, shutdown).await?;
     m::register();

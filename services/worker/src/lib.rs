@@ -62,10 +62,10 @@ use kairos_runtime::kafka::{
 use kairos_runtime::ledger::{
     AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER,
 };
-use kairos_runtime::telemetry::{Health, TelemetryArgs};
+use kairos_runtime::telemetry::Health;
 use kairos_runtime::workers::{Heartbeats, Liveness, Registry};
 use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
-use kairos_runtime::{ServiceParts, ServiceSpec};
+use kairos_runtime::{ServiceArgs, ServiceParts, ServiceSpec};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
@@ -85,11 +85,12 @@ use crate::tracker::OffsetTracker;
 #[command(
     name = "kairos-worker",
     version,
-    about = "Executes the tasks of a worker pool."
+    about = "Executes the tasks of a worker pool.",
+    mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9403")),
 )]
 pub struct Config {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub service: ServiceArgs,
     /// The pool this worker serves; it consumes `<prefix>.tasks.<pool>`.
     #[arg(long, env = "KAIROS_POOL", default_value = "default")]
     pub pool: String,
@@ -133,16 +134,12 @@ pub struct Config {
     /// Kubernetes mounts a Secret; a secret not there is read from `KAIROS_SECRET_<NAME>`.
     #[arg(long, env = "KAIROS_SECRETS_DIR")]
     pub secrets_dir: Option<std::path::PathBuf>,
-    #[arg(long, env = "KAIROS_METRICS_ADDR", default_value = "127.0.0.1:9403")]
-    pub metrics_addr: SocketAddr,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 }
 
 impl Config {
     pub fn new(kafka: KafkaArgs, metrics_addr: SocketAddr) -> Self {
         Config {
-            kafka,
+            service: ServiceArgs::new(kafka, metrics_addr),
             pool: "default".into(),
             max_concurrent: 4,
             worker_id: None,
@@ -155,8 +152,6 @@ impl Config {
             trusted_keys: vec![],
             allow_unsigned: false,
             secrets_dir: None,
-            metrics_addr,
-            telemetry: TelemetryArgs::default(),
         }
     }
 
@@ -384,34 +379,38 @@ pub async fn run_with_handlers(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let safeguards = config.safeguards()?;
-    let topics = config.kafka.topics();
+    let topics = config.service.kafka.topics();
     let input = topics.tasks(&config.pool);
     // A pool's task topic may not exist yet when its first worker starts; it is created
     // co-partitioned with the ledger, as the dispatcher would on the pool's first task.
-    let partitions = check_co_partitioning(&config.kafka, &[topics.runs()])?;
-    let admin = TopicAdmin::new(&config.kafka)?;
+    let partitions = check_co_partitioning(&config.service.kafka, &[topics.runs()])?;
+    let admin = TopicAdmin::new(&config.service.kafka)?;
     if admin
         .ensure_topic(&input, partitions, &task_topic_config())
         .await?
     {
         tracing::info!(topic = input, "Created the task topic of a new pool.");
     }
-    check_co_partitioning(&config.kafka, &[topics.runs(), input.clone()])?;
+    check_co_partitioning(&config.service.kafka, &[topics.runs(), input.clone()])?;
     let (group, inputs) = topics.consumes(&ServiceKind::Worker {
         pool: config.pool.clone(),
     });
     let spec = ServiceSpec {
         name: "worker",
-        kafka: &config.kafka,
+        args: &config.service,
         group,
         inputs: &inputs,
         store: None,
-        metrics_addr: config.metrics_addr,
     };
-    let control = broadcast_consumer(&config.kafka, &topics.control(), partitions, Offset::End)?;
+    let control = broadcast_consumer(
+        &config.service.kafka,
+        &topics.control(),
+        partitions,
+        Offset::End,
+    )?;
     let topics_heartbeats = topics.heartbeats();
     // Refuses to start, naming the topic, rather than retry heartbeats forever into nothing.
-    let others = Heartbeats::follow(&config.kafka)?;
+    let others = Heartbeats::follow(&config.service.kafka)?;
     let parts = ServiceParts::start(spec, shutdown).await?;
     let worker_id = config.worker_id();
     let task_types: Vec<String> = BUILT_IN_TASK_TYPES
@@ -447,6 +446,7 @@ pub async fn run_with_handlers(
     let loop_clock = LoopClock::new();
     let beater = Beater {
         producer: config
+            .service
             .kafka
             .heartbeat_producer(silence_limit(config.heartbeat_interval))?,
         topic: topics_heartbeats.clone(),
@@ -455,7 +455,7 @@ pub async fn run_with_handlers(
         membership: membership.clone(),
         silences: silences_tx,
         silence_limit: silence_limit(config.heartbeat_interval),
-        expulsion_after: config.kafka.expulsion_after(),
+        expulsion_after: config.service.kafka.expulsion_after(),
         loop_clock: Arc::clone(&loop_clock),
         stall_limit: beats::LOOP_STALL_LIMIT,
     };
@@ -487,8 +487,8 @@ pub async fn run_with_handlers(
         hand_back: CancellationToken::new(),
         drain_timeout: config.drain_timeout,
         health: parts.health,
-        kafka: config.kafka.clone(),
-        ledger: LedgerReader::start(&config.kafka, LEDGER_READ_TIMEOUT)?,
+        kafka: config.service.kafka.clone(),
+        ledger: LedgerReader::start(&config.service.kafka, LEDGER_READ_TIMEOUT)?,
         checking: HashMap::new(),
         checks_started: 0,
         checked_tx,

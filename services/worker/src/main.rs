@@ -3,6 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = kairos_worker::Config::parse();
-    let _tracing = kairos_runtime::telemetry::init_tracing(&config.telemetry, "kairos-worker");
+    let _tracing =
+        kairos_runtime::telemetry::init_tracing(&config.service.telemetry, "kairos-worker");
     kairos_worker::run(config, kairos_runtime::telemetry::shutdown_signal()).await
 }

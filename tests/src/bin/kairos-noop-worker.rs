@@ -12,7 +12,8 @@ async fn noop(_task: TaskContext) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = kairos_worker::Config::parse();
-    let _tracing = kairos_runtime::telemetry::init_tracing(&config.telemetry, "kairos-noop-worker");
+    let _tracing =
+        kairos_runtime::telemetry::init_tracing(&config.service.telemetry, "kairos-noop-worker");
     let handlers = Handlers::new().register(NOOP_HANDLER, noop);
     let shutdown = kairos_runtime::telemetry::shutdown_signal();
     kairos_worker::run_with_handlers(config, handlers, shutdown).await
