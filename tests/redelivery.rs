@@ -8,7 +8,7 @@ use std::time::Duration;
 use kairos_core::run::RunEventKind;
 use kairos_tests::{
     events_of, exact_retries, metric_value, one_shot_job, scrape, shell_job, stop_all,
-    wait_caught_up, wait_for, Stack,
+    wait_caught_up, wait_for, wait_skipped, Stack,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,17 +79,15 @@ async fn tasks_redelivered_after_their_worker_died_are_not_run_again() {
 
     let second = stack.worker("second");
     wait_caught_up(std::slice::from_ref(&second)).await;
-    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
     // The count is of skips, not tasks: a task skipped behind one held for its last owner is
     // redelivered, and skipped, again if the group rebalances meanwhile (the first worker's
     // session ending).
-    wait_for(
+    wait_skipped(
         "the second worker to skip the redelivered tasks",
         Duration::from_secs(60),
-        || async {
-            let metrics = scrape(second.metrics_addr).await;
-            metric_value(&metrics, skipped).filter(|n| *n >= 4.0)
-        },
+        &second,
+        "already_over",
+        4,
     )
     .await;
     let lines = std::fs::read_to_string(&effects).expect("the side-effect log");
@@ -260,14 +258,12 @@ async fn a_worker_taking_over_a_long_backlog_keeps_beating_while_it_reads_the_le
         config.heartbeat_interval = Duration::from_millis(150)
     });
     wait_caught_up(std::slice::from_ref(&second)).await;
-    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
-    wait_for(
+    wait_skipped(
         "the second worker to skip the backlog",
         Duration::from_secs(120),
-        || async {
-            let metrics = scrape(second.metrics_addr).await;
-            metric_value(&metrics, skipped).filter(|n| *n >= backlog as f64)
-        },
+        &second,
+        "already_over",
+        backlog,
     )
     .await;
     let metrics = scrape(second.metrics_addr).await;
@@ -406,15 +402,12 @@ async fn an_attempt_running_when_a_join_moves_its_partition_is_not_run_again() {
 
     let second = stack.worker("second");
     wait_caught_up(std::slice::from_ref(&second)).await;
-    let running_elsewhere =
-        r#"kairos_worker_tasks_skipped_total{pool="default",reason="running_elsewhere"}"#;
-    wait_for(
+    wait_skipped(
         "the second worker to leave the running attempt to the first",
         Duration::from_secs(60),
-        || async {
-            let metrics = scrape(second.metrics_addr).await;
-            metric_value(&metrics, running_elsewhere).filter(|n| *n >= 1.0)
-        },
+        &second,
+        "running_elsewhere",
+        1,
     )
     .await;
     wait_for("every run to succeed", Duration::from_secs(60), || async {
@@ -495,16 +488,13 @@ async fn a_join_moves_a_saturated_workers_attempts_without_running_any_twice() {
         (succeeded_on("first") + succeeded_on("second") >= jobs.len()).then_some(())
     })
     .await;
-    let running_elsewhere =
-        r#"kairos_worker_tasks_skipped_total{pool="default",reason="running_elsewhere"}"#;
     // Had the second worker joined after the backlog was gone, the test would prove nothing.
-    wait_for(
+    wait_skipped(
         "the second worker to leave attempts to the first",
         Duration::from_secs(30),
-        || async {
-            let metrics = scrape(second.metrics_addr).await;
-            metric_value(&metrics, running_elsewhere).filter(|n| *n >= 1.0)
-        },
+        &second,
+        "running_elsewhere",
+        1,
     )
     .await;
     let lines = std::fs::read_to_string(&effects).expect("the side-effect log");
@@ -720,14 +710,12 @@ async fn a_task_fetched_after_its_attempt_was_recorded_lost_is_not_begun() {
         },
     )
     .await;
-    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
-    wait_for(
+    wait_skipped(
         "the stale task to be skipped",
         Duration::from_secs(30),
-        || async {
-            let metrics = scrape(worker.metrics_addr).await;
-            metric_value(&metrics, skipped).filter(|n| *n >= 1.0)
-        },
+        &worker,
+        "already_over",
+        1,
     )
     .await;
     let executions = std::fs::read_to_string(&effects).unwrap_or_default();

@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kairos_tests::{
-    assert_same_state, free_addr, get_json, metric_value, scrape, shell_job, stop_all, wait_for,
-    Service, Stack,
+    assert_same_state, free_addr, get_json, shell_job, stop_all, wait_for, wait_skipped, Service,
+    Stack,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -190,16 +190,12 @@ async fn replaying_each_service_rebuilds_the_same_state() {
     );
     let worker = stack.worker("w1");
     worker.caught_up().await;
-    let skipped = r#"kairos_worker_tasks_skipped_total{pool="default",reason="already_over"}"#;
-    wait_for(
+    wait_skipped(
         "the replayed tasks to be skipped as over",
         Duration::from_secs(60),
-        || async {
-            let metrics = scrape(worker.metrics_addr).await;
-            metric_value(&metrics, skipped)
-                .filter(|n| *n >= 5.0)
-                .map(|_| ())
-        },
+        &worker,
+        "already_over",
+        5,
     )
     .await;
     let again: Vec<_> = stack.ledger().split_off(before_ledger);

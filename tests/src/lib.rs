@@ -675,6 +675,26 @@ impl Process {
     }
 }
 
+/// Waits until the worker has skipped at least `at_least` tasks of pool `default` for `reason`
+/// (`already_over`, `running_elsewhere`), as its metrics count them.
+pub async fn wait_skipped(
+    what: &str,
+    within: Duration,
+    worker: &Service,
+    reason: &str,
+    at_least: usize,
+) {
+    let series =
+        format!(r#"kairos_worker_tasks_skipped_total{{pool="default",reason="{reason}"}}"#);
+    wait_for(what, within, || async {
+        let metrics = scrape(worker.metrics_addr).await;
+        metric_value(&metrics, &series)
+            .filter(|n| *n >= at_least as f64)
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// A service running in-process.
 pub struct Service {
     pub name: &'static str,

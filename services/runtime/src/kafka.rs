@@ -329,12 +329,12 @@ impl Producer {
             .clone()
     }
 
-    /// Replaces `failed` with a new producer if it has failed for good; whether it had. Records
-    /// it held unacknowledged fail; their senders retry them on the new one.
-    fn renew_if_fatal(&self, failed: &FutureProducer) -> bool {
+    /// Replaces `failed` with a new producer if it has failed for good. Records it held
+    /// unacknowledged fail; their senders retry them on the new one.
+    fn renew_if_fatal(&self, failed: &FutureProducer) {
         use rdkafka::producer::Producer as _;
         let Some((code, reason)) = failed.client().fatal_error() else {
-            return false;
+            return;
         };
         let mut current = self
             .inner
@@ -357,7 +357,6 @@ impl Producer {
                 }
             }
         }
-        true
     }
 
     /// Sends one keyed record (a `None` payload is a tombstone) and waits for the acknowledgement.
