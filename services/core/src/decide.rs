@@ -485,6 +485,65 @@ pub fn next_step_given(
     }
 }
 
+/// What the dispatcher knows around a run when it decides the run's next step.
+#[derive(Clone, Copy, Debug)]
+pub struct Circumstances<'a> {
+    pub job: JobView<'a>,
+    /// Every run of the job, in slot order (overlap policies look at the others).
+    pub runs_of_job: &'a [RunState],
+    /// Someone asked for the run to be cancelled.
+    pub cancel_requested: bool,
+    /// A worker of the run's current attempt is lost.
+    pub worker_lost: bool,
+    /// Whether a live worker is on the run's attempt.
+    pub attendance: Attendance,
+    pub now: Timestamp,
+    pub deadline_margin: Duration,
+    pub unclaimed_limit: Duration,
+}
+
+/// Why the dispatcher takes a step: what it logs and counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Because {
+    CancelRequested,
+    /// A worker of the attempt is lost: the attempt with it.
+    WorkerLost,
+    /// No live worker has held the attempt's task for the unclaimed limit.
+    Unclaimed {
+        last_held: Option<Timestamp>,
+    },
+    /// What the run's state and its job call for (a dispatch, a retry, a timeout, ...).
+    Due,
+}
+
+/// The dispatcher's next step for a run, and why, or `None` while the run waits on someone
+/// else. A requested cancel comes first (a cancelled run needs no retry); then the attempt of a
+/// lost worker (its outcome will never come); then [`next_step_given`].
+pub fn decide_step(run: &RunState, around: &Circumstances<'_>) -> Option<(Step, Because)> {
+    if let Some(cancel) = around.cancel_requested.then(|| cancel_step(run)).flatten() {
+        return Some((cancel, Because::CancelRequested));
+    }
+    if let Some(lost) = around.worker_lost.then(|| lost_step(run)).flatten() {
+        return Some((lost, Because::WorkerLost));
+    }
+    let step = next_step_given(
+        run,
+        around.job,
+        around.now,
+        around.deadline_margin,
+        around.unclaimed_limit,
+        around.runs_of_job,
+        around.attendance,
+    )?;
+    let because = match (around.attendance, &step) {
+        (Attendance::Unclaimed { last_held }, Step::Record(RunEventKind::RunLost { .. })) => {
+            Because::Unclaimed { last_held }
+        }
+        _ => Because::Due,
+    };
+    Some((step, because))
+}
+
 /// [`wake_at`], and for a dispatched attempt the time its task must have been claimed by (see
 /// [`next_step_given`]). Past both, a run still waiting on a worker (attended, or its task held
 /// for a place) is looked at again every `margin`, to act should its worker die or its task go
@@ -1930,6 +1989,98 @@ pub(crate) mod tests {
             definition: def,
             offset,
         }
+    }
+
+    fn around<'a>(job: JobView<'a>, now: Timestamp, attendance: Attendance) -> Circumstances<'a> {
+        Circumstances {
+            job,
+            runs_of_job: &[],
+            cancel_requested: false,
+            worker_lost: false,
+            attendance,
+            now,
+            deadline_margin: MARGIN,
+            unclaimed_limit: LIMIT,
+        }
+    }
+
+    fn started_once() -> RunState {
+        after(vec![
+            RunEventKind::RunDispatched {
+                attempt: 1,
+                pool: "batch".into(),
+            },
+            RunEventKind::RunStarted {
+                attempt: 1,
+                worker_id: "w".into(),
+            },
+        ])
+    }
+
+    #[test]
+    fn given_a_cancel_and_a_lost_worker_then_the_cancel_comes_first() {
+        let job = untimed();
+        let now = slot(2);
+        let both = Circumstances {
+            cancel_requested: true,
+            worker_lost: true,
+            ..around(view(&job, 4), now, Attendance::Unattended)
+        };
+        assert_eq!(
+            decide_step(&started_once(), &both),
+            Some((Step::Cancel { attempt: 1 }, Because::CancelRequested))
+        );
+    }
+
+    #[test]
+    fn given_a_lost_worker_then_its_started_attempt_is_lost_before_anything_else_is_decided() {
+        let job = definition();
+        // Given a started attempt whose deadline has also passed
+        let late = slot(1) + chrono::Duration::hours(1);
+        let lost_worker = Circumstances {
+            worker_lost: true,
+            ..around(view(&job, 4), late, Attendance::Unattended)
+        };
+        // Then the attempt is lost with its worker, not timed out
+        assert_eq!(
+            decide_step(&started_once(), &lost_worker),
+            Some((
+                Step::Record(RunEventKind::RunLost { attempt: 1 }),
+                Because::WorkerLost
+            ))
+        );
+        // A dispatched attempt was on no worker: a lost worker changes nothing for it
+        let waiting = decide_step(
+            &dispatched_once(),
+            &Circumstances {
+                attendance: Attendance::Attended,
+                ..lost_worker
+            },
+        );
+        assert_eq!(waiting, None);
+    }
+
+    #[test]
+    fn given_an_attempt_nobody_holds_past_the_limit_then_it_is_lost_as_unclaimed() {
+        let job = untimed();
+        let last_held = Some(slot(1));
+        let unclaimed = Attendance::Unclaimed { last_held };
+        let late = slot(1) + chrono::Duration::from_std(LIMIT).unwrap() * 2;
+        assert_eq!(
+            decide_step(&started_once(), &around(view(&job, 4), late, unclaimed)),
+            Some((
+                Step::Record(RunEventKind::RunLost { attempt: 1 }),
+                Because::Unclaimed { last_held }
+            ))
+        );
+        // Held by a live worker, the same attempt waits for its outcome
+        assert_eq!(
+            decide_step(
+                &started_once(),
+                &around(view(&job, 4), late, Attendance::Attended)
+            ),
+            None
+        );
     }
 
     #[test]

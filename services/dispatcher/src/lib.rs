@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::decide::{
-    cancel_step, lost_step, next_step_given, wake_at_given, Attendance, JobView, Step,
+    decide_step, wake_at_given, Attendance, Because, Circumstances, JobView, Step,
     DEFAULT_DEADLINE_MARGIN, DEFAULT_UNCLAIMED_LIMIT,
 };
 use kairos_core::job::JobSpec;
@@ -598,34 +598,30 @@ impl Dispatcher {
                 let worker_lost = runs[i].workers().into_iter().any(|worker| {
                     self.heartbeats.registry().liveness(worker, now) == Some(Liveness::Lost)
                 });
-                let step = if let Some(cancel) = cancelling.then(|| cancel_step(&runs[i])).flatten()
-                {
-                    Some(cancel)
-                } else if let Some(lost) = worker_lost.then(|| lost_step(&runs[i])).flatten() {
-                    tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, workers = ?runs[i].workers(), "A worker of the attempt is lost.");
-                    Some(lost)
-                } else {
-                    let attendance = self.attendance(&runs[i], definition.as_ref(), now);
-                    let step = next_step_given(
-                        &runs[i],
-                        view,
-                        now,
-                        self.deadline_margin,
-                        self.unclaimed_limit,
-                        &runs,
-                        attendance,
-                    );
-                    if let (
-                        Attendance::Unclaimed { last_held },
-                        Some(Step::Record(RunEventKind::RunLost { .. })),
-                    ) = (attendance, &step)
-                    {
-                        tracing::warn!(job_id = %runs[i].job_id, run_id = %runs[i].run_id, attempt = runs[i].attempt, ?last_held, "No live worker holds the dispatched task; recording the attempt lost.");
-                        metrics::counter!(m::UNCLAIMED, "pool" => runs[i].pool.clone().unwrap_or_default()).increment(1);
-                    }
-                    step
+                let around = Circumstances {
+                    job: view,
+                    runs_of_job: &runs,
+                    cancel_requested: cancelling,
+                    worker_lost,
+                    attendance: self.attendance(&runs[i], definition.as_ref(), now),
+                    now,
+                    deadline_margin: self.deadline_margin,
+                    unclaimed_limit: self.unclaimed_limit,
                 };
-                let Some(step) = step else { break };
+                let Some((step, because)) = decide_step(&runs[i], &around) else {
+                    break;
+                };
+                let run = &runs[i];
+                match because {
+                    Because::WorkerLost => {
+                        tracing::warn!(job_id = %run.job_id, run_id = %run.run_id, attempt = run.attempt, workers = ?run.workers(), "A worker of the attempt is lost.");
+                    }
+                    Because::Unclaimed { last_held } => {
+                        tracing::warn!(job_id = %run.job_id, run_id = %run.run_id, attempt = run.attempt, ?last_held, "No live worker holds the dispatched task; recording the attempt lost.");
+                        metrics::counter!(m::UNCLAIMED, "pool" => run.pool.clone().unwrap_or_default()).increment(1);
+                    }
+                    Because::CancelRequested | Because::Due => {}
+                }
                 if let Some(pool) = step.pool() {
                     let priority = definition.as_ref().map_or(0, |d| d.priority);
                     if !self.pools.admits(pool, priority, runs[i].scheduled_for) {
