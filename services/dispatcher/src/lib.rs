@@ -570,7 +570,16 @@ impl Dispatcher {
         let definition: Option<JobDefinition> = match &stored {
             Some(StoredJob {
                 spec: Some(spec), ..
-            }) => spec.validate().ok(),
+            }) => match spec.validate() {
+                Ok(definition) => Some(definition),
+                Err(error) => {
+                    // It validated when it was read: only a change of the rules between
+                    // releases gets here. Its runs wait for the job to be written again, as for
+                    // a definition not read yet; taking it for deleted would end them.
+                    tracing::error!(job_id = job, %error, "Stored definition no longer validates; its runs wait until the job is written again.");
+                    None
+                }
+            },
             _ => None,
         };
         let view = match (&stored, &definition) {
@@ -578,8 +587,8 @@ impl Dispatcher {
                 definition,
                 offset: s.offset,
             },
-            (Some(s), None) => JobView::Deleted { offset: s.offset },
-            (None, _) => JobView::Unknown,
+            (Some(StoredJob { spec: None, offset }), None) => JobView::Deleted { offset: *offset },
+            (Some(_), None) | (None, _) => JobView::Unknown,
         };
         let cancels: Vec<(String, ())> =
             self.store.scan(&format!("cancel/{partition:05}/{job}/"))?;
