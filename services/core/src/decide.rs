@@ -1560,6 +1560,20 @@ pub(crate) mod tests {
         }])
     }
 
+    /// The scheduled run, dispatched and started on worker `w` (attempt 1) at slot(1)+1s.
+    fn started_once() -> RunState {
+        after(vec![
+            RunEventKind::RunDispatched {
+                attempt: 1,
+                pool: "batch".into(),
+            },
+            RunEventKind::RunStarted {
+                attempt: 1,
+                worker_id: "w".into(),
+            },
+        ])
+    }
+
     #[test]
     fn given_a_dispatched_task_no_worker_holds_then_it_is_lost_once_the_limit_has_passed() {
         let job = untimed();
@@ -1642,16 +1656,7 @@ pub(crate) mod tests {
         let job = definition();
         let view = view(&job, 4);
         let dispatched = dispatched_once();
-        let started = after(vec![
-            RunEventKind::RunDispatched {
-                attempt: 1,
-                pool: "batch".into(),
-            },
-            RunEventKind::RunStarted {
-                attempt: 1,
-                worker_id: "w".into(),
-            },
-        ]);
+        let started = started_once();
         let late = slot(1) + chrono::Duration::from_std(LIMIT).unwrap() * 2;
         // Given a task a live worker holds, when the limit has long passed, then it waits
         assert_eq!(
@@ -2002,19 +2007,6 @@ pub(crate) mod tests {
             deadline_margin: MARGIN,
             unclaimed_limit: LIMIT,
         }
-    }
-
-    fn started_once() -> RunState {
-        after(vec![
-            RunEventKind::RunDispatched {
-                attempt: 1,
-                pool: "batch".into(),
-            },
-            RunEventKind::RunStarted {
-                attempt: 1,
-                worker_id: "w".into(),
-            },
-        ])
     }
 
     #[test]
