@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_core::run::{apply, RunEventKind, RunId, RunState, RunStatus, SkipReason, TriggerKind};
+use kairos_core::outcomes::{streak_after, Streak};
+use kairos_core::run::{apply, RunEventKind, RunId, RunState, SkipReason, TriggerKind};
 use kairos_core::Timestamp;
 use kairos_runtime::codec::{self, Alert, AlertKind, JobStatus};
 use kairos_runtime::deadletter::DeadLetters;
@@ -503,14 +504,25 @@ impl Aggregator {
         let key = job_stats_key(state.job_id.as_str());
         let mut stats: JobStats = batch.get(&self.store, &key)?.unwrap_or_default();
         let mut alerts = vec![];
-        match state.status {
-            RunStatus::Succeeded => {
+        // Skipped and cancelled runs say nothing about whether the job works.
+        let Some(streak) = streak_after(
+            stats.failures_in_a_row,
+            state.status,
+            self.failures_in_a_row,
+        ) else {
+            return Ok((alerts, None));
+        };
+        match streak {
+            Streak::Ended => {
                 stats.succeeded += 1;
                 stats.failures_in_a_row = 0;
             }
-            RunStatus::Abandoned => {
+            Streak::Extended {
+                failures_in_a_row,
+                alert,
+            } => {
                 stats.abandoned += 1;
-                stats.failures_in_a_row += 1;
+                stats.failures_in_a_row = failures_in_a_row;
                 let at = state.finished_at.unwrap_or(state.scheduled_for);
                 alerts.push(if state.refused.is_some() {
                     Alert::task_refused(
@@ -530,17 +542,15 @@ impl Aggregator {
                         at,
                     )
                 });
-                if stats.failures_in_a_row == self.failures_in_a_row {
+                if alert {
                     alerts.push(Alert::job_failing(
                         state.job_id.clone(),
                         state.run_id,
-                        stats.failures_in_a_row,
+                        failures_in_a_row,
                         at,
                     ));
                 }
             }
-            // Skipped and cancelled runs say nothing about whether the job works.
-            _ => return Ok((alerts, None)),
         }
         stats.last_outcome = Some(state.status.as_str().to_string());
         stats.last_finished_at = state.finished_at;

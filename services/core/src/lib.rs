@@ -8,6 +8,7 @@ pub mod audit;
 pub mod calendar;
 pub mod decide;
 pub mod job;
+pub mod outcomes;
 pub mod run;
 pub mod schedule;
 pub mod secrets;
