@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use crate::job::{Backoff, JobDefinition, MisfireKind, OverlapPolicy, MAX_QUEUED};
-use crate::run::{RunEventKind, RunId, RunState, RunStatus, SkipReason, TaskOutput, TriggerKind};
+use crate::run::{
+    RunEvent, RunEventKind, RunId, RunState, RunStatus, SkipReason, TaskOutput, TriggerKind,
+};
 use crate::task::{ShardAssignment, TaskAssigned};
 use crate::Timestamp;
 
@@ -157,6 +159,71 @@ pub enum Step {
     Dispatch(Vec<TaskAssigned>),
     /// Record `RunCancelled` for the attempt; if it was dispatched, ask the workers to stop it.
     Cancel { attempt: u32 },
+}
+
+/// What taking a step sends, after its ledger record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FollowUp {
+    /// Hand a task to its pool.
+    Publish(TaskAssigned),
+    /// Tell the workers to stop the run's attempt (`None`: whichever is current) and not to run
+    /// it again should its task be redelivered.
+    Stop { attempt: Option<u32> },
+}
+
+/// A step made concrete: the event it appends to the ledger, and what follows it, in the order
+/// they must reach the broker (a worker must find the dispatch, the loss or the cancel on the
+/// ledger before it can act on a task or a stop).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Taken {
+    pub event: RunEvent,
+    pub then: Vec<FollowUp>,
+}
+
+/// What taking `step` for `run` at `now` sends. An attempt recorded lost or timed out on a
+/// worker's behalf is stopped, so that it neither runs on nor runs again; a cancelled run that
+/// was on a worker is stopped; a dispatch publishes its tasks.
+pub fn take_step(run: &RunState, step: Step, now: Timestamp) -> Taken {
+    let event = |kind| RunEvent {
+        job_id: run.job_id.clone(),
+        run_id: run.run_id,
+        scheduled_for: run.scheduled_for,
+        at: now,
+        kind,
+        shard: None,
+    };
+    match step {
+        Step::Record(kind) => {
+            let stop = match kind {
+                RunEventKind::RunLost { attempt } | RunEventKind::RunTimedOut { attempt, .. } => {
+                    vec![FollowUp::Stop {
+                        attempt: Some(attempt),
+                    }]
+                }
+                _ => vec![],
+            };
+            Taken {
+                event: event(kind),
+                then: stop,
+            }
+        }
+        Step::Cancel { attempt } => Taken {
+            event: event(RunEventKind::RunCancelled { attempt }),
+            then: match run.status {
+                RunStatus::Dispatched | RunStatus::Started => {
+                    vec![FollowUp::Stop { attempt: None }]
+                }
+                _ => vec![],
+            },
+        },
+        Step::Dispatch(tasks) => Taken {
+            event: event(RunEventKind::RunDispatched {
+                attempt: run.attempt.max(1),
+                pool: tasks.first().map_or(String::new(), |t| t.pool.clone()),
+            }),
+            then: tasks.into_iter().map(FollowUp::Publish).collect(),
+        },
+    }
 }
 
 impl Step {
@@ -2007,6 +2074,64 @@ pub(crate) mod tests {
             deadline_margin: MARGIN,
             unclaimed_limit: LIMIT,
         }
+    }
+
+    #[test]
+    fn given_an_attempt_given_up_on_a_workers_behalf_then_it_is_stopped_after_the_record() {
+        let now = slot(2);
+        for kind in [
+            RunEventKind::RunLost { attempt: 1 },
+            RunEventKind::RunTimedOut {
+                attempt: 1,
+                worker_id: "dispatcher".into(),
+                output: TaskOutput::default(),
+            },
+        ] {
+            let taken = take_step(&started_once(), Step::Record(kind.clone()), now);
+            assert_eq!(taken.event.kind, kind);
+            assert_eq!(taken.event.at, now);
+            assert_eq!(taken.then, vec![FollowUp::Stop { attempt: Some(1) }]);
+        }
+        // A decision about a run no worker has, such as abandoning it, stops nothing
+        let abandoned = take_step(
+            &started_once(),
+            Step::Record(RunEventKind::RunAbandoned { attempt: 1 }),
+            now,
+        );
+        assert_eq!(abandoned.then, vec![]);
+    }
+
+    #[test]
+    fn given_a_cancel_then_only_a_run_on_a_worker_is_stopped() {
+        let now = slot(2);
+        let on_a_worker = take_step(&started_once(), Step::Cancel { attempt: 1 }, now);
+        assert_eq!(
+            on_a_worker.event.kind,
+            RunEventKind::RunCancelled { attempt: 1 }
+        );
+        assert_eq!(on_a_worker.then, vec![FollowUp::Stop { attempt: None }]);
+        let waiting = take_step(&scheduled_run(4), Step::Cancel { attempt: 0 }, now);
+        assert_eq!(waiting.then, vec![]);
+    }
+
+    #[test]
+    fn given_a_dispatch_then_the_record_names_the_pool_and_the_tasks_follow_it() {
+        let run = scheduled_run(4);
+        let Some(Step::Dispatch(tasks)) =
+            next_step(&run, view(&definition(), 4), slot(1), MARGIN, &[])
+        else {
+            panic!("a scheduled run of a defined job is dispatched");
+        };
+        let taken = take_step(&run, Step::Dispatch(tasks.clone()), slot(1));
+        assert_eq!(
+            taken.event.kind,
+            RunEventKind::RunDispatched {
+                attempt: 1,
+                pool: tasks[0].pool.clone(),
+            }
+        );
+        let published: Vec<FollowUp> = tasks.into_iter().map(FollowUp::Publish).collect();
+        assert_eq!(taken.then, published);
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::decide::{
-    decide_step, wake_at_given, Attendance, Because, Circumstances, JobView, Step,
-    DEFAULT_DEADLINE_MARGIN, DEFAULT_UNCLAIMED_LIMIT,
+    decide_step, take_step, wake_at_given, Attendance, Because, Circumstances, FollowUp, JobView,
+    Step, Taken, DEFAULT_DEADLINE_MARGIN, DEFAULT_UNCLAIMED_LIMIT,
 };
 use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
@@ -693,54 +693,27 @@ impl Dispatcher {
         step: Step,
     ) -> anyhow::Result<Option<RunState>> {
         let now = kairos_runtime::now();
-        let event = |kind| RunEvent {
-            job_id: run.job_id.clone(),
-            run_id: run.run_id,
-            scheduled_for: run.scheduled_for,
-            at: now,
-            kind,
-            shard: None,
-        };
-        let (event, records) = match step {
-            Step::Record(kind) => {
-                let event = event(kind);
-                let mut records = vec![self.ledger_record(&event)?];
-                tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, event = event.kind.name(), "Recorded.");
-                if let RunEventKind::RunLost { attempt }
-                | RunEventKind::RunTimedOut { attempt, .. } = event.kind
-                {
-                    // Recorded on a worker's behalf: the attempt must not run on, nor be run again
-                    // by a worker it is redelivered to.
-                    records.push(self.stop_record(run, Some(attempt), now)?);
-                }
-                (event, records)
-            }
-            Step::Cancel { attempt } => {
-                let cancelled = event(RunEventKind::RunCancelled { attempt });
-                let mut records = vec![self.ledger_record(&cancelled)?];
-                if matches!(run.status, RunStatus::Dispatched | RunStatus::Started) {
-                    records.push(self.stop_record(run, None, now)?);
-                }
+        let Taken { event, then } = take_step(run, step, now);
+        // The ledger record first, each of the others once the one before is acknowledged.
+        let mut records = vec![self.ledger_record(&event)?];
+        for follow_up in &then {
+            records.push(match follow_up {
+                FollowUp::Publish(task) => self.task_record(task).await?,
+                FollowUp::Stop { attempt } => self.stop_record(run, *attempt, now)?,
+            });
+        }
+        match &event.kind {
+            RunEventKind::RunCancelled { attempt } => {
                 tracing::info!(job_id = %run.job_id, run_id = %run.run_id, attempt, "Cancelled.");
-                (cancelled, records)
             }
-            Step::Dispatch(tasks) => {
-                let pool = tasks.first().map_or(String::new(), |t| t.pool.clone());
-                let dispatched = event(RunEventKind::RunDispatched {
-                    attempt: run.attempt.max(1),
-                    pool: pool.clone(),
-                });
-                // The ledger must show the dispatch before any worker can report on the attempt:
-                // the records are sent in this order, each once the one before is acknowledged.
-                let mut records = vec![self.ledger_record(&dispatched)?];
-                for task in &tasks {
-                    records.push(self.task_record(task).await?);
-                }
+            RunEventKind::RunDispatched { attempt, pool } => {
                 metrics::counter!(m::DISPATCHES, "pool" => pool.clone()).increment(1);
-                tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, attempt = run.attempt.max(1), pool, tasks = tasks.len(), "Dispatched.");
-                (dispatched, records)
+                tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, attempt, pool, tasks = then.len(), "Dispatched.");
             }
-        };
+            kind => {
+                tracing::debug!(job_id = %run.job_id, run_id = %run.run_id, event = kind.name(), "Recorded.");
+            }
+        }
         // Only a dispatch sends a task, whose header may need where the ledger was read to.
         let read_to = match event.kind {
             RunEventKind::RunDispatched { .. } => {
