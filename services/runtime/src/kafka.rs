@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -1171,21 +1172,26 @@ impl TopicAdmin {
         &self.args
     }
 
+    /// The cluster's metadata, of one topic or of all, read on the blocking pool.
+    async fn metadata(&self, topic: Option<&str>) -> anyhow::Result<Metadata> {
+        let client = self.metadata.clone();
+        let topic = topic.map(str::to_string);
+        Ok(tokio::task::spawn_blocking(move || {
+            client.fetch_metadata(topic.as_deref(), METADATA_TIMEOUT)
+        })
+        .await??)
+    }
+
     /// Partition count of every topic in the cluster.
     pub async fn partition_counts(&self) -> anyhow::Result<HashMap<String, i32>> {
-        let client = self.metadata.clone();
-        Ok(tokio::task::spawn_blocking(move || counts_of(&client)).await??)
+        Ok(counts_in(&self.metadata(None).await?))
     }
 
     /// How many replicas `topic` has (those of its first partition); 1 if it does not exist.
     async fn replication_of(&self, topic: &str) -> anyhow::Result<i32> {
-        let client = self.metadata.clone();
-        let topic = topic.to_string();
-        let metadata = tokio::task::spawn_blocking(move || {
-            client.fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-        })
-        .await??;
-        Ok(metadata
+        Ok(self
+            .metadata(Some(topic))
+            .await?
             .topics()
             .iter()
             .filter(|t| t.error().is_none())
@@ -1242,15 +1248,15 @@ impl TopicAdmin {
 
 /// Partition count of every topic in the cluster, read once at start or by a command.
 pub fn partition_counts(args: &KafkaArgs) -> Result<HashMap<String, i32>, KafkaError> {
-    counts_of(&args.client_config().create()?)
+    let client: BaseConsumer = args.client_config().create()?;
+    Ok(counts_in(&client.fetch_metadata(None, METADATA_TIMEOUT)?))
 }
 
 /// How long a metadata request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn counts_of(client: &BaseConsumer) -> Result<HashMap<String, i32>, KafkaError> {
-    let metadata = client.fetch_metadata(None, METADATA_TIMEOUT)?;
-    Ok(metadata
+fn counts_in(metadata: &Metadata) -> HashMap<String, i32> {
+    metadata
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
@@ -1260,7 +1266,7 @@ fn counts_of(client: &BaseConsumer) -> Result<HashMap<String, i32>, KafkaError> 
                 i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
             )
         })
-        .collect())
+        .collect()
 }
 
 /// Why a service refuses to start on these topics.

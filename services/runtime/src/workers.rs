@@ -162,10 +162,14 @@ impl Registry {
     /// workers' beats show that the heartbeats reaching the reader are not merely late — or,
     /// with no other worker to tell, after [`MISSED_BEATS_ALONE`] intervals.
     pub fn liveness(&self, worker_id: &str, now: Timestamp) -> Option<Liveness> {
-        let beat = self.latest.get(worker_id)?;
+        Some(self.judge(self.latest.get(worker_id)?, now))
+    }
+
+    /// [`Registry::liveness`] of a worker's latest beat.
+    fn judge(&self, beat: &WorkerHeartbeat, now: Timestamp) -> Liveness {
         let liveness = Liveness::of(beat, now);
         if liveness != Liveness::Lost {
-            return Some(liveness);
+            return liveness;
         }
         let longer_than = |from: Timestamp, to: Timestamp, beats: u32| {
             (to - from).to_std().unwrap_or_default() > beat.interval * beats
@@ -178,7 +182,11 @@ impl Registry {
             .is_some_and(|newest| longer_than(beat.at, newest, MISSED_BEATS));
         let lost = heard_since_deaf
             && (others_beat_since || longer_than(beat.at, now, MISSED_BEATS_ALONE));
-        Some(if lost { Liveness::Lost } else { Liveness::Live })
+        if lost {
+            Liveness::Lost
+        } else {
+            Liveness::Live
+        }
     }
 
     /// Whether some live worker (judged as [`Registry::liveness`] does) serves `pool` and accepts
@@ -187,7 +195,7 @@ impl Registry {
         self.latest.values().any(|beat| {
             beat.pool == pool
                 && task_type.is_none_or(|kind| beat.task_types.iter().any(|t| t == kind))
-                && self.liveness(&beat.worker_id, now) == Some(Liveness::Live)
+                && self.judge(beat, now) == Liveness::Live
         })
     }
 
@@ -209,12 +217,9 @@ impl Registry {
     /// Every worker's latest beat, and its liveness as [`Registry::liveness`] judges it: what the
     /// registry shows, alerts on and counts must be what the dispatchers act on.
     pub fn workers(&self, now: Timestamp) -> impl Iterator<Item = (&WorkerHeartbeat, Liveness)> {
-        self.latest.values().map(move |beat| {
-            let liveness = self
-                .liveness(&beat.worker_id, now)
-                .unwrap_or(Liveness::Lost);
-            (beat, liveness)
-        })
+        self.latest
+            .values()
+            .map(move |beat| (beat, self.judge(beat, now)))
     }
 
     /// Whether a live worker is on the run's attempt: the worker that started it (every shard's,

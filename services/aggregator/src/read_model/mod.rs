@@ -79,6 +79,7 @@ pub(crate) struct RunRecord {
 const JOB_PREFIX: &str = "job/";
 const RUN_PREFIX: &str = "run/";
 const SLOT_PREFIX: &str = "slot/";
+const JOB_RUN_PREFIX: &str = "jobrun/";
 
 pub(crate) fn job_key(job: &str) -> String {
     format!("{JOB_PREFIX}{job}")
@@ -88,11 +89,7 @@ pub(crate) fn run_key(run: &str) -> String {
 }
 /// Runs of a job in slot order: `jobrun/<job>/<slot millis, zero-padded>/<run>`.
 pub(crate) fn job_run_key(job: &str, slot: Timestamp, run: &str) -> String {
-    format!(
-        "{}{}/{run}",
-        RunIndex::OfJob(job).prefix(),
-        slot_millis(slot)
-    )
+    format!("{JOB_RUN_PREFIX}{job}/{}/{run}", slot_millis(slot))
 }
 /// All runs in slot order: `slot/<slot millis, zero-padded>/<run>`.
 pub(crate) fn slot_key(slot: Timestamp, run: &str) -> String {
@@ -138,7 +135,7 @@ impl RunIndex<'_> {
     pub(crate) fn prefix(&self) -> String {
         match self {
             RunIndex::All => SLOT_PREFIX.to_string(),
-            RunIndex::OfJob(job) => format!("jobrun/{job}/"),
+            RunIndex::OfJob(job) => format!("{JOB_RUN_PREFIX}{job}/"),
         }
     }
 
