@@ -26,7 +26,8 @@ use kairos_core::run::{RunId, RunStatus};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{Alert, AlertKind};
 use kairos_runtime::kafka::WatermarkReader;
-use kairos_runtime::{Batch, PartitionedConsumer, Store};
+use kairos_runtime::record_loop::Live;
+use kairos_runtime::{Batch, Store};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -199,14 +200,11 @@ impl Audit {
     pub(crate) fn pass(
         &mut self,
         store: &Store,
-        consumer: &PartitionedConsumer,
+        live: &Live,
         runs_topic: &str,
     ) -> anyhow::Result<Findings> {
         let mut findings = Findings::default();
-        let live: Vec<i32> = consumer
-            .owned()
-            .filter(|p| consumer.is_caught_up(*p))
-            .collect();
+        let live: Vec<i32> = live.partitions().collect();
         self.judged_until.retain(|p, _| live.contains(p));
         self.stuck_alerted.retain(|p, _| live.contains(p));
         *self.probed.lock().expect("audit lock") = live.clone();

@@ -20,21 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::outcomes::{streak_after, Streak};
-use kairos_core::run::{apply, RunEventKind, RunId, RunState, SkipReason, TriggerKind};
-use kairos_core::Timestamp;
+use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, SkipReason, TriggerKind};
+use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, Alert, AlertKind, JobStatus};
-use kairos_runtime::deadletter::DeadLetters;
 use kairos_runtime::jobs::AUTHOR_HEADER;
-use kairos_runtime::kafka::ServiceKind;
-use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
-use kairos_runtime::telemetry::{Health, TlsFiles};
-use kairos_runtime::workers::Liveness;
-use kairos_runtime::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
-use kairos_runtime::{
-    record_header, record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
+use kairos_runtime::kafka::{check_co_partitioning, ReliableProducer, ServiceKind};
+use kairos_runtime::record_loop::{
+    Decoded, Folded, InputKind, Live, Reading, Record, StatefulService,
 };
+use kairos_runtime::telemetry::TlsFiles;
+use kairos_runtime::workers::Liveness;
+use kairos_runtime::{record_header, record_key, record_time, Batch, KafkaArgs, Store, Topics};
+use kairos_runtime::{ServiceArgs, ServiceParts, ServiceSpec, StoreArgs};
 use rdkafka::message::{Message, OwnedMessage};
-use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerts;
 use crate::audit::Audit;
@@ -57,17 +55,13 @@ const MAX_JOB_CHANGES: usize = 20;
     version,
     about = "Read models of the run ledger and the REST API.",
     mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9404")),
+    mut_arg("data_dir", |a| a.default_value(".kairos/data/aggregator")),
 )]
 pub struct Config {
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// RocksDB directory (a cache: delete it and the aggregator rebuilds from the topics).
-    #[arg(
-        long,
-        env = "KAIROS_DATA_DIR",
-        default_value = ".kairos/data/aggregator"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Where the REST API listens.
     #[arg(long, env = "KAIROS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -120,7 +114,7 @@ impl Config {
     ) -> Self {
         Config {
             service: ServiceArgs::new(kafka, metrics_addr),
-            data_dir,
+            store: StoreArgs { data_dir },
             http_addr,
             pending_alert_after: Duration::from_secs(60),
             alert_failures_in_a_row: 3,
@@ -148,7 +142,7 @@ pub async fn run(
     check_co_partitioning(&config.service.kafka, &[topics.jobs(), topics.runs()])?;
     check_co_partitioning(&config.service.kafka, &[topics.heartbeats()])?;
     let (group, inputs) = topics.consumes(&ServiceKind::Aggregator);
-    let store = open_store(&config.data_dir)?;
+    let store = config.store.open()?;
     unfinished::retire_old_index(&store)?;
     let audit = Audit::load(&store, config.audit_grace, kairos_runtime::now())?;
     let spec = ServiceSpec {
@@ -201,25 +195,22 @@ pub async fn run(
         topics.runs(),
         parts.shutdown.clone(),
     );
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut aggregator = Aggregator {
         topics,
-        store,
-        producer: parts.producer,
-        consumer: parts.consumer,
-        deadletters: parts.deadletters,
-        health: parts.health,
+        store: store.clone(),
+        producer: parts.producer.clone(),
         workers,
         alerts,
+        check,
         pending_alert_after: config.pending_alert_after,
         failures_in_a_row: config.alert_failures_in_a_row,
         alerted: Alerted::default(),
         audit,
+        folded: Outcome::default(),
     };
-    let result = aggregator.run(parts.shutdown).await;
-    parts
-        .ops
-        .finish(&aggregator.consumer, &aggregator.producer, result)
-        .await
+    parts.run(&mut aggregator, &store).await
 }
 
 struct Aggregator {
@@ -227,16 +218,87 @@ struct Aggregator {
     /// The worker registry, a live view rebuilt from the compacted heartbeats topic on start.
     workers: Workers,
     store: Store,
-    /// Kept for a clean stop: dead letters and alerts are produced through it.
+    /// Alerts and job statuses are produced through it.
     producer: ReliableProducer,
-    consumer: PartitionedConsumer,
-    deadletters: DeadLetters,
-    health: Arc<Health>,
     alerts: Alerts,
+    /// When to look at pending runs, the workers and the fire audit.
+    check: tokio::time::Interval,
     pending_alert_after: Duration,
     failures_in_a_row: u32,
     alerted: Alerted,
     audit: Audit,
+    /// What the records being folded call for, sent before their batch is written.
+    folded: Outcome,
+}
+
+impl StatefulService for Aggregator {
+    type Wake = ();
+    /// The checks first: a busy ledger would otherwise hold back alerts and the audit.
+    const WAKE_FIRST: bool = true;
+
+    fn reads(&self, kind: InputKind) -> Reading {
+        match kind {
+            // The trigger dead-letters definitions that do not decode; a dead letter that does
+            // not decode is only logged.
+            InputKind::Jobs | InputKind::DeadLetters => Reading::Shared,
+            InputKind::Heartbeats => Reading::InMemory,
+            _ => Reading::Owned,
+        }
+    }
+
+    fn fold(&mut self, record: Record<'_>, batch: &mut Batch) -> anyhow::Result<Folded> {
+        let Record {
+            message,
+            value,
+            live,
+        } = record;
+        match value {
+            Decoded::Heartbeat(beat) => self.workers.record(beat),
+            Decoded::DeadLetter(letter) if live => {
+                let job_id = record_key(message).and_then(|k| kairos_core::JobId::parse(&k).ok());
+                let alert = Alert::dead_lettered(&letter, job_id, kairos_runtime::now());
+                self.folded.alerts.push(alert);
+            }
+            Decoded::Definition(definition) => {
+                self.apply_definition(message, definition.id.to_string(), Some(*definition), batch)
+            }
+            Decoded::JobDeleted(job) => self.apply_definition(message, job, None, batch),
+            Decoded::Event(event) => {
+                let outcome = self.apply_event(message, &event, batch, live)?;
+                // History replayed by a rebuild is neither counted nor alerted again.
+                if live {
+                    self.folded.alerts.extend(outcome.alerts);
+                    if let Some(status) = outcome.status {
+                        self.folded
+                            .statuses
+                            .insert(status.job_id.to_string(), status);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(Folded::Unchanged)
+    }
+
+    /// Raises the alerts and publishes the job statuses the records call for: alerts with the
+    /// same ids after a crash; the status topic is compacted.
+    async fn send_folded(&mut self) -> anyhow::Result<()> {
+        let Outcome { alerts, statuses } = std::mem::take(&mut self.folded);
+        for alert in alerts {
+            self.raise(alert).await?;
+        }
+        futures::future::try_join_all(statuses.values().map(|s| self.publish_status(s))).await?;
+        Ok(())
+    }
+
+    async fn woken(&mut self) -> anyhow::Result<()> {
+        self.check.tick().await;
+        Ok(())
+    }
+
+    async fn wake(&mut self, (): (), live: &Live) -> anyhow::Result<()> {
+        self.check(live).await
+    }
 }
 
 /// Conditions already alerted about, kept in memory: after a restart a condition that still holds
@@ -252,28 +314,20 @@ struct Alerted {
     misfires: HashMap<String, Timestamp>,
 }
 
-/// What folding one ledger event calls for, once the partition is live.
+/// What folding ledger events calls for, once their partition is live.
 #[derive(Default)]
 struct Outcome {
     alerts: Vec<Alert>,
-    /// The job's status, when a run's outcome changed it.
-    status: Option<JobStatus>,
+    /// The latest status of each job whose runs' outcomes changed it: one record each.
+    statuses: BTreeMap<String, JobStatus>,
 }
 
-/// The `dead_lettered` alert for a new dead letter. A dead letter that does not decode is logged,
-/// not dead-lettered again: that could loop.
-fn dead_letter_alert(message: &OwnedMessage) -> Option<Alert> {
-    match message.payload().map(codec::decode_dead_letter) {
-        Some(Ok(letter)) => {
-            let job_id = record_key(message).and_then(|k| kairos_core::JobId::parse(&k).ok());
-            Some(Alert::dead_lettered(&letter, job_id, kairos_runtime::now()))
-        }
-        Some(Err(error)) => {
-            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "A dead letter does not decode; skipped.");
-            None
-        }
-        None => None,
-    }
+/// What folding one ledger event calls for.
+#[derive(Default)]
+struct EventOutcome {
+    alerts: Vec<Alert>,
+    /// The job's status, when a run's outcome changed it.
+    status: Option<JobStatus>,
 }
 
 /// The least time between two misfire alerts of one job.
@@ -283,91 +337,21 @@ const MISFIRE_QUIET: Duration = Duration::from_secs(600);
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Aggregator {
-    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut check = tokio::time::interval(CHECK_INTERVAL);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = check.tick() => self.check().await?,
-                input = self.consumer.next(Some(&self.store)) => {
-                    if let Input::Records(messages) = input {
-                        self.apply(&messages).await?;
-                        self.consumer.applied(&messages);
-                    }
-                }
-            }
-            self.health.set_caught_up(self.consumer.ready());
-        }
-    }
-
-    /// Keeps a worker's heartbeat in the registry. Not stored, and its position not kept: the
-    /// registry is read again from the compacted topic whenever the aggregator starts (so a
-    /// heartbeat that does not decode is dead-lettered again, with the same source offset).
-    async fn record_heartbeat(&self, message: &OwnedMessage) -> anyhow::Result<()> {
-        if let Some(beat) = self
-            .deadletters
-            .decode(message, codec::decode_heartbeat)
-            .await?
-        {
-            self.workers.record(beat);
-        }
-        Ok(())
-    }
-
-    /// Applies a poll's records in one batch with their positions, after raising the alerts and
-    /// publishing the job statuses they call for, for the partitions that are live. Alerts and
-    /// statuses go out before the positions are stored: a crash in between repeats them (alerts
-    /// with the same ids; the status topic is compacted) rather than losing them.
-    async fn apply(&mut self, messages: &[OwnedMessage]) -> anyhow::Result<()> {
-        let mut batch = Batch::new();
-        let mut alerts = vec![];
-        // The latest status of each job the records changed: one record each.
-        let mut statuses: BTreeMap<String, JobStatus> = BTreeMap::new();
-        for message in messages {
-            let topic = message.topic();
-            if topic == self.topics.heartbeats() {
-                self.record_heartbeat(message).await?;
-                continue;
-            }
-            // History replayed by a rebuild is neither counted nor alerted again.
-            let live = self.consumer.is_caught_up(message.partition());
-            if topic == self.topics.deadletter() {
-                alerts.extend(dead_letter_alert(message).filter(|_| live));
-            } else if topic == self.topics.jobs() {
-                self.apply_definition(message, &mut batch);
-            } else {
-                let outcome = self.apply_event(message, &mut batch, live).await?;
-                if live {
-                    alerts.extend(outcome.alerts);
-                    if let Some(status) = outcome.status {
-                        statuses.insert(status.job_id.to_string(), status);
-                    }
-                }
-            }
-            batch.consumed(topic, message.partition(), message.offset());
-        }
-        for alert in alerts {
-            self.raise(alert).await?;
-        }
-        futures::future::try_join_all(statuses.values().map(|s| self.publish_status(s))).await?;
-        self.store.write(batch)?;
-        Ok(())
-    }
-
     /// Definitions that do not decode are the trigger's to dead-letter; here they are skipped.
-    fn apply_definition(&mut self, message: &OwnedMessage, batch: &mut Batch) {
-        let Some(key) = record_key(message) else {
-            return;
-        };
-        match message.payload().map(codec::decode_job) {
+    fn apply_definition(
+        &mut self,
+        message: &OwnedMessage,
+        key: String,
+        definition: Option<JobDefinition>,
+        batch: &mut Batch,
+    ) {
+        match definition {
             None => {
                 batch.delete(&job_key(&key));
                 batch.delete(&job_changes_key(&key));
                 self.audit.forget(&key, batch);
             }
-            Some(Ok(definition)) if definition.id.as_str() == key => {
+            Some(definition) => {
                 let before: Option<JobRecord> =
                     batch.get(&self.store, &job_key(&key)).ok().flatten();
                 let author = record_header(message, AUTHOR_HEADER);
@@ -400,28 +384,21 @@ impl Aggregator {
                 batch.put(&job_key(&key), &record);
                 self.audit.define(&key, &record);
             }
-            Some(_) => {}
         }
     }
 
     /// Folds one ledger event into its run's read model and its job's statistics; returns the
     /// alerts it raises.
-    async fn apply_event(
+    fn apply_event(
         &mut self,
         message: &OwnedMessage,
+        event: &RunEvent,
         batch: &mut Batch,
         live: bool,
-    ) -> anyhow::Result<Outcome> {
-        let Some(event) = self
-            .deadletters
-            .decode(message, codec::decode_run_event)
-            .await?
-        else {
-            return Ok(Outcome::default());
-        };
+    ) -> anyhow::Result<EventOutcome> {
         let run = event.run_id.to_string();
         let current: Option<RunRecord> = batch.get(&self.store, &run_key(&run))?;
-        let folded = apply(current.as_ref().map(|r| &r.state), &event);
+        let folded = apply(current.as_ref().map(|r| &r.state), event);
         let entry = |effect: String| HistoryEntry {
             event: event.kind.name().to_string(),
             at: event.at,
@@ -479,7 +456,7 @@ impl Aggregator {
             (Err(error), None) => {
                 tracing::warn!(%error, "Event for a run with no RunScheduled; ignored.");
                 metrics::counter!(m::UNAPPLIED_EVENTS, "expected" => "false").increment(1);
-                return Ok(Outcome::default());
+                return Ok(EventOutcome::default());
             }
         };
         keep_latest(&mut record.history, MAX_HISTORY);
@@ -490,7 +467,7 @@ impl Aggregator {
         batch.put(&slot_key(event.scheduled_for, &run), &());
         unfinished::track(batch, message.partition(), &record.state);
         batch.put(&run_key(&run), &record);
-        Ok(Outcome { alerts, status })
+        Ok(EventOutcome { alerts, status })
     }
 
     /// Updates the job's statistics with a run that is over; returns the alerts its outcome
@@ -584,24 +561,22 @@ impl Aggregator {
 
     /// The periodic checks, once caught up (a rebuilding view would see stale dispatches): runs
     /// waiting on a pool nobody serves, lost workers, pools without workers, and the fire audit.
-    async fn check(&mut self) -> anyhow::Result<()> {
+    async fn check(&mut self, live: &Live) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
         self.export_live_workers(now);
-        if !self.consumer.ready() {
+        if !live.ready {
             return Ok(());
         }
         let waiting = unfinished::pending(&self.store)?;
         self.alert_pending(&waiting, now).await?;
         self.alert_workers(&waiting, now).await?;
-        self.audit().await
+        self.audit(live).await
     }
 
     /// A pass of the fire audit: its alerts go out before its cursors are stored, so that a crash
     /// in between repeats them (with the same ids) rather than losing them.
-    async fn audit(&mut self) -> anyhow::Result<()> {
-        let findings = self
-            .audit
-            .pass(&self.store, &self.consumer, &self.topics.runs())?;
+    async fn audit(&mut self, live: &Live) -> anyhow::Result<()> {
+        let findings = self.audit.pass(&self.store, live, &self.topics.runs())?;
         for alert in findings.alerts {
             self.raise(alert).await?;
         }

@@ -165,7 +165,7 @@ pub enum Step {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FollowUp {
     /// Hand a task to its pool.
-    Publish(TaskAssigned),
+    Publish(Box<TaskAssigned>),
     /// Tell the workers to stop the run's attempt (`None`: whichever is current) and not to run
     /// it again should its task be redelivered.
     Stop { attempt: Option<u32> },
@@ -221,7 +221,10 @@ pub fn take_step(run: &RunState, step: Step, now: Timestamp) -> Taken {
                 attempt: run.attempt.max(1),
                 pool: tasks.first().map_or(String::new(), |t| t.pool.clone()),
             }),
-            then: tasks.into_iter().map(FollowUp::Publish).collect(),
+            then: tasks
+                .into_iter()
+                .map(|task| FollowUp::Publish(Box::new(task)))
+                .collect(),
         },
     }
 }
@@ -2130,7 +2133,10 @@ pub(crate) mod tests {
                 pool: tasks[0].pool.clone(),
             }
         );
-        let published: Vec<FollowUp> = tasks.into_iter().map(FollowUp::Publish).collect();
+        let published: Vec<FollowUp> = tasks
+            .into_iter()
+            .map(|task| FollowUp::Publish(Box::new(task)))
+            .collect();
         assert_eq!(taken.then, published);
     }
 

@@ -16,10 +16,9 @@ mod metrics_names;
 mod pools;
 mod timers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::decide::{
@@ -30,20 +29,19 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
-use kairos_runtime::deadletter::DeadLetters;
-use kairos_runtime::kafka::ServiceKind;
 use kairos_runtime::kafka::{
-    check_co_partitioning, task_topic_config, Input, ReliableProducer, TopicAdmin,
+    check_co_partitioning, task_topic_config, ReliableProducer, ServiceKind, TopicAdmin,
 };
-use kairos_runtime::ledger::{LedgerRecord, DISPATCHED_AT_HEADER};
-use kairos_runtime::telemetry::Health;
+use kairos_runtime::ledger::{Ledger, DISPATCHED_AT_HEADER};
+use kairos_runtime::record_loop::{
+    Decoded, Folded, InputKind, Live, Reading, Record, StatefulService,
+};
 use kairos_runtime::workers::{Heartbeats, Liveness};
-use kairos_runtime::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
-use kairos_runtime::{record_key, Batch, KafkaArgs, PartitionedConsumer, Store, Topics};
-use rdkafka::message::{Message, OwnedMessage};
+use kairos_runtime::{Batch, KafkaArgs, Store, Topics};
+use kairos_runtime::{ServiceArgs, ServiceParts, ServiceSpec, StoreArgs};
+use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::attempts::Attempts;
 use crate::metrics_names as m;
@@ -56,17 +54,13 @@ use crate::timers::Timers;
     version,
     about = "Dispatches scheduled runs to worker pools.",
     mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9402")),
+    mut_arg("data_dir", |a| a.default_value(".kairos/data/dispatcher")),
 )]
 pub struct Config {
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// RocksDB directory (a cache: delete it and the dispatcher rebuilds from the topics).
-    #[arg(
-        long,
-        env = "KAIROS_DATA_DIR",
-        default_value = ".kairos/data/dispatcher"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Most attempts of a pool in flight at once on this dispatcher's partitions, as POOL=N
     /// (repeatable); pools not named have no limit.
     #[arg(long = "max-in-flight", value_name = "POOL=N", env = "KAIROS_MAX_IN_FLIGHT", value_delimiter = ',', value_parser = parse_limit)]
@@ -87,7 +81,7 @@ impl Config {
     pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
         Config {
             service: ServiceArgs::new(kafka, metrics_addr),
-            data_dir,
+            store: StoreArgs { data_dir },
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             unclaimed_limit: DEFAULT_UNCLAIMED_LIMIT,
             max_in_flight: vec![],
@@ -153,7 +147,7 @@ pub async fn run(
         ],
     )?;
     let heartbeats = Heartbeats::follow(&config.service.kafka)?;
-    let store = open_store(&config.data_dir)?;
+    let store = config.store.open()?;
     let spec = ServiceSpec {
         name: "dispatcher",
         args: &config.service,
@@ -163,16 +157,18 @@ pub async fn run(
     };
     let parts = ServiceParts::start(spec, shutdown).await?;
     m::register();
+    let mut check_workers = tokio::time::interval(WORKER_CHECK_INTERVAL);
+    check_workers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dispatcher = Dispatcher {
         admin: TopicAdmin::new(&config.service.kafka)?,
         topics,
         partitions,
-        store,
-        producer: parts.producer,
-        consumer: parts.consumer,
-        deadletters: parts.deadletters,
+        store: store.clone(),
+        producer: parts.producer.clone(),
+        ledger: parts.ledger(),
         known_pools: HashSet::new(),
         timers: Timers::default(),
+        check_workers,
         deadline_margin: config.deadline_margin,
         unclaimed_limit: config.unclaimed_limit,
         pools: Pools::new(config.max_in_flight.iter().cloned().collect()),
@@ -180,13 +176,8 @@ pub async fn run(
         attempts: Attempts::default(),
         awaiting: HashMap::new(),
         sends: JoinSet::new(),
-        health: parts.health,
     };
-    let result = dispatcher.run(parts.shutdown).await;
-    parts
-        .ops
-        .finish(&dispatcher.consumer, &dispatcher.producer, result)
-        .await
+    parts.run(&mut dispatcher, &store).await
 }
 
 struct Dispatcher {
@@ -195,12 +186,13 @@ struct Dispatcher {
     partitions: i32,
     store: Store,
     producer: ReliableProducer,
-    consumer: PartitionedConsumer,
-    deadletters: DeadLetters,
+    ledger: Ledger,
     /// Pools whose task topic is known to exist.
     known_pools: HashSet<String>,
     /// When to look at a job again without a new event.
     timers: Timers,
+    /// When to look for attempts on workers that have gone silent.
+    check_workers: tokio::time::Interval,
     deadline_margin: Duration,
     unclaimed_limit: Duration,
     /// In-flight attempts and waiting runs per pool, for `--max-in-flight`.
@@ -213,7 +205,111 @@ struct Dispatcher {
     awaiting: HashMap<RunId, Awaiting>,
     /// Steps being sent (see [`Dispatcher::send_in_order`]).
     sends: JoinSet<anyhow::Result<()>>,
-    health: Arc<Health>,
+}
+
+/// What wakes the dispatcher besides the ledger.
+enum Wake {
+    /// A sequence of records was sent.
+    Sent,
+    /// Time to look for attempts on workers that have gone silent.
+    CheckWorkers,
+    /// A job's timer (retry due, deadline, unclaimed limit) has come due.
+    TimersDue,
+}
+
+impl StatefulService for Dispatcher {
+    type Wake = Wake;
+    /// Timers first: a busy ledger is always ready, and would otherwise starve retries, deadlines
+    /// and lost checks. (Heartbeats are read on a task of their own.)
+    const WAKE_FIRST: bool = true;
+
+    fn reads(&self, kind: InputKind) -> Reading {
+        match kind {
+            // The trigger dead-letters definitions that do not decode.
+            InputKind::Jobs => Reading::Shared,
+            _ => Reading::Owned,
+        }
+    }
+
+    fn fold(&mut self, record: Record<'_>, batch: &mut Batch) -> anyhow::Result<Folded> {
+        let (partition, offset) = (record.message.partition(), record.message.offset());
+        let job = match record.value {
+            Decoded::Definition(definition) => {
+                let job = definition.id.to_string();
+                let stored = StoredJob {
+                    spec: Some(definition.to_spec()),
+                    offset,
+                };
+                batch.put(&job_key(partition, &job), &stored);
+                Some(job)
+            }
+            Decoded::JobDeleted(job) => {
+                let stored = StoredJob { spec: None, offset };
+                batch.put(&job_key(partition, &job), &stored);
+                Some(job)
+            }
+            Decoded::Cancel(request) => self.apply_cancel(partition, &request, batch),
+            Decoded::Event(event) => self.apply_event(partition, &event, batch)?,
+            _ => None,
+        };
+        Ok(job.map_or(Folded::Unchanged, Folded::Touched))
+    }
+
+    async fn caught_up(&mut self, partition: i32, _live: &Live) -> anyhow::Result<()> {
+        tracing::info!(partition, "Partition caught up; reconciling its runs.");
+        self.reconcile(partition, None).await
+    }
+
+    async fn touched(&mut self, partition: i32, job: &str, _live: &Live) -> anyhow::Result<()> {
+        self.reconcile(partition, Some(job)).await
+    }
+
+    fn revoked(&mut self, partitions: &[i32]) {
+        self.timers.forget(partitions);
+        self.pools.forget(partitions);
+        self.attempts.forget(partitions);
+        self.awaiting
+            .retain(|_, a| !partitions.contains(&a.partition));
+    }
+
+    async fn woken(&mut self) -> anyhow::Result<Wake> {
+        let wake = self.timers.next().map_or(Duration::from_secs(1), |due| {
+            (due - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(Duration::from_secs(1))
+        });
+        tokio::select! {
+            biased;
+            Some(sent) = self.sends.join_next() => {
+                sent??;
+                Ok(Wake::Sent)
+            }
+            _ = self.check_workers.tick() => Ok(Wake::CheckWorkers),
+            _ = tokio::time::sleep(wake) => Ok(Wake::TimersDue),
+        }
+    }
+
+    async fn wake(&mut self, wake: Wake, live: &Live) -> anyhow::Result<()> {
+        match wake {
+            Wake::Sent => Ok(()),
+            Wake::CheckWorkers => self.reconcile_lost_workers(live).await,
+            Wake::TimersDue => self.wake_due(live).await,
+        }
+    }
+
+    async fn after_turn(&mut self, live: &Live) -> anyhow::Result<()> {
+        self.drain_pools(live).await
+    }
+
+    /// Waits for the steps being sent; one interrupted by the shutdown is decided again after the
+    /// restart, as it is not on the ledger.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        while let Some(sent) = self.sends.join_next().await {
+            kairos_runtime::kafka::clean_exit(sent?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether `read` is the ledger's copy of the step `sent`: same type, attempt and decision time.
@@ -240,44 +336,10 @@ struct Awaiting {
 }
 
 impl Dispatcher {
-    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut check_workers = tokio::time::interval(WORKER_CHECK_INTERVAL);
-        check_workers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let wake = self.timers.next().map_or(Duration::from_secs(1), |due| {
-                (due - chrono::Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(Duration::from_secs(1))
-            });
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return self.finish_sends().await,
-                Some(sent) = self.sends.join_next() => sent??,
-                // Timers first: a busy ledger is always ready, and would otherwise starve
-                // retries, deadlines and lost checks. (Heartbeats are read on a task of their own.)
-                _ = check_workers.tick() => self.reconcile_lost_workers().await?,
-                _ = tokio::time::sleep(wake) => self.wake_due().await?,
-                input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
-            }
-            self.drain_pools().await?;
-            self.health.set_caught_up(self.consumer.ready());
-        }
-    }
-
-    /// Waits for the steps being sent; one interrupted by the shutdown is decided again after the
-    /// restart, as it is not on the ledger.
-    async fn finish_sends(&mut self) -> anyhow::Result<()> {
-        while let Some(sent) = self.sends.join_next().await {
-            kairos_runtime::kafka::clean_exit(sent?)?;
-        }
-        Ok(())
-    }
-
     /// Gives waiting runs the room their pools have now, highest priority first.
-    async fn drain_pools(&mut self) -> anyhow::Result<()> {
+    async fn drain_pools(&mut self, live: &Live) -> anyhow::Result<()> {
         for (partition, job) in self.pools.ready() {
-            if self.consumer.is_caught_up(partition) {
+            if live.contains(partition) {
                 self.reconcile(partition, Some(&job)).await?;
             }
         }
@@ -308,13 +370,13 @@ impl Dispatcher {
 
     /// Reconciles the jobs with an attempt on a worker that has gone silent, so that the attempt
     /// is recorded as lost and retried.
-    async fn reconcile_lost_workers(&mut self) -> anyhow::Result<()> {
+    async fn reconcile_lost_workers(&mut self, live: &Live) -> anyhow::Result<()> {
         self.heartbeats.check()?;
         let lost = self
             .attempts
             .on_lost_workers(&self.heartbeats.registry(), kairos_runtime::now());
         for (partition, job) in lost {
-            if self.consumer.is_caught_up(partition) {
+            if live.contains(partition) {
                 self.reconcile(partition, Some(&job)).await?;
             }
         }
@@ -324,170 +386,61 @@ impl Dispatcher {
     /// Reconciles the jobs whose timers (retry due times) have come due.
     /// Only the timers due when it begins: one that a reconcile sets again, already due, waits
     /// for the next turn of the loop, so records keep being read in between.
-    async fn wake_due(&mut self) -> anyhow::Result<()> {
+    async fn wake_due(&mut self, live: &Live) -> anyhow::Result<()> {
         let due = self.timers.take_due(kairos_runtime::now());
         for (partition, job) in due {
-            if self.consumer.is_caught_up(partition) {
+            if live.contains(partition) {
                 self.reconcile(partition, Some(&job)).await?;
             }
         }
         Ok(())
     }
 
-    async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
-        match input {
-            Input::Assigned(partitions) => {
-                for partition in partitions {
-                    if self.consumer.is_caught_up(partition) {
-                        self.reconcile(partition, None).await?;
-                    }
-                }
-            }
-            Input::Revoked(partitions) => {
-                self.timers.forget(&partitions);
-                self.pools.forget(&partitions);
-                self.attempts.forget(&partitions);
-                self.awaiting
-                    .retain(|_, a| !partitions.contains(&a.partition));
-            }
-            Input::Records(messages) => {
-                // One write for all the records, then each job they touched reconciled once.
-                let mut batch = Batch::new();
-                let mut touched = BTreeSet::new();
-                for message in &messages {
-                    let job = if message.topic() == self.topics.jobs() {
-                        self.apply_definition(message, &mut batch).await?
-                    } else if message.topic() == self.topics.control() {
-                        self.apply_cancel(message, &mut batch).await?
-                    } else {
-                        self.apply_event(message, &mut batch).await?
-                    };
-                    batch.consumed(message.topic(), message.partition(), message.offset());
-                    touched.extend(job.map(|job| (message.partition(), job)));
-                }
-                self.store.write(batch)?;
-                let caught_up = self.consumer.applied(&messages);
-                for &partition in &caught_up {
-                    tracing::info!(partition, "Partition caught up; reconciling its runs.");
-                    self.reconcile(partition, None).await?;
-                }
-                for (partition, job) in touched {
-                    if self.consumer.is_caught_up(partition) && !caught_up.contains(&partition) {
-                        self.reconcile(partition, Some(&job)).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stores a definition or tombstone; returns the job whose runs may now have a next step.
-    #[tracing::instrument(skip_all, fields(
-        topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        job_id = record_key(message).unwrap_or_default(),
-    ))]
-    async fn apply_definition(
-        &mut self,
-        message: &OwnedMessage,
-        batch: &mut Batch,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(key) = record_key(message) else {
-            self.deadletters
-                .send(message, "invalid", "record has no UTF-8 job id key")
-                .await?;
-            return Ok(None);
-        };
-        let spec = match message.payload() {
-            None => None,
-            Some(payload) => match codec::decode_job(payload) {
-                Ok(definition) if definition.id.as_str() == key => Some(definition.to_spec()),
-                // The trigger dead-letters these with the reason; the dispatcher just ignores them.
-                _ => return Ok(None),
-            },
-        };
-        batch.put(
-            &job_key(message.partition(), &key),
-            &StoredJob {
-                spec,
-                offset: message.offset(),
-            },
-        );
-        Ok(Some(key))
-    }
-
     /// Notes a cancel request; the run is cancelled when its job is next reconciled (at once when
-    /// the partition is caught up).
-    async fn apply_cancel(
+    /// the partition is caught up). Returns the job.
+    fn apply_cancel(
         &mut self,
-        message: &OwnedMessage,
+        partition: i32,
+        request: &CancelRequest,
         batch: &mut Batch,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(request) = self
-            .deadletters
-            .decode(message, codec::decode_cancel)
-            .await?
-        else {
-            return Ok(None);
-        };
+    ) -> Option<String> {
         if request.attempt.is_some() {
             // A fence this or another dispatcher sent to the workers; the run goes on.
-            return Ok(None);
-        }
-        if record_key(message).as_deref() != Some(request.job_id.as_str()) {
-            let reason = format!(
-                "key does not match the request's job id {:?}",
-                request.job_id.as_str()
-            );
-            self.deadletters.send(message, "invalid", &reason).await?;
-            return Ok(None);
+            return None;
         }
         let job = request.job_id.to_string();
         tracing::info!(job_id = job, run_id = %request.run_id, reason = ?request.reason, "Cancel requested.");
         batch.put(
-            &cancel_key(message.partition(), &job, &request.run_id.to_string()),
+            &cancel_key(partition, &job, &request.run_id.to_string()),
             &(),
         );
-        Ok(Some(job))
+        Some(job)
     }
 
     /// Folds one ledger event into its run; returns the job whose run may now have a next step.
-    #[tracing::instrument(skip_all, fields(
-        topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        job_id = record_key(message).unwrap_or_default(),
-    ))]
-    async fn apply_event(
+    fn apply_event(
         &mut self,
-        message: &OwnedMessage,
+        partition: i32,
+        event: &RunEvent,
         batch: &mut Batch,
     ) -> anyhow::Result<Option<String>> {
-        let Some(event) = self
-            .deadletters
-            .decode(message, codec::decode_run_event)
-            .await?
-        else {
-            return Ok(None);
-        };
         let job = event.job_id.to_string();
         // Our own step back: from here on the stored state speaks for the run, which may need its
         // next step even if a worker's event came first and the step changed nothing.
         let own_step = self
             .awaiting
             .get(&event.run_id)
-            .is_some_and(|a| is_same_step(&a.event, &event));
+            .is_some_and(|a| is_same_step(&a.event, event));
         if own_step {
             self.awaiting.remove(&event.run_id);
         }
-        let changed = self.fold(message.partition(), &event, batch)?.is_some();
+        let changed = self.fold_event(partition, event, batch)?.is_some();
         Ok((own_step || changed).then_some(job))
     }
 
     /// Applies `event` to its run in `batch`; the run's new state, or `None` when the event
     /// changed nothing.
-    fn fold(
+    fn fold_event(
         &mut self,
         partition: i32,
         event: &RunEvent,
@@ -717,7 +670,7 @@ impl Dispatcher {
         // Only a dispatch sends a task, whose header may need where the ledger was read to.
         let read_to = match event.kind {
             RunEventKind::RunDispatched { .. } => {
-                self.store.next_offset(&self.topics.runs(), partition)?
+                self.store.next_offset(self.ledger.topic(), partition)?
             }
             _ => None,
         };
@@ -760,7 +713,7 @@ impl Dispatcher {
             }
         }
         let producer = self.producer.clone();
-        let ledger = self.topics.runs();
+        let ledger = self.ledger.topic().to_string();
         self.sends.spawn(async move {
             // A task names where its dispatch is on the ledger, for a worker it is redelivered to.
             let mut dispatched_at = None;
@@ -815,9 +768,9 @@ impl Dispatcher {
     }
 
     fn ledger_record(&self, event: &RunEvent) -> anyhow::Result<Outgoing> {
-        let record = LedgerRecord::of(event, "dispatcher")?;
+        let record = self.ledger.record(event)?;
         Ok(Outgoing {
-            topic: self.topics.runs(),
+            topic: self.ledger.topic().to_string(),
             key: record.key,
             payload: record.payload,
             headers: record.headers,

@@ -14,7 +14,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::cloudevents::{self, Headers};
 use crate::codec::{self, CodecError};
-use crate::kafka::KafkaArgs;
+use crate::kafka::{Delivered, KafkaArgs, ReliableProducer};
+use crate::Topics;
 
 /// One ledger event, ready to send to the runs topic.
 #[derive(Clone, Debug)]
@@ -34,6 +35,58 @@ impl LedgerRecord {
             payload: codec::encode_run_event(event)?,
             headers: cloudevents::run_event(event, service),
         })
+    }
+}
+
+/// The run ledger as one writer appends to it: the runs topic, the writer named on every record,
+/// and a producer that waits out broker outages. Every service appends through it.
+#[derive(Clone)]
+pub struct Ledger {
+    producer: ReliableProducer,
+    topic: String,
+    writer: &'static str,
+}
+
+impl Ledger {
+    /// The ledger of `topics` as `writer` (`trigger`, `dispatcher`, `worker`) appends to it.
+    pub fn new(producer: ReliableProducer, topics: &Topics, writer: &'static str) -> Self {
+        Ledger {
+            producer,
+            topic: topics.runs(),
+            writer,
+        }
+    }
+
+    /// The runs topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The record of `event` as this writer appends it, for a caller that sends it with others.
+    pub fn record(&self, event: &RunEvent) -> Result<LedgerRecord, CodecError> {
+        LedgerRecord::of(event, self.writer)
+    }
+
+    /// Appends `event`, once the broker has acknowledged it (retried through outages).
+    pub async fn append(&self, event: &RunEvent) -> anyhow::Result<Delivered> {
+        let record = self.record(event)?;
+        Ok(self.producer.append(&self.topic, &record).await?)
+    }
+
+    /// Appends `events` and blocks the thread until they (and every record queued before them)
+    /// are acknowledged or `timeout` has passed, for code that cannot await (a rebalance
+    /// callback). Returns how many were acknowledged; one that does not encode is not sent.
+    pub fn append_blocking(&self, events: &[RunEvent], timeout: Duration) -> usize {
+        let records: Vec<LedgerRecord> = events
+            .iter()
+            .filter_map(|event| {
+                self.record(event)
+                    .map_err(|error| tracing::error!(%error, run_id = %event.run_id, "Encoding a run event failed."))
+                    .ok()
+            })
+            .collect();
+        self.producer
+            .append_blocking(&self.topic, &records, timeout)
     }
 }
 

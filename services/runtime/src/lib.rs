@@ -13,13 +13,14 @@ pub mod kafka;
 pub mod keys;
 pub mod ledger;
 pub mod metrics_names;
+pub mod record_loop;
 pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod workers;
 
 pub use kafka::{KafkaArgs, PartitionedConsumer, Producer, Topics};
-pub use service::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
+pub use service::{open_store, ServiceArgs, ServiceParts, ServiceSpec, StoreArgs};
 pub use store::{Batch, Store};
 
 /// Reads the key of a record as a job id string; Kairos keys are UTF-8 job ids.

@@ -7,7 +7,7 @@
 //! shutdown as a clean stop.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::DeadLetters;
 use crate::kafka::{clean_exit, KafkaArgs, PartitionedConsumer, ReliableProducer};
+use crate::record_loop::{self, LoopParts, StatefulService};
 use crate::store::Store;
 use crate::telemetry::{self, Health, TelemetryArgs};
 
@@ -44,6 +45,22 @@ impl ServiceArgs {
     }
 }
 
+/// Where a stateful service (trigger, dispatcher, aggregator) keeps its store. Each sets its own
+/// default directory (`#[command(mut_arg("data_dir", ...))]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// RocksDB directory (a cache: delete it and the service rebuilds it from the topics).
+    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data")]
+    pub data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    /// Creates the data directory if needed and opens the store in it.
+    pub fn open(&self) -> anyhow::Result<Store> {
+        open_store(&self.data_dir)
+    }
+}
+
 /// What a service consumes and where it reports.
 pub struct ServiceSpec<'a> {
     /// The service's name in dead letters and logs, e.g. `trigger`.
@@ -58,6 +75,8 @@ pub struct ServiceSpec<'a> {
 
 /// The shared parts of a running service.
 pub struct ServiceParts {
+    pub name: &'static str,
+    pub topics: crate::Topics,
     pub shutdown: CancellationToken,
     pub producer: ReliableProducer,
     pub consumer: PartitionedConsumer,
@@ -113,6 +132,8 @@ impl ServiceParts {
         crate::metrics_names::register(spec.name);
         tracing::info!(service = spec.name, inputs = ?spec.inputs, group = spec.group, "Service started.");
         Ok(ServiceParts {
+            name: spec.name,
+            topics: spec.args.kafka.topics(),
             shutdown,
             producer,
             consumer,
@@ -120,6 +141,34 @@ impl ServiceParts {
             health,
             ops,
         })
+    }
+}
+
+impl ServiceParts {
+    /// The run ledger, appended to as this service.
+    pub fn ledger(&self) -> crate::ledger::Ledger {
+        crate::ledger::Ledger::new(self.producer.clone(), &self.topics, self.name)
+    }
+
+    /// Runs a stateful service on its records and wake-ups ([`record_loop`]) until the shutdown,
+    /// then stops it.
+    pub async fn run<S: StatefulService>(
+        mut self,
+        service: &mut S,
+        store: &Store,
+    ) -> anyhow::Result<()> {
+        let loop_parts = LoopParts {
+            name: self.name,
+            topics: &self.topics,
+            consumer: &mut self.consumer,
+            store,
+            deadletters: &self.deadletters,
+            health: &self.health,
+        };
+        let result = record_loop::run(service, loop_parts, self.shutdown.clone()).await;
+        self.ops
+            .finish(&self.consumer, &self.producer, result)
+            .await
     }
 }
 

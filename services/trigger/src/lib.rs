@@ -15,10 +15,8 @@
 mod index;
 mod metrics_names;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_core::audit::slots_counted_from;
@@ -27,18 +25,13 @@ use kairos_core::job::JobSpec;
 use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
-use kairos_runtime::deadletter::DeadLetters;
-use kairos_runtime::kafka::ServiceKind;
-use kairos_runtime::kafka::{check_co_partitioning, Input, ReliableProducer};
-use kairos_runtime::ledger::LedgerRecord;
-use kairos_runtime::telemetry::Health;
-use kairos_runtime::{open_store, ServiceArgs, ServiceParts, ServiceSpec};
-use kairos_runtime::{
-    record_key, record_time, Batch, KafkaArgs, PartitionedConsumer, Store, Topics,
-};
-use rdkafka::message::{Message, OwnedMessage};
+use kairos_runtime::kafka::{check_co_partitioning, ReliableProducer, ServiceKind};
+use kairos_runtime::ledger::Ledger;
+use kairos_runtime::record_loop::{Decoded, Folded, Live, Record, StatefulService};
+use kairos_runtime::{record_time, ServiceArgs, ServiceParts, ServiceSpec, StoreArgs};
+use kairos_runtime::{Batch, KafkaArgs, Store, Topics};
+use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::index::DueIndex;
 use crate::metrics_names as m;
@@ -54,13 +47,13 @@ const MAX_FIRES_PER_PASS: usize = 5000;
     version,
     about = "Fires due job slots onto the run ledger.",
     mut_arg("metrics_addr", |a| a.default_value("127.0.0.1:9401")),
+    mut_arg("data_dir", |a| a.default_value(".kairos/data/trigger")),
 )]
 pub struct Config {
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// RocksDB directory (a cache: delete it and the trigger rebuilds from the topics).
-    #[arg(long, env = "KAIROS_DATA_DIR", default_value = ".kairos/data/trigger")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// How long before a slot is due it is fired, so that its task is on its worker, waiting,
     /// when the slot comes. 0 fires at the slot (the task then starts after the pipeline's
     /// latency).
@@ -76,7 +69,7 @@ impl Config {
     pub fn new(kafka: KafkaArgs, data_dir: PathBuf, metrics_addr: SocketAddr) -> Self {
         Config {
             service: ServiceArgs::new(kafka, metrics_addr),
-            data_dir,
+            store: StoreArgs { data_dir },
             fire_ahead: DEFAULT_FIRE_AHEAD,
         }
     }
@@ -129,7 +122,7 @@ pub async fn run(
         &config.service.kafka,
         &[topics.jobs(), topics.trigger_state(), topics.runs()],
     )?;
-    let store = open_store(&config.data_dir)?;
+    let store = config.store.open()?;
     let spec = ServiceSpec {
         name: "trigger",
         args: &config.service,
@@ -141,175 +134,138 @@ pub async fn run(
     m::register();
     let mut trigger = Trigger {
         topics,
-        store,
-        producer: parts.producer,
-        consumer: parts.consumer,
-        deadletters: parts.deadletters,
+        store: store.clone(),
+        producer: parts.producer.clone(),
+        ledger: parts.ledger(),
         index: DueIndex::default(),
-        health: parts.health,
         lead: config.fire_ahead,
+        forgotten: vec![],
     };
-    let result = trigger.run(parts.shutdown).await;
-    parts
-        .ops
-        .finish(&trigger.consumer, &trigger.producer, result)
-        .await
+    parts.run(&mut trigger, &store).await
 }
 
 struct Trigger {
     topics: Topics,
     store: Store,
     producer: ReliableProducer,
-    consumer: PartitionedConsumer,
-    deadletters: DeadLetters,
+    ledger: Ledger,
     index: DueIndex,
-    health: Arc<Health>,
     /// How long before its fire time a slot is fired (`--fire-ahead`).
     lead: Duration,
+    /// Jobs deleted by the records being folded, whose cursors the changelog forgets.
+    forgotten: Vec<String>,
+}
+
+impl StatefulService for Trigger {
+    type Wake = ();
+    /// Records first: a pass of fires is bounded, and the records keep the index current.
+    const WAKE_FIRST: bool = false;
+
+    fn fold(&mut self, record: Record<'_>, batch: &mut Batch) -> anyhow::Result<Folded> {
+        let partition = record.message.partition();
+        let job = match record.value {
+            Decoded::Definition(definition) => {
+                let written_at = record_time(record.message).unwrap_or_else(chrono::Utc::now);
+                let job = definition.id.to_string();
+                let stored = StoredJob {
+                    spec: definition.to_spec(),
+                    offset: record.message.offset(),
+                    written_at,
+                };
+                batch.put(&job_key(partition, &job), &stored);
+                tracing::info!(
+                    job_id = job,
+                    offset = record.message.offset(),
+                    "Job defined."
+                );
+                job
+            }
+            Decoded::JobDeleted(job) => {
+                batch.delete(&job_key(partition, &job));
+                batch.delete(&cursor_key(partition, &job));
+                // Forget the cursor in the changelog too, or a rebuild would bring it back.
+                self.forgotten.push(job.clone());
+                tracing::info!(job_id = job, "Job deleted.");
+                job
+            }
+            Decoded::Cursor(state) => {
+                let job = state.job_id.to_string();
+                apply_cursor(&self.store, batch, partition, state)?;
+                job
+            }
+            Decoded::CursorDeleted(job) => {
+                batch.delete(&cursor_key(partition, &job));
+                job
+            }
+            _ => return Ok(Folded::Unchanged),
+        };
+        Ok(Folded::Touched(job))
+    }
+
+    async fn send_folded(&mut self) -> anyhow::Result<()> {
+        let changelog = self.topics.trigger_state();
+        let forgotten = std::mem::take(&mut self.forgotten);
+        let sends = forgotten
+            .iter()
+            .map(|job| self.producer.send(&changelog, job, None));
+        futures::future::try_join_all(sends).await?;
+        Ok(())
+    }
+
+    async fn caught_up(&mut self, partition: i32, _live: &Live) -> anyhow::Result<()> {
+        self.index_partition(partition)
+    }
+
+    async fn touched(&mut self, partition: i32, job: &str, _live: &Live) -> anyhow::Result<()> {
+        self.reindex(partition, job)
+    }
+
+    fn revoked(&mut self, partitions: &[i32]) {
+        for &partition in partitions {
+            self.index.drop_partition(partition);
+        }
+    }
+
+    async fn woken(&mut self) -> anyhow::Result<()> {
+        let wake = self.index.next_due().map_or(Duration::from_secs(1), |due| {
+            (due - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(Duration::from_secs(1))
+        });
+        tokio::time::sleep(wake).await;
+        Ok(())
+    }
+
+    async fn wake(&mut self, (): (), live: &Live) -> anyhow::Result<()> {
+        self.fire_due(live).await
+    }
+}
+
+/// A changelog record: the last slot handled for a job (possibly by another instance). A cursor
+/// only moves forward within a schedule.
+fn apply_cursor(
+    store: &Store,
+    batch: &mut Batch,
+    partition: i32,
+    state: TriggerState,
+) -> anyhow::Result<()> {
+    let key = cursor_key(partition, state.job_id.as_str());
+    let current: Option<Cursor> = batch.get(store, &key)?;
+    if current.is_none_or(|c| c.schedule != state.schedule || c.last_slot < state.last_slot) {
+        let cursor = Cursor {
+            last_slot: state.last_slot,
+            schedule: state.schedule,
+            fired: state.fired,
+        };
+        batch.put(&key, &cursor);
+    }
+    Ok(())
 }
 
 impl Trigger {
-    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            let wake = self.index.next_due().map_or(Duration::from_secs(1), |due| {
-                (due - chrono::Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(Duration::from_secs(1))
-            });
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                input = self.consumer.next(Some(&self.store)) => self.handle(input).await?,
-                _ = tokio::time::sleep(wake) => self.fire_due().await?,
-            }
-            self.health.set_caught_up(self.consumer.ready());
-        }
-    }
-
-    async fn handle(&mut self, input: Input) -> anyhow::Result<()> {
-        match input {
-            Input::Assigned(partitions) => {
-                for partition in partitions {
-                    if self.consumer.is_caught_up(partition) {
-                        self.caught_up(partition)?;
-                    }
-                }
-            }
-            Input::Revoked(partitions) => partitions
-                .into_iter()
-                .for_each(|p| self.index.drop_partition(p)),
-            Input::Records(messages) => {
-                let mut batch = Batch::new();
-                let mut touched = BTreeSet::new();
-                for message in &messages {
-                    if message.topic() == self.topics.jobs() {
-                        self.apply_definition(message, &mut batch).await?;
-                    } else {
-                        self.apply_cursor(message, &mut batch).await?;
-                    }
-                    batch.consumed(message.topic(), message.partition(), message.offset());
-                    touched.extend(record_key(message).map(|job| (message.partition(), job)));
-                }
-                self.store.write(batch)?;
-                let caught_up = self.consumer.applied(&messages);
-                for &partition in &caught_up {
-                    self.caught_up(partition)?;
-                }
-                for (partition, job) in touched {
-                    if self.consumer.is_caught_up(partition) && !caught_up.contains(&partition) {
-                        self.reindex(partition, &job)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A definition or tombstone from the jobs topic.
-    #[tracing::instrument(skip_all, fields(
-        topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        job_id = record_key(message).unwrap_or_default(),
-    ))]
-    async fn apply_definition(
-        &mut self,
-        message: &OwnedMessage,
-        batch: &mut Batch,
-    ) -> anyhow::Result<()> {
-        let partition = message.partition();
-        let Some(key) = record_key(message) else {
-            return Ok(self
-                .deadletters
-                .send(message, "invalid", "record has no UTF-8 job id key")
-                .await?);
-        };
-        if message.payload().is_none() {
-            batch.delete(&job_key(partition, &key));
-            batch.delete(&cursor_key(partition, &key));
-            // Forget the cursor in the changelog too, or a rebuild would bring it back.
-            self.producer
-                .send(&self.topics.trigger_state(), &key, None)
-                .await?;
-            tracing::info!(job_id = key, "Job deleted.");
-            return Ok(());
-        }
-        let Some(definition) = self.deadletters.decode(message, codec::decode_job).await? else {
-            return Ok(());
-        };
-        if definition.id.as_str() != key {
-            let reason = format!(
-                "key {key:?} does not match the definition's id {:?}",
-                definition.id.as_str()
-            );
-            return Ok(self.deadletters.send(message, "invalid", &reason).await?);
-        }
-        let written_at = record_time(message).unwrap_or_else(chrono::Utc::now);
-        let stored = StoredJob {
-            spec: definition.to_spec(),
-            offset: message.offset(),
-            written_at,
-        };
-        batch.put(&job_key(partition, &key), &stored);
-        tracing::info!(job_id = key, offset = message.offset(), "Job defined.");
-        Ok(())
-    }
-
-    /// A changelog record: the last slot handled for a job (possibly by another instance).
-    async fn apply_cursor(
-        &mut self,
-        message: &OwnedMessage,
-        batch: &mut Batch,
-    ) -> anyhow::Result<()> {
-        if message.payload().is_none() {
-            if let Some(job) = record_key(message) {
-                batch.delete(&cursor_key(message.partition(), &job));
-            }
-            return Ok(());
-        }
-        let Some(state) = self
-            .deadletters
-            .decode(message, codec::decode_trigger_state)
-            .await?
-        else {
-            return Ok(());
-        };
-        let key = cursor_key(message.partition(), state.job_id.as_str());
-        let current: Option<Cursor> = batch.get(&self.store, &key)?;
-        if current.is_none_or(|c| c.schedule != state.schedule || c.last_slot < state.last_slot) {
-            let cursor = Cursor {
-                last_slot: state.last_slot,
-                schedule: state.schedule,
-                fired: state.fired,
-            };
-            batch.put(&key, &cursor);
-        }
-        Ok(())
-    }
-
     /// A partition has caught up: index its jobs, then fire what came due while nobody owned it.
-    fn caught_up(&mut self, partition: i32) -> anyhow::Result<()> {
+    fn index_partition(&mut self, partition: i32) -> anyhow::Result<()> {
         // Only the ids: each definition is read once, by `reindex`, and not all held at once.
         let prefix = job_key(partition, "");
         let jobs = self.store.keys(&prefix)?;
@@ -390,7 +346,7 @@ impl Trigger {
     /// job's in slot order); only when the broker has acknowledged them are the jobs' cursors
     /// recorded, in the changelog and then in the store. A crash in between fires the same slots
     /// again, which yields the same run ids, dropped downstream.
-    async fn fire_due(&mut self) -> anyhow::Result<()> {
+    async fn fire_due(&mut self, live: &Live) -> anyhow::Result<()> {
         let now = kairos_runtime::now();
         let mut due: Vec<(i32, Loaded, Vec<Fire>)> = vec![];
         let mut planned = 0;
@@ -398,7 +354,7 @@ impl Trigger {
             if planned >= MAX_FIRES_PER_PASS {
                 break; // The rest are still due: the next pass comes at once.
             }
-            if !self.consumer.is_caught_up(partition) {
+            if !live.contains(partition) {
                 continue;
             }
             let Some(mut loaded) = self.load(partition, &job)? else {
@@ -416,7 +372,6 @@ impl Trigger {
         if due.is_empty() {
             return Ok(());
         }
-        let runs = self.topics.runs();
         let lead = self.lead_delta();
         let sends = due.iter().map(|(_, loaded, fires)| {
             let events: Vec<(RunEvent, Timestamp)> = fires
@@ -426,11 +381,10 @@ impl Trigger {
                     (fire_event(loaded, *fire, now), to_fire_at)
                 })
                 .collect();
-            let (producer, topic) = (&self.producer, &runs);
+            let ledger = &self.ledger;
             async move {
                 for (event, to_fire_at) in &events {
-                    let record = LedgerRecord::of(event, "trigger")?;
-                    producer.append(topic, &record).await?;
+                    ledger.append(event).await?;
                     record_fire(event, *to_fire_at);
                 }
                 anyhow::Ok(())

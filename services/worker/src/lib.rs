@@ -59,12 +59,10 @@ use kairos_runtime::kafka::{
     broadcast_consumer, check_co_partitioning, task_topic_config, Input, ReliableProducer,
     TopicAdmin,
 };
-use kairos_runtime::ledger::{
-    AttemptKey, Attempts, LedgerReader, LedgerRecord, DISPATCHED_AT_HEADER,
-};
+use kairos_runtime::ledger::{AttemptKey, Attempts, Ledger, LedgerReader, DISPATCHED_AT_HEADER};
 use kairos_runtime::telemetry::Health;
 use kairos_runtime::workers::{Heartbeats, Liveness, Registry};
-use kairos_runtime::{KafkaArgs, PartitionedConsumer, Topics};
+use kairos_runtime::{KafkaArgs, PartitionedConsumer};
 use kairos_runtime::{ServiceArgs, ServiceParts, ServiceSpec};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
@@ -461,8 +459,7 @@ pub async fn run_with_handlers(
     };
     let mut worker = Worker {
         reporter: Reporter {
-            producer: parts.producer.clone(),
-            topics,
+            ledger: parts.ledger(),
             worker_id: worker_id.clone(),
             report_start_after: config.report_start_after,
         },
@@ -1361,8 +1358,7 @@ fn control_request(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Ca
 /// Appends an attempt's lifecycle events, retrying until the broker takes them.
 #[derive(Clone)]
 struct Reporter {
-    producer: ReliableProducer,
-    topics: Topics,
+    ledger: Ledger,
     worker_id: String,
     /// `--report-start-after`.
     report_start_after: Duration,
@@ -1488,42 +1484,32 @@ impl Reporter {
         self.report(task, kind, kairos_runtime::now()).await
     }
 
-    /// The ledger record of an event of the attempt that happened `at`.
-    fn record(
-        &self,
-        task: &TaskAssigned,
-        kind: RunEventKind,
-        at: Timestamp,
-    ) -> Option<LedgerRecord> {
-        let event = RunEvent {
+    /// The ledger event of the attempt that happened `at`.
+    fn event(&self, task: &TaskAssigned, kind: RunEventKind, at: Timestamp) -> RunEvent {
+        RunEvent {
             job_id: task.job_id.clone(),
             run_id: task.run_id,
             scheduled_for: task.scheduled_for,
             at,
             kind,
             shard: task.shard_of(),
-        };
-        LedgerRecord::of(&event, "worker")
-            .map_err(|error| tracing::error!(%error, run_id = %task.run_id, "Encoding a run event failed."))
-            .ok()
+        }
     }
 
     /// Appends the `RunStarted` of attempts begun here, blocking the thread until they (and every
     /// record sent before them) are acknowledged or the handover's time is up.
     fn announce_blocking(&self, begun: &[(TaskAssigned, Timestamp)]) {
-        let records: Vec<LedgerRecord> = begun
+        let events: Vec<RunEvent> = begun
             .iter()
-            .filter_map(|(task, began)| {
+            .map(|(task, began)| {
                 let started = RunEventKind::RunStarted {
                     attempt: task.attempt,
                     worker_id: self.worker_id.clone(),
                 };
-                self.record(task, started, *began)
+                self.event(task, started, *began)
             })
             .collect();
-        let acknowledged =
-            self.producer
-                .append_blocking(&self.topics.runs(), &records, HANDOVER_TIMEOUT);
+        let acknowledged = self.ledger.append_blocking(&events, HANDOVER_TIMEOUT);
         if acknowledged < begun.len() {
             tracing::warn!(
                 announced = acknowledged,
@@ -1535,10 +1521,7 @@ impl Reporter {
 
     /// Appends an event of the attempt that happened `at`.
     async fn report(&self, task: &TaskAssigned, kind: RunEventKind, at: Timestamp) -> bool {
-        let Some(record) = self.record(task, kind, at) else {
-            return false;
-        };
-        match self.producer.append(&self.topics.runs(), &record).await {
+        match self.ledger.append(&self.event(task, kind, at)).await {
             Ok(_) => true,
             Err(error) => {
                 tracing::warn!(%error, run_id = %task.run_id, "The attempt's event was not recorded.");
