@@ -84,6 +84,73 @@ pub fn next_fire(
     })
 }
 
+/// Where a job's schedule stands for the trigger: the last slot handled (fired or skipped; before
+/// the first, where its slots are counted from) and the runs fired so far, for `max_runs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotCursor {
+    pub last_slot: Timestamp,
+    pub fired: u32,
+}
+
+/// The fires of a job due by `now` (fired `lead` ahead) from `cursor` on, at most `max` of them,
+/// moving `cursor` past each: a pass of the trigger for the job. A paused job fires nothing. When
+/// `max` cuts a backlog short, the rest is still due and the next pass goes on from the cursor.
+pub fn due_fires(
+    job: &JobDefinition,
+    cursor: &mut SlotCursor,
+    now: Timestamp,
+    lead: Duration,
+    max: usize,
+) -> Vec<Fire> {
+    let mut fires = vec![];
+    while fires.len() < max && !job.paused {
+        let Some(fire) = next_fire(job, cursor.last_slot, now, cursor.fired, lead) else {
+            break;
+        };
+        cursor.last_slot = fire.slot();
+        cursor.fired += u32::from(matches!(fire, Fire::Run(_)));
+        fires.push(fire);
+    }
+    fires
+}
+
+/// When the trigger is to fire the job's next slot: its fire time, `lead` ahead. `None` when the
+/// job is paused, has fired its `max_runs`, or has no slot left.
+pub fn next_fire_due(job: &JobDefinition, cursor: SlotCursor, lead: Duration) -> Option<Timestamp> {
+    if job.paused || job.max_runs.is_some_and(|max| cursor.fired >= max) {
+        return None;
+    }
+    let next = job.next_slot(cursor.last_slot)?;
+    Some(fire_time(job, next.at) - chrono::Duration::from_std(lead).unwrap_or_default())
+}
+
+/// The ledger event of a fire of the job's definition read at `definition_offset`: the run
+/// scheduled (its id derived from the slot, so that firing again yields the same run), or the
+/// slot recorded as skipped.
+pub fn fire_event(
+    job: &JobDefinition,
+    definition_offset: i64,
+    fire: Fire,
+    now: Timestamp,
+) -> RunEvent {
+    let slot = fire.slot();
+    let kind = match fire {
+        Fire::Run(_) => RunEventKind::RunScheduled {
+            trigger: TriggerKind::Schedule,
+            definition_offset,
+        },
+        Fire::Skipped(_, reason) => RunEventKind::RunSkipped { reason },
+    };
+    RunEvent {
+        job_id: job.id.clone(),
+        run_id: RunId::derive(&job.id, slot, TriggerKind::Schedule),
+        scheduled_for: slot,
+        at: now,
+        kind,
+        shard: None,
+    }
+}
+
 /// The first slot after `after` that is due by `now` and would run (no calendar or DST rule
 /// skips it).
 fn next_runnable_slot(job: &JobDefinition, after: Timestamp, now: Timestamp) -> Option<Timestamp> {
@@ -751,16 +818,13 @@ pub(crate) mod tests {
         fires_of(&job, cursor, now)
     }
 
-    /// Drives `next_fire` the way the trigger does, counting runs for `max_runs`.
-    fn fires_of(job: &JobDefinition, mut cursor: Timestamp, now: Timestamp) -> Vec<Fire> {
-        let mut out = vec![];
-        let mut fired = 0;
-        while let Some(fire) = next_fire(job, cursor, now, fired, Duration::ZERO) {
-            fired += u32::from(matches!(fire, Fire::Run(_)));
-            out.push(fire);
-            cursor = fire.slot();
-        }
-        out
+    /// A pass of the trigger from `cursor`, with no bound on the backlog.
+    fn fires_of(job: &JobDefinition, cursor: Timestamp, now: Timestamp) -> Vec<Fire> {
+        let mut cursor = SlotCursor {
+            last_slot: cursor,
+            fired: 0,
+        };
+        due_fires(job, &mut cursor, now, Duration::ZERO, usize::MAX)
     }
 
     fn misfired(slot: Timestamp) -> Fire {
@@ -2421,5 +2485,89 @@ pub(crate) mod tests {
             wake_at(&run, Some(&def), MARGIN, before(slot(1), 2)),
             Some(deadline)
         );
+    }
+
+    #[test]
+    fn given_a_backlog_longer_than_a_pass_then_the_pass_stops_at_its_bound_and_the_next_goes_on() {
+        // Given a job every 10 s that runs late slots, handled up to slot 0, and now at slot 5
+        let mut job = definition();
+        job.misfire.grace = Duration::from_secs(3600);
+        let mut cursor = SlotCursor {
+            last_slot: slot(0),
+            fired: 0,
+        };
+        // When a pass may fire two
+        let first = due_fires(&job, &mut cursor, slot(5), Duration::ZERO, 2);
+        // Then it fires slots 1 and 2, and the next pass goes on from slot 2
+        assert_eq!(first, vec![Fire::Run(slot(1)), Fire::Run(slot(2))]);
+        assert_eq!(
+            cursor,
+            SlotCursor {
+                last_slot: slot(2),
+                fired: 2
+            }
+        );
+        let rest = due_fires(&job, &mut cursor, slot(5), Duration::ZERO, 10);
+        assert_eq!(rest.first(), Some(&Fire::Run(slot(3))));
+    }
+
+    #[test]
+    fn given_a_paused_job_then_nothing_fires_and_nothing_is_due() {
+        let mut job = definition();
+        job.paused = true;
+        let mut cursor = SlotCursor {
+            last_slot: slot(0),
+            fired: 0,
+        };
+        assert_eq!(
+            due_fires(&job, &mut cursor, slot(5), Duration::ZERO, 10),
+            vec![]
+        );
+        assert_eq!(cursor.last_slot, slot(0), "the cursor stays");
+        assert_eq!(next_fire_due(&job, cursor, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn given_max_runs_fired_then_no_next_fire_is_due() {
+        let mut job = definition();
+        job.max_runs = Some(3);
+        let cursor = |fired| SlotCursor {
+            last_slot: slot(4),
+            fired,
+        };
+        assert_eq!(next_fire_due(&job, cursor(3), Duration::ZERO), None);
+        // One run left: due at the next slot, fired the lead ahead.
+        assert_eq!(
+            next_fire_due(&job, cursor(2), Duration::from_secs(1)),
+            Some(slot(5) - chrono::Duration::seconds(1))
+        );
+    }
+
+    #[test]
+    fn given_a_fire_then_its_event_names_the_slots_run_and_the_definition_read() {
+        let job = definition();
+        let now = slot(7);
+        let run = fire_event(&job, 42, Fire::Run(slot(6)), now);
+        assert_eq!(
+            run.run_id,
+            RunId::derive(&job.id, slot(6), TriggerKind::Schedule),
+            "firing the slot again yields the same run"
+        );
+        assert_eq!(
+            run.kind,
+            RunEventKind::RunScheduled {
+                trigger: TriggerKind::Schedule,
+                definition_offset: 42
+            }
+        );
+        assert_eq!((run.scheduled_for, run.at), (slot(6), now));
+        let skipped = fire_event(&job, 42, Fire::Skipped(slot(6), SkipReason::Misfire), now);
+        assert_eq!(
+            skipped.kind,
+            RunEventKind::RunSkipped {
+                reason: SkipReason::Misfire
+            }
+        );
+        assert_eq!(skipped.run_id, run.run_id);
     }
 }

@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kairos_core::audit::slots_counted_from;
-use kairos_core::decide::{fire_time, next_fire, Fire};
+use kairos_core::decide::{due_fires, fire_event, fire_time, next_fire_due, Fire, SlotCursor};
 use kairos_core::job::JobSpec;
-use kairos_core::run::{RunEvent, RunEventKind, RunId, SkipReason, TriggerKind};
+use kairos_core::run::{RunEvent, RunEventKind, SkipReason};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::kafka::{check_co_partitioning, ReliableProducer, ServiceKind};
@@ -89,12 +89,11 @@ fn job_key(partition: i32, job: &str) -> String {
     format!("job/{partition:05}/{job}")
 }
 
-/// A job ready to fire: its definition and where its slots are counted from.
+/// A job ready to fire: its definition and where its schedule stands.
 struct Loaded {
     definition: JobDefinition,
     offset: i64,
-    cursor: Timestamp,
-    fired: u32,
+    cursor: SlotCursor,
 }
 
 /// The last slot handled for a job, and the schedule it belongs to.
@@ -294,18 +293,10 @@ impl Trigger {
 
     /// Puts the job's next fire time in the index, or takes it out when it has none.
     fn schedule_next(&mut self, partition: i32, loaded: &Loaded) {
-        let job = &loaded.definition;
-        let exhausted = job.max_runs.is_some_and(|max| loaded.fired >= max);
-        match job
-            .next_slot(loaded.cursor)
-            .filter(|_| !job.paused && !exhausted)
-        {
-            Some(next) => self.index.set(
-                partition,
-                job.id.as_str(),
-                fire_time(job, next.at) - self.lead_delta(),
-            ),
-            None => self.index.remove(job.id.as_str()),
+        let job = loaded.definition.id.as_str();
+        match next_fire_due(&loaded.definition, loaded.cursor, self.lead) {
+            Some(due) => self.index.set(partition, job, due),
+            None => self.index.remove(job),
         }
     }
 
@@ -328,17 +319,18 @@ impl Trigger {
                 return Ok(None);
             }
         };
-        let cursor = slots_counted_from(
-            last.as_ref().map(|c| (c.schedule.as_str(), c.last_slot)),
-            &definition.schedule_key(),
-            stored.written_at,
-        );
-        let fired = last.map_or(0, |c| c.fired);
+        let cursor = SlotCursor {
+            last_slot: slots_counted_from(
+                last.as_ref().map(|c| (c.schedule.as_str(), c.last_slot)),
+                &definition.schedule_key(),
+                stored.written_at,
+            ),
+            fired: last.map_or(0, |c| c.fired),
+        };
         Ok(Some(Loaded {
             definition,
             offset: stored.offset,
             cursor,
-            fired,
         }))
     }
 
@@ -361,7 +353,13 @@ impl Trigger {
                 self.index.remove(&job);
                 continue;
             };
-            let fires = due_fires(&mut loaded, now, self.lead);
+            let fires = due_fires(
+                &loaded.definition,
+                &mut loaded.cursor,
+                now,
+                self.lead,
+                MAX_SLOTS_PER_JOB,
+            );
             if fires.is_empty() {
                 self.schedule_next(partition, &loaded);
             } else {
@@ -378,7 +376,8 @@ impl Trigger {
                 .iter()
                 .map(|fire| {
                     let to_fire_at = fire_time(&loaded.definition, fire.slot()) - lead;
-                    (fire_event(loaded, *fire, now), to_fire_at)
+                    let event = fire_event(&loaded.definition, loaded.offset, *fire, now);
+                    (event, to_fire_at)
                 })
                 .collect();
             let ledger = &self.ledger;
@@ -399,10 +398,10 @@ impl Trigger {
             let job = &loaded.definition;
             let state = TriggerState {
                 job_id: job.id.clone(),
-                last_slot: loaded.cursor,
+                last_slot: loaded.cursor.last_slot,
                 definition_offset: loaded.offset,
                 schedule: job.schedule_key(),
-                fired: loaded.fired,
+                fired: loaded.cursor.fired,
             };
             records.push((job.id.as_str(), codec::encode_trigger_state(&state)?));
             let cursor = Cursor {
@@ -421,43 +420,6 @@ impl Trigger {
             self.schedule_next(*partition, loaded);
         }
         Ok(())
-    }
-}
-
-/// The job's due slots from its cursor on (at most [`MAX_SLOTS_PER_JOB`]), advancing the cursor
-/// and the count of runs past them.
-fn due_fires(loaded: &mut Loaded, now: Timestamp, lead: Duration) -> Vec<Fire> {
-    let job = &loaded.definition;
-    let mut fires = vec![];
-    while fires.len() < MAX_SLOTS_PER_JOB && !job.paused {
-        let Some(fire) = next_fire(job, loaded.cursor, now, loaded.fired, lead) else {
-            break;
-        };
-        loaded.cursor = fire.slot();
-        loaded.fired += u32::from(matches!(fire, Fire::Run(_)));
-        fires.push(fire);
-    }
-    fires
-}
-
-/// The ledger record of a fire: the run scheduled, or the slot recorded as skipped.
-fn fire_event(loaded: &Loaded, fire: Fire, now: Timestamp) -> RunEvent {
-    let job_id = &loaded.definition.id;
-    let slot = fire.slot();
-    let kind = match fire {
-        Fire::Run(_) => RunEventKind::RunScheduled {
-            trigger: TriggerKind::Schedule,
-            definition_offset: loaded.offset,
-        },
-        Fire::Skipped(_, reason) => RunEventKind::RunSkipped { reason },
-    };
-    RunEvent {
-        job_id: job_id.clone(),
-        run_id: RunId::derive(job_id, slot, TriggerKind::Schedule),
-        scheduled_for: slot,
-        at: now,
-        kind,
-        shard: None,
     }
 }
 
