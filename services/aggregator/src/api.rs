@@ -810,7 +810,9 @@ async fn get_run(
         )
     })?;
     let waiting = PendingRun::of(&record.state);
-    let mut body = serde_json::to_value(record).map_err(anyhow::Error::from)?;
+    let mut body = serde_json::to_value(&record.state).map_err(anyhow::Error::from)?;
+    let history: Vec<_> = record.history.into_iter().map(|e| e.public()).collect();
+    body["history"] = serde_json::to_value(history).map_err(anyhow::Error::from)?;
     if let Some(waiting) = waiting {
         body["waiting_for_worker"] = json!(pending_json(&state, &waiting)?["unserved"]);
     }

@@ -405,7 +405,8 @@ impl Aggregator {
             attempt: event.kind.attempt(),
             offset: message.offset(),
             effect,
-            detail: event.kind.detail(),
+            facts: event.kind.facts(),
+            stored_summary: None,
         };
         let mut alerts = vec![];
         let mut status = None;

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod calendar;
 pub mod decide;
+pub mod history;
 pub mod job;
 pub mod outcomes;
 pub mod run;

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history::EventFacts;
 use crate::job::JobId;
 use crate::Timestamp;
 
@@ -247,25 +248,26 @@ impl RunEventKind {
         }
     }
 
-    /// The event's type name as it appears on the wire and in logs.
-    /// What the event says beyond its name, in a word or a line: the trigger of a scheduled
-    /// run, the reason of a skip, the pool, the worker, the exit code, the error, the retry time.
-    pub fn detail(&self) -> Option<String> {
+    /// What the event says beyond its name and attempt, typed (see [`crate::history`]).
+    pub fn facts(&self) -> EventFacts {
         use RunEventKind::*;
+        let mut facts = EventFacts::default();
         match self {
-            RunScheduled { trigger, .. } => Some(trigger.as_str().to_string()),
-            RunSkipped { reason } => Some(reason.as_str().to_string()),
-            RunDispatched { pool, .. } => Some(pool.clone()),
-            RunStarted { worker_id, .. } | RunTimedOut { worker_id, .. } => Some(worker_id.clone()),
-            RunSucceeded { output, .. } => output.exit_code.map(|code| code.to_string()),
-            RunFailed { error, .. } => Some(error.clone()),
-            RetryScheduled { due_at, .. } => {
-                Some(due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            RunScheduled { trigger, .. } => facts.trigger = Some(*trigger),
+            RunSkipped { reason } => facts.skip_reason = Some(*reason),
+            RunDispatched { pool, .. } => facts.pool = Some(pool.clone()),
+            RunStarted { worker_id, .. } | RunTimedOut { worker_id, .. } => {
+                facts.worker_id = Some(worker_id.clone())
             }
-            RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => None,
+            RunSucceeded { output, .. } => facts.exit_code = output.exit_code,
+            RunFailed { error, .. } => facts.error = Some(error.clone()),
+            RetryScheduled { due_at, .. } => facts.due_at = Some(*due_at),
+            RunCancelled { .. } | RunLost { .. } | RunAbandoned { .. } => {}
         }
+        facts
     }
 
+    /// The event's type name as it appears on the wire and in logs.
     pub fn name(&self) -> &'static str {
         use RunEventKind::*;
         match self {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
+use kairos_core::history::HistoryEntry;
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
@@ -682,12 +683,11 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
     for run in runs["runs"].as_array().cloned().unwrap_or_default() {
         let run_id = text(&run["run_id"]);
         let detail = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
-        let story: Vec<Value> = detail["history"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let history: Vec<HistoryEntry> = serde_json::from_value(detail["history"].clone())
+            .with_context(|| format!("the API's history of run {run_id}"))?;
+        let story: Vec<Value> = history
             .iter()
-            .map(|entry| json!({"at": entry["at"], "what": explain_entry(entry)}))
+            .map(|entry| json!({"at": entry.at, "what": entry.explain()}))
             .collect();
         explained.push(json!({
             "run_id": run_id,
@@ -1094,62 +1094,6 @@ fn read_jobs(path: &Path) -> anyhow::Result<Vec<JobSpec>> {
             e.inner()
         )
     })
-}
-
-/// One ledger event of a run, in words.
-fn explain_entry(entry: &Value) -> String {
-    let detail = entry["detail"].as_str().unwrap_or_default();
-    let attempt = entry["attempt"].as_u64().unwrap_or_default();
-    let words = match entry["event"].as_str().unwrap_or_default() {
-        "RunScheduled" => match detail {
-            "manual" => "triggered by hand".to_string(),
-            "backfill" => "scheduled by a backfill".to_string(),
-            _ => "fired on schedule".to_string(),
-        },
-        "RunSkipped" => match detail {
-            "misfire" => {
-                "skipped: the slot was missed while no trigger owned the job (misfire policy)"
-                    .to_string()
-            }
-            "overlap" => "skipped: another run of the job was active (overlap policy)".to_string(),
-            "job_deleted" => "skipped: the job was deleted".to_string(),
-            "calendar" => "skipped: a calendar of the job excludes that day".to_string(),
-            "dst_gap" => {
-                "skipped: the local time did not exist (DST gap) and the job skips such slots"
-                    .to_string()
-            }
-            other => format!("skipped ({other})"),
-        },
-        "RunDispatched" => format!("attempt {attempt} dispatched to pool {detail}"),
-        "RunStarted" => format!("attempt {attempt} started on worker {detail}"),
-        "RunSucceeded" => format!("attempt {attempt} succeeded (exit {detail})"),
-        "RunFailed" => format!("attempt {attempt} failed: {detail}"),
-        "RunTimedOut" => format!("attempt {attempt} timed out (reported by {detail})"),
-        "RunLost" => format!("attempt {attempt} lost with its worker"),
-        "RunCancelled" => format!("cancelled (attempt {attempt})"),
-        "RetryScheduled" => {
-            let due = detail.parse::<Timestamp>().ok();
-            let at = entry["at"]
-                .as_str()
-                .and_then(|t| t.parse::<Timestamp>().ok());
-            match (due, at) {
-                (Some(due), Some(at)) => {
-                    let wait = (due - at).to_std().unwrap_or_default();
-                    format!(
-                        "retry: attempt {attempt} due in {:.1} s",
-                        wait.as_secs_f64()
-                    )
-                }
-                _ => format!("retry: attempt {attempt} due at {detail}"),
-            }
-        }
-        "RunAbandoned" => format!("abandoned after {attempt} attempts (retry policy exhausted)"),
-        other => other.to_string(),
-    };
-    match entry["effect"].as_str() {
-        Some("applied") | None => words,
-        Some(effect) => format!("{words} [no effect: {effect}]"),
-    }
 }
 
 fn text(value: &Value) -> String {

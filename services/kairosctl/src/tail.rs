@@ -90,6 +90,7 @@ fn render(stream: Stream, payload: Option<&[u8]>) -> Value {
     };
     let decoded = match stream {
         Stream::Runs => codec::decode_run_event(payload).map(|e| {
+            let facts = e.kind.facts();
             json!({
                 "type": e.kind.name(),
                 "job_id": e.job_id,
@@ -98,7 +99,8 @@ fn render(stream: Stream, payload: Option<&[u8]>) -> Value {
                 "at": e.at,
                 "attempt": e.kind.attempt(),
                 "shard": e.shard.map(|s| s.index),
-                "detail": e.kind.detail(),
+                "detail": facts.summary(),
+                "facts": facts,
             })
         }),
         Stream::Alerts => codec::decode_alert(payload).map(|a| {

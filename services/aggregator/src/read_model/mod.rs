@@ -12,6 +12,7 @@
 
 pub(crate) mod unfinished;
 
+use kairos_core::history::{self, EventFacts};
 use kairos_core::job::JobSpec;
 use kairos_core::run::RunState;
 use kairos_core::Timestamp;
@@ -54,7 +55,8 @@ pub(crate) fn job_changes_key(job: &str) -> String {
     format!("{LOCAL_PREFIX}jobchanges/{job}")
 }
 
-/// One ledger event of a run, and what it did to the run.
+/// One ledger event of a run, and what it did to the run, as stored; served as
+/// [`kairos_core::history::HistoryEntry`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct HistoryEntry {
     pub event: String,
@@ -63,9 +65,27 @@ pub(crate) struct HistoryEntry {
     pub offset: i64,
     /// `applied`, or why it changed nothing (a duplicate, a stale attempt, ...).
     pub effect: String,
-    /// What the event says beyond its type: the skip reason, pool, worker, error or due time.
+    /// What the event says beyond its type.
     #[serde(default)]
-    pub detail: Option<String>,
+    pub facts: EventFacts,
+    /// The summary an earlier release stored instead of the facts; never written now.
+    #[serde(default, rename = "detail", skip_serializing)]
+    pub stored_summary: Option<String>,
+}
+
+impl HistoryEntry {
+    /// The entry as the API serves it.
+    pub(crate) fn public(self) -> history::HistoryEntry {
+        history::HistoryEntry {
+            detail: self.facts.summary().or(self.stored_summary),
+            event: self.event,
+            at: self.at,
+            attempt: self.attempt,
+            offset: self.offset,
+            effect: self.effect,
+            facts: self.facts,
+        }
+    }
 }
 
 /// A run's state and how it got there.
