@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::RunEvent;
 use kairos_core::run::{RunStatus, TriggerKind};
@@ -712,7 +713,7 @@ impl RunFilter {
         &self,
         store: &Store,
         index: RunIndex,
-    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    ) -> Result<(Vec<RunView>, Option<String>), ApiError> {
         // Positions sort by slot: start below the cursor, or just past `to`.
         let before = match (&self.cursor, self.to) {
             (Some(cursor), _) => Some(cursor.clone()),
@@ -740,7 +741,7 @@ impl RunFilter {
                     .as_ref()
                     .is_none_or(|s| s.contains(&record.state.status))
                 {
-                    runs.push(serde_json::to_value(record.state).unwrap_or_default());
+                    runs.push(RunView::from(record.state));
                 }
             }
             Ok(true)
@@ -753,13 +754,17 @@ impl RunFilter {
 async fn list_runs(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<RunsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunsPage>, ApiError> {
     let filter = RunFilter::parse(query)?;
     let (runs, next_cursor) = scanning(&state, move |state| {
         filter.page(&state.store, RunIndex::All)
     })
     .await?;
-    Ok(Json(json!({ "runs": runs, "next_cursor": next_cursor })))
+    Ok(Json(RunsPage {
+        job_id: None,
+        runs,
+        next_cursor,
+    }))
 }
 
 /// Runs of one job, newest slot first, filtered and paged.
@@ -767,7 +772,7 @@ async fn job_runs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<RunsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunsPage>, ApiError> {
     let filter = RunFilter::parse(query)?;
     let job = id.clone();
     let (runs, next_cursor, known) = scanning(&state, move |state| {
@@ -786,9 +791,11 @@ async fn job_runs(
             format!("no job {id:?} and no runs of it"),
         ));
     }
-    Ok(Json(
-        json!({ "job_id": id, "runs": runs, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(RunsPage {
+        job_id: Some(id),
+        runs,
+        next_cursor,
+    }))
 }
 
 /// A run with its history; a dispatched run that no live worker will take says why.
@@ -810,9 +817,11 @@ async fn get_run(
         )
     })?;
     let waiting = PendingRun::of(&record.state);
-    let mut body = serde_json::to_value(&record.state).map_err(anyhow::Error::from)?;
-    let history: Vec<_> = record.history.into_iter().map(|e| e.public()).collect();
-    body["history"] = serde_json::to_value(history).map_err(anyhow::Error::from)?;
+    let detail = RunDetail {
+        run: RunView::from(record.state),
+        history: record.history.into_iter().map(|e| e.public()).collect(),
+    };
+    let mut body = serde_json::to_value(detail).map_err(anyhow::Error::from)?;
     if let Some(waiting) = waiting {
         body["waiting_for_worker"] = json!(pending_json(&state, &waiting)?["unserved"]);
     }

@@ -1,10 +1,115 @@
-//! A run's history as the API serves it and `kairosctl job explain` tells it: each ledger event
-//! with what it did to the run, its facts typed from the event to the words that explain it.
+//! A run and its history as the API serves them and `kairosctl` reads them: the public JSON of a
+//! run ([`RunView`]), apart from how services store its state ([`RunState`]), and each ledger
+//! event with what it did to the run, its facts typed from the event to the words that explain it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::{SkipReason, TriggerKind};
+use crate::job::JobId;
+use crate::run::{RunId, RunState, RunStatus, ShardProgress, SkipReason, TaskOutput, TriggerKind};
 use crate::Timestamp;
+
+/// A run as the API serves it (`GET /api/v1/runs`, `/api/v1/jobs/{id}/runs`, and with its history
+/// `/api/v1/runs/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub job_id: JobId,
+    pub run_id: RunId,
+    pub scheduled_for: Timestamp,
+    pub trigger: TriggerKind,
+    /// Offset of the job definition on the jobs topic that this run was fired from.
+    pub definition_offset: Option<i64>,
+    pub status: RunStatus,
+    /// The current attempt; 0 until the first dispatch.
+    pub attempt: u32,
+    pub pool: Option<String>,
+    pub worker_id: Option<String>,
+    pub skip_reason: Option<SkipReason>,
+    pub error: Option<String>,
+    /// The rule of a worker's policy that refused the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    pub output: Option<TaskOutput>,
+    pub retry_due_at: Option<Timestamp>,
+    /// When the current attempt was dispatched.
+    #[serde(default)]
+    pub dispatched_at: Option<Timestamp>,
+    /// A sharded run's shards, once a worker has reported on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardProgress>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+impl From<RunState> for RunView {
+    fn from(state: RunState) -> Self {
+        // Every field named: a field added to the state is a decision about the API.
+        let RunState {
+            job_id,
+            run_id,
+            scheduled_for,
+            trigger,
+            definition_offset,
+            status,
+            attempt,
+            pool,
+            worker_id,
+            skip_reason,
+            error,
+            refused,
+            output,
+            retry_due_at,
+            dispatched_at,
+            shards,
+            created_at,
+            started_at,
+            finished_at,
+            updated_at,
+        } = state;
+        RunView {
+            job_id,
+            run_id,
+            scheduled_for,
+            trigger,
+            definition_offset,
+            status,
+            attempt,
+            pool,
+            worker_id,
+            skip_reason,
+            error,
+            refused,
+            output,
+            retry_due_at,
+            dispatched_at,
+            shards,
+            created_at,
+            started_at,
+            finished_at,
+            updated_at,
+        }
+    }
+}
+
+/// A run with its history (`GET /api/v1/runs/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A page of runs, newest slot first (`GET /api/v1/runs`, `/api/v1/jobs/{id}/runs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunsPage {
+    /// The job, for a job's runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub runs: Vec<RunView>,
+    /// Where the next page starts, when there may be one.
+    pub next_cursor: Option<String>,
+}
 
 /// What a ledger event says beyond its type and attempt. Each event sets the facts it has: a
 /// scheduled run its trigger, a skip its reason, a dispatch its pool, a start or timeout its

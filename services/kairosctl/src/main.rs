@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
-use kairos_core::history::HistoryEntry;
+use kairos_core::history::{RunDetail, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
@@ -652,13 +652,10 @@ async fn run_cancel(
         bail!("{run_id:?} is not a run id (a UUID)");
     };
     // The request is keyed by job, so it lands in the partition of the job's runs.
-    let run = api_get(api, &format!("/api/v1/runs/{id}")).await?;
-    let job_id = kairos_core::JobId::parse(run["job_id"].as_str().unwrap_or_default())?;
-    if let Some(status) = run["status"]
-        .as_str()
-        .filter(|s| ["succeeded", "skipped", "cancelled", "abandoned"].contains(s))
-    {
-        bail!("run {id} is already over ({status})");
+    let RunDetail { run, .. } = api_get_as(api, &format!("/api/v1/runs/{id}")).await?;
+    let job_id = run.job_id;
+    if run.status.is_final() {
+        bail!("run {id} is already over ({})", run.status.as_str());
     }
     let request = kairos_core::CancelRequest {
         job_id: job_id.clone(),
@@ -678,21 +675,19 @@ async fn run_cancel(
 }
 
 async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result<()> {
-    let runs = api_get(api, &format!("/api/v1/jobs/{id}/runs?limit={limit}")).await?;
+    let page: RunsPage = api_get_as(api, &format!("/api/v1/jobs/{id}/runs?limit={limit}")).await?;
     let mut explained = vec![];
-    for run in runs["runs"].as_array().cloned().unwrap_or_default() {
-        let run_id = text(&run["run_id"]);
-        let detail = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
-        let history: Vec<HistoryEntry> = serde_json::from_value(detail["history"].clone())
-            .with_context(|| format!("the API's history of run {run_id}"))?;
-        let story: Vec<Value> = history
+    for run in page.runs {
+        let detail: RunDetail = api_get_as(api, &format!("/api/v1/runs/{}", run.run_id)).await?;
+        let story: Vec<Value> = detail
+            .history
             .iter()
             .map(|entry| json!({"at": entry.at, "what": entry.explain()}))
             .collect();
         explained.push(json!({
-            "run_id": run_id,
-            "scheduled_for": run["scheduled_for"],
-            "status": run["status"],
+            "run_id": run.run_id,
+            "scheduled_for": run.scheduled_for,
+            "status": run.status,
             "story": story,
         }));
     }
@@ -1045,6 +1040,13 @@ fn default_author() -> String {
         .unwrap_or_else(|| "unknown".into());
     let host = kairos_runtime::host_name().unwrap_or_else(|| "localhost".into());
     format!("cli:{user}@{host}")
+}
+
+/// A GET of the API, read into the API's own type for the answer.
+async fn api_get_as<T: serde::de::DeserializeOwned>(api: &Api, path: &str) -> anyhow::Result<T> {
+    let body = api_get(api, path).await?;
+    serde_json::from_value(body)
+        .with_context(|| format!("{path}: not the answer this kairosctl knows"))
 }
 
 async fn api_get(api: &Api, path: &str) -> anyhow::Result<Value> {
