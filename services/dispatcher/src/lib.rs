@@ -34,7 +34,7 @@ use kairos_runtime::kafka::{
 };
 use kairos_runtime::ledger::{Ledger, DISPATCHED_AT_HEADER};
 use kairos_runtime::record_loop::{
-    Decoded, Folded, InputKind, Live, Reading, Record, StatefulService,
+    self, Decoded, Folded, InputKind, Live, Reading, Record, StatefulService,
 };
 use kairos_runtime::workers::{Heartbeats, Liveness};
 use kairos_runtime::{Batch, KafkaArgs, Store, Topics};
@@ -273,12 +273,6 @@ impl StatefulService for Dispatcher {
     }
 
     async fn woken(&mut self) -> anyhow::Result<Wake> {
-        let wake = self.timers.next().map_or(Duration::from_secs(1), |due| {
-            (due - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .min(Duration::from_secs(1))
-        });
         tokio::select! {
             biased;
             Some(sent) = self.sends.join_next() => {
@@ -286,7 +280,7 @@ impl StatefulService for Dispatcher {
                 Ok(Wake::Sent)
             }
             _ = self.check_workers.tick() => Ok(Wake::CheckWorkers),
-            _ = tokio::time::sleep(wake) => Ok(Wake::TimersDue),
+            _ = record_loop::sleep_until(self.timers.next()) => Ok(Wake::TimersDue),
         }
     }
 

@@ -249,6 +249,19 @@ pub trait StatefulService: Send {
     }
 }
 
+/// Sleeps until `due` (a service's next timer), or a second when there is none: at most a
+/// second, so that a timer set or moved meanwhile, or a jump of the clock, is seen within one.
+pub async fn sleep_until(due: Option<kairos_core::Timestamp>) {
+    const AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
+    let wait = due.map_or(AT_MOST, |due| {
+        (due - crate::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(AT_MOST)
+    });
+    tokio::time::sleep(wait).await;
+}
+
 /// What the loop reads and where it reports.
 pub struct LoopParts<'a> {
     pub name: &'static str,

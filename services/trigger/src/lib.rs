@@ -27,7 +27,7 @@ use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::kafka::{check_co_partitioning, ReliableProducer, ServiceKind};
 use kairos_runtime::ledger::Ledger;
-use kairos_runtime::record_loop::{Decoded, Folded, Live, Record, StatefulService};
+use kairos_runtime::record_loop::{self, Decoded, Folded, Live, Record, StatefulService};
 use kairos_runtime::{record_time, ServiceArgs, ServiceParts, ServiceSpec, StoreArgs};
 use kairos_runtime::{Batch, KafkaArgs, Store, Topics};
 use rdkafka::message::Message;
@@ -226,13 +226,7 @@ impl StatefulService for Trigger {
     }
 
     async fn woken(&mut self) -> anyhow::Result<()> {
-        let wake = self.index.next_due().map_or(Duration::from_secs(1), |due| {
-            (due - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .min(Duration::from_secs(1))
-        });
-        tokio::time::sleep(wake).await;
+        record_loop::sleep_until(self.index.next_due()).await;
         Ok(())
     }
 
