@@ -6,11 +6,10 @@
 
 mod access;
 mod alerts;
-mod api;
 mod audit;
+mod http;
 mod metrics_names;
 mod read_model;
-mod status_page;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -169,8 +168,8 @@ pub async fn run(
     if signing_key.is_none() {
         tracing::warn!("No --signing-key: job definitions written through the API are unsigned, and workers that require signatures will not run them.");
     }
-    let writer = api::Writer::new(config.service.kafka.clone(), signing_key);
-    let router = api::router(api::ApiState {
+    let writer = http::Writer::new(config.service.kafka.clone(), signing_key);
+    let router = http::api::router(http::ApiState {
         store: store.clone(),
         health: parts.health.clone(),
         workers: workers.clone(),

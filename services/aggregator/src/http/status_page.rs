@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::Html;
 use kairos_core::run::{RunState, RunStatus};
 
-use crate::api::{scanning, ApiError, ApiState};
+use super::{scanning, ApiError, ApiState};
 use crate::read_model::{self as model, JobRecord, RunIndex};
 
 /// Jobs listed on the page; the rest are counted.
