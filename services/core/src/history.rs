@@ -3,6 +3,7 @@
 //! event with what it did to the run, its facts typed from the event to the words that explain it.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::job::JobId;
 use crate::run::{RunId, RunState, RunStatus, ShardProgress, SkipReason, TaskOutput, TriggerKind};
@@ -10,10 +11,13 @@ use crate::Timestamp;
 
 /// A run as the API serves it (`GET /api/v1/runs`, `/api/v1/jobs/{id}/runs`, and with its history
 /// `/api/v1/runs/{id}`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunView {
+    #[schema(value_type = String)]
     pub job_id: JobId,
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
+    #[schema(value_type = String, format = DateTime)]
     pub scheduled_for: Timestamp,
     pub trigger: TriggerKind,
     /// Offset of the job definition on the jobs topic that this run was fired from.
@@ -29,16 +33,24 @@ pub struct RunView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     pub output: Option<TaskOutput>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub retry_due_at: Option<Timestamp>,
     /// When the current attempt was dispatched.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub dispatched_at: Option<Timestamp>,
-    /// A sharded run's shards, once a worker has reported on one.
+    /// A sharded run's shards, once a worker has reported on one: `total`, `succeeded` (shard
+    /// indexes) and `running` (`[[index, worker], ...]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub shards: Option<ShardProgress>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
 
@@ -93,7 +105,7 @@ impl From<RunState> for RunView {
 }
 
 /// A run with its history (`GET /api/v1/runs/{id}`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
@@ -101,7 +113,7 @@ pub struct RunDetail {
 }
 
 /// A page of runs, newest slot first (`GET /api/v1/runs`, `/api/v1/jobs/{id}/runs`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunsPage {
     /// The job, for a job's runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,7 +126,7 @@ pub struct RunsPage {
 /// What a ledger event says beyond its type and attempt. Each event sets the facts it has: a
 /// scheduled run its trigger, a skip its reason, a dispatch its pool, a start or timeout its
 /// worker, a success its exit code, a failure its error, a retry when it is due.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventFacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerKind>,
@@ -130,6 +142,7 @@ pub struct EventFacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub due_at: Option<Timestamp>,
 }
 
@@ -155,10 +168,11 @@ impl EventFacts {
 
 /// One ledger event of a run, and what it did to the run: an entry of `GET /api/v1/runs/{id}`'s
 /// `history`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntry {
     /// The event's type, e.g. `RunDispatched`.
     pub event: String,
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     pub attempt: Option<u32>,
     /// The event's offset on the ledger.

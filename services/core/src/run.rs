@@ -52,7 +52,7 @@ impl fmt::Display for RunId {
 }
 
 /// Why a run exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
     /// A slot of the job's schedule.
@@ -74,7 +74,7 @@ impl TriggerKind {
 }
 
 /// Why a run was not executed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// The slot was missed (nobody owned the job when it was due) and a later slot superseded it.
@@ -112,7 +112,7 @@ impl SkipReason {
 }
 
 /// What an execution produced, capped by the worker, and when it began.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskOutput {
     /// Process exit code (shell) or response status (http).
     pub exit_code: Option<i32>,
@@ -121,6 +121,7 @@ pub struct TaskOutput {
     /// When the worker began the execution, by its clock. A task that finishes before the
     /// worker's `--report-start-after` reports no `RunStarted`: its outcome records the start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
 }
 
@@ -287,7 +288,7 @@ impl RunEventKind {
 }
 
 /// Where a run is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Scheduled,

@@ -22,6 +22,7 @@ use kairos_runtime::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::doc::{ErrorBody, JobAuditSchema, JobFile, Unchanged, Written};
 use super::{authorize, healthz, openapi, scanning, ApiError, ApiQuery, ApiState, Signing};
 use crate::access::{Caller, Role};
 use crate::audit::JobAudit;
@@ -86,6 +87,7 @@ pub(crate) fn router(state: ApiState) -> Router {
 
 // Jobs: reads.
 
+#[utoipa::path(get, path = "/api/v1/jobs", summary = "Every job with its last run and statistics", responses((status = 200, description = "`jobs`: each job as `GET /api/v1/jobs/{id}` gives it, without its changes", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let jobs: Vec<_> = scanning(&state, |state| {
         model::jobs(&state.store)?
@@ -97,6 +99,7 @@ async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "jobs": jobs })))
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", summary = "One job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The job: id, definition, definition_offset, updated_at, author (who wrote the current definition: `api:<token name>` or `cli:<user>@<host>`), changes (its latest changes: change, offset, at, author), last_run, stats, schedule_description (the schedules in words, with their cron dialect and zone) and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn get_job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -152,6 +155,7 @@ struct CountQuery {
     count: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/next-fire-times", summary = "The job's next fire times", params(("id" = String, Path, description = "Job id"), ("count" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1-100 (default 5)")), responses((status = 200, description = "job_id, paused, schedule_description and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn next_fire_times(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -174,6 +178,7 @@ async fn next_fire_times(
 
 /// What the fire audit has checked of the job and what it found: slots with no decision on the
 /// ledger within the grace period, and runs whose next step was overdue.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/audit", summary = "What the fire audit found for the job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The audit of the job", body = JobAuditSchema), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn job_audit(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -237,19 +242,19 @@ async fn write_job(
     if let Some(topic) = &written.created_pool_topic {
         tracing::info!(job_id = %job.id, topic, "Created the task topic of a new pool.");
     }
-    Ok((
-        status,
-        Json(json!({
-            "job_id": job.id.as_str(),
-            "partition": written.delivered.partition,
-            "offset": written.delivered.offset,
-            "created_pool_topic": written.created_pool_topic,
-        })),
-    )
-        .into_response())
+    let written = Written {
+        job_id: job.id.to_string(),
+        run_id: None,
+        scheduled_for: None,
+        partition: written.delivered.partition,
+        offset: written.delivered.offset,
+        created_pool_topic: written.created_pool_topic,
+    };
+    Ok((status, Json(written)).into_response())
 }
 
 /// Creates a job; refused if the job exists (use `PUT` to replace one).
+#[utoipa::path(post, path = "/api/v1/jobs", summary = "Create a job (409 if it exists)", request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn create_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -271,6 +276,7 @@ async fn create_job(
 }
 
 /// Creates or replaces a job.
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", summary = "Create or replace a job", params(("id" = String, Path, description = "Job id")), request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn put_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -287,6 +293,7 @@ async fn put_job(
     write_job(&state, &caller, &job, Signing::Anew, StatusCode::ACCEPTED).await
 }
 
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", summary = "Delete a job (a tombstone on the jobs topic)", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn delete_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -296,11 +303,15 @@ async fn delete_job(
     let id = JobId::parse(&job.spec.id)
         .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
     let delivered = state.writer.delete_job(&id, &caller).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"job_id": id.as_str(), "partition": delivered.partition, "offset": delivered.offset})),
-    )
-        .into_response())
+    let written = Written {
+        job_id: id.to_string(),
+        run_id: None,
+        scheduled_for: None,
+        partition: delivered.partition,
+        offset: delivered.offset,
+        created_pool_topic: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(written)).into_response())
 }
 
 /// The job's current definition, as the read model has it, with the offset it came from.
@@ -321,12 +332,18 @@ async fn set_paused(
 ) -> Result<Response, ApiError> {
     let (mut job, _) = current_definition(state, id)?;
     if job.paused == paused {
-        return Ok(Json(json!({"job_id": id, "paused": paused, "changed": false})).into_response());
+        let unchanged = Unchanged {
+            job_id: id.to_string(),
+            paused,
+            changed: false,
+        };
+        return Ok(Json(unchanged).into_response());
     }
     job.paused = paused;
     write_job(state, caller, &job, Signing::Keep, StatusCode::ACCEPTED).await
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", summary = "Pause a job: no slot fires until it is resumed", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = 200, description = "Already paused: nothing written", body = Unchanged), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn pause_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -335,6 +352,7 @@ async fn pause_job(
     set_paused(&state, &caller, &id, true).await
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", summary = "Resume a job under its misfire policy", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = 200, description = "Not paused: nothing written", body = Unchanged), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn resume_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -344,6 +362,7 @@ async fn resume_job(
 }
 
 /// Runs the job now, as well as on schedule; its overlap policy applies.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/trigger", summary = "Run the job now, as well as on schedule", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn trigger_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -352,28 +371,38 @@ async fn trigger_job(
     let (job, offset) = current_definition(&state, &id)?;
     let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
     let delivered = state.writer.schedule_run(&event, &caller).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "job_id": id,
-            "run_id": event.run_id,
-            "scheduled_for": event.scheduled_for,
-            "partition": delivered.partition,
-            "offset": delivered.offset,
-        })),
-    )
-        .into_response())
+    let written = Written {
+        job_id: id,
+        run_id: Some(event.run_id),
+        scheduled_for: Some(event.scheduled_for),
+        partition: delivered.partition,
+        offset: delivered.offset,
+        created_pool_topic: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(written)).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Runs.
 
-#[derive(Deserialize)]
+/// A runs query as given: each parameter is checked by [`RunFilter::parse`], which answers a bad
+/// one with its own coded error.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RunsQuery {
+    /// Comma-separated run statuses: scheduled, skipped, dispatched, started, succeeded, failed,
+    /// timed_out, cancelled, lost, retry_scheduled, abandoned
     status: Option<String>,
+    /// Earliest slot (RFC 3339), inclusive
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
+    /// Latest slot (RFC 3339), inclusive
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
+    /// Runs per page, 1-1000 (default 50)
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// next_cursor of the previous page
     cursor: Option<String>,
 }
 
@@ -494,6 +523,7 @@ impl RunFilter {
 }
 
 /// Runs of every job, newest slot first, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/runs", summary = "Runs of every job, newest slot first", params(RunsQuery), responses((status = 200, description = "A page of runs", body = RunsPage), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn list_runs(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<RunsQuery>,
@@ -511,6 +541,7 @@ async fn list_runs(
 }
 
 /// Runs of one job, newest slot first, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", summary = "Runs of one job, newest slot first", params(("id" = String, Path, description = "Job id"), RunsQuery), responses((status = 200, description = "A page of the job's runs", body = RunsPage), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn job_runs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -542,6 +573,7 @@ async fn job_runs(
 }
 
 /// A run with its history; a dispatched run that no live worker will take says why.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", summary = "One run with its full event history", params(("run_id" = String, Path, description = "Run id (UUID)")), responses((status = 200, description = "The run, its history, and for a dispatched run no live worker will take, `waiting_for_worker`", body = RunDetail), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn get_run(
     State(state): State<ApiState>,
     Path(run_id): Path<String>,
@@ -573,6 +605,7 @@ async fn get_run(
 
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
 /// serves its pool.
+#[utoipa::path(get, path = "/api/v1/runs/pending", summary = "Dispatched runs no worker has started yet", responses((status = 200, description = "`pending`: each run, oldest first, and whether a live worker serves its pool", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn pending_runs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let runs: Vec<_> = scanning(&state, |state| {
         let mut waiting = unfinished::pending(&state.store)?;
@@ -602,12 +635,14 @@ fn pending_json(state: &ApiState, run: &PendingRun) -> Result<Value, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Workers and alerts.
 
+#[utoipa::path(get, path = "/api/v1/workers", summary = "The worker registry", responses((status = 200, description = "`workers`: each worker's latest heartbeat and liveness", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn list_workers(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "workers": state.workers.view(chrono::Utc::now()) }))
 }
 
 /// The latest alerts this aggregator raised since it started, newest first (the alerts topic
 /// has all of them).
+#[utoipa::path(get, path = "/api/v1/alerts", summary = "Recent alerts", responses((status = 200, description = "`alerts`: the latest alerts, newest first", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn list_alerts(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "alerts": state.alerts.recent() }))
 }

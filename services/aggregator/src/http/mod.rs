@@ -8,6 +8,7 @@
 //! one whose role covers it (see [`crate::access`]); every write carries its caller as author.
 
 pub(crate) mod api;
+mod doc;
 mod status_page;
 
 use std::sync::Arc;
@@ -29,8 +30,6 @@ use serde_json::{json, Value};
 use crate::access::{Access, Caller, Denied, Role};
 use crate::alerts::Alerts;
 use crate::workers::Workers;
-
-const OPENAPI: &str = include_str!("openapi.json");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -187,7 +186,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
+            Json(doc::ErrorBody {
+                error: doc::ErrorDetail {
+                    code: self.code,
+                    message: self.message,
+                },
+            }),
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -256,12 +260,15 @@ async fn authorize(
     }
 }
 
+#[utoipa::path(get, path = "/healthz", summary = "Liveness, and whether the aggregator has caught up", security(()), responses((status = 200, description = "`status` and `caught_up`", body = Object)))]
 async fn healthz(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({"status": "ok", "caught_up": state.health.caught_up()}))
 }
 
+#[utoipa::path(get, path = "/api/v1/openapi.json", summary = "This document", security(()), responses((status = 200, description = "The OpenAPI document", body = Object)))]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    let document: &str = &doc::DOCUMENT;
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
 /// Runs a read that scans the store on the blocking pool: a scan of thousands of keys would hold

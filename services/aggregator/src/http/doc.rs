@@ -1,0 +1,197 @@
+//! The OpenAPI document, generated from the handlers' annotations and the types they answer with
+//! (utoipa). Two schemas are written by hand in `hand_schemas.json`: the job definition, whose
+//! durations, schedules and task types are strings and tagged objects with a grammar serde does
+//! not describe, and the fire audit's view of a job.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use kairos_core::history::{EventFacts, HistoryEntry, RunDetail, RunView, RunsPage};
+use kairos_core::run::{RunId, RunStatus, SkipReason, TaskOutput, TriggerKind};
+use kairos_core::Timestamp;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+const HAND_SCHEMAS: &str = include_str!("hand_schemas.json");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Kairos aggregator API",
+        version = "1",
+        description = "Read models of the Kairos run ledger, and job writes (which go to the jobs topic). Errors are {\"error\": {\"code\", \"message\"}}. With tokens configured (--api-token, --api-tokens), every endpoint but /healthz and this document needs `Authorization: Bearer <token>` whose role covers it: `read` for reads, `operate` to pause, resume and trigger, `admin` to define and delete jobs; a missing or unknown token is 401, a role that does not cover the endpoint 403. Each write carries its caller (`api:<token name>`) as its author."
+    ),
+    paths(
+        super::healthz,
+        super::openapi,
+        super::api::list_jobs,
+        super::api::create_job,
+        super::api::get_job,
+        super::api::put_job,
+        super::api::delete_job,
+        super::api::pause_job,
+        super::api::resume_job,
+        super::api::trigger_job,
+        super::api::job_runs,
+        super::api::next_fire_times,
+        super::api::job_audit,
+        super::api::list_runs,
+        super::api::pending_runs,
+        super::api::get_run,
+        super::api::list_workers,
+        super::api::list_alerts,
+    ),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        Written,
+        Unchanged,
+        JobFile,
+        JobAuditSchema,
+        RunsPage,
+        RunDetail,
+        RunView,
+        HistoryEntry,
+        EventFacts,
+        TaskOutput,
+        RunStatus,
+        TriggerKind,
+        SkipReason,
+    )),
+    modifiers(&Bearer),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+/// The document, built once.
+pub(crate) static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+});
+
+/// The bearer token scheme every endpoint but `/healthz` and the document asks for.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every error the API answers: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// What went wrong, for a program: e.g. `job_not_found`.
+    #[schema(example = "job_not_found")]
+    pub code: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// What a write put on Kafka: the record's partition and offset.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Written {
+    pub job_id: String,
+    /// The run a trigger asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub run_id: Option<RunId>,
+    /// The slot of the run a trigger asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub scheduled_for: Option<Timestamp>,
+    pub partition: i32,
+    pub offset: i64,
+    /// The task topic created for a pool no job had used before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_pool_topic: Option<String>,
+}
+
+/// A pause or resume that found the job already so: nothing was written.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Unchanged {
+    pub job_id: String,
+    pub paused: bool,
+    pub changed: bool,
+}
+
+/// One of the schemas of `hand_schemas.json`.
+fn hand_schema(name: &str) -> RefOr<Schema> {
+    let schemas: serde_json::Value =
+        serde_json::from_str(HAND_SCHEMAS).expect("hand_schemas.json is JSON");
+    serde_json::from_value(schemas[name].clone())
+        .unwrap_or_else(|e| panic!("hand_schemas.json: {name} is not a schema: {e}"))
+}
+
+/// A job definition, as in a job file (the request body of job writes).
+pub(crate) struct JobFile;
+
+impl PartialSchema for JobFile {
+    fn schema() -> RefOr<Schema> {
+        hand_schema("JobDefinition")
+    }
+}
+
+impl ToSchema for JobFile {
+    fn name() -> Cow<'static, str> {
+        "JobDefinition".into()
+    }
+}
+
+/// `GET /api/v1/jobs/{id}/audit`.
+pub(crate) struct JobAuditSchema;
+
+impl PartialSchema for JobAuditSchema {
+    fn schema() -> RefOr<Schema> {
+        hand_schema("JobAudit")
+    }
+}
+
+impl ToSchema for JobAuditSchema {
+    fn name() -> Cow<'static, str> {
+        "JobAudit".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route_and_its_hand_written_schemas() {
+        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        assert_eq!(doc["paths"].as_object().unwrap().len(), 15);
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "JobDefinition",
+            "JobAudit",
+            "RunView",
+            "RunsPage",
+            "ErrorBody",
+        ] {
+            assert!(schemas[name].is_object(), "{name} is missing");
+        }
+        // The hand-written schemas come through utoipa's model whole: no keyword is dropped.
+        let hand: serde_json::Value = serde_json::from_str(HAND_SCHEMAS).unwrap();
+        for name in ["JobDefinition", "JobAudit"] {
+            assert_eq!(schemas[name], hand[name], "{name} changed on its way");
+        }
+        // The open endpoints ask for no token.
+        assert_eq!(
+            doc["paths"]["/healthz"]["get"]["security"],
+            serde_json::json!([{}])
+        );
+    }
+}
