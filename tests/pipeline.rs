@@ -126,6 +126,22 @@ async fn a_job_applied_with_kairosctl_runs_every_slot_and_is_recorded() {
     for run in &runs {
         assert!(listed_ids.contains(&run["run_id"].as_str().unwrap()));
     }
+    // One run, as a person reads it: its fields and its history, from the API's typed answer.
+    let run_id = runs[0]["run_id"].as_str().unwrap();
+    let out = stack.kairosctl(&api, &["run", "get", run_id]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains(&format!("run_id:       {run_id}"))
+            && shown.contains("status:       succeeded")
+            && shown.contains("RunScheduled")
+            && shown.contains("RunSucceeded"),
+        "{shown}"
+    );
 
     // A bad job file is refused with the reason, and nothing reaches the jobs topic.
     let bad = dir.path().join("bad.yaml");

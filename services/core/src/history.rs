@@ -110,6 +110,10 @@ pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
     pub history: Vec<HistoryEntry>,
+    /// Why no live worker will take the dispatched run; absent when it is not waiting on one, or
+    /// a live worker serves its pool and it is queued there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_worker: Option<String>,
 }
 
 /// A page of runs, newest slot first (`GET /api/v1/runs`, `/api/v1/jobs/{id}/runs`).

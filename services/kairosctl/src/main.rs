@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
-use kairos_core::history::{RunDetail, RunsPage};
+use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
@@ -266,6 +266,14 @@ impl Out {
         }
     }
 
+    /// Prints an answer of the API as JSON, or as `text` renders it for a person.
+    fn print_as<T: serde::Serialize>(&self, value: &T, text: impl FnOnce(&T)) {
+        match self.json {
+            true => self.print(&serde_json::to_value(value).unwrap_or_default(), |_| {}),
+            false => text(value),
+        }
+    }
+
     /// Prints a list under `key` as a table, one row per item.
     fn table(
         &self,
@@ -397,41 +405,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Runs(RunsCommand::List { job, limit, status }) => {
             let filter = status.map(|s| format!("&status={s}")).unwrap_or_default();
-            let runs = api_get(
+            let page: RunsPage = api_get_as(
                 api,
                 &format!("/api/v1/jobs/{job}/runs?limit={limit}{filter}"),
             )
             .await?;
-            out.table(
-                &runs,
-                "runs",
-                &[
+            out.print_as(&page, |page| {
+                let headers = [
                     "RUN",
                     "SCHEDULED FOR",
                     "STATUS",
                     "ATTEMPT",
                     "WORKER",
                     "EXIT",
-                ],
-                |r| {
-                    vec![
-                        text(&r["run_id"]),
-                        text(&r["scheduled_for"]),
-                        text(&r["status"]),
-                        text(&r["attempt"]),
-                        text(&r["worker_id"]),
-                        text(&r["output"]["exit_code"]),
-                    ]
-                },
-            );
+                ];
+                let rows: Vec<Vec<String>> = page.runs.iter().map(run_row).collect();
+                print_table(&headers, &rows);
+            });
             Ok(())
         }
         Command::Run(RunCommand::Cancel { run_id, reason }) => {
             run_cancel(&out, kafka, author, api, &run_id, reason).await
         }
         Command::Run(RunCommand::Get { run_id }) => {
-            let run = api_get(api, &format!("/api/v1/runs/{run_id}")).await?;
-            out.print(&run, print_run);
+            let run: RunDetail = api_get_as(api, &format!("/api/v1/runs/{run_id}")).await?;
+            out.print_as(&run, print_run);
             Ok(())
         }
         Command::Schedule(ScheduleCommand::Next {
@@ -1172,34 +1170,66 @@ fn print_job(job: &Value) {
     println!("next fires:   {}", next.join(", "));
 }
 
-fn print_run(run: &Value) {
-    for field in [
-        "run_id",
-        "job_id",
-        "scheduled_for",
-        "trigger",
-        "status",
-        "attempt",
-        "worker_id",
-        "error",
-    ] {
-        println!("{:<14}{}", format!("{field}:"), text(&run[field]));
+/// A time as the API writes it (RFC 3339, UTC as `Z`).
+fn when(at: &Timestamp) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// A run as a row of `kairosctl runs list`.
+fn run_row(run: &RunView) -> Vec<String> {
+    let or_dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+    vec![
+        run.run_id.to_string(),
+        when(&run.scheduled_for),
+        run.status.as_str().to_string(),
+        run.attempt.to_string(),
+        or_dash(run.worker_id.clone()),
+        or_dash(
+            run.output
+                .as_ref()
+                .and_then(|o| o.exit_code)
+                .map(|c| c.to_string()),
+        ),
+    ]
+}
+
+fn print_run(detail: &RunDetail) {
+    let run = &detail.run;
+    let or_dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+    let fields = [
+        ("run_id", run.run_id.to_string()),
+        ("job_id", run.job_id.to_string()),
+        ("scheduled_for", when(&run.scheduled_for)),
+        ("trigger", run.trigger.as_str().to_string()),
+        ("status", run.status.as_str().to_string()),
+        ("attempt", run.attempt.to_string()),
+        ("worker_id", or_dash(run.worker_id.as_deref())),
+        ("error", or_dash(run.error.as_deref())),
+    ];
+    for (field, value) in fields {
+        println!("{:<14}{value}", format!("{field}:"));
     }
-    println!("{:<14}{}", "exit code:", text(&run["output"]["exit_code"]));
-    if let Some(stdout) = run["output"]["stdout"].as_str().filter(|s| !s.is_empty()) {
-        println!("stdout:\n{}", stdout.trim_end());
+    let output = run.output.as_ref();
+    let exit = output.and_then(|o| o.exit_code).map(|c| c.to_string());
+    println!("{:<14}{}", "exit code:", or_dash(exit.as_deref()));
+    if let Some(output) = output {
+        for (name, text) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+            if !text.is_empty() {
+                println!("{name}:\n{}", text.trim_end());
+            }
+        }
     }
-    if let Some(stderr) = run["output"]["stderr"].as_str().filter(|s| !s.is_empty()) {
-        println!("stderr:\n{}", stderr.trim_end());
+    if let Some(why) = &detail.waiting_for_worker {
+        println!("{:<14}{why}", "waiting:");
     }
     println!("history:");
-    for entry in run["history"].as_array().cloned().unwrap_or_default() {
+    for entry in &detail.history {
         println!(
             "  {}  {:<15} attempt {}  {}",
-            text(&entry["at"]),
-            text(&entry["event"]),
-            text(&entry["attempt"]),
-            text(&entry["effect"])
+            when(&entry.at),
+            entry.event,
+            entry.attempt.map_or_else(|| "-".into(), |a| a.to_string()),
+            entry.effect
         );
     }
 }

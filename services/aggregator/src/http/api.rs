@@ -573,11 +573,11 @@ async fn job_runs(
 }
 
 /// A run with its history; a dispatched run that no live worker will take says why.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}", summary = "One run with its full event history", params(("run_id" = String, Path, description = "Run id (UUID)")), responses((status = 200, description = "The run, its history, and for a dispatched run no live worker will take, `waiting_for_worker`", body = RunDetail), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", summary = "One run with its full event history", params(("run_id" = String, Path, description = "Run id (UUID)")), responses((status = 200, description = "The run and its history", body = RunDetail), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
 async fn get_run(
     State(state): State<ApiState>,
     Path(run_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     if kairos_core::RunId::parse(&run_id).is_none() {
         return Err(ApiError::bad_request(
             "invalid_run_id",
@@ -591,16 +591,18 @@ async fn get_run(
             format!("no run {run_id}"),
         )
     })?;
-    let waiting = PendingRun::of(&record.state);
-    let detail = RunDetail {
+    let waiting_for_worker = match PendingRun::of(&record.state) {
+        Some(waiting) => {
+            let registry = state.workers.registry();
+            unfinished::unserved(&state.store, &registry, &waiting, kairos_runtime::now())?
+        }
+        None => None,
+    };
+    Ok(Json(RunDetail {
         run: RunView::from(record.state),
         history: record.history.into_iter().map(|e| e.public()).collect(),
-    };
-    let mut body = serde_json::to_value(detail).map_err(anyhow::Error::from)?;
-    if let Some(waiting) = waiting {
-        body["waiting_for_worker"] = json!(pending_json(&state, &waiting)?["unserved"]);
-    }
-    Ok(Json(body))
+        waiting_for_worker,
+    }))
 }
 
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
