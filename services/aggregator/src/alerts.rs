@@ -9,9 +9,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kairos_core::views::AlertView;
 use kairos_runtime::codec::{self, Alert};
 use kairos_runtime::kafka::ReliableProducer;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Alerts {
     producer: ReliableProducer,
     topic: String,
-    recent: Arc<Mutex<VecDeque<serde_json::Value>>>,
-    webhook: Option<mpsc::Sender<serde_json::Value>>,
+    recent: Arc<Mutex<VecDeque<AlertView>>>,
+    webhook: Option<mpsc::Sender<AlertView>>,
 }
 
 impl Alerts {
@@ -73,7 +73,7 @@ impl Alerts {
             .send_with_headers(&self.topic, alert.key(), Some(&bytes), &headers)
             .await?;
         metrics::counter!(m::ALERTS, "kind" => alert.kind.as_str()).increment(1);
-        let body = alert_json(alert);
+        let body = alert_view(alert);
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             if recent.len() == RECENT {
@@ -91,31 +91,31 @@ impl Alerts {
     }
 
     /// The latest alerts raised by this instance, newest first.
-    pub(crate) fn recent(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn recent(&self) -> Vec<AlertView> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.iter().rev().cloned().collect()
     }
 }
 
 /// An alert as the API and the webhook show it.
-pub(crate) fn alert_json(alert: &Alert) -> serde_json::Value {
-    json!({
-        "alert_id": alert.alert_id,
-        "kind": alert.kind.as_str(),
-        "job_id": alert.job_id.as_ref().map(|j| j.as_str()),
-        "run_id": alert.run_id,
-        "worker_id": alert.worker_id,
-        "pool": alert.pool,
-        "message": alert.message,
-        "at": alert.at,
-    })
+pub(crate) fn alert_view(alert: &Alert) -> AlertView {
+    AlertView {
+        alert_id: alert.alert_id,
+        kind: alert.kind.as_str().to_string(),
+        job_id: alert.job_id.as_ref().map(ToString::to_string),
+        run_id: alert.run_id,
+        worker_id: alert.worker_id.clone(),
+        pool: alert.pool.clone(),
+        message: alert.message.clone(),
+        at: alert.at,
+    }
 }
 
 /// Posts each queued alert to `url` in order, retrying with backoff; gives an alert up after
 /// [`ATTEMPTS`], so one bad alert cannot hold the queue for ever.
 async fn deliver(
     url: url::Url,
-    mut pending: mpsc::Receiver<serde_json::Value>,
+    mut pending: mpsc::Receiver<AlertView>,
     shutdown: CancellationToken,
 ) {
     let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
@@ -146,11 +146,11 @@ async fn deliver(
                     break;
                 }
                 Err(error) if attempt == ATTEMPTS => {
-                    tracing::error!(%error, alert_id = %body["alert_id"], attempts = ATTEMPTS, "Giving up delivering an alert to the webhook.");
+                    tracing::error!(%error, alert_id = %body.alert_id, attempts = ATTEMPTS, "Giving up delivering an alert to the webhook.");
                     metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => "failed").increment(1);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, alert_id = %body["alert_id"], attempt, "Delivering an alert to the webhook failed; retrying.");
+                    tracing::warn!(%error, alert_id = %body.alert_id, attempt, "Delivering an alert to the webhook failed; retrying.");
                     metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => "retried").increment(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -4,28 +4,14 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use kairos_core::views::WorkerView;
 use kairos_core::Timestamp;
 use kairos_runtime::codec::WorkerHeartbeat;
 use kairos_runtime::workers::Registry;
-use serde::Serialize;
 
 #[derive(Clone, Default)]
 pub(crate) struct Workers {
     registry: Arc<RwLock<Registry>>,
-}
-
-/// A worker as the API shows it.
-#[derive(Serialize)]
-pub(crate) struct WorkerView {
-    pub(crate) worker_id: String,
-    pub(crate) pool: String,
-    /// `live`, `lost` (missed three beats) or `stopped` (said goodbye).
-    pub(crate) status: &'static str,
-    pub(crate) capacity: u32,
-    task_types: Vec<String>,
-    pub(crate) in_flight: Vec<String>,
-    heartbeat_interval_ms: u128,
-    pub(crate) last_seen: Timestamp,
 }
 
 impl Workers {
@@ -49,11 +35,11 @@ impl Workers {
             .map(|(beat, liveness)| WorkerView {
                 worker_id: beat.worker_id.clone(),
                 pool: beat.pool.clone(),
-                status: liveness.as_str(),
+                status: liveness.as_str().to_string(),
                 capacity: beat.capacity,
                 task_types: beat.task_types.clone(),
                 in_flight: beat.in_flight.iter().map(ToString::to_string).collect(),
-                heartbeat_interval_ms: beat.interval.as_millis(),
+                heartbeat_interval_ms: u64::try_from(beat.interval.as_millis()).unwrap_or(u64::MAX),
                 last_seen: beat.at,
             })
             .collect()

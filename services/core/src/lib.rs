@@ -15,6 +15,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod signing;
 pub mod task;
+pub mod views;
 
 pub use job::{HandlerTask, HttpTask, JobDefinition, JobId, ShellTask, TaskSpec, ValidationError};
 pub use run::{

@@ -13,6 +13,7 @@ use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
+use kairos_core::views::{AlertsList, PendingRuns, WorkersList};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::jobs;
 use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicAdmin, TopicSet};
@@ -356,51 +357,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Workers => {
-            let workers = api_get(api, "/api/v1/workers").await?;
-            out.table(
-                &workers,
-                "workers",
-                &["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"],
-                |w| {
-                    let running = w["in_flight"].as_array().map_or(0, Vec::len);
-                    vec![
-                        text(&w["worker_id"]),
-                        text(&w["pool"]),
-                        text(&w["status"]),
-                        format!("{running}/{}", text(&w["capacity"])),
-                        text(&w["last_seen"]),
-                    ]
-                },
-            );
+            let list: WorkersList = api_get_as(api, "/api/v1/workers").await?;
+            out.print_as(&list, |list| {
+                let headers = ["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"];
+                let rows: Vec<Vec<String>> = list
+                    .workers
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.worker_id.clone(),
+                            w.pool.clone(),
+                            w.status.clone(),
+                            format!("{}/{}", w.in_flight.len(), w.capacity),
+                            when(&w.last_seen),
+                        ]
+                    })
+                    .collect();
+                print_table(&headers, &rows);
+            });
             Ok(())
         }
         Command::Alerts => {
-            let alerts = api_get(api, "/api/v1/alerts").await?;
-            out.table(&alerts, "alerts", &["AT", "KIND", "MESSAGE"], |a| {
-                vec![text(&a["at"]), text(&a["kind"]), text(&a["message"])]
+            let list: AlertsList = api_get_as(api, "/api/v1/alerts").await?;
+            out.print_as(&list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .alerts
+                    .iter()
+                    .map(|a| vec![when(&a.at), a.kind.clone(), a.message.clone()])
+                    .collect();
+                print_table(&["AT", "KIND", "MESSAGE"], &rows);
             });
             Ok(())
         }
         Command::Runs(RunsCommand::Pending) => {
-            let pending = api_get(api, "/api/v1/runs/pending").await?;
-            out.table(
-                &pending,
-                "runs",
-                &["RUN", "JOB", "POOL", "WAITING", "WHY"],
-                |r| {
-                    let waited = r["waiting_ms"].as_i64().unwrap_or(0) / 1000;
-                    vec![
-                        text(&r["run_id"]),
-                        text(&r["job_id"]),
-                        text(&r["pool"]),
-                        format!("{waited}s"),
-                        r["unserved"]
-                            .as_str()
-                            .unwrap_or("queued on a live worker")
-                            .to_string(),
-                    ]
-                },
-            );
+            let pending: PendingRuns = api_get_as(api, "/api/v1/runs/pending").await?;
+            out.print_as(&pending, |pending| {
+                let headers = ["RUN", "JOB", "POOL", "WAITING", "WHY"];
+                let rows: Vec<Vec<String>> = pending
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.run_id.to_string(),
+                            r.job_id.clone(),
+                            r.pool.clone(),
+                            format!("{}s", r.waiting_ms / 1000),
+                            r.unserved
+                                .clone()
+                                .unwrap_or_else(|| "queued on a live worker".into()),
+                        ]
+                    })
+                    .collect();
+                print_table(&headers, &rows);
+            });
             Ok(())
         }
         Command::Runs(RunsCommand::List { job, limit, status }) => {

@@ -16,6 +16,7 @@ use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunStatus, TriggerKind};
 use kairos_core::secrets::masked;
+use kairos_core::views::{AlertsList, PendingRunView, PendingRuns, WorkersList};
 use kairos_core::{JobDefinition, JobId, Timestamp};
 use kairos_runtime::jobs;
 use kairos_runtime::Store;
@@ -607,44 +608,47 @@ async fn get_run(
 
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
 /// serves its pool.
-#[utoipa::path(get, path = "/api/v1/runs/pending", summary = "Dispatched runs no worker has started yet", responses((status = 200, description = "`pending`: each run, oldest first, and whether a live worker serves its pool", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
-async fn pending_runs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let runs: Vec<_> = scanning(&state, |state| {
+#[utoipa::path(get, path = "/api/v1/runs/pending", summary = "Dispatched runs no worker has started yet", responses((status = 200, description = "Each run, oldest dispatch first, and whether a live worker serves its pool", body = PendingRuns), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+async fn pending_runs(State(state): State<ApiState>) -> Result<Json<PendingRuns>, ApiError> {
+    let runs = scanning(&state, |state| {
         let mut waiting = unfinished::pending(&state.store)?;
         waiting.sort_by_key(|p| p.dispatched_at);
         waiting
             .iter()
-            .map(|p| pending_json(state, p))
+            .map(|p| pending_view(state, p))
             .collect::<Result<_, _>>()
     })
     .await?;
-    Ok(Json(json!({ "runs": runs })))
+    Ok(Json(PendingRuns { runs }))
 }
 
-fn pending_json(state: &ApiState, run: &PendingRun) -> Result<Value, ApiError> {
+fn pending_view(state: &ApiState, run: &PendingRun) -> Result<PendingRunView, ApiError> {
     let now = kairos_runtime::now();
     let unserved = unfinished::unserved(&state.store, &state.workers.registry(), run, now)?;
-    Ok(json!({
-        "job_id": run.job_id,
-        "run_id": run.run_id,
-        "pool": run.pool,
-        "dispatched_at": run.dispatched_at,
-        "waiting_ms": (now - run.dispatched_at).num_milliseconds().max(0),
-        "unserved": unserved,
-    }))
+    Ok(PendingRunView {
+        job_id: run.job_id.clone(),
+        run_id: run.run_id,
+        pool: run.pool.clone(),
+        dispatched_at: run.dispatched_at,
+        waiting_ms: (now - run.dispatched_at).num_milliseconds().max(0),
+        unserved,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Workers and alerts.
 
-#[utoipa::path(get, path = "/api/v1/workers", summary = "The worker registry", responses((status = 200, description = "`workers`: each worker's latest heartbeat and liveness", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
-async fn list_workers(State(state): State<ApiState>) -> Json<Value> {
-    Json(json!({ "workers": state.workers.view(chrono::Utc::now()) }))
+#[utoipa::path(get, path = "/api/v1/workers", summary = "The worker registry", responses((status = 200, description = "Each worker's latest heartbeat and liveness", body = WorkersList), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+async fn list_workers(State(state): State<ApiState>) -> Json<WorkersList> {
+    let workers = state.workers.view(chrono::Utc::now());
+    Json(WorkersList { workers })
 }
 
 /// The latest alerts this aggregator raised since it started, newest first (the alerts topic
 /// has all of them).
-#[utoipa::path(get, path = "/api/v1/alerts", summary = "Recent alerts", responses((status = 200, description = "`alerts`: the latest alerts, newest first", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
-async fn list_alerts(State(state): State<ApiState>) -> Json<Value> {
-    Json(json!({ "alerts": state.alerts.recent() }))
+#[utoipa::path(get, path = "/api/v1/alerts", summary = "Recent alerts", responses((status = 200, description = "The latest alerts, newest first", body = AlertsList), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+async fn list_alerts(State(state): State<ApiState>) -> Json<AlertsList> {
+    Json(AlertsList {
+        alerts: state.alerts.recent(),
+    })
 }

@@ -8,6 +8,9 @@ use std::sync::LazyLock;
 
 use kairos_core::history::{EventFacts, HistoryEntry, RunDetail, RunView, RunsPage};
 use kairos_core::run::{RunId, RunStatus, SkipReason, TaskOutput, TriggerKind};
+use kairos_core::views::{
+    AlertView, AlertsList, PendingRunView, PendingRuns, WorkerView, WorkersList,
+};
 use kairos_core::Timestamp;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -59,6 +62,12 @@ const HAND_SCHEMAS: &str = include_str!("hand_schemas.json");
         RunStatus,
         TriggerKind,
         SkipReason,
+        PendingRuns,
+        PendingRunView,
+        WorkersList,
+        WorkerView,
+        AlertsList,
+        AlertView,
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),

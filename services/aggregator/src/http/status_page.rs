@@ -159,7 +159,7 @@ fn render(state: &ApiState) -> Result<String, ApiError> {
                 Cell::text(&worker.worker_id),
                 Cell::text(&worker.pool),
                 Cell::class(
-                    worker.status,
+                    &worker.status,
                     if worker.status == "live" { "ok" } else { "bad" },
                 ),
                 Cell::text(&format!("{}/{}", worker.in_flight.len(), worker.capacity)),
@@ -176,30 +176,23 @@ fn render(state: &ApiState) -> Result<String, ApiError> {
         &["When", "Kind", "About", "Message"],
     );
     for alert in alerts.iter().take(MAX_FAILURES) {
-        let about = ["job_id", "worker_id", "pool"]
-            .iter()
-            .find_map(|k| alert[*k].as_str())
+        let about = [&alert.job_id, &alert.worker_id, &alert.pool]
+            .into_iter()
+            .find_map(|about| about.as_deref())
             .unwrap_or("");
         row(
             &mut html,
             &[
-                Cell::text(&short_time(alert["at"].as_str().unwrap_or(""))),
-                Cell::class(alert["kind"].as_str().unwrap_or(""), "bad"),
+                Cell::text(&alert.at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                Cell::class(&alert.kind, "bad"),
                 Cell::text(about),
-                Cell::text(alert["message"].as_str().unwrap_or("")),
+                Cell::text(&alert.message),
             ],
         );
     }
     end_section(&mut html, 0, "");
     html.push_str("<footer>API: <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a></footer></body></html>\n");
     Ok(html)
-}
-
-/// An RFC 3339 time as the rest of the page shows times.
-fn short_time(rfc3339: &str) -> String {
-    chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|_| rfc3339.to_string())
 }
 
 fn is_failure(status: RunStatus) -> bool {
