@@ -23,7 +23,7 @@ use kairos_runtime::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::doc::{ErrorBody, JobAuditSchema, JobFile, Unchanged, Written};
+use super::doc::{JobAuditSchema, JobFile, Unchanged, Written};
 use super::{authorize, healthz, openapi, scanning, ApiError, ApiQuery, ApiState, Signing};
 use crate::access::{Caller, Role};
 use crate::audit::JobAudit;
@@ -88,7 +88,7 @@ pub(crate) fn router(state: ApiState) -> Router {
 
 // Jobs: reads.
 
-#[utoipa::path(get, path = "/api/v1/jobs", summary = "Every job with its last run and statistics", responses((status = 200, description = "`jobs`: each job as `GET /api/v1/jobs/{id}` gives it, without its changes", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs", summary = "Every job with its last run and statistics", responses((status = 200, description = "`jobs`: each job as `GET /api/v1/jobs/{id}` gives it, without its changes", body = Object)))]
 async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let jobs: Vec<_> = scanning(&state, |state| {
         model::jobs(&state.store)?
@@ -100,7 +100,7 @@ async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "jobs": jobs })))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", summary = "One job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The job: id, definition, definition_offset, updated_at, author (who wrote the current definition: `api:<token name>` or `cli:<user>@<host>`), changes (its latest changes: change, offset, at, author), last_run, stats, schedule_description (the schedules in words, with their cron dialect and zone) and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", summary = "One job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The job: id, definition, definition_offset, updated_at, author (who wrote the current definition: `api:<token name>` or `cli:<user>@<host>`), changes (its latest changes: change, offset, at, author), last_run, stats, schedule_description (the schedules in words, with their cron dialect and zone) and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object)))]
 async fn get_job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -156,7 +156,7 @@ struct CountQuery {
     count: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/next-fire-times", summary = "The job's next fire times", params(("id" = String, Path, description = "Job id"), ("count" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1-100 (default 5)")), responses((status = 200, description = "job_id, paused, schedule_description and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/next-fire-times", summary = "The job's next fire times", params(("id" = String, Path, description = "Job id"), ("count" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1-100 (default 5)")), responses((status = 200, description = "job_id, paused, schedule_description and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object)))]
 async fn next_fire_times(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -179,7 +179,7 @@ async fn next_fire_times(
 
 /// What the fire audit has checked of the job and what it found: slots with no decision on the
 /// ledger within the grace period, and runs whose next step was overdue.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/audit", summary = "What the fire audit found for the job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The audit of the job", body = JobAuditSchema), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/audit", summary = "What the fire audit found for the job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The audit of the job", body = JobAuditSchema)))]
 async fn job_audit(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -255,7 +255,7 @@ async fn write_job(
 }
 
 /// Creates a job; refused if the job exists (use `PUT` to replace one).
-#[utoipa::path(post, path = "/api/v1/jobs", summary = "Create a job (409 if it exists)", request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/jobs", summary = "Create a job (409 if it exists)", request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
 async fn create_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -277,7 +277,7 @@ async fn create_job(
 }
 
 /// Creates or replaces a job.
-#[utoipa::path(put, path = "/api/v1/jobs/{id}", summary = "Create or replace a job", params(("id" = String, Path, description = "Job id")), request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", summary = "Create or replace a job", params(("id" = String, Path, description = "Job id")), request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
 async fn put_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -294,7 +294,7 @@ async fn put_job(
     write_job(&state, &caller, &job, Signing::Anew, StatusCode::ACCEPTED).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/jobs/{id}", summary = "Delete a job (a tombstone on the jobs topic)", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", summary = "Delete a job (a tombstone on the jobs topic)", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
 async fn delete_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -344,7 +344,7 @@ async fn set_paused(
     write_job(state, caller, &job, Signing::Keep, StatusCode::ACCEPTED).await
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", summary = "Pause a job: no slot fires until it is resumed", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = 200, description = "Already paused: nothing written", body = Unchanged), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", summary = "Pause a job: no slot fires until it is resumed", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = 200, description = "Already paused: nothing written", body = Unchanged)))]
 async fn pause_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -353,7 +353,7 @@ async fn pause_job(
     set_paused(&state, &caller, &id, true).await
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", summary = "Resume a job under its misfire policy", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = 200, description = "Not paused: nothing written", body = Unchanged), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", summary = "Resume a job under its misfire policy", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = 200, description = "Not paused: nothing written", body = Unchanged)))]
 async fn resume_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -363,7 +363,7 @@ async fn resume_job(
 }
 
 /// Runs the job now, as well as on schedule; its overlap policy applies.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/trigger", summary = "Run the job now, as well as on schedule", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/trigger", summary = "Run the job now, as well as on schedule", params(("id" = String, Path, description = "Job id")), responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
 async fn trigger_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -524,7 +524,7 @@ impl RunFilter {
 }
 
 /// Runs of every job, newest slot first, filtered and paged.
-#[utoipa::path(get, path = "/api/v1/runs", summary = "Runs of every job, newest slot first", params(RunsQuery), responses((status = 200, description = "A page of runs", body = RunsPage), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/runs", summary = "Runs of every job, newest slot first", params(RunsQuery), responses((status = 200, description = "A page of runs", body = RunsPage)))]
 async fn list_runs(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<RunsQuery>,
@@ -542,7 +542,7 @@ async fn list_runs(
 }
 
 /// Runs of one job, newest slot first, filtered and paged.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", summary = "Runs of one job, newest slot first", params(("id" = String, Path, description = "Job id"), RunsQuery), responses((status = 200, description = "A page of the job's runs", body = RunsPage), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", summary = "Runs of one job, newest slot first", params(("id" = String, Path, description = "Job id"), RunsQuery), responses((status = 200, description = "A page of the job's runs", body = RunsPage)))]
 async fn job_runs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -574,7 +574,7 @@ async fn job_runs(
 }
 
 /// A run with its history; a dispatched run that no live worker will take says why.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}", summary = "One run with its full event history", params(("run_id" = String, Path, description = "Run id (UUID)")), responses((status = 200, description = "The run and its history", body = RunDetail), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", summary = "One run with its full event history", params(("run_id" = String, Path, description = "Run id (UUID)")), responses((status = 200, description = "The run and its history", body = RunDetail)))]
 async fn get_run(
     State(state): State<ApiState>,
     Path(run_id): Path<String>,
@@ -608,7 +608,7 @@ async fn get_run(
 
 /// Dispatched runs no worker has started yet, oldest first, each saying whether a live worker
 /// serves its pool.
-#[utoipa::path(get, path = "/api/v1/runs/pending", summary = "Dispatched runs no worker has started yet", responses((status = 200, description = "Each run, oldest dispatch first, and whether a live worker serves its pool", body = PendingRuns), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/runs/pending", summary = "Dispatched runs no worker has started yet", responses((status = 200, description = "Each run, oldest dispatch first, and whether a live worker serves its pool", body = PendingRuns)))]
 async fn pending_runs(State(state): State<ApiState>) -> Result<Json<PendingRuns>, ApiError> {
     let runs = scanning(&state, |state| {
         let mut waiting = unfinished::pending(&state.store)?;
@@ -638,7 +638,7 @@ fn pending_view(state: &ApiState, run: &PendingRun) -> Result<PendingRunView, Ap
 // ---------------------------------------------------------------------------------------------
 // Workers and alerts.
 
-#[utoipa::path(get, path = "/api/v1/workers", summary = "The worker registry", responses((status = 200, description = "Each worker's latest heartbeat and liveness", body = WorkersList), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/workers", summary = "The worker registry", responses((status = 200, description = "Each worker's latest heartbeat and liveness", body = WorkersList)))]
 async fn list_workers(State(state): State<ApiState>) -> Json<WorkersList> {
     let workers = state.workers.view(chrono::Utc::now());
     Json(WorkersList { workers })
@@ -646,7 +646,7 @@ async fn list_workers(State(state): State<ApiState>) -> Json<WorkersList> {
 
 /// The latest alerts this aggregator raised since it started, newest first (the alerts topic
 /// has all of them).
-#[utoipa::path(get, path = "/api/v1/alerts", summary = "Recent alerts", responses((status = 200, description = "The latest alerts, newest first", body = AlertsList), (status = "default", description = "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that is known, 403 with one whose role does not cover the endpoint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/alerts", summary = "Recent alerts", responses((status = 200, description = "The latest alerts, newest first", body = AlertsList)))]
 async fn list_alerts(State(state): State<ApiState>) -> Json<AlertsList> {
     Json(AlertsList {
         alerts: state.alerts.recent(),

@@ -14,7 +14,7 @@ use kairos_core::views::{
 use kairos_core::Timestamp;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{RefOr, Schema};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 const HAND_SCHEMAS: &str = include_str!("hand_schemas.json");
@@ -69,7 +69,7 @@ const HAND_SCHEMAS: &str = include_str!("hand_schemas.json");
         AlertsList,
         AlertView,
     )),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &Errors),
     security(("bearer" = [])),
 )]
 struct ApiDoc;
@@ -91,6 +91,44 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every operation may answer an error, with the one body every error has: added to each as its
+/// `default` response rather than written on each handler.
+struct Errors;
+
+impl Modify for Errors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = ResponseBuilder::new()
+            .description(
+                "An error: `{\"error\": {\"code\", \"message\"}}`; 401 without a token that \
+                 is known, 403 with one whose role does not cover the endpoint",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+                    .build(),
+            )
+            .build();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.responses.insert("Error".into(), error.into());
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .entry("default".into())
+                    .or_insert_with(|| Ref::from_response_name("Error").into());
+            }
+        }
     }
 }
 
@@ -144,35 +182,36 @@ fn hand_schema(name: &str) -> RefOr<Schema> {
         .unwrap_or_else(|e| panic!("hand_schemas.json: {name} is not a schema: {e}"))
 }
 
-/// A job definition, as in a job file (the request body of job writes).
-pub(crate) struct JobFile;
+/// A type whose schema is one of `hand_schemas.json`, under that name.
+macro_rules! hand_written_schema {
+    ($(#[$doc:meta])* $type:ident, $name:literal) => {
+        $(#[$doc])*
+        pub(crate) struct $type;
 
-impl PartialSchema for JobFile {
-    fn schema() -> RefOr<Schema> {
-        hand_schema("JobDefinition")
-    }
+        impl PartialSchema for $type {
+            fn schema() -> RefOr<Schema> {
+                hand_schema($name)
+            }
+        }
+
+        impl ToSchema for $type {
+            fn name() -> Cow<'static, str> {
+                $name.into()
+            }
+        }
+    };
 }
 
-impl ToSchema for JobFile {
-    fn name() -> Cow<'static, str> {
-        "JobDefinition".into()
-    }
-}
-
-/// `GET /api/v1/jobs/{id}/audit`.
-pub(crate) struct JobAuditSchema;
-
-impl PartialSchema for JobAuditSchema {
-    fn schema() -> RefOr<Schema> {
-        hand_schema("JobAudit")
-    }
-}
-
-impl ToSchema for JobAuditSchema {
-    fn name() -> Cow<'static, str> {
-        "JobAudit".into()
-    }
-}
+hand_written_schema!(
+    /// A job definition, as in a job file (the request body of job writes).
+    JobFile,
+    "JobDefinition"
+);
+hand_written_schema!(
+    /// `GET /api/v1/jobs/{id}/audit`.
+    JobAuditSchema,
+    "JobAudit"
+);
 
 #[cfg(test)]
 mod tests {
@@ -196,6 +235,15 @@ mod tests {
         let hand: serde_json::Value = serde_json::from_str(HAND_SCHEMAS).unwrap();
         for name in ["JobDefinition", "JobAudit"] {
             assert_eq!(schemas[name], hand[name], "{name} changed on its way");
+        }
+        // Every operation may answer the one error body.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                assert_eq!(
+                    operation["responses"]["default"]["$ref"], "#/components/responses/Error",
+                    "{method} {path}"
+                );
+            }
         }
         // The open endpoints ask for no token.
         assert_eq!(
