@@ -142,9 +142,7 @@ impl ServiceParts {
             ops,
         })
     }
-}
 
-impl ServiceParts {
     /// The run ledger, appended to as this service.
     pub fn ledger(&self) -> crate::ledger::Ledger {
         crate::ledger::Ledger::new(self.producer.clone(), &self.topics, self.name)
