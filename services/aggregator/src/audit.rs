@@ -62,21 +62,28 @@ impl JobAudit {
 }
 
 /// A due slot with no decision on the ledger by `due_by`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub(crate) struct MissedSlot {
+    #[schema(value_type = String, format = DateTime)]
     pub slot: Timestamp,
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
+    #[schema(value_type = String, format = DateTime)]
     pub due_by: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub found_at: Timestamp,
 }
 
 /// A run whose next step was due by `due_by` and was not recorded.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub(crate) struct StuckRun {
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
     pub status: String,
     pub attempt: u32,
+    #[schema(value_type = String, format = DateTime)]
     pub due_by: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub found_at: Timestamp,
 }
 

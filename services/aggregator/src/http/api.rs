@@ -23,7 +23,7 @@ use kairos_runtime::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::doc::{JobAuditSchema, JobFile, Unchanged, Written};
+use super::doc::{JobAuditView, JobFile, Unchanged, Written};
 use super::{authorize, healthz, openapi, scanning, ApiError, ApiQuery, ApiState, Signing};
 use crate::access::{Caller, Role};
 use crate::audit::JobAudit;
@@ -179,21 +179,21 @@ async fn next_fire_times(
 
 /// What the fire audit has checked of the job and what it found: slots with no decision on the
 /// ledger within the grace period, and runs whose next step was overdue.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/audit", summary = "What the fire audit found for the job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The audit of the job", body = JobAuditSchema)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/audit", summary = "What the fire audit found for the job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The audit of the job", body = JobAuditView)))]
 async fn job_audit(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobAuditView>, ApiError> {
     let job = known_job(&state.store, &id)?;
     let audit = JobAudit::of(&state.store, &id)?;
-    Ok(Json(json!({
-        "job_id": id,
-        "paused": job.spec.paused,
-        "grace_seconds": state.audit_grace.as_secs_f64(),
-        "checked_through": audit.checked_through,
-        "missed_slots": audit.missed,
-        "stuck_runs": audit.stuck,
-    })))
+    Ok(Json(JobAuditView {
+        job_id: id,
+        paused: job.spec.paused,
+        grace_seconds: state.audit_grace.as_secs_f64(),
+        checked_through: audit.checked_through,
+        missed_slots: audit.missed,
+        stuck_runs: audit.stuck,
+    }))
 }
 
 /// A number from a query parameter, `default` when absent, refused outside `1..=max`.
