@@ -296,13 +296,18 @@ pub async fn run<S: StatefulService>(
                 wake = service.woken() => Turn::Wake(wake?),
             }
         };
-        match turn {
+        // Which partitions are live changes only with the consumer's input: one look per turn.
+        let live = match turn {
             Turn::Stop => return service.stop().await,
-            Turn::Wake(wake) => service.wake(wake, &Live::of(parts.consumer)).await?,
+            Turn::Wake(wake) => {
+                let live = Live::of(parts.consumer);
+                service.wake(wake, &live).await?;
+                live
+            }
             Turn::Input(input) => handle(service, &mut parts, &kinds, input).await?,
-        }
-        service.after_turn(&Live::of(parts.consumer)).await?;
-        parts.health.set_caught_up(parts.consumer.ready());
+        };
+        service.after_turn(&live).await?;
+        parts.health.set_caught_up(live.ready);
     }
 }
 
@@ -330,7 +335,7 @@ async fn handle<S: StatefulService>(
     parts: &mut LoopParts<'_>,
     kinds: &HashMap<String, InputKind>,
     input: Input,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Live> {
     match input {
         Input::Assigned(partitions) => {
             let live = Live::of(parts.consumer);
@@ -339,8 +344,12 @@ async fn handle<S: StatefulService>(
                     service.caught_up(partition, &live).await?;
                 }
             }
+            Ok(live)
         }
-        Input::Revoked(partitions) => service.revoked(&partitions),
+        Input::Revoked(partitions) => {
+            service.revoked(&partitions);
+            Ok(Live::of(parts.consumer))
+        }
         Input::Records(messages) => {
             // One write for all the records, then each key they touched decided on once.
             let mut batch = Batch::new();
@@ -401,9 +410,9 @@ async fn handle<S: StatefulService>(
                     service.touched(partition, &key, &live).await?;
                 }
             }
+            Ok(live)
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

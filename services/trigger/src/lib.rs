@@ -202,6 +202,9 @@ impl StatefulService for Trigger {
     }
 
     async fn send_folded(&mut self) -> anyhow::Result<()> {
+        if self.forgotten.is_empty() {
+            return Ok(());
+        }
         let changelog = self.topics.trigger_state();
         let forgotten = std::mem::take(&mut self.forgotten);
         let sends = forgotten
