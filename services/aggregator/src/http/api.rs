@@ -244,12 +244,8 @@ async fn write_job(
         tracing::info!(job_id = %job.id, topic, "Created the task topic of a new pool.");
     }
     let written = Written {
-        job_id: job.id.to_string(),
-        run_id: None,
-        scheduled_for: None,
-        partition: written.delivered.partition,
-        offset: written.delivered.offset,
         created_pool_topic: written.created_pool_topic,
+        ..Written::of(job.id.to_string(), &written.delivered)
     };
     Ok((status, Json(written)).into_response())
 }
@@ -304,14 +300,7 @@ async fn delete_job(
     let id = JobId::parse(&job.spec.id)
         .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
     let delivered = state.writer.delete_job(&id, &caller).await?;
-    let written = Written {
-        job_id: id.to_string(),
-        run_id: None,
-        scheduled_for: None,
-        partition: delivered.partition,
-        offset: delivered.offset,
-        created_pool_topic: None,
-    };
+    let written = Written::of(id.to_string(), &delivered);
     Ok((StatusCode::ACCEPTED, Json(written)).into_response())
 }
 
@@ -373,12 +362,9 @@ async fn trigger_job(
     let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
     let delivered = state.writer.schedule_run(&event, &caller).await?;
     let written = Written {
-        job_id: id,
         run_id: Some(event.run_id),
         scheduled_for: Some(event.scheduled_for),
-        partition: delivered.partition,
-        offset: delivered.offset,
-        created_pool_topic: None,
+        ..Written::of(id, &delivered)
     };
     Ok((StatusCode::ACCEPTED, Json(written)).into_response())
 }
@@ -622,6 +608,8 @@ async fn pending_runs(State(state): State<ApiState>) -> Result<Json<PendingRuns>
     Ok(Json(PendingRuns { runs }))
 }
 
+/// The registry is locked for each run alone: a long list must not hold off the heartbeats the
+/// aggregator's loop records.
 fn pending_view(state: &ApiState, run: &PendingRun) -> Result<PendingRunView, ApiError> {
     let now = kairos_runtime::now();
     let unserved = unfinished::unserved(&state.store, &state.workers.registry(), run, now)?;

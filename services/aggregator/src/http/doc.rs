@@ -187,6 +187,20 @@ pub(crate) struct JobAuditView {
     pub stuck_runs: Vec<StuckRun>,
 }
 
+impl Written {
+    /// The receipt of a job's record at `delivered`.
+    pub(crate) fn of(job_id: String, delivered: &kairos_runtime::kafka::Delivered) -> Self {
+        Written {
+            job_id,
+            run_id: None,
+            scheduled_for: None,
+            partition: delivered.partition,
+            offset: delivered.offset,
+            created_pool_topic: None,
+        }
+    }
+}
+
 /// A pause or resume that found the job already so: nothing was written.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Unchanged {
