@@ -84,13 +84,6 @@ impl CalendarSpec {
             return Err(CalendarError::InvalidName(self.name.clone()));
         }
         let name = || self.name.clone();
-        let timezone =
-            parse_timezone(self.timezone.as_deref().unwrap_or("UTC")).map_err(|source| {
-                CalendarError::Zone {
-                    name: name(),
-                    source,
-                }
-            })?;
         if let Some(range) = self.ranges.iter().find(|r| r.to < r.from) {
             return Err(CalendarError::EmptyRange {
                 name: name(),
@@ -98,6 +91,31 @@ impl CalendarSpec {
                 to: range.to,
             });
         }
+        let calendar = self.read()?;
+        let count = self.dates.len() + self.ranges.len() + self.weekdays.len();
+        if count == 0 {
+            return Err(CalendarError::Empty { name: name() });
+        }
+        if count > MAX_EXCLUSIONS {
+            return Err(CalendarError::TooLarge {
+                name: name(),
+                count,
+            });
+        }
+        Ok(calendar)
+    }
+
+    /// The calendar this spec writes down, with no rule checked: its zone and weekdays read.
+    /// What [`CalendarSpec::validate`] checks besides, and what a store reads back.
+    pub(crate) fn read(&self) -> Result<Calendar, CalendarError> {
+        let name = || self.name.clone();
+        let timezone =
+            parse_timezone(self.timezone.as_deref().unwrap_or("UTC")).map_err(|source| {
+                CalendarError::Zone {
+                    name: name(),
+                    source,
+                }
+            })?;
         let weekdays = self
             .weekdays
             .iter()
@@ -110,16 +128,6 @@ impl CalendarSpec {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let count = self.dates.len() + self.ranges.len() + weekdays.len();
-        if count == 0 {
-            return Err(CalendarError::Empty { name: name() });
-        }
-        if count > MAX_EXCLUSIONS {
-            return Err(CalendarError::TooLarge {
-                name: name(),
-                count,
-            });
-        }
         Ok(Calendar {
             name: self.name.clone(),
             timezone,

@@ -2,8 +2,9 @@
 //!
 //! A job file (YAML or JSON) deserialises into [`JobSpec`]; [`JobSpec::validate`] turns it into a
 //! [`JobDefinition`] or a [`ValidationError`] that says exactly what is wrong. Nothing reaches
-//! Kafka without passing through here, and every service validates again what it consumes,
-//! because any Kafka producer can write to the jobs topic.
+//! Kafka without passing through here, and every service validates what it consumes, because any
+//! Kafka producer can write to the jobs topic. A service validates a definition once, where it
+//! enters, and keeps it validated in its store ([`stored`]): reading it back checks nothing again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -628,14 +629,43 @@ impl JobSpec {
             "shard_params",
             self.shard_params.iter().map(String::len).sum(),
         )?;
-        Ok(JobDefinition {
+        Ok(self
+            .clone()
+            .into_definition(id, schedule, more_schedules, calendars))
+    }
+
+    /// The definition this spec writes down, read back from a service's own store: see [`stored`].
+    fn read_stored(self) -> Result<JobDefinition, ValidationError> {
+        let schedule = self.schedule.read_stored()?;
+        let more_schedules = self
+            .more_schedules
+            .iter()
+            .map(ScheduleSpec::read_stored)
+            .collect::<Result<Vec<_>, _>>()?;
+        let calendars = self
+            .calendars
+            .iter()
+            .map(CalendarSpec::read)
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = JobId(self.id.clone());
+        Ok(self.into_definition(id, schedule, more_schedules, calendars))
+    }
+
+    fn into_definition(
+        self,
+        id: JobId,
+        schedule: Schedule,
+        more_schedules: Vec<Schedule>,
+        calendars: Vec<Calendar>,
+    ) -> JobDefinition {
+        JobDefinition {
             id,
-            description: self.description.clone(),
+            description: self.description,
             schedule,
             more_schedules,
             calendars,
-            task: self.task.clone(),
-            pool: self.pool.clone(),
+            task: self.task,
+            pool: self.pool,
             timeout: self.timeout,
             misfire: self.misfire,
             retry: self.retry,
@@ -646,10 +676,10 @@ impl JobSpec {
             max_runs: self.max_runs,
             jitter: self.jitter,
             priority: self.priority,
-            shards,
-            shard_params: self.shard_params.clone(),
-            signature: self.signature.clone(),
-        })
+            shards: self.shards.unwrap_or(1),
+            shard_params: self.shard_params,
+            signature: self.signature,
+        }
     }
 }
 
@@ -672,6 +702,20 @@ impl ScheduleSpec {
                 Err(ValidationError::TimezoneWithoutCron)
             }
             _ => Err(ValidationError::ScheduleKind),
+        }
+    }
+
+    /// The schedule this spec writes down, read back from a store: see [`stored`].
+    fn read_stored(&self) -> Result<Schedule, ValidationError> {
+        match (&self.cron, self.every, self.at) {
+            (Some(expr), _, _) => Ok(Schedule::cron_stored(
+                expr,
+                self.timezone.as_deref().unwrap_or("UTC"),
+                self.dst_gap,
+            )?),
+            (None, Some(interval), _) => Ok(Schedule::Every { interval }),
+            (None, None, Some(at)) => Ok(Schedule::at(at)),
+            (None, None, None) => Err(ValidationError::ScheduleKind),
         }
     }
 
@@ -925,6 +969,57 @@ impl JobDefinition {
     }
 }
 
+/// How a service keeps a validated [`JobDefinition`] in its own store, as a serde `with` module:
+/// written as the job file that validates back to it ([`JobDefinition::to_spec`]), the form
+/// earlier releases stored. Reading it back checks no rule again, so a definition accepted once
+/// stays accepted when the rules change between releases, and leaves each cron pattern to be
+/// compiled when the schedule is first evaluated. It fails only on what this release cannot
+/// represent (a time zone it does not know). Only for a service's own store: a definition from
+/// outside goes through [`JobSpec::validate`].
+pub mod stored {
+    use super::{JobDefinition, JobSpec};
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        definition: &JobDefinition,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        definition.to_spec().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<JobDefinition, D::Error> {
+        JobSpec::deserialize(deserializer)?
+            .read_stored()
+            .map_err(D::Error::custom)
+    }
+
+    /// The same for a definition that may be absent (a deleted job).
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            definition: &Option<JobDefinition>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            definition
+                .as_ref()
+                .map(JobDefinition::to_spec)
+                .serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<JobDefinition>, D::Error> {
+            Option::<JobSpec>::deserialize(deserializer)?
+                .map(JobSpec::read_stored)
+                .transpose()
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -934,6 +1029,62 @@ mod tests {
     }
 
     const SHELL: &str = r#""task": {"shell": {"command": ["echo", "hi"]}}"#;
+
+    /// A record of a service's store holding a definition.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Kept {
+        #[serde(with = "stored")]
+        definition: JobDefinition,
+    }
+
+    #[test]
+    fn a_stored_definition_reads_back_as_it_was_validated() {
+        // Given a validated definition with every kind of schedule, a calendar and shards
+        let definition = spec(&format!(
+            r#"{{"id": "billing", "schedule": {{"cron": "0 30 2 * * MON-FRI", "timezone": "America/New_York", "dst_gap": "skip"}},
+                "more_schedules": [{{"every": "90s"}}, {{"at": "2030-01-01T00:00:00.123456Z"}}],
+                "calendars": [{{"name": "holidays", "dates": ["2030-12-25"], "weekdays": ["sat"]}}],
+                "shards": 3, "max_runs": 10, {SHELL}}}"#
+        ))
+        .validate()
+        .unwrap();
+        // When a service stores it and reads it back
+        let bytes = serde_json::to_vec(&Kept {
+            definition: definition.clone(),
+        })
+        .unwrap();
+        let read: Kept = serde_json::from_slice(&bytes).unwrap();
+        // Then it is the same definition, stored as the job file earlier releases stored
+        assert_eq!(read.definition, definition);
+        let as_before = serde_json::json!({ "definition": definition.to_spec() });
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            as_before
+        );
+        let from = "2030-12-24T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            read.definition.upcoming(from, 5, 0),
+            definition.upcoming(from, 5, 0)
+        );
+    }
+
+    #[test]
+    fn a_stored_definition_is_not_checked_against_the_rules_again() {
+        // Given a store record that today's rules refuse (a pool name and max_runs no release
+        // accepts now), as a change of the rules between releases would leave behind
+        let record = format!(
+            r#"{{"definition": {{"id": "old", "schedule": {{"every": "1m"}}, "pool": "old pool!", "max_runs": 0, {SHELL}}}}}"#
+        );
+        assert!(spec(&record[15..record.len() - 1]).validate().is_err());
+        // When it is read back, then it is the definition it was accepted as
+        let read: Kept = serde_json::from_str(&record).unwrap();
+        assert_eq!(read.definition.pool, "old pool!");
+        assert_eq!(read.definition.max_runs, Some(0));
+        // And a zone this release does not know makes the record unreadable, not the job deleted
+        let unknown_zone = r#"{"definition": {"id": "x", "schedule": {"cron": "0 * * * *", "timezone": "Mars/Olympus"}, "task": {"shell": {"command": ["true"]}}}}"#;
+        let err = serde_json::from_str::<Kept>(unknown_zone).unwrap_err();
+        assert!(err.to_string().contains("Mars/Olympus"), "{err}");
+    }
 
     #[test]
     fn a_valid_job_round_trips_through_its_spec() {

@@ -10,6 +10,7 @@
 //! [`CronSchedule`]), so that it is the same whichever crate matches the fields.
 
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::{DurationRound, LocalResult, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
@@ -192,7 +193,10 @@ pub struct CronSchedule {
     dialect: Dialect,
     timezone: Tz,
     dst_gap: DstGap,
-    pattern: croner::Cron,
+    /// Compiled when first evaluated: a definition read back from a store is read far more often
+    /// for what it says than for when it fires (the dispatcher never asks). `None` only if this
+    /// release cannot compile an expression an earlier one accepted.
+    pattern: OnceLock<Option<croner::Cron>>,
     follows_elapsed_time: bool,
     /// The day-of-month field is `LW`, which croner 4 words as the last day of the month.
     last_weekday_of_month: bool,
@@ -218,7 +222,10 @@ impl CronSchedule {
     /// The expression in plain English, e.g. "At 12:00, on Monday, Tuesday, ...". Built on
     /// demand: it costs as much as parsing, and only the CLI, the API and the status page ask.
     pub fn describe(&self) -> String {
-        let description = self.pattern.describe();
+        let Some(pattern) = self.pattern() else {
+            return format!("{} (not readable by this release)", self.expr);
+        };
+        let description = pattern.describe();
         let description = description.trim_end_matches('.');
         if self.last_weekday_of_month {
             description.replace("the last day of", "the last weekday of")
@@ -227,7 +234,48 @@ impl CronSchedule {
         }
     }
 
+    /// The schedule with its pattern not compiled yet: reads the nickname, the dialect (from the
+    /// number of fields) and the fields the DST rules look at.
+    fn uncompiled(expr: String, timezone: Tz, dst_gap: DstGap) -> Result<Self, String> {
+        let expanded = expand_nickname(&expr)?;
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        let dialect = match fields.len() {
+            5 => Dialect::Crontab,
+            6 | 7 => Dialect::Quartz,
+            n => return Err(format!("it has {n} fields; give {FIELD_COUNTS}")),
+        };
+        let hour = fields[dialect.hour_field()];
+        Ok(CronSchedule {
+            follows_elapsed_time: hour.contains('*') || hour.contains('/'),
+            last_weekday_of_month: fields[dialect.day_of_month_field()].eq_ignore_ascii_case("LW"),
+            expr,
+            dialect,
+            timezone,
+            dst_gap,
+            pattern: OnceLock::new(),
+        })
+    }
+
+    /// The expression compiled as its dialect reads it.
+    fn compile(&self) -> Result<croner::Cron, String> {
+        let expanded = expand_nickname(&self.expr)?;
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        let text = match self.dialect {
+            Dialect::Crontab => as_vixie_cron_reads_it(&fields),
+            Dialect::Quartz => expanded.clone(),
+        };
+        self.dialect
+            .parser()
+            .parse(&text)
+            .map_err(|e| diagnose(self.dialect, &self.expr, &fields, &e.to_string()))
+    }
+
+    fn pattern(&self) -> Option<&croner::Cron> {
+        self.pattern.get_or_init(|| self.compile().ok()).as_ref()
+    }
+
     fn next_after(&self, after: Timestamp) -> Option<Slot> {
+        let pattern = self.pattern()?;
         let tz = self.timezone;
         let local = after.with_timezone(&tz);
         // Whole seconds: cron has no finer field, and a candidate at or before `after` is
@@ -254,7 +302,7 @@ impl CronSchedule {
             Utc.from_utc_datetime(&wall) - chrono::Duration::seconds(i64::from(widest))
         };
         loop {
-            let Ok(candidate) = self.pattern.find_next_occurrence(&cursor, false) else {
+            let Ok(candidate) = pattern.find_next_occurrence(&cursor, false) else {
                 return best;
             };
             if let Some(found) = best {
@@ -391,38 +439,29 @@ impl Schedule {
             expr: expr.clone(),
             reason,
         };
-        let expanded = expand_nickname(&expr).map_err(invalid)?;
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        let dialect = match fields.len() {
-            5 => Dialect::Crontab,
-            6 | 7 => Dialect::Quartz,
-            n => return Err(invalid(format!("it has {n} fields; give {FIELD_COUNTS}"))),
-        };
-        let text = match dialect {
-            Dialect::Crontab => as_vixie_cron_reads_it(&fields),
-            Dialect::Quartz => expanded.clone(),
-        };
-        let pattern = dialect
-            .parser()
-            .parse(&text)
-            .map_err(|e| invalid(diagnose(dialect, &expr, &fields, &e.to_string())))?;
+        let cron = CronSchedule::uncompiled(expr.clone(), timezone, dst_gap).map_err(invalid)?;
+        let pattern = cron.compile().map_err(invalid)?;
         // A pattern no date satisfies (30 February) would make every lookup search for years.
         let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH.naive_utc();
         if pattern.find_next_occurrence(&epoch, true).is_err() {
             return Err(invalid(format!(
-                "no date matches it ({dialect} syntax); check the day-of-month, month and year fields"
+                "no date matches it ({} syntax); check the day-of-month, month and year fields",
+                cron.dialect
             )));
         }
-        let hour = fields[dialect.hour_field()];
-        Ok(Schedule::Cron(Box::new(CronSchedule {
-            follows_elapsed_time: hour.contains('*') || hour.contains('/'),
-            last_weekday_of_month: fields[dialect.day_of_month_field()].eq_ignore_ascii_case("LW"),
-            expr,
-            dialect,
-            timezone,
-            dst_gap,
-            pattern,
-        })))
+        cron.pattern.get_or_init(|| Some(pattern));
+        Ok(Schedule::Cron(Box::new(cron)))
+    }
+
+    /// A cron schedule read back from a store, which holds only schedules [`Schedule::cron_with`]
+    /// accepted: no rule is checked again, and the pattern is compiled when first evaluated.
+    /// Fails only on what this release cannot represent (a time zone it does not know).
+    pub fn cron_stored(expr: &str, timezone: &str, dst_gap: DstGap) -> Result<Self, ScheduleError> {
+        let timezone = parse_timezone(timezone)?;
+        let expr = expr.trim().to_string();
+        CronSchedule::uncompiled(expr.clone(), timezone, dst_gap)
+            .map(|cron| Schedule::Cron(Box::new(cron)))
+            .map_err(|reason| ScheduleError::InvalidCron { expr, reason })
     }
 
     /// A fixed interval; sub-millisecond parts are rejected because slots are millisecond times.

@@ -25,7 +25,7 @@ use kairos_core::decide::{
     decide_step, take_step, wake_at_given, Attendance, Because, Circumstances, FollowUp, JobView,
     Step, Taken, DEFAULT_DEADLINE_MARGIN, DEFAULT_UNCLAIMED_LIMIT,
 };
-use kairos_core::job::JobSpec;
+use kairos_core::job::stored;
 use kairos_core::run::{apply, RunEvent, RunEventKind, RunId, RunState, RunStatus};
 use kairos_core::{CancelRequest, JobDefinition, TaskAssigned, Timestamp};
 use kairos_runtime::codec;
@@ -111,7 +111,9 @@ const MAX_SENDS_IN_FLIGHT: usize = 1000;
 /// What the dispatcher stores of a job: its latest definition or tombstone, and where it was read.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct StoredJob {
-    spec: Option<JobSpec>,
+    /// Absent once the job is deleted.
+    #[serde(rename = "spec", with = "stored::option")]
+    definition: Option<JobDefinition>,
     offset: i64,
 }
 
@@ -237,14 +239,17 @@ impl StatefulService for Dispatcher {
             Decoded::Definition(definition) => {
                 let job = definition.id.to_string();
                 let stored = StoredJob {
-                    spec: Some(definition.to_spec()),
+                    definition: Some(*definition),
                     offset,
                 };
                 batch.put(&job_key(partition, &job), &stored);
                 Some(job)
             }
             Decoded::JobDeleted(job) => {
-                let stored = StoredJob { spec: None, offset };
+                let stored = StoredJob {
+                    definition: None,
+                    offset,
+                };
                 batch.put(&job_key(partition, &job), &stored);
                 Some(job)
             }
@@ -513,29 +518,23 @@ impl Dispatcher {
             self.pools.track(partition, run);
             self.attempts.track(partition, run);
         }
-        let stored: Option<StoredJob> = self.store.get(&job_key(partition, job))?;
-        let definition: Option<JobDefinition> = match &stored {
+        // A definition this release cannot read back is taken as not read yet: its runs wait
+        // until the job is written again; taking it for deleted would end them.
+        let stored: Option<StoredJob> = self.store.get_readable(&job_key(partition, job))?;
+        let definition = stored.as_ref().and_then(|s| s.definition.as_ref());
+        let view = match &stored {
             Some(StoredJob {
-                spec: Some(spec), ..
-            }) => match spec.validate() {
-                Ok(definition) => Some(definition),
-                Err(error) => {
-                    // It validated when it was read: only a change of the rules between
-                    // releases gets here. Its runs wait for the job to be written again, as for
-                    // a definition not read yet; taking it for deleted would end them.
-                    tracing::error!(job_id = job, %error, "Stored definition no longer validates; its runs wait until the job is written again.");
-                    None
-                }
-            },
-            _ => None,
-        };
-        let view = match (&stored, &definition) {
-            (Some(s), Some(definition)) => JobView::Defined {
+                definition: Some(definition),
+                offset,
+            }) => JobView::Defined {
                 definition,
-                offset: s.offset,
+                offset: *offset,
             },
-            (Some(StoredJob { spec: None, offset }), None) => JobView::Deleted { offset: *offset },
-            (Some(_), None) | (None, _) => JobView::Unknown,
+            Some(StoredJob {
+                definition: None,
+                offset,
+            }) => JobView::Deleted { offset: *offset },
+            None => JobView::Unknown,
         };
         let cancels: Vec<(String, ())> =
             self.store.scan(&format!("cancel/{partition:05}/{job}/"))?;
@@ -559,7 +558,7 @@ impl Dispatcher {
                     runs_of_job: &runs,
                     cancel_requested: cancelling,
                     worker_lost,
-                    attendance: self.attendance(&runs[i], definition.as_ref(), now),
+                    attendance: self.attendance(&runs[i], definition, now),
                     now,
                     deadline_margin: self.deadline_margin,
                     unclaimed_limit: self.unclaimed_limit,
@@ -579,7 +578,7 @@ impl Dispatcher {
                     Because::CancelRequested | Because::Due => {}
                 }
                 if let Some(pool) = step.pool() {
-                    let priority = definition.as_ref().map_or(0, |d| d.priority);
+                    let priority = definition.map_or(0, |d| d.priority);
                     if !self.pools.admits(pool, priority, runs[i].scheduled_for) {
                         // The pool is saturated: the run waits, visible as scheduled.
                         self.pools.wait(pool, priority, partition, &runs[i]);
@@ -598,10 +597,10 @@ impl Dispatcher {
                 continue;
             }
             let now = kairos_runtime::now();
-            let attendance = self.attendance(&runs[i], definition.as_ref(), now);
+            let attendance = self.attendance(&runs[i], definition, now);
             let wake = wake_at_given(
                 &runs[i],
-                definition.as_ref(),
+                definition,
                 self.deadline_margin,
                 self.unclaimed_limit,
                 now,

@@ -55,6 +55,19 @@ impl Store {
         }
     }
 
+    /// [`Store::get`], where a value this release cannot read back (a job definition naming a
+    /// time zone it no longer knows) is logged and taken as absent: one record must not stop a
+    /// service. The caller treats it as a definition not read yet.
+    pub fn get_readable<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.get(key) {
+            Err(StoreError::Corrupt { key, reason }) => {
+                tracing::error!(key, reason, "Stored value cannot be read by this release; taken as absent until it is written again.");
+                Ok(None)
+            }
+            read => read,
+        }
+    }
+
     /// Whether the store holds `key`, without decoding its value.
     pub fn contains(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.db.get_pinned(key.as_bytes())?.is_some())

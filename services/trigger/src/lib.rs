@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use kairos_core::audit::slots_counted_from;
 use kairos_core::decide::{due_fires, fire_event, fire_time, next_fire_due, Fire, SlotCursor};
-use kairos_core::job::JobSpec;
+use kairos_core::job::stored;
 use kairos_core::run::{RunEvent, RunEventKind, SkipReason};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
@@ -78,7 +78,8 @@ impl Config {
 /// A job as the trigger stores it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct StoredJob {
-    spec: JobSpec,
+    #[serde(rename = "spec", with = "stored")]
+    definition: JobDefinition,
     /// Offset of the definition on the jobs topic.
     offset: i64,
     /// When the definition was written: slots at or before it are never fired for it.
@@ -167,7 +168,7 @@ impl StatefulService for Trigger {
                 let written_at = record_time(record.message).unwrap_or_else(chrono::Utc::now);
                 let job = definition.id.to_string();
                 let stored = StoredJob {
-                    spec: definition.to_spec(),
+                    definition: *definition,
                     offset: record.message.offset(),
                     written_at,
                 };
@@ -304,18 +305,14 @@ impl Trigger {
 
     /// The job's validated definition and where its slots are counted from.
     fn load(&self, partition: i32, job: &str) -> anyhow::Result<Option<Loaded>> {
-        let Some(stored) = self.store.get::<StoredJob>(&job_key(partition, job))? else {
+        let Some(stored) = self
+            .store
+            .get_readable::<StoredJob>(&job_key(partition, job))?
+        else {
             return Ok(None);
         };
         let last: Option<Cursor> = self.store.get(&cursor_key(partition, job))?;
-        let definition = match stored.spec.validate() {
-            Ok(definition) => definition,
-            Err(error) => {
-                // It passed validation when consumed; only a change of the rules can get here.
-                tracing::error!(job_id = job, %error, "Stored definition no longer validates; not firing it.");
-                return Ok(None);
-            }
-        };
+        let definition = stored.definition;
         let cursor = SlotCursor {
             last_slot: slots_counted_from(
                 last.as_ref().map(|c| (c.schedule.as_str(), c.last_slot)),

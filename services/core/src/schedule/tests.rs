@@ -529,3 +529,36 @@ proptest! {
         prop_assert_eq!(schedule.next_after(just_before.max(start)), Some(next));
     }
 }
+
+#[test]
+fn a_stored_cron_schedule_compiles_its_pattern_only_when_first_evaluated() {
+    // Given a schedule read back from a store
+    let stored = Schedule::cron_stored("30 9 * * MON-FRI", "Europe/Berlin", DstGap::Skip).unwrap();
+    let Schedule::Cron(cron) = &stored else {
+        panic!("not a cron schedule: {stored:?}");
+    };
+    assert!(cron.pattern.get().is_none(), "compiled on reading");
+    // When it is evaluated
+    let slots_of_stored = slots(&stored, "2026-03-27T00:00:00Z", 3);
+    // Then it compiles once, and fires as the schedule it was validated as
+    assert!(cron.pattern.get().is_some_and(Option::is_some));
+    let validated = given_skipping_gaps("30 9 * * MON-FRI", "Europe/Berlin");
+    assert_eq!(stored, validated);
+    assert_eq!(
+        slots_of_stored,
+        slots(&validated, "2026-03-27T00:00:00Z", 3)
+    );
+    assert_eq!(stored.describe(), validated.describe());
+}
+
+#[test]
+fn a_stored_cron_schedule_is_not_checked_against_the_rules_again() {
+    // Given an expression no date matches, which validation refuses
+    assert!(Schedule::cron("0 0 30 2 *", "UTC").is_err());
+    // When a store holds it anyway (accepted under earlier rules), then it reads back
+    let stored = Schedule::cron_stored("0 0 30 2 *", "UTC", DstGap::default()).unwrap();
+    assert_eq!(stored.key(), "cron 0 0 30 2 * UTC");
+    // An unknown zone is not a rule but something this release cannot represent
+    let err = Schedule::cron_stored("0 0 * * *", "Mars/Olympus", DstGap::default()).unwrap_err();
+    assert!(err.to_string().contains("Mars/Olympus"), "{err}");
+}
