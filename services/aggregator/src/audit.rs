@@ -23,6 +23,7 @@ use std::time::Duration;
 use kairos_core::audit::{next_step_due, slots_counted_from, slots_to_check};
 use kairos_core::decide::{fire_time, DEFAULT_DEADLINE_MARGIN};
 use kairos_core::run::{RunId, RunStatus};
+use kairos_core::views::{MissedSlot, StuckRun};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{Alert, AlertKind};
 use kairos_runtime::kafka::WatermarkReader;
@@ -59,32 +60,6 @@ impl JobAudit {
     pub(crate) fn of(store: &Store, job: &str) -> anyhow::Result<JobAudit> {
         Ok(store.get(&audit_key(job))?.unwrap_or_default())
     }
-}
-
-/// A due slot with no decision on the ledger by `due_by`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub(crate) struct MissedSlot {
-    #[schema(value_type = String, format = DateTime)]
-    pub slot: Timestamp,
-    #[schema(value_type = String, format = "uuid")]
-    pub run_id: RunId,
-    #[schema(value_type = String, format = DateTime)]
-    pub due_by: Timestamp,
-    #[schema(value_type = String, format = DateTime)]
-    pub found_at: Timestamp,
-}
-
-/// A run whose next step was due by `due_by` and was not recorded.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub(crate) struct StuckRun {
-    #[schema(value_type = String, format = "uuid")]
-    pub run_id: RunId,
-    pub status: String,
-    pub attempt: u32,
-    #[schema(value_type = String, format = DateTime)]
-    pub due_by: Timestamp,
-    #[schema(value_type = String, format = DateTime)]
-    pub found_at: Timestamp,
 }
 
 /// A job the audit checks: where its runs are, and its validated definition.
@@ -142,10 +117,10 @@ impl Audit {
         Ok(audit)
     }
 
-    /// Checks the job as now defined. A definition that no longer validates, or one stored by a
-    /// release that did not record its partition, is not checked until it is written again.
+    /// Checks the job as now defined. A definition stored by a release that did not record its
+    /// partition is not checked until it is written again.
     pub(crate) fn define(&mut self, job: &str, record: &JobRecord) {
-        let (Some(partition), Ok(definition)) = (record.partition, record.spec.validate()) else {
+        let Some(partition) = record.partition else {
             self.jobs.remove(job);
             return;
         };
@@ -154,7 +129,7 @@ impl Audit {
             job.to_string(),
             AuditedJob {
                 partition,
-                definition,
+                definition: record.definition.clone(),
                 written_at,
             },
         );

@@ -356,8 +356,8 @@ impl Aggregator {
                 let author = record_header(message, AUTHOR_HEADER);
                 let change = match &before {
                     None => "created",
-                    Some(b) if !b.spec.paused && definition.paused => "paused",
-                    Some(b) if b.spec.paused && !definition.paused => "resumed",
+                    Some(b) if !b.definition.paused && definition.paused => "paused",
+                    Some(b) if b.definition.paused && !definition.paused => "resumed",
                     Some(_) => "updated",
                 };
                 let mut changes: Vec<JobChange> = batch
@@ -374,7 +374,7 @@ impl Aggregator {
                 keep_latest(&mut changes, MAX_JOB_CHANGES);
                 batch.put(&job_changes_key(&key), &changes);
                 let record = JobRecord {
-                    spec: definition.to_spec(),
+                    definition,
                     offset: message.offset(),
                     updated_at: record_time(message),
                     partition: Some(message.partition()),

@@ -969,6 +969,23 @@ impl JobDefinition {
     }
 }
 
+/// The job file's schema in the API's document, written by hand: its durations, schedules and
+/// tagged task types are strings and objects with a grammar serde does not describe. Named
+/// `JobDefinition` there, as users know it.
+const JOB_FILE_SCHEMA: &str = include_str!("job_schema.json");
+
+impl utoipa::PartialSchema for JobSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        serde_json::from_str(JOB_FILE_SCHEMA).expect("job_schema.json is a schema")
+    }
+}
+
+impl utoipa::ToSchema for JobSpec {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "JobDefinition".into()
+    }
+}
+
 /// How a service keeps a validated [`JobDefinition`] in its own store, as a serde `with` module:
 /// written as the job file that validates back to it ([`JobDefinition::to_spec`]), the form
 /// earlier releases stored. Reading it back checks no rule again, so a definition accepted once

@@ -13,7 +13,9 @@ use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::TriggerKind;
 use kairos_core::schedule::{DstGap, Schedule, Slot};
-use kairos_core::views::{AlertsList, PendingRuns, WorkersList};
+use kairos_core::views::{
+    AlertsList, JobAuditView, JobChange, JobView, JobsList, PendingRuns, WorkersList,
+};
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::jobs;
 use kairos_runtime::kafka::{apply_topics, ServiceKind, TopicAdmin, TopicSet};
@@ -274,23 +276,6 @@ impl Out {
             false => text(value),
         }
     }
-
-    /// Prints a list under `key` as a table, one row per item.
-    fn table(
-        &self,
-        value: &Value,
-        key: &str,
-        headers: &[&str],
-        row: impl Fn(&Value) -> Vec<String>,
-    ) {
-        self.print(value, |value| {
-            let rows: Vec<Vec<String>> = value[key]
-                .as_array()
-                .map(|items| items.iter().map(&row).collect())
-                .unwrap_or_default();
-            print_table(headers, &rows);
-        });
-    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -334,26 +319,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             backfill(&out, kafka, author, api, &id, from, to).await
         }
         Command::Job(JobCommand::Get { id }) => {
-            let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
-            out.print(&job, print_job);
+            let job: JobView = api_get_as(api, &format!("/api/v1/jobs/{id}")).await?;
+            out.print_as(&job, print_job);
             Ok(())
         }
         Command::Job(JobCommand::List) => {
-            let jobs = api_get(api, "/api/v1/jobs").await?;
-            out.table(
-                &jobs,
-                "jobs",
-                &["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"],
-                |j| {
-                    vec![
-                        text(&j["id"]),
-                        schedule_text(&j["definition"]["schedule"]),
-                        text(&j["definition"]["pool"]),
-                        text(&j["last_run"]["status"]),
-                        text(&j["next_fire_times"][0]),
-                    ]
-                },
-            );
+            let list: JobsList = api_get_as(api, "/api/v1/jobs").await?;
+            out.print_as(&list, |list| {
+                let headers = ["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"];
+                let rows: Vec<Vec<String>> = list
+                    .jobs
+                    .iter()
+                    .map(|j| {
+                        vec![
+                            j.id.clone(),
+                            j.definition.schedule.to_string(),
+                            j.definition.pool.clone(),
+                            j.last_run
+                                .as_ref()
+                                .map_or("-".into(), |r| r.status.as_str().to_string()),
+                            j.next_fire_times.first().map_or("-".into(), when),
+                        ]
+                    })
+                    .collect();
+                print_table(&headers, &rows);
+            });
             Ok(())
         }
         Command::Workers => {
@@ -699,23 +689,24 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
         }));
     }
     // A deleted job has runs but no audit.
-    let audit = api_get(api, &format!("/api/v1/jobs/{id}/audit"))
+    let audit: Option<JobAuditView> = api_get_as(api, &format!("/api/v1/jobs/{id}/audit"))
         .await
-        .unwrap_or(Value::Null);
+        .ok();
     // A deleted job has runs but no definition, nor its changes.
-    let job = api_get(api, &format!("/api/v1/jobs/{id}"))
-        .await
-        .unwrap_or(Value::Null);
+    let job: Option<JobView> = api_get_as(api, &format!("/api/v1/jobs/{id}")).await.ok();
+    let (author, changes) = job.map_or((None, vec![]), |j| (j.author, j.changes));
     let body = json!({
         "job_id": id,
-        "author": job["author"],
-        "changes": job["changes"],
+        "author": author,
+        "changes": changes,
         "audit": audit,
         "runs": explained,
     });
     out.print(&body, |value| {
-        print_changes(value);
-        print_audit(&value["audit"]);
+        print_changes(author.as_deref(), &changes);
+        if let Some(audit) = &audit {
+            print_audit(audit);
+        }
         let runs = value["runs"].as_array().cloned().unwrap_or_default();
         if runs.is_empty() {
             println!("{id} has no runs yet");
@@ -736,58 +727,56 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
 }
 
 /// Who changed the job's definition, newest last.
-fn print_changes(explained: &Value) {
-    let changes = explained["changes"].as_array().cloned().unwrap_or_default();
-    if changes.is_empty() && explained["author"].is_null() {
+fn print_changes(author: Option<&str>, changes: &[JobChange]) {
+    if changes.is_empty() && author.is_none() {
         return;
     }
-    println!("definition by {}", text(&explained["author"]));
+    println!("definition by {}", author.unwrap_or("-"));
     for change in changes {
-        println!(
-            "  {}  {} by {} (offset {})",
-            text(&change["at"]),
-            text(&change["change"]),
-            text(&change["author"]),
-            text(&change["offset"])
-        );
+        println!("  {}", change_line(change));
     }
 }
 
+/// A change of a job's definition, as `job get` and `job explain` list them.
+fn change_line(change: &JobChange) -> String {
+    format!(
+        "{}  {:<8} by {} (offset {})",
+        change.at.as_ref().map_or("-".into(), when),
+        change.change,
+        change.author.as_deref().unwrap_or("-"),
+        change.offset
+    )
+}
+
 /// The fire audit's word on a job: how far it has checked, and what it found.
-fn print_audit(audit: &Value) {
-    if audit.is_null() {
-        return;
-    }
-    let missed = audit["missed_slots"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let stuck = audit["stuck_runs"].as_array().cloned().unwrap_or_default();
-    let through = match &audit["checked_through"] {
-        Value::Null => "not checked yet".to_string(),
-        at => format!("checked through {}", text(at)),
-    };
+fn print_audit(audit: &JobAuditView) {
+    let through = audit
+        .checked_through
+        .as_ref()
+        .map_or("not checked yet".to_string(), |at| {
+            format!("checked through {}", when(at))
+        });
     println!(
         "audit: {through} (grace {}s): {} missed slot(s), {} stuck run(s)",
-        audit["grace_seconds"],
-        missed.len(),
-        stuck.len()
+        audit.grace_seconds,
+        audit.missed_slots.len(),
+        audit.stuck_runs.len()
     );
-    for slot in missed {
+    for slot in &audit.missed_slots {
         println!(
             "  missed slot {}  run {}: no decision on the ledger by {}",
-            text(&slot["slot"]),
-            text(&slot["run_id"]),
-            text(&slot["due_by"])
+            when(&slot.slot),
+            slot.run_id,
+            when(&slot.due_by)
         );
     }
-    for run in stuck {
+    for run in &audit.stuck_runs {
         println!(
             "  stuck run {}: {} (attempt {}), its next step was due by {}",
-            text(&run["run_id"]),
-            text(&run["status"]),
-            run["attempt"],
-            text(&run["due_by"])
+            run.run_id,
+            run.status,
+            run.attempt,
+            when(&run.due_by)
         );
     }
 }
@@ -797,13 +786,8 @@ const MAX_BACKFILL_SLOTS: usize = 10_000;
 
 /// The job's current definition and its offset, as the aggregator has it.
 async fn current_job(api: &Api, id: &str) -> anyhow::Result<(JobDefinition, i64)> {
-    let job = api_get(api, &format!("/api/v1/jobs/{id}")).await?;
-    let spec: JobSpec = serde_json::from_value(job["definition"].clone())
-        .context("the API returned a definition this kairosctl cannot read")?;
-    let offset = job["definition_offset"]
-        .as_i64()
-        .context("the API returned no definition offset")?;
-    Ok((spec.validate()?, offset))
+    let job: JobView = api_get_as(api, &format!("/api/v1/jobs/{id}")).await?;
+    Ok((job.definition.validate()?, job.definition_offset))
 }
 
 async fn set_paused(
@@ -1113,12 +1097,6 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// A schedule from the API in a few words.
-fn schedule_text(schedule: &Value) -> String {
-    serde_json::from_value::<kairos_core::job::ScheduleSpec>(schedule.clone())
-        .map_or_else(|_| text(schedule), |s| s.to_string())
-}
-
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -1138,44 +1116,32 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     rows.iter().for_each(|r| line(r.clone()));
 }
 
-fn print_job(job: &Value) {
-    println!("job:          {}", text(&job["id"]));
-    println!(
-        "schedule:     {}",
-        schedule_text(&job["definition"]["schedule"])
-    );
-    println!("meaning:      {}", text(&job["schedule_description"]));
-    println!("pool:         {}", text(&job["definition"]["pool"]));
-    println!("definition:   offset {}", text(&job["definition_offset"]));
+fn print_job(job: &JobView) {
+    println!("job:          {}", job.id);
+    println!("schedule:     {}", job.definition.schedule);
+    println!("meaning:      {}", job.schedule_description);
+    println!("pool:         {}", job.definition.pool);
+    println!("definition:   offset {}", job.definition_offset);
     println!(
         "changed by:   {} at {}",
-        text(&job["author"]),
-        text(&job["updated_at"])
+        job.author.as_deref().unwrap_or("-"),
+        job.updated_at.as_ref().map_or("-".into(), when)
     );
-    if let Some(changes) = job["changes"].as_array().filter(|c| c.len() > 1) {
+    if job.changes.len() > 1 {
         println!("changes:");
-        for change in changes {
-            println!(
-                "  {}  {:<8} by {} (offset {})",
-                text(&change["at"]),
-                text(&change["change"]),
-                text(&change["author"]),
-                text(&change["offset"])
-            );
+        for change in &job.changes {
+            println!("  {}", change_line(change));
         }
     }
-    println!(
-        "last run:     {} {}",
-        text(&job["last_run"]["status"]),
-        text(&job["last_run"]["scheduled_for"])
-    );
-    let next: Vec<String> = job["next_fire_times"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(text)
-        .collect();
+    match &job.last_run {
+        Some(run) => println!(
+            "last run:     {} {}",
+            run.status.as_str(),
+            when(&run.scheduled_for)
+        ),
+        None => println!("last run:     - -"),
+    }
+    let next: Vec<String> = job.next_fire_times.iter().map(when).collect();
     println!("next fires:   {}", next.join(", "));
 }
 

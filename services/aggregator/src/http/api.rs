@@ -16,14 +16,16 @@ use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
 use kairos_core::run::{RunStatus, TriggerKind};
 use kairos_core::secrets::masked;
-use kairos_core::views::{AlertsList, PendingRunView, PendingRuns, WorkersList};
-use kairos_core::{JobDefinition, JobId, Timestamp};
+use kairos_core::views::{
+    AlertsList, JobAuditView, JobView, JobsList, NextFireTimes, PendingRunView, PendingRuns,
+    WorkersList,
+};
+use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::jobs;
 use kairos_runtime::Store;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::doc::{JobAuditView, JobFile, Unchanged, Written};
+use super::doc::{Unchanged, Written};
 use super::{authorize, healthz, openapi, scanning, ApiError, ApiQuery, ApiState, Signing};
 use crate::access::{Caller, Role};
 use crate::audit::JobAudit;
@@ -88,24 +90,24 @@ pub(crate) fn router(state: ApiState) -> Router {
 
 // Jobs: reads.
 
-#[utoipa::path(get, path = "/api/v1/jobs", summary = "Every job with its last run and statistics", responses((status = 200, description = "`jobs`: each job as `GET /api/v1/jobs/{id}` gives it, without its changes", body = Object)))]
-async fn list_jobs(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let jobs: Vec<_> = scanning(&state, |state| {
+#[utoipa::path(get, path = "/api/v1/jobs", summary = "Every job with its last run and statistics", responses((status = 200, description = "Every job, as `GET /api/v1/jobs/{id}` gives it", body = JobsList)))]
+async fn list_jobs(State(state): State<ApiState>) -> Result<Json<JobsList>, ApiError> {
+    let jobs = scanning(&state, |state| {
         model::jobs(&state.store)?
             .into_iter()
-            .map(|(_, job)| job_json(&state.store, job))
+            .map(|(_, job)| job_view(&state.store, job))
             .collect::<Result<_, _>>()
     })
     .await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(JobsList { jobs }))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", summary = "One job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The job: id, definition, definition_offset, updated_at, author (who wrote the current definition: `api:<token name>` or `cli:<user>@<host>`), changes (its latest changes: change, offset, at, author), last_run, stats, schedule_description (the schedules in words, with their cron dialect and zone) and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", summary = "One job", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The job with its latest changes, last run, statistics and next fire times", body = JobView)))]
 async fn get_job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(job_json(&state.store, known_job(&state.store, &id)?)?))
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(job_view(&state.store, known_job(&state.store, &id)?)?))
 }
 
 fn known_job(store: &Store, id: &str) -> Result<JobRecord, ApiError> {
@@ -113,33 +115,29 @@ fn known_job(store: &Store, id: &str) -> Result<JobRecord, ApiError> {
 }
 
 /// A job with its latest run, its outcome statistics and its next fire times.
-pub(crate) fn job_json(store: &Store, job: JobRecord) -> Result<Value, ApiError> {
-    let last_run = model::runs_of_job(store, &job.spec.id, 1)?
-        .into_iter()
-        .next();
-    let stats = model::job_stats(store, &job.spec.id)?;
-    let changes = model::job_changes(store, &job.spec.id)?;
-    let definition = job.spec.validate();
-    let next_fires = definition
-        .as_ref()
-        .map(|d| upcoming(d, 5, stats.scheduled))
-        .unwrap_or_default();
-    Ok(json!({
-        "id": job.spec.id,
-        "schedule_description": definition.as_ref().map(JobDefinition::describe_schedule).ok(),
+pub(crate) fn job_view(store: &Store, job: JobRecord) -> Result<JobView, ApiError> {
+    let id = job.definition.id.as_str();
+    let last_run = model::runs_of_job(store, id, 1)?.into_iter().next();
+    let stats = model::job_stats(store, id)?;
+    let changes = model::job_changes(store, id)?;
+    let next_fire_times = upcoming(&job.definition, 5, stats.scheduled);
+    let spec = job.definition.to_spec();
+    Ok(JobView {
+        id: spec.id.clone(),
+        schedule_description: job.definition.describe_schedule(),
         // A credential a producer wrote in clear is not served back.
-        "definition": JobSpec {
-            task: masked(&job.spec.task),
-            ..job.spec
+        definition: JobSpec {
+            task: masked(&spec.task),
+            ..spec
         },
-        "definition_offset": job.offset,
-        "updated_at": job.updated_at,
-        "author": job.author,
-        "changes": changes,
-        "last_run": last_run,
-        "stats": stats,
-        "next_fire_times": next_fires,
-    }))
+        definition_offset: job.offset,
+        updated_at: job.updated_at,
+        author: job.author,
+        changes,
+        last_run: last_run.map(RunView::from),
+        stats,
+        next_fire_times,
+    })
 }
 
 /// The next fire times of a job that has fired `fired` runs; none while it is paused, and none
@@ -156,25 +154,21 @@ struct CountQuery {
     count: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/next-fire-times", summary = "The job's next fire times", params(("id" = String, Path, description = "Job id"), ("count" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1-100 (default 5)")), responses((status = 200, description = "job_id, paused, schedule_description and next_fire_times (none while paused or once max_runs is reached; days a calendar excludes are left out).", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/next-fire-times", summary = "The job's next fire times", params(("id" = String, Path, description = "Job id"), ("count" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1-100 (default 5)")), responses((status = 200, description = "The job's next fire times", body = NextFireTimes)))]
 async fn next_fire_times(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<CountQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NextFireTimes>, ApiError> {
     let count = bounded("count", query.count.as_deref(), 5, MAX_FIRE_TIMES)?;
-    let job = known_job(&state.store, &id)?;
-    let definition = job
-        .spec
-        .validate()
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
+    let definition = known_job(&state.store, &id)?.definition;
     let stats = model::job_stats(&state.store, &id)?;
-    Ok(Json(json!({
-        "job_id": id,
-        "paused": definition.paused,
-        "schedule_description": definition.describe_schedule(),
-        "next_fire_times": upcoming(&definition, count, stats.scheduled),
-    })))
+    Ok(Json(NextFireTimes {
+        job_id: id,
+        paused: definition.paused,
+        schedule_description: definition.describe_schedule(),
+        next_fire_times: upcoming(&definition, count, stats.scheduled),
+    }))
 }
 
 /// What the fire audit has checked of the job and what it found: slots with no decision on the
@@ -188,7 +182,7 @@ async fn job_audit(
     let audit = JobAudit::of(&state.store, &id)?;
     Ok(Json(JobAuditView {
         job_id: id,
-        paused: job.spec.paused,
+        paused: job.definition.paused,
         grace_seconds: state.audit_grace.as_secs_f64(),
         checked_through: audit.checked_through,
         missed_slots: audit.missed,
@@ -251,7 +245,7 @@ async fn write_job(
 }
 
 /// Creates a job; refused if the job exists (use `PUT` to replace one).
-#[utoipa::path(post, path = "/api/v1/jobs", summary = "Create a job (409 if it exists)", request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
+#[utoipa::path(post, path = "/api/v1/jobs", summary = "Create a job (409 if it exists)", request_body = JobSpec, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
 async fn create_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -273,7 +267,7 @@ async fn create_job(
 }
 
 /// Creates or replaces a job.
-#[utoipa::path(put, path = "/api/v1/jobs/{id}", summary = "Create or replace a job", params(("id" = String, Path, description = "Job id")), request_body = JobFile, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", summary = "Create or replace a job", params(("id" = String, Path, description = "Job id")), request_body = JobSpec, responses((status = 202, description = "Written to Kafka; the read models follow once it is consumed", body = Written)))]
 async fn put_job(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -296,9 +290,7 @@ async fn delete_job(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = known_job(&state.store, &id)?;
-    let id = JobId::parse(&job.spec.id)
-        .map_err(|e| ApiError::bad_request("invalid_job_id", e.to_string()))?;
+    let id = known_job(&state.store, &id)?.definition.id;
     let delivered = state.writer.delete_job(&id, &caller).await?;
     let written = Written::of(id.to_string(), &delivered);
     Ok((StatusCode::ACCEPTED, Json(written)).into_response())
@@ -307,11 +299,7 @@ async fn delete_job(
 /// The job's current definition, as the read model has it, with the offset it came from.
 fn current_definition(state: &ApiState, id: &str) -> Result<(JobDefinition, i64), ApiError> {
     let job = known_job(&state.store, id)?;
-    let definition = job
-        .spec
-        .validate()
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
-    Ok((definition, job.offset))
+    Ok((job.definition, job.offset))
 }
 
 async fn set_paused(

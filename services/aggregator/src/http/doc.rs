@@ -1,25 +1,23 @@
 //! The OpenAPI document, generated from the handlers' annotations and the types they answer with
-//! (utoipa). One schema is written by hand in `hand_schemas.json`: the job definition, whose
-//! durations, schedules and task types are strings and tagged objects with a grammar serde does
-//! not describe.
+//! (utoipa). One schema is written by hand, in the core: the job definition's
+//! (`kairos_core::job::JobSpec`), whose durations, schedules and task types are strings and tagged
+//! objects with a grammar serde does not describe.
 
-use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use kairos_core::history::{EventFacts, HistoryEntry, RunDetail, RunView, RunsPage};
+use kairos_core::job::JobSpec;
 use kairos_core::run::{RunId, RunStatus, SkipReason, TaskOutput, TriggerKind};
 use kairos_core::views::{
-    AlertView, AlertsList, PendingRunView, PendingRuns, WorkerView, WorkersList,
+    AlertView, AlertsList, JobAuditView, JobChange, JobStats, JobView, JobsList, MissedSlot,
+    NextFireTimes, PendingRunView, PendingRuns, StuckRun, WorkerView, WorkersList,
 };
 use kairos_core::Timestamp;
 
-use crate::audit::{MissedSlot, StuckRun};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
-
-const HAND_SCHEMAS: &str = include_str!("hand_schemas.json");
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -53,7 +51,12 @@ const HAND_SCHEMAS: &str = include_str!("hand_schemas.json");
         ErrorDetail,
         Written,
         Unchanged,
-        JobFile,
+        JobSpec,
+        JobsList,
+        JobView,
+        JobChange,
+        JobStats,
+        NextFireTimes,
         JobAuditView,
         MissedSlot,
         StuckRun,
@@ -170,23 +173,6 @@ pub(crate) struct Written {
     pub created_pool_topic: Option<String>,
 }
 
-/// Slots checked for a decision on the ledger (`RunScheduled` or `RunSkipped`) within the grace
-/// period after their fire time, and runs whose next step was overdue; the latest 20 findings of
-/// each kind (`GET /api/v1/jobs/{id}/audit`).
-#[derive(Serialize, ToSchema)]
-#[schema(as = JobAudit)]
-pub(crate) struct JobAuditView {
-    pub job_id: String,
-    /// A paused job owes no decision for the slots that pass while it is paused.
-    pub paused: bool,
-    pub grace_seconds: f64,
-    /// The last slot checked; null until the first check.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub checked_through: Option<Timestamp>,
-    pub missed_slots: Vec<MissedSlot>,
-    pub stuck_runs: Vec<StuckRun>,
-}
-
 impl Written {
     /// The receipt of a job's record at `delivered`.
     pub(crate) fn of(job_id: String, delivered: &kairos_runtime::kafka::Delivered) -> Self {
@@ -209,40 +195,6 @@ pub(crate) struct Unchanged {
     pub changed: bool,
 }
 
-/// One of the schemas of `hand_schemas.json`.
-fn hand_schema(name: &str) -> RefOr<Schema> {
-    let schemas: serde_json::Value =
-        serde_json::from_str(HAND_SCHEMAS).expect("hand_schemas.json is JSON");
-    serde_json::from_value(schemas[name].clone())
-        .unwrap_or_else(|e| panic!("hand_schemas.json: {name} is not a schema: {e}"))
-}
-
-/// A type whose schema is one of `hand_schemas.json`, under that name.
-macro_rules! hand_written_schema {
-    ($(#[$doc:meta])* $type:ident, $name:literal) => {
-        $(#[$doc])*
-        pub(crate) struct $type;
-
-        impl PartialSchema for $type {
-            fn schema() -> RefOr<Schema> {
-                hand_schema($name)
-            }
-        }
-
-        impl ToSchema for $type {
-            fn name() -> Cow<'static, str> {
-                $name.into()
-            }
-        }
-    };
-}
-
-hand_written_schema!(
-    /// A job definition, as in a job file (the request body of job writes).
-    JobFile,
-    "JobDefinition"
-);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,10 +213,11 @@ mod tests {
         ] {
             assert!(schemas[name].is_object(), "{name} is missing");
         }
-        // The hand-written schemas come through utoipa's model whole: no keyword is dropped.
-        let hand: serde_json::Value = serde_json::from_str(HAND_SCHEMAS).unwrap();
+        // The hand-written schema comes through utoipa's model whole: no keyword is dropped.
+        let hand: serde_json::Value =
+            serde_json::from_str(include_str!("../../../core/src/job_schema.json")).unwrap();
         assert_eq!(
-            schemas["JobDefinition"], hand["JobDefinition"],
+            schemas["JobDefinition"], hand,
             "the job definition changed on its way"
         );
         // Every operation may answer the one error body.

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use axum::extract::State;
 use axum::response::Html;
+use kairos_core::job::ScheduleSpec;
 use kairos_core::run::{RunState, RunStatus};
 
 use super::{scanning, ApiError, ApiState};
@@ -79,37 +80,33 @@ fn render(state: &ApiState) -> Result<String, ApiError> {
         ],
     );
     for (_, job) in jobs.iter().take(MAX_JOBS) {
-        let spec = &job.spec;
-        let stats = model::job_stats(&state.store, &spec.id)?;
-        let last = model::runs_of_job(&state.store, &spec.id, 1)?
-            .into_iter()
-            .next();
-        let definition = spec.validate().ok();
-        let next = definition
-            .as_ref()
-            .filter(|d| !d.paused)
-            .and_then(|d| d.upcoming(now, 1, stats.scheduled).into_iter().next())
-            .map_or_else(
-                || {
-                    if spec.paused {
-                        "paused".to_string()
-                    } else {
-                        "—".to_string()
-                    }
-                },
-                |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-            );
+        let definition = &job.definition;
+        let id = definition.id.as_str();
+        let stats = model::job_stats(&state.store, id)?;
+        let last = model::runs_of_job(&state.store, id, 1)?.into_iter().next();
+        let next = if definition.paused {
+            "paused".to_string()
+        } else {
+            definition
+                .upcoming(now, 1, stats.scheduled)
+                .first()
+                .map_or_else(
+                    || "—".to_string(),
+                    |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+                )
+        };
         // What was written, then what it means: `0 12 * * 1-5 — At 12:00, on Monday, ...`.
-        let schedule = definition.as_ref().map_or_else(
-            || spec.schedule.to_string(),
-            |d| format!("{} — {}", spec.schedule, d.describe_schedule()),
+        let schedule = format!(
+            "{} — {}",
+            ScheduleSpec::of(&definition.schedule),
+            definition.describe_schedule()
         );
         row(
             &mut html,
             &[
-                Cell::text(&spec.id),
+                Cell::text(id),
                 Cell::text(&schedule),
-                Cell::text(&spec.pool),
+                Cell::text(&definition.pool),
                 last.as_ref()
                     .map_or(Cell::text("—"), |r| Cell::status(r.status)),
                 Cell::text(&stats.failures_in_a_row.to_string()),

@@ -13,8 +13,10 @@
 pub(crate) mod unfinished;
 
 use kairos_core::history::{self, EventFacts};
-use kairos_core::job::JobSpec;
+use kairos_core::job::stored;
 use kairos_core::run::RunState;
+pub(crate) use kairos_core::views::{JobChange, JobStats};
+use kairos_core::JobDefinition;
 use kairos_core::Timestamp;
 use kairos_runtime::store::StoreError;
 use kairos_runtime::store::LOCAL_PREFIX;
@@ -24,10 +26,12 @@ use serde::{Deserialize, Serialize};
 /// What a read of the store gives.
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// A job as the API shows it.
+/// A job's latest definition, validated when it was read from the jobs topic and kept so
+/// ([`stored`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct JobRecord {
-    pub spec: JobSpec,
+    #[serde(rename = "spec", with = "stored")]
+    pub definition: JobDefinition,
     pub offset: i64,
     pub updated_at: Option<Timestamp>,
     /// The partition of the job's records (absent in stores of earlier releases).
@@ -35,18 +39,6 @@ pub(crate) struct JobRecord {
     pub partition: Option<i32>,
     /// Who wrote the current definition (its record's author header), if the writer said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-}
-
-/// One change of a job's definition, as the jobs topic records it. The changes a job has had are
-/// kept as they are read, under `local/`: the compacted jobs topic keeps only a job's latest
-/// definition for good, so a rebuild starts its history afresh from that one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub(crate) struct JobChange {
-    /// `created`, `updated`, `paused` or `resumed`.
-    pub change: String,
-    pub offset: i64,
-    pub at: Option<Timestamp>,
     pub author: Option<String>,
 }
 
@@ -120,21 +112,6 @@ pub(crate) fn slot_millis(slot: Timestamp) -> String {
 }
 pub(crate) fn job_stats_key(job: &str) -> String {
     format!("jobstats/{job}")
-}
-
-/// What the aggregator keeps about a job's outcomes.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub(crate) struct JobStats {
-    /// Runs the schedule fired (not manual or backfill runs, not skipped slots): what `max_runs`
-    /// counts.
-    #[serde(default)]
-    pub scheduled: u32,
-    pub succeeded: u64,
-    pub abandoned: u64,
-    /// Runs abandoned since the last success.
-    pub failures_in_a_row: u32,
-    pub last_outcome: Option<String>,
-    pub last_finished_at: Option<Timestamp>,
 }
 
 pub(crate) fn audit_key(job: &str) -> String {

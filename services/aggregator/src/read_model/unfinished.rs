@@ -115,7 +115,7 @@ pub(crate) fn unserved(
 ) -> anyhow::Result<Option<String>> {
     let job: Option<JobRecord> = job(store, &run.job_id)?;
     // A deleted job's run still needs a worker of its pool, of whatever task type.
-    let task_type = job.as_ref().map(|j| j.spec.task.kind());
+    let task_type = job.as_ref().map(|j| j.definition.task.kind());
     Ok(
         (!workers.serves(&run.pool, task_type, now)).then(|| match task_type {
             Some(kind) => format!(
