@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
 use kairos_core::history::{RunDetail, RunView, RunsPage};
 use kairos_core::job::JobSpec;
-use kairos_core::run::TriggerKind;
+use kairos_core::run::{RunId, RunStatus, TriggerKind};
 use kairos_core::schedule::{DstGap, Schedule, Slot};
 use kairos_core::views::{
     AlertsList, JobAuditView, JobChange, JobView, JobsList, PendingRuns, WorkersList,
@@ -671,22 +671,50 @@ async fn run_cancel(
     Ok(())
 }
 
+/// What `kairosctl job explain` tells: who changed the job, what the fire audit found, and each
+/// run's story.
+#[derive(serde::Serialize)]
+struct Explanation {
+    job_id: String,
+    author: Option<String>,
+    changes: Vec<JobChange>,
+    audit: Option<JobAuditView>,
+    runs: Vec<RunStory>,
+}
+
+#[derive(serde::Serialize)]
+struct RunStory {
+    run_id: RunId,
+    scheduled_for: Timestamp,
+    status: RunStatus,
+    story: Vec<StoryLine>,
+}
+
+#[derive(serde::Serialize)]
+struct StoryLine {
+    at: Timestamp,
+    what: String,
+}
+
 async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result<()> {
     let page: RunsPage = api_get_as(api, &format!("/api/v1/jobs/{id}/runs?limit={limit}")).await?;
-    let mut explained = vec![];
+    let mut runs = vec![];
     for run in page.runs {
         let detail: RunDetail = api_get_as(api, &format!("/api/v1/runs/{}", run.run_id)).await?;
-        let story: Vec<Value> = detail
+        let story = detail
             .history
             .iter()
-            .map(|entry| json!({"at": entry.at, "what": entry.explain()}))
+            .map(|entry| StoryLine {
+                at: entry.at,
+                what: entry.explain(),
+            })
             .collect();
-        explained.push(json!({
-            "run_id": run.run_id,
-            "scheduled_for": run.scheduled_for,
-            "status": run.status,
-            "story": story,
-        }));
+        runs.push(RunStory {
+            run_id: run.run_id,
+            scheduled_for: run.scheduled_for,
+            status: run.status,
+            story,
+        });
     }
     // A deleted job has runs but no audit.
     let audit: Option<JobAuditView> = api_get_as(api, &format!("/api/v1/jobs/{id}/audit"))
@@ -695,31 +723,30 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
     // A deleted job has runs but no definition, nor its changes.
     let job: Option<JobView> = api_get_as(api, &format!("/api/v1/jobs/{id}")).await.ok();
     let (author, changes) = job.map_or((None, vec![]), |j| (j.author, j.changes));
-    let body = json!({
-        "job_id": id,
-        "author": author,
-        "changes": changes,
-        "audit": audit,
-        "runs": explained,
-    });
-    out.print(&body, |value| {
-        print_changes(author.as_deref(), &changes);
-        if let Some(audit) = &audit {
+    let explanation = Explanation {
+        job_id: id.to_string(),
+        author,
+        changes,
+        audit,
+        runs,
+    };
+    out.print_as(&explanation, |explained| {
+        print_changes(explained.author.as_deref(), &explained.changes);
+        if let Some(audit) = &explained.audit {
             print_audit(audit);
         }
-        let runs = value["runs"].as_array().cloned().unwrap_or_default();
-        if runs.is_empty() {
+        if explained.runs.is_empty() {
             println!("{id} has no runs yet");
         }
-        for run in runs {
+        for run in &explained.runs {
             println!(
                 "slot {}  run {}  now {}",
-                text(&run["scheduled_for"]),
-                text(&run["run_id"]),
-                text(&run["status"])
+                when(&run.scheduled_for),
+                run.run_id,
+                run.status.as_str()
             );
-            for line in run["story"].as_array().cloned().unwrap_or_default() {
-                println!("  {}  {}", text(&line["at"]), text(&line["what"]));
+            for line in &run.story {
+                println!("  {}  {}", when(&line.at), line.what);
             }
         }
     });
@@ -949,6 +976,13 @@ async fn backfill(
     schedule_runs(out, kafka, author, api, id, &slots, TriggerKind::Backfill).await
 }
 
+/// A run `kairosctl job trigger` or `backfill` scheduled.
+#[derive(serde::Serialize)]
+struct ScheduledRun {
+    run_id: RunId,
+    scheduled_for: Timestamp,
+}
+
 /// Appends `RunScheduled` for each slot; run ids are derived from (job, slot, kind), so a slot
 /// scheduled twice is one run.
 async fn schedule_runs(
@@ -973,15 +1007,18 @@ async fn schedule_runs(
         jobs::schedule_run(kafka, &producer, &event, author)
             .await
             .map_err(|e| reach_broker(kafka, e))?;
-        runs.push(json!({"run_id": event.run_id, "scheduled_for": event.scheduled_for}));
+        runs.push(ScheduledRun {
+            run_id: event.run_id,
+            scheduled_for: event.scheduled_for,
+        });
         progress.inc(1);
     }
     progress.finish_and_clear();
     let value = json!({"job_id": job.id.as_str(), "trigger": kind.as_str(), "runs": runs});
-    out.print(&value, |value| match slots {
-        [_] => println!(
+    out.print(&value, |_| match runs.as_slice() {
+        [run] => println!(
             "scheduled  run {} of {} ({})",
-            text(&value["runs"][0]["run_id"]),
+            run.run_id,
             job.id,
             kind.as_str()
         ),
@@ -1087,14 +1124,6 @@ fn read_jobs(path: &Path) -> anyhow::Result<Vec<JobSpec>> {
             e.inner()
         )
     })
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
