@@ -991,8 +991,8 @@ impl utoipa::ToSchema for JobSpec {
 /// earlier releases stored. Reading it back checks no rule again, so a definition accepted once
 /// stays accepted when the rules change between releases, and leaves each cron pattern to be
 /// compiled when the schedule is first evaluated. It fails only on what this release cannot
-/// represent (a time zone it does not know). Only for a service's own store: a definition from
-/// outside goes through [`JobSpec::validate`].
+/// read (a time zone, cron nickname or weekday name it does not know, a field it does not have).
+/// Only for a service's own store: a definition from outside goes through [`JobSpec::validate`].
 pub mod stored {
     use super::{JobDefinition, JobSpec};
     use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};

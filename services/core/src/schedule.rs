@@ -455,13 +455,27 @@ impl Schedule {
 
     /// A cron schedule read back from a store, which holds only schedules [`Schedule::cron_with`]
     /// accepted: no rule is checked again, and the pattern is compiled when first evaluated.
-    /// Fails only on what this release cannot represent (a time zone it does not know).
-    pub fn cron_stored(expr: &str, timezone: &str, dst_gap: DstGap) -> Result<Self, ScheduleError> {
+    /// Fails on what this release cannot read (a time zone or nickname it does not know, a
+    /// number of fields it has no dialect for).
+    pub(crate) fn cron_stored(
+        expr: &str,
+        timezone: &str,
+        dst_gap: DstGap,
+    ) -> Result<Self, ScheduleError> {
         let timezone = parse_timezone(timezone)?;
         let expr = expr.trim().to_string();
         CronSchedule::uncompiled(expr.clone(), timezone, dst_gap)
             .map(|cron| Schedule::Cron(Box::new(cron)))
             .map_err(|reason| ScheduleError::InvalidCron { expr, reason })
+    }
+
+    /// Why this release cannot evaluate a schedule read back from a store: its cron pattern no
+    /// longer compiles. `None` for every schedule this release validated.
+    pub fn unreadable(&self) -> Option<String> {
+        match self {
+            Schedule::Cron(cron) if cron.pattern().is_none() => cron.compile().err(),
+            _ => None,
+        }
     }
 
     /// A fixed interval; sub-millisecond parts are rejected because slots are millisecond times.

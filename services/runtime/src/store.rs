@@ -59,13 +59,24 @@ impl Store {
     /// time zone it no longer knows) is logged and taken as absent: one record must not stop a
     /// service. The caller treats it as a definition not read yet.
     pub fn get_readable<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.get(key) {
-            Err(StoreError::Corrupt { key, reason }) => {
-                tracing::error!(key, reason, "Stored value cannot be read by this release; taken as absent until it is written again.");
-                Ok(None)
+        readable(self.get(key))
+    }
+
+    /// [`Store::scan`], leaving out (and logging) the values this release cannot read back, as
+    /// [`Store::get_readable`] does.
+    pub fn scan_readable<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.within(prefix, rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if let Some(value) = readable(decode(&key, &value).map(Some))? {
+                out.push((key, value));
             }
-            read => read,
         }
+        Ok(out)
     }
 
     /// Whether the store holds `key`, without decoding its value.
@@ -192,6 +203,17 @@ fn collect_prefix<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// A read whose value this release cannot decode, logged and taken as absent.
+fn readable<T>(read: Result<Option<T>, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Err(StoreError::Corrupt { key, reason }) => {
+            tracing::error!(key, reason, "Stored value cannot be read by this release; taken as absent until it is written again.");
+            Ok(None)
+        }
+        read => read,
+    }
+}
+
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
@@ -274,6 +296,24 @@ mod tests {
         assert_eq!(rev, vec![("run/b".into(), 2)]);
         assert_eq!(store.next_offset("kairos.runs", 3).unwrap(), Some(42));
         assert_eq!(store.next_offset("kairos.runs", 4).unwrap(), None);
+    }
+
+    /// Given a store holding values this release cannot read back among readable ones, when
+    /// they are read as readable, then they are absent and the others are there.
+    #[test]
+    fn unreadable_values_are_taken_as_absent_by_readable_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put("job/a", &1);
+        batch.put("job/b", &"written by another release");
+        batch.put("job/c", &3);
+        store.write(batch).unwrap();
+        assert!(store.scan::<i32>("job/").is_err());
+        let jobs: Vec<(String, i32)> = store.scan_readable("job/").unwrap();
+        assert_eq!(jobs, vec![("job/a".into(), 1), ("job/c".into(), 3)]);
+        assert_eq!(store.get_readable::<i32>("job/b").unwrap(), None);
+        assert_eq!(store.get_readable::<i32>("job/c").unwrap(), Some(3));
     }
 
     /// Given a batch not yet written, when a key is read through it, then the read sees the

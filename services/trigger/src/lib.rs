@@ -23,6 +23,7 @@ use kairos_core::audit::slots_counted_from;
 use kairos_core::decide::{due_fires, fire_event, fire_time, next_fire_due, Fire, SlotCursor};
 use kairos_core::job::stored;
 use kairos_core::run::{RunEvent, RunEventKind, SkipReason};
+use kairos_core::schedule::Schedule;
 use kairos_core::{JobDefinition, Timestamp};
 use kairos_runtime::codec::{self, TriggerState};
 use kairos_runtime::kafka::{check_co_partitioning, ReliableProducer, ServiceKind};
@@ -313,6 +314,10 @@ impl Trigger {
         };
         let last: Option<Cursor> = self.store.get(&cursor_key(partition, job))?;
         let definition = stored.definition;
+        if let Some(reason) = definition.schedules().find_map(Schedule::unreadable) {
+            tracing::error!(job_id = job, reason, "Stored schedule cannot be evaluated by this release; not firing it until the job is written again.");
+            return Ok(None);
+        }
         let cursor = SlotCursor {
             last_slot: slots_counted_from(
                 last.as_ref().map(|c| (c.schedule.as_str(), c.last_slot)),

@@ -171,17 +171,18 @@ impl RunIndex<'_> {
     }
 }
 
-/// Every job's latest definition, by id.
+/// Every job's latest definition, by id; one this release cannot read back is left out, and
+/// logged.
 pub(crate) fn jobs(store: &Store) -> Result<Vec<(String, JobRecord)>> {
     Ok(store
-        .scan::<JobRecord>(JOB_PREFIX)?
+        .scan_readable::<JobRecord>(JOB_PREFIX)?
         .into_iter()
         .filter_map(|(key, job)| Some((key.strip_prefix(JOB_PREFIX)?.to_string(), job)))
         .collect())
 }
 
 pub(crate) fn job(store: &Store, job: &str) -> Result<Option<JobRecord>> {
-    store.get(&job_key(job))
+    store.get_readable(&job_key(job))
 }
 
 pub(crate) fn job_stats(store: &Store, job: &str) -> Result<JobStats> {

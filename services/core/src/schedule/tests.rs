@@ -558,6 +558,14 @@ fn a_stored_cron_schedule_is_not_checked_against_the_rules_again() {
     // When a store holds it anyway (accepted under earlier rules), then it reads back
     let stored = Schedule::cron_stored("0 0 30 2 *", "UTC", DstGap::default()).unwrap();
     assert_eq!(stored.key(), "cron 0 0 30 2 * UTC");
+    assert_eq!(stored.unreadable(), None);
+    // A pattern this release cannot compile says why when it is evaluated, and has no slots
+    let uncompilable = Schedule::cron_stored("99 * * * *", "UTC", DstGap::default()).unwrap();
+    let reason = uncompilable
+        .unreadable()
+        .expect("the pattern does not compile");
+    assert!(reason.contains("minute"), "{reason}");
+    assert_eq!(uncompilable.next_after(utc("2026-01-01T00:00:00Z")), None);
     // An unknown zone is not a rule but something this release cannot represent
     let err = Schedule::cron_stored("0 0 * * *", "Mars/Olympus", DstGap::default()).unwrap_err();
     assert!(err.to_string().contains("Mars/Olympus"), "{err}");
