@@ -318,6 +318,12 @@ async fn set_paused(
         return Ok(Json(unchanged).into_response());
     }
     job.paused = paused;
+    // Every service validates what it reads from the jobs topic: a definition accepted under
+    // earlier rules is refused here, where the caller hears why, not dead-lettered there.
+    let job = job
+        .to_spec()
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "invalid_job", e.to_string()))?;
     write_job(state, caller, &job, Signing::Keep, StatusCode::ACCEPTED).await
 }
 
