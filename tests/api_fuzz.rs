@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use kairos_core::job::JobSpec;
 use kairos_tests::{shell_job, stop_all, wait_caught_up, wait_for, Stack};
 
 const TOKEN: &str = "fuzz-token";
@@ -19,15 +20,18 @@ async fn schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_
     let api = format!("http://{}", aggregator.http_addr.unwrap());
     let services = vec![aggregator];
     wait_caught_up(&services).await;
-    // A job to read, so that the paths naming one are exercised past "not found".
+    // Jobs to read, so that the paths naming one are exercised past "not found": one as plain as
+    // can be, and one with every field of a definition set, so that the answers' schema is
+    // checked against each of them.
     stack.apply_job(shell_job("fuzzed", "1h", "true")).await;
+    stack.apply_job(every_field_set()).await;
     let client = reqwest::Client::new();
     wait_for(
-        "the API to know the job",
+        "the API to know the jobs",
         Duration::from_secs(30),
         || async {
             let response = client
-                .get(format!("{api}/api/v1/jobs/fuzzed"))
+                .get(format!("{api}/api/v1/jobs/everything"))
                 .bearer_auth(TOKEN)
                 .send()
                 .await
@@ -90,4 +94,34 @@ async fn schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_
         "selected {selected:?}, tested {tested:?}:\n{stdout}"
     );
     stop_all(services).await;
+}
+
+/// A job with every optional field of a definition set.
+fn every_field_set() -> JobSpec {
+    serde_json::from_value(serde_json::json!({
+        "id": "everything",
+        "description": "every field set",
+        "schedule": {"cron": "0 30 2 * * MON-FRI", "timezone": "Europe/Berlin", "dst_gap": "skip"},
+        "more_schedules": [{"every": "1h"}, {"at": "2040-01-01T00:00:00Z"}],
+        "calendars": [{"name": "holidays", "timezone": "Europe/Berlin", "dates": ["2040-12-25"],
+                       "ranges": [{"from": "2040-08-01", "to": "2040-08-15"}], "weekdays": ["sat"]}],
+        "task": {"http": {"url": "https://user:secret@example.com/hook", "method": "POST",
+                          "headers": {"Authorization": "Bearer clear", "X-Trace": "1"},
+                          "body": "{}"}},
+        "pool": "reports",
+        "timeout": "30s",
+        "misfire": {"policy": "catch_up", "grace": "10s", "catch_up_window": "1h"},
+        "retry": {"max_attempts": 3, "backoff": {"initial": "10s", "max": "1m", "multiplier": 2.0, "jitter": 0.1}},
+        "overlap": "forbid",
+        "paused": true,
+        "start_at": "2030-01-01T00:00:00Z",
+        "end_at": "2050-01-01T00:00:00Z",
+        "max_runs": 100,
+        "jitter": "5s",
+        "priority": 7,
+        "shards": 2,
+        "shard_params": ["a", "b"],
+        "signature": {"key_id": "0123456789abcdef", "value": "00"}
+    }))
+    .expect("a job file with every field")
 }
