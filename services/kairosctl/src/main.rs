@@ -677,7 +677,8 @@ async fn run_cancel(
 struct Explanation {
     job_id: String,
     author: Option<String>,
-    changes: Vec<JobChange>,
+    /// None for a deleted job, whose runs remain.
+    changes: Option<Vec<JobChange>>,
     audit: Option<JobAuditView>,
     runs: Vec<RunStory>,
 }
@@ -722,7 +723,7 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
         .ok();
     // A deleted job has runs but no definition, nor its changes.
     let job: Option<JobView> = api_get_as(api, &format!("/api/v1/jobs/{id}")).await.ok();
-    let (author, changes) = job.map_or((None, vec![]), |j| (j.author, j.changes));
+    let (author, changes) = job.map_or((None, None), |j| (j.author, Some(j.changes)));
     let explanation = Explanation {
         job_id: id.to_string(),
         author,
@@ -731,7 +732,10 @@ async fn explain(out: &Out, api: &Api, id: &str, limit: usize) -> anyhow::Result
         runs,
     };
     out.print_as(&explanation, |explained| {
-        print_changes(explained.author.as_deref(), &explained.changes);
+        print_changes(
+            explained.author.as_deref(),
+            explained.changes.as_deref().unwrap_or_default(),
+        );
         if let Some(audit) = &explained.audit {
             print_audit(audit);
         }
