@@ -276,6 +276,20 @@ impl Out {
             false => text(value),
         }
     }
+
+    /// Prints an answer of the API as JSON, or its `items` as a table, one row each.
+    fn table<T: serde::Serialize, I>(
+        &self,
+        value: &T,
+        items: &[I],
+        headers: &[&str],
+        row: impl Fn(&I) -> Vec<String>,
+    ) {
+        self.print_as(value, |_| {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            print_table(headers, &rows);
+        });
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -325,80 +339,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Job(JobCommand::List) => {
             let list: JobsList = api_get_as(api, "/api/v1/jobs").await?;
-            out.print_as(&list, |list| {
-                let headers = ["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"];
-                let rows: Vec<Vec<String>> = list
-                    .jobs
-                    .iter()
-                    .map(|j| {
-                        vec![
-                            j.id.clone(),
-                            j.definition.schedule.to_string(),
-                            j.definition.pool.clone(),
-                            j.last_run
-                                .as_ref()
-                                .map_or("-".into(), |r| r.status.as_str().to_string()),
-                            j.next_fire_times.first().map_or("-".into(), when),
-                        ]
-                    })
-                    .collect();
-                print_table(&headers, &rows);
+            let headers = ["JOB", "SCHEDULE", "POOL", "LAST RUN", "NEXT FIRE"];
+            out.table(&list, &list.jobs, &headers, |j| {
+                vec![
+                    j.id.clone(),
+                    j.definition.schedule.to_string(),
+                    j.definition.pool.clone(),
+                    j.last_run
+                        .as_ref()
+                        .map_or("-".into(), |r| r.status.as_str().to_string()),
+                    j.next_fire_times.first().map_or("-".into(), when),
+                ]
             });
             Ok(())
         }
         Command::Workers => {
             let list: WorkersList = api_get_as(api, "/api/v1/workers").await?;
-            out.print_as(&list, |list| {
-                let headers = ["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"];
-                let rows: Vec<Vec<String>> = list
-                    .workers
-                    .iter()
-                    .map(|w| {
-                        vec![
-                            w.worker_id.clone(),
-                            w.pool.clone(),
-                            w.status.clone(),
-                            format!("{}/{}", w.in_flight.len(), w.capacity),
-                            when(&w.last_seen),
-                        ]
-                    })
-                    .collect();
-                print_table(&headers, &rows);
+            let headers = ["WORKER", "POOL", "STATUS", "RUNNING", "LAST SEEN"];
+            out.table(&list, &list.workers, &headers, |w| {
+                vec![
+                    w.worker_id.clone(),
+                    w.pool.clone(),
+                    w.status.clone(),
+                    format!("{}/{}", w.in_flight.len(), w.capacity),
+                    when(&w.last_seen),
+                ]
             });
             Ok(())
         }
         Command::Alerts => {
             let list: AlertsList = api_get_as(api, "/api/v1/alerts").await?;
-            out.print_as(&list, |list| {
-                let rows: Vec<Vec<String>> = list
-                    .alerts
-                    .iter()
-                    .map(|a| vec![when(&a.at), a.kind.clone(), a.message.clone()])
-                    .collect();
-                print_table(&["AT", "KIND", "MESSAGE"], &rows);
+            out.table(&list, &list.alerts, &["AT", "KIND", "MESSAGE"], |a| {
+                vec![when(&a.at), a.kind.clone(), a.message.clone()]
             });
             Ok(())
         }
         Command::Runs(RunsCommand::Pending) => {
             let pending: PendingRuns = api_get_as(api, "/api/v1/runs/pending").await?;
-            out.print_as(&pending, |pending| {
-                let headers = ["RUN", "JOB", "POOL", "WAITING", "WHY"];
-                let rows: Vec<Vec<String>> = pending
-                    .runs
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.run_id.to_string(),
-                            r.job_id.clone(),
-                            r.pool.clone(),
-                            format!("{}s", r.waiting_ms / 1000),
-                            r.unserved
-                                .clone()
-                                .unwrap_or_else(|| "queued on a live worker".into()),
-                        ]
-                    })
-                    .collect();
-                print_table(&headers, &rows);
+            let headers = ["RUN", "JOB", "POOL", "WAITING", "WHY"];
+            out.table(&pending, &pending.runs, &headers, |r| {
+                vec![
+                    r.run_id.to_string(),
+                    r.job_id.clone(),
+                    r.pool.clone(),
+                    format!("{}s", r.waiting_ms / 1000),
+                    r.unserved
+                        .clone()
+                        .unwrap_or_else(|| "queued on a live worker".into()),
+                ]
             });
             Ok(())
         }
@@ -409,18 +397,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &format!("/api/v1/jobs/{job}/runs?limit={limit}{filter}"),
             )
             .await?;
-            out.print_as(&page, |page| {
-                let headers = [
-                    "RUN",
-                    "SCHEDULED FOR",
-                    "STATUS",
-                    "ATTEMPT",
-                    "WORKER",
-                    "EXIT",
-                ];
-                let rows: Vec<Vec<String>> = page.runs.iter().map(run_row).collect();
-                print_table(&headers, &rows);
-            });
+            let headers = [
+                "RUN",
+                "SCHEDULED FOR",
+                "STATUS",
+                "ATTEMPT",
+                "WORKER",
+                "EXIT",
+            ];
+            out.table(&page, &page.runs, &headers, run_row);
             Ok(())
         }
         Command::Run(RunCommand::Cancel { run_id, reason }) => {
