@@ -216,6 +216,16 @@ pub enum JobView<'a> {
     Unknown,
 }
 
+impl<'a> JobView<'a> {
+    /// The definition, if the job is defined.
+    pub fn definition(&self) -> Option<&'a JobDefinition> {
+        match self {
+            JobView::Defined { definition, .. } => Some(definition),
+            JobView::Deleted { .. } | JobView::Unknown => None,
+        }
+    }
+}
+
 /// One thing the dispatcher should do for a run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {

@@ -117,6 +117,20 @@ struct StoredJob {
     offset: i64,
 }
 
+impl StoredJob {
+    fn view(&self) -> JobView<'_> {
+        match &self.definition {
+            Some(definition) => JobView::Defined {
+                definition,
+                offset: self.offset,
+            },
+            None => JobView::Deleted {
+                offset: self.offset,
+            },
+        }
+    }
+}
+
 fn job_key(partition: i32, job: &str) -> String {
     format!("job/{partition:05}/{job}")
 }
@@ -521,21 +535,8 @@ impl Dispatcher {
         // A definition this release cannot read back is taken as not read yet: its runs wait
         // until the job is written again; taking it for deleted would end them.
         let stored: Option<StoredJob> = self.store.get_readable(&job_key(partition, job))?;
-        let definition = stored.as_ref().and_then(|s| s.definition.as_ref());
-        let view = match &stored {
-            Some(StoredJob {
-                definition: Some(definition),
-                offset,
-            }) => JobView::Defined {
-                definition,
-                offset: *offset,
-            },
-            Some(StoredJob {
-                definition: None,
-                offset,
-            }) => JobView::Deleted { offset: *offset },
-            None => JobView::Unknown,
-        };
+        let view = stored.as_ref().map_or(JobView::Unknown, StoredJob::view);
+        let definition = view.definition();
         let cancels: Vec<(String, ())> =
             self.store.scan(&format!("cancel/{partition:05}/{job}/"))?;
         let cancel_requested = |run: &RunState| {
