@@ -296,19 +296,13 @@ async fn delete_job(
     Ok((StatusCode::ACCEPTED, Json(written)).into_response())
 }
 
-/// The job's current definition, as the read model has it, with the offset it came from.
-fn current_definition(state: &ApiState, id: &str) -> Result<(JobDefinition, i64), ApiError> {
-    let job = known_job(&state.store, id)?;
-    Ok((job.definition, job.offset))
-}
-
 async fn set_paused(
     state: &ApiState,
     caller: &Caller,
     id: &str,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    let (mut job, _) = current_definition(state, id)?;
+    let mut job = known_job(&state.store, id)?.definition;
     if job.paused == paused {
         let unchanged = Unchanged {
             job_id: id.to_string(),
@@ -352,8 +346,13 @@ async fn trigger_job(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (job, offset) = current_definition(&state, &id)?;
-    let event = jobs::requested_run(&job, offset, chrono::Utc::now(), TriggerKind::Manual);
+    let job = known_job(&state.store, &id)?;
+    let event = jobs::requested_run(
+        &job.definition,
+        job.offset,
+        chrono::Utc::now(),
+        TriggerKind::Manual,
+    );
     let delivered = state.writer.schedule_run(&event, &caller).await?;
     let written = Written {
         run_id: Some(event.run_id),
